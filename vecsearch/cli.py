@@ -1,0 +1,178 @@
+"""The `vecsearch` command: parse, show progress, print, map errors to exit codes. No logic."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import VecsearchError
+
+app = typer.Typer(
+    help="Index photo folders with a frozen ImageNet CNN and find images that look alike.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+IndexOpt = Annotated[
+    Optional[Path],
+    typer.Option("--index", help="Index folder (default: $VECSEARCH_INDEX, else ~/.local/share/vecsearch/index).", show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+@app.callback()
+def main(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv for debug).")] = 0) -> None:
+    """vecsearch: image embeddings, similarity search and classifiers on frozen Keras backbones."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@contextmanager
+def errors_to_exit() -> Iterator[None]:
+    """Library errors become one line on stderr and exit code 1; no traceback for user mistakes."""
+    try:
+        yield
+    except VecsearchError as e:
+        err.print(f"[red]Error:[/red] {e}", markup=True, highlight=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err.print("Interrupted; what was committed is kept, run the same command again to resume.")
+        raise typer.Exit(130) from None
+
+
+def print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def progress_bar(description: str, quiet: bool):
+    """A rich bar with images/s, or a no-op callback under --quiet."""
+    if quiet:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task(description, total=None, rate="")
+        import time
+
+        t0 = time.perf_counter()
+
+        def update(done: int, total: int) -> None:
+            dt = time.perf_counter() - t0
+            rate = f"{done / dt:.1f} img/s" if done and dt > 0 else ""
+            bar.update(task, completed=done, total=total, rate=rate)
+
+        yield update
+
+
+def _open(index: Path | None, **kw):
+    from .api import open_index
+
+    return open_index(index, **kw)
+
+
+@app.command("index")
+def index_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="Image files and folders (walked recursively).", show_default=False)],
+    index: IndexOpt = None,
+    backbone: Annotated[Optional[str], typer.Option(help="resnet50 (default for a new index), xception, inception_v3, vgg16, mobilenet.", show_default=False)] = None,
+    weights: Annotated[Optional[str], typer.Option(help="imagenet (default), none (seeded random init), or a Keras weights FILE.", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the random init for --weights none.", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per model call (default 32).", show_default=False)] = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Embed new and changed images into the index; drop entries whose files are gone."""
+    with errors_to_exit():
+        kw = {}
+        if backbone:
+            kw["backbone"] = backbone
+        if weights is not None:
+            kw["weights"] = weights
+        if seed is not None:
+            kw["seed"] = seed
+        with _open(index, batch_size=batch_size, **kw) as ix:
+            with progress_bar("Embedding", quiet or json_out) as update:
+                summary = ix.add(paths, progress=update)
+        if json_out:
+            print_json(summary.to_dict() | {"index": str(ix.directory)})
+            return
+        out.print(
+            f"Indexed {summary.indexed}, unchanged {summary.unchanged}, reused {summary.reused}, "
+            f"removed {summary.removed}, failed {len(summary.failed)} of {summary.total} images "
+            f"in {summary.seconds:.1f}s -> {ix.directory}",
+            highlight=False,
+        )
+        for f in summary.failed:
+            err.print(f"  failed: {f.path}: {f.reason}", highlight=False, markup=False)
+        for p in summary.removed_paths:
+            err.print(f"  removed: {p}", highlight=False, markup=False)
+
+
+@app.command()
+def query(
+    image: Annotated[Path, typer.Argument(help="An image file (an indexed path reuses its stored vector).", show_default=False)],
+    index: IndexOpt = None,
+    k: Annotated[int, typer.Option("--k", "-k", help="How many neighbours.")] = 10,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show the k indexed images most similar to IMAGE (cosine similarity)."""
+    with errors_to_exit():
+        if k < 1:
+            raise VecsearchError(f"--k must be at least 1, got {k}.")
+        with _open(index, create=False) as ix:
+            hits = ix.search(image, k)
+        if json_out:
+            print_json([h.to_dict() for h in hits])
+            return
+        table = Table("rank", "score", "path", box=None)
+        for h in hits:
+            table.add_row(str(h.rank), f"{h.score:.4f}", h.path)
+        out.print(table)
+
+
+@app.command()
+def stats(index: IndexOpt = None, json_out: JsonOpt = False) -> None:
+    """Counts, backbone, weights and sizes of an index."""
+    with errors_to_exit():
+        with _open(index, create=False) as ix:
+            s = ix.stats()
+            failed = [{"path": r.path, "reason": r.reason} for r in ix.store.failed()]
+        if json_out:
+            print_json(s | {"failed_images": failed})
+            return
+        table = Table(box=None, show_header=False)
+        for key, value in s.items():
+            table.add_row(key, str(value))
+        out.print(table)
+
+
+@app.command()
+def export(
+    out_file: Annotated[Path, typer.Argument(metavar="OUT.npz", help="Where to write the arrays.", show_default=False)],
+    index: IndexOpt = None,
+) -> None:
+    """Write ids, paths and vectors of every indexed image to a NumPy .npz file."""
+    with errors_to_exit():
+        with _open(index, create=False) as ix:
+            n = ix.export(out_file)
+        out.print(f"Exported {n} vectors to {out_file}", highlight=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,36 @@
+"""Where an index lives and the settings that have environment overrides. No I/O at import."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_INDEX = "VECSEARCH_INDEX"
+DB_NAME = "index.db"
+VECTORS_NAME = "vectors.faiss"
+LOCK_NAME = "write.lock"
+
+
+def default_index_dir() -> Path:
+    """`$XDG_DATA_HOME/vecsearch/index`, i.e. `~/.local/share/vecsearch/index` on most systems."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "vecsearch" / "index"
+
+
+def resolve_index_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """`--index DIR` wins, then `$VECSEARCH_INDEX`, then the default."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get(ENV_INDEX)
+    if env:
+        return Path(env).expanduser()
+    return default_index_dir()
+
+
+def default_batch_size() -> int:
+    return int(os.environ.get("VECSEARCH_BATCH_SIZE", "32"))
+
+
+def default_workers() -> int:
+    """Decode threads: Pillow releases the GIL, so one per core (at least two) keeps the model fed."""
+    return max(2, os.cpu_count() or 2)

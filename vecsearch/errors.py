@@ -1,0 +1,46 @@
+"""Exceptions raised by vecsearch. The CLI and the HTTP service turn them into messages."""
+
+
+class VecsearchError(Exception):
+    """Base class of every error vecsearch raises on purpose."""
+
+
+class BadImageError(VecsearchError):
+    """One image could not be read; `reason` says why in a few words."""
+
+    def __init__(self, reason: str, path: str | None = None):
+        self.reason = reason
+        self.path = path
+        super().__init__(f"{path}: {reason}" if path else reason)
+
+
+class InputNotFoundError(VecsearchError):
+    """A path given to index or query does not exist."""
+
+
+class NoImagesError(VecsearchError):
+    """The paths given hold no image files."""
+
+
+class IndexNotFoundError(VecsearchError):
+    """No index exists at the given location."""
+
+
+class IndexMismatchError(VecsearchError):
+    """The requested backbone or weights differ from those that built the index."""
+
+
+class IndexCorruptError(VecsearchError):
+    """The vector file and the database disagree in a way that cannot be repaired."""
+
+
+class UnknownBackboneError(VecsearchError):
+    """The backbone name is not in the registry."""
+
+
+class WeightsUnavailableError(VecsearchError):
+    """Pretrained weights could not be downloaded or loaded."""
+
+
+class NotIndexedError(VecsearchError):
+    """An id or path that is not in the index."""

@@ -1,0 +1,221 @@
+"""The SQLite store: every query the rest of vecsearch makes, and migrations on open."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from sqlalchemy import create_engine, delete, event, func, select, update
+from sqlalchemy.orm import Session
+
+from .models import Base, Image, IndexInfo, Vector
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Store", "ImageRecord", "Base", "Image", "IndexInfo", "Vector"]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def migrations_dir() -> Path:
+    """Alembic scripts: top-level `migrations/` in a checkout, `vecsearch/migrations` in a wheel."""
+    return Path(str(resources.files("vecsearch.migrations")))
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    width: int | None
+    height: int | None
+    status: str
+    reason: str | None
+    indexed_at: datetime
+
+
+def _record(row: Image) -> ImageRecord:
+    return ImageRecord(row.id, row.path, row.size, row.mtime_ns, row.sha256, row.width, row.height, row.status, row.reason, row.indexed_at)
+
+
+class Store:
+    """One index's SQLite database (WAL, so readers never wait for the indexer)."""
+
+    def __init__(self, db_path: Path):
+        self.path = Path(db_path)
+        self.engine = create_engine(f"sqlite:///{self.path}", connect_args={"timeout": 60})
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.migrate()
+
+    def migrate(self) -> None:
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(migrations_dir()))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # -- what built the index -------------------------------------------------
+    def info(self) -> IndexInfo | None:
+        with self.session() as s:
+            return s.scalars(select(IndexInfo)).first()
+
+    def create_info(self, **fields) -> IndexInfo:
+        with self.session() as s, s.begin():
+            info = IndexInfo(id=1, generation=0, created_at=_now(), **fields)
+            s.add(info)
+        return info
+
+    def generation(self) -> int:
+        with self.engine.connect() as c:
+            return c.execute(select(IndexInfo.generation)).scalar() or 0
+
+    # -- images ---------------------------------------------------------------
+    def records(self) -> dict[str, ImageRecord]:
+        with self.session() as s:
+            return {r.path: _record(r) for r in s.scalars(select(Image))}
+
+    def image(self, image_id: int) -> ImageRecord | None:
+        with self.session() as s:
+            r = s.get(Image, image_id)
+            return _record(r) if r else None
+
+    def image_by_path(self, path: str) -> ImageRecord | None:
+        with self.session() as s:
+            r = s.scalars(select(Image).where(Image.path == path)).first()
+            return _record(r) if r else None
+
+    def images(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
+        ids = [int(i) for i in ids]
+        out: dict[int, ImageRecord] = {}
+        with self.session() as s:
+            for i in range(0, len(ids), 500):
+                for r in s.scalars(select(Image).where(Image.id.in_(ids[i : i + 500]))):
+                    out[r.id] = _record(r)
+        return out
+
+    def ok_ids_by_sha(self, shas: Iterable[str]) -> dict[str, int]:
+        shas = list(set(shas))
+        out: dict[str, int] = {}
+        with self.session() as s:
+            for i in range(0, len(shas), 500):
+                q = select(Image.sha256, func.min(Image.id)).where(Image.sha256.in_(shas[i : i + 500]), Image.status == "ok").group_by(Image.sha256)
+                out.update({sha: i for sha, i in s.execute(q)})
+        return out
+
+    def failed(self) -> list[ImageRecord]:
+        with self.session() as s:
+            return [_record(r) for r in s.scalars(select(Image).where(Image.status == "failed").order_by(Image.path))]
+
+    def counts(self) -> dict[str, int]:
+        with self.session() as s:
+            by_status = dict(s.execute(select(Image.status, func.count()).group_by(Image.status)).all())
+            vectors = s.execute(select(func.count()).select_from(Vector)).scalar() or 0
+        return {"images": sum(by_status.values()), "ok": by_status.get("ok", 0), "failed": by_status.get("failed", 0), "vectors": vectors}
+
+    # -- vectors --------------------------------------------------------------
+    def vector_ids(self) -> np.ndarray:
+        with self.engine.connect() as c:
+            return np.fromiter((r[0] for r in c.execute(select(Vector.image_id).order_by(Vector.image_id))), dtype=np.int64)
+
+    def vectors(self, ids: Iterable[int] | None = None, dim: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, vectors, norms) for the given ids (all when None), ordered by id."""
+        q = select(Vector.image_id, Vector.data, Vector.norm).order_by(Vector.image_id)
+        rows = []
+        with self.engine.connect() as c:
+            if ids is None:
+                rows = list(c.execute(q))
+            else:
+                ids = [int(i) for i in ids]
+                for i in range(0, len(ids), 500):
+                    rows.extend(c.execute(q.where(Vector.image_id.in_(ids[i : i + 500]))))
+                rows.sort(key=lambda r: r[0])
+        if dim is None:
+            dim = len(rows[0][1]) // 4 if rows else 0
+        out_ids = np.array([r[0] for r in rows], dtype=np.int64)
+        mat = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim) if rows else np.zeros((0, dim), np.float32)
+        norms = np.array([r[2] for r in rows], dtype=np.float32)
+        return out_ids, mat, norms
+
+    # -- writes, each one transaction that bumps the generation --------------
+    def apply(self, *, upserts: Iterable[dict] = (), moves: Iterable[tuple[int, dict]] = (),
+              copies: Iterable[tuple[int, dict]] = (), deletes: Iterable[int] = ()) -> dict[str, list[int]]:
+        """Write one chunk of an indexing run atomically.
+
+        upserts: image fields plus `vector`/`norm` (none for a failed file); replace by path.
+        moves: (existing id, new fields) -- a renamed file keeps its id and vector.
+        copies: (source id, new image fields) -- identical content elsewhere reuses the vector.
+        deletes: image ids to drop.
+        Returns the image ids whose vectors were added/changed ("set") or dropped ("unset").
+        """
+        changed: list[int] = []
+        dropped: list[int] = []
+        with self.session() as s, s.begin():
+            for image_id in deletes:
+                s.execute(delete(Vector).where(Vector.image_id == image_id))
+                s.execute(delete(Image).where(Image.id == image_id))
+                dropped.append(image_id)
+            for image_id, fields in moves:
+                s.execute(update(Image).where(Image.id == image_id).values(**fields))
+            for src_id, fields in copies:
+                src = s.get(Vector, src_id)
+                data, norm = src.data, src.norm
+                row = self._upsert_image(s, fields, dropped)
+                s.add(Vector(image_id=row.id, data=data, norm=float(norm)))
+                changed.append(row.id)
+            for fields in upserts:
+                fields = dict(fields)
+                vector = fields.pop("vector", None)
+                norm = fields.pop("norm", 0.0)
+                row = self._upsert_image(s, fields, dropped)
+                if vector is not None:
+                    s.add(Vector(image_id=row.id, data=np.asarray(vector, np.float32).tobytes(), norm=float(norm)))
+                    changed.append(row.id)
+            if changed or dropped:
+                s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
+        return {"set": changed, "unset": dropped}
+
+    @staticmethod
+    def _upsert_image(s: Session, fields: dict, dropped: list[int]) -> Image:
+        """Insert a row for this path; an older row for it is replaced by a new id.
+
+        New content gets a new id (ids are never reused), so the FAISS file can be brought
+        up to date from id sets alone after a crash: no id ever changes its vector.
+        """
+        old = s.scalars(select(Image).where(Image.path == fields["path"])).first()
+        if old is not None:
+            if s.get(Vector, old.id) is not None:
+                dropped.append(old.id)
+            s.execute(delete(Vector).where(Vector.image_id == old.id))
+            s.execute(delete(Image).where(Image.id == old.id))
+        row = Image(**fields, indexed_at=_now())
+        s.add(row)
+        s.flush()
+        return row
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.close()
+

@@ -1,0 +1,53 @@
+"""SQLAlchemy models: the database is the source of truth, vectors included."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class IndexInfo(Base):
+    """One row: what built this index. Later runs must match it."""
+
+    __tablename__ = "index_info"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    backbone: Mapped[str] = mapped_column(String(64))
+    weights_kind: Mapped[str] = mapped_column(String(16))
+    weights_seed: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    weights_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    weights_fingerprint: Mapped[str] = mapped_column(String(64))
+    dim: Mapped[int] = mapped_column(Integer)
+    metric: Mapped[str] = mapped_column(String(16), default="cosine")
+    index_kind: Mapped[str] = mapped_column(String(16), default="flat")
+    # Bumped by every commit that changes vectors; the FAISS sidecar records the one it holds.
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column()
+
+
+class Image(Base):
+    __tablename__ = "images"
+    # AUTOINCREMENT: an id is never reused, so a stale FAISS entry can't point at a new image.
+    __table_args__ = (Index("ix_images_sha256", "sha256"), Index("ix_images_status", "status"), {"sqlite_autoincrement": True})
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    size: Mapped[int] = mapped_column(Integer)
+    mtime_ns: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status: Mapped[str] = mapped_column(String(8))  # "ok" | "failed"
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    indexed_at: Mapped[datetime] = mapped_column()
+
+
+class Vector(Base):
+    __tablename__ = "vectors"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)  # float32, L2-normalised
+    norm: Mapped[float] = mapped_column(Float)  # length before normalising (the ImageNet top needs it)
