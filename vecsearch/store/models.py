@@ -51,3 +51,46 @@ class Vector(Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)  # float32, L2-normalised
     norm: Mapped[float] = mapped_column(Float)  # length before normalising (the ImageNet top needs it)
+
+
+class ImagenetLabel(Base):
+    """Top-k ImageNet classes of one image, from the backbone's own classifier."""
+
+    __tablename__ = "imagenet_labels"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1 = most probable
+    class_index: Mapped[int] = mapped_column(Integer)
+    wnid: Mapped[str] = mapped_column(String(16), index=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    prob: Mapped[float] = mapped_column(Float)
+
+
+class UserLabel(Base):
+    """A class of the user's own for one image (from a folder name or a CSV)."""
+
+    __tablename__ = "user_labels"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    label: Mapped[str] = mapped_column(Text, index=True)
+    split: Mapped[str | None] = mapped_column(String(8), nullable=True)  # "train" | "test" | None
+    source: Mapped[str] = mapped_column(String(16))  # "folder" | "csv"
+
+
+class Classifier(Base):
+    """A trained model over the stored vectors (k-NN, probe, fine-tuned head)."""
+
+    __tablename__ = "classifiers"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "knn" | "probe" | "head"
+    path: Mapped[str | None] = mapped_column(Text, nullable=True)  # file inside the index folder
+    params: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+    metrics: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+    created_at: Mapped[datetime] = mapped_column()
+
+
+class Prediction(Base):
+    __tablename__ = "predictions"
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    classifier: Mapped[str] = mapped_column(ForeignKey("classifiers.name", ondelete="CASCADE"), primary_key=True)
+    label: Mapped[str] = mapped_column(Text)
+    confidence: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column()

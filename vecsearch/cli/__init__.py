@@ -1,4 +1,8 @@
-"""The `vecsearch` command: parse, show progress, print, map errors to exit codes. No logic."""
+"""The `vecsearch` command: parse, show progress, print, map errors to exit codes. No logic.
+
+Core commands live here; each later concept adds its commands from a module of its own
+in this package (registered at the bottom), so the CLI stays one module per concept.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import VecsearchError
+from ..errors import VecsearchError
 
 app = typer.Typer(
     help="Index photo folders with a frozen ImageNet CNN and find images that look alike.",
@@ -81,7 +85,7 @@ def progress_bar(description: str, quiet: bool):
 
 
 def _open(index: Path | None, **kw):
-    from .api import open_index
+    from ..api import open_index
 
     return open_index(index, **kw)
 
@@ -173,6 +177,9 @@ def export(
             n = ix.export(out_file)
         out.print(f"Exported {n} vectors to {out_file}", highlight=False)
 
+
+# Commands of other concepts register themselves on `app` when imported.
+# (e.g. `from . import classify  # noqa: E402,F401`)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

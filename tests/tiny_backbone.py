@@ -1,0 +1,32 @@
+"""A tiny deterministic Keras backbone for tests where the model is not the point.
+
+Registered through the public `register()` API, the way a plugin would add a backbone.
+Importable from a subprocess too (tests put this folder on sys.path).
+"""
+
+from vecsearch.backbones import BackboneSpec, import_keras, register
+
+TINY_DIM = 32
+
+
+def _build(weights, include_top):
+    keras = import_keras()
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu", name="conv1")(inputs)
+    x = keras.layers.Conv2D(TINY_DIM, 3, strides=2, activation="relu", name="conv2")(x)
+    pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if include_top:
+        out = keras.layers.Dense(10, activation="softmax", name="predictions")(pooled)
+        model = keras.Model(inputs, out, name="tiny")
+    else:
+        model = keras.Model(inputs, pooled, name="tiny")
+    if weights not in (None, "imagenet"):
+        model.load_weights(weights)
+    return model
+
+
+def _preprocess(x):
+    return x / 127.5 - 1.0
+
+
+TINY = register(BackboneSpec("tiny", (32, 32), TINY_DIM, _build, _preprocess, has_imagenet=False))
