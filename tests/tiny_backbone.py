@@ -4,6 +4,9 @@ Registered through the public `register()` API, the way a plugin would add a bac
 Importable from a subprocess too (tests put this folder on sys.path).
 """
 
+import os
+import time
+
 from vecsearch.backbones import BackboneSpec, import_keras, register
 
 TINY_DIM = 32
@@ -26,6 +29,10 @@ def _build(weights, include_top):
 
 
 def _preprocess(x):
+    # TINY_BACKBONE_DELAY slows each batch so a test can kill an indexing run mid-way.
+    delay = float(os.environ.get("TINY_BACKBONE_DELAY", "0"))
+    if delay:
+        time.sleep(delay)
     return x / 127.5 - 1.0
 
 

@@ -240,8 +240,14 @@ class VecIndex:
 
     # -- indexing -------------------------------------------------------------------
     def add(self, paths: Iterable[str | os.PathLike], *, progress: Progress | None = None,
-            chunk_size: int = 128) -> IndexSummary:
-        """Index image files and folders incrementally; see the module docstring for safety."""
+            chunk_size: int = 64, chunk_seconds: float = 10.0) -> IndexSummary:
+        """Index image files and folders incrementally.
+
+        New or changed files (size + mtime, then content hash) are embedded; moved or copied
+        files reuse stored vectors; entries under the given folders whose files are gone are
+        removed. Results are committed every `chunk_size` images or `chunk_seconds`, so a
+        killed run loses at most one chunk and the next run resumes from there.
+        """
         started = time.perf_counter()
         paths = [Path(p) for p in paths]
         with self._write_lock():
@@ -259,6 +265,7 @@ class VecIndex:
             if total:
                 done = 0
                 chunk: list[dict] = []
+                last_commit = time.monotonic()
                 for item in self.extractor().embed_files(plan.to_embed):
                     size, mtime_ns = plan.stats[item.path]
                     row = {"path": str(item.path), "size": size, "mtime_ns": mtime_ns, "sha256": item.sha256 or None,
@@ -271,9 +278,9 @@ class VecIndex:
                         summary.failed.append(FailedImage(str(item.path), item.error))
                     chunk.append(row)
                     done += 1
-                    if len(chunk) >= chunk_size:
+                    if len(chunk) >= chunk_size or time.monotonic() - last_commit > chunk_seconds:
                         self._commit(upserts=chunk)
-                        chunk = []
+                        chunk, last_commit = [], time.monotonic()
                     if progress:
                         progress(done, total)
                 self._commit(upserts=chunk)

@@ -15,7 +15,6 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from ..errors import VecsearchError
 
@@ -144,10 +143,10 @@ def query(
         if json_out:
             print_json([h.to_dict() for h in hits])
             return
-        table = Table("rank", "score", "path", box=None)
+        # Plain lines, never truncated: people copy these paths.
+        out.print(f"{'rank':>4}  {'score':>6}  path", highlight=False)
         for h in hits:
-            table.add_row(str(h.rank), f"{h.score:.4f}", h.path)
-        out.print(table)
+            out.print(f"{h.rank:>4}  {h.score:6.4f}  {h.path}", highlight=False, markup=False)
 
 
 @app.command()
@@ -160,10 +159,9 @@ def stats(index: IndexOpt = None, json_out: JsonOpt = False) -> None:
         if json_out:
             print_json(s | {"failed_images": failed})
             return
-        table = Table(box=None, show_header=False)
+        width = max(map(len, s))
         for key, value in s.items():
-            table.add_row(key, str(value))
-        out.print(table)
+            out.print(f"{key:<{width}}  {value}", highlight=False, markup=False)
 
 
 @app.command()
