@@ -45,3 +45,4 @@ def test_wheel_ships_the_migrations(tmp_path):
     assert "vecsearch/migrations/env.py" in names
     assert "vecsearch/migrations/script.py.mako" in names
     assert "vecsearch/migrations/versions/0001_initial.py" in names
+    assert "vecsearch/imagenet_class_index.json" in names

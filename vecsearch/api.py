@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -97,6 +98,8 @@ class VecIndex:
         self.workers = workers
         self.vectors = vectors
         self._vectors_generation = -1
+        # Server threads may refresh at once; one reloads, the others then see it current.
+        self._refresh_lock = threading.Lock()
         if self.store.info() is not None and self.vectors is None:
             self._load_vectors()
 
@@ -159,8 +162,8 @@ class VecIndex:
                 log.warning("rebuilding the vector file from the database: %s", e)
         if vi is None or vi.dim != info.dim or vi.kind != info.index_kind:
             vi, meta = VectorIndex(info.dim, info.index_kind), {}
-        self.vectors = vi
         if meta.get("generation") == generation and len(vi) == self.store.counts()["vectors"]:
+            self.vectors = vi
             self._vectors_generation = generation
             return
         db_ids = self.store.vector_ids()
@@ -172,6 +175,8 @@ class VecIndex:
         if len(missing):
             ids, mat, _ = self.store.vectors(missing, dim=info.dim)
             vi.add(ids, mat)
+        # Publish only the finished index: concurrent searches hold the old one until here.
+        self.vectors = vi
         self._vectors_generation = generation
         # Save the repair unless an indexer holds the lock (it will save its own state).
         fd = self._try_lock()
@@ -196,8 +201,11 @@ class VecIndex:
             return False
         if self.store.generation() == self._vectors_generation:
             return False
-        self._load_vectors()
-        return True
+        with self._refresh_lock:
+            if self.store.generation() == self._vectors_generation:
+                return False
+            self._load_vectors()
+            return True
 
     # -- the backbone ---------------------------------------------------------------
     @property

@@ -44,3 +44,19 @@ class WeightsUnavailableError(VecsearchError):
 
 class NotIndexedError(VecsearchError):
     """An id or path that is not in the index."""
+
+
+class NoLabelsError(VecsearchError):
+    """The index has no user labels to train on."""
+
+
+class BadLabelsError(VecsearchError):
+    """The labels cannot train or evaluate a classifier (one class, a class of one image)."""
+
+
+class ClassifierNotFoundError(VecsearchError):
+    """No trained classifier of that name in the index."""
+
+
+class UnknownClassError(VecsearchError):
+    """A name or WordNet id that is not one of the 1000 ImageNet classes."""

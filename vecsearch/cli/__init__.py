@@ -97,6 +97,8 @@ def index_cmd(
     weights: Annotated[Optional[str], typer.Option(help="imagenet (default), none (seeded random init), or a Keras weights FILE.", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the random init for --weights none.", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per model call (default 32).", show_default=False)] = None,
+    label: Annotated[bool, typer.Option("--label", help="Also store the top ImageNet classes of images that have none yet (see `vecsearch label`).")] = False,
+    top: Annotated[int, typer.Option("--top", min=1, max=1000, help="With --label: ImageNet classes kept per image.")] = 5,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -112,8 +114,18 @@ def index_cmd(
         with _open(index, batch_size=batch_size, **kw) as ix:
             with progress_bar("Embedding", quiet or json_out) as update:
                 summary = ix.add(paths, progress=update)
+            labelled, label_error = None, None
+            if label:
+                from ..labels import label_index
+
+                try:
+                    labelled = label_index(ix, top=top, only_missing=True).labelled
+                except VecsearchError as e:  # the index is done: report it, then why labels are not
+                    label_error = e
         if json_out:
-            print_json(summary.to_dict() | {"index": str(ix.directory)})
+            print_json(summary.to_dict() | {"index": str(ix.directory)} | ({"labelled": labelled} if label else {}))
+            if label_error is not None:
+                raise label_error
             return
         out.print(
             f"Indexed {summary.indexed}, unchanged {summary.unchanged}, reused {summary.reused}, "
@@ -125,19 +137,36 @@ def index_cmd(
             err.print(f"  failed: {f.path}: {f.reason}", highlight=False, markup=False)
         for p in summary.removed_paths:
             err.print(f"  removed: {p}", highlight=False, markup=False)
+        if label_error is not None:
+            raise label_error
+        if labelled is not None:
+            out.print(f"Labelled {labelled} images with their top {top} ImageNet classes", highlight=False)
 
 
 @app.command()
 def query(
-    image: Annotated[Path, typer.Argument(help="An image file (an indexed path reuses its stored vector).", show_default=False)],
+    image: Annotated[Optional[Path], typer.Argument(help="An image file (an indexed path reuses its stored vector).", show_default=False)] = None,
     index: IndexOpt = None,
-    k: Annotated[int, typer.Option("--k", "-k", help="How many neighbours.")] = 10,
+    k: Annotated[Optional[int], typer.Option("--k", "-k", help="How many neighbours (default 10; with --label: at most this many, default all).", show_default=False)] = None,
+    label: Annotated[Optional[str], typer.Option("--label", help="Instead: list images whose stored ImageNet top-k holds this class (name or WordNet id).", show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Show the k indexed images most similar to IMAGE (cosine similarity)."""
+    """Show the k indexed images most similar to IMAGE (cosine similarity), or those labelled --label NAME."""
     with errors_to_exit():
-        if k < 1:
+        if k is not None and k < 1:
             raise VecsearchError(f"--k must be at least 1, got {k}.")
+        if label is not None:
+            if image is not None:
+                raise VecsearchError("Give either IMAGE or --label NAME, not both.")
+            from ..labels import images_with_label
+            from .labels import print_label_hits
+
+            with _open(index, create=False) as ix:
+                print_label_hits(images_with_label(ix, label, limit=k), json_out)
+            return
+        if image is None:
+            raise VecsearchError("Give an IMAGE to search with, or --label NAME.")
+        k = 10 if k is None else k
         with _open(index, create=False) as ix:
             hits = ix.search(image, k)
         if json_out:
@@ -178,6 +207,10 @@ def export(
 
 # Commands of other concepts register themselves on `app` when imported.
 # (e.g. `from . import classify  # noqa: E402,F401`)
+from . import serve  # noqa: E402,F401
+from . import classify  # noqa: E402,F401
+from . import tune  # noqa: E402,F401
+from . import labels  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-from sqlalchemy import create_engine, delete, event, func, select, update
+from sqlalchemy import create_engine, delete, event, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from .models import Base, Image, IndexInfo, Vector
+from .models import Base, Classifier, Image, ImagenetLabel, IndexInfo, Prediction, UserLabel, Vector
 
 log = logging.getLogger(__name__)
 
@@ -200,15 +200,141 @@ class Store:
         up to date from id sets alone after a crash: no id ever changes its vector.
         """
         old = s.scalars(select(Image).where(Image.path == fields["path"])).first()
+        label = None
         if old is not None:
             if s.get(Vector, old.id) is not None:
                 dropped.append(old.id)
+            # The user's class belongs to the path: it survives the file being re-embedded.
+            old_label = s.get(UserLabel, old.id)
+            if old_label is not None:
+                label = (old_label.label, old_label.split, old_label.source)
+            s.execute(delete(UserLabel).where(UserLabel.image_id == old.id))
             s.execute(delete(Vector).where(Vector.image_id == old.id))
             s.execute(delete(Image).where(Image.id == old.id))
         row = Image(**fields, indexed_at=_now())
         s.add(row)
         s.flush()
+        if label is not None:
+            s.add(UserLabel(image_id=row.id, label=label[0], split=label[1], source=label[2]))
         return row
+
+    # -- classes of the user's own, classifiers, predictions ----------------------
+    def set_user_labels(self, rows: Iterable[tuple[int, str, str | None, str]]) -> int:
+        """Upsert (image_id, label, split, source) rows; returns how many were written."""
+        n = 0
+        with self.session() as s, s.begin():
+            for image_id, label, split, source in rows:
+                s.merge(UserLabel(image_id=int(image_id), label=str(label), split=split, source=source))
+                n += 1
+        return n
+
+    def clear_user_labels(self, ids: Iterable[int] | None = None) -> None:
+        """Forget the labels of the given images (all when None)."""
+        with self.session() as s, s.begin():
+            if ids is None:
+                s.execute(delete(UserLabel))
+            else:
+                ids = [int(i) for i in ids]
+                for i in range(0, len(ids), 500):
+                    s.execute(delete(UserLabel).where(UserLabel.image_id.in_(ids[i : i + 500])))
+
+    def user_labels(self) -> list[tuple[int, str, str | None, str]]:
+        """(image_id, label, split, source) of every labelled image, ordered by id."""
+        with self.engine.connect() as c:
+            q = select(UserLabel.image_id, UserLabel.label, UserLabel.split, UserLabel.source).order_by(UserLabel.image_id)
+            return [tuple(r) for r in c.execute(q)]
+
+    def label_counts(self) -> dict[str, dict[str, int]]:
+        """{label: {split or "": count}} over labelled images."""
+        out: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as c:
+            q = select(UserLabel.label, UserLabel.split, func.count()).group_by(UserLabel.label, UserLabel.split)
+            for label, split, n in c.execute(q):
+                out.setdefault(label, {})[split or ""] = n
+        return out
+
+    def save_classifier_row(self, name: str, kind: str, path: str | None, params: str, metrics: str) -> None:
+        """Insert or replace one classifier row (params/metrics are JSON text)."""
+        with self.session() as s, s.begin():
+            s.merge(Classifier(name=name, kind=kind, path=path, params=params, metrics=metrics, created_at=_now()))
+
+    def classifier_rows(self) -> list[Classifier]:
+        """Every trained classifier, newest first."""
+        with self.session() as s:
+            return list(s.scalars(select(Classifier).order_by(Classifier.created_at.desc(), Classifier.name)))
+
+    def set_predictions(self, classifier: str, rows: Iterable[tuple[int, str, float]], *, replace: bool = True) -> int:
+        """Store (image_id, label, confidence) for one classifier, dropping its older ones if replace."""
+        now = _now()
+        n = 0
+        with self.session() as s, s.begin():
+            if replace:
+                s.execute(delete(Prediction).where(Prediction.classifier == classifier))
+            for image_id, label, conf in rows:
+                s.merge(Prediction(image_id=int(image_id), classifier=classifier, label=str(label), confidence=float(conf), created_at=now))
+                n += 1
+        return n
+
+    def predictions(self, classifier: str | None = None) -> list[tuple[int, str, str, float]]:
+        """(image_id, classifier, label, confidence), ordered by classifier then id."""
+        q = select(Prediction.image_id, Prediction.classifier, Prediction.label, Prediction.confidence)
+        if classifier is not None:
+            q = q.where(Prediction.classifier == classifier)
+        with self.engine.connect() as c:
+            return [tuple(r) for r in c.execute(q.order_by(Prediction.classifier, Prediction.image_id))]
+
+    # -- ImageNet top-k labels -------------------------------------------------
+    def set_imagenet_labels(self, ids: Iterable[int], rows: Iterable[tuple[int, int, int, str, str, float]]) -> int:
+        """Replace the labels of `ids` with (image_id, rank, class_index, wnid, name, prob) rows.
+
+        Rows of images deleted meanwhile (a concurrent indexer) are skipped: the delete
+        takes SQLite's write lock first, so the existence check can't go stale.
+        """
+        ids = [int(i) for i in ids]
+        n = 0
+        with self.session() as s, s.begin():
+            alive: set[int] = set()
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                s.execute(delete(ImagenetLabel).where(ImagenetLabel.image_id.in_(part)))
+                alive.update(s.scalars(select(Image.id).where(Image.id.in_(part))))
+            values = [dict(image_id=int(r[0]), rank=int(r[1]), class_index=int(r[2]), wnid=r[3], name=r[4], prob=float(r[5]))
+                      for r in rows if int(r[0]) in alive]
+            if values:
+                s.execute(insert(ImagenetLabel), values)
+                n = len(values)
+        return n
+
+    def imagenet_labelled_ids(self) -> np.ndarray:
+        """Ids of images that have ImageNet labels, ascending."""
+        with self.engine.connect() as c:
+            q = select(ImagenetLabel.image_id).distinct().order_by(ImagenetLabel.image_id)
+            return np.fromiter((r[0] for r in c.execute(q)), dtype=np.int64)
+
+    def imagenet_labels(self, ids: Iterable[int] | None = None) -> dict[int, list[tuple[int, int, str, str, float]]]:
+        """{image_id: [(rank, class_index, wnid, name, prob), ...] best first} (all when ids is None)."""
+        q = select(ImagenetLabel.image_id, ImagenetLabel.rank, ImagenetLabel.class_index, ImagenetLabel.wnid,
+                   ImagenetLabel.name, ImagenetLabel.prob)
+        rows = []
+        with self.engine.connect() as c:
+            if ids is None:
+                rows = list(c.execute(q))
+            else:
+                ids = [int(i) for i in ids]
+                for i in range(0, len(ids), 500):
+                    rows.extend(c.execute(q.where(ImagenetLabel.image_id.in_(ids[i : i + 500]))))
+        out: dict[int, list] = {}
+        for image_id, *rest in sorted(rows, key=lambda r: (r[0], r[1])):
+            out.setdefault(image_id, []).append(tuple(rest))
+        return out
+
+    def images_with_imagenet_class(self, class_indexes: Iterable[int]) -> list[tuple[int, int, str, str, float]]:
+        """(image_id, rank, wnid, name, prob) of stored labels of these classes."""
+        q = (select(ImagenetLabel.image_id, ImagenetLabel.rank, ImagenetLabel.wnid, ImagenetLabel.name, ImagenetLabel.prob)
+             .where(ImagenetLabel.class_index.in_([int(c) for c in class_indexes]))
+             .order_by(ImagenetLabel.prob.desc(), ImagenetLabel.image_id))
+        with self.engine.connect() as c:
+            return [tuple(r) for r in c.execute(q)]
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

@@ -1,0 +1,66 @@
+// Drive the vecsearch page in headless Chromium: upload an image, read the grid, click a
+// result, read the new grid, save a screenshot. Prints one JSON object on stdout.
+//
+//   node search_page.mjs URL IMAGE SCREENSHOT [K]
+//
+// Run by tests/test_browser.py; needs `npm ci` here and Debian's /usr/bin/chromium
+// (override with $CHROMIUM). playwright-core never downloads a browser.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const [url, image, screenshot, k = "12"] = process.argv.slice(2);
+if (!url || !image || !screenshot) {
+  console.error("usage: node search_page.mjs URL IMAGE SCREENSHOT [K]");
+  process.exit(2);
+}
+
+const profile = mkdtempSync(join(tmpdir(), "vecsearch-chromium-"));
+// A fresh profile each run (playwright passes it as --user-data-dir).
+const browser = await chromium.launchPersistentContext(profile, {
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  viewport: { width: 1100, height: 1400 },
+  timeout: 60_000,
+});
+const consoleErrors = [];
+try {
+  const page = await browser.newPage();
+  page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
+  page.on("pageerror", (e) => consoleErrors.push(String(e)));
+  page.setDefaultTimeout(60_000);
+  await page.goto(url, { waitUntil: "load" });
+  await page.waitForFunction(() => /images indexed/.test(document.getElementById("stats").textContent));
+  await page.selectOption("#k", k);
+
+  const grid = async () => page.$$eval("#grid .result", (cards) => cards.map((c) => ({
+    id: +c.dataset.id,
+    text: c.innerText,
+    imgLoaded: c.querySelector("img").complete && c.querySelector("img").naturalWidth > 0,
+  })));
+  const waitForGrid = async (caption) => {
+    await page.waitForFunction((cap) => document.getElementById("status").textContent.endsWith("results")
+      && document.getElementById("query-caption")?.textContent.startsWith(cap), caption);
+    // Thumbnails load lazily; wait until every visible one has arrived.
+    await page.waitForFunction(() => [...document.querySelectorAll("#grid img")].every((i) => i.complete));
+    return grid();
+  };
+
+  await page.setInputFiles("#file", image);
+  const upload = await waitForGrid("Similar to ");
+  const caption1 = await page.textContent("#query-caption");
+
+  await page.click(`#grid .result[data-id="${upload[1].id}"]`);
+  const clicked = upload[1].id;
+  const similar = await waitForGrid(`Similar to #${clicked} `);
+  const caption2 = await page.textContent("#query-caption");
+  await page.screenshot({ path: screenshot, fullPage: true });
+
+  console.log(JSON.stringify({ upload, caption1, clicked, similar, caption2, consoleErrors }));
+} finally {
+  await browser.close();
+  rmSync(profile, { recursive: true, force: true });
+}

@@ -1,0 +1,171 @@
+"""Near-duplicate groups and the similarity matrix, against numpy brute force."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import make_image
+from vecsearch.cli import app
+from vecsearch.dupes import duplicate_groups, similarity_matrix, vectors_for
+from vecsearch.errors import InputNotFoundError, VecsearchError
+
+runner = CliRunner()
+# Measured on the tiny backbone (seed 7): copies score >= 0.9999 with their original,
+# distinct images at most ~0.99 with each other; 0.995 sits in the gap.
+THRESHOLD = 0.995
+
+
+@pytest.fixture
+def dupe_folder(tmp_path) -> tuple[Path, set[str], set[str]]:
+    """Distinct images plus, for two of them, a half-size copy and a JPEG (quality 60) copy."""
+    root = tmp_path / "dupes"
+    for i in range(8):
+        make_image(root / f"img{i}.png", seed=100 + i, size=(96, 72))
+    groups = []
+    for i, sub in ((0, "copies"), (5, "other")):
+        orig = Image.open(root / f"img{i}.png").convert("RGB")
+        small = root / sub / f"img{i}_half.png"
+        jpeg = root / sub / f"img{i}_q60.jpg"
+        small.parent.mkdir(parents=True, exist_ok=True)
+        orig.resize((48, 36), Image.BILINEAR).save(small)
+        orig.save(jpeg, quality=60)
+        groups.append({str((root / f"img{i}.png").resolve()), str(small.resolve()), str(jpeg.resolve())})
+    return root, groups[0], groups[1]
+
+
+def _brute_force_groups(ix, threshold):
+    """All-pairs similarity matrix and a plain flood fill: the reference."""
+    ids, mat, _ = ix.store.vectors()
+    sims = mat @ mat.T
+    adj = sims >= threshold
+    seen, out = set(), []
+    for s in range(len(ids)):
+        if s in seen:
+            continue
+        comp, stack = set(), [s]
+        while stack:
+            a = stack.pop()
+            if a in comp:
+                continue
+            comp.add(a)
+            stack.extend(np.flatnonzero(adj[a]).tolist())
+        seen |= comp
+        if len(comp) > 1:
+            out.append({int(ids[c]) for c in comp})
+    return sorted(out, key=lambda g: min(g)), sims
+
+
+def test_copies_grouped_with_their_original_and_nothing_else(tiny_index, dupe_folder):
+    root, group_a, group_b = dupe_folder
+    tiny_index.add([root])
+    groups = duplicate_groups(tiny_index, THRESHOLD)
+    assert [set(g.paths) for g in groups] == sorted([group_a, group_b], key=lambda g: min(g))
+    for g in groups:
+        assert g.paths == sorted(g.paths) and len(g.ids) == 3
+        assert THRESHOLD <= g.min_score <= g.score <= 1.0 + 1e-6
+
+    # Same components as an all-pairs brute force, which also shows the margin is real.
+    ref, sims = _brute_force_groups(tiny_index, THRESHOLD)
+    assert sorted((set(g.ids) for g in groups), key=min) == ref
+    in_group = {i for g in groups for i in g.ids}
+    ids, _, _ = tiny_index.store.vectors()
+    pos = {int(i): n for n, i in enumerate(ids)}
+    distinct = [pos[i] for i in map(int, ids) if i not in in_group] + [pos[min(g.ids)] for g in groups]
+    off = sims[np.ix_(distinct, distinct)][~np.eye(len(distinct), dtype=bool)]
+    assert off.max() < THRESHOLD - 0.002
+
+
+def test_groups_chain_through_neighbours_beyond_k(tiny_index, tmp_path):
+    """k=1 still finds a whole group of 4 copies: groups are components, not k-NN lists."""
+    root = tmp_path / "many"
+    make_image(root / "base.png", seed=3, size=(96, 72))
+    base = Image.open(root / "base.png").convert("RGB")
+    for q in (50, 70, 90):
+        base.save(root / f"base_q{q}.jpg", quality=q)
+    make_image(root / "lone.png", seed=4, size=(96, 72))
+    tiny_index.add([root])
+    groups = duplicate_groups(tiny_index, THRESHOLD, k=1)
+    assert len(groups) == 1 and len(groups[0].ids) == 4
+    assert not any(p.endswith("lone.png") for p in groups[0].paths)
+
+
+def test_threshold_one_finds_only_identical(tiny_index, photos):
+    tiny_index.add([photos])
+    assert duplicate_groups(tiny_index, 0.9999) == []
+    with pytest.raises(VecsearchError, match="between -1 and 1"):
+        duplicate_groups(tiny_index, 1.5)
+
+
+def test_similarity_matrix_matches_numpy(tiny_index, photos, tmp_path):
+    tiny_index.add([photos])
+    files = sorted(photos.rglob("*.*"))[:3]
+    outside = make_image(tmp_path / "new.png", seed=99)  # not indexed: embedded on the fly
+    paths = files + [outside]
+    sims = similarity_matrix(tiny_index, paths)
+    # Reference: vectors straight from the extractor, cosine by numpy.
+    ref = tiny_index.embed(paths)
+    ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    np.testing.assert_allclose(sims, ref @ ref.T, atol=1e-5)
+    assert np.allclose(np.diag(sims), 1.0) and np.allclose(sims, sims.T)
+    # indexed paths reuse their stored vectors
+    rec = tiny_index.store.image_by_path(str(files[0].resolve()))
+    np.testing.assert_array_equal(vectors_for(tiny_index, [files[0]])[0], tiny_index.vector(rec.id))
+
+
+def test_similarity_needs_two_existing_images(tiny_index, photos, tmp_path):
+    tiny_index.add([photos])
+    one = next(photos.rglob("*.png"))
+    with pytest.raises(VecsearchError, match="at least 2"):
+        similarity_matrix(tiny_index, [one])
+    with pytest.raises(InputNotFoundError):
+        similarity_matrix(tiny_index, [one, tmp_path / "missing.jpg"])
+
+
+def test_cli_dupes_and_similarity(tiny_index, dupe_folder, index_dir, tmp_path):
+    root, group_a, group_b = dupe_folder
+    tiny_index.add([root])
+    tiny_index.close()
+    r = runner.invoke(app, ["dupes", "--index", str(index_dir), "--threshold", str(THRESHOLD), "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert sorted(map(frozenset, (g["paths"] for g in data)), key=min) == sorted(map(frozenset, (group_a, group_b)), key=min)
+    assert all(g["size"] == 3 for g in data)
+    r = runner.invoke(app, ["dupes", "--index", str(index_dir), "--threshold", str(THRESHOLD), "-q"])
+    assert r.exit_code == 0 and "2 groups of near-duplicates (6 images)" in r.stdout
+
+    files = sorted(group_a)
+    png = tmp_path / "sim.png"
+    r = runner.invoke(app, ["similarity", *files, "--index", str(index_dir), "--json", "--plot", str(png)])
+    assert r.exit_code == 0, r.output
+    m = np.array(json.loads(r.stdout)["matrix"])
+    assert m.shape == (3, 3) and (m >= THRESHOLD).all()
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = runner.invoke(app, ["similarity", *files[:2], "--index", str(index_dir)])
+    assert r.exit_code == 0 and files[1] in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["similarity", "{one}"], "at least 2 images"),
+    (["similarity", "{one}", "{missing}"], "No such file"),
+    (["dupes", "--threshold", "2"], "Invalid value"),
+])
+def test_cli_bad_input_is_a_message(tiny_index, photos, index_dir, tmp_path, args, message):
+    tiny_index.add([photos])
+    tiny_index.close()
+    one = str(next(photos.rglob("*.png")))
+    args = [a.format(one=one, missing=tmp_path / "nope.jpg") for a in args]
+    r = runner.invoke(app, [*args, "--index", str(index_dir)])
+    assert r.exit_code != 0
+    assert message in r.output and "Traceback" not in r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
+def test_cli_dupes_without_index(tmp_path):
+    r = runner.invoke(app, ["dupes", "--index", str(tmp_path / "none")])
+    assert r.exit_code == 1 and "No index" in r.output

@@ -1,0 +1,590 @@
+"""The HTTP service against real HTTP clients: every endpoint, every hostile input, live reloads.
+
+References are independent of the server: plain Keras on `keras.utils.load_img` pixels and
+NumPy brute-force cosine over the stored vectors, PIL for thumbnails, the classify
+module's own file-based prediction.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import warnings
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+import httpx  # noqa: E402
+
+with warnings.catch_warnings():  # Starlette nags about its httpx-based client; it is the one FastAPI documents
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient  # noqa: E402
+
+from conftest import make_image  # noqa: E402
+
+TESTS = Path(__file__).parent
+
+
+# -- fixtures and helpers -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """12 photos (a/, b/) plus one corrupt file, indexed with the tiny backbone; shared read-only."""
+    from vecsearch import open_index
+
+    root = tmp_path_factory.mktemp("served")
+    for i in range(12):
+        make_image(root / "photos" / ("a" if i < 6 else "b") / f"img{i:02d}.jpg", seed=i)
+    (root / "photos" / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    for i in range(3):  # never indexed: query images
+        make_image(root / "queries" / f"q{i}.png", seed=100 + i, size=(50, 70))
+    ix = open_index(root / "index", backbone="tiny", weights=None, seed=7)
+    ix.add([root / "photos"])
+    yield root, ix
+    ix.close()
+
+
+@pytest.fixture(scope="module")
+def client(built):
+    from vecsearch.server import create_app
+
+    _, ix = built
+    with TestClient(create_app(ix)) as c:
+        yield c
+
+
+def _upload(path: Path | bytes, name="q.png", mime="image/png"):
+    data = path if isinstance(path, bytes) else Path(path).read_bytes()
+    return {"file": (name, data, mime)}
+
+
+def _keras_unit_vector(path: Path) -> np.ndarray:
+    """The reference embedding: plain Keras load_img + a freshly built seeded tiny model."""
+    import keras
+
+    import tiny_backbone
+
+    keras.utils.set_random_seed(7)
+    model = tiny_backbone._build(None, False)
+    x = keras.utils.img_to_array(keras.utils.load_img(path, target_size=(32, 32), interpolation="bilinear"))
+    v = model.predict(tiny_backbone._preprocess(x[None]), verbose=0)[0]
+    return v / np.linalg.norm(v)
+
+
+def _brute_force(ix, q: np.ndarray, k: int, exclude=()) -> tuple[list[int], np.ndarray]:
+    ids, mat, _ = ix.store.vectors(dim=ix.info.dim)
+    scores = mat.astype(np.float64) @ q.astype(np.float64)
+    keep = ~np.isin(ids, list(exclude))
+    ids, scores = ids[keep], scores[keep]
+    order = np.lexsort((ids, -scores))[:k]
+    return ids[order].tolist(), scores[order]
+
+
+def _assert_json_error(r: httpx.Response, status: int | tuple[int, ...]) -> dict:
+    statuses = status if isinstance(status, tuple) else (status,)
+    assert r.status_code in statuses, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/json"), r.headers
+    body = r.json()
+    assert isinstance(body.get("error"), str) and body["error"], body
+    return body
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height but carries almost no data: a decompression bomb's header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+@contextmanager
+def live_server(app):
+    """uvicorn on a free loopback port in a thread: real sockets, real HTTP."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
+# -- endpoints --------------------------------------------------------------------------
+def test_health_stats_and_openapi(client, built):
+    _, ix = built
+    h = client.get("/api/health").json()
+    assert h == {"status": "ok", "backbone": "tiny", "vectors": 12, "generation": ix.store.generation(), "auth": False}
+    s = client.get("/api/stats").json()
+    assert (s["images"], s["vectors"], s["ok"], s["failed"], s["dim"]) == (13, 12, 12, 1, 32)
+    assert s["weights"] == "none (random init, seed 7)" and s["max_upload_bytes"] > 0
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    for p in ("/api/search", "/api/images/{image_id}/similar", "/api/images/{image_id}", "/api/images/{image_id}/thumbnail",
+              "/api/images", "/api/classify", "/api/classifiers", "/api/stats", "/api/health"):
+        assert p in paths, p
+        for op in paths[p].values():
+            assert op.get("summary"), (p, op)
+    assert "multipart/form-data" in paths["/api/search"]["post"]["requestBody"]["content"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_search_by_upload_matches_keras_and_brute_force(client, built):
+    root, ix = built
+    q = root / "queries" / "q0.png"
+    r = client.post("/api/search?k=5", files=_upload(q))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ref = _keras_unit_vector(q)
+    want_ids, want_scores = _brute_force(ix, ref, 5)
+    got = body["results"]
+    assert [h["id"] for h in got] == want_ids
+    np.testing.assert_allclose([h["score"] for h in got], want_scores, atol=1e-4)
+    assert [h["rank"] for h in got] == [1, 2, 3, 4, 5]
+    recs = ix.store.images(want_ids)
+    assert [h["path"] for h in got] == [recs[i].path for i in want_ids]
+    assert all(h["thumbnail"] == f"/api/images/{h['id']}/thumbnail" for h in got)
+
+
+def test_search_by_upload_finds_the_same_image_first(client, built):
+    root, ix = built
+    path = root / "photos" / "a" / "img03.jpg"
+    hits = client.post("/api/search?k=3", files=_upload(path, "x.jpg", "image/jpeg")).json()["results"]
+    assert hits[0]["id"] == ix.store.image_by_path(str(path)).id
+    assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_search_pages_join_up(client, built):
+    root, _ = built
+    q = root / "queries" / "q1.png"
+    whole = client.post("/api/search?k=9", files=_upload(q)).json()
+    first = client.post("/api/search?k=4", files=_upload(q)).json()
+    second = client.post("/api/search?k=4&offset=4", files=_upload(q)).json()
+    assert first["next"] == "/api/search?k=4&offset=4"
+    ids = [h["id"] for h in first["results"] + second["results"]]
+    assert ids == [h["id"] for h in whole["results"][:8]]
+    assert [h["rank"] for h in second["results"]] == [5, 6, 7, 8]
+    last = client.post("/api/search?k=10&offset=8", files=_upload(q)).json()
+    assert len(last["results"]) == 4 and last["next"] is None
+
+
+def test_similar_by_id_matches_brute_force(client, built):
+    _, ix = built
+    image_id = int(ix.store.vector_ids()[4])
+    body = client.get(f"/api/images/{image_id}/similar", params={"k": 6}).json()
+    q = ix.store.vectors([image_id], dim=32)[1][0]
+    want_ids, want_scores = _brute_force(ix, q, 6, exclude=[image_id])
+    assert body["query_id"] == image_id
+    assert [h["id"] for h in body["results"]] == want_ids
+    np.testing.assert_allclose([h["score"] for h in body["results"]], want_scores, atol=1e-5)
+    page2 = client.get(body["next"]).json()
+    want2, _ = _brute_force(ix, q, 12, exclude=[image_id])
+    assert [h["id"] for h in page2["results"]] == want2[6:]
+    assert page2["next"] is None  # 11 neighbours exist, 6 + 5 shown
+
+
+def test_image_metadata_with_labels_and_predictions(client, built):
+    from vecsearch.store.models import ImagenetLabel
+
+    root, ix = built
+    path = root / "photos" / "b" / "img07.jpg"
+    rec = ix.store.image_by_path(str(path))
+    with ix.store.session() as s, s.begin():
+        s.add_all([ImagenetLabel(image_id=rec.id, rank=1, class_index=281, wnid="n02123045", name="tabby", prob=0.6),
+                   ImagenetLabel(image_id=rec.id, rank=2, class_index=285, wnid="n02124075", name="Egyptian_cat", prob=0.3)])
+    ix.store.set_user_labels([(rec.id, "cats", "train", "folder")])
+    ix.store.save_classifier_row("knn", "knn", None, "{}", "{}")
+    ix.store.set_predictions("knn", [(rec.id, "cats", 0.75)])
+    try:
+        body = client.get(f"/api/images/{rec.id}").json()
+        assert body["id"] == rec.id and body["path"] == str(path) and body["name"] == "img07.jpg"
+        assert (body["width"], body["height"], body["status"], body["sha256"]) == (64, 48, "ok", rec.sha256)
+        assert [(lab["name"], lab["prob"]) for lab in body["imagenet_labels"]] == [("tabby", 0.6), ("Egyptian_cat", 0.3)]
+        assert body["user_label"] == {"label": "cats", "split": "train", "source": "folder"}
+        assert body["predictions"] == [{"classifier": "knn", "label": "cats", "confidence": 0.75}]
+        # ...and the grid of search results carries the ImageNet labels too.
+        hits = client.post("/api/search?k=12", files=_upload(path, "x.jpg", "image/jpeg")).json()["results"]
+        mine = next(h for h in hits if h["id"] == rec.id)
+        assert [lab["name"] for lab in mine["imagenet_labels"]] == ["tabby", "Egyptian_cat"]
+        assert all(h["imagenet_labels"] == [] for h in hits if h["id"] != rec.id)
+    finally:
+        from sqlalchemy import delete
+
+        from vecsearch.store.models import Classifier
+
+        with ix.store.session() as s, s.begin():
+            s.execute(delete(ImagenetLabel))
+            s.execute(delete(Classifier))
+        ix.store.clear_user_labels()
+
+
+def test_failed_image_metadata(client, built):
+    _, ix = built
+    (bad,) = ix.store.failed()
+    body = client.get(f"/api/images/{bad.id}").json()
+    assert body["status"] == "failed" and "corrupt" in body["reason"] and body["thumbnail"] is None
+    _assert_json_error(client.get(f"/api/images/{bad.id}/similar"), 404)
+    _assert_json_error(client.get(f"/api/images/{bad.id}/thumbnail"), 422)
+
+
+def test_thumbnail_is_the_indexed_file_scaled(client, built):
+    root, ix = built
+    path = root / "photos" / "a" / "img02.jpg"
+    rec = ix.store.image_by_path(str(path))
+    r = client.get(f"/api/images/{rec.id}/thumbnail", params={"size": 32})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    thumb = Image.open(io.BytesIO(r.content))
+    assert thumb.format == "JPEG" and thumb.size == (32, 24)  # 64x48 keeps its aspect
+    ref = np.asarray(Image.open(path).convert("RGB").resize((32, 24), Image.BILINEAR), np.float32)
+    assert np.abs(np.asarray(thumb.convert("RGB"), np.float32) - ref).mean() < 8
+    other = ix.store.image_by_path(str(root / "photos" / "b" / "img09.jpg"))
+    r2 = client.get(f"/api/images/{other.id}/thumbnail", params={"size": 32})
+    assert np.abs(np.asarray(Image.open(io.BytesIO(r2.content)).convert("RGB"), np.float32) - ref).mean() > 8
+    # Conditional GET: the browser's cache revalidates cheaply.
+    again = client.get(f"/api/images/{rec.id}/thumbnail", params={"size": 32}, headers={"If-None-Match": r.headers["etag"]})
+    assert again.status_code == 304 and not again.content
+    assert Image.open(io.BytesIO(client.get(f"/api/images/{rec.id}/thumbnail").content)).size == (64, 48)  # never upscaled
+
+
+def test_thumbnail_of_a_file_gone_since_indexing(built, tmp_path):
+    from vecsearch import open_index
+    from vecsearch.server import create_app
+
+    make_image(tmp_path / "p" / "x.jpg", seed=1)
+    ix = open_index(tmp_path / "ix", backbone="tiny", weights=None, seed=7)
+    ix.add([tmp_path / "p"])
+    (tmp_path / "p" / "x.jpg").unlink()
+    with TestClient(create_app(ix)) as c:
+        _assert_json_error(c.get("/api/images/1/thumbnail"), 404)
+    ix.close()
+
+
+def test_image_list_pages_cover_every_image_once(client, built):
+    _, ix = built
+    seen, url = [], "/api/images?limit=5"
+    while url:
+        page = client.get(url).json()
+        assert page["total"] == 13 and len(page["items"]) <= 5
+        seen += [item["id"] for item in page["items"]]
+        url = page["next"]
+    assert seen == sorted(ix.store.images(range(1, 100)))
+    failed = client.get("/api/images", params={"status": "failed"}).json()
+    assert failed["total"] == 1 and failed["items"][0]["status"] == "failed"
+    assert client.get("/api/images", params={"status": "ok", "limit": 500}).json()["total"] == 12
+
+
+def test_classify_upload_with_a_saved_classifier(built, tmp_path):
+    classify = pytest.importorskip("vecsearch.classify")
+    from vecsearch import open_index
+    from vecsearch.server import create_app
+
+    root, _ = built
+    ix = open_index(tmp_path / "ix", backbone="tiny", weights=None, seed=7)
+    ix.add([root / "photos"])
+    with TestClient(create_app(ix)) as c:
+        q = root / "queries" / "q2.png"
+        _assert_json_error(c.post("/api/classify", files=_upload(q)), 404)  # nothing trained yet
+        ids = ix.store.vector_ids()
+        recs = ix.store.images(ids)
+        ix.store.set_user_labels([(i, "/a/" in recs[i].path and "alpha" or "beta", None, "folder") for i in ids])
+        classify.train(ix, "knn", k=3)
+        assert [row["name"] for row in c.get("/api/classifiers").json()["items"]] == ["knn"]
+        r = c.post("/api/classify", files=_upload(q), params={"classifier": "knn", "top": 2})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        want = classify.classify_image(ix, q, "knn", top=2)
+        assert body["classifier"] == "knn" and body["kind"] == "knn"
+        assert body["label"] == want["label"]
+        assert body["confidence"] == pytest.approx(want["confidence"], abs=1e-4)
+        assert [p["label"] for p in body["probabilities"]] == [t["label"] for t in want["top"]]
+        assert sum(p["prob"] for p in body["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+        assert c.post("/api/classify", files=_upload(q)).json()["label"] == want["label"]  # default: newest
+        _assert_json_error(c.post("/api/classify", files=_upload(q), params={"classifier": "nope"}), 404)
+        _assert_json_error(c.post("/api/classify", files=_upload(b"not an image")), 422)
+    ix.close()
+
+
+def test_page_is_served(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    for needle in ('id="file"', 'id="grid"', "/api/search", "/similar"):
+        assert needle in r.text
+
+
+# -- hostile input ----------------------------------------------------------------------
+def _jpeg(size=(256, 192), seed=3) -> bytes:
+    buf = io.BytesIO()
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize(size, Image.BICUBIC).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _real_bomb() -> bytes:
+    """48 megapixels of black in ~50 KB: over the server's 40 MP cap, under the library's 120 MP default."""
+    buf = io.BytesIO()
+    Image.new("L", (8000, 6000)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+BAD_UPLOADS = {
+    "text": (b"hello, I am not an image\n" * 10, "not an image"),
+    "html": (b"<html><script>alert(1)</script></html>", "not an image"),
+    "truncated_jpeg": (_jpeg()[:1500], "truncated"),
+    "jpeg_header_only": (_jpeg()[:20], ""),
+    "bomb_header": (_png_header_only(100_000, 100_000), "too large"),
+    "bomb_48mp": (None, "too large"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_UPLOADS))
+def test_bad_uploads_get_422(client, kind):
+    data, words = BAD_UPLOADS[kind]
+    if data is None:
+        data = _real_bomb()
+    body = _assert_json_error(client.post("/api/search", files=_upload(data, "evil.png")), 422)
+    assert body["error"].startswith("Bad image:") and words in body["error"]
+    assert "evil.png" not in body["error"]
+
+
+def test_upload_over_the_cap_is_413(built):
+    from vecsearch.server import create_app
+
+    root, ix = built
+    good = _jpeg((64, 64))
+    with TestClient(create_app(ix, max_upload_bytes=len(good) + 10)) as c:
+        assert c.post("/api/search", files=_upload(good, "ok.jpg", "image/jpeg")).status_code == 200
+        big = good + b"\0" * 100
+        body = _assert_json_error(c.post("/api/search", files=_upload(big, "big.jpg", "image/jpeg")), 413)
+        assert str(len(good) + 10) in body["error"]
+        # A declared length far over the cap is refused before the body is read.
+        huge = _assert_json_error(c.post("/api/search", files=_upload(good + b"\0" * 200_000, "huge.jpg")), 413)
+        assert huge["type"] == "UploadTooLargeError"
+
+        # Chunked (no Content-Length): refused once the stream passes the cap.
+        def chunks():
+            yield b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n\r\n"
+            for _ in range(50):
+                yield b"\0" * 10_000
+
+        r = c.post("/api/search", content=chunks(), headers={"content-type": "multipart/form-data; boundary=xyz"})
+        _assert_json_error(r, 413)
+        _assert_json_error(c.post("/api/search", content=b"x", headers={"content-length": "abc"}), 400)
+
+
+def test_malformed_requests_are_4xx_json(client):
+    _assert_json_error(client.post("/api/search"), 422)  # no file field
+    _assert_json_error(client.post("/api/search", data={"k": "3"}), 422)
+    _assert_json_error(client.post("/api/search", files=_upload(b"", "empty.png")), 422)
+    _assert_json_error(client.post("/api/search", content=b"--nope\r\ngarbage",
+                                   headers={"content-type": "multipart/form-data; boundary=nope"}), (400, 422))
+    _assert_json_error(client.post("/api/search", json={"file": "x"}), 422)
+    _assert_json_error(client.get("/api/search"), 405)
+    _assert_json_error(client.get("/api/no-such-endpoint"), 404)
+
+
+@pytest.mark.parametrize("k", ["0", "-1", "1001", "abc", "1.5", "", "99999999999999999999999"])
+def test_bad_k_is_422(client, built, k):
+    root, _ = built
+    body = _assert_json_error(client.get("/api/images/1/similar", params={"k": k}), 422)
+    assert body["error"].startswith("k:")
+    _assert_json_error(client.post("/api/search", params={"k": k}, files=_upload(root / "queries" / "q0.png")), 422)
+
+
+@pytest.mark.parametrize("bad_id", ["999999", "0", "-3", "abc", "1.5", str(2**63), str(2**70), "9223372036854775807"])
+def test_unknown_or_bad_ids(client, bad_id):
+    for url in (f"/api/images/{bad_id}", f"/api/images/{bad_id}/similar", f"/api/images/{bad_id}/thumbnail"):
+        r = client.get(url)
+        _assert_json_error(r, 404 if bad_id in ("999999", "9223372036854775807") else 422)
+
+
+@pytest.mark.parametrize("url", [
+    "/api/images/..%2F..%2F..%2Fetc%2Fpasswd/thumbnail",
+    "/api/images/%2Fetc%2Fpasswd/thumbnail",
+    "/api/images/1/../../../../etc/passwd",
+    "/api/thumbnail?path=/etc/passwd",
+    "/api/images/thumbnail?path=/etc/passwd",
+    "/../../../../etc/passwd",
+    "/static/../../etc/passwd",
+    "/api/images/1%00/thumbnail",
+])
+def test_paths_cannot_escape(client, url):
+    r = client.get(url)
+    assert 400 <= r.status_code < 500, (url, r.status_code)
+    assert b"root:" not in r.content
+    if r.headers["content-type"].startswith("application/json"):
+        assert "error" in r.json()
+
+
+def test_thumbnail_ignores_a_client_given_path(client, built):
+    root, ix = built
+    rec = ix.store.image_by_path(str(root / "photos" / "a" / "img00.jpg"))
+    plain = client.get(f"/api/images/{rec.id}/thumbnail").content
+    assert client.get(f"/api/images/{rec.id}/thumbnail", params={"path": "/etc/passwd"}).content == plain
+
+
+def test_bad_thumbnail_sizes(client):
+    for size in ("0", "8", "5000", "big"):
+        _assert_json_error(client.get("/api/images/1/thumbnail", params={"size": size}), 422)
+
+
+# -- the token -------------------------------------------------------------------------------
+def test_token_guards_everything_but_health_and_page(built):
+    from vecsearch.server import create_app
+
+    root, ix = built
+    with TestClient(create_app(ix, token="s3cret")) as c:
+        assert c.get("/api/health").json()["auth"] is True
+        assert c.get("/").status_code == 200
+        for method, url, kw in [("get", "/api/stats", {}), ("get", "/api/images/1", {}), ("get", "/api/images/1/similar", {}),
+                                ("get", "/api/images/1/thumbnail", {}), ("get", "/api/images", {}), ("get", "/api/classifiers", {}),
+                                ("post", "/api/search", {"files": _upload(root / "queries" / "q0.png")})]:
+            r = getattr(c, method)(url, **kw)
+            _assert_json_error(r, 401)
+            assert r.headers["www-authenticate"] == "Bearer"
+            _assert_json_error(getattr(c, method)(url, headers={"Authorization": "Bearer wrong"}, **kw), 401)
+            assert getattr(c, method)(url, headers={"Authorization": "Bearer s3cret"}, **kw).status_code == 200, url
+        assert c.get("/api/images/1/thumbnail?token=s3cret").status_code == 200  # for <img src>
+        _assert_json_error(c.get("/api/images/1/thumbnail?token=s3cre"), 401)
+
+
+# -- the command ---------------------------------------------------------------------------
+def test_serve_refuses_a_public_host_without_a_token(built):
+    from typer.testing import CliRunner
+
+    from vecsearch.cli import app
+
+    _, ix = built
+    r = CliRunner().invoke(app, ["serve", "--index", str(ix.directory), "--host", "0.0.0.0"], env={"VECSEARCH_TOKEN": ""})
+    assert r.exit_code == 1 and "without a token" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["serve", "--index", str(ix.directory / "nope")])
+    assert r.exit_code == 1 and "No index" in r.output
+    r = CliRunner().invoke(app, ["serve", "--help"])
+    assert r.exit_code == 0 and "--token" in r.output and "--max-upload-mb" in r.output
+
+
+def test_serve_command_serves_over_http(built):
+    """The real command in a subprocess: starts, answers, stops on SIGTERM."""
+    _, ix = built
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = ("import sys; sys.path.insert(0, %r); import tiny_backbone; from vecsearch.cli import app; "
+            "app(['serve', '--index', %r, '--port', %r, '--log-level', 'warning'])" % (str(TESTS), str(ix.directory), str(port)))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.2)
+        assert r.json()["vectors"] == 12
+        assert httpx.get(f"http://127.0.0.1:{port}/api/images/1/similar?k=2").json()["results"]
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}/" in stderr
+
+
+# -- concurrency with an indexer in another process -----------------------------------------
+def _index_in_subprocess(root: Path, index: Path) -> subprocess.Popen:
+    code = (
+        "import sys; sys.path.insert(0, %r); import tiny_backbone; from vecsearch.cli import app; "
+        "app(['index', %r, '--index', %r, '--batch-size', '4', '--quiet'])" % (str(TESTS), str(root), str(index))
+    )
+    return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "TINY_BACKBONE_DELAY": "0.05"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_readers_see_a_consistent_index_while_another_process_indexes(tmp_path):
+    from vecsearch import open_index
+    from vecsearch.server import create_app
+
+    for i in range(12):
+        make_image(tmp_path / "old" / f"o{i:02d}.jpg", seed=i)
+    for i in range(12):
+        make_image(tmp_path / "new" / f"n{i:02d}.jpg", seed=200 + i)
+    ix = open_index(tmp_path / "ix", backbone="tiny", weights=None, seed=7)
+    ix.add([tmp_path / "old"])
+    query = (tmp_path / "new" / "n05.jpg").read_bytes()
+    probe = ix.store.image_by_path(str(tmp_path / "old" / "o02.jpg")).id
+    old_names = {f"o{i:02d}.jpg" for i in range(12)}
+    new_names = [f"n{i:02d}.jpg" for i in range(12)]  # the indexer embeds and commits in this order
+    seen_sizes: set[int] = set()
+    problems: list[str] = []
+    stop = threading.Event()
+
+    def reader(base: str, kind: str) -> None:
+        with httpx.Client(base_url=base, timeout=60) as c:
+            while not stop.is_set():
+                if kind == "similar":
+                    r = c.get(f"/api/images/{probe}/similar", params={"k": 50})
+                    expected_old = old_names - {"o02.jpg"}  # itself left out
+                else:
+                    r = c.post("/api/search", params={"k": 50}, files={"file": ("q.jpg", query, "image/jpeg")})
+                    expected_old = old_names
+                if r.status_code != 200:
+                    problems.append(f"{kind}: {r.status_code} {r.text[:200]}")
+                    continue
+                hits = r.json()["results"]
+                scores = [h["score"] for h in hits]
+                if scores != sorted(scores, reverse=True):
+                    problems.append(f"{kind}: unsorted {scores}")
+                names = [h["name"] for h in hits]
+                got_new = sorted(set(names) - old_names)
+                # A committed state: every old image, and the new ones of whole committed chunks.
+                if len(names) != len(set(names)) or set(names) & old_names != expected_old \
+                        or got_new != new_names[:len(got_new)]:
+                    problems.append(f"{kind}: inconsistent {names}")
+                seen_sizes.add(len(got_new))
+
+    with live_server(create_app(ix)) as base:
+        threads = [threading.Thread(target=reader, args=(base, kind)) for kind in ("similar", "search", "similar")]
+        for t in threads:
+            t.start()
+        proc = _index_in_subprocess(tmp_path / "new", tmp_path / "ix")
+        try:
+            _, err = proc.communicate(timeout=300)
+            deadline = time.monotonic() + 20
+            while 12 not in seen_sizes and not problems and time.monotonic() < deadline:
+                time.sleep(0.05)  # readers pick up the new state on their next request
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        assert not problems, problems[:5]
+        # Every answer saw a committed state (the indexer commits in chunks), never a half-written one.
+        assert 0 in seen_sizes and 12 in seen_sizes, seen_sizes
+        after = httpx.get(f"{base}/api/health").json()
+        assert after["vectors"] == 24
+        hits = httpx.post(f"{base}/api/search", params={"k": 1}, files={"file": ("q.jpg", query, "image/jpeg")}).json()["results"]
+        new_id = ix.store.image_by_path(str(tmp_path / "new" / "n05.jpg")).id
+        assert hits[0]["id"] == new_id and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    ix.close()

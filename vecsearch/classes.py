@@ -1,0 +1,229 @@
+"""Classes of the user's own: labels from class folders or a CSV, stored per image.
+
+Folder layout follows `keras.utils.image_dataset_from_directory`: every direct
+sub-folder of the root is a class and every image below it (at any depth) belongs to
+it. When the root holds `train/` and/or `test/` folders, each of them is such a root and
+the folder name becomes the image's split. A CSV has rows `path,label[,split]`, paths
+relative to the CSV's folder or absolute; a header row is optional.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import images
+from .errors import InputNotFoundError, NoImagesError, NoLabelsError, VecsearchError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+_HEADER_WORDS = {"path", "file", "filename", "image"}
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    """One labelled file, before it is matched to an indexed image."""
+
+    path: Path  # resolved
+    label: str
+    split: str | None  # "train" | "test" | None
+
+
+@dataclass
+class LabelledSet:
+    """The labelled, successfully embedded images of an index, ordered by image id."""
+
+    ids: np.ndarray  # int64 (n,)
+    X: np.ndarray  # float32 (n, dim) unit vectors
+    y: np.ndarray  # str labels (n,)
+    split: np.ndarray  # "train" | "test" | "" (n,)
+    paths: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(set(self.y.tolist()))
+
+    def has_split(self) -> bool:
+        """True when the user gave a test split to evaluate on as-is."""
+        return bool((self.split == "test").any())
+
+
+@dataclass
+class TeachSummary:
+    """What one label import did."""
+
+    source: str
+    kind: str  # "folder" | "csv"
+    labelled: int = 0
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # label -> split ("" none) -> n
+    failed: list[dict] = field(default_factory=list)  # {"path", "reason"}: files that could not be embedded
+    indexed: int = 0  # images embedded on the way
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "kind": self.kind, "labelled": self.labelled, "indexed": self.indexed,
+                "counts": self.counts, "failed": self.failed}
+
+
+# -- reading the labels ------------------------------------------------------------
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+
+
+def rows_from_folder(root: str | os.PathLike) -> list[LabelRow]:
+    """Labels from class sub-folders of `root` (with `train/`/`test/` splits when present)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise InputNotFoundError(f"No such folder: {root}")
+    subdirs = _class_dirs(root)
+    split_dirs = [d for d in subdirs if d.name in SPLITS]
+    if split_dirs:
+        others = [d.name for d in subdirs if d.name not in SPLITS]
+        if others:
+            log.warning("ignoring %s next to the split folders in %s", ", ".join(others), root)
+        roots = [(d, d.name) for d in split_dirs]
+    else:
+        roots = [(root, None)]
+    rows: list[LabelRow] = []
+    for base, split in roots:
+        for class_dir in _class_dirs(base):
+            for f in images.iter_image_files([class_dir]):
+                rows.append(LabelRow(Path(f), class_dir.name, split))
+    if not rows:
+        raise NoImagesError(
+            f"No images in class folders under {root}. Expected {root}/<class>/*.jpg "
+            f"(or {root}/train/<class>/... and {root}/test/<class>/...).")
+    return rows
+
+
+def rows_from_csv(csv_path: str | os.PathLike) -> list[LabelRow]:
+    """Labels from a CSV of `path,label[,split]`; every listed file must exist."""
+    csv_path = Path(csv_path).expanduser()
+    if not csv_path.is_file():
+        raise InputNotFoundError(f"No such file: {csv_path}")
+    base = csv_path.resolve().parent
+    rows: list[LabelRow] = []
+    missing: list[str] = []
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        for lineno, rec in enumerate(csv.reader(fh), start=1):
+            rec = [c.strip() for c in rec]
+            if not rec or not any(rec) or rec[0].startswith("#"):
+                continue
+            if lineno == 1 and rec[0].lower() in _HEADER_WORDS:
+                continue
+            if len(rec) < 2 or not rec[1]:
+                raise VecsearchError(f"{csv_path}, line {lineno}: expected `path,label[,split]`, got {','.join(rec)!r}.")
+            split = rec[2].lower() if len(rec) > 2 and rec[2] else None
+            if split is not None and split not in SPLITS:
+                raise VecsearchError(f"{csv_path}, line {lineno}: split must be train or test, got {rec[2]!r}.")
+            p = Path(rec[0]).expanduser()
+            p = (p if p.is_absolute() else base / p).resolve()
+            if not p.is_file():
+                missing.append(rec[0])
+                continue
+            rows.append(LabelRow(p, rec[1], split))
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise InputNotFoundError(
+            f"{len(missing)} path(s) in {csv_path} do not exist (relative paths are read from {base}): {shown}")
+    if not rows:
+        raise NoLabelsError(f"{csv_path} has no `path,label` rows.")
+    return rows
+
+
+def read_label_rows(source: str | os.PathLike) -> tuple[str, list[LabelRow]]:
+    """("folder" | "csv", rows) for a class-folder root or a CSV file."""
+    p = Path(source).expanduser()
+    if p.is_dir():
+        return "folder", rows_from_folder(p)
+    if p.is_file():
+        return "csv", rows_from_csv(p)
+    raise InputNotFoundError(f"No such folder or CSV file: {p}")
+
+
+# -- storing them -------------------------------------------------------------------
+def teach(index, source: str | os.PathLike, *, replace: bool = False,
+          progress: Callable[[int, int], None] | None = None) -> TeachSummary:
+    """Import labels from class folders or a CSV into `index`, embedding unindexed files first.
+
+    Files that cannot be embedded are reported in `failed` and stay unlabelled. With
+    replace, every earlier label of the index is dropped first.
+    """
+    kind, rows = read_label_rows(source)
+    by_path: dict[str, LabelRow] = {}
+    for r in rows:
+        prev = by_path.get(str(r.path))
+        if prev is not None and (prev.label, prev.split) != (r.label, r.split):
+            raise VecsearchError(f"{r.path} is given two classes: {prev.label!r} and {r.label!r}.")
+        by_path[str(r.path)] = r
+    summary = TeachSummary(source=str(Path(source).expanduser().resolve()), kind=kind)
+    records = index.store.records()
+    todo = [Path(p) for p, _ in by_path.items() if p not in records or _stale(records[p], Path(p))]
+    if todo:
+        # A folder root is passed whole so the indexer also notices files gone from it.
+        roots = [Path(source).expanduser().resolve()] if kind == "folder" else todo
+        result = index.add(roots, progress=progress)
+        summary.indexed = result.indexed
+        records = index.store.records()
+    label_rows = []
+    for p, r in by_path.items():
+        rec = records.get(p)
+        if rec is None or rec.status != "ok":
+            summary.failed.append({"path": p, "reason": rec.reason if rec is not None and rec.reason else "not indexed"})
+            continue
+        label_rows.append((rec.id, r.label, r.split, kind))
+    if replace:
+        index.store.clear_user_labels()
+    summary.labelled = index.store.set_user_labels(label_rows)
+    for _, label, split, _ in label_rows:
+        per = summary.counts.setdefault(label, {})
+        per[split or ""] = per.get(split or "", 0) + 1
+    summary.counts = dict(sorted(summary.counts.items()))
+    summary.failed.sort(key=lambda f: f["path"])
+    return summary
+
+
+def _stale(rec, p: Path) -> bool:
+    try:
+        st = p.stat()
+    except OSError:
+        return True
+    return rec.size != st.st_size or rec.mtime_ns != st.st_mtime_ns
+
+
+def label_counts(index) -> dict[str, dict[str, int]]:
+    """{label: {split or "": count}} of the index's labelled images."""
+    return dict(sorted(index.store.label_counts().items()))
+
+
+def labelled_vectors(index) -> LabelledSet:
+    """The labelled images that have vectors: ids, unit vectors, labels, splits, paths."""
+    info = index.info
+    dim = info.dim if info is not None else 0
+    labels = index.store.user_labels()
+    if not labels:
+        return LabelledSet(np.zeros(0, np.int64), np.zeros((0, dim), np.float32), np.array([], dtype=str),
+                           np.array([], dtype=str), [])
+    by_id = {i: (label, split) for i, label, split, _ in labels}
+    ids, X, _ = index.store.vectors(list(by_id), dim=dim)
+    recs = index.store.images(ids)
+    y = np.array([by_id[int(i)][0] for i in ids], dtype=str)
+    split = np.array([by_id[int(i)][1] or "" for i in ids], dtype=str)
+    return LabelledSet(ids, np.ascontiguousarray(X, np.float32), y, split, [recs[int(i)].path for i in ids])
+
+
+def unlabelled_ids(index) -> np.ndarray:
+    """Ids of embedded images that carry no user label, ascending."""
+    labelled = {i for i, *_ in index.store.user_labels()}
+    ids = index.store.vector_ids()
+    return ids[~np.isin(ids, np.fromiter(labelled, np.int64, len(labelled)))] if labelled else ids
+

@@ -1,0 +1,58 @@
+"""`vecsearch serve`: the HTTP service, so queries skip the model start-up of every CLI call."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import VecsearchError
+from . import IndexOpt, _open, app, err, errors_to_exit
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command()
+def serve(
+    index: IndexOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind. Anything but loopback needs --token (or --insecure).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
+    token: Annotated[Optional[str], typer.Option(envvar="VECSEARCH_TOKEN", show_default=False,
+                                                 help="Require `Authorization: Bearer TOKEN` on the API (env: VECSEARCH_TOKEN).")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without a token.")] = False,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest accepted upload, in MiB (larger: 413).")] = 20.0,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Largest accepted upload in pixels (decompression-bomb cap).")] = 40_000_000,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
+) -> None:
+    """Serve search, metadata, thumbnails and classification over HTTP, with a web page at /.
+
+    The model, vectors and database load once at start-up. The API is documented at /docs.
+    """
+    with errors_to_exit():
+        if not _is_loopback(host) and not token and not insecure:
+            raise VecsearchError(
+                f"Refusing to serve on {host} without a token: anyone on the network could query your photos. "
+                "Pass --token TOKEN (or set VECSEARCH_TOKEN), or --insecure if you mean it.")
+        try:
+            import uvicorn
+
+            from ..server import create_app
+        except ImportError as e:
+            raise VecsearchError(f"The server needs its extra dependencies ({e.name} is missing): pip install 'vecsearch[server]'.") from None
+        ix = _open(index, create=False)
+        try:
+            web = create_app(ix, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels, faiss_threads=1)
+            shown = f"[{host}]" if ":" in host else host
+            err.print(f"Serving {ix.directory} ({len(ix.vectors)} images, {ix.backbone.name}) at http://{shown}:{port}/ "
+                      f"-- API docs at /docs{'; token required' if token else ''}. Ctrl-C to stop.", highlight=False, markup=False)
+            uvicorn.run(web, host=host, port=port, log_level=log_level.lower(), access_log=log_level.lower() == "debug")
+        finally:
+            ix.close()

@@ -1,0 +1,134 @@
+"""Near-duplicate groups and small cosine-similarity matrices over an index.
+
+Duplicates are found without an all-pairs matrix: each stored vector asks FAISS for its
+k nearest neighbours (in batches), pairs at or above the threshold become edges of a
+sparse graph, and the groups are that graph's connected components. Memory and time are
+O(n * k), so it scales to large collections; a group bigger than k still comes out whole
+as long as its members chain together through their neighbour lists.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .errors import InputNotFoundError, VecsearchError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD = 0.95
+DEFAULT_NEIGHBOURS = 10
+
+
+@dataclass
+class DupeGroup:
+    """Images linked by similarities >= the threshold; `score`/`min_score` span its edges."""
+
+    ids: list[int]
+    paths: list[str]
+    score: float  # the strongest link inside the group
+    min_score: float  # the weakest link that joined it
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"size": len(self.ids)}
+
+
+def duplicate_groups(index, threshold: float = DEFAULT_THRESHOLD, *, k: int = DEFAULT_NEIGHBOURS,
+                     batch_size: int = 1024, progress: Callable[[int, int], None] | None = None) -> list[DupeGroup]:
+    """Groups of >= 2 indexed images whose cosine similarity is >= threshold.
+
+    Groups come largest first, then by first path; paths inside a group are sorted.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not -1.0 <= threshold <= 1.0:
+        raise VecsearchError(f"The threshold is a cosine similarity between -1 and 1, got {threshold}.")
+    if k < 1:
+        raise VecsearchError(f"k must be at least 1, got {k}.")
+    index._require_info()
+    index.refresh()
+    all_ids = index.vectors.ids()
+    n = len(all_ids)
+    if progress:
+        progress(0, n)
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    fetch = min(k + 1, n)  # +1: each vector finds itself first
+    for start in range(0, n, batch_size):
+        batch = all_ids[start : start + batch_size]
+        got, queries, _ = index.store.vectors(batch, dim=index.vectors.dim)
+        if not len(queries):
+            continue
+        scores, nbrs = index.vectors.search(queries, fetch)
+        q_pos = np.repeat(np.searchsorted(all_ids, got), scores.shape[1])
+        nbr_ids = nbrs.reshape(-1)
+        keep = (scores.reshape(-1) >= threshold) & (nbr_ids >= 0)
+        n_pos = np.searchsorted(all_ids, nbr_ids[keep])
+        edge = n_pos != q_pos[keep]
+        rows.append(q_pos[keep][edge])
+        cols.append(n_pos[edge])
+        vals.append(scores.reshape(-1)[keep][edge])
+        if progress:
+            progress(min(start + batch_size, n), n)
+    if not n:
+        return []
+    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    v = np.concatenate(vals).astype(np.float64) if vals else np.zeros(0)
+    graph = coo_matrix((np.ones(len(r)), (r, c)), shape=(n, n)).tocsr()
+    _, labels = connected_components(graph, directed=False)
+    members: dict[int, list[int]] = {}
+    for pos, lab in enumerate(labels):
+        members.setdefault(int(lab), []).append(pos)
+    groups_pos = [m for m in members.values() if len(m) >= 2]
+    edge_label = labels[r] if len(r) else np.zeros(0, np.int64)
+    recs = index.store.images(int(all_ids[p]) for m in groups_pos for p in m)
+    groups = []
+    for m in groups_pos:
+        lab = labels[m[0]]
+        scores_in = v[edge_label == lab]
+        pairs = sorted((recs[int(all_ids[p])].path, int(all_ids[p])) for p in m)
+        groups.append(DupeGroup(ids=[i for _, i in pairs], paths=[p for p, _ in pairs],
+                                score=round(float(scores_in.max()), 6), min_score=round(float(scores_in.min()), 6)))
+    groups.sort(key=lambda g: (-len(g.ids), g.paths[0]))
+    log.info("%d near-duplicate groups among %d images at threshold %s", len(groups), n, threshold)
+    return groups
+
+
+def vectors_for(index, paths: Iterable[str | os.PathLike]) -> np.ndarray:
+    """Unit vectors of image files: an indexed, unchanged file reuses its stored vector."""
+    from .api import _fresh
+
+    paths = [Path(p).expanduser() for p in paths]
+    for p in paths:
+        if not p.is_file():
+            raise InputNotFoundError(f"No such file: {p}")
+    out: list[np.ndarray | None] = [None] * len(paths)
+    if index.info is not None:
+        for i, p in enumerate(paths):
+            rec = index.store.image_by_path(str(p.resolve()))
+            if rec is not None and rec.status == "ok" and _fresh(rec, p):
+                out[i] = index.vector(rec.id)
+    todo = [i for i, v in enumerate(out) if v is None]
+    if todo:
+        for i, vec in zip(todo, index.embed([paths[i] for i in todo])):
+            out[i] = vec
+    return np.stack(out).astype(np.float32)
+
+
+def similarity_matrix(index, paths: Iterable[str | os.PathLike]) -> np.ndarray:
+    """The n x n cosine-similarity matrix of a few images (n >= 2)."""
+    paths = list(paths)
+    if len(paths) < 2:
+        raise VecsearchError(f"A similarity matrix needs at least 2 images, got {len(paths)}.")
+    vecs = vectors_for(index, paths)
+    sims = np.clip(vecs @ vecs.T, -1.0, 1.0)
+    np.fill_diagonal(sims, 1.0)  # a unit vector against itself, without the float noise
+    return sims

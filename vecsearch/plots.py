@@ -1,0 +1,91 @@
+"""PNG figures (matplotlib, Agg backend: no display needed). Each function writes one file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def training_curves(history: dict, path: str | os.PathLike) -> Path:
+    """Training and validation accuracy and loss per epoch, side by side (the tutorials' figure)."""
+    plt = _pyplot()
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, title in ((acc_ax, "accuracy", "Accuracy"), (loss_ax, "loss", "Loss")):
+        for key, label in ((metric, "training"), (f"val_{metric}", "validation")):
+            values = history.get(key)
+            if values:
+                ax.plot(range(1, len(values) + 1), values, marker="." if len(values) <= 40 else None, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def similarity_matrix(paths: Sequence[str], sims, path: str | os.PathLike) -> Path:
+    """Heatmap of a cosine-similarity matrix with the images' file names on both axes."""
+    import numpy as np
+
+    plt = _pyplot()
+    sims = np.asarray(sims, dtype=float)
+    names = [Path(p).name for p in paths]
+    n = len(names)
+    size = max(4.0, 0.6 * n + 2.5)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    im = ax.imshow(sims, cmap="viridis", vmin=min(0.0, float(sims.min())), vmax=1.0)
+    ax.set_xticks(range(n), labels=names, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels=names)
+    if n <= 15:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{sims[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="black" if sims[i, j] > 0.6 else "white")
+    fig.colorbar(im, ax=ax, label="cosine similarity")
+    ax.set_title("Cosine similarity")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def confusion_matrix(classes: Sequence[str], matrix, path: str | os.PathLike, title: str = "Confusion matrix") -> Path:
+    """Counts of true (rows) against predicted (columns) classes, annotated, as one PNG."""
+    import numpy as np
+
+    plt = _pyplot()
+    m = np.asarray(matrix, dtype=int)
+    n = len(classes)
+    size = max(4.0, 0.5 * n + 2.5)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    im = ax.imshow(m, cmap="Blues", vmin=0, vmax=max(1, int(m.max()) if m.size else 1))
+    ax.set_xticks(range(n), labels=list(classes), rotation=45, ha="right")
+    ax.set_yticks(range(n), labels=list(classes))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    half = m.max() / 2 if m.size else 0
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if m[i, j] > half else "black")
+    fig.colorbar(im, ax=ax, label="images")
+    ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

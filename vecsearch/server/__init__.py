@@ -1,0 +1,10 @@
+"""The HTTP service: similarity search over a running index, without paying model start-up per call.
+
+`create_app(index)` returns a FastAPI app; `vecsearch serve` runs it with uvicorn. FastAPI is
+an optional extra (`pip install 'vecsearch[server]'`), so nothing here is imported by
+`vecsearch` itself.
+"""
+
+from .app import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, MAX_K, create_app
+
+__all__ = ["create_app", "DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_MAX_PIXELS", "MAX_K"]

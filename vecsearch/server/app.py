@@ -1,0 +1,531 @@
+"""FastAPI app over one open index: search by upload or by id, metadata, thumbnails, classify.
+
+The backbone, FAISS index and SQLite store are loaded once, in `create_app`. Sync handlers
+run in uvicorn's thread pool, so shared state is guarded: model calls are serialised by a
+lock, and every request first checks the store's generation (one SQLite read) and, if an
+indexer in another process committed, reloads the vectors (`VecIndex.refresh`, which
+publishes a new FAISS index only once it is complete). Every error a client can cause is
+a 4xx JSON body with an "error" key; nothing a client sends becomes a 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import logging
+import os
+import threading
+import warnings
+from collections import OrderedDict
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
+from fastapi import Path as PathParam
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import images
+from ..api import Hit, VecIndex, open_index
+from ..errors import (
+    BadImageError,
+    ClassifierNotFoundError,
+    IndexNotFoundError,
+    NotIndexedError,
+    VecsearchError,
+)
+from ..extract import RESAMPLE
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+"""Largest accepted upload; bigger bodies get 413 before they are read."""
+DEFAULT_MAX_PIXELS = 40_000_000
+"""Largest accepted upload in pixels (decompression bombs are small files with huge sizes)."""
+MAX_K = 1000
+MAX_OFFSET = 10_000
+MAX_PAGE = 500
+THUMB_SIZES = (16, 1024)
+DEFAULT_THREADS = 16
+_MULTIPART_SLACK = 64 * 1024  # room for the multipart envelope around the file itself
+_ID_MAX = 2**63 - 1  # SQLite integers; larger ids would overflow, not just miss
+
+ImageId = Annotated[int, PathParam(ge=1, le=_ID_MAX, description="Image id, as returned by search results.")]
+K = Annotated[int, Query(ge=1, le=MAX_K, description=f"How many neighbours (1..{MAX_K}).")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Skip this many best results first (pagination).")]
+Upload = Annotated[UploadFile, File(description="An image file (JPEG, PNG, WebP, GIF, BMP, TIFF).")]
+
+
+class UploadTooLargeError(VecsearchError):
+    """The request body is over the server's upload cap."""
+
+
+class _Service:
+    """What the handlers share: the index, locks, caches and limits."""
+
+    def __init__(self, index: VecIndex, *, token: str | None, max_upload_bytes: int, max_pixels: int, owns_index: bool):
+        self.index = index
+        self.token = token or None
+        self.max_upload_bytes = int(max_upload_bytes)
+        self.max_pixels = int(max_pixels)
+        self.owns_index = owns_index
+        self.model_lock = threading.Lock()
+        self._classifiers: OrderedDict[tuple, Any] = OrderedDict()
+        self._classifier_lock = threading.Lock()
+        self._thumbs: OrderedDict[tuple, bytes] = OrderedDict()
+        self._thumbs_lock = threading.Lock()
+
+    # -- the model ----------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Build the backbone and trace its compiled call now, not on the first request."""
+        import numpy as np
+
+        bb = self.index.backbone
+        w, h = bb.input_size
+        with self.model_lock:
+            self.index.extractor().embed_pixels(np.zeros((1, h, w, 3), np.uint8))
+
+    def embed_upload(self, data: bytes):
+        """Unit vector of uploaded bytes: decoded and resized exactly as indexing does."""
+        pixels, _, _ = images.decode_image(data, self.index.backbone.input_size, max_pixels=self.max_pixels, resample=RESAMPLE)
+        with self.model_lock:
+            return self.index.extractor().embed_pixels(pixels[None])[0]
+
+    # -- classifiers ------------------------------------------------------------------------
+    def classifier(self, name: str | None):
+        """A saved classifier, loaded once per (name, created_at) so retraining is picked up."""
+        from .. import classify
+
+        row = classify.classifier_info(self.index, name)  # raises ClassifierNotFoundError
+        key = (row["name"], row["created_at"])
+        with self._classifier_lock:
+            if key not in self._classifiers:
+                self._classifiers[key] = classify.load_classifier(self.index, row["name"])
+                while len(self._classifiers) > 8:
+                    self._classifiers.popitem(last=False)
+            return row, self._classifiers[key]
+
+    # -- thumbnails ---------------------------------------------------------------------
+    def thumbnail(self, image_id: int, size: int) -> tuple[bytes, str]:
+        """JPEG bytes of an indexed file, found by id only; cached while the file is unchanged."""
+        rec = self.index.image(image_id)
+        try:
+            st = os.stat(rec.path)
+        except OSError:
+            raise NotIndexedError(f"The file of image {image_id} is no longer at {rec.path}.") from None
+        key = (image_id, rec.path, st.st_size, st.st_mtime_ns, size)
+        etag = f'"{rec.sha256 or image_id}-{st.st_mtime_ns}-{size}"'
+        with self._thumbs_lock:
+            if key in self._thumbs:
+                self._thumbs.move_to_end(key)
+                return self._thumbs[key], etag
+        data = _make_thumbnail(Path(rec.path), size)
+        with self._thumbs_lock:
+            self._thumbs[key] = data
+            while len(self._thumbs) > 512:
+                self._thumbs.popitem(last=False)
+        return data, etag
+
+
+def _make_thumbnail(path: Path, side: int) -> bytes:
+    from PIL import Image, ImageOps
+
+    try:
+        if path.stat().st_size > images.DEFAULT_MAX_BYTES:
+            raise BadImageError("file too large for a thumbnail", str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > images.DEFAULT_MAX_PIXELS:
+                    raise BadImageError("too large for a thumbnail", str(path))
+                if img.format == "JPEG":
+                    img.draft("RGB", (side, side))  # decode at 1/2..1/8 scale: much faster
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                    rgba = img.convert("RGBA")
+                    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                    img = Image.alpha_composite(white, rgba)
+                img = img.convert("RGB")
+                img.thumbnail((side, side), Image.Resampling.BILINEAR)
+                buf = io.BytesIO()
+                img.save(buf, "JPEG", quality=85)
+                return buf.getvalue()
+    except BadImageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the file changed into something unreadable since indexing
+        raise BadImageError(f"cannot make a thumbnail: {type(e).__name__}: {e}", str(path)) from e
+
+
+# -- errors -------------------------------------------------------------------------------
+def _status(e: VecsearchError) -> int:
+    if isinstance(e, UploadTooLargeError):
+        return 413
+    if isinstance(e, (NotIndexedError, ClassifierNotFoundError)):
+        return 404
+    if isinstance(e, BadImageError):
+        return 422
+    if isinstance(e, IndexNotFoundError):
+        return 503
+    return 400
+
+
+def _error(status: int, message: str, **extra) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(VecsearchError)
+    async def vecsearch_error(request: Request, e: VecsearchError):
+        if isinstance(e, BadImageError):
+            # The path of an upload is meaningless to the client; say only what is wrong.
+            return _error(422, f"Bad image: {e.reason}", type="BadImageError")
+        return _error(_status(e), str(e), type=type(e).__name__)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError):
+        details = jsonable_encoder(e.errors(), custom_encoder={Exception: str, bytes: lambda b: f"<{len(b)} bytes>"})
+        parts = []
+        for d in details:
+            where = ".".join(str(x) for x in d.get("loc", ()) if x not in ("query", "path", "body"))
+            parts.append(f"{where}: {d.get('msg', 'invalid')}" if where else d.get("msg", "invalid"))
+        for d in details:
+            d.pop("input", None)  # never echo an upload back
+        return _error(422, "; ".join(parts) or "Invalid request.", detail=details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, e: Exception):
+        log.exception("unexpected error serving %s %s", request.method, request.url.path)
+        return _error(500, "Internal error; see the server log.")
+
+
+class _UploadLimit:
+    """ASGI middleware: refuse request bodies over the cap before the multipart parser spools them.
+
+    A declared Content-Length over the cap is refused unread; a chunked body is buffered
+    up to the cap and refused as soon as it passes it.
+    """
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None:
+            try:
+                n = int(declared)
+            except ValueError:
+                await _send_error(scope, receive, send, 400, "Bad Content-Length header.")
+                return
+            if n > self.limit:
+                await _send_error(scope, receive, send, 413, _too_large(self.limit))
+                return
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            total += len(body)
+            if total > self.limit:
+                await _send_error(scope, receive, send, 413, _too_large(self.limit))
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _too_large(limit: int) -> str:
+    return f"Upload too large: the cap is {limit - _MULTIPART_SLACK} bytes."
+
+
+async def _send_error(scope, receive, send, status: int, message: str) -> None:
+    # The body was not read, so the connection cannot be reused.
+    await _error(status, message, type="UploadTooLargeError" if status == 413 else "BadRequest").__call__(
+        scope, receive, _with_close(send))
+
+
+def _with_close(send):
+    async def wrapped(message):
+        if message["type"] == "http.response.start":
+            message = dict(message, headers=list(message.get("headers", [])) + [(b"connection", b"close")])
+        await send(message)
+
+    return wrapped
+
+
+def _read_upload(svc: _Service, file: UploadFile) -> bytes:
+    data = file.file.read(svc.max_upload_bytes + 1)
+    if len(data) > svc.max_upload_bytes:
+        raise UploadTooLargeError(f"Upload too large: the cap is {svc.max_upload_bytes} bytes.")
+    if not data:
+        raise BadImageError("empty upload")
+    return data
+
+
+# -- the app ------------------------------------------------------------------------------
+def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str | None = None,
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
+               threads: int = DEFAULT_THREADS, faiss_threads: int | None = None, warm: bool = True) -> FastAPI:
+    """A FastAPI app serving one index (a folder, or an already open VecIndex).
+
+    The backbone is built (and, if `warm`, traced) here so requests never pay for it.
+    `token`, when set, is required as `Authorization: Bearer TOKEN` (or `?token=`) on
+    everything but `/`, `/api/health` and the OpenAPI docs. A folder is opened here and
+    closed on shutdown; a VecIndex passed in stays the caller's to close. `faiss_threads`
+    sets FAISS's OpenMP threads for the whole process (the serve command uses 1: one query
+    is too small to split, and spinning OpenMP threads stall other requests on a busy machine).
+    """
+    owns = not isinstance(index, VecIndex)
+    ix = open_index(index, create=False) if owns else index
+    try:
+        if ix.info is None:
+            raise IndexNotFoundError(f"The index at {ix.directory} is empty. Run `vecsearch index PHOTOS` first.")
+        svc = _Service(ix, token=token, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, owns_index=owns)
+        _ = ix.backbone  # load now: a wrong or missing model fails at start-up, not per request
+        if warm:
+            svc.warm_up()
+        if faiss_threads is not None:
+            import faiss
+
+            faiss.omp_set_num_threads(int(faiss_threads))
+    except BaseException:
+        if owns:
+            ix.close()
+        raise
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        import anyio.to_thread
+
+        # Two cores: more threads only queue on the model lock and the SQLite pool.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = threads
+        yield
+        if svc.owns_index:
+            ix.close()
+
+    app = FastAPI(
+        title="vecsearch",
+        version=_version(),
+        summary="Similarity search over an image index built with `vecsearch index`.",
+        description=(
+            "Search by an uploaded image or by an indexed image's id; read an image's metadata, ImageNet labels, "
+            "user label and predictions; fetch thumbnails of indexed images (by id only); classify an upload with "
+            "a saved classifier. Errors are JSON objects with an `error` key. When the server has a token, send it "
+            "as `Authorization: Bearer TOKEN` (or `?token=TOKEN`)."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.service = svc
+    _install_error_handlers(app)
+    app.add_middleware(_UploadLimit, limit=svc.max_upload_bytes + _MULTIPART_SLACK)
+
+    async def authorised(request: Request) -> None:  # async: no thread-pool hop per request
+        if svc.token is None:
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:].strip() if header[:7].lower() == "bearer " else request.query_params.get("token", "")
+        if not given or not hmac.compare_digest(given.encode(), svc.token.encode()):
+            raise StarletteHTTPException(401, "Missing or wrong token: send `Authorization: Bearer TOKEN`.",
+                                         headers={"WWW-Authenticate": "Bearer"})
+
+    def current() -> VecIndex:
+        """The index, reloaded first if another process committed to it."""
+        ix.refresh()
+        return ix
+
+    Auth = [Depends(authorised)]
+
+    @app.get("/", include_in_schema=False)
+    def page() -> HTMLResponse:
+        html = resources.files("vecsearch.server").joinpath("page.html").read_text(encoding="utf-8")
+        return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/health", tags=["service"], summary="Liveness and what is loaded")
+    def health() -> dict:
+        """Cheap check for monitors; needs no token."""
+        return {"status": "ok", "backbone": ix.backbone.name, "vectors": len(current().vectors),
+                "generation": ix.store.generation(), "auth": svc.token is not None}
+
+    @app.get("/api/stats", tags=["service"], summary="Counts, backbone, weights and sizes", dependencies=Auth)
+    def stats() -> dict:
+        s = current().stats()
+        s["generation"] = ix.store.generation()
+        s["classifiers"] = [r.name for r in ix.store.classifier_rows()]
+        s["max_upload_bytes"] = svc.max_upload_bytes
+        s["max_pixels"] = svc.max_pixels
+        return s
+
+    @app.post("/api/search", tags=["search"], summary="Images most similar to an uploaded image", dependencies=Auth)
+    def search_upload(file: Upload, k: K = 10, offset: Offset = 0) -> dict:
+        """Multipart upload in field `file`; results are best first, ranks counted from 1 over all pages."""
+        q = svc.embed_upload(_read_upload(svc, file))
+        hits = current().search_vector(q, k + offset)[offset:]
+        return _results(ix, hits, k=k, offset=offset, next_url=_next("/api/search", k, offset, len(hits)))
+
+    @app.get("/api/images/{image_id}/similar", tags=["search"], summary="Images most similar to an indexed image",
+             dependencies=Auth)
+    def similar(image_id: ImageId, k: K = 10, offset: Offset = 0) -> dict:
+        """Neighbours of an indexed image by its stored vector (no model call); itself left out."""
+        cur = current()
+        try:
+            q = cur.vectors.reconstruct(image_id)  # from memory: no database round trip
+        except KeyError:
+            raise NotIndexedError(f"No indexed image with id {image_id}.") from None
+        hits = cur.search_vector(q, k + offset, exclude={image_id})[offset:]
+        return _results(ix, hits, k=k, offset=offset, query_id=image_id,
+                        next_url=_next(f"/api/images/{image_id}/similar", k, offset, len(hits)))
+
+    @app.get("/api/images", tags=["images"], summary="Indexed images, a page at a time", dependencies=Auth)
+    def list_images(offset: Annotated[int, Query(ge=0, le=_ID_MAX)] = 0,
+                    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"Page size (1..{MAX_PAGE}).")] = 100,
+                    status: Annotated[str | None, Query(pattern="^(ok|failed)$", description="Only `ok` or `failed` images.")] = None) -> dict:
+        total, rows = _page_images(current(), offset, limit, status)
+        nxt = offset + len(rows)
+        more = f"/api/images?offset={nxt}&limit={limit}" + (f"&status={status}" if status else "")
+        return {"total": total, "offset": offset, "limit": limit, "items": [_image_dict(r) for r in rows],
+                "next": more if nxt < total else None}
+
+    @app.get("/api/images/{image_id}", tags=["images"], summary="An image's metadata, labels and predictions",
+             dependencies=Auth)
+    def image(image_id: ImageId) -> dict:
+        rec = current().image(image_id)
+        extra = _annotations(ix, [image_id], top=5)
+        return _image_dict(rec) | extra.get(image_id, _no_annotations())
+
+    @app.get("/api/images/{image_id}/thumbnail", tags=["images"], summary="A JPEG thumbnail of an indexed image",
+             dependencies=Auth, response_class=Response,
+             responses={200: {"content": {"image/jpeg": {}}, "description": "JPEG, longest side `size` pixels at most."}})
+    def thumbnail(request: Request, image_id: ImageId,
+                  size: Annotated[int, Query(ge=THUMB_SIZES[0], le=THUMB_SIZES[1], description="Longest side in pixels.")] = 256) -> Response:
+        """Served by id from the path the index recorded; a client never names a file."""
+        data, etag = svc.thumbnail(image_id, size)
+        headers = {"ETag": etag, "Cache-Control": "private, max-age=300"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type="image/jpeg", headers=headers)
+
+    @app.get("/api/classifiers", tags=["classify"], summary="Saved classifiers", dependencies=Auth)
+    def classifiers() -> dict:
+        from .. import classify
+
+        return {"items": [{k: v for k, v in row.items() if k != "path"} for row in classify.list_classifiers(current())]}
+
+    @app.post("/api/classify", tags=["classify"], summary="Classify an uploaded image with a saved classifier",
+              dependencies=Auth)
+    def classify(file: Upload,
+                 classifier: Annotated[str | None, Query(max_length=64, description="Classifier name (default: the newest).")] = None,
+                 top: Annotated[int, Query(ge=1, le=100, description="How many classes to list.")] = 5) -> dict:
+        row, clf = svc.classifier(classifier)
+        q = svc.embed_upload(_read_upload(svc, file))
+        with svc.model_lock:  # a fine-tuned head is a Keras model too
+            proba = clf.predict_proba(q[None])[0]
+        classes = [str(c) for c in clf.classes_]
+        order = sorted(range(len(classes)), key=lambda i: (-float(proba[i]), classes[i]))
+        best = order[0]
+        return {"classifier": row["name"], "kind": row["kind"], "label": classes[best], "confidence": float(proba[best]),
+                "probabilities": [{"label": classes[i], "prob": float(proba[i])} for i in order[:top]]}
+
+    return app
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _next(base: str, k: int, offset: int, got: int) -> str | None:
+    # A full page may have more behind it; a short one is the last.
+    if got < k or offset + k > MAX_OFFSET:
+        return None
+    return f"{base}?k={k}&offset={offset + k}"
+
+
+def _results(ix: VecIndex, hits: list[Hit], *, k: int, offset: int, next_url: str | None, query_id: int | None = None) -> dict:
+    notes = _annotations(ix, [h.id for h in hits], top=3)
+    items = []
+    for n, h in enumerate(hits[:k]):
+        items.append({"rank": offset + n + 1, "id": h.id, "path": h.path, "name": os.path.basename(h.path),
+                      "score": h.score, "thumbnail": f"/api/images/{h.id}/thumbnail",
+                      "imagenet_labels": notes.get(h.id, _no_annotations())["imagenet_labels"]})
+    out = {"k": k, "offset": offset, "results": items, "next": next_url}
+    if query_id is not None:
+        out = {"query_id": query_id} | out
+    return out
+
+
+def _no_annotations() -> dict:
+    return {"imagenet_labels": [], "user_label": None, "predictions": []}
+
+
+def _annotations(ix: VecIndex, ids: list[int], *, top: int) -> dict[int, dict]:
+    """ImageNet labels (best `top`), user label and predictions for the given images."""
+    from sqlalchemy import select
+
+    from ..store.models import ImagenetLabel, Prediction, UserLabel
+
+    out: dict[int, dict] = {}
+    if not ids:
+        return out
+    with ix.store.session() as s:
+        for r in s.scalars(select(ImagenetLabel).where(ImagenetLabel.image_id.in_(ids), ImagenetLabel.rank <= top)
+                           .order_by(ImagenetLabel.image_id, ImagenetLabel.rank)):
+            out.setdefault(r.image_id, _no_annotations())["imagenet_labels"].append(
+                {"rank": r.rank, "class_index": r.class_index, "wnid": r.wnid, "name": r.name, "prob": r.prob})
+        for r in s.scalars(select(UserLabel).where(UserLabel.image_id.in_(ids))):
+            out.setdefault(r.image_id, _no_annotations())["user_label"] = {"label": r.label, "split": r.split, "source": r.source}
+        for r in s.scalars(select(Prediction).where(Prediction.image_id.in_(ids)).order_by(Prediction.classifier)):
+            out.setdefault(r.image_id, _no_annotations())["predictions"].append(
+                {"classifier": r.classifier, "label": r.label, "confidence": r.confidence})
+    return out
+
+
+def _page_images(ix: VecIndex, offset: int, limit: int, status: str | None):
+    from sqlalchemy import func, select
+
+    from ..store import _record
+    from ..store.models import Image
+
+    q = select(Image).order_by(Image.id)
+    n = select(func.count()).select_from(Image)
+    if status:
+        q, n = q.where(Image.status == status), n.where(Image.status == status)
+    with ix.store.session() as s:
+        total = s.execute(n).scalar() or 0
+        rows = [_record(r) for r in s.scalars(q.offset(offset).limit(limit))]
+    return total, rows
+
+
+def _image_dict(rec) -> dict:
+    return {"id": rec.id, "path": rec.path, "name": os.path.basename(rec.path), "size": rec.size,
+            "mtime_ns": rec.mtime_ns, "sha256": rec.sha256, "width": rec.width, "height": rec.height,
+            "status": rec.status, "reason": rec.reason,
+            "indexed_at": rec.indexed_at.isoformat(timespec="seconds") + "Z",
+            "thumbnail": f"/api/images/{rec.id}/thumbnail" if rec.status == "ok" else None,
+            "similar": f"/api/images/{rec.id}/similar" if rec.status == "ok" else None}
+
