@@ -172,6 +172,7 @@ def test_unfreeze_changes_weights_and_reembeds_into_a_new_index(tmp_path):
             reembed(ix, tuned["weights_path"], tmp_path / "index")
     with open_index(tmp_path / "tuned_index", create=False) as new:
         assert new.backbone.fingerprint == bb.fingerprint
+        assert new.backbone.weights.path.startswith(str((tmp_path / "tuned_index").resolve()))  # its own copy
         # New vectors are the tuned backbone's, checked against plain Keras on the same pixels.
         ids, vecs, _ = new.store.vectors()
         paths = [new.store.image(int(i)).path for i in ids]
@@ -188,3 +189,21 @@ def test_unfreeze_changes_weights_and_reembeds_into_a_new_index(tmp_path):
         from vecsearch.classify import load_classifier
 
         assert list(load_classifier(new, "head").classes_) == ["0", "1", "2"]
+
+
+def test_cli_unfreeze_and_reembed(tmp_path):
+    from vecsearch.classes import teach
+
+    write_digits(tmp_path / "digits", per_class=6, classes=range(2))
+    with open_index(tmp_path / "index", backbone="tiny", weights=None, seed=7) as ix:
+        teach(ix, tmp_path / "digits")
+    r = runner.invoke(app, ["finetune", "--index", str(tmp_path / "index"), "--epochs", "2", "--unfreeze", "2",
+                            "--unfreeze-epochs", "1", "--unfreeze-lr", "0.01", "--reembed-into", str(tmp_path / "tuned"), "--json"])
+    assert r.exit_code == 0, r.output
+    t = json.loads(r.stdout)["tuned"]
+    assert t["weights_changed"] and t["reembedded"]["indexed"] == 12
+    r = runner.invoke(app, ["stats", "--index", str(tmp_path / "tuned"), "--json"])
+    assert json.loads(r.stdout)["weights"].startswith("file ") and json.loads(r.stdout)["vectors"] == 12
+    r = runner.invoke(app, ["finetune", "--index", str(tmp_path / "index"), "--epochs", "2", "--unfreeze", "2",
+                            "--unfreeze-epochs", "1", "-q"])
+    assert r.exit_code == 0 and "the index is unchanged" in r.stdout

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -343,7 +344,8 @@ def unfreeze(index, head: HeadClassifier, n_layers: int, *, epochs: int = 3, lea
 
 
 def reembed(index, weights_path: str | os.PathLike, into: str | os.PathLike, *, head_path: str | os.PathLike | None = None,
-            name: str = DEFAULT_NAME, progress: Callable[[int, int], None] | None = None):
+            name: str = DEFAULT_NAME, metrics: dict | None = None,
+            progress: Callable[[int, int], None] | None = None):
     """Build a new index at `into` with the tuned weights over the same images; copy labels and the tuned head.
 
     The source index is left as it is: an index never mixes vectors of two weight sets.
@@ -365,7 +367,12 @@ def reembed(index, weights_path: str | os.PathLike, into: str | os.PathLike, *, 
     paths = [p for p in rows if os.path.exists(p)]
     if not paths:
         raise VecsearchError("None of the indexed image files exist any more; nothing to re-embed.")
-    with open_index(into, backbone=info.backbone, weights=str(weights_path)) as new:
+    # The new index keeps its own copy: a later --unfreeze run rewrites the source file.
+    into.mkdir(parents=True, exist_ok=True)
+    own = into / f"{info.backbone}.tuned.weights.h5"
+    if not own.exists() or own.read_bytes() != Path(weights_path).read_bytes():
+        shutil.copyfile(weights_path, own)
+    with open_index(into, backbone=info.backbone, weights=str(own)) as new:
         summary = new.add(paths, progress=progress)
         by_path = {r.path: r.id for r in new.store.records().values() if r.status == "ok"}
         new.store.set_user_labels((by_path[path], label, split, source)
@@ -373,5 +380,5 @@ def reembed(index, weights_path: str | os.PathLike, into: str | os.PathLike, *, 
         if head_path is not None:
             from .classify import save_classifier
 
-            save_classifier(new, name, "head", load_head(head_path), {"tuned_from": str(index.directory)}, {})
+            save_classifier(new, name, "head", load_head(head_path), {"tuned_from": str(index.directory)}, metrics or {})
     return summary

@@ -46,14 +46,20 @@ def similarity_matrix(paths: Sequence[str], sims, path: str | os.PathLike) -> Pa
     n = len(names)
     size = max(4.0, 0.6 * n + 2.5)
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    im = ax.imshow(sims, cmap="viridis", vmin=min(0.0, float(sims.min())), vmax=1.0)
+    # Scale colours to the values present: backbone vectors often all sit above 0.9, and
+    # on a 0..1 scale their differences would vanish.
+    lo = float(sims.min())
+    lo = lo if lo < 1.0 else 0.0
+    im = ax.imshow(sims, cmap="viridis", vmin=lo, vmax=1.0)
     ax.set_xticks(range(n), labels=names, rotation=45, ha="right")
     ax.set_yticks(range(n), labels=names)
     if n <= 15:
+        digits = 2 if lo < 0.9 else 4
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, f"{sims[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                        color="black" if sims[i, j] > 0.6 else "white")
+                bright = (sims[i, j] - lo) / max(1e-12, 1.0 - lo) > 0.6
+                ax.text(j, i, f"{sims[i, j]:.{digits}f}", ha="center", va="center", fontsize=8,
+                        color="black" if bright else "white")
     fig.colorbar(im, ax=ax, label="cosine similarity")
     ax.set_title("Cosine similarity")
     fig.tight_layout()

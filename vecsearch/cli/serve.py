@@ -49,7 +49,7 @@ def serve(
             raise VecsearchError(f"The server needs its extra dependencies ({e.name} is missing): pip install 'vecsearch[server]'.") from None
         ix = _open(index, create=False)
         try:
-            web = create_app(ix, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels, faiss_threads=1)
+            web = create_app(ix, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels)
             shown = f"[{host}]" if ":" in host else host
             err.print(f"Serving {ix.directory} ({len(ix.vectors)} images, {ix.backbone.name}) at http://{shown}:{port}/ "
                       f"-- API docs at /docs{'; token required' if token else ''}. Ctrl-C to stop.", highlight=False, markup=False)

@@ -57,7 +57,8 @@ def finetune(
                 if reembed_into is not None:
                     with progress_bar("Re-embedding", quiet or json_out) as update:
                         summary = F.reembed(ix, result.tuned["weights_path"], reembed_into,
-                                            head_path=result.tuned["head_path"], name=name, progress=update)
+                                            head_path=result.tuned["head_path"], name=name, progress=update,
+                                            metrics=_tuned_metrics(result))
                     result.tuned["reembedded"] = summary.to_dict() | {"index": str(reembed_into)}
         if json_out:
             print_json(result.to_dict() | {"plot": str(plot) if plot else None})
@@ -72,7 +73,7 @@ def finetune(
         t = result.tuned
         if t:
             acc = f", test accuracy {t['test_accuracy']:.4f}" if "test_accuracy" in t else ""
-            _say(f"Fine-tuned the last {t['unfrozen_layers']} backbone layers for {t['epochs']} epochs{acc}; "
+            _say(f"Fine-tuned the last {t['unfrozen_layers']} backbone layers for {t['epochs']} epoch(s){acc}; "
                  f"weights changed: {'yes' if t['weights_changed'] else 'no'}")
             _say(f"tuned backbone weights: {t['weights_path']}")
             if "reembedded" in t:
@@ -81,6 +82,15 @@ def finetune(
                      f"use it with --index {r['index']}")
             else:
                 _say("the index is unchanged; add --reembed-into DIR to build an index with the tuned backbone")
+
+
+def _tuned_metrics(result) -> dict:
+    """What the tuned head is known to score, stored with it in the new index."""
+    t = result.tuned
+    if "test_accuracy" not in t:
+        return {}
+    return {"accuracy": t["test_accuracy"], "method": result.metrics["method"], "n_test": result.metrics["n_test"],
+            "unfrozen_layers": t["unfrozen_layers"]}
 
 
 class _epoch_status:
@@ -129,7 +139,7 @@ def dupes(
             _say(f"No near-duplicates at similarity >= {threshold}.")
             return
         n = sum(len(g.ids) for g in groups)
-        _say(f"{len(groups)} groups of near-duplicates ({n} images) at similarity >= {threshold}:")
+        _say(f"{len(groups)} group{'s' if len(groups) != 1 else ''} of near-duplicates ({n} images) at similarity >= {threshold}:")
         for i, g in enumerate(groups, 1):
             span = f"{g.score:.4f}" if g.min_score == g.score else f"{g.min_score:.4f}-{g.score:.4f}"
             _say(f"group {i}: {len(g.ids)} images, similarity {span}")

@@ -290,15 +290,16 @@ def _read_upload(svc: _Service, file: UploadFile) -> bytes:
 # -- the app ------------------------------------------------------------------------------
 def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str | None = None,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
-               threads: int = DEFAULT_THREADS, faiss_threads: int | None = None, warm: bool = True) -> FastAPI:
+               threads: int = DEFAULT_THREADS, faiss_threads: int | None = 1, warm: bool = True) -> FastAPI:
     """A FastAPI app serving one index (a folder, or an already open VecIndex).
 
     The backbone is built (and, if `warm`, traced) here so requests never pay for it.
     `token`, when set, is required as `Authorization: Bearer TOKEN` (or `?token=`) on
     everything but `/`, `/api/health` and the OpenAPI docs. A folder is opened here and
     closed on shutdown; a VecIndex passed in stays the caller's to close. `faiss_threads`
-    sets FAISS's OpenMP threads for the whole process (the serve command uses 1: one query
-    is too small to split, and spinning OpenMP threads stall other requests on a busy machine).
+    is FAISS's OpenMP thread count in the threads that serve requests (None: FAISS's default).
+    One query is too small to split: measured here, OpenMP made a 10k-vector search take
+    5-35 ms instead of 0.1 ms, its threads spinning against each other on a busy machine.
     """
     owns = not isinstance(index, VecIndex)
     ix = open_index(index, create=False) if owns else index
@@ -309,10 +310,7 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
         _ = ix.backbone  # load now: a wrong or missing model fails at start-up, not per request
         if warm:
             svc.warm_up()
-        if faiss_threads is not None:
-            import faiss
 
-            faiss.omp_set_num_threads(int(faiss_threads))
     except BaseException:
         if owns:
             ix.close()
@@ -353,8 +351,16 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
             raise StarletteHTTPException(401, "Missing or wrong token: send `Authorization: Bearer TOKEN`.",
                                          headers={"WWW-Authenticate": "Bearer"})
 
+    per_thread = threading.local()
+
     def current() -> VecIndex:
         """The index, reloaded first if another process committed to it."""
+        if faiss_threads is not None and not getattr(per_thread, "faiss_threads_set", False):
+            # OpenMP's thread count is per calling thread, so each pool thread sets its own.
+            import faiss
+
+            faiss.omp_set_num_threads(int(faiss_threads))
+            per_thread.faiss_threads_set = True
         ix.refresh()
         return ix
 
