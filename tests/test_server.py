@@ -394,6 +394,20 @@ def test_upload_over_the_cap_is_413(built):
         _assert_json_error(c.post("/api/search", content=b"x", headers={"content-length": "abc"}), 400)
 
 
+def test_upload_over_the_cap_over_real_http(built):
+    """Through uvicorn's sockets the client still gets its 413, and the server keeps serving."""
+    from vecsearch.server import create_app
+
+    _, ix = built
+    with live_server(create_app(ix, max_upload_bytes=10_000)) as base:
+        r = httpx.post(f"{base}/api/search", files={"file": ("big.jpg", b"\0" * 3_000_000, "image/jpeg")}, timeout=60)
+        assert _assert_json_error(r, 413)["error"] == "Upload too large: the cap is 10000 bytes."
+        chunked = httpx.post(f"{base}/api/search", content=(b"\0" * 100_000 for _ in range(30)), timeout=60,
+                             headers={"content-type": "multipart/form-data; boundary=x"})
+        _assert_json_error(chunked, 413)
+        assert httpx.get(f"{base}/api/health").json()["status"] == "ok"
+
+
 def test_malformed_requests_are_4xx_json(client):
     _assert_json_error(client.post("/api/search"), 422)  # no file field
     _assert_json_error(client.post("/api/search", data={"k": "3"}), 422)

@@ -60,3 +60,7 @@ class ClassifierNotFoundError(VecsearchError):
 
 class UnknownClassError(VecsearchError):
     """A name or WordNet id that is not one of the 1000 ImageNet classes."""
+
+
+class UploadTooLargeError(VecsearchError):
+    """An upload to the HTTP service is over its size cap."""

@@ -21,7 +21,7 @@ import shutil
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -58,6 +58,7 @@ class HeadClassifier:
     def __init__(self, model, classes: Sequence[str]):
         self.model = model
         self.classes_ = np.asarray([str(c) for c in classes])
+        self.best_epoch: int | None = None
 
     @property
     def dim(self) -> int:
@@ -158,14 +159,17 @@ def train_head(X, y, params: HeadParams | None = None, *,
     model = build_head(X.shape[1], len(classes), p.units, p.dropout, X_tr)
     model.compile(optimizer=keras.optimizers.Adam(p.learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", min_delta=1e-3, patience=p.patience,
-                                             restore_best_weights=True)]
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", min_delta=1e-3, patience=p.patience,
+                                            restore_best_weights=True)
+    callbacks = [stopper]
     if on_epoch:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e + 1, dict(logs or {}))))
     fit = model.fit(X_tr, y_tr, validation_data=(X_val, y_val), epochs=p.epochs, batch_size=p.batch_size,
                     shuffle=True, verbose=0, callbacks=callbacks)
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
-    return HeadClassifier(model, classes), history
+    head = HeadClassifier(model, classes)
+    head.best_epoch = int(stopper.best_epoch) + 1  # the weights kept (restored at the end of training)
+    return head, history
 
 
 def holdout(ls) -> tuple[str, np.ndarray, np.ndarray]:
@@ -227,9 +231,9 @@ def finetune(index, *, name: str = DEFAULT_NAME, params: HeadParams | None = Non
         "confusion": confusion_matrix(y[te], pred, labels=classes).tolist(),
         "report": classification_report(y[te], pred, labels=classes, output_dict=True, zero_division=0),
         "epochs_run": len(history.get("loss", [])),
-        "best_epoch": int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else None,
-        "best_val_accuracy": round(float(history["val_accuracy"][int(np.argmin(history["val_loss"]))]), 6)
-        if history.get("val_accuracy") else None,
+        "best_epoch": head.best_epoch,
+        "best_val_accuracy": round(float(history["val_accuracy"][head.best_epoch - 1]), 6)
+        if history.get("val_accuracy") and head.best_epoch else None,
     }
     path = None
     if save:

@@ -11,6 +11,9 @@ from ..errors import VecsearchError
 from . import IndexOpt, _open, app, err, errors_to_exit
 
 
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -26,7 +29,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind. Anything but loopback needs --token (or --insecure).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
     token: Annotated[Optional[str], typer.Option(envvar="VECSEARCH_TOKEN", show_default=False,
-                                                 help="Require `Authorization: Bearer TOKEN` on the API (env: VECSEARCH_TOKEN).")] = None,
+                                                 help="Require `Authorization: Bearer TOKEN` on the API; prefer the env var (a flag shows in `ps`).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without a token.")] = False,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest accepted upload, in MiB (larger: 413).")] = 20.0,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Largest accepted upload in pixels (decompression-bomb cap).")] = 40_000_000,
@@ -37,6 +40,8 @@ def serve(
     The model, vectors and database load once at start-up. The API is documented at /docs.
     """
     with errors_to_exit():
+        if log_level.lower() not in _LOG_LEVELS:
+            raise VecsearchError(f"--log-level must be one of {', '.join(_LOG_LEVELS)}, not {log_level!r}.")
         if not _is_loopback(host) and not token and not insecure:
             raise VecsearchError(
                 f"Refusing to serve on {host} without a token: anyone on the network could query your photos. "

@@ -65,7 +65,7 @@ def finetune(
             return
         m = result.metrics
         _say(f"Head {result.name!r} trained on {m['n_train']} images, {len(result.classes)} classes; "
-             f"stopped after {m['epochs_run']} epochs (best {m['best_epoch']}, validation accuracy {m['best_val_accuracy']:.4f})")
+             f"{m['epochs_run']} epochs, kept epoch {m['best_epoch']} (validation accuracy {m['best_val_accuracy']:.4f})")
         _say(f"test accuracy {m['accuracy']:.4f} on {m['n_test']} images ({m['method']})")
         _say(f"saved to {result.path}; apply it with `vecsearch classify --head`")
         if plot is not None:

@@ -36,6 +36,7 @@ from ..errors import (
     ClassifierNotFoundError,
     IndexNotFoundError,
     NotIndexedError,
+    UploadTooLargeError,
     VecsearchError,
 )
 from ..extract import RESAMPLE
@@ -58,10 +59,6 @@ ImageId = Annotated[int, PathParam(ge=1, le=_ID_MAX, description="Image id, as r
 K = Annotated[int, Query(ge=1, le=MAX_K, description=f"How many neighbours (1..{MAX_K}).")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Skip this many best results first (pagination).")]
 Upload = Annotated[UploadFile, File(description="An image file (JPEG, PNG, WebP, GIF, BMP, TIFF).")]
-
-
-class UploadTooLargeError(VecsearchError):
-    """The request body is over the server's upload cap."""
 
 
 class _Service:
@@ -514,17 +511,17 @@ def _annotations(ix: VecIndex, ids: list[int], *, top: int) -> dict[int, dict]:
 def _page_images(ix: VecIndex, offset: int, limit: int, status: str | None):
     from sqlalchemy import func, select
 
-    from ..store import _record
     from ..store.models import Image
 
-    q = select(Image).order_by(Image.id)
+    q = select(Image.id).order_by(Image.id)
     n = select(func.count()).select_from(Image)
     if status:
         q, n = q.where(Image.status == status), n.where(Image.status == status)
     with ix.store.session() as s:
         total = s.execute(n).scalar() or 0
-        rows = [_record(r) for r in s.scalars(q.offset(offset).limit(limit))]
-    return total, rows
+        ids = list(s.scalars(q.offset(offset).limit(limit)))
+    recs = ix.store.images(ids)
+    return total, [recs[i] for i in ids if i in recs]  # one deleted in between is skipped
 
 
 def _image_dict(rec) -> dict:
