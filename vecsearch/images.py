@@ -177,11 +177,13 @@ def decode_image(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     resample: str = "bilinear",
+    keep_aspect: bool = False,
 ) -> tuple[np.ndarray, int, int]:
     """Decode image bytes to a (h, w, 3) uint8 RGB array, resized like keras.utils.load_img.
 
     `size` is (width, height). Returns the array and the original width and height as the
-    image is meant to be seen, i.e. after EXIF orientation.
+    image is meant to be seen, i.e. after EXIF orientation. With keep_aspect the image is
+    shrunk to fit inside `size` instead (thumbnails), never enlarged.
     """
     if resample not in _RESAMPLE:
         raise ValueError(f"unknown resample {resample!r}; use one of {', '.join(_RESAMPLE)}")
@@ -215,12 +217,12 @@ def decode_image(
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
-                return _decode_opened(img, size, width, height, _RESAMPLE[resample])
+                return _decode_opened(img, size, width, height, _RESAMPLE[resample], keep_aspect)
             except BadImageError:
                 raise
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                 raise BadImageError(_bomb_reason(exc, max_pixels)) from exc
-            except MemoryError:
+            except MemoryError as exc:
                 raise BadImageError("too large: out of memory while decoding") from exc
             except Exception as exc:  # noqa: BLE001 - truncated data, bad chunks, decoder errors
                 raise BadImageError(_corrupt_reason(exc)) from exc
@@ -232,6 +234,7 @@ def _decode_opened(
     width: int,
     height: int,
     resample: Image.Resampling,
+    keep_aspect: bool = False,
 ) -> tuple[np.ndarray, int, int]:
     if size is not None and img.format == "JPEG":
         # Let libjpeg decode at 1/2, 1/4 or 1/8 scale, never below the target: much faster,
@@ -248,7 +251,9 @@ def _decode_opened(
     if orientation != 1:
         img = ImageOps.exif_transpose(img)
     img = _to_rgb(img)
-    if size is not None and img.size != size:
+    if size is not None and keep_aspect:
+        img.thumbnail(size, resample)
+    elif size is not None and img.size != size:
         img = img.resize(size, resample)
     pixels = np.array(img, dtype=np.uint8)
     if pixels.ndim != 3 or pixels.shape[2] != 3:
@@ -275,6 +280,38 @@ def read_image_file(
     resample: str = "bilinear",
 ) -> LoadedImage:
     """Read a file once, hash and decode those same bytes, so the hash matches the pixels."""
+    data = _read_capped(path, max_bytes)
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        pixels, width, height = decode_image(
+            data, size, max_pixels=max_pixels, resample=resample
+        )
+    except BadImageError as exc:
+        raise BadImageError(exc.reason, path=str(path)) from exc
+    return LoadedImage(pixels=pixels, width=width, height=height, sha256=digest)
+
+
+def thumbnail_jpeg(
+    path: Path,
+    side: int,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    quality: int = 85,
+) -> bytes:
+    """JPEG bytes of the image shrunk to fit side x side, read with the same caps and fixes."""
+    try:
+        pixels, _, _ = decode_image(
+            _read_capped(path, max_bytes), (side, side), max_pixels=max_pixels, keep_aspect=True
+        )
+    except BadImageError as exc:
+        raise BadImageError(exc.reason, path=str(path)) from exc
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _read_capped(path: Path, max_bytes: int) -> bytes:
     try:
         st = os.stat(path)
         if st.st_size > max_bytes:
@@ -290,14 +327,7 @@ def read_image_file(
             f"file too large: more than {max_bytes} bytes exceeds the cap of {max_bytes}",
             path=str(path),
         )
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        pixels, width, height = decode_image(
-            data, size, max_pixels=max_pixels, resample=resample
-        )
-    except BadImageError as exc:
-        raise BadImageError(exc.reason, path=str(path)) from exc
-    return LoadedImage(pixels=pixels, width=width, height=height, sha256=digest)
+    return data
 
 
 def file_sha256(path: Path) -> str:

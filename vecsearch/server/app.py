@@ -11,11 +11,9 @@ a 4xx JSON body with an "error" key; nothing a client sends becomes a 500.
 from __future__ import annotations
 
 import hmac
-import io
 import logging
 import os
 import threading
-import warnings
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -120,42 +118,12 @@ class _Service:
             if key in self._thumbs:
                 self._thumbs.move_to_end(key)
                 return self._thumbs[key], etag
-        data = _make_thumbnail(Path(rec.path), size)
+        data = images.thumbnail_jpeg(Path(rec.path), size)
         with self._thumbs_lock:
             self._thumbs[key] = data
             while len(self._thumbs) > 512:
                 self._thumbs.popitem(last=False)
         return data, etag
-
-
-def _make_thumbnail(path: Path, side: int) -> bytes:
-    from PIL import Image, ImageOps
-
-    try:
-        if path.stat().st_size > images.DEFAULT_MAX_BYTES:
-            raise BadImageError("file too large for a thumbnail", str(path))
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if img.width * img.height > images.DEFAULT_MAX_PIXELS:
-                    raise BadImageError("too large for a thumbnail", str(path))
-                if img.format == "JPEG":
-                    img.draft("RGB", (side, side))  # decode at 1/2..1/8 scale: much faster
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                    rgba = img.convert("RGBA")
-                    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                    img = Image.alpha_composite(white, rgba)
-                img = img.convert("RGB")
-                img.thumbnail((side, side), Image.Resampling.BILINEAR)
-                buf = io.BytesIO()
-                img.save(buf, "JPEG", quality=85)
-                return buf.getvalue()
-    except BadImageError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the file changed into something unreadable since indexing
-        raise BadImageError(f"cannot make a thumbnail: {type(e).__name__}: {e}", str(path)) from e
 
 
 # -- errors -------------------------------------------------------------------------------
