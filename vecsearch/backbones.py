@@ -197,24 +197,42 @@ def weights_fingerprint(model) -> str:
     return h.hexdigest()
 
 
-def _build(spec: BackboneSpec, weights: WeightsSpec):
+def with_top_file(spec: BackboneSpec) -> str:
+    """The official with-top weights file's name (the registry records the no-top one)."""
+    name = spec.weights_file.replace("_notop", "").replace("_no_top", "")
+    return name or f"a with-top Keras weights file for {spec.name}"
+
+
+def build_seeded_or_imagenet(spec: BackboneSpec, weights: WeightsSpec, include_top: bool):
+    """The Keras model for a random-init or ImageNet WeightsSpec (files are the caller's).
+
+    A failed download becomes one sentence that names the file to fetch by hand.
+    """
     keras = import_keras()
     if weights.kind == "random":
-        # Seeding here makes two indexes built with the same seed agree (tested).
+        # Seeding here makes two indexes built with the same seed agree (tested); the same
+        # seed and layer order also give a with-top model the same convolutional weights.
         keras.utils.set_random_seed(weights.seed)
-        return spec.build(None, False)
-    if weights.kind == "imagenet":
-        if not spec.has_imagenet:
-            raise WeightsUnavailableError(f"Backbone {spec.name!r} has no ImageNet weights; use --weights none or FILE.")
-        try:
-            return spec.build("imagenet", False)
-        except Exception as e:  # Keras raises a bare Exception on URL failure
-            raise WeightsUnavailableError(
-                f"Could not get ImageNet weights for {spec.name} ({_short(e)}). Without network access, "
-                f"download {spec.weights_file or 'the no-top weights file'} on another machine and pass "
-                "--weights /path/to/that/file (or put it in ~/.keras/models/), or use --weights none "
-                "for a random-init trial."
-            ) from e
+        return spec.build(None, include_top)
+    if weights.kind != "imagenet":
+        raise ValueError(f"not a random or ImageNet weights spec: {weights}")
+    if not spec.has_imagenet:
+        raise WeightsUnavailableError(f"Backbone {spec.name!r} has no ImageNet weights; use --weights none or a weights FILE.")
+    try:
+        return spec.build("imagenet", include_top)
+    except Exception as e:  # Keras raises a bare Exception on URL failure
+        wanted = with_top_file(spec) if include_top else (spec.weights_file or "the no-top weights file")
+        raise WeightsUnavailableError(
+            f"Could not get ImageNet weights for {spec.name} ({short_error(e)}). Without network access, "
+            f"download {wanted} on another machine and pass --weights /path/to/that/file "
+            "(or put it in ~/.keras/models/)"
+            + (", or use --weights none for a random-init trial." if not include_top else ".")
+        ) from e
+
+
+def _build(spec: BackboneSpec, weights: WeightsSpec):
+    if weights.kind in ("random", "imagenet"):
+        return build_seeded_or_imagenet(spec, weights, include_top=False)
     # A local file: a no-top file fits the pooled model; a with-top file needs the full
     # model, from which we cut the pooled output.
     try:
@@ -224,7 +242,7 @@ def _build(spec: BackboneSpec, weights: WeightsSpec):
             full = spec.build(weights.path, True)
         except Exception:
             raise WeightsUnavailableError(
-                f"Could not load weights file {weights.path} into {spec.name}: {_short(first)}. "
+                f"Could not load weights file {weights.path} into {spec.name}: {short_error(first)}. "
                 f"Expected a Keras weights file for {spec.name} (e.g. {spec.weights_file})."
             ) from first
         return pooled_submodel(full)
@@ -241,7 +259,7 @@ def pooled_submodel(full_model):
     return keras.Model(full_model.inputs, pool.output)
 
 
-def _short(e: Exception) -> str:
+def short_error(e: Exception) -> str:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return msg[:200]
 

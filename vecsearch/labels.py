@@ -31,7 +31,17 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 
-from .backbones import BackboneSpec, WeightsSpec, get_spec, import_keras, pooled_submodel, weights_fingerprint
+from .backbones import (
+    BackboneSpec,
+    WeightsSpec,
+    short_error,
+    build_seeded_or_imagenet,
+    get_spec,
+    import_keras,
+    pooled_submodel,
+    weights_fingerprint,
+    with_top_file,
+)
 from .errors import (
     IndexMismatchError,
     IndexNotFoundError,
@@ -119,12 +129,6 @@ class ImagenetTop:
         return e / e.sum(axis=1, keepdims=True)
 
 
-def with_top_file(spec: BackboneSpec) -> str:
-    """The official with-top weights file's name (the registry records the no-top one)."""
-    name = spec.weights_file.replace("_notop", "").replace("_no_top", "")
-    return name or f"a with-top Keras weights file for {spec.name}"
-
-
 def top_of(full_model, dim: int, name: str = "") -> tuple[np.ndarray, np.ndarray]:
     """(W, b) of a with-top model whose top is one linear map of the global average pool.
 
@@ -167,23 +171,9 @@ def top_of(full_model, dim: int, name: str = "") -> tuple[np.ndarray, np.ndarray
 
 def _full_model(spec: BackboneSpec, weights: WeightsSpec):
     """The with-top Keras model for these weights, or a message saying which file to use."""
-    keras = import_keras()
     top_file = with_top_file(spec)
-    if weights.kind == "random":
-        # Same seed, same layer order: the conv part equals the no-top model's (checked below).
-        keras.utils.set_random_seed(weights.seed)
-        return spec.build(None, True)
-    if weights.kind == "imagenet":
-        if not spec.has_imagenet:
-            raise WeightsUnavailableError(f"Backbone {spec.name!r} has no ImageNet weights, so no ImageNet top.")
-        try:
-            return spec.build("imagenet", True)
-        except Exception as e:  # Keras raises a bare Exception on URL failure
-            raise WeightsUnavailableError(
-                f"Could not get the ImageNet top of {spec.name} ({_short(e)}). Without network access, download "
-                f"{top_file} on another machine and run `vecsearch label --weights /path/to/{top_file}` "
-                "(or put it in ~/.keras/models/)."
-            ) from e
+    if weights.kind in ("random", "imagenet"):
+        return build_seeded_or_imagenet(spec, weights, include_top=True)
     try:
         with warnings.catch_warnings():  # Keras warns about every layer a no-top file lacks
             warnings.simplefilter("ignore")
@@ -194,18 +184,13 @@ def _full_model(spec: BackboneSpec, weights: WeightsSpec):
             f"Could not load an ImageNet top from {weights.path}: it looks like a no-top weights file, which has "
             f"no classifier to label with. Labels need the with-top file of the same weights, e.g. {top_file} "
             f"(or weights saved from keras.applications.{type_name(spec)}(include_top=True)); pass it with "
-            f"`vecsearch label --weights FILE`. (Keras said: {_short(e)})"
+            f"`vecsearch label --weights FILE`. (Keras said: {short_error(e)})"
         ) from e
 
 
 def type_name(spec: BackboneSpec) -> str:
     return {"resnet50": "ResNet50", "xception": "Xception", "inception_v3": "InceptionV3",
             "mobilenet": "MobileNet", "vgg16": "VGG16"}.get(spec.name, spec.name)
-
-
-def _short(e: Exception) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return msg[:200]
 
 
 def load_top(ix: "VecIndex", weights: Any = None) -> ImagenetTop:
