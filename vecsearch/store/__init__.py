@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 from sqlalchemy import create_engine, delete, event, func, insert, select, update
@@ -18,6 +18,15 @@ from .models import Base, Classifier, Image, ImagenetLabel, IndexInfo, Predictio
 log = logging.getLogger(__name__)
 
 __all__ = ["Store", "ImageRecord", "Base", "Image", "IndexInfo", "Vector"]
+
+
+_IN_LIMIT = 500  # SQLite caps bound parameters per statement: long id lists go in slices
+
+
+def _slices(values: Iterable) -> Iterator[list]:
+    values = list(values)
+    for i in range(0, len(values), _IN_LIMIT):
+        yield values[i : i + _IN_LIMIT]
 
 
 def _now() -> datetime:
@@ -106,8 +115,8 @@ class Store:
         ids = [int(i) for i in ids]
         out: dict[int, ImageRecord] = {}
         with self.session() as s:
-            for i in range(0, len(ids), 500):
-                for r in s.scalars(select(Image).where(Image.id.in_(ids[i : i + 500]))):
+            for part in _slices(ids):
+                for r in s.scalars(select(Image).where(Image.id.in_(part))):
                     out[r.id] = _record(r)
         return out
 
@@ -115,9 +124,9 @@ class Store:
         shas = list(set(shas))
         out: dict[str, int] = {}
         with self.session() as s:
-            for i in range(0, len(shas), 500):
-                q = select(Image.sha256, func.min(Image.id)).where(Image.sha256.in_(shas[i : i + 500]), Image.status == "ok").group_by(Image.sha256)
-                out.update({sha: i for sha, i in s.execute(q)})
+            for part in _slices(shas):
+                q = select(Image.sha256, func.min(Image.id)).where(Image.sha256.in_(part), Image.status == "ok").group_by(Image.sha256)
+                out.update({sha: image_id for sha, image_id in s.execute(q)})
         return out
 
     def failed(self) -> list[ImageRecord]:
@@ -144,8 +153,8 @@ class Store:
                 rows = list(c.execute(q))
             else:
                 ids = [int(i) for i in ids]
-                for i in range(0, len(ids), 500):
-                    rows.extend(c.execute(q.where(Vector.image_id.in_(ids[i : i + 500]))))
+                for part in _slices(ids):
+                    rows.extend(c.execute(q.where(Vector.image_id.in_(part))))
                 rows.sort(key=lambda r: r[0])
         if dim is None:
             dim = len(rows[0][1]) // 4 if rows else 0
@@ -235,8 +244,8 @@ class Store:
                 s.execute(delete(UserLabel))
             else:
                 ids = [int(i) for i in ids]
-                for i in range(0, len(ids), 500):
-                    s.execute(delete(UserLabel).where(UserLabel.image_id.in_(ids[i : i + 500])))
+                for part in _slices(ids):
+                    s.execute(delete(UserLabel).where(UserLabel.image_id.in_(part)))
 
     def user_labels(self) -> list[tuple[int, str, str | None, str]]:
         """(image_id, label, split, source) of every labelled image, ordered by id."""
@@ -294,8 +303,7 @@ class Store:
         n = 0
         with self.session() as s, s.begin():
             alive: set[int] = set()
-            for i in range(0, len(ids), 500):
-                part = ids[i : i + 500]
+            for part in _slices(ids):
                 s.execute(delete(ImagenetLabel).where(ImagenetLabel.image_id.in_(part)))
                 alive.update(s.scalars(select(Image.id).where(Image.id.in_(part))))
             values = [dict(image_id=int(r[0]), rank=int(r[1]), class_index=int(r[2]), wnid=r[3], name=r[4], prob=float(r[5]))
@@ -321,8 +329,8 @@ class Store:
                 rows = list(c.execute(q))
             else:
                 ids = [int(i) for i in ids]
-                for i in range(0, len(ids), 500):
-                    rows.extend(c.execute(q.where(ImagenetLabel.image_id.in_(ids[i : i + 500]))))
+                for part in _slices(ids):
+                    rows.extend(c.execute(q.where(ImagenetLabel.image_id.in_(part))))
         out: dict[int, list] = {}
         for image_id, *rest in sorted(rows, key=lambda r: (r[0], r[1])):
             out.setdefault(image_id, []).append(tuple(rest))
