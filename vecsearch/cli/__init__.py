@@ -61,26 +61,40 @@ def print_json(data) -> None:
 
 @contextmanager
 def progress_bar(description: str, quiet: bool):
-    """A rich bar with images/s, or a no-op callback under --quiet."""
+    """A rich bar with images/s, or a no-op callback under --quiet.
+
+    The bar appears on the first update with work to show, so a run that fails while
+    the model loads, or has nothing to embed, leaves no empty bar behind; the rate counts
+    from that first update, not from model start-up.
+    """
     if quiet:
         yield None
         return
+    import time
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task(description, total=None, rate="")
-        import time
+    bar = Progress(*columns, console=err, transient=False)
+    state: dict = {}
 
-        t0 = time.perf_counter()
+    def update(done: int, total: int) -> None:
+        if not total:
+            return
+        if "task" not in state:
+            bar.start()
+            state["task"] = bar.add_task(description, total=total, rate="")
+            state["t0"] = time.perf_counter()
+        dt = time.perf_counter() - state["t0"]
+        rate = f"{done / dt:.1f} img/s" if done and dt > 0 else ""
+        bar.update(state["task"], completed=done, total=total, rate=rate)
 
-        def update(done: int, total: int) -> None:
-            dt = time.perf_counter() - t0
-            rate = f"{done / dt:.1f} img/s" if done and dt > 0 else ""
-            bar.update(task, completed=done, total=total, rate=rate)
-
+    try:
         yield update
+    finally:
+        if "task" in state:
+            bar.stop()
 
 
 def _open(index: Path | None, **kw):
