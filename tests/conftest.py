@@ -34,6 +34,24 @@ def make_image(path: Path, seed: int, size=(64, 48), fmt=None) -> Path:
     return path
 
 
+def run(*args, ok=True):
+    """Invoke the CLI in-process; with ok, insist on exit code 0 (showing the output if not)."""
+    from typer.testing import CliRunner
+
+    from vecsearch.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def run_json(*args):
+    import json
+
+    return json.loads(run(*args, "--json").stdout)
+
+
 @pytest.fixture
 def photos(tmp_path) -> Path:
     """A folder of 12 small distinct photos in two sub-folders."""

@@ -9,11 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,6 +18,8 @@ from conftest import make_image
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
+
+from test_server import live_server  # noqa: E402  (one live uvicorn helper for both files)
 
 TESTS = Path(__file__).parent
 BROWSER_DIR = TESTS / "browser"
@@ -42,28 +40,6 @@ def _missing() -> str | None:
 pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
 
 
-@contextmanager
-def _live_server(app):
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
-
-
 def test_page_uploads_an_image_and_shows_a_grid_of_neighbours(tmp_path):
     from vecsearch import open_index
     from vecsearch.server import create_app
@@ -82,7 +58,7 @@ def test_page_uploads_an_image_and_shows_a_grid_of_neighbours(tmp_path):
     shot = ARTIFACTS / "browser_search.png"
     shot.unlink(missing_ok=True)
 
-    with _live_server(create_app(ix)) as base:
+    with live_server(create_app(ix)) as base:
         r = subprocess.run(["node", str(BROWSER_DIR / "search_page.mjs"), base + "/", str(query), str(shot), "12"],
                            cwd=BROWSER_DIR, capture_output=True, text=True, timeout=240)
         assert r.returncode == 0, r.stderr[-3000:]

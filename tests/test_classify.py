@@ -239,6 +239,15 @@ def test_relabelled_path_keeps_its_label_when_re_embedded(tmp_path, tiny_index):
     assert len(labelled_vectors(tiny_index)) == 6
 
 
+def test_linked_class_folder_is_indexed_and_labelled(tmp_path, tiny_index):
+    write_digits(tmp_path / "data", per_class=2, classes=[2])
+    linked = write_digits(tmp_path / "elsewhere", per_class=2, classes=[1])
+    (tmp_path / "data" / "1").symlink_to(tmp_path / "elsewhere" / "1", target_is_directory=True)
+    summary = teach(tiny_index, tmp_path / "data")
+    assert summary.failed == [] and summary.labelled == 4 and summary.counts == {"1": {"": 2}, "2": {"": 2}}
+    assert {str(p) for p in linked} <= set(labelled_vectors(tiny_index).paths)
+
+
 # -- saved classifiers and one image ----------------------------------------------------------
 def test_classify_one_image_reuses_the_saved_model(tmp_path, tiny_index):
     write_digits(tmp_path / "digits", per_class=5, classes=[0, 1, 2])
@@ -280,6 +289,23 @@ def test_bad_label_sets_raise_clear_errors(tmp_path, tiny_index):
     csv_path.write_text("path,label\nsingle/5/nothere.png,5\n/no/such/file.jpg,6\n")
     with pytest.raises(InputNotFoundError, match="nothere.png.*file.jpg"):
         teach(tiny_index, csv_path)
+
+
+def test_wrong_kind_or_damaged_file_is_a_message(tmp_path, tiny_index, index_dir):
+    write_digits(tmp_path / "digits", per_class=3, classes=[0, 1])
+    teach(tiny_index, tmp_path / "digits")
+    C.train(tiny_index, "knn", k=1)
+    with pytest.raises(ClassifierNotFoundError, match="'knn' is a knn classifier, not head"):
+        C.classifier_info(tiny_index, "knn", kind="head")
+    assert C.classifier_info(tiny_index, "knn", kind="knn")["name"] == "knn"
+    img = sorted((tmp_path / "digits" / "0").iterdir())[0]
+    tiny_index.close()
+    for args in (("classify", "--head", "--name", "knn"), ("classify", img, "--probe", "--name", "knn")):
+        r = _cli(*args, "--index", index_dir)
+        assert r.exit_code == 1 and "is a knn classifier" in r.output and "Traceback" not in r.output, r.output
+    (index_dir / "classifiers" / "knn.pkl").write_bytes(b"not a pickle")
+    r = _cli("classify", img, "--index", index_dir)
+    assert r.exit_code == 1 and "cannot be read" in r.output and "Traceback" not in r.output, r.output
 
 
 def _cli(*args):

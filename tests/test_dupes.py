@@ -98,6 +98,11 @@ def test_groups_chain_through_neighbours_beyond_k(tiny_index, tmp_path):
 def test_threshold_one_finds_only_identical(tiny_index, photos):
     tiny_index.add([photos])
     assert duplicate_groups(tiny_index, 0.9999) == []
+    orig = photos / "a" / "img00.png"
+    (photos / "b" / "same.png").write_bytes(orig.read_bytes())  # a byte-identical copy
+    tiny_index.add([photos])
+    groups = duplicate_groups(tiny_index, 0.9999)
+    assert [g.paths for g in groups] == [sorted([str(orig.resolve()), str((photos / "b" / "same.png").resolve())])]
     with pytest.raises(VecsearchError, match="between -1 and 1"):
         duplicate_groups(tiny_index, 1.5)
 
@@ -153,6 +158,7 @@ def test_cli_dupes_and_similarity(tiny_index, dupe_folder, index_dir, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["similarity", "{one}"], "at least 2 images"),
     (["similarity", "{one}", "{missing}"], "No such file"),
+    (["similarity", "{one}", "{one}", "--plot", "{missing}/sim.png"], "Cannot write the plot"),
     (["dupes", "--threshold", "2"], "Invalid value"),
 ])
 def test_cli_bad_input_is_a_message(tiny_index, photos, index_dir, tmp_path, args, message):

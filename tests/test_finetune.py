@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from digits import write_digits
 from vecsearch import open_index
 from vecsearch.cli import app
+from vecsearch.classify import list_classifiers
 from vecsearch.errors import BadLabelsError, NoLabelsError, VecsearchError
 from vecsearch.finetune import HeadParams, finetune, holdout, load_head, reembed, train_head, unfreeze
 
@@ -72,6 +73,9 @@ def test_head_architecture_is_the_tutorials():
     assert kinds == ["InputLayer", "Normalization", "Dropout", "Dense", "BatchNormalization", "Dropout", "Dense"]
     assert head.model.layers[3].activation.__name__ == "relu"
     assert head.model.layers[-1].activation.__name__ == "softmax"
+    assert head.predict_proba(X[0]).shape == (1, 2)  # one vector is one row
+    with pytest.raises(VecsearchError, match="dimensions"):  # not silently reshaped to (1, 8)
+        head.predict_proba(X[:2, :4])
 
 
 def test_finetune_index_saves_a_head_classify_can_use(digits_index, tmp_path):
@@ -115,6 +119,8 @@ def test_finetune_refuses_missing_or_bad_labels(tiny_index, photos):
     tiny_index.store.set_user_labels([(int(i), "only", None, "csv") for i in ids])
     with pytest.raises(BadLabelsError, match="one class"):
         finetune(tiny_index, params=FAST)
+    with pytest.raises(VecsearchError, match="Bad classifier name"):  # refused before any training
+        finetune(tiny_index, name="no/slash", params=FAST)
 
 
 def test_cli_finetune_plot_json_and_classify_head(digits_index, tmp_path):
@@ -134,11 +140,14 @@ def test_cli_finetune_plot_json_and_classify_head(digits_index, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--reembed-into", "{tmp}/new"], "needs --unfreeze"),
     (["--epochs", "0"], "Invalid value"),
+    (["--name", "refused", "--unfreeze", "1", "--reembed-into", "{index}"], "must be a new folder"),
 ])
 def test_cli_finetune_bad_input(digits_index, tmp_path, args, message):
-    args = [a.format(tmp=tmp_path) for a in args]
+    args = [a.format(tmp=tmp_path, index=digits_index) for a in args]
     r = runner.invoke(app, ["finetune", "--index", str(digits_index), *args])
     assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output
+    with open_index(digits_index, create=False) as ix:  # refused before anything was trained
+        assert "refused" not in {c["name"] for c in list_classifiers(ix)}
 
 
 def test_cli_finetune_without_labels(tiny_index, photos, index_dir):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TESTS, make_image
+from conftest import TESTS, make_image, run, run_json
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -22,17 +22,6 @@ from vecsearch import IndexMismatchError, InputNotFoundError, NoImagesError, ope
 from vecsearch.cli import app
 
 TINY = ["--backbone", "tiny", "--weights", "none", "--seed", "7"]
-
-
-def run(*args, ok=True):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, (result.output, result.exception)
-    return result
-
-
-def run_json(*args):
-    return json.loads(run(*args, "--json").stdout)
 
 
 # -- the CLI contract ---------------------------------------------------------------------

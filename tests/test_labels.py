@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -19,26 +18,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import make_image
-from typer.testing import CliRunner
+from conftest import make_image, run, run_json
 
 from vecsearch import labels, open_index
 from vecsearch.backbones import WeightsSpec, get_spec, import_keras
-from vecsearch.cli import app
 from vecsearch.errors import UnknownClassError, VecsearchError, WeightsUnavailableError
 
 TOP = 5
-
-
-def run(*args, ok=True):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, (result.output, result.exception)
-    return result
-
-
-def run_json(*args):
-    return json.loads(run(*args, "--json").stdout)
 
 
 def _keras_input(keras, paths):

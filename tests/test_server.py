@@ -269,6 +269,22 @@ def test_thumbnail_is_the_indexed_file_scaled(client, built):
     assert Image.open(io.BytesIO(client.get(f"/api/images/{rec.id}/thumbnail").content)).size == (64, 48)  # never upscaled
 
 
+def test_thumbnail_revalidation_decodes_nothing(client, built, monkeypatch):
+    from vecsearch.server import app as server_app
+
+    root, ix = built
+    rec = ix.store.image_by_path(str(root / "photos" / "a" / "img04.jpg"))
+    etag = client.get(f"/api/images/{rec.id}/thumbnail", params={"size": 40}).headers["etag"]
+    client.app.state.service._thumbs.clear()
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a matching If-None-Match must not decode the file")
+
+    monkeypatch.setattr(server_app.images, "thumbnail_jpeg", no_decoding)
+    r = client.get(f"/api/images/{rec.id}/thumbnail", params={"size": 40}, headers={"If-None-Match": etag})
+    assert r.status_code == 304 and r.headers["etag"] == etag and not r.content
+
+
 def test_thumbnail_of_a_file_gone_since_indexing(built, tmp_path):
     from vecsearch import open_index
     from vecsearch.server import create_app
@@ -482,6 +498,17 @@ def test_token_guards_everything_but_health_and_page(built):
             assert getattr(c, method)(url, headers={"Authorization": "Bearer s3cret"}, **kw).status_code == 200, url
         assert c.get("/api/images/1/thumbnail?token=s3cret").status_code == 200  # for <img src>
         _assert_json_error(c.get("/api/images/1/thumbnail?token=s3cre"), 401)
+
+
+def test_a_non_ascii_token_works_in_the_header_and_the_url(built):
+    from vecsearch.server import create_app
+
+    _, ix = built
+    with TestClient(create_app(ix, token="pässwörd", warm=False)) as c:
+        assert c.get("/api/stats", headers={"Authorization": "Bearer pässwörd".encode()}).status_code == 200
+        assert c.get("/api/stats", params={"token": "pässwörd"}).status_code == 200
+        _assert_json_error(c.get("/api/stats", headers={"Authorization": "Bearer passwort".encode()}), 401)
+        _assert_json_error(c.get("/api/stats", params={"token": "%ff"}), 401)
 
 
 # -- the command ---------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from .errors import (
     NotIndexedError,
     VecsearchError,
 )
-from .extract import Extractor
+from .extract import RESAMPLE, Extractor
 from .store import ImageRecord, Store
 from .vectors import VectorIndex, normalize
 
@@ -389,9 +389,9 @@ class VecIndex:
             out.append(item.vector)
         return np.stack(out) if out else np.zeros((0, self.backbone.dim), np.float32)
 
-    def embed_bytes(self, data: bytes) -> np.ndarray:
-        """Unit vector of an image given as bytes (an upload)."""
-        pixels, _, _ = images.decode_image(data, self.backbone.input_size, resample="bilinear")
+    def embed_bytes(self, data: bytes, *, max_pixels: int | None = images.DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """Unit vector of an image given as bytes (an upload), decoded exactly as indexing does."""
+        pixels, _, _ = images.decode_image(data, self.backbone.input_size, max_pixels=max_pixels, resample=RESAMPLE)
         return self.extractor().embed_pixels(pixels[None])[0]
 
     def vector(self, image_id: int) -> np.ndarray:

@@ -158,6 +158,8 @@ def teach(index, source: str | os.PathLike, *, replace: bool = False,
     Files that cannot be embedded are reported in `failed` and stay unlabelled. With
     replace, every earlier label of the index is dropped first.
     """
+    from .api import _fresh
+
     kind, rows = read_label_rows(source)
     by_path: dict[str, LabelRow] = {}
     for r in rows:
@@ -167,10 +169,11 @@ def teach(index, source: str | os.PathLike, *, replace: bool = False,
         by_path[str(r.path)] = r
     summary = TeachSummary(source=str(Path(source).expanduser().resolve()), kind=kind)
     records = index.store.records()
-    todo = [Path(p) for p, _ in by_path.items() if p not in records or _stale(records[p], Path(p))]
+    todo = [Path(p) for p in by_path if p not in records or not _fresh(records[p], Path(p))]
     if todo:
-        # A folder root is passed whole so the indexer also notices files gone from it.
-        roots = [Path(source).expanduser().resolve()] if kind == "folder" else todo
+        # A folder root is passed whole so the indexer also notices files gone from it; the
+        # files too, as a class folder may be a link, which walking the root does not enter.
+        roots = [Path(summary.source), *todo] if kind == "folder" else todo
         result = index.add(roots, progress=progress)
         summary.indexed = result.indexed
         records = index.store.records()
@@ -190,14 +193,6 @@ def teach(index, source: str | os.PathLike, *, replace: bool = False,
     summary.counts = dict(sorted(summary.counts.items()))
     summary.failed.sort(key=lambda f: f["path"])
     return summary
-
-
-def _stale(rec, p: Path) -> bool:
-    try:
-        st = p.stat()
-    except OSError:
-        return True
-    return rec.size != st.st_size or rec.mtime_ns != st.st_mtime_ns
 
 
 def label_counts(index) -> dict[str, dict[str, int]]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .classes import LabelledSet, labelled_vectors, unlabelled_ids
+from .dupes import vectors_for
 from .errors import BadLabelsError, ClassifierNotFoundError, InputNotFoundError, NoLabelsError, VecsearchError
 
 log = logging.getLogger(__name__)
@@ -361,13 +362,15 @@ def list_classifiers(index) -> list[dict]:
 
 
 def classifier_info(index, name: str | None = None, kind: str | None = None) -> dict:
-    """The row of `name` (None: the newest, of `kind` when given)."""
+    """The row of `name` (None: the newest), which must be of `kind` when given."""
     rows = list_classifiers(index)
     if name is not None:
         rows = [r for r in rows if r["name"] == name]
         if not rows:
             known = ", ".join(r["name"] for r in list_classifiers(index)) or "none"
             raise ClassifierNotFoundError(f"No classifier named {name!r} in the index (trained: {known}).")
+        if kind is not None and rows[0]["kind"] != kind:
+            raise ClassifierNotFoundError(f"Classifier {name!r} is a {rows[0]['kind']} classifier, not {kind}.")
         return rows[0]
     if kind is not None:
         rows = [r for r in rows if r["kind"] == kind]
@@ -388,8 +391,11 @@ def load_classifier(index, name: str | None = None):
         from .finetune import load_head
 
         return load_head(path)
-    with open(path, "rb") as fh:
-        return pickle.load(fh)
+    try:
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError, OSError) as e:
+        raise VecsearchError(f"The file of classifier {row['name']!r} ({path}) cannot be read ({e}); train it again.") from e
 
 
 def predict(index, clf, X) -> list[tuple[str, float]]:
@@ -450,8 +456,6 @@ def train(index, kind: str, *, k: int = 5, name: str | None = None, seed: int = 
     if kind not in ("knn", "probe"):
         raise VecsearchError(f"Unknown classifier kind {kind!r}; expected knn or probe.")
     name = _check_name(name or kind)
-    if index.info is None:
-        raise NoLabelsError("The index is empty; run `vecsearch teach DIR` to index and label images first.")
     ls = labelled_vectors(index)
     check_labels(ls)
     fitter = _make(kind, k, seed)
@@ -484,13 +488,7 @@ def classify_image(index, image: str | os.PathLike, name: str | None = None, top
         raise InputNotFoundError(f"No such file: {p}")
     row = classifier_info(index, name)
     clf = load_classifier(index, row["name"])
-    rec = index.store.image_by_path(str(p.resolve()))
-    st = p.stat()
-    if rec is not None and rec.status == "ok" and rec.size == st.st_size and rec.mtime_ns == st.st_mtime_ns:
-        x = index.vector(rec.id)
-    else:
-        x = index.embed([p])[0]
-    proba = np.asarray(clf.predict_proba(x.reshape(1, -1)))[0]
+    proba = np.asarray(clf.predict_proba(vectors_for(index, [p])))[0]
     classes = np.asarray(clf.classes_).astype(str)
     order = np.argsort(-proba, kind="stable")[:max(1, top)]
     return {

@@ -57,6 +57,8 @@ def duplicate_groups(index, threshold: float = DEFAULT_THRESHOLD, *, k: int = DE
     n = len(all_ids)
     if progress:
         progress(0, n)
+    if not n:
+        return []
     rows: list[np.ndarray] = []
     cols: list[np.ndarray] = []
     vals: list[np.ndarray] = []
@@ -77,8 +79,6 @@ def duplicate_groups(index, threshold: float = DEFAULT_THRESHOLD, *, k: int = DE
         vals.append(scores.reshape(-1)[keep][edge])
         if progress:
             progress(min(start + batch_size, n), n)
-    if not n:
-        return []
     r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
     v = np.concatenate(vals).astype(np.float64) if vals else np.zeros(0)
@@ -88,15 +88,18 @@ def duplicate_groups(index, threshold: float = DEFAULT_THRESHOLD, *, k: int = DE
     for pos, lab in enumerate(labels):
         members.setdefault(int(lab), []).append(pos)
     groups_pos = [m for m in members.values() if len(m) >= 2]
-    edge_label = labels[r] if len(r) else np.zeros(0, np.int64)
+    # Strongest and weakest link per component in one pass (every group has >= 1 edge).
+    best = np.full(labels.max() + 1, -np.inf)
+    worst = np.full(labels.max() + 1, np.inf)
+    np.maximum.at(best, labels[r], v)
+    np.minimum.at(worst, labels[r], v)
     recs = index.store.images(int(all_ids[p]) for m in groups_pos for p in m)
     groups = []
     for m in groups_pos:
         lab = labels[m[0]]
-        scores_in = v[edge_label == lab]
         pairs = sorted((recs[int(all_ids[p])].path, int(all_ids[p])) for p in m)
         groups.append(DupeGroup(ids=[i for _, i in pairs], paths=[p for p, _ in pairs],
-                                score=round(float(scores_in.max()), 6), min_score=round(float(scores_in.min()), 6)))
+                                score=round(float(best[lab]), 6), min_score=round(float(worst[lab]), 6)))
     groups.sort(key=lambda g: (-len(g.ids), g.paths[0]))
     log.info("%d near-duplicate groups among %d images at threshold %s", len(groups), n, threshold)
     return groups

@@ -14,6 +14,7 @@ can only serve a new index (`reembed`), never the one that was built with the ol
 
 from __future__ import annotations
 
+import filecmp
 import json
 import logging
 import os
@@ -25,8 +26,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .backbones import WeightsSpec, import_keras, load_backbone
-from .errors import BadLabelsError, NoLabelsError, VecsearchError
+from .backbones import WeightsSpec, import_keras, load_backbone, weights_fingerprint
+from .classes import labelled_vectors
+from .errors import BadLabelsError, VecsearchError
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +67,13 @@ class HeadClassifier:
         return int(self.model.inputs[0].shape[-1])
 
     def predict_proba(self, X) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float32).reshape(-1, self.dim)
-        if not len(X):
+        X = np.asarray(X, dtype=np.float32)
+        if not X.size:
             return np.zeros((0, len(self.classes_)), np.float32)
+        if X.ndim == 1:
+            X = X.reshape(1, -1)
+        if X.shape[1] != self.dim:  # a reshape would silently cut other vectors into this size
+            raise VecsearchError(f"Vectors have {X.shape[1]} dimensions; the head expects {self.dim}.")
         return np.asarray(self.model.predict(X, batch_size=1024, verbose=0), dtype=np.float32)
 
     def predict(self, X) -> np.ndarray:
@@ -200,23 +206,17 @@ class FinetuneResult:
         return asdict(self)
 
 
-def _labelled(index):
-    from .classes import labelled_vectors
-
-    if index.info is None:
-        raise NoLabelsError("The index is empty; run `vecsearch teach DIR` to index and label images first.")
-    return labelled_vectors(index)
-
-
 def finetune(index, *, name: str = DEFAULT_NAME, params: HeadParams | None = None,
              on_epoch: Callable[[int, dict], None] | None = None, save: bool = True) -> FinetuneResult:
     """Train a head on the index's labelled vectors, score it on the test part, save it as `name`."""
     from sklearn.metrics import classification_report, confusion_matrix
 
-    from .classify import save_classifier
+    from .classify import _check_name, save_classifier
 
+    if save:
+        _check_name(name)  # before training, not after it
     p = params or HeadParams()
-    ls = _labelled(index)
+    ls = labelled_vectors(index)
     method, tr, te = holdout(ls)
     y = ls.y.astype(str)
     head, history = train_head(ls.X[tr], y[tr], p, on_epoch=on_epoch)
@@ -290,7 +290,7 @@ def unfreeze(index, head: HeadClassifier, n_layers: int, *, epochs: int = 3, lea
     if n_layers < 1:
         raise VecsearchError(f"--unfreeze needs a number of layers >= 1, got {n_layers}.")
     info = index._require_info()
-    ls = _labelled(index)
+    ls = labelled_vectors(index)
     y = ls.y.astype(str)
     _, tr, te = holdout(ls)
     known = np.isin(y, head.classes_)
@@ -321,14 +321,12 @@ def unfreeze(index, head: HeadClassifier, n_layers: int, *, epochs: int = 3, lea
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e + 1, dict(logs or {}))))
     fit = model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0, callbacks=callbacks)
     base.trainable = False
-    from .backbones import weights_fingerprint
-
     after = weights_fingerprint(base)
     out_dir = Path(index.directory) / TUNED_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     weights_path = out_dir / f"{name}.weights.h5"
     base.save_weights(weights_path)
-    head_path = HeadClassifier(head.model, head.classes_).save(out_dir / f"{name}.keras")
+    head_path = head.save(out_dir / f"{name}.keras")
     result = {
         "unfrozen_layers": int(n_layers),
         "trainable_weights": int(n_trainable),
@@ -347,6 +345,14 @@ def unfreeze(index, head: HeadClassifier, n_layers: int, *, epochs: int = 3, lea
     return result
 
 
+def reembed_target(index, into: str | os.PathLike) -> Path:
+    """The folder for a re-embedded index; refused when it is the index being tuned."""
+    into = Path(into).expanduser()
+    if into.resolve() == Path(index.directory).resolve():
+        raise VecsearchError("--reembed-into must be a new folder, not the index being tuned.")
+    return into
+
+
 def reembed(index, weights_path: str | os.PathLike, into: str | os.PathLike, *, head_path: str | os.PathLike | None = None,
             name: str = DEFAULT_NAME, metrics: dict | None = None,
             progress: Callable[[int, int], None] | None = None):
@@ -355,26 +361,20 @@ def reembed(index, weights_path: str | os.PathLike, into: str | os.PathLike, *, 
     The source index is left as it is: an index never mixes vectors of two weight sets.
     Returns the new index's IndexSummary.
     """
-    from sqlalchemy import select
-
     from .api import open_index
-    from .store.models import Image, UserLabel
 
     info = index._require_info()
-    into = Path(into).expanduser()
-    if into.resolve() == Path(index.directory).resolve():
-        raise VecsearchError("--reembed-into must be a new folder, not the index being tuned.")
-    with index.store.session() as s:
-        rows = s.execute(select(Image.path).where(Image.status == "ok").order_by(Image.path)).scalars().all()
-        labels = s.execute(select(Image.path, UserLabel.label, UserLabel.split, UserLabel.source)
-                           .join(UserLabel, UserLabel.image_id == Image.id)).all()
-    paths = [p for p in rows if os.path.exists(p)]
+    into = reembed_target(index, into)
+    records = index.store.records()
+    path_of = {r.id: path for path, r in records.items()}
+    labels = [(path_of[i], label, split, source) for i, label, split, source in index.store.user_labels() if i in path_of]
+    paths = sorted(path for path, r in records.items() if r.status == "ok" and os.path.exists(path))
     if not paths:
         raise VecsearchError("None of the indexed image files exist any more; nothing to re-embed.")
     # The new index keeps its own copy: a later --unfreeze run rewrites the source file.
     into.mkdir(parents=True, exist_ok=True)
     own = into / f"{info.backbone}.tuned.weights.h5"
-    if not own.exists() or own.read_bytes() != Path(weights_path).read_bytes():
+    if not own.exists() or not filecmp.cmp(own, weights_path, shallow=False):
         shutil.copyfile(weights_path, own)
     with open_index(into, backbone=info.backbone, weights=str(own)) as new:
         summary = new.add(paths, progress=progress)

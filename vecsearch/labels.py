@@ -51,6 +51,7 @@ from .errors import (
     VecsearchError,
     WeightsUnavailableError,
 )
+from .vectors import _atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import VecIndex
@@ -183,12 +184,12 @@ def _full_model(spec: BackboneSpec, weights: WeightsSpec):
         raise WeightsUnavailableError(
             f"Could not load an ImageNet top from {weights.path}: it looks like a no-top weights file, which has "
             f"no classifier to label with. Labels need the with-top file of the same weights, e.g. {top_file} "
-            f"(or weights saved from keras.applications.{type_name(spec)}(include_top=True)); pass it with "
+            f"(or weights saved from keras.applications.{_keras_class(spec)}(include_top=True)); pass it with "
             f"`vecsearch label --weights FILE`. (Keras said: {short_error(e)})"
         ) from e
 
 
-def type_name(spec: BackboneSpec) -> str:
+def _keras_class(spec: BackboneSpec) -> str:
     return {"resnet50": "ResNet50", "xception": "Xception", "inception_v3": "InceptionV3",
             "mobilenet": "MobileNet", "vgg16": "VGG16"}.get(spec.name, spec.name)
 
@@ -230,9 +231,12 @@ def load_top(ix: "VecIndex", weights: Any = None) -> ImagenetTop:
         )
     W, b = top_of(full, info.dim, spec.name)
     top = ImagenetTop(W, b, fingerprint, ws.describe())
-    tmp = cache.with_name(cache.name + ".tmp.npz")
-    np.savez(tmp, W=W, b=b, fingerprint=np.array(fingerprint), source=np.array(top.source))
-    os.replace(tmp, cache)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a bare temp name
+            np.savez(f, W=W, b=b, fingerprint=np.array(fingerprint), source=np.array(top.source))
+
+    _atomic_write(cache, write)  # a unique temp file: two `label` runs at once cannot collide
     log.debug("ImageNet top of %s ready in %.1fs", spec.name, time.perf_counter() - t0)
     return top
 
@@ -344,9 +348,11 @@ def ids_for_paths(ix: "VecIndex", paths: Iterable[str | os.PathLike]) -> list[in
     return sorted(set(out))
 
 
-def image_labels(ix: "VecIndex", paths: Iterable[str | os.PathLike] | None = None) -> list[ImageLabels]:
-    """Stored labels of the given indexed files/folders (all labelled images when None), by path."""
-    ids = None if paths is None else ids_for_paths(ix, paths)
+def image_labels(ix: "VecIndex", paths: Iterable[str | os.PathLike] | None = None, *,
+                 ids: Iterable[int] | None = None) -> list[ImageLabels]:
+    """Stored labels of the given indexed files/folders or ids (all labelled images when neither), by path."""
+    if paths is not None:
+        ids = ids_for_paths(ix, paths)
     stored = ix.store.imagenet_labels(ids)
     recs = ix.store.images(stored)
     out = [ImageLabels(i, recs[i].path, [Label(r, w, n, p) for r, _c, w, n, p in rows])

@@ -16,6 +16,21 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: str | os.PathLike) -> Path:
+    """Write the figure as a PNG and free it; a path that cannot be written is a VecsearchError."""
+    from .errors import VecsearchError
+
+    path = Path(path)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=100)
+    except (OSError, ValueError) as e:  # a missing folder, no permission, an unknown extension
+        raise VecsearchError(f"Cannot write the plot to {path}: {e}") from e
+    finally:
+        plt.close(fig)
+    return path
+
+
 def training_curves(history: dict, path: str | os.PathLike) -> Path:
     """Training and validation accuracy and loss per epoch, side by side (the tutorials' figure)."""
     plt = _pyplot()
@@ -29,11 +44,7 @@ def training_curves(history: dict, path: str | os.PathLike) -> Path:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def similarity_matrix(paths: Sequence[str], sims, path: str | os.PathLike) -> Path:
@@ -62,11 +73,7 @@ def similarity_matrix(paths: Sequence[str], sims, path: str | os.PathLike) -> Pa
                         color="black" if bright else "white")
     fig.colorbar(im, ax=ax, label="cosine similarity")
     ax.set_title("Cosine similarity")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def confusion_matrix(classes: Sequence[str], matrix, path: str | os.PathLike, title: str = "Confusion matrix") -> Path:
@@ -90,8 +97,4 @@ def confusion_matrix(classes: Sequence[str], matrix, path: str | os.PathLike, ti
                     color="white" if m[i, j] > half else "black")
     fig.colorbar(im, ax=ax, label="images")
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

@@ -219,12 +219,12 @@ def export(
         out.print(f"Exported {n} vectors to {out_file}", highlight=False)
 
 
-# Commands of other concepts register themselves on `app` when imported.
-# (e.g. `from . import classify  # noqa: E402,F401`)
-from . import serve  # noqa: E402,F401
+# Commands of other concepts register themselves on `app` when imported, in this order
+# in `--help`: ImageNet labels, classes of your own, fine-tuning and similarity, the service.
+from . import labels  # noqa: E402,F401
 from . import classify  # noqa: E402,F401
 from . import tune  # noqa: E402,F401
-from . import labels  # noqa: E402,F401
+from . import serve  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -94,8 +94,8 @@ def classify(
             if plot is not None:
                 raise VecsearchError("--plot goes with training (no IMAGE).")
             with _open(index, create=False) as ix:
-                if name is None and kind is not None:
-                    name = C.classifier_info(ix, kind=kind)["name"]
+                if kind is not None:
+                    name = C.classifier_info(ix, name, kind)["name"]
                 result = C.classify_image(ix, image, name)
             if json_out:
                 print_json(result)

@@ -56,7 +56,7 @@ def label_cmd(
             ids = labels.ids_for_paths(ix, paths) if paths else None
             with progress_bar("Labelling", quiet or json_out) as update:
                 labels.label_index(ix, top=top, ids=ids, only_missing=missing, weights=weights, progress=update)
-            items = labels.image_labels(ix, paths or None)
+            items = labels.image_labels(ix, ids=ids)
         print_labels(items, json_out)
 
 

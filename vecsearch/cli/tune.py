@@ -43,6 +43,8 @@ def finetune(
         params = F.HeadParams(units=units, dropout=dropout, epochs=epochs, patience=patience,
                               learning_rate=learning_rate, val_fraction=val_fraction, seed=seed)
         with _open(index, create=False) as ix:
+            if reembed_into is not None:
+                F.reembed_target(ix, reembed_into)  # refuse a wrong folder before the slow stages
             with _epoch_status("Training head", epochs, quiet or json_out) as on_epoch:
                 result = F.finetune(ix, name=name, params=params, on_epoch=on_epoch)
             if plot is not None:

@@ -105,15 +105,20 @@ class _Service:
             return row, self._classifiers[key]
 
     # -- thumbnails ---------------------------------------------------------------------
-    def thumbnail(self, image_id: int, size: int) -> tuple[bytes, str]:
-        """JPEG bytes of an indexed file, found by id only; cached while the file is unchanged."""
+    def thumbnail(self, image_id: int, size: int, if_none_match: str | None = None) -> tuple[bytes | None, str]:
+        """(JPEG bytes, ETag) of an indexed file, found by id only; cached while the file is unchanged.
+
+        The bytes are None when `if_none_match` is the ETag: a revalidation decodes nothing.
+        """
         rec = self.index.image(image_id)
         try:
             st = os.stat(rec.path)
         except OSError:
             raise NotIndexedError(f"The file of image {image_id} is no longer at {rec.path}.") from None
         key = (image_id, rec.path, st.st_size, st.st_mtime_ns, size)
-        etag = f'"{rec.sha256 or image_id}-{st.st_mtime_ns}-{size}"'
+        etag = f'"{rec.sha256 or image_id}-{st.st_size}-{st.st_mtime_ns}-{size}"'
+        if if_none_match == etag:
+            return None, etag
         with self._thumbs_lock:
             if key in self._thumbs:
                 self._thumbs.move_to_end(key)
@@ -153,13 +158,13 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, e: RequestValidationError):
-        details = jsonable_encoder(e.errors(), custom_encoder={Exception: str, bytes: lambda b: f"<{len(b)} bytes>"})
+        # Never echo the input back (it may be an upload), so it is dropped before encoding.
+        details = jsonable_encoder([{k: v for k, v in d.items() if k != "input"} for d in e.errors()],
+                                   custom_encoder={Exception: str})
         parts = []
         for d in details:
             where = ".".join(str(x) for x in d.get("loc", ()) if x not in ("query", "path", "body"))
             parts.append(f"{where}: {d.get('msg', 'invalid')}" if where else d.get("msg", "invalid"))
-        for d in details:
-            d.pop("input", None)  # never echo an upload back
         return _error(422, "; ".join(parts) or "Invalid request.", detail=details)
 
     @app.exception_handler(StarletteHTTPException)
@@ -311,8 +316,12 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
         if svc.token is None:
             return
         header = request.headers.get("authorization", "")
-        given = header[7:].strip() if header[:7].lower() == "bearer " else request.query_params.get("token", "")
-        if not given or not hmac.compare_digest(given.encode(), svc.token.encode()):
+        # Starlette decodes headers as Latin-1 and query strings as UTF-8: compare the bytes sent.
+        if header[:7].lower() == "bearer ":
+            given = header[7:].strip().encode("latin-1")
+        else:
+            given = request.query_params.get("token", "").encode()
+        if not given or not hmac.compare_digest(given, svc.token.encode()):
             raise StarletteHTTPException(401, "Missing or wrong token: send `Authorization: Bearer TOKEN`.",
                                          headers={"WWW-Authenticate": "Bearer"})
 
@@ -394,9 +403,9 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
     def thumbnail(request: Request, image_id: ImageId,
                   size: Annotated[int, Query(ge=THUMB_SIZES[0], le=THUMB_SIZES[1], description="Longest side in pixels.")] = 256) -> Response:
         """Served by id from the path the index recorded; a client never names a file."""
-        data, etag = svc.thumbnail(image_id, size)
+        data, etag = svc.thumbnail(image_id, size, request.headers.get("if-none-match"))
         headers = {"ETag": etag, "Cache-Control": "private, max-age=300"}
-        if request.headers.get("if-none-match") == etag:
+        if data is None:
             return Response(status_code=304, headers=headers)
         return Response(data, media_type="image/jpeg", headers=headers)
 
