@@ -23,6 +23,7 @@ import numpy as np
 from .classes import LabelledSet, labelled_vectors, unlabelled_ids
 from .dupes import vectors_for
 from .errors import BadLabelsError, ClassifierNotFoundError, InputNotFoundError, NoLabelsError, VecsearchError
+from .vectors import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -321,16 +322,15 @@ def save_classifier(index, name: str, kind: str, model, params: dict, metrics: d
         raise VecsearchError(f"Unknown classifier kind {kind!r}; expected one of {', '.join(KINDS)}.")
     path = _classifier_path(index, name, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{name}.{os.getpid()}.tmp{path.suffix}")
-    try:
+
+    def write(tmp: Path) -> None:
         if kind == "head":
             model.save(tmp)
         else:
             with open(tmp, "wb") as fh:
                 pickle.dump(model, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(path, write, suffix=path.suffix)
     for other in KINDS:  # a name reused for another kind must not leave the old file behind
         stale = _classifier_path(index, name, other)
         if stale != path:

@@ -51,7 +51,7 @@ from .errors import (
     VecsearchError,
     WeightsUnavailableError,
 )
-from .vectors import _atomic_write
+from .vectors import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import VecIndex
@@ -236,7 +236,7 @@ def load_top(ix: "VecIndex", weights: Any = None) -> ImagenetTop:
         with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a bare temp name
             np.savez(f, W=W, b=b, fingerprint=np.array(fingerprint), source=np.array(top.source))
 
-    _atomic_write(cache, write)  # a unique temp file: two `label` runs at once cannot collide
+    atomic_write(cache, write)  # a unique temp file: two `label` runs at once cannot collide
     log.debug("ImageNet top of %s ready in %.1fs", spec.name, time.perf_counter() - t0)
     return top
 

@@ -86,15 +86,16 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write_tmp) -> None:
+def atomic_write(path: Path, write_tmp, suffix: str = ".tmp") -> None:
     """Write via `write_tmp(tmp_path)` to a temp file beside `path`, fsync, then rename over it.
 
     Readers see either the old file or the complete new one, never a partial write, and a
-    failure leaves the old file untouched and no temp file behind.
+    failure leaves the old file untouched and no temp file behind. `suffix` is for writers
+    that insist on an extension (Keras wants `.keras`).
     """
     path = Path(path)
     directory = path.parent
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=suffix)
     tmp = Path(tmp_name)
     try:
         os.close(fd)
@@ -289,8 +290,8 @@ class VectorIndex:
         except (TypeError, ValueError) as exc:
             raise VecsearchError(f"index metadata is not JSON-serialisable: {exc}") from exc
 
-        _atomic_write(path, lambda tmp: faiss.write_index(self._index, str(tmp)))
-        _atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        atomic_write(path, lambda tmp: faiss.write_index(self._index, str(tmp)))
+        atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
         logger.debug("saved %r to %s", self, path)
 
     @classmethod
