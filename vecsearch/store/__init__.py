@@ -144,18 +144,20 @@ class Store:
         with self.engine.connect() as c:
             return np.fromiter((r[0] for r in c.execute(select(Vector.image_id).order_by(Vector.image_id))), dtype=np.int64)
 
-    def vectors(self, ids: Iterable[int] | None = None, dim: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(ids, vectors, norms) for the given ids (all when None), ordered by id."""
-        q = select(Vector.image_id, Vector.data, Vector.norm).order_by(Vector.image_id)
-        rows = []
+    def _rows(self, q, id_column, ids: Iterable[int] | None) -> list:
+        """Rows of query `q`, all of them or those whose `id_column` is in `ids` (in slices)."""
         with self.engine.connect() as c:
             if ids is None:
-                rows = list(c.execute(q))
-            else:
-                ids = [int(i) for i in ids]
-                for part in _slices(ids):
-                    rows.extend(c.execute(q.where(Vector.image_id.in_(part))))
-                rows.sort(key=lambda r: r[0])
+                return list(c.execute(q))
+            rows = []
+            for part in _slices(int(i) for i in ids):
+                rows.extend(c.execute(q.where(id_column.in_(part))))
+            return rows
+
+    def vectors(self, ids: Iterable[int] | None = None, dim: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, vectors, norms) for the given ids (all when None), ordered by id."""
+        q = select(Vector.image_id, Vector.data, Vector.norm)
+        rows = sorted(self._rows(q, Vector.image_id, ids), key=lambda r: r[0])
         if dim is None:
             dim = len(rows[0][1]) // 4 if rows else 0
         out_ids = np.array([r[0] for r in rows], dtype=np.int64)
@@ -323,16 +325,8 @@ class Store:
         """{image_id: [(rank, class_index, wnid, name, prob), ...] best first} (all when ids is None)."""
         q = select(ImagenetLabel.image_id, ImagenetLabel.rank, ImagenetLabel.class_index, ImagenetLabel.wnid,
                    ImagenetLabel.name, ImagenetLabel.prob)
-        rows = []
-        with self.engine.connect() as c:
-            if ids is None:
-                rows = list(c.execute(q))
-            else:
-                ids = [int(i) for i in ids]
-                for part in _slices(ids):
-                    rows.extend(c.execute(q.where(ImagenetLabel.image_id.in_(part))))
         out: dict[int, list] = {}
-        for image_id, *rest in sorted(rows, key=lambda r: (r[0], r[1])):
+        for image_id, *rest in sorted(self._rows(q, ImagenetLabel.image_id, ids), key=lambda r: (r[0], r[1])):
             out.setdefault(image_id, []).append(tuple(rest))
         return out
 
