@@ -329,3 +329,25 @@ def test_sigkill_then_rerun_gives_the_clean_index(tmp_path, kill_after_rows):
     assert sorted(a) == sorted(b) and len(a) == 200
     for path in a:
         np.testing.assert_allclose(a[path], b[path], atol=1e-6)
+
+
+def test_hnsw_index_type_and_conversion(photos, index_dir):
+    s = run_json("index", photos / "a", "--index", index_dir, *TINY, "--index-type", "hnsw")
+    assert s["indexed"] == 6
+    assert run_json("stats", "--index", index_dir)["index_type"] == "IndexIDMap2(IndexHNSWFlat)"
+    run("index", photos, "--index", index_dir, "--quiet")  # incremental adds keep the type
+    ix = open_index(index_dir, create=False)
+    assert ix.vectors.kind == "hnsw" and len(ix.vectors) == 12
+    ids, mat, _ = ix.store.vectors()
+    for qi in range(len(ids)):  # 12 vectors: HNSW is exact here, so it must equal brute force
+        order = np.argsort(-(mat @ mat[qi]), kind="stable")[:4]
+        assert [h.id for h in ix.search(mat[qi], k=4)] == [int(ids[j]) for j in order]
+    ix.close()
+    (photos / "a" / "img01.jpg").unlink()  # removal from an HNSW index (FAISS can't remove in place)
+    assert run_json("index", photos, "--index", index_dir)["removed"] == 1
+    # Converting back to flat rebuilds from the database, nothing lost.
+    run("index", photos, "--index", index_dir, "--index-type", "flat", "--quiet")
+    st = run_json("stats", "--index", index_dir)
+    assert st["index_type"] == "IndexIDMap2(IndexFlatIP)" and st["vectors"] == 11
+    r = run("index", photos, "--index", index_dir, "--index-type", "ivf", ok=False)
+    assert r.exit_code == 1 and "Unknown index type" in r.output

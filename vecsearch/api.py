@@ -36,6 +36,7 @@ from .errors import (
 )
 from .extract import RESAMPLE, Extractor
 from .store import ImageRecord, Store
+from .vectors import KINDS as VECTOR_KINDS
 from .vectors import VectorIndex, normalize
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,9 @@ class VecIndex:
 
     def __init__(self, directory: Path, store: Store, vectors: VectorIndex | None = None,
                  backbone: Backbone | None = None, *, requested: tuple[str, WeightsSpec] | None = None,
-                 batch_size: int | None = None, workers: int | None = None):
+                 batch_size: int | None = None, workers: int | None = None, index_kind: str = "flat"):
         self.directory = Path(directory)
+        self._index_kind = index_kind  # for a new index; an existing one keeps what it records
         self.store = store
         self._backbone = backbone
         if requested is None and backbone is not None:
@@ -241,9 +243,9 @@ class VecIndex:
         self.store.create_info(
             backbone=bb.name, weights_kind=bb.weights.kind, weights_seed=bb.weights.seed,
             weights_path=bb.weights.path, weights_fingerprint=bb.fingerprint, dim=bb.dim,
-            metric="cosine", index_kind="flat",
+            metric="cosine", index_kind=self._index_kind,
         )
-        self.vectors = VectorIndex(bb.dim, "flat")
+        self.vectors = VectorIndex(bb.dim, self._index_kind)
         self._vectors_generation = 0
 
     # -- indexing -------------------------------------------------------------------
@@ -517,13 +519,19 @@ def _stored_weights(info) -> WeightsSpec:
 
 def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = None, weights: Any = _UNSET,
                seed: int | None = None, create: bool = True, batch_size: int | None = None,
-               workers: int | None = None, model: Backbone | None = None) -> VecIndex:
+               workers: int | None = None, model: Backbone | None = None,
+               index_kind: str | None = None) -> VecIndex:
     """Open (or create) the index at `path` (else $VECSEARCH_INDEX, else the default folder).
 
     backbone/weights choose the model for a new index (weights: "imagenet", None for the
     seeded random init, or a weights file); for an existing one they must match what built
     it, or IndexMismatchError is raised. `model` passes an already built Backbone.
+    index_kind picks the FAISS structure: "flat" (exact, the default) or "hnsw" (approximate,
+    sub-millisecond on 100k+ vectors); giving another kind than an index has converts it,
+    rebuilt from the database.
     """
+    if index_kind is not None and index_kind not in VECTOR_KINDS:
+        raise VecsearchError(f"Unknown index type {index_kind!r}; choose one of: {', '.join(VECTOR_KINDS)}.")
     directory = resolve_index_dir(path)
     if not (directory / DB_NAME).exists():
         if not create:
@@ -557,7 +565,11 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
                 raise IndexMismatchError(
                     f"The index at {directory} was built with weights {stored.describe()}, not {wspec.describe()}. "
                     "Drop --weights, or use another --index DIR for a new index.")
-    index = VecIndex(directory, store, backbone=model, requested=requested, batch_size=batch_size, workers=workers)
+    if info is not None and index_kind is not None and index_kind != info.index_kind:
+        log.info("converting %s from %s to %s", directory, info.index_kind, index_kind)
+        store.set_index_kind(index_kind)
+    index = VecIndex(directory, store, backbone=model, requested=requested, batch_size=batch_size,
+                     workers=workers, index_kind=index_kind or "flat")
     if model is not None:
         index._check_fingerprint(model)
     return index

@@ -111,6 +111,7 @@ def index_cmd(
     weights: Annotated[Optional[str], typer.Option(help="imagenet (default), none (seeded random init), or a Keras weights FILE.", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the random init for --weights none.", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per model call (default 32).", show_default=False)] = None,
+    index_type: Annotated[Optional[str], typer.Option("--index-type", help="flat (exact, default) or hnsw (approximate, fast on 100k+ images); another type than the index has converts it.", show_default=False)] = None,
     label: Annotated[bool, typer.Option("--label", help="Also store the top ImageNet classes of images that have none yet (see `vecsearch label`).")] = False,
     top: Annotated[int, typer.Option("--top", min=1, max=1000, help="With --label: ImageNet classes kept per image.")] = 5,
     json_out: JsonOpt = False,
@@ -125,7 +126,7 @@ def index_cmd(
             kw["weights"] = weights
         if seed is not None:
             kw["seed"] = seed
-        with _open(index, batch_size=batch_size, **kw) as ix:
+        with _open(index, batch_size=batch_size, index_kind=index_type, **kw) as ix:
             with progress_bar("Embedding", quiet or json_out) as update:
                 summary = ix.add(paths, progress=update)
             labelled, label_error = None, None

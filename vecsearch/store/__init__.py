@@ -92,6 +92,11 @@ class Store:
             s.add(info)
         return info
 
+    def set_index_kind(self, kind: str) -> None:
+        """Switch the FAISS structure; the new generation makes every reader rebuild it."""
+        with self.session() as s, s.begin():
+            s.execute(update(IndexInfo).values(index_kind=kind, generation=IndexInfo.generation + 1))
+
     def generation(self) -> int:
         with self.engine.connect() as c:
             return c.execute(select(IndexInfo.generation)).scalar() or 0
