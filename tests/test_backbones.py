@@ -72,11 +72,12 @@ def test_garbage_weights_file_is_a_clear_error(tmp_path):
         load_backbone("tiny", str(f))
 
 
-def test_offline_imagenet_says_how_to_supply_a_file(monkeypatch):
+def test_offline_imagenet_says_how_to_supply_a_file(monkeypatch, capsys):
     """No network here: the download fails, and the message says what to do."""
     spec = REGISTRY["resnet50"]
 
     def offline_build(weights, include_top):
+        print("Downloading data from https://example.invalid/resnet50.h5")  # as Keras's get_file does
         raise Exception("URL fetch failure on https://example.invalid/resnet50.h5: None -- [Errno -2] Name or service not known")
 
     monkeypatch.setitem(REGISTRY, "resnet50", type(spec)(**{**spec.__dict__, "build": offline_build}))
@@ -84,3 +85,5 @@ def test_offline_imagenet_says_how_to_supply_a_file(monkeypatch):
         load_backbone("resnet50", "imagenet")
     msg = str(e.value)
     assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg and "--weights" in msg
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Downloading" in captured.err  # stdout stays clean for --json

@@ -9,6 +9,7 @@ weight values, so an index can refuse a model that is not the one that built it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -219,7 +220,9 @@ def build_seeded_or_imagenet(spec: BackboneSpec, weights: WeightsSpec, include_t
     if not spec.has_imagenet:
         raise WeightsUnavailableError(f"Backbone {spec.name!r} has no ImageNet weights; use --weights none or a weights FILE.")
     try:
-        return spec.build("imagenet", include_top)
+        # Keras reports its download on stdout; keep stdout for results (`--json`).
+        with contextlib.redirect_stdout(sys.stderr):
+            return spec.build("imagenet", include_top)
     except Exception as e:  # Keras raises a bare Exception on URL failure
         wanted = with_top_file(spec) if include_top else (spec.weights_file or "the no-top weights file")
         raise WeightsUnavailableError(
