@@ -629,3 +629,11 @@ def test_readers_see_a_consistent_index_while_another_process_indexes(tmp_path):
         new_id = ix.store.image_by_path(str(tmp_path / "new" / "n05.jpg")).id
         assert hits[0]["id"] == new_id and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
     ix.close()
+
+
+def test_server_side_faults_are_503_not_client_errors():
+    from vecsearch.errors import IndexCorruptError, IndexMismatchError, WeightsUnavailableError
+    from vecsearch.server.app import _status
+
+    for e in (IndexCorruptError("x"), IndexMismatchError("x"), WeightsUnavailableError("x")):
+        assert _status(e) == 503

@@ -32,10 +32,13 @@ from ..api import Hit, VecIndex, open_index
 from ..errors import (
     BadImageError,
     ClassifierNotFoundError,
+    IndexCorruptError,
+    IndexMismatchError,
     IndexNotFoundError,
     NotIndexedError,
     UploadTooLargeError,
     VecsearchError,
+    WeightsUnavailableError,
 )
 from ..extract import RESAMPLE
 
@@ -139,7 +142,8 @@ def _status(e: VecsearchError) -> int:
         return 404
     if isinstance(e, BadImageError):
         return 422
-    if isinstance(e, IndexNotFoundError):
+    if isinstance(e, (IndexNotFoundError, IndexCorruptError, IndexMismatchError, WeightsUnavailableError)):
+        # The server's own index or model is unusable: not the client's fault.
         return 503
     return 400
 
