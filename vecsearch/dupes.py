@@ -97,7 +97,10 @@ def duplicate_groups(index, threshold: float = DEFAULT_THRESHOLD, *, k: int = DE
     groups = []
     for m in groups_pos:
         lab = labels[m[0]]
-        pairs = sorted((recs[int(all_ids[p])].path, int(all_ids[p])) for p in m)
+        # An image deleted by a concurrent indexer since the vectors were read is left out.
+        pairs = sorted((recs[int(all_ids[p])].path, int(all_ids[p])) for p in m if int(all_ids[p]) in recs)
+        if len(pairs) < 2:
+            continue
         groups.append(DupeGroup(ids=[i for _, i in pairs], paths=[p for p, _ in pairs],
                                 score=round(float(best[lab]), 6), min_score=round(float(worst[lab]), 6)))
     groups.sort(key=lambda g: (-len(g.ids), g.paths[0]))
