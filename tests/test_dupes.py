@@ -175,3 +175,21 @@ def test_cli_bad_input_is_a_message(tiny_index, photos, index_dir, tmp_path, arg
 def test_cli_dupes_without_index(tmp_path):
     r = runner.invoke(app, ["dupes", "--index", str(tmp_path / "none")])
     assert r.exit_code == 1 and "No index" in r.output
+
+
+def test_a_group_is_not_cut_at_k(tiny_index, tmp_path):
+    """Two tight pairs, close enough to each other to be one group: k=1 sees only the pairs."""
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal(32)
+    a, c = base, base + 0.04 * rng.standard_normal(32)  # a~c above the threshold
+    vecs = [a, a + 0.005 * rng.standard_normal(32), c, c + 0.005 * rng.standard_normal(32), rng.standard_normal(32)]
+    vecs = [v / np.linalg.norm(v) for v in vecs]
+    tiny_index._ensure_info()
+    rows = [{"path": str(tmp_path / f"v{i}.png"), "size": 1, "mtime_ns": 1, "sha256": None, "width": 1, "height": 1,
+             "status": "ok", "reason": None, "vector": v, "norm": 1.0} for i, v in enumerate(vecs)]
+    tiny_index._commit(upserts=rows)
+    sims = np.array(vecs) @ np.array(vecs).T
+    threshold = float(sims[0, 2]) - 1e-4
+    assert sims[0, 1] > threshold and sims[2, 3] > threshold and sims[:4, 4].max() < threshold
+    groups = duplicate_groups(tiny_index, threshold, k=1)
+    assert [len(g.ids) for g in groups] == [4]

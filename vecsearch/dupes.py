@@ -43,6 +43,8 @@ def duplicate_groups(index, threshold: float = DEFAULT_THRESHOLD, *, k: int = DE
     """Groups of >= 2 indexed images whose cosine similarity is >= threshold.
 
     Groups come largest first, then by first path; paths inside a group are sorted.
+    `k` is how many neighbours each image asks for first; images whose k-th neighbour is
+    still a duplicate ask again further out, so large groups are found whole.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -62,21 +64,26 @@ def duplicate_groups(index, threshold: float = DEFAULT_THRESHOLD, *, k: int = DE
     rows: list[np.ndarray] = []
     cols: list[np.ndarray] = []
     vals: list[np.ndarray] = []
-    fetch = min(k + 1, n)  # +1: each vector finds itself first
     for start in range(0, n, batch_size):
         batch = all_ids[start : start + batch_size]
         got, queries, _ = index.store.vectors(batch, dim=index.vectors.dim)
-        if not len(queries):
-            continue
-        scores, nbrs = index.vectors.search(queries, fetch)
-        q_pos = np.repeat(np.searchsorted(all_ids, got), scores.shape[1])
-        nbr_ids = nbrs.reshape(-1)
-        keep = (scores.reshape(-1) >= threshold) & (nbr_ids >= 0)
-        n_pos = np.searchsorted(all_ids, nbr_ids[keep])
-        edge = n_pos != q_pos[keep]
-        rows.append(q_pos[keep][edge])
-        cols.append(n_pos[edge])
-        vals.append(scores.reshape(-1)[keep][edge])
+        fetch = min(k + 1, n)  # +1: each vector finds itself first
+        while len(queries):
+            scores, nbrs = index.vectors.search(queries, fetch)
+            q_pos = np.repeat(np.searchsorted(all_ids, got), scores.shape[1])
+            nbr_ids = nbrs.reshape(-1)
+            keep = (scores.reshape(-1) >= threshold) & (nbr_ids >= 0)
+            n_pos = np.searchsorted(all_ids, nbr_ids[keep])
+            edge = n_pos != q_pos[keep]
+            rows.append(q_pos[keep][edge])
+            cols.append(n_pos[edge])
+            vals.append(scores.reshape(-1)[keep][edge])
+            if fetch >= n:
+                break
+            # An image whose last neighbour is still above the threshold may have more:
+            # ask again, twice as far, so a group is never cut at k (exact on a flat index).
+            more = scores[:, -1] >= threshold
+            got, queries, fetch = got[more], queries[more], min(2 * fetch, n)
         if progress:
             progress(min(start + batch_size, n), n)
     r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
