@@ -126,17 +126,16 @@ class VecIndex:
     @contextmanager
     def _write_lock(self) -> Iterator[None]:
         """One writer at a time; the OS drops the lock if the process dies."""
-        fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._try_lock()
+        if fd is None:
+            raise VecsearchError(f"Another vecsearch run is writing to {self.directory}; wait for it to finish.")
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise VecsearchError(f"Another vecsearch run is writing to {self.directory}; wait for it to finish.") from None
             yield
         finally:
             os.close(fd)
 
     def _try_lock(self) -> int | None:
+        """The writer lock's file descriptor if no one else holds it, else None."""
         fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -80,15 +80,17 @@ class Extractor:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="vecsearch-decode") as pool:
             pending: deque[tuple[Path, Future]] = deque()
             it = iter(paths)
-            exhausted = False
-            while True:
-                while not exhausted and len(pending) < in_flight:
-                    try:
-                        p = next(it)
-                    except StopIteration:
-                        exhausted = True
-                        break
+
+            def refill() -> None:
+                """Keep `in_flight` decodes queued, so decoding never waits for the model."""
+                while len(pending) < in_flight:
+                    p = next(it, None)
+                    if p is None:
+                        return
                     pending.append((Path(p), pool.submit(self._load, Path(p))))
+
+            while True:
+                refill()
                 if not pending:
                     return
                 # Take up to one batch of finished-or-next decodes, keeping order.
@@ -96,6 +98,7 @@ class Extractor:
                 pixels: list[np.ndarray] = []
                 while pending and len(pixels) < self.batch_size:
                     p, fut = pending.popleft()
+                    refill()
                     try:
                         img = fut.result()
                     except BadImageError as e:
@@ -107,13 +110,6 @@ class Extractor:
                         continue
                     batch.append(Embedded(p, width=img.width, height=img.height, sha256=img.sha256))
                     pixels.append(img.pixels)
-                    # Refill while we gather so decoding never waits for the model.
-                    if not exhausted and len(pending) < in_flight:
-                        try:
-                            q = next(it)
-                            pending.append((Path(q), pool.submit(self._load, Path(q))))
-                        except StopIteration:
-                            exhausted = True
                 if pixels:
                     raw = self.features(np.stack(pixels))
                     vecs, norms = l2_normalize(raw)
