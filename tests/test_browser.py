@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_image
+from helpers import live_server, make_image
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from test_server import live_server  # noqa: E402  (one live uvicorn helper for both files)
 
 TESTS = Path(__file__).parent
 BROWSER_DIR = TESTS / "browser"

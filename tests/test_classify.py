@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from digits import digit_images, write_digits
 from vecsearch import open_index
-from vecsearch.classes import labelled_vectors, rows_from_folder, teach
+from vecsearch.classes import labelled_vectors, rows_from_folder
 from vecsearch import classify as C
 from vecsearch.cli import app
 from vecsearch.errors import BadLabelsError, ClassifierNotFoundError, InputNotFoundError, NoLabelsError
@@ -52,7 +52,7 @@ def resnet_digits(tmp_path_factory):
     _write_unlabelled(root / "new")
     ix = open_index(root / "index", backbone="resnet50", weights=None, seed=1)
     ix.add([root / "new"])
-    summary = teach(ix, root / "digits")
+    summary = ix.teach(root / "digits")
     assert summary.labelled == 100 and summary.indexed == 100
     yield ix, root
     ix.close()
@@ -72,7 +72,7 @@ def test_folder_labels_follow_image_dataset_from_directory(tmp_path):
 
 def test_labelled_vectors_match_the_stored_vectors(resnet_digits):
     ix, root = resnet_digits
-    ls = labelled_vectors(ix)
+    ls = labelled_vectors(ix.store)
     assert len(ls) == 100 and ls.X.shape == (100, 2048) and ls.X.dtype == np.float32
     assert np.all(np.diff(ls.ids) > 0)
     assert sorted(set(ls.y)) == [str(c) for c in range(10)]
@@ -88,8 +88,8 @@ def test_labelled_vectors_match_the_stored_vectors(resnet_digits):
 @pytest.mark.parametrize("k", [1, 5])
 def test_knn_equals_sklearn_on_resnet_digits(resnet_digits, k):
     ix, _ = resnet_digits
-    result = C.train(ix, "knn", k=k, name=f"knn{k}")
-    ls = labelled_vectors(ix)
+    result = ix.train_classifier("knn", k=k, name=f"knn{k}")
+    ls = labelled_vectors(ix.store)
     tr, te = ls.split != "test", ls.split == "test"
     ref = _sk_knn(k).fit(ls.X[tr].astype(np.float64), ls.y[tr])
     ev = result.evaluation
@@ -100,7 +100,7 @@ def test_knn_equals_sklearn_on_resnet_digits(resnet_digits, k):
     full = _sk_knn(k).fit(ls.X.astype(np.float64), ls.y)
     ids, X, _ = ix.store.vectors(C.unlabelled_ids(ix), dim=2048)
     assert len(ids) == 10
-    model = C.load_classifier(ix, f"knn{k}")
+    model = ix.classifier(f"knn{k}")[1]
     np.testing.assert_allclose(model.predict_proba(X), full.predict_proba(X.astype(np.float64)), atol=1e-6)
     stored = {p["id"]: (p["label"], p["confidence"]) for p in result.predictions}
     assert [stored[i][0] for i in ids] == full.predict(X.astype(np.float64)).tolist()
@@ -135,8 +135,8 @@ def _sk_probe(C_, X, y):
 
 def test_probe_accuracy_close_to_sklearn_logistic_regression_on_resnet_digits(resnet_digits):
     ix, _ = resnet_digits
-    result = C.train(ix, "probe")
-    ls = labelled_vectors(ix)
+    result = ix.train_classifier("probe")
+    ls = labelled_vectors(ix.store)
     tr, te = ls.split != "test", ls.split == "test"
     chosen = result.evaluation.fit_params[0]["C"]
     assert chosen in C.PROBE_CS
@@ -158,9 +158,9 @@ def test_probe_chooses_C_like_gridsearch_and_matches_logistic_regression(tmp_pat
 
     write_digits(tmp_path / "digits", per_class=25, test_per_class=10)
     with open_index(tmp_path / "index", backbone="tiny", weights=None, seed=3) as ix:
-        teach(ix, tmp_path / "digits")
-        result = C.train(ix, "probe")
-        ls = labelled_vectors(ix)
+        ix.teach(tmp_path / "digits")
+        result = ix.train_classifier("probe")
+        ls = labelled_vectors(ix.store)
     tr, te = ls.split != "test", ls.split == "test"
     grid = GridSearchCV(_sk_probe(1.0, ls.X[:20], ls.y[:20]), {"logisticregression__C": list(C.PROBE_CS)},
                         cv=StratifiedKFold(5, shuffle=True, random_state=0), scoring="accuracy")
@@ -208,15 +208,15 @@ def test_folder_and_csv_labels_give_the_same_model(tmp_path, splits):
     results = {}
     for source in ("folder", "csv"):
         with open_index(tmp_path / f"index-{source}", backbone="tiny", weights=None, seed=7) as ix:
-            summary = teach(ix, tmp_path / "digits" if source == "folder" else csv_path)
+            summary = ix.teach(tmp_path / "digits" if source == "folder" else csv_path)
             assert summary.kind == source and summary.labelled == 18
-            ls = labelled_vectors(ix)
-            knn = C.train(ix, "knn", k=3)
-            probe = C.train(ix, "probe")
+            ls = labelled_vectors(ix.store)
+            knn = ix.train_classifier("knn", k=3)
+            probe = ix.train_classifier("probe")
             Q = np.random.default_rng(0).normal(size=(5, 32)).astype(np.float32)
             results[source] = (ls.paths, ls.y.tolist(), ls.split.tolist(), ls.X, knn.evaluation.test_pred,
-                               C.load_classifier(ix, "knn").predict_proba(Q), probe.evaluation.test_pred,
-                               C.load_classifier(ix, "probe").predict_proba(Q), knn.metrics["method"])
+                               ix.classifier("knn")[1].predict_proba(Q), probe.evaluation.test_pred,
+                               ix.classifier("probe")[1].predict_proba(Q), knn.metrics["method"])
     a, b = results["folder"], results["csv"]
     assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2]
     np.testing.assert_array_equal(a[3], b[3])
@@ -228,7 +228,7 @@ def test_folder_and_csv_labels_give_the_same_model(tmp_path, splits):
 
 def test_relabelled_path_keeps_its_label_when_re_embedded(tmp_path, tiny_index):
     labels = write_digits(tmp_path / "digits", per_class=3, classes=[1, 2])
-    teach(tiny_index, tmp_path / "digits")
+    tiny_index.teach(tmp_path / "digits")
     path = sorted(labels)[0]
     old = tiny_index.store.image_by_path(str(path)).id
     Image.open(path).transpose(Image.FLIP_LEFT_RIGHT).save(path)  # new content, same path
@@ -236,37 +236,37 @@ def test_relabelled_path_keeps_its_label_when_re_embedded(tmp_path, tiny_index):
     new = tiny_index.store.image_by_path(str(path)).id
     assert new != old
     assert {i: label for i, label, _, _ in tiny_index.store.user_labels()}[new] == labels[path]
-    assert len(labelled_vectors(tiny_index)) == 6
+    assert len(labelled_vectors(tiny_index.store)) == 6
 
 
 def test_linked_class_folder_is_indexed_and_labelled(tmp_path, tiny_index):
     write_digits(tmp_path / "data", per_class=2, classes=[2])
     linked = write_digits(tmp_path / "elsewhere", per_class=2, classes=[1])
     (tmp_path / "data" / "1").symlink_to(tmp_path / "elsewhere" / "1", target_is_directory=True)
-    summary = teach(tiny_index, tmp_path / "data")
+    summary = tiny_index.teach(tmp_path / "data")
     assert summary.failed == [] and summary.labelled == 4 and summary.counts == {"1": {"": 2}, "2": {"": 2}}
-    assert {str(p) for p in linked} <= set(labelled_vectors(tiny_index).paths)
+    assert {str(p) for p in linked} <= set(labelled_vectors(tiny_index.store).paths)
 
 
 # -- saved classifiers and one image ----------------------------------------------------------
 def test_classify_one_image_reuses_the_saved_model(tmp_path, tiny_index):
     write_digits(tmp_path / "digits", per_class=5, classes=[0, 1, 2])
-    teach(tiny_index, tmp_path / "digits")
-    C.train(tiny_index, "knn", k=3)
-    C.train(tiny_index, "probe")
-    assert [r["name"] for r in C.list_classifiers(tiny_index)][0] == "probe"
+    tiny_index.teach(tmp_path / "digits")
+    tiny_index.train_classifier("knn", k=3)
+    tiny_index.train_classifier("probe")
+    assert [r["name"] for r in tiny_index.classifiers()][0] == "probe"
     new = _write_unlabelled(tmp_path / "new", first=300, n=2)
     img = sorted(new.iterdir())[0]
     x = tiny_index.embed([img])[0]
     for name in ("knn", "probe"):
-        model = C.load_classifier(tiny_index, name)
+        model = tiny_index.classifier(name)[1]
         proba = model.predict_proba(x[None])[0]
         got = C.classify_image(tiny_index, img, name)
         assert got["label"] == model.classes_[np.argmax(proba)] and got["confidence"] == pytest.approx(proba.max(), abs=1e-6)
     assert C.classify_image(tiny_index, img)["classifier"] == "probe"  # newest by default
     assert tiny_index.store.image_by_path(str(img.resolve())) is None  # predicting does not index
     with pytest.raises(ClassifierNotFoundError, match="nope"):
-        C.load_classifier(tiny_index, "nope")
+        tiny_index.classifier("nope")[1]
 
 
 # -- bad input ------------------------------------------------------------------------------
@@ -274,30 +274,30 @@ def test_bad_label_sets_raise_clear_errors(tmp_path, tiny_index):
     write_digits(tmp_path / "plain", per_class=2, classes=[4])
     tiny_index.add([tmp_path / "plain"])
     with pytest.raises(NoLabelsError, match="vecsearch teach"):
-        C.train(tiny_index, "knn")
+        tiny_index.train_classifier("knn")
     write_digits(tmp_path / "one", per_class=4, classes=[5])
-    teach(tiny_index, tmp_path / "one")
+    tiny_index.teach(tmp_path / "one")
     with pytest.raises(BadLabelsError, match="one class"):
-        C.train(tiny_index, "probe")
+        tiny_index.train_classifier("probe")
     write_digits(tmp_path / "single", per_class=3, classes=[5, 6])
     for p in sorted((tmp_path / "single" / "6").iterdir())[1:]:
         p.rename(tmp_path / p.name)
-    teach(tiny_index, tmp_path / "single", replace=True)
+    tiny_index.teach(tmp_path / "single", replace=True)
     with pytest.raises(BadLabelsError, match="6 have a single image"):
-        C.train(tiny_index, "knn")
+        tiny_index.train_classifier("knn")
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("path,label\nsingle/5/nothere.png,5\n/no/such/file.jpg,6\n")
     with pytest.raises(InputNotFoundError, match="nothere.png.*file.jpg"):
-        teach(tiny_index, csv_path)
+        tiny_index.teach(csv_path)
 
 
 def test_wrong_kind_or_damaged_file_is_a_message(tmp_path, tiny_index, index_dir):
     write_digits(tmp_path / "digits", per_class=3, classes=[0, 1])
-    teach(tiny_index, tmp_path / "digits")
-    C.train(tiny_index, "knn", k=1)
+    tiny_index.teach(tmp_path / "digits")
+    tiny_index.train_classifier("knn", k=1)
     with pytest.raises(ClassifierNotFoundError, match="'knn' is a knn classifier, not head"):
-        C.classifier_info(tiny_index, "knn", kind="head")
-    assert C.classifier_info(tiny_index, "knn", kind="knn")["name"] == "knn"
+        tiny_index.classifier("knn", kind="head")[0]
+    assert tiny_index.classifier("knn", kind="knn")[0]["name"] == "knn"
     img = sorted((tmp_path / "digits" / "0").iterdir())[0]
     tiny_index.close()
     for args in (("classify", "--head", "--name", "knn"), ("classify", img, "--probe", "--name", "knn")):
@@ -391,17 +391,17 @@ def test_digits_helper_is_deterministic(tmp_path):
 
 
 def test_classify_head_applies_the_saved_fine_tuned_head(tmp_path):
-    from vecsearch.finetune import HeadParams, finetune
+    from vecsearch import HeadParams
 
     index = tmp_path / "index"
     write_digits(tmp_path / "digits", per_class=6, test_per_class=2, classes=[0, 1, 2])
     _write_unlabelled(tmp_path / "new", first=500, n=3)
     with open_index(index, backbone="tiny", weights=None, seed=5) as ix:
         ix.add([tmp_path / "new"])
-        teach(ix, tmp_path / "digits")
-        finetune(ix, params=HeadParams(epochs=2))
+        ix.teach(tmp_path / "digits")
+        ix.finetune(params=HeadParams(epochs=2))
         ids, X, _ = ix.store.vectors(C.unlabelled_ids(ix), dim=32)
-        head = C.load_classifier(ix)
+        head = ix.classifier()[1]
         expected = [(str(head.classes_[j]), float(p[j])) for p, j in zip(head.predict_proba(X), head.predict_proba(X).argmax(1))]
     r = _cli("classify", "--head", "--json", "--plot", tmp_path / "cm.png", "--index", index)
     assert r.exit_code == 0, r.output

@@ -10,9 +10,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import make_image
+from helpers import make_image
 from vecsearch.cli import app
-from vecsearch.dupes import duplicate_groups, similarity_matrix, vectors_for
 from vecsearch.errors import InputNotFoundError, VecsearchError
 
 runner = CliRunner()
@@ -64,7 +63,7 @@ def _brute_force_groups(ix, threshold):
 def test_copies_grouped_with_their_original_and_nothing_else(tiny_index, dupe_folder):
     root, group_a, group_b = dupe_folder
     tiny_index.add([root])
-    groups = duplicate_groups(tiny_index, THRESHOLD)
+    groups = tiny_index.duplicates(THRESHOLD)
     assert [set(g.paths) for g in groups] == sorted([group_a, group_b], key=lambda g: min(g))
     for g in groups:
         assert g.paths == sorted(g.paths) and len(g.ids) == 3
@@ -90,21 +89,21 @@ def test_groups_chain_through_neighbours_beyond_k(tiny_index, tmp_path):
         base.save(root / f"base_q{q}.jpg", quality=q)
     make_image(root / "lone.png", seed=4, size=(96, 72))
     tiny_index.add([root])
-    groups = duplicate_groups(tiny_index, THRESHOLD, k=1)
+    groups = tiny_index.duplicates(THRESHOLD, k=1)
     assert len(groups) == 1 and len(groups[0].ids) == 4
     assert not any(p.endswith("lone.png") for p in groups[0].paths)
 
 
 def test_threshold_one_finds_only_identical(tiny_index, photos):
     tiny_index.add([photos])
-    assert duplicate_groups(tiny_index, 0.9999) == []
+    assert tiny_index.duplicates(0.9999) == []
     orig = photos / "a" / "img00.png"
     (photos / "b" / "same.png").write_bytes(orig.read_bytes())  # a byte-identical copy
     tiny_index.add([photos])
-    groups = duplicate_groups(tiny_index, 0.9999)
+    groups = tiny_index.duplicates(0.9999)
     assert [g.paths for g in groups] == [sorted([str(orig.resolve()), str((photos / "b" / "same.png").resolve())])]
     with pytest.raises(VecsearchError, match="between -1 and 1"):
-        duplicate_groups(tiny_index, 1.5)
+        tiny_index.duplicates(1.5)
 
 
 def test_similarity_matrix_matches_numpy(tiny_index, photos, tmp_path):
@@ -112,7 +111,7 @@ def test_similarity_matrix_matches_numpy(tiny_index, photos, tmp_path):
     files = sorted(photos.rglob("*.*"))[:3]
     outside = make_image(tmp_path / "new.png", seed=99)  # not indexed: embedded on the fly
     paths = files + [outside]
-    sims = similarity_matrix(tiny_index, paths)
+    sims = tiny_index.similarity(paths)
     # Reference: vectors straight from the extractor, cosine by numpy.
     ref = tiny_index.embed(paths)
     ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
@@ -120,16 +119,16 @@ def test_similarity_matrix_matches_numpy(tiny_index, photos, tmp_path):
     assert np.allclose(np.diag(sims), 1.0) and np.allclose(sims, sims.T)
     # indexed paths reuse their stored vectors
     rec = tiny_index.store.image_by_path(str(files[0].resolve()))
-    np.testing.assert_array_equal(vectors_for(tiny_index, [files[0]])[0], tiny_index.vector(rec.id))
+    np.testing.assert_array_equal(tiny_index.vectors_for([files[0]])[0], tiny_index.vector(rec.id))
 
 
 def test_similarity_needs_two_existing_images(tiny_index, photos, tmp_path):
     tiny_index.add([photos])
     one = next(photos.rglob("*.png"))
     with pytest.raises(VecsearchError, match="at least 2"):
-        similarity_matrix(tiny_index, [one])
+        tiny_index.similarity([one])
     with pytest.raises(InputNotFoundError):
-        similarity_matrix(tiny_index, [one, tmp_path / "missing.jpg"])
+        tiny_index.similarity([one, tmp_path / "missing.jpg"])
 
 
 def test_cli_dupes_and_similarity(tiny_index, dupe_folder, index_dir, tmp_path):
@@ -177,19 +176,29 @@ def test_cli_dupes_without_index(tmp_path):
     assert r.exit_code == 1 and "No index" in r.output
 
 
-def test_a_group_is_not_cut_at_k(tiny_index, tmp_path):
+def test_a_group_is_not_cut_at_k(tmp_path):
     """Two tight pairs, close enough to each other to be one group: k=1 sees only the pairs."""
     rng = np.random.default_rng(0)
     base = rng.standard_normal(32)
     a, c = base, base + 0.04 * rng.standard_normal(32)  # a~c above the threshold
     vecs = [a, a + 0.005 * rng.standard_normal(32), c, c + 0.005 * rng.standard_normal(32), rng.standard_normal(32)]
     vecs = [v / np.linalg.norm(v) for v in vecs]
-    tiny_index._ensure_info()
+    # The concept module on its own, with a store and a FAISS index passed in.
+    from vecsearch import dupes
+    from vecsearch.store import Store
+    from vecsearch.vectors import FaissIndex
+
+    store = Store(tmp_path / "index.db")
+    store.create_info(backbone="tiny", weights_kind="random", weights_seed=7, weights_path=None,
+                      weights_fingerprint="x", dim=32, metric="cosine", index_type="flat")
     rows = [{"path": str(tmp_path / f"v{i}.png"), "size": 1, "mtime_ns": 1, "sha256": None, "width": 1, "height": 1,
              "status": "ok", "reason": None, "vector": v, "norm": 1.0} for i, v in enumerate(vecs)]
-    tiny_index._commit(upserts=rows)
+    ids = store.apply(upserts=rows)["set"]
+    faiss = FaissIndex(32)
+    faiss.add(ids, np.array(vecs, np.float32))
     sims = np.array(vecs) @ np.array(vecs).T
     threshold = float(sims[0, 2]) - 1e-4
     assert sims[0, 1] > threshold and sims[2, 3] > threshold and sims[:4, 4].max() < threshold
-    groups = duplicate_groups(tiny_index, threshold, k=1)
+    groups = dupes.duplicate_groups(store, faiss, threshold, k=1)
+    store.close()
     assert [len(g.ids) for g in groups] == [4]

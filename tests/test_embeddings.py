@@ -11,25 +11,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_image
+from helpers import keras_recipe, make_image, unit as _unit
 
 from vecsearch import open_index
 from vecsearch.backbones import import_keras
 
 
-def _unit(x):
-    x = np.asarray(x, np.float64)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
 def _reference(keras_module, ctor, weights_file, paths, size):
+    """The recipe on a model Keras builds from the weights file itself."""
     model = getattr(keras_module.applications, ctor)(weights=str(weights_file), include_top=False, pooling="avg")
-    x = np.stack([
-        keras_module.utils.img_to_array(keras_module.utils.load_img(str(p), target_size=size, interpolation="bilinear"))
-        for p in paths
-    ])
-    x = getattr(keras_module.applications, ctor.lower() if ctor != "ResNet50" else "resnet50").preprocess_input(x)
-    return _unit(model.predict(x, verbose=0))
+    module = getattr(keras_module.applications, "resnet50" if ctor == "ResNet50" else ctor.lower())
+    return keras_recipe(model, paths, size, module.preprocess_input)
 
 
 def _ours(index, paths):

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from digits import write_digits
 from vecsearch import open_index
 from vecsearch.cli import app
-from vecsearch.classify import list_classifiers
 from vecsearch.errors import BadLabelsError, NoLabelsError, VecsearchError
-from vecsearch.finetune import HeadParams, finetune, holdout, load_head, reembed, train_head, unfreeze
+from vecsearch.finetune import HeadParams, holdout, train_head
+from vecsearch.head import load_head
 
 runner = CliRunner()
 FAST = HeadParams(epochs=80, patience=10, batch_size=64, learning_rate=3e-3, seed=0)  # converges in the epoch budget
@@ -34,12 +34,10 @@ def _probe_accuracy(X_tr, y_tr, X_te, y_te) -> float:
 @pytest.fixture(scope="module")
 def digits_index(tmp_path_factory):
     """400 rendered sklearn digits (40 per class), labelled by folder, in a tiny-backbone index."""
-    from vecsearch.classes import teach
-
     base = tmp_path_factory.mktemp("digits")
     write_digits(base / "digits", per_class=40)
     ix = open_index(base / "index", backbone="tiny", weights=None, seed=7)
-    teach(ix, base / "digits")
+    ix.teach(base / "digits")
     ix.close()
     return base / "index"
 
@@ -80,19 +78,17 @@ def test_head_architecture_is_the_tutorials():
 
 def test_finetune_index_saves_a_head_classify_can_use(digits_index, tmp_path):
     from vecsearch.classes import labelled_vectors
-    from vecsearch.classify import classifier_info, load_classifier
-
     with open_index(digits_index, create=False) as ix:
-        result = finetune(ix, params=FAST)
-        ls = labelled_vectors(ix)
+        result = ix.finetune(params=FAST)
+        ls = labelled_vectors(ix.store)
         method, tr, te = holdout(ls)
         probe = _probe_accuracy(ls.X[tr], ls.y[tr], ls.X[te], ls.y[te])
         assert method == "holdout 25%" and result.metrics["n_test"] == len(te) == 100
         assert result.metrics["accuracy"] >= probe - 0.05, (result.metrics["accuracy"], probe)
         # The saved file is what `classify --head` loads, and it predicts exactly like the trained head.
-        row = classifier_info(ix, "head")
+        row = ix.classifier("head")[0]
         assert row["kind"] == "head" and row["metrics"]["accuracy"] == result.metrics["accuracy"]
-        clf = load_classifier(ix, "head")
+        clf = ix.classifier("head")[1]
         assert list(clf.classes_) == [str(d) for d in range(10)]
         reloaded = load_head(result.path)
         np.testing.assert_allclose(clf.predict_proba(ls.X[te]), reloaded.predict_proba(ls.X[te]), atol=1e-6)
@@ -114,13 +110,13 @@ def test_load_head_rejects_other_files(tmp_path):
 def test_finetune_refuses_missing_or_bad_labels(tiny_index, photos):
     tiny_index.add([photos])
     with pytest.raises(NoLabelsError):
-        finetune(tiny_index, params=FAST)
+        tiny_index.finetune(params=FAST)
     ids = tiny_index.store.vector_ids()
     tiny_index.store.set_user_labels([(int(i), "only", None, "csv") for i in ids])
     with pytest.raises(BadLabelsError, match="one class"):
-        finetune(tiny_index, params=FAST)
+        tiny_index.finetune(params=FAST)
     with pytest.raises(VecsearchError, match="Bad classifier name"):  # refused before any training
-        finetune(tiny_index, name="no/slash", params=FAST)
+        tiny_index.finetune(name="no/slash", params=FAST)
 
 
 def test_cli_finetune_plot_json_and_classify_head(digits_index, tmp_path):
@@ -147,7 +143,7 @@ def test_cli_finetune_bad_input(digits_index, tmp_path, args, message):
     r = runner.invoke(app, ["finetune", "--index", str(digits_index), *args])
     assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output
     with open_index(digits_index, create=False) as ix:  # refused before anything was trained
-        assert "refused" not in {c["name"] for c in list_classifiers(ix)}
+        assert "refused" not in {c["name"] for c in ix.classifiers()}
 
 
 def test_cli_finetune_without_labels(tiny_index, photos, index_dir):
@@ -160,25 +156,23 @@ def test_cli_finetune_without_labels(tiny_index, photos, index_dir):
 def test_unfreeze_changes_weights_and_reembeds_into_a_new_index(tmp_path):
     """Tiny backbone, 24 images, 1 epoch: it runs, the weights move, the file builds a usable index."""
     from vecsearch.backbones import load_backbone
-    from vecsearch.classes import teach
-
     write_digits(tmp_path / "digits", per_class=8, classes=range(3))
     with open_index(tmp_path / "index", backbone="tiny", weights=None, seed=7) as ix:
-        teach(ix, tmp_path / "digits")
-        result = finetune(ix, params=HeadParams(epochs=3, patience=2))
-        head = load_head(result.path)
+        ix.teach(tmp_path / "digits")
+        result = ix.finetune(params=HeadParams(epochs=3, patience=2))
+        assert load_head(result.path).classes_.tolist() == ["0", "1", "2"]
         before = ix.backbone.fingerprint
-        tuned = unfreeze(ix, head, 2, epochs=1, learning_rate=1e-3, batch_size=8)
+        tuned = ix.unfreeze("head", 2, epochs=1, learning_rate=1e-3, batch_size=8)
         assert tuned["weights_changed"] and tuned["trainable_weights"] == 2  # conv2 kernel + bias
         assert ix.backbone.fingerprint == before  # the index's own backbone is untouched
         bb = load_backbone("tiny", tuned["weights_path"])
         assert bb.fingerprint != before
         orig_ids, orig_vecs, _ = ix.store.vectors()
         orig_paths = [ix.store.image(int(i)).path for i in orig_ids]
-        summary = reembed(ix, tuned["weights_path"], tmp_path / "tuned_index", head_path=tuned["head_path"])
+        summary = ix.reembed(tuned["weights_path"], tmp_path / "tuned_index", head_path=tuned["head_path"])
         assert summary.indexed == len(orig_ids)
         with pytest.raises(VecsearchError, match="new folder"):
-            reembed(ix, tuned["weights_path"], tmp_path / "index")
+            ix.reembed(tuned["weights_path"], tmp_path / "index")
     with open_index(tmp_path / "tuned_index", create=False) as new:
         assert new.backbone.fingerprint == bb.fingerprint
         assert new.backbone.weights.path.startswith(str((tmp_path / "tuned_index").resolve()))  # its own copy
@@ -195,17 +189,13 @@ def test_unfreeze_changes_weights_and_reembeds_into_a_new_index(tmp_path):
         old = dict(zip(orig_paths, orig_vecs))
         assert not np.allclose(vecs, np.stack([old[p] for p in paths]), atol=1e-4)
         assert sum(1 for _ in new.store.user_labels()) == len(ids)  # labels came along
-        from vecsearch.classify import load_classifier
-
-        assert list(load_classifier(new, "head").classes_) == ["0", "1", "2"]
+        assert list(new.classifier("head")[1].classes_) == ["0", "1", "2"]
 
 
 def test_cli_unfreeze_and_reembed(tmp_path):
-    from vecsearch.classes import teach
-
     write_digits(tmp_path / "digits", per_class=6, classes=range(2))
     with open_index(tmp_path / "index", backbone="tiny", weights=None, seed=7) as ix:
-        teach(ix, tmp_path / "digits")
+        ix.teach(tmp_path / "digits")
     r = runner.invoke(app, ["finetune", "--index", str(tmp_path / "index"), "--epochs", "2", "--unfreeze", "2",
                             "--unfreeze-epochs", "1", "--unfreeze-lr", "0.01", "--reembed-into", str(tmp_path / "tuned"), "--json"])
     assert r.exit_code == 0, r.output

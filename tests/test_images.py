@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import png_header_only
 from vecsearch import images
 from vecsearch.errors import BadImageError, InputNotFoundError
+from vecsearch.config import MAX_IMAGE_PIXELS
 from vecsearch.images import (
-    DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     LoadedImage,
     decode_image,
@@ -43,22 +44,6 @@ def _gradient(w: int, h: int) -> Image.Image:
     y = np.linspace(0, 255, h)[:, None].repeat(w, 1)
     arr = np.stack([x, y, (x + y) / 2], axis=-1).astype(np.uint8)
     return Image.fromarray(arr, "RGB")
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A tiny PNG that claims huge dimensions: cheap stand-in for a decompression bomb."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
-        + chunk(b"IEND", b"")
-    )
 
 
 def _reason(data: bytes, size=(16, 16), **kw) -> str:
@@ -348,10 +333,10 @@ def test_huge_dimension_png_is_refused_cheaply():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no DecompressionBombWarning may escape
         # Beyond Pillow's own hard limit: Pillow refuses it while opening.
-        reason = _reason(_png_header_only(20000, 20000), max_pixels=DEFAULT_MAX_PIXELS)
-        assert reason == f"too large: 400000000 pixels exceeds the cap of {DEFAULT_MAX_PIXELS}"
+        reason = _reason(png_header_only(20000, 20000), max_pixels=MAX_IMAGE_PIXELS)
+        assert reason == f"too large: 400000000 pixels exceeds the cap of {MAX_IMAGE_PIXELS}"
         # Between Pillow's warning threshold and its hard limit: our cap decides.
-        reason = _reason(_png_header_only(10000, 10000), max_pixels=50_000_000)
+        reason = _reason(png_header_only(10000, 10000), max_pixels=50_000_000)
         assert reason == "too large: 10000x10000 pixels exceeds the cap of 50000000"
     assert Image.MAX_IMAGE_PIXELS == before
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TESTS, make_image, run, run_json
+from helpers import TESTS, make_image, run, run_json
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -134,7 +134,7 @@ def test_touch_change_move_copy_delete(tiny_index, photos):
     assert s.removed == 1 and s.removed_paths == [str(a / "img00.png")]
     st = tiny_index.stats()
     assert st["images"] == st["vectors"] == 12
-    assert sorted(tiny_index.vectors.ids().tolist()) == tiny_index.store.vector_ids().tolist()
+    assert sorted(tiny_index.faiss.ids().tolist()) == tiny_index.store.vector_ids().tolist()
 
 
 def test_indexing_one_folder_never_drops_another(tiny_index, photos):
@@ -264,11 +264,11 @@ def test_vector_file_is_repaired_from_the_database(tiny_index, photos, index_dir
     tiny_index.close()
     (index_dir / "vectors.faiss").unlink()
     ix = open_index(index_dir, create=False)
-    assert sorted(ix.vectors.ids().tolist()) == ids and ix.stats()["vectors"] == 12
+    assert sorted(ix.faiss.ids().tolist()) == ids and ix.stats()["vectors"] == 12
     ix.close()
     (index_dir / "vectors.faiss").write_bytes(b"garbage")
     ix = open_index(index_dir, create=False)
-    assert sorted(ix.vectors.ids().tolist()) == ids
+    assert sorted(ix.faiss.ids().tolist()) == ids
     assert ix.search(photos / "a" / "img01.jpg", k=3)
 
 
@@ -298,7 +298,7 @@ def _snapshot(index: Path) -> dict[str, np.ndarray]:
     try:
         ids, mat, _ = ix.store.vectors()
         recs = ix.store.images(ids)
-        faiss_ids = sorted(ix.vectors.ids().tolist())
+        faiss_ids = sorted(ix.faiss.ids().tolist())
         assert faiss_ids == ids.tolist(), "FAISS and SQLite disagree"
         assert ix.stats()["images"] == len(ids)
         return {recs[int(i)].path: v for i, v in zip(ids, mat)}
@@ -334,10 +334,11 @@ def test_sigkill_then_rerun_gives_the_clean_index(tmp_path, kill_after_rows):
 def test_hnsw_index_type_and_conversion(photos, index_dir):
     s = run_json("index", photos / "a", "--index", index_dir, *TINY, "--index-type", "hnsw")
     assert s["indexed"] == 6
-    assert run_json("stats", "--index", index_dir)["index_type"] == "IndexIDMap2(IndexHNSWFlat)"
+    st = run_json("stats", "--index", index_dir)
+    assert (st["index_type"], st["faiss_index"]) == ("hnsw", "IndexIDMap2(IndexHNSWFlat)")
     run("index", photos, "--index", index_dir, "--quiet")  # incremental adds keep the type
     ix = open_index(index_dir, create=False)
-    assert ix.vectors.kind == "hnsw" and len(ix.vectors) == 12
+    assert ix.faiss.index_type == "hnsw" and len(ix.faiss) == 12
     ids, mat, _ = ix.store.vectors()
     for qi in range(len(ids)):  # 12 vectors: HNSW is exact here, so it must equal brute force
         order = np.argsort(-(mat @ mat[qi]), kind="stable")[:4]
@@ -348,6 +349,6 @@ def test_hnsw_index_type_and_conversion(photos, index_dir):
     # Converting back to flat rebuilds from the database, nothing lost.
     run("index", photos, "--index", index_dir, "--index-type", "flat", "--quiet")
     st = run_json("stats", "--index", index_dir)
-    assert st["index_type"] == "IndexIDMap2(IndexFlatIP)" and st["vectors"] == 11
+    assert (st["index_type"], st["faiss_index"], st["vectors"]) == ("flat", "IndexIDMap2(IndexFlatIP)", 11)
     r = run("index", photos, "--index", index_dir, "--index-type", "ivf", ok=False)
     assert r.exit_code == 1 and "Unknown index type" in r.output

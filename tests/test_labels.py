@@ -18,19 +18,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import make_image, run, run_json
+from helpers import keras_recipe, make_image, run, run_json
 
 from vecsearch import labels, open_index
 from vecsearch.backbones import WeightsSpec, get_spec, import_keras
 from vecsearch.errors import UnknownClassError, VecsearchError, WeightsUnavailableError
 
 TOP = 5
-
-
-def _keras_input(keras, paths):
-    x = np.stack([keras.utils.img_to_array(keras.utils.load_img(str(p), target_size=(224, 224), interpolation="bilinear"))
-                  for p in paths])
-    return keras.applications.resnet50.preprocess_input(x)
 
 
 @pytest.fixture(scope="module")
@@ -46,16 +40,16 @@ def world(tmp_path_factory):
     with open_index(index_dir, backbone="resnet50", weights=str(d / "full.weights.h5")) as ix:
         summary = ix.add([photos])
         assert summary.indexed == 4
-        labels.label_index(ix, top=TOP)
+        ix.label(top=TOP)
     reference = keras.applications.ResNet50(weights=str(d / "full.weights.h5"), include_top=True)
-    ref_probs = reference.predict(_keras_input(keras, paths), verbose=0)
+    ref_probs = keras_recipe(reference, paths, (224, 224), keras.applications.resnet50.preprocess_input, normalise=False)
     return SimpleNamespace(dir=d, photos=photos, paths=paths, index=index_dir, full=d / "full.weights.h5",
                            reference=reference, ref_probs=np.asarray(ref_probs, np.float64))
 
 
 def _stored(index_dir):
     with open_index(index_dir, create=False) as ix:
-        return {Path(item.path): item for item in labels.image_labels(ix)}
+        return {Path(item.path): item for item in ix.image_labels()}
 
 
 @pytest.fixture
@@ -99,14 +93,14 @@ def test_probabilities_sum_to_one_over_1000_classes_without_a_second_pass(world,
 
     monkeypatch.setattr("vecsearch.extract.Extractor.features", no_pass)
     with open_index(index, create=False) as ix:
-        ids, probs = labels.probabilities(ix)
+        ids, probs = ix.imagenet_probabilities()
         assert (index / labels.TOP_CACHE).exists()
         recs = ix.store.images(ids)
         assert probs.shape == (4, 1000) and (probs >= 0).all()
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
         order = [world.paths.index(Path(recs[int(i)].path)) for i in ids]
         np.testing.assert_allclose(probs, world.ref_probs[order], atol=1e-4)
-        assert labels.label_index(ix, top=1000).labelled == 4  # every class stored: sums to 1 too
+        assert ix.label(top=1000).labelled == 4  # every class stored: sums to 1 too
         full = ix.store.imagenet_labels()
         for rows in full.values():
             assert sorted(r[1] for r in rows) == list(range(1000))
@@ -189,7 +183,8 @@ def test_index_label_labels_new_images(world, tmp_path):
     stored = _stored(index)
     assert len(stored[new.resolve()].labels) == 2
     assert all(len(stored[p.resolve()].labels) == TOP for p in world.paths)  # the others kept theirs
-    ref = world.reference.predict(_keras_input(import_keras(), [new]), verbose=0)[0]
+    keras = import_keras()
+    ref = keras_recipe(world.reference, [new], (224, 224), keras.applications.resnet50.preprocess_input, normalise=False)[0]
     best = np.argsort(-ref)[:2]
     np.testing.assert_allclose([lb.prob for lb in stored[new.resolve()].labels], ref[best], atol=1e-4)
     assert stored[new.resolve()].labels[0].wnid == labels.imagenet_classes()[best[0]].wnid

@@ -11,10 +11,33 @@ import pytest
 import vecsearch
 
 
-def test_public_names_exist():
-    for name in vecsearch.__all__:
-        assert hasattr(vecsearch, name), name
-    assert {"open_index", "VecIndex", "VecsearchError"} <= set(vecsearch.__all__)
+def test_all_is_exactly_the_public_surface():
+    """As httpx's test_exported_members: every public name of the package is in __all__ and nothing else.
+
+    Submodules are reachable as attributes once imported, but they are not the API's names.
+    """
+    import types
+
+    public = {name for name, value in vars(vecsearch).items()
+              if not name.startswith("_") and not isinstance(value, types.ModuleType)}
+    assert len(vecsearch.__all__) == len(set(vecsearch.__all__))
+    assert set(vecsearch.__all__) == public
+
+
+def test_every_error_class_is_exported():
+    import inspect
+
+    from vecsearch import errors
+
+    classes = {name for name, obj in vars(errors).items()
+               if inspect.isclass(obj) and issubclass(obj, errors.VecsearchError)}
+    assert len(classes) >= 16 and classes <= set(vecsearch.__all__)
+
+
+def test_the_index_object_is_usable_in_a_notebook(tiny_index, photos):
+    assert repr(tiny_index).endswith(": empty>") and len(tiny_index) == 0
+    tiny_index.add([photos])
+    assert len(tiny_index) == 12 and "tiny, flat, 12 vectors" in repr(tiny_index)
 
 
 def test_import_and_help_load_no_heavy_modules():

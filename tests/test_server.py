@@ -10,14 +10,11 @@ from __future__ import annotations
 import io
 import os
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
 import warnings
-import zlib
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +30,7 @@ with warnings.catch_warnings():  # Starlette nags about its httpx-based client; 
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import make_image  # noqa: E402
+from helpers import keras_recipe, live_server, make_image, png_header_only, run_json  # noqa: E402
 
 TESTS = Path(__file__).parent
 
@@ -71,16 +68,14 @@ def _upload(path: Path | bytes, name="q.png", mime="image/png"):
 
 
 def _keras_unit_vector(path: Path) -> np.ndarray:
-    """The reference embedding: plain Keras load_img + a freshly built seeded tiny model."""
+    """The reference embedding: the plain Keras recipe on a freshly built seeded tiny model."""
     import keras
 
     import tiny_backbone
 
     keras.utils.set_random_seed(7)
     model = tiny_backbone._build(None, False)
-    x = keras.utils.img_to_array(keras.utils.load_img(path, target_size=(32, 32), interpolation="bilinear"))
-    v = model.predict(tiny_backbone._preprocess(x[None]), verbose=0)[0]
-    return v / np.linalg.norm(v)
+    return keras_recipe(model, [path], (32, 32), tiny_backbone._preprocess)[0]
 
 
 def _brute_force(ix, q: np.ndarray, k: int, exclude=()) -> tuple[list[int], np.ndarray]:
@@ -99,38 +94,6 @@ def _assert_json_error(r: httpx.Response, status: int | tuple[int, ...]) -> dict
     body = r.json()
     assert isinstance(body.get("error"), str) and body["error"], body
     return body
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares width x height but carries almost no data: a decompression bomb's header."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
-
-
-@contextmanager
-def live_server(app):
-    """uvicorn on a free loopback port in a thread: real sockets, real HTTP."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
 
 
 # -- endpoints --------------------------------------------------------------------------
@@ -313,7 +276,6 @@ def test_image_list_pages_cover_every_image_once(client, built):
 
 
 def test_classify_upload_with_a_saved_classifier(built, tmp_path):
-    classify = pytest.importorskip("vecsearch.classify")
     from vecsearch import open_index
     from vecsearch.server import create_app
 
@@ -326,18 +288,20 @@ def test_classify_upload_with_a_saved_classifier(built, tmp_path):
         ids = ix.store.vector_ids()
         recs = ix.store.images(ids)
         ix.store.set_user_labels([(i, "/a/" in recs[i].path and "alpha" or "beta", None, "folder") for i in ids])
-        classify.train(ix, "knn", k=3)
+        ix.train_classifier("knn", k=3)
         assert [row["name"] for row in c.get("/api/classifiers").json()["items"]] == ["knn"]
         r = c.post("/api/classify", files=_upload(q), params={"classifier": "knn", "top": 2})
         assert r.status_code == 200, r.text
         body = r.json()
-        want = classify.classify_image(ix, q, "knn", top=2)
+        want = ix.classify(q, name="knn", top=2)
+        # One result shape for the API, the Python object and `classify IMG --json`; an upload has no path.
+        assert body == want.to_dict() | {"path": None}
+        assert set(body) == {"classifier", "kind", "label", "confidence", "top", "path"}
         assert body["classifier"] == "knn" and body["kind"] == "knn"
-        assert body["label"] == want["label"]
-        assert body["confidence"] == pytest.approx(want["confidence"], abs=1e-4)
-        assert [p["label"] for p in body["probabilities"]] == [t["label"] for t in want["top"]]
-        assert sum(p["prob"] for p in body["probabilities"]) == pytest.approx(1.0, abs=1e-5)
-        assert c.post("/api/classify", files=_upload(q)).json()["label"] == want["label"]  # default: newest
+        assert sum(t["confidence"] for t in body["top"]) == pytest.approx(1.0, abs=1e-5)  # 2 classes, top 2
+        cli = run_json("classify", q, "--name", "knn", "--index", tmp_path / "ix")
+        assert cli == want.to_dict() | {"top": want.top[:3]}
+        assert c.post("/api/classify", files=_upload(q)).json()["label"] == want.label  # default: newest
         _assert_json_error(c.post("/api/classify", files=_upload(q), params={"classifier": "nope"}), 404)
         _assert_json_error(c.post("/api/classify", files=_upload(b"not an image")), 422)
     ix.close()
@@ -370,7 +334,7 @@ BAD_UPLOADS = {
     "html": (b"<html><script>alert(1)</script></html>", "not an image"),
     "truncated_jpeg": (_jpeg()[:1500], "truncated"),
     "jpeg_header_only": (_jpeg()[:20], ""),
-    "bomb_header": (_png_header_only(100_000, 100_000), "too large"),
+    "bomb_header": (png_header_only(100_000, 100_000), "too large"),
     "bomb_48mp": (None, "too large"),
 }
 

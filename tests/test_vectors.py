@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vecsearch.errors import IndexCorruptError, VecsearchError
-from vecsearch.vectors import VectorIndex, normalize, sidecar_path
+from vecsearch.vectors import FaissIndex, normalize, sidecar_path
 
 DIM = 64
 N = 2000
@@ -43,7 +43,7 @@ def brute_force(ids, x, q, k, exclude=()):
 @pytest.fixture(scope="module")
 def flat(data):
     ids, x, _ = data
-    index = VectorIndex(DIM)
+    index = FaissIndex(DIM)
     index.add(ids, x)
     return index
 
@@ -51,7 +51,7 @@ def flat(data):
 @pytest.fixture(scope="module")
 def hnsw(data):
     ids, x, _ = data
-    index = VectorIndex(DIM, kind="hnsw")
+    index = FaissIndex(DIM, index_type="hnsw")
     index.add(ids, x)
     return index
 
@@ -102,10 +102,10 @@ def test_reconstruct(data, flat):
         flat.reconstruct(1)
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw"])
-def test_add_existing_id_replaces(data, kind):
+@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+def test_add_existing_id_replaces(data, index_type):
     ids, x, _ = data
-    index = VectorIndex(DIM, kind)
+    index = FaissIndex(DIM, index_type)
     index.add(ids[:100], x[:100])
     new = x[500]
     index.add(np.array([ids[3]]), new[None, :])
@@ -118,17 +118,17 @@ def test_add_existing_id_replaces(data, kind):
 
 def test_add_repeated_id_in_one_batch_keeps_last(data):
     _, x, _ = data
-    index = VectorIndex(DIM)
+    index = FaissIndex(DIM)
     index.add([5, 6, 5], x[:3])
     assert len(index) == 2
     np.testing.assert_array_equal(index.reconstruct(5), x[2])
     np.testing.assert_array_equal(index.reconstruct(6), x[1])
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw"])
-def test_remove(data, kind):
+@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+def test_remove(data, index_type):
     ids, x, q = data
-    index = VectorIndex(DIM, kind)
+    index = FaissIndex(DIM, index_type)
     index.add(ids[:300], x[:300])
     _, before = index.search(q, 5)
     gone = set(int(i) for i in before[:, 0]) | {int(ids[0])}
@@ -140,7 +140,7 @@ def test_remove(data, kind):
     assert not gone & set(index.ids().tolist())
     # Survivors keep their vectors.
     np.testing.assert_array_equal(index.reconstruct(int(ids[1])), x[1])
-    if kind == "flat":
+    if index_type == "flat":
         exp_s, exp_i = brute_force(ids[:300], x[:300], q, 10, exclude=gone)
         s, i = index.search(q, 10)
         np.testing.assert_array_equal(i, exp_i)
@@ -148,7 +148,7 @@ def test_remove(data, kind):
 
 def test_remove_everything_hnsw(data):
     ids, x, q = data
-    index = VectorIndex(DIM, "hnsw")
+    index = FaissIndex(DIM, "hnsw")
     index.add(ids[:10], x[:10])
     assert index.remove(set(ids[:10].tolist())) == 10
     assert len(index) == 0
@@ -170,7 +170,7 @@ def test_exclude_drops_query_id(data, flat):
 
 def test_k_larger_than_index_returns_all(data):
     ids, x, q = data
-    index = VectorIndex(DIM)
+    index = FaissIndex(DIM)
     index.add(ids[:7], x[:7])
     scores, found = index.search(q[:3], 50)
     assert found.shape == (3, 7)
@@ -183,7 +183,7 @@ def test_k_larger_than_index_returns_all(data):
 
 
 def test_exclude_narrows_width():
-    index = VectorIndex(2)
+    index = FaissIndex(2)
     index.add([1, 2, 3], normalize(np.array([[1, 0], [0.9, 0.1], [0, 1]], dtype=np.float32)))
     # Excluding two of three ids leaves one result per row, whatever k asked for.
     scores, found = index.search(np.array([[1, 0], [0, 1]], dtype=np.float32), 3, exclude={1, 2})
@@ -193,7 +193,7 @@ def test_exclude_narrows_width():
 
 
 def test_ties_are_sorted_by_id():
-    index = VectorIndex(2)
+    index = FaissIndex(2)
     v = np.array([[1, 0]] * 4, dtype=np.float32)
     index.add([40, 10, 30, 20], v)
     scores, found = index.search(np.array([1, 0], dtype=np.float32), 4)
@@ -201,7 +201,7 @@ def test_ties_are_sorted_by_id():
 
 
 def test_empty_index():
-    index = VectorIndex(DIM)
+    index = FaissIndex(DIM)
     assert len(index) == 0
     assert index.ids().shape == (0,)
     assert index.remove([1, 2]) == 0
@@ -212,11 +212,11 @@ def test_empty_index():
 
 def test_validation(data):
     ids, x, _ = data
-    index = VectorIndex(DIM)
+    index = FaissIndex(DIM)
     with pytest.raises(VecsearchError):
-        VectorIndex(DIM, kind="ivf")
+        FaissIndex(DIM, index_type="ivf")
     with pytest.raises(VecsearchError):
-        VectorIndex(0)
+        FaissIndex(0)
     with pytest.raises(VecsearchError):
         index.add(ids[:3], x[:3, :10])
     with pytest.raises(VecsearchError):
@@ -238,20 +238,20 @@ def test_validation(data):
         index.search(x[:2, :10], 3)
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw"])
-def test_save_load_round_trip(tmp_path, data, kind, flat, hnsw):
+@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+def test_save_load_round_trip(tmp_path, data, index_type, flat, hnsw):
     ids, x, q = data
-    index = flat if kind == "flat" else hnsw
+    index = flat if index_type == "flat" else hnsw
     path = tmp_path / "vectors.faiss"
     index.save(path, {"backbone": "resnet50", "generation": 3})
     assert sidecar_path(path) == tmp_path / "vectors.faiss.json"
 
-    loaded, meta = VectorIndex.load(path)
-    assert (loaded.dim, loaded.kind, len(loaded)) == (DIM, kind, N)
+    loaded, meta = FaissIndex.load(path)
+    assert (loaded.dim, loaded.index_type, len(loaded)) == (DIM, index_type, N)
     assert meta["backbone"] == "resnet50" and meta["generation"] == 3
-    assert (meta["dim"], meta["kind"], meta["count"]) == (DIM, kind, N)
+    assert (meta["dim"], meta["index_type"], meta["count"]) == (DIM, index_type, N)
     assert meta["faiss_version"] and meta["saved_at"]
-    assert VectorIndex.read_meta(path) == meta
+    assert FaissIndex.read_meta(path) == meta
 
     s1, i1 = index.search(q, 10, exclude={int(ids[0])})
     s2, i2 = loaded.search(q, 10, exclude={int(ids[0])})
@@ -266,13 +266,13 @@ def test_save_load_round_trip(tmp_path, data, kind, flat, hnsw):
 
 def test_load_missing(tmp_path):
     with pytest.raises(FileNotFoundError):
-        VectorIndex.load(tmp_path / "nope.faiss")
-    assert VectorIndex.read_meta(tmp_path / "nope.faiss") is None
+        FaissIndex.load(tmp_path / "nope.faiss")
+    assert FaissIndex.read_meta(tmp_path / "nope.faiss") is None
 
 
 def _saved(tmp_path, data, n=100):
     ids, x, _ = data
-    index = VectorIndex(DIM)
+    index = FaissIndex(DIM)
     index.add(ids[:n], x[:n])
     path = tmp_path / "vectors.faiss"
     index.save(path, {"generation": 1})
@@ -284,17 +284,17 @@ def test_truncated_index_is_corrupt(tmp_path, data):
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(IndexCorruptError, match="unreadable"):
-        VectorIndex.load(path)
+        FaissIndex.load(path)
 
 
 def test_garbage_index_is_corrupt(tmp_path, data):
     _, path = _saved(tmp_path, data)
     path.write_bytes(b"this is not a faiss index at all" * 10)
     with pytest.raises(IndexCorruptError):
-        VectorIndex.load(path)
+        FaissIndex.load(path)
     path.write_bytes(b"")
     with pytest.raises(IndexCorruptError):
-        VectorIndex.load(path)
+        FaissIndex.load(path)
 
 
 def test_sidecar_mismatch_is_corrupt(tmp_path, data):
@@ -303,16 +303,16 @@ def test_sidecar_mismatch_is_corrupt(tmp_path, data):
     meta = json.loads(side.read_text())
     side.write_text(json.dumps({**meta, "count": 99}))
     with pytest.raises(IndexCorruptError, match="count"):
-        VectorIndex.load(path)
+        FaissIndex.load(path)
     side.write_text(json.dumps({**meta, "dim": 32}))
     with pytest.raises(IndexCorruptError, match="dim"):
-        VectorIndex.load(path)
+        FaissIndex.load(path)
     side.write_text("{not json")
     with pytest.raises(IndexCorruptError):
-        VectorIndex.load(path)
+        FaissIndex.load(path)
     side.unlink()
     with pytest.raises(IndexCorruptError, match="sidecar"):
-        VectorIndex.load(path)
+        FaissIndex.load(path)
 
 
 def test_unserialisable_meta_writes_nothing(tmp_path, data):
@@ -341,7 +341,7 @@ def test_save_is_atomic(tmp_path, data, monkeypatch):
     assert path.read_bytes() == old_index
     assert sidecar_path(path).read_bytes() == old_side
     assert sorted(os.listdir(tmp_path)) == ["vectors.faiss", "vectors.faiss.json"]
-    loaded, meta = VectorIndex.load(path)
+    loaded, meta = FaissIndex.load(path)
     assert len(loaded) == 100 and meta["generation"] == 1
 
 
@@ -360,9 +360,9 @@ def test_sidecar_written_after_index(tmp_path, data, monkeypatch):
     with pytest.raises(OSError):
         index.save(path, {"generation": 2})
     monkeypatch.undo()
-    assert VectorIndex.read_meta(path)["generation"] == 1
+    assert FaissIndex.read_meta(path)["generation"] == 1
     with pytest.raises(IndexCorruptError, match="count"):
-        VectorIndex.load(path)
+        FaissIndex.load(path)
 
 
 def test_normalize():

@@ -1,45 +1,66 @@
 """vecsearch: image embeddings, similarity search and classifiers on frozen Keras backbones.
 
-Importing this package is cheap: Keras/TensorFlow and FAISS load on first use.
+Importing this package is cheap: Keras/TensorFlow, FAISS and scikit-learn load on first use.
+Start at `open_index`: the `VecIndex` it returns has every feature as a method.
 """
 
-from .api import FailedImage, Hit, IndexSummary, VecIndex, open_index
+from .api import Hit, VecIndex, open_index
 from .backbones import REGISTRY, Backbone, BackboneSpec, WeightsSpec, load_backbone, register
+from .classifiers import Classification
 from .errors import (
     BadImageError,
+    BadLabelsError,
+    ClassifierNotFoundError,
     IndexCorruptError,
+    IndexLockedError,
     IndexMismatchError,
     IndexNotFoundError,
     InputNotFoundError,
     NoImagesError,
+    NoLabelsError,
     NotIndexedError,
     UnknownBackboneError,
+    UnknownClassError,
+    UploadTooLargeError,
     VecsearchError,
     WeightsUnavailableError,
 )
+from .finetune import HeadParams
+from .indexer import FailedImage, IndexSummary
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # the index object
     "open_index",
     "VecIndex",
     "Hit",
     "IndexSummary",
     "FailedImage",
+    "Classification",
+    "HeadParams",
+    # backbones
     "REGISTRY",
     "Backbone",
     "BackboneSpec",
     "WeightsSpec",
     "load_backbone",
     "register",
+    # errors
     "VecsearchError",
     "BadImageError",
+    "BadLabelsError",
+    "ClassifierNotFoundError",
     "IndexCorruptError",
+    "IndexLockedError",
     "IndexMismatchError",
     "IndexNotFoundError",
     "InputNotFoundError",
     "NoImagesError",
+    "NoLabelsError",
     "NotIndexedError",
     "UnknownBackboneError",
+    "UnknownClassError",
+    "UploadTooLargeError",
     "WeightsUnavailableError",
 ]

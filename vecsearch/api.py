@@ -1,48 +1,47 @@
-"""The facade that the CLI, the HTTP service and Python users call.
+"""The index object: every feature of vecsearch as a method of `VecIndex`.
 
-An index is a folder holding `index.db` (SQLite: images, vectors, what built them) and
-`vectors.faiss` (+ JSON sidecar), a search structure derived from the database. The
-database is the source of truth: on open the FAISS file is brought up to date from it,
-so a run killed at any moment loses at most the chunk it had not committed.
+An index is a folder holding `index.db` (SQLite: images, vectors, labels, classifiers; the
+source of truth) and `vectors.faiss` (+ JSON sidecar), a search structure derived from the
+database. The CLI, the HTTP service and Python users all call the methods below; each one
+hands its work down to the module that owns the concept (`indexer`, `labels`, `classes`,
+`classify`, `finetune`, `dupes`), passing the store, the FAISS index and the backbone in.
 """
 
 from __future__ import annotations
 
-import fcntl
+import io
 import logging
 import os
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from . import images
-from .backbones import DEFAULT_BACKBONE, Backbone, WeightsSpec, get_spec, load_backbone
-from .config import DB_NAME, LOCK_NAME, VECTORS_NAME, default_workers, resolve_index_dir
-from .errors import (
-    BadImageError,
-    IndexCorruptError,
-    IndexMismatchError,
-    IndexNotFoundError,
-    InputNotFoundError,
-    NoImagesError,
-    NotIndexedError,
-    VecsearchError,
-)
+from . import classes, classifiers, classify, dupes, finetune, images, indexer, labels
+from .classes import SEED
+from .classifiers import DEFAULT_TOP as CLASSIFY_TOP
+from .classify import DEFAULT_K as KNN_K
+from .dupes import DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD
+from .finetune import DEFAULT_NAME as HEAD_NAME
+from .labels import DEFAULT_TOP as LABEL_TOP
+from .backbones import DEFAULT_BACKBONE, Backbone, WeightsSpec, check_fingerprint, get_spec, load_backbone
+from .config import DB_NAME, DEFAULT_K, LOCK_NAME, MAX_IMAGE_PIXELS, VECTORS_NAME, resolve_index_dir
+from .errors import BadImageError, IndexMismatchError, IndexNotFoundError, InputNotFoundError, NoImagesError, NotIndexedError, VecsearchError
 from .extract import RESAMPLE, Extractor
-from .store import ImageRecord, Store
-from .vectors import KINDS as VECTOR_KINDS
-from .vectors import VectorIndex, normalize
+from .files import WriterLock
+from .indexer import FailedImage, IndexSummary
+from .store import ImageRecord, Store, no_annotations
+from .vectors import INDEX_TYPES, FaissIndex, normalize
 
 log = logging.getLogger(__name__)
 
 _UNSET: Any = object()
 Progress = Callable[[int, int], None]
+
+__all__ = ["VecIndex", "open_index", "Hit"]
 
 
 @dataclass
@@ -56,63 +55,61 @@ class Hit:
         return asdict(self)
 
 
-@dataclass
-class FailedImage:
-    path: str
-    reason: str
-
-
-@dataclass
-class IndexSummary:
-    """What one `add` did. total == indexed + unchanged + reused + len(failed)."""
-
-    indexed: int = 0
-    unchanged: int = 0
-    reused: int = 0
-    removed: int = 0
-    removed_paths: list[str] = field(default_factory=list)
-    failed: list[FailedImage] = field(default_factory=list)
-    total: int = 0
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 class VecIndex:
-    """One index: add images, search, embed, report.
+    """One index: add images, search, label, classify, fine-tune, find duplicates, report.
 
-    The store, the vector index and (optionally) a built backbone are passed in; the
-    backbone is otherwise built on first need from what the index records.
+    The store, the FAISS index and (optionally) a built backbone are passed in; the
+    backbone is otherwise built on first need from what the index records. Open one with
+    `open_index`.
     """
 
-    def __init__(self, directory: Path, store: Store, vectors: VectorIndex | None = None,
+    def __init__(self, directory: Path, store: Store, faiss: FaissIndex | None = None,
                  backbone: Backbone | None = None, *, requested: tuple[str, WeightsSpec] | None = None,
-                 batch_size: int | None = None, workers: int | None = None, index_kind: str = "flat"):
+                 batch_size: int | None = None, workers: int | None = None, index_type: str = "flat"):
         self.directory = Path(directory)
-        self._index_kind = index_kind  # for a new index; an existing one keeps what it records
         self.store = store
+        self.faiss = faiss
+        self.batch_size = batch_size
+        self.workers = workers
+        self._index_type = index_type  # for a new index; an existing one keeps what it records
         self._backbone = backbone
         if requested is None and backbone is not None:
             requested = (backbone.name, backbone.weights)
         self._requested = requested
-        self.batch_size = batch_size
-        self.workers = workers
-        self.vectors = vectors
-        self._vectors_generation = -1
+        self._generation = -1  # the database generation `faiss` holds
+        self._lock = WriterLock(self.directory / LOCK_NAME)
         # Server threads may refresh at once; one reloads, the others then see it current.
         self._refresh_lock = threading.Lock()
-        if self.store.info() is not None and self.vectors is None:
-            self._load_vectors()
+        # One model call at a time: a Keras model is not safe to call from several threads.
+        self._model_lock = threading.Lock()
+        self._loaded: OrderedDict[tuple[str, str], Any] = OrderedDict()  # (name, created_at) -> classifier
+        self._loaded_lock = threading.Lock()
+        if self.store.info() is not None and self.faiss is None:
+            self._load_faiss()
 
-    # -- lifecycle ----------------------------------------------------------------
+    # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def info(self):
+        """What built the index (backbone, weights, dim, index_type), or None before the first image."""
+        return self.store.info()
+
     @property
     def vectors_path(self) -> Path:
         return self.directory / VECTORS_NAME
 
     @property
-    def info(self):
-        return self.store.info()
+    def generation(self) -> int:
+        """Bumped by every commit that changes vectors, in any process."""
+        return self.store.generation()
+
+    def __len__(self) -> int:
+        """Images with a vector (searchable)."""
+        return self.store.counts()["vectors"]
+
+    def __repr__(self) -> str:
+        info = self.info
+        what = f"{info.backbone}, {info.index_type}, {len(self)} vectors" if info else "empty"
+        return f"<VecIndex {str(self.directory)!r}: {what}>"
 
     def close(self) -> None:
         self.store.close()
@@ -123,117 +120,48 @@ class VecIndex:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    @contextmanager
-    def _write_lock(self) -> Iterator[None]:
-        """One writer at a time; the OS drops the lock if the process dies."""
-        fd = self._try_lock()
-        if fd is None:
-            raise VecsearchError(f"Another vecsearch run is writing to {self.directory}; wait for it to finish.")
-        try:
-            yield
-        finally:
-            os.close(fd)
+    def _require_info(self):
+        return self.store.require_info()
 
-    def _try_lock(self) -> int | None:
-        """The writer lock's file descriptor if no one else holds it, else None."""
-        fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            os.close(fd)
-            return None
-
-    # -- the FAISS file, kept in step with the database -------------------------------
-    def _load_vectors(self) -> None:
-        info = self.info
-        generation = self.store.generation()
-        vi, meta = None, {}
-        for attempt in range(2):
-            try:
-                vi, meta = VectorIndex.load(self.vectors_path)
-                break
-            except FileNotFoundError:
-                break
-            except IndexCorruptError as e:
-                # Maybe a save was between its two renames; look once more, then rebuild.
-                if attempt == 0:
-                    time.sleep(0.2)
-                    continue
-                log.warning("rebuilding the vector file from the database: %s", e)
-        if vi is None or vi.dim != info.dim or vi.kind != info.index_kind:
-            vi, meta = VectorIndex(info.dim, info.index_kind), {}
-        if meta.get("generation") == generation and len(vi) == self.store.counts()["vectors"]:
-            self.vectors = vi
-            self._vectors_generation = generation
-            return
-        db_ids = self.store.vector_ids()
-        extra = np.setdiff1d(vi.ids(), db_ids)
-        missing = np.setdiff1d(db_ids, vi.ids())
-        log.info("syncing vectors with the database: +%d -%d", len(missing), len(extra))
-        if len(extra):
-            vi.remove(extra)
-        if len(missing):
-            ids, mat, _ = self.store.vectors(missing, dim=info.dim)
-            vi.add(ids, mat)
+    def _load_faiss(self) -> None:
+        faiss, generation = indexer.load_synced(self.store, self.vectors_path, can_save=self._lock.if_free)
         # Publish only the finished index: concurrent searches hold the old one until here.
-        self.vectors = vi
-        self._vectors_generation = generation
-        # Save the repair unless an indexer holds the lock (it will save its own state).
-        fd = self._try_lock()
-        if fd is not None:
-            try:
-                self._save_vectors()
-            finally:
-                os.close(fd)
-
-    def _save_vectors(self) -> None:
-        info = self.info
-        self.vectors.save(self.vectors_path, {
-            "generation": self.store.generation(),
-            "backbone": info.backbone,
-            "weights_fingerprint": info.weights_fingerprint,
-            "metric": info.metric,
-        })
+        self.faiss, self._generation = faiss, generation
 
     def refresh(self) -> bool:
         """Reload the vectors if another process changed the index; True if it did."""
-        if self.info is None:
-            return False
-        if self.store.generation() == self._vectors_generation:
+        if self.info is None or self.store.generation() == self._generation:
             return False
         with self._refresh_lock:
-            if self.store.generation() == self._vectors_generation:
+            if self.store.generation() == self._generation:
                 return False
-            self._load_vectors()
+            self._load_faiss()
             return True
 
-    # -- the backbone ---------------------------------------------------------------
+    # -- the backbone -------------------------------------------------------------------
     @property
     def backbone(self) -> Backbone:
+        """The frozen feature extractor, built on first use from what the index records."""
         if self._backbone is None:
             info = self.info
             if info is None:
                 name, weights = self._requested or (DEFAULT_BACKBONE, WeightsSpec("imagenet"))
                 self._backbone = load_backbone(name, weights)
             else:
-                weights = self._requested[1] if self._requested else _stored_weights(info)
+                weights = self._requested[1] if self._requested else WeightsSpec.recorded(info)
                 bb = load_backbone(info.backbone, weights)
-                self._check_fingerprint(bb)
+                check_fingerprint(bb, info, self.directory)
                 self._backbone = bb
         return self._backbone
 
-    def _check_fingerprint(self, bb: Backbone) -> None:
-        info = self.info
-        if info is not None and bb.fingerprint != info.weights_fingerprint:
-            raise IndexMismatchError(
-                f"The weights ({bb.weights.describe()}) are not the ones that built the index at "
-                f"{self.directory} ({_stored_weights(info).describe()}); their values differ. "
-                "Use the same weights, or build a new index with --index DIR."
-            )
-
     def extractor(self) -> Extractor:
         return Extractor(self.backbone, self.batch_size, self.workers)
+
+    def warm_up(self) -> None:
+        """Build the backbone and trace its compiled call now, so the first query doesn't pay for it."""
+        w, h = self.backbone.input_size
+        with self._model_lock:
+            self.extractor().embed_pixels(np.zeros((1, h, w, 3), np.uint8))
 
     def _ensure_info(self) -> None:
         if self.info is not None:
@@ -242,212 +170,169 @@ class VecIndex:
         self.store.create_info(
             backbone=bb.name, weights_kind=bb.weights.kind, weights_seed=bb.weights.seed,
             weights_path=bb.weights.path, weights_fingerprint=bb.fingerprint, dim=bb.dim,
-            metric="cosine", index_kind=self._index_kind,
+            metric="cosine", index_type=self._index_type,
         )
-        self.vectors = VectorIndex(bb.dim, self._index_kind)
-        self._vectors_generation = 0
+        self.faiss = FaissIndex(bb.dim, self._index_type)
+        self._generation = 0
 
-    # -- indexing -------------------------------------------------------------------
+    # -- indexing -------------------------------------------------------------------------
     def add(self, paths: Iterable[str | os.PathLike], *, progress: Progress | None = None,
-            chunk_size: int = 64, chunk_seconds: float = 10.0) -> IndexSummary:
-        """Index image files and folders incrementally.
+            chunk_size: int = indexer.CHUNK_SIZE, chunk_seconds: float = indexer.CHUNK_SECONDS) -> IndexSummary:
+        """Index image files and folders incrementally (see `indexer.run`).
 
         New or changed files (size + mtime, then content hash) are embedded; moved or copied
         files reuse stored vectors; entries under the given folders whose files are gone are
-        removed. Results are committed every `chunk_size` images or `chunk_seconds`, so a
-        killed run loses at most one chunk and the next run resumes from there.
+        removed. Results are committed in chunks, so a killed run loses at most one chunk and
+        the next run resumes from there.
         """
-        started = time.perf_counter()
-        paths = [Path(p) for p in paths]
-        with self._write_lock():
-            files = list(images.iter_image_files(paths))
+        roots = [Path(p) for p in paths]
+        with self._lock.held():
+            files = list(images.iter_image_files(roots))
             if not files:
-                raise NoImagesError(f"No image files found in {', '.join(map(str, paths))}.")
+                raise NoImagesError(f"No image files found in {', '.join(map(str, roots))}.")
             self._ensure_info()
             self.refresh()
-            summary = IndexSummary(total=len(files))
-            plan = self._plan(paths, files, summary)
-            self._commit(deletes=plan.deletes, moves=plan.moves, copies=plan.copies)
-            total = len(plan.to_embed)
-            if progress:
-                progress(0, total)
-            if total:
-                done = 0
-                chunk: list[dict] = []
-                last_commit = time.monotonic()
-                for item in self.extractor().embed_files(plan.to_embed):
-                    size, mtime_ns = plan.stats[item.path]
-                    row = {"path": str(item.path), "size": size, "mtime_ns": mtime_ns, "sha256": item.sha256 or None,
-                           "width": item.width or None, "height": item.height or None}
-                    if item.error is None:
-                        row.update(status="ok", reason=None, vector=item.vector, norm=item.norm)
-                        summary.indexed += 1
-                    else:
-                        row.update(status="failed", reason=item.error)
-                        summary.failed.append(FailedImage(str(item.path), item.error))
-                    chunk.append(row)
-                    done += 1
-                    if len(chunk) >= chunk_size or time.monotonic() - last_commit > chunk_seconds:
-                        self._commit(upserts=chunk)
-                        chunk, last_commit = [], time.monotonic()
-                    if progress:
-                        progress(done, total)
-                self._commit(upserts=chunk)
-            self._save_vectors()
-        summary.failed.sort(key=lambda f: f.path)
-        summary.seconds = round(time.perf_counter() - started, 3)
+            summary = indexer.run(self.store, self.faiss, self.extractor, roots, files, progress=progress,
+                                  chunk_size=chunk_size, chunk_seconds=chunk_seconds)
+            self._generation = self.store.generation()
+            indexer.save(self.store, self.vectors_path, self.faiss)
         return summary
 
-    def _commit(self, **changes) -> None:
-        if not any(changes.values()):
-            return
-        result = self.store.apply(**changes)
-        if result["unset"]:
-            self.vectors.remove(np.array(result["unset"], np.int64))
-        if result["set"]:
-            ids, mat, _ = self.store.vectors(result["set"], dim=self.vectors.dim)
-            self.vectors.add(ids, mat)
-        self._vectors_generation = self.store.generation()
-
-    def _plan(self, roots: list[Path], files: list[Path], summary: IndexSummary) -> "_Plan":
-        """Decide per file: unchanged, moved, copied, or to embed; and what is gone."""
-        records = self.store.records()
-        plan = _Plan()
-        found = {str(f) for f in files}
-        candidates: list[Path] = []
-        for f in files:
-            try:
-                st = f.stat()
-            except OSError:
-                candidates.append(f)  # the decoder will report why
-                plan.stats[f] = (0, 0)
-                continue
-            plan.stats[f] = (st.st_size, st.st_mtime_ns)
-            rec = records.get(str(f))
-            if rec is not None and rec.size == st.st_size and rec.mtime_ns == st.st_mtime_ns:
-                self._count_existing(rec, summary)
-            else:
-                candidates.append(f)
-        resolved_roots = [r.resolve() for r in roots]
-        gone_all = [rec for path, rec in records.items()
-                    if path not in found and _under(path, resolved_roots) and not os.path.exists(path)]
-        gone = {rec.sha256: rec for rec in gone_all if rec.sha256 and rec.status == "ok"}
-        gone_ids = {rec.id for rec in gone_all}
-        if candidates and records:
-            shas = dict(zip(candidates, _hash_all(candidates)))
-            known = self.store.ok_ids_by_sha([s for s in shas.values() if s])
-            for f in candidates:
-                sha = shas[f]
-                rec = records.get(str(f))
-                size, mtime_ns = plan.stats[f]
-                if sha and rec is not None and rec.sha256 == sha:  # touched, not changed
-                    plan.moves.append((rec.id, {"size": size, "mtime_ns": mtime_ns}))
-                    self._count_existing(rec, summary)
-                    continue
-                src = gone.get(sha) if sha else None
-                if src is not None and rec is None:  # renamed or moved
-                    del gone[sha]
-                    plan.moves.append((src.id, {"path": str(f), "size": size, "mtime_ns": mtime_ns}))
-                    summary.reused += 1
-                    continue
-                if sha and sha in known and known[sha] not in gone_ids:  # a copy: reuse its vector
-                    plan.copies.append((known[sha], {"path": str(f), "size": size, "mtime_ns": mtime_ns, "sha256": sha,
-                                                     "width": None, "height": None, "status": "ok", "reason": None}))
-                    summary.reused += 1
-                    continue
-                plan.to_embed.append(f)
-        else:
-            plan.to_embed = candidates
-        moved_ids = {m[0] for m in plan.moves}
-        for rec in gone_all:
-            if rec.id not in moved_ids:
-                plan.deletes.append(rec.id)
-                summary.removed_paths.append(rec.path)
-        summary.removed = len(summary.removed_paths)
-        summary.removed_paths.sort()
-        return plan
-
-    @staticmethod
-    def _count_existing(rec: ImageRecord, summary: IndexSummary) -> None:
-        if rec.status == "ok":
-            summary.unchanged += 1
-        else:
-            summary.failed.append(FailedImage(rec.path, rec.reason or "failed"))
-
-    # -- querying ---------------------------------------------------------------------
-    def _require_info(self):
-        info = self.info
-        if info is None:
-            raise IndexNotFoundError(f"The index at {self.directory} is empty. Run `vecsearch index PHOTOS` first.")
-        return info
-
+    # -- embedding ------------------------------------------------------------------------
     def embed(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
-        """Unit vectors (n, dim) for image files, with this index's backbone; a bad file raises."""
+        """Unit vectors (n, dim) for image files, with this index's backbone; a bad file raises BadImageError."""
         out = []
-        for item in self.extractor().embed_files(Path(p) for p in paths):
-            if item.error is not None:
-                raise BadImageError(item.error, str(item.path))
-            out.append(item.vector)
+        with self._model_lock:
+            for item in self.extractor().embed_files(Path(p) for p in paths):
+                if item.error is not None:
+                    raise BadImageError(item.error, str(item.path))
+                out.append(item.vector)
         return np.stack(out) if out else np.zeros((0, self.backbone.dim), np.float32)
 
-    def embed_bytes(self, data: bytes, *, max_pixels: int | None = images.DEFAULT_MAX_PIXELS) -> np.ndarray:
+    def embed_bytes(self, data: bytes, *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
         """Unit vector of an image given as bytes (an upload), decoded exactly as indexing does."""
         pixels, _, _ = images.decode_image(data, self.backbone.input_size, max_pixels=max_pixels, resample=RESAMPLE)
-        return self.extractor().embed_pixels(pixels[None])[0]
+        with self._model_lock:
+            return self.extractor().embed_pixels(pixels[None])[0]
+
+    def embed_image(self, image) -> np.ndarray:
+        """Unit vector of a PIL image, encoded losslessly and decoded exactly as indexing does."""
+        buf = io.BytesIO()
+        try:
+            image.save(buf, format="PNG")
+        except (AttributeError, OSError, ValueError) as e:
+            raise BadImageError(f"cannot encode this image: {e}") from e
+        return self.embed_bytes(buf.getvalue())
 
     def vector(self, image_id: int) -> np.ndarray:
+        """The stored unit vector of an indexed image."""
         ids, mat, _ = self.store.vectors([image_id], dim=self._require_info().dim)
         if not len(ids):
             raise NotIndexedError(f"No indexed image with id {image_id}.")
         return mat[0]
 
-    def search(self, query: str | os.PathLike | np.ndarray, k: int = 10, *, include_self: bool = False) -> list[Hit]:
-        """The k most similar indexed images to an image file, an indexed path, or a vector.
+    def vectors_for(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
+        """Unit vectors of image files: an indexed, unchanged file reuses its stored vector."""
+        paths = [Path(p).expanduser() for p in paths]
+        for p in paths:
+            if not p.is_file():
+                raise InputNotFoundError(f"No such file: {p}")
+        out: list[np.ndarray | None] = [self._stored_vector(p)[1] for p in paths]
+        todo = [i for i, v in enumerate(out) if v is None]
+        if todo:
+            for i, vec in zip(todo, self.embed([paths[i] for i in todo])):
+                out[i] = vec
+        return np.stack(out).astype(np.float32)
 
+    def _stored_vector(self, path: Path) -> tuple[int | None, np.ndarray | None]:
+        """(id, vector) of an indexed file that is unchanged since, else (None, None)."""
+        if self.info is None:
+            return None, None
+        rec = self.store.image_by_path(str(path.resolve()))
+        if rec is not None and rec.status == "ok" and indexer.is_unchanged(rec, path):
+            return rec.id, self.vector(rec.id)
+        return None, None
+
+    # -- search ---------------------------------------------------------------------------
+    def search(self, query, k: int = DEFAULT_K, *, include_self: bool = False) -> list[Hit]:
+        """The k most similar indexed images to a query, best first (cosine similarity).
+
+        The query is an image file path, a vector, image bytes (an upload) or a PIL image.
         A path that is already indexed reuses its stored vector and, unless include_self,
         is left out of its own results.
         """
         self._require_info()
-        if k < 1:
-            raise VecsearchError(f"k must be at least 1, got {k}.")
-        self.refresh()
         exclude: set[int] = set()
         if isinstance(query, np.ndarray):
-            q = normalize(query.astype(np.float32).reshape(1, -1))[0]
-        else:
+            q = normalize(query.astype(np.float32).reshape(-1))
+        elif isinstance(query, (bytes, bytearray, memoryview)):
+            q = self.embed_bytes(bytes(query))
+        elif isinstance(query, (str, os.PathLike)):
             p = Path(query).expanduser()
             if not p.exists():
                 raise InputNotFoundError(f"No such file: {p}")
-            rec = self.store.image_by_path(str(p.resolve()))
-            if rec is not None and rec.status == "ok" and _fresh(rec, p):
-                q = self.vector(rec.id)
-                if not include_self:
-                    exclude.add(rec.id)
-            else:
+            found, q = self._stored_vector(p)
+            if found is not None and not include_self:
+                exclude.add(found)
+            if q is None:
                 q = self.embed([p])[0]
+        elif hasattr(query, "save") and hasattr(query, "mode"):  # a PIL image
+            q = self.embed_image(query)
+        else:
+            raise VecsearchError(f"Cannot search with a {type(query).__name__}: give an image path, "
+                                 "a vector, image bytes or a PIL image.")
         return self.search_vector(q, k, exclude=exclude)
 
-    def search_vector(self, q: np.ndarray, k: int = 10, *, exclude: set[int] | None = None) -> list[Hit]:
-        if q.shape[-1] != self.vectors.dim:
-            raise VecsearchError(f"Query vector has {q.shape[-1]} dimensions; the index has {self.vectors.dim}.")
-        scores, ids = self.vectors.search(q.reshape(1, -1), k, exclude=exclude)
+    def search_vector(self, q: np.ndarray, k: int = DEFAULT_K, *, exclude: set[int] | None = None) -> list[Hit]:
+        """The k indexed images nearest a unit vector, best first; ids in `exclude` left out."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise VecsearchError(f"k must be at least 1, got {k}.")
+        self.refresh()
+        q = np.asarray(q, np.float32)
+        if q.shape[-1] != self.faiss.dim:
+            raise VecsearchError(f"Query vector has {q.shape[-1]} dimensions; the index has {self.faiss.dim}.")
+        scores, ids = self.faiss.search(q.reshape(1, -1), k, exclude=exclude)
         pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
         recs = self.store.images(i for i, _ in pairs)
-        return [Hit(rank=n + 1, id=i, path=recs[i].path, score=s) for n, (i, s) in enumerate(pairs) if i in recs]
+        hits = [(i, s) for i, s in pairs if i in recs]  # one deleted in between is skipped
+        return [Hit(rank=n + 1, id=i, path=recs[i].path, score=s) for n, (i, s) in enumerate(hits)]
 
-    def similar(self, image_id: int, k: int = 10) -> list[Hit]:
-        """Neighbours of an indexed image, itself left out."""
+    def similar(self, image_id: int, k: int = DEFAULT_K) -> list[Hit]:
+        """Neighbours of an indexed image by its stored vector (no model call), itself left out."""
         self._require_info()
         self.refresh()
-        return self.search_vector(self.vector(image_id), k, exclude={image_id})
+        try:
+            q = self.faiss.reconstruct(image_id)  # from memory: no database round trip
+        except KeyError:
+            raise NotIndexedError(f"No indexed image with id {image_id}.") from None
+        return self.search_vector(q, k, exclude={image_id})
 
+    # -- images ---------------------------------------------------------------------------
     def image(self, image_id: int) -> ImageRecord:
+        """The record of one image (ok or failed)."""
         rec = self.store.image(image_id)
         if rec is None:
             raise NotIndexedError(f"No indexed image with id {image_id}.")
         return rec
 
+    def images(self, offset: int = 0, limit: int = 100, status: str | None = None) -> tuple[int, list[ImageRecord]]:
+        """(total, one page of image records by id), all or only "ok" / "failed" ones."""
+        if status not in (None, "ok", "failed"):
+            raise VecsearchError(f"status must be ok or failed, not {status!r}.")
+        return self.store.page_images(offset, limit, status)
+
+    def failed(self) -> list[ImageRecord]:
+        """Images that could not be embedded, with their reasons, by path."""
+        return self.store.failed()
+
+    def annotations(self, ids: Iterable[int], *, top: int = 5) -> dict[int, dict]:
+        """{id: {"imagenet_labels", "user_label", "predictions"}}, every id present (empty when none)."""
+        ids = [int(i) for i in ids]
+        stored = self.store.annotations(ids, top=top)
+        return {i: stored.get(i) or no_annotations() for i in ids}
+
     def stats(self) -> dict:
+        """Counts, model, index_type and sizes."""
         info = self._require_info()
         self.refresh()
         counts = self.store.counts()
@@ -456,15 +341,16 @@ class VecIndex:
         return {
             "index": str(self.directory),
             "images": counts["images"],
-            "vectors": len(self.vectors),
+            "vectors": len(self.faiss),
             "ok": counts["ok"],
             "failed": counts["failed"],
             "backbone": info.backbone,
-            "weights": _stored_weights(info).describe(),
+            "weights": WeightsSpec.recorded(info).describe(),
             "weights_fingerprint": info.weights_fingerprint,
             "dim": info.dim,
             "metric": info.metric,
-            "index_type": f"IndexIDMap2({'IndexFlatIP' if info.index_kind == 'flat' else 'IndexHNSWFlat'})",
+            "index_type": info.index_type,
+            "faiss_index": self.faiss.describe(),
             "db_bytes": size(db) + size(db.with_name(db.name + "-wal")),
             "vectors_bytes": size(self.vectors_path),
             "created_at": info.created_at.isoformat(timespec="seconds") + "Z",
@@ -479,96 +365,197 @@ class VecIndex:
         np.savez(out, ids=ids, paths=paths, vectors=mat)
         return len(ids)
 
+    # -- ImageNet labels ------------------------------------------------------------------
+    def label(self, *, paths: Iterable[str | os.PathLike] | None = None, top: int = LABEL_TOP,
+              only_missing: bool = False, weights: Any = None, progress: Progress | None = None) -> labels.LabelSummary:
+        """Store the top ImageNet classes of indexed images (all, or those under `paths`), from their stored vectors."""
+        ids = labels.ids_for_paths(self.store, paths) if paths else None
+        return labels.label_images(self.store, self.directory, top=top, ids=ids, only_missing=only_missing,
+                                   weights=weights, progress=progress)
 
-@dataclass
-class _Plan:
-    stats: dict[Path, tuple[int, int]] = field(default_factory=dict)
-    moves: list[tuple[int, dict]] = field(default_factory=list)
-    copies: list[tuple[int, dict]] = field(default_factory=list)
-    deletes: list[int] = field(default_factory=list)
-    to_embed: list[Path] = field(default_factory=list)
+    def image_labels(self, paths: Iterable[str | os.PathLike] | None = None) -> list[labels.ImageLabels]:
+        """Stored ImageNet labels of indexed files/folders (all labelled images when None), by path."""
+        return labels.image_labels(self.store, list(paths) if paths else None)
 
+    def search_labels(self, name: str, limit: int | None = None) -> list[labels.LabelHit]:
+        """Images whose stored ImageNet top-k holds a class (name or WordNet id), most probable first."""
+        return labels.images_with_label(self.store, name, limit)
 
-def _under(path: str, roots: list[Path]) -> bool:
-    return any(path == str(r) or path.startswith(str(r).rstrip(os.sep) + os.sep) for r in roots)
+    def imagenet_probabilities(self, ids: Iterable[int] | None = None, weights: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, probabilities over the 1000 ImageNet classes) of indexed images; nothing is stored."""
+        return labels.probabilities(self.store, self.directory, ids, weights)
 
+    # -- classes of your own and classifiers ------------------------------------------------
+    def teach(self, source: str | os.PathLike, *, replace: bool = False,
+              progress: Progress | None = None) -> classes.TeachSummary:
+        """Label images with classes of your own from class folders or a CSV; unindexed files are indexed first."""
+        return classes.teach(self.store, source, add=self.add, replace=replace, progress=progress)
 
-def _fresh(rec: ImageRecord, p: Path) -> bool:
-    try:
-        st = p.stat()
-    except OSError:
-        return False
-    return st.st_size == rec.size and st.st_mtime_ns == rec.mtime_ns
+    def label_counts(self) -> dict[str, dict[str, int]]:
+        """{class: {split or "": images}} of the user's labels."""
+        return classes.label_counts(self.store)
 
+    def train_classifier(self, kind: str, *, k: int = KNN_K, name: str | None = None,
+                         seed: int = SEED) -> classify.TrainResult:
+        """Train (knn or probe), evaluate, save, and predict every unlabelled image."""
+        self._require_info()
+        return classify.train(self.store, self.directory, kind, k=k, name=name, seed=seed)
 
-def _hash_all(paths: list[Path]) -> list[str | None]:
-    def one(p: Path) -> str | None:
-        try:
-            return images.file_sha256(p)
-        except OSError:
-            return None
+    def apply_classifier(self, name: str | None = None, kind: str | None = None) -> classify.TrainResult:
+        """Predict every unlabelled image with a saved classifier (the newest, or `name`)."""
+        self._require_info()
+        return classify.apply_saved(self.store, self.directory, name, kind)
 
-    with ThreadPoolExecutor(default_workers()) as pool:
-        return list(pool.map(one, paths))
+    def classifiers(self) -> list[dict]:
+        """Saved classifiers, newest first: name, kind, path, created_at, params, metrics."""
+        return classifiers.list_all(self.store)
 
+    def classifier(self, name: str | None = None, kind: str | None = None) -> tuple[dict, Any]:
+        """(row, loaded model) of a saved classifier: `name`, else the newest (of `kind`).
 
-def _stored_weights(info) -> WeightsSpec:
-    return WeightsSpec(info.weights_kind, info.weights_seed, info.weights_path)
+        Loaded models are kept (the last 8) while their row is unchanged, so a retrained
+        classifier is picked up and a server does not unpickle one per request.
+        """
+        row = classifiers.find(self.store, name, kind)
+        key = (row["name"], row["created_at"])
+        with self._loaded_lock:
+            if key not in self._loaded:
+                self._loaded[key] = classifiers.load(self.directory, row)
+                while len(self._loaded) > 8:
+                    self._loaded.popitem(last=False)
+            self._loaded.move_to_end(key)
+            return row, self._loaded[key]
+
+    def classify(self, query, *, name: str | None = None, kind: str | None = None,
+                 top: int = CLASSIFY_TOP, model: tuple[dict, Any] | None = None) -> classifiers.Classification:
+        """Classify one image (a file path, image bytes, a PIL image or a vector) with a saved classifier.
+
+        An indexed, unchanged file reuses its stored vector. `model` passes a (row, model)
+        from `classifier()` already loaded (the server caches them).
+        """
+        row, clf = model or self.classifier(name, kind)
+        path = None
+        if isinstance(query, np.ndarray):
+            vector = normalize(query.astype(np.float32).reshape(-1))
+        elif isinstance(query, (bytes, bytearray, memoryview)):
+            vector = self.embed_bytes(bytes(query))
+        elif isinstance(query, (str, os.PathLike)):
+            p = Path(query).expanduser()
+            vector, path = self.vectors_for([p])[0], str(p.resolve())
+        elif hasattr(query, "save") and hasattr(query, "mode"):
+            vector = self.embed_image(query)
+        else:
+            raise VecsearchError(f"Cannot classify a {type(query).__name__}: give an image path, "
+                                 "image bytes, a PIL image or a vector.")
+        with self._model_lock:  # a fine-tuned head is a Keras model too
+            return classifiers.classification(clf, row, vector, top=top, path=path)
+
+    # -- fine-tuning ----------------------------------------------------------------------
+    def finetune(self, *, name: str = HEAD_NAME, params: finetune.HeadParams | None = None,
+                 on_epoch: Callable[[int, dict], None] | None = None) -> finetune.FinetuneResult:
+        """Train a Keras head on the labelled vectors, score it, save it as classifier `name`."""
+        self._require_info()
+        return finetune.finetune(self.store, self.directory, name=name, params=params, on_epoch=on_epoch)
+
+    def unfreeze(self, head_name: str, n_layers: int, *, epochs: int = 3, learning_rate: float = 1e-5,
+                 batch_size: int = 16, seed: int = 0, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+        """Fine-tune the backbone's last `n_layers` end to end with saved head `head_name` on top.
+
+        The tuned weights are written to a file (the index itself never changes weights:
+        use `reembed` for an index built with them).
+        """
+        # A fresh copy, not the cached one: training changes the head's weights in place.
+        head = classifiers.load(self.directory, classifiers.find(self.store, head_name, "head"))
+        return finetune.unfreeze(self.store, self.directory, head, n_layers, epochs=epochs, learning_rate=learning_rate,
+                                 batch_size=batch_size, seed=seed, name=head_name, on_epoch=on_epoch)
+
+    def check_reembed_target(self, into: str | os.PathLike) -> Path:
+        """The folder for `reembed`, refused when it is this index (before any slow work)."""
+        return finetune.reembed_target(self.directory, into)
+
+    def reembed(self, weights_path: str | os.PathLike, into: str | os.PathLike, *,
+                head_path: str | os.PathLike | None = None, name: str = HEAD_NAME,
+                metrics: dict | None = None, progress: Progress | None = None) -> IndexSummary:
+        """Build a new index at `into` with tuned weights over the same images, labels and head copied."""
+        return finetune.reembed(self.store, self.directory, weights_path, into, open_index=open_index,
+                                head_path=head_path, name=name, metrics=metrics, progress=progress)
+
+    # -- duplicates and similarity ----------------------------------------------------------
+    def duplicates(self, threshold: float = DEFAULT_THRESHOLD, *, k: int = DEFAULT_NEIGHBOURS,
+                   progress: Progress | None = None) -> list[dupes.DupeGroup]:
+        """Groups of near-duplicate images (cosine similarity >= threshold), largest first."""
+        self._require_info()
+        self.refresh()
+        return dupes.duplicate_groups(self.store, self.faiss, threshold, k=k, progress=progress)
+
+    def similarity(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
+        """The cosine-similarity matrix of a few image files (indexed ones reuse their vectors)."""
+        paths = list(paths)
+        if len(paths) < 2:
+            raise VecsearchError(f"A similarity matrix needs at least 2 images, got {len(paths)}.")
+        return dupes.similarity_matrix(self.vectors_for(paths))
 
 
 def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = None, weights: Any = _UNSET,
                seed: int | None = None, create: bool = True, batch_size: int | None = None,
                workers: int | None = None, model: Backbone | None = None,
-               index_kind: str | None = None) -> VecIndex:
+               index_type: str | None = None) -> VecIndex:
     """Open (or create) the index at `path` (else $VECSEARCH_INDEX, else the default folder).
 
     backbone/weights choose the model for a new index (weights: "imagenet", None for the
     seeded random init, or a weights file); for an existing one they must match what built
     it, or IndexMismatchError is raised. `model` passes an already built Backbone.
-    index_kind picks the FAISS structure: "flat" (exact, the default) or "hnsw" (approximate,
-    sub-millisecond on 100k+ vectors); giving another kind than an index has converts it,
+    index_type picks the FAISS structure: "flat" (exact, the default) or "hnsw" (approximate,
+    sub-millisecond on 100k+ vectors); giving another type than an index has converts it,
     rebuilt from the database.
     """
-    if index_kind is not None and index_kind not in VECTOR_KINDS:
-        raise VecsearchError(f"Unknown index type {index_kind!r}; choose one of: {', '.join(VECTOR_KINDS)}.")
+    if index_type is not None and index_type not in INDEX_TYPES:
+        raise VecsearchError(f"Unknown index type {index_type!r}; choose one of: {', '.join(INDEX_TYPES)}.")
     directory = resolve_index_dir(path)
     if not (directory / DB_NAME).exists():
         if not create:
             raise IndexNotFoundError(f"No index at {directory}. Build one with `vecsearch index PHOTOS` (or pass --index DIR).")
         directory.mkdir(parents=True, exist_ok=True)
     store = Store(directory / DB_NAME)
-    info = store.info()
-    if info is None and not create:
-        store.close()
-        raise IndexNotFoundError(f"The index at {directory} is empty. Run `vecsearch index PHOTOS` first.")
-    requested = None
-    if backbone is not None or weights is not _UNSET or seed is not None or model is not None:
-        name = model.name if model else (backbone or (info.backbone if info else DEFAULT_BACKBONE))
-        get_spec(name)
+    try:
+        info = store.info()
+        if info is None and not create:
+            store.require_info()
+        requested = None
+        if backbone is not None or weights is not _UNSET or seed is not None or model is not None:
+            requested = _requested_model(directory, info, backbone, weights, seed, model)
+        if info is not None and index_type is not None and index_type != info.index_type:
+            log.info("converting %s from %s to %s", directory, info.index_type, index_type)
+            store.set_index_type(index_type)
+        index = VecIndex(directory, store, backbone=model, requested=requested, batch_size=batch_size,
+                         workers=workers, index_type=index_type or "flat")
         if model is not None:
-            wspec = model.weights
-        elif weights is _UNSET:
-            wspec = _stored_weights(info) if info else WeightsSpec.parse("imagenet" if seed is None else None, seed)
-        else:
-            wspec = WeightsSpec.parse(weights, seed)
-        requested = (name, wspec)
-        if info is not None:
-            stored = _stored_weights(info)
-            if name != info.backbone:
-                store.close()
-                raise IndexMismatchError(
-                    f"The index at {directory} was built with backbone {info.backbone}, not {name}. "
-                    "Drop --backbone, or use another --index DIR for a new index.")
-            if wspec.kind != stored.kind or (wspec.kind == "random" and wspec.seed != stored.seed):
-                store.close()
-                raise IndexMismatchError(
-                    f"The index at {directory} was built with weights {stored.describe()}, not {wspec.describe()}. "
-                    "Drop --weights, or use another --index DIR for a new index.")
-    if info is not None and index_kind is not None and index_kind != info.index_kind:
-        log.info("converting %s from %s to %s", directory, info.index_kind, index_kind)
-        store.set_index_kind(index_kind)
-    index = VecIndex(directory, store, backbone=model, requested=requested, batch_size=batch_size,
-                     workers=workers, index_kind=index_kind or "flat")
+            check_fingerprint(model, info, directory)
+        return index
+    except BaseException:
+        store.close()
+        raise
+
+
+def _requested_model(directory: Path, info, backbone: str | None, weights: Any, seed: int | None,
+                     model: Backbone | None) -> tuple[str, WeightsSpec]:
+    """(backbone name, WeightsSpec) asked for; for an existing index it must be what built it."""
+    name = model.name if model else (backbone or (info.backbone if info else DEFAULT_BACKBONE))
+    get_spec(name)
     if model is not None:
-        index._check_fingerprint(model)
-    return index
+        wspec = model.weights
+    elif weights is _UNSET:
+        wspec = WeightsSpec.recorded(info) if info else WeightsSpec.parse("imagenet" if seed is None else None, seed)
+    else:
+        wspec = WeightsSpec.parse(weights, seed)
+    if info is not None:
+        stored = WeightsSpec.recorded(info)
+        if name != info.backbone:
+            raise IndexMismatchError(
+                f"The index at {directory} was built with backbone {info.backbone}, not {name}. "
+                "Use the backbone it records (or none), or another index folder for a new index.")
+        if wspec.kind != stored.kind or (wspec.kind == "random" and wspec.seed != stored.seed):
+            raise IndexMismatchError(
+                f"The index at {directory} was built with weights {stored.describe()}, not {wspec.describe()}. "
+                "Use the weights it records (or none), or another index folder for a new index.")
+    return name, wspec

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import random
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import UnknownBackboneError, VecsearchError, WeightsUnavailableError
+from .errors import IndexMismatchError, UnknownBackboneError, VecsearchError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +159,10 @@ class WeightsSpec:
             return f"file {self.path}"
         return "imagenet"
 
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, "seed": self.seed, "path": self.path}
-
     @classmethod
-    def from_dict(cls, d: dict) -> "WeightsSpec":
-        return cls(d["kind"], d.get("seed"), d.get("path"))
+    def recorded(cls, info) -> "WeightsSpec":
+        """The weights an index records (its `index_info` row) as a WeightsSpec."""
+        return cls(info.weights_kind, info.weights_seed, info.weights_path)
 
 
 @dataclass
@@ -198,6 +197,44 @@ def weights_fingerprint(model) -> str:
     return h.hexdigest()
 
 
+def check_fingerprint(bb: Backbone, info, where: str | os.PathLike) -> None:
+    """Refuse a built backbone whose weight values are not the ones that built the index `info` describes."""
+    if info is not None and bb.fingerprint != info.weights_fingerprint:
+        raise IndexMismatchError(
+            f"The weights ({bb.weights.describe()}) are not the ones that built the index at "
+            f"{where} ({WeightsSpec.recorded(info).describe()}); their values differ. "
+            "Use the same weights, or build a new index in another folder."
+        )
+
+
+@contextlib.contextmanager
+def keras_seeded(seed: int):
+    """Run a block with Keras's random seed set, leaving the process's other RNGs as they were.
+
+    `keras.utils.set_random_seed` also reseeds Python's and NumPy's global generators (and
+    torch's on that backend), which would silently change a caller's own random stream;
+    their states are saved and restored around the block. (TensorFlow's global op seed
+    stays set: TF exposes no way to read it back, and vecsearch draws nothing from it.)
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()  # before the first Keras import, which draws too
+    keras = import_keras()
+    torch_state = None
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch_state = torch.random.get_rng_state()
+    keras.utils.set_random_seed(int(seed))
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        if torch_state is not None:
+            import torch
+
+            torch.random.set_rng_state(torch_state)
+
+
 def with_top_file(spec: BackboneSpec) -> str:
     """The official with-top weights file's name (the registry records the no-top one)."""
     name = spec.weights_file.replace("_notop", "").replace("_no_top", "")
@@ -209,12 +246,11 @@ def build_seeded_or_imagenet(spec: BackboneSpec, weights: WeightsSpec, include_t
 
     A failed download becomes one sentence that names the file to fetch by hand.
     """
-    keras = import_keras()
     if weights.kind == "random":
         # Seeding here makes two indexes built with the same seed agree (tested); the same
         # seed and layer order also give a with-top model the same convolutional weights.
-        keras.utils.set_random_seed(weights.seed)
-        return spec.build(None, include_top)
+        with keras_seeded(weights.seed):
+            return spec.build(None, include_top)
     if weights.kind != "imagenet":
         raise ValueError(f"not a random or ImageNet weights spec: {weights}")
     if not spec.has_imagenet:

@@ -19,11 +19,17 @@ from typing import Callable
 import numpy as np
 
 from . import images
-from .errors import InputNotFoundError, NoImagesError, NoLabelsError, VecsearchError
+from .errors import BadLabelsError, InputNotFoundError, NoImagesError, NoLabelsError, VecsearchError
+from .indexer import IndexSummary, is_unchanged
+from .store import Store
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
+TEST_SIZE = 0.25
+"""Share of the labelled images held out for evaluation when the labels give no test split."""
+SEED = 0
+"""Seed of every split and fit, so two runs on the same labels agree."""
 _HEADER_WORDS = {"path", "file", "filename", "image"}
 
 
@@ -151,15 +157,14 @@ def read_label_rows(source: str | os.PathLike) -> tuple[str, list[LabelRow]]:
 
 
 # -- storing them -------------------------------------------------------------------
-def teach(index, source: str | os.PathLike, *, replace: bool = False,
+def teach(store: Store, source: str | os.PathLike, *, add: Callable[..., IndexSummary], replace: bool = False,
           progress: Callable[[int, int], None] | None = None) -> TeachSummary:
-    """Import labels from class folders or a CSV into `index`, embedding unindexed files first.
+    """Import labels from class folders or a CSV, embedding unindexed files first with `add`.
 
-    Files that cannot be embedded are reported in `failed` and stay unlabelled. With
-    replace, every earlier label of the index is dropped first.
+    `add(paths, progress=...)` is the index's own indexing (passed in, so this module
+    stays below the index object). Files that cannot be embedded are reported in
+    `failed` and stay unlabelled. With replace, every earlier label is dropped first.
     """
-    from .api import _fresh
-
     kind, rows = read_label_rows(source)
     by_path: dict[str, LabelRow] = {}
     for r in rows:
@@ -168,15 +173,14 @@ def teach(index, source: str | os.PathLike, *, replace: bool = False,
             raise VecsearchError(f"{r.path} is given two classes: {prev.label!r} and {r.label!r}.")
         by_path[str(r.path)] = r
     summary = TeachSummary(source=str(Path(source).expanduser().resolve()), kind=kind)
-    records = index.store.records()
-    todo = [Path(p) for p in by_path if p not in records or not _fresh(records[p], Path(p))]
+    records = store.records()
+    todo = [Path(p) for p in by_path if p not in records or not is_unchanged(records[p], Path(p))]
     if todo:
         # A folder root is passed whole so the indexer also notices files gone from it; the
         # files too, as a class folder may be a link, which walking the root does not enter.
         roots = [Path(summary.source), *todo] if kind == "folder" else todo
-        result = index.add(roots, progress=progress)
-        summary.indexed = result.indexed
-        records = index.store.records()
+        summary.indexed = add(roots, progress=progress).indexed
+        records = store.records()
     label_rows = []
     for p, r in by_path.items():
         rec = records.get(p)
@@ -185,8 +189,8 @@ def teach(index, source: str | os.PathLike, *, replace: bool = False,
             continue
         label_rows.append((rec.id, r.label, r.split, kind))
     if replace:
-        index.store.clear_user_labels()
-    summary.labelled = index.store.set_user_labels(label_rows)
+        store.clear_user_labels()
+    summary.labelled = store.set_user_labels(label_rows)
     for _, label, split, _ in label_rows:
         per = summary.counts.setdefault(label, {})
         per[split or ""] = per.get(split or "", 0) + 1
@@ -195,30 +199,75 @@ def teach(index, source: str | os.PathLike, *, replace: bool = False,
     return summary
 
 
-def label_counts(index) -> dict[str, dict[str, int]]:
+def label_counts(store: Store) -> dict[str, dict[str, int]]:
     """{label: {split or "": count}} of the index's labelled images."""
-    return dict(sorted(index.store.label_counts().items()))
+    return dict(sorted(store.label_counts().items()))
 
 
-def labelled_vectors(index) -> LabelledSet:
+def labelled_vectors(store: Store) -> LabelledSet:
     """The labelled images that have vectors: ids, unit vectors, labels, splits, paths."""
-    info = index.info
+    info = store.info()
     dim = info.dim if info is not None else 0
-    labels = index.store.user_labels()
+    labels = store.user_labels()
     if not labels:
         return LabelledSet(np.zeros(0, np.int64), np.zeros((0, dim), np.float32), np.array([], dtype=str),
                            np.array([], dtype=str), [])
     by_id = {i: (label, split) for i, label, split, _ in labels}
-    ids, X, _ = index.store.vectors(list(by_id), dim=dim)
-    recs = index.store.images(ids)
+    ids, X, _ = store.vectors(list(by_id), dim=dim)
+    recs = store.images(ids)
     y = np.array([by_id[int(i)][0] for i in ids], dtype=str)
     split = np.array([by_id[int(i)][1] or "" for i in ids], dtype=str)
     return LabelledSet(ids, np.ascontiguousarray(X, np.float32), y, split, [recs[int(i)].path for i in ids])
 
 
-def unlabelled_ids(index) -> np.ndarray:
+def unlabelled_ids(store: Store) -> np.ndarray:
     """Ids of embedded images that carry no user label, ascending."""
-    labelled = {i for i, *_ in index.store.user_labels()}
-    ids = index.store.vector_ids()
+    labelled = {i for i, *_ in store.user_labels()}
+    ids = store.vector_ids()
     return ids[~np.isin(ids, np.fromiter(labelled, np.int64, len(labelled)))] if labelled else ids
 
+
+# -- what a classifier can learn from them, and how it is evaluated ----------------------
+def check_labels(ls: LabelledSet) -> None:
+    """Refuse label sets that cannot train or be evaluated, with a message that says what to do."""
+    if len(ls) == 0:
+        raise NoLabelsError("No labelled images in the index; run `vecsearch teach DIR` (one sub-folder per class) first.")
+    classes, counts = np.unique(ls.y, return_counts=True)
+    if len(classes) < 2:
+        n = int(counts[0])
+        raise BadLabelsError(f"Only one class ({str(classes[0])!r}, {n} image{'s' if n != 1 else ''}) is labelled; "
+                             "a classifier needs at least 2. Label images of another class with `vecsearch teach`.")
+    if ls.has_split():
+        train = ls.split != "test"
+        tr_classes = set(ls.y[train].tolist())
+        if len(tr_classes) < 2:
+            raise BadLabelsError("The training part (images not in test/) has fewer than 2 classes.")
+        unseen = sorted(set(ls.y[~train].tolist()) - tr_classes)
+        if unseen:
+            raise BadLabelsError(f"Class(es) {', '.join(unseen)} appear only in the test split; add training images for them.")
+        return
+    single = [str(c) for c, n in zip(classes, counts) if n < 2]
+    if single:
+        raise BadLabelsError(
+            f"Class(es) {', '.join(single)} have a single image; a stratified evaluation needs at least 2 "
+            "per class. Label more images, or give a test/ split.")
+
+
+def split_parts(ls: LabelledSet, seed: int = SEED) -> tuple[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """(method, [(train positions, test positions), ...]): the given test split as-is, else a
+    stratified 25% hold-out (random_state=seed), else stratified k-fold when the hold-out
+    would be smaller than the number of classes."""
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    pos = np.arange(len(ls))
+    if ls.has_split():
+        test = ls.split == "test"
+        return "test split", [(pos[~test], pos[test])]
+    classes, counts = np.unique(ls.y, return_counts=True)
+    n_test = int(np.ceil(TEST_SIZE * len(ls)))
+    if n_test >= len(classes) and len(ls) - n_test >= len(classes):
+        tr, te = train_test_split(pos, test_size=TEST_SIZE, stratify=ls.y, random_state=seed)
+        return f"holdout {int(TEST_SIZE * 100)}%", [(np.sort(tr), np.sort(te))]
+    folds = int(min(5, counts.min()))
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return f"stratified {folds}-fold", [(tr, te) for tr, te in cv.split(ls.X, ls.y)]

@@ -10,6 +10,19 @@ DB_NAME = "index.db"
 VECTORS_NAME = "vectors.faiss"
 LOCK_NAME = "write.lock"
 
+# Caps on untrusted images, one constant per meaning.
+MAX_IMAGE_PIXELS = 120_000_000
+"""Largest image file indexed or queried, in pixels (a 12 MP photo is 12M; bombs are far larger)."""
+MAX_IMAGE_BYTES = 256 * 1024 * 1024
+"""Largest image file read, in bytes."""
+MAX_UPLOAD_PIXELS = 40_000_000
+"""Largest image uploaded to the HTTP service, in pixels (stricter: anyone may send one)."""
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+"""Largest upload the HTTP service reads; bigger bodies get 413 before they are read."""
+
+DEFAULT_K = 10
+"""Neighbours a search returns unless told otherwise."""
+
 
 def default_index_dir() -> Path:
     """`$XDG_DATA_HOME/vecsearch/index`, i.e. `~/.local/share/vecsearch/index` on most systems."""
@@ -28,6 +41,7 @@ def resolve_index_dir(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def default_batch_size() -> int:
+    """Images per model call: `$VECSEARCH_BATCH_SIZE`, else 32."""
     return int(os.environ.get("VECSEARCH_BATCH_SIZE", "32"))
 
 

@@ -10,19 +10,20 @@ as long as its members chain together through their neighbour lists.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
-from .errors import InputNotFoundError, VecsearchError
+from .errors import VecsearchError
+from .store import Store
+from .vectors import FaissIndex
 
 log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.95
 DEFAULT_NEIGHBOURS = 10
+BATCH_SIZE = 1024
 
 
 @dataclass
@@ -38,8 +39,9 @@ class DupeGroup:
         return asdict(self) | {"size": len(self.ids)}
 
 
-def duplicate_groups(index, threshold: float = DEFAULT_THRESHOLD, *, k: int = DEFAULT_NEIGHBOURS,
-                     batch_size: int = 1024, progress: Callable[[int, int], None] | None = None) -> list[DupeGroup]:
+def duplicate_groups(store: Store, faiss: FaissIndex, threshold: float = DEFAULT_THRESHOLD, *,
+                     k: int = DEFAULT_NEIGHBOURS, batch_size: int = BATCH_SIZE,
+                     progress: Callable[[int, int], None] | None = None) -> list[DupeGroup]:
     """Groups of >= 2 indexed images whose cosine similarity is >= threshold.
 
     Groups come largest first, then by first path; paths inside a group are sorted.
@@ -53,9 +55,7 @@ def duplicate_groups(index, threshold: float = DEFAULT_THRESHOLD, *, k: int = DE
         raise VecsearchError(f"The threshold is a cosine similarity between -1 and 1, got {threshold}.")
     if k < 1:
         raise VecsearchError(f"k must be at least 1, got {k}.")
-    index._require_info()
-    index.refresh()
-    all_ids = index.vectors.ids()
+    all_ids = faiss.ids()
     n = len(all_ids)
     if progress:
         progress(0, n)
@@ -66,10 +66,10 @@ def duplicate_groups(index, threshold: float = DEFAULT_THRESHOLD, *, k: int = DE
     vals: list[np.ndarray] = []
     for start in range(0, n, batch_size):
         batch = all_ids[start : start + batch_size]
-        got, queries, _ = index.store.vectors(batch, dim=index.vectors.dim)
+        got, queries, _ = store.vectors(batch, dim=faiss.dim)
         fetch = min(k + 1, n)  # +1: each vector finds itself first
         while len(queries):
-            scores, nbrs = index.vectors.search(queries, fetch)
+            scores, nbrs = faiss.search(queries, fetch)
             q_pos = np.repeat(np.searchsorted(all_ids, got), scores.shape[1])
             nbr_ids = nbrs.reshape(-1)
             keep = (scores.reshape(-1) >= threshold) & (nbr_ids >= 0)
@@ -100,7 +100,7 @@ def duplicate_groups(index, threshold: float = DEFAULT_THRESHOLD, *, k: int = DE
     worst = np.full(labels.max() + 1, np.inf)
     np.maximum.at(best, labels[r], v)
     np.minimum.at(worst, labels[r], v)
-    recs = index.store.images(int(all_ids[p]) for m in groups_pos for p in m)
+    recs = store.images(int(all_ids[p]) for m in groups_pos for p in m)
     groups = []
     for m in groups_pos:
         lab = labels[m[0]]
@@ -115,33 +115,11 @@ def duplicate_groups(index, threshold: float = DEFAULT_THRESHOLD, *, k: int = DE
     return groups
 
 
-def vectors_for(index, paths: Iterable[str | os.PathLike]) -> np.ndarray:
-    """Unit vectors of image files: an indexed, unchanged file reuses its stored vector."""
-    from .api import _fresh
-
-    paths = [Path(p).expanduser() for p in paths]
-    for p in paths:
-        if not p.is_file():
-            raise InputNotFoundError(f"No such file: {p}")
-    out: list[np.ndarray | None] = [None] * len(paths)
-    if index.info is not None:
-        for i, p in enumerate(paths):
-            rec = index.store.image_by_path(str(p.resolve()))
-            if rec is not None and rec.status == "ok" and _fresh(rec, p):
-                out[i] = index.vector(rec.id)
-    todo = [i for i, v in enumerate(out) if v is None]
-    if todo:
-        for i, vec in zip(todo, index.embed([paths[i] for i in todo])):
-            out[i] = vec
-    return np.stack(out).astype(np.float32)
-
-
-def similarity_matrix(index, paths: Iterable[str | os.PathLike]) -> np.ndarray:
-    """The n x n cosine-similarity matrix of a few images (n >= 2)."""
-    paths = list(paths)
-    if len(paths) < 2:
-        raise VecsearchError(f"A similarity matrix needs at least 2 images, got {len(paths)}.")
-    vecs = vectors_for(index, paths)
+def similarity_matrix(vectors: np.ndarray) -> np.ndarray:
+    """The n x n cosine-similarity matrix of n >= 2 unit vectors."""
+    vecs = np.asarray(vectors, np.float32)
+    if len(vecs) < 2:
+        raise VecsearchError(f"A similarity matrix needs at least 2 images, got {len(vecs)}.")
     sims = np.clip(vecs @ vecs.T, -1.0, 1.0)
     np.fill_diagonal(sims, 1.0)  # a unit vector against itself, without the float noise
     return sims

@@ -30,6 +30,10 @@ class IndexMismatchError(VecsearchError):
     """The requested backbone or weights differ from those that built the index."""
 
 
+class IndexLockedError(VecsearchError):
+    """Another process is writing to the index; one writer at a time."""
+
+
 class IndexCorruptError(VecsearchError):
     """The vector file and the database disagree in a way that cannot be repaired."""
 

@@ -21,6 +21,7 @@ from . import images
 from .backbones import Backbone
 from .config import default_batch_size, default_workers
 from .errors import BadImageError
+from .vectors import normalize, norms
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,6 @@ class Embedded:
     error: str | None = None
 
 
-def l2_normalize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows scaled to unit length (zero rows stay zero) and the original lengths."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1)
-    safe = np.where(norms > 0, norms, 1.0).astype(np.float32)
-    return np.ascontiguousarray(x / safe[:, None]), norms
-
-
 class Extractor:
     """Turns images into unit vectors with one backbone."""
 
@@ -69,7 +62,7 @@ class Extractor:
         out = [self.features(pixels[i : i + self.batch_size]) for i in range(0, len(pixels), self.batch_size)]
         if not out:
             return np.zeros((0, self.backbone.dim), np.float32)
-        return l2_normalize(np.concatenate(out))[0]
+        return normalize(np.concatenate(out))
 
     def _load(self, path: Path) -> images.LoadedImage:
         return images.read_image_file(path, self.backbone.input_size, resample=RESAMPLE)
@@ -112,10 +105,10 @@ class Extractor:
                     pixels.append(img.pixels)
                 if pixels:
                     raw = self.features(np.stack(pixels))
-                    vecs, norms = l2_normalize(raw)
+                    vecs, lengths = normalize(raw), norms(raw)
                     j = 0
                     for item in batch:
                         if item.error is None:
-                            item.vector, item.norm = vecs[j], float(norms[j])
+                            item.vector, item.norm = vecs[j], float(lengths[j])
                             j += 1
                 yield from batch

@@ -15,25 +15,26 @@ can only serve a new index (`reembed`), never the one that was built with the ol
 from __future__ import annotations
 
 import filecmp
-import json
 import logging
 import os
 import shutil
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from .backbones import WeightsSpec, import_keras, load_backbone, weights_fingerprint
-from .classes import labelled_vectors
+from . import classifiers
+from .backbones import WeightsSpec, check_fingerprint, import_keras, keras_seeded, load_backbone, weights_fingerprint
+from .classes import check_labels, labelled_vectors, split_parts
 from .errors import BadLabelsError, VecsearchError
+from .head import HeadClassifier, build_head, load_head
+from .indexer import IndexSummary
+from .store import Store
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "head"
-CLASSES_ENTRY = "vecsearch.json"  # extra member of the .keras zip: the class names
 TUNED_DIR = "tuned"
 
 
@@ -52,83 +53,6 @@ class HeadParams:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class HeadClassifier:
-    """A trained Keras head with the classifier protocol: `classes_`, `predict_proba`, `predict`."""
-
-    def __init__(self, model, classes: Sequence[str]):
-        self.model = model
-        self.classes_ = np.asarray([str(c) for c in classes])
-        self.best_epoch: int | None = None
-
-    @property
-    def dim(self) -> int:
-        return int(self.model.inputs[0].shape[-1])
-
-    def predict_proba(self, X) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float32)
-        if not X.size:
-            return np.zeros((0, len(self.classes_)), np.float32)
-        if X.ndim == 1:
-            X = X.reshape(1, -1)
-        if X.shape[1] != self.dim:  # a reshape would silently cut other vectors into this size
-            raise VecsearchError(f"Vectors have {X.shape[1]} dimensions; the head expects {self.dim}.")
-        return np.asarray(self.model.predict(X, batch_size=1024, verbose=0), dtype=np.float32)
-
-    def predict(self, X) -> np.ndarray:
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """One .keras file that also carries the class names, so it can't be separated from them."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.model.save(path)
-        with zipfile.ZipFile(path, "a") as z:
-            z.writestr(CLASSES_ENTRY, json.dumps({"classes": self.classes_.tolist()}))
-        return path
-
-
-def load_head(path: str | os.PathLike) -> HeadClassifier:
-    """Read a head written by `HeadClassifier.save`."""
-    keras = import_keras()
-    path = Path(path)
-    if not path.is_file():
-        raise VecsearchError(f"Head file not found: {path}. Train one with `vecsearch finetune`.")
-    try:
-        with zipfile.ZipFile(path) as z:
-            classes = json.loads(z.read(CLASSES_ENTRY))["classes"]
-        model = keras.saving.load_model(path, compile=False)
-    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
-        raise VecsearchError(f"{path} is not a vecsearch head file ({e}).") from e
-    return HeadClassifier(model, classes)
-
-
-def build_head(dim: int, n_classes: int, units: int = 256, dropout: float = 0.2, X_train=None):
-    """The tutorials' head: Dropout -> Dense(ReLU) -> BatchNorm -> Dropout -> Dense(softmax).
-
-    A Normalization layer, adapted to the training vectors, comes first: pooled CNN vectors
-    share a large common direction, and without standardising it the head learns far less
-    than a standardised logistic regression does (measured: 26% vs 76% on a test set).
-    """
-    keras = import_keras()
-    L = keras.layers
-    inputs = keras.Input((dim,), name="vector")
-    if X_train is not None:
-        X_train = np.asarray(X_train, dtype=np.float64)
-        mean, var = X_train.mean(axis=0), X_train.var(axis=0)
-        # A feature constant in training (a dead ReLU) keeps scale 1, as in StandardScaler;
-        # dividing by ~0 would blow up any image where it isn't.
-        var[var < 1e-12] = 1.0
-    else:
-        mean, var = np.zeros(dim), np.ones(dim)
-    x = L.Normalization(mean=mean.astype(np.float32), variance=var.astype(np.float32), name="standardize")(inputs)
-    x = L.Dropout(dropout, name="dropout_in")(x)
-    x = L.Dense(units, activation="relu", name="dense")(x)
-    x = L.BatchNormalization(name="batch_norm")(x)
-    x = L.Dropout(dropout, name="dropout")(x)
-    outputs = L.Dense(n_classes, activation="softmax", name="predictions")(x)
-    return keras.Model(inputs, outputs, name="head")
 
 
 def _check_labels(y: np.ndarray, what: str, minimum: int) -> None:
@@ -161,17 +85,17 @@ def train_head(X, y, params: HeadParams | None = None, *,
     if n_val >= len(y) - len(classes):
         raise BadLabelsError(f"Too few training images ({len(y)}) for {len(classes)} classes and a validation split.")
     X_tr, X_val, y_tr, y_val = train_test_split(X, y_idx, test_size=n_val, stratify=y_idx, random_state=p.seed)
-    keras.utils.set_random_seed(p.seed)
-    model = build_head(X.shape[1], len(classes), p.units, p.dropout, X_tr)
-    model.compile(optimizer=keras.optimizers.Adam(p.learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", min_delta=1e-3, patience=p.patience,
                                             restore_best_weights=True)
     callbacks = [stopper]
     if on_epoch:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e + 1, dict(logs or {}))))
-    fit = model.fit(X_tr, y_tr, validation_data=(X_val, y_val), epochs=p.epochs, batch_size=p.batch_size,
-                    shuffle=True, verbose=0, callbacks=callbacks)
+    with keras_seeded(p.seed):  # the same labels and seed train the same head
+        model = build_head(X.shape[1], len(classes), p.units, p.dropout, X_tr)
+        model.compile(optimizer=keras.optimizers.Adam(p.learning_rate),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        fit = model.fit(X_tr, y_tr, validation_data=(X_val, y_val), epochs=p.epochs, batch_size=p.batch_size,
+                        shuffle=True, verbose=0, callbacks=callbacks)
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
     head = HeadClassifier(model, classes)
     head.best_epoch = int(stopper.best_epoch) + 1  # the weights kept (restored at the end of training)
@@ -182,8 +106,6 @@ def holdout(ls) -> tuple[str, np.ndarray, np.ndarray]:
     """(method, train positions, test positions) by the classifiers' own rule (`split_parts`):
     the labels' test split as-is, else a stratified 25% hold-out; where that rule falls back to
     k-fold (very few images) the head takes the first fold, one training run being enough."""
-    from .classify import check_labels, split_parts
-
     check_labels(ls)
     method, parts = split_parts(ls)
     tr, te = parts[0]
@@ -206,17 +128,15 @@ class FinetuneResult:
         return asdict(self)
 
 
-def finetune(index, *, name: str = DEFAULT_NAME, params: HeadParams | None = None,
+def finetune(store: Store, directory: Path, *, name: str = DEFAULT_NAME, params: HeadParams | None = None,
              on_epoch: Callable[[int, dict], None] | None = None, save: bool = True) -> FinetuneResult:
     """Train a head on the index's labelled vectors, score it on the test part, save it as `name`."""
     from sklearn.metrics import classification_report, confusion_matrix
 
-    from .classify import _check_name, save_classifier
-
     if save:
-        _check_name(name)  # before training, not after it
+        classifiers.check_name(name)  # before training, not after it
     p = params or HeadParams()
-    ls = labelled_vectors(index)
+    ls = labelled_vectors(store)
     method, tr, te = holdout(ls)
     y = ls.y.astype(str)
     head, history = train_head(ls.X[tr], y[tr], p, on_epoch=on_epoch)
@@ -237,7 +157,7 @@ def finetune(index, *, name: str = DEFAULT_NAME, params: HeadParams | None = Non
     }
     path = None
     if save:
-        path = str(save_classifier(index, name, "head", head, p.to_dict() | {"dim": head.dim}, metrics))
+        path = str(classifiers.save(store, directory, name, "head", head, p.to_dict() | {"dim": head.dim}, metrics))
     return FinetuneResult(name, head.classes_.tolist(), history, metrics, p.to_dict(), path)
 
 
@@ -278,7 +198,7 @@ def _load_pixels(paths: Sequence[str], size: tuple[int, int]) -> tuple[np.ndarra
     return np.stack(out), ok
 
 
-def unfreeze(index, head: HeadClassifier, n_layers: int, *, epochs: int = 3, learning_rate: float = 1e-5,
+def unfreeze(store: Store, directory: Path, head: HeadClassifier, n_layers: int, *, epochs: int = 3, learning_rate: float = 1e-5,
              batch_size: int = 16, seed: int = 0, name: str = DEFAULT_NAME,
              on_epoch: Callable[[int, dict], None] | None = None) -> dict:
     """Fine-tune the backbone's last `n_layers` with `head` on top, end to end on the image files.
@@ -289,15 +209,15 @@ def unfreeze(index, head: HeadClassifier, n_layers: int, *, epochs: int = 3, lea
     keras = import_keras()
     if n_layers < 1:
         raise VecsearchError(f"--unfreeze needs a number of layers >= 1, got {n_layers}.")
-    info = index._require_info()
-    ls = labelled_vectors(index)
+    info = store.require_info()
+    ls = labelled_vectors(store)
     y = ls.y.astype(str)
     _, tr, te = holdout(ls)
     known = np.isin(y, head.classes_)
     tr, te = tr[known[tr]], te[known[te]]
     # A separate copy of the backbone: the index's own one stays frozen and unchanged.
-    bb = load_backbone(info.backbone, WeightsSpec(info.weights_kind, info.weights_seed, info.weights_path))
-    index._check_fingerprint(bb)
+    bb = load_backbone(info.backbone, WeightsSpec.recorded(info))
+    check_fingerprint(bb, info, directory)
     base = bb.model
     n_trainable = _trainable_tail(base, n_layers)
     if n_trainable == 0:
@@ -309,7 +229,6 @@ def unfreeze(index, head: HeadClassifier, n_layers: int, *, epochs: int = 3, lea
     x = keras.layers.UnitNormalization(name="unit")(x)  # the head was trained on unit vectors
     outputs = head.model(x)
     model = keras.Model(inputs, outputs, name="finetune")
-    keras.utils.set_random_seed(seed)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     before = bb.fingerprint
@@ -319,10 +238,12 @@ def unfreeze(index, head: HeadClassifier, n_layers: int, *, epochs: int = 3, lea
     callbacks = []
     if on_epoch:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e + 1, dict(logs or {}))))
-    fit = model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0, callbacks=callbacks)
+    with keras_seeded(seed):
+        fit = model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
+                        callbacks=callbacks)
     base.trainable = False
     after = weights_fingerprint(base)
-    out_dir = Path(index.directory) / TUNED_DIR
+    out_dir = Path(directory) / TUNED_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     weights_path = out_dir / f"{name}.weights.h5"
     base.save_weights(weights_path)
@@ -345,29 +266,29 @@ def unfreeze(index, head: HeadClassifier, n_layers: int, *, epochs: int = 3, lea
     return result
 
 
-def reembed_target(index, into: str | os.PathLike) -> Path:
+def reembed_target(directory: Path, into: str | os.PathLike) -> Path:
     """The folder for a re-embedded index; refused when it is the index being tuned."""
     into = Path(into).expanduser()
-    if into.resolve() == Path(index.directory).resolve():
+    if into.resolve() == Path(directory).resolve():
         raise VecsearchError("--reembed-into must be a new folder, not the index being tuned.")
     return into
 
 
-def reembed(index, weights_path: str | os.PathLike, into: str | os.PathLike, *, head_path: str | os.PathLike | None = None,
+def reembed(store: Store, directory: Path, weights_path: str | os.PathLike, into: str | os.PathLike, *,
+            open_index: Callable[..., object], head_path: str | os.PathLike | None = None,
             name: str = DEFAULT_NAME, metrics: dict | None = None,
-            progress: Callable[[int, int], None] | None = None):
+            progress: Callable[[int, int], None] | None = None) -> IndexSummary:
     """Build a new index at `into` with the tuned weights over the same images; copy labels and the tuned head.
 
     The source index is left as it is: an index never mixes vectors of two weight sets.
+    `open_index` is vecsearch's own (passed in: this module sits below the index object).
     Returns the new index's IndexSummary.
     """
-    from .api import open_index
-
-    info = index._require_info()
-    into = reembed_target(index, into)
-    records = index.store.records()
+    info = store.require_info()
+    into = reembed_target(directory, into)
+    records = store.records()
     path_of = {r.id: path for path, r in records.items()}
-    labels = [(path_of[i], label, split, source) for i, label, split, source in index.store.user_labels() if i in path_of]
+    labels = [(path_of[i], label, split, source) for i, label, split, source in store.user_labels() if i in path_of]
     paths = sorted(path for path, r in records.items() if r.status == "ok" and os.path.exists(path))
     if not paths:
         raise VecsearchError("None of the indexed image files exist any more; nothing to re-embed.")
@@ -382,7 +303,7 @@ def reembed(index, weights_path: str | os.PathLike, into: str | os.PathLike, *, 
         new.store.set_user_labels((by_path[path], label, split, source)
                                   for path, label, split, source in labels if path in by_path)
         if head_path is not None:
-            from .classify import save_classifier
-
-            save_classifier(new, name, "head", load_head(head_path), {"tuned_from": str(index.directory)}, metrics or {})
+            classifiers.save(new.store, new.directory, name, "head", load_head(head_path),
+                             {"tuned_from": str(directory)}, metrics or {})
     return summary
+

@@ -19,15 +19,14 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vecsearch.errors import BadImageError, InputNotFoundError
+from .config import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+from .errors import BadImageError, InputNotFoundError
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 )
-DEFAULT_MAX_PIXELS = 120_000_000
-DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 
 # Same names and filters as keras.utils.load_img, so results match it exactly.
 _RESAMPLE = {
@@ -175,7 +174,7 @@ def decode_image(
     data: bytes,
     size: tuple[int, int] | None,
     *,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
     resample: str = "bilinear",
     keep_aspect: bool = False,
 ) -> tuple[np.ndarray, int, int]:
@@ -275,8 +274,8 @@ def read_image_file(
     path: Path,
     size: tuple[int, int] | None,
     *,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
+    max_bytes: int = MAX_IMAGE_BYTES,
     resample: str = "bilinear",
 ) -> LoadedImage:
     """Read a file once, hash and decode those same bytes, so the hash matches the pixels."""
@@ -295,8 +294,8 @@ def thumbnail_jpeg(
     path: Path,
     side: int,
     *,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
+    max_bytes: int = MAX_IMAGE_BYTES,
     quality: int = 85,
 ) -> bytes:
     """JPEG bytes of the image shrunk to fit side x side, read with the same caps and fixes."""

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -44,17 +44,14 @@ from .backbones import (
 )
 from .errors import (
     IndexMismatchError,
-    IndexNotFoundError,
     InputNotFoundError,
     NotIndexedError,
     UnknownClassError,
     VecsearchError,
     WeightsUnavailableError,
 )
-from .vectors import atomic_write
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .api import VecIndex
+from .files import atomic_write
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -194,17 +191,15 @@ def _keras_class(spec: BackboneSpec) -> str:
             "mobilenet": "MobileNet", "vgg16": "VGG16"}.get(spec.name, spec.name)
 
 
-def load_top(ix: "VecIndex", weights: Any = None) -> ImagenetTop:
+def load_top(store: Store, directory: Path, weights: Any = None) -> ImagenetTop:
     """The index's ImageNet top: from the cache, else from the with-top model (then cached).
 
     `weights` (a WeightsSpec, "imagenet" or a file) overrides where the top comes from,
     e.g. the with-top file for an index built from the no-top one; its convolutional
     weights must still be the index's, or IndexMismatchError.
     """
-    info = ix.info
-    if info is None:
-        raise IndexNotFoundError(f"The index at {ix.directory} is empty. Run `vecsearch index PHOTOS` first.")
-    cache = Path(ix.directory) / TOP_CACHE
+    info = store.require_info()
+    cache = Path(directory) / TOP_CACHE
     if weights is None and cache.exists():
         try:
             with np.load(cache) as z:
@@ -215,7 +210,7 @@ def load_top(ix: "VecIndex", weights: Any = None) -> ImagenetTop:
             log.warning("ignoring unreadable %s: %s", cache, e)
     spec = get_spec(info.backbone)
     if weights is None:
-        ws = WeightsSpec(info.weights_kind, info.weights_seed, info.weights_path)
+        ws = WeightsSpec.recorded(info)
     elif isinstance(weights, WeightsSpec):
         ws = weights
     else:
@@ -226,7 +221,7 @@ def load_top(ix: "VecIndex", weights: Any = None) -> ImagenetTop:
     if fingerprint != info.weights_fingerprint:
         raise IndexMismatchError(
             f"The with-top model from {ws.describe()} does not have the convolutional weights that built the "
-            f"index at {ix.directory} ({WeightsSpec(info.weights_kind, info.weights_seed, info.weights_path).describe()}), "
+            f"index at {directory} ({WeightsSpec.recorded(info).describe()}), "
             "so its labels would belong to another model. Use the with-top file of the same weights."
         )
     W, b = top_of(full, info.dim, spec.name)
@@ -281,7 +276,7 @@ def decode(probs: np.ndarray, top: int = DEFAULT_TOP) -> list[list[tuple[int, st
     return [[(int(c), classes[c].wnid, classes[c].name, float(row[c])) for c in idx] for row, idx in zip(probs, order)]
 
 
-def label_index(ix: "VecIndex", *, top: int = DEFAULT_TOP, ids: Iterable[int] | None = None, only_missing: bool = False,
+def label_images(store: Store, directory: Path, *, top: int = DEFAULT_TOP, ids: Iterable[int] | None = None, only_missing: bool = False,
                 weights: Any = None, progress: Callable[[int, int], None] | None = None) -> LabelSummary:
     """Store the top-`top` ImageNet classes of the indexed images (`ids`, default all; or the unlabelled ones).
 
@@ -290,46 +285,43 @@ def label_index(ix: "VecIndex", *, top: int = DEFAULT_TOP, ids: Iterable[int] | 
     if top < 1 or top > NUM_CLASSES:
         raise VecsearchError(f"--top must be between 1 and {NUM_CLASSES}, got {top}.")
     started = time.perf_counter()
-    info = ix.info
-    if info is None:
-        raise IndexNotFoundError(f"The index at {ix.directory} is empty. Run `vecsearch index PHOTOS` first.")
-    all_ids = ix.store.vector_ids()
+    info = store.require_info()
+    all_ids = store.vector_ids()
     ids = all_ids if ids is None else np.intersect1d(all_ids, np.fromiter(ids, np.int64))
     if only_missing:
-        ids = np.setdiff1d(ids, ix.store.imagenet_labelled_ids())
+        ids = np.setdiff1d(ids, store.imagenet_labelled_ids())
     total = len(ids)
     if progress:
         progress(0, total)
     if not total:
         return LabelSummary(0, top, round(time.perf_counter() - started, 3))
-    head = load_top(ix, weights)
+    head = load_top(store, directory, weights)
     done = 0
     for i in range(0, total, _BATCH):
-        chunk_ids, vecs, norms = ix.store.vectors(ids[i : i + _BATCH], dim=info.dim)
+        chunk_ids, vecs, norms = store.vectors(ids[i : i + _BATCH], dim=info.dim)
         probs = head.probabilities(vecs.astype(np.float64) * norms[:, None])
         rows = [(int(image_id), rank + 1, c, wnid, name, p)
                 for image_id, best in zip(chunk_ids, decode(probs, top))
                 for rank, (c, wnid, name, p) in enumerate(best)]
-        ix.store.set_imagenet_labels(chunk_ids, rows)
+        store.set_imagenet_labels(chunk_ids, rows)
         done += len(chunk_ids)
         if progress:
             progress(done, total)
     return LabelSummary(done, top, round(time.perf_counter() - started, 3))
 
 
-def probabilities(ix: "VecIndex", ids: Iterable[int] | None = None, weights: Any = None) -> tuple[np.ndarray, np.ndarray]:
+def probabilities(store: Store, directory: Path, ids: Iterable[int] | None = None,
+                  weights: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """(ids, probs over the 1000 classes) of indexed images, ordered by id; nothing is stored."""
-    info = ix.info
-    if info is None:
-        raise IndexNotFoundError(f"The index at {ix.directory} is empty. Run `vecsearch index PHOTOS` first.")
-    head = load_top(ix, weights)
-    out_ids, vecs, norms = ix.store.vectors(ids, dim=info.dim)
+    info = store.require_info()
+    head = load_top(store, directory, weights)
+    out_ids, vecs, norms = store.vectors(ids, dim=info.dim)
     return out_ids, head.probabilities(vecs.astype(np.float64) * norms[:, None])
 
 
-def ids_for_paths(ix: "VecIndex", paths: Iterable[str | os.PathLike]) -> list[int]:
+def ids_for_paths(store: Store, paths: Iterable[str | os.PathLike]) -> list[int]:
     """Indexed image ids for files (exact) and folders (everything under them)."""
-    records = ix.store.records()
+    records = store.records()
     out: list[int] = []
     for p in paths:
         path = Path(p).expanduser()
@@ -348,13 +340,13 @@ def ids_for_paths(ix: "VecIndex", paths: Iterable[str | os.PathLike]) -> list[in
     return sorted(set(out))
 
 
-def image_labels(ix: "VecIndex", paths: Iterable[str | os.PathLike] | None = None, *,
+def image_labels(store: Store, paths: Iterable[str | os.PathLike] | None = None, *,
                  ids: Iterable[int] | None = None) -> list[ImageLabels]:
     """Stored labels of the given indexed files/folders or ids (all labelled images when neither), by path."""
     if paths is not None:
-        ids = ids_for_paths(ix, paths)
-    stored = ix.store.imagenet_labels(ids)
-    recs = ix.store.images(stored)
+        ids = ids_for_paths(store, paths)
+    stored = store.imagenet_labels(ids)
+    recs = store.images(stored)
     out = [ImageLabels(i, recs[i].path, [Label(r, w, n, p) for r, _c, w, n, p in rows])
            for i, rows in stored.items() if i in recs]
     return sorted(out, key=lambda x: x.path)
@@ -373,13 +365,13 @@ class LabelHit:
         return asdict(self)
 
 
-def images_with_label(ix: "VecIndex", query: str, limit: int | None = None) -> list[LabelHit]:
+def images_with_label(store: Store, query: str, limit: int | None = None) -> list[LabelHit]:
     """Images whose stored top-k holds the class (wnid or name), most probable first."""
     classes = find_classes(query)
-    if not ix.store.imagenet_labelled_ids().size:
-        raise VecsearchError(f"The index at {ix.directory} has no ImageNet labels yet; run `vecsearch label` first.")
-    rows = ix.store.images_with_imagenet_class([c.index for c in classes])
-    recs = ix.store.images(r[0] for r in rows)
+    if not store.imagenet_labelled_ids().size:
+        raise VecsearchError(f"The index at {store.path.parent} has no ImageNet labels yet; run `vecsearch label` first.")
+    rows = store.images_with_imagenet_class([c.index for c in classes])
+    recs = store.images(r[0] for r in rows)
     best: dict[int, LabelHit] = {}  # a shared name ("crane") can match twice in one image
     for i, rank, wnid, name, prob in rows:
         if i in recs and (i not in best or prob > best[i].prob):

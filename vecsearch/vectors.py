@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from vecsearch.errors import IndexCorruptError, VecsearchError
+from .errors import IndexCorruptError, VecsearchError
+from .files import atomic_write
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("flat", "hnsw")
+INDEX_TYPES = ("flat", "hnsw")
+"""The FAISS structures an index can use: `--index-type` on the CLI, `index_type` everywhere else."""
 HNSW_M = 32
 HNSW_EF_SEARCH = 128
 HNSW_EF_CONSTRUCTION = 80
@@ -34,17 +34,23 @@ def _faiss():
     return faiss
 
 
-def normalize(vectors: np.ndarray) -> np.ndarray:
-    """Return float32 rows of unit L2 norm, so inner product equals cosine.
+def normalize(vectors, dtype=np.float32) -> np.ndarray:
+    """Rows (the last axis) scaled to unit L2 norm, so inner product equals cosine.
 
     Zero rows stay zero instead of becoming NaN. Norms are computed in float64 so that
-    large components cannot overflow to inf.
+    large components cannot overflow to inf; `dtype=np.float64` keeps that precision
+    (the k-NN classifier's exact re-ranking wants it).
     """
     x = np.asarray(vectors)
     norms = np.linalg.norm(x.astype(np.float64, copy=False), axis=-1, keepdims=True)
     out = np.zeros(x.shape, dtype=np.float64)
     np.divide(x, norms, out=out, where=norms > 0)
-    return np.ascontiguousarray(out, dtype=np.float32)
+    return np.ascontiguousarray(out, dtype=dtype)
+
+
+def norms(vectors) -> np.ndarray:
+    """L2 length of each row (float32), as stored beside the unit vectors."""
+    return np.linalg.norm(np.asarray(vectors, dtype=np.float64), axis=-1).astype(np.float32)
 
 
 def sidecar_path(path: Path) -> Path:
@@ -71,75 +77,25 @@ def _as_ids(ids) -> np.ndarray:
     return arr
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename: without this a crash can forget the new directory entry."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError as exc:  # e.g. platforms that cannot open directories
-        logger.debug("cannot open %s to fsync it: %s", directory, exc)
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # some filesystems refuse fsync on directories
-        logger.debug("fsync of directory %s failed: %s", directory, exc)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write_tmp, suffix: str = ".tmp") -> None:
-    """Write via `write_tmp(tmp_path)` to a temp file beside `path`, fsync, then rename over it.
-
-    Readers see either the old file or the complete new one, never a partial write, and a
-    failure leaves the old file untouched and no temp file behind. `suffix` is for writers
-    that insist on an extension (Keras wants `.keras`).
-    """
-    path = Path(path)
-    directory = path.parent
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=suffix)
-    tmp = Path(tmp_name)
-    try:
-        os.close(fd)
-        write_tmp(tmp)
-        # mkstemp creates 0600; keep the mode of the file being replaced, else a normal 0644.
-        try:
-            mode = path.stat().st_mode & 0o7777
-        except FileNotFoundError:
-            mode = 0o644
-        os.chmod(tmp, mode)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
-
-
-class VectorIndex:
+class FaissIndex:
     """IndexIDMap2 over IndexFlatIP (exact inner product == cosine on normalised vectors).
 
-    kind="hnsw" swaps in IndexHNSWFlat for large collections: approximate, faster search,
-    but FAISS cannot remove from it, so removals rebuild the graph from stored vectors.
+    index_type="hnsw" swaps in IndexHNSWFlat for large collections: approximate, faster
+    search, but FAISS cannot remove from it, so removals rebuild the graph from stored vectors.
     """
 
-    def __init__(self, dim: int, kind: str = "flat"):
+    def __init__(self, dim: int, index_type: str = "flat"):
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise VecsearchError(f"dim must be a positive integer, got {dim!r}")
-        if kind not in KINDS:
-            raise VecsearchError(f"unknown index kind {kind!r}; expected one of {', '.join(KINDS)}")
+        if index_type not in INDEX_TYPES:
+            raise VecsearchError(f"Unknown index type {index_type!r}; choose one of: {', '.join(INDEX_TYPES)}.")
         self.dim = int(dim)
-        self.kind = kind
+        self.index_type = index_type
         self._index = self._new_faiss_index()
 
     def _new_faiss_index(self):
         faiss = _faiss()
-        if self.kind == "flat":
+        if self.index_type == "flat":
             inner = faiss.IndexFlatIP(self.dim)
         else:
             inner = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
@@ -152,7 +108,11 @@ class VectorIndex:
         return int(self._index.ntotal)
 
     def __repr__(self) -> str:
-        return f"VectorIndex(dim={self.dim}, kind={self.kind!r}, count={len(self)})"
+        return f"FaissIndex(dim={self.dim}, index_type={self.index_type!r}, count={len(self)})"
+
+    def describe(self) -> str:
+        """The FAISS structure in FAISS's own class names, for `stats`."""
+        return f"IndexIDMap2({'IndexFlatIP' if self.index_type == 'flat' else 'IndexHNSWFlat'})"
 
     def _id_array(self) -> np.ndarray:
         """Ids in FAISS's internal order (row i of the storage has id _id_array()[i])."""
@@ -198,7 +158,7 @@ class VectorIndex:
         id_arr = _as_ids(ids)
         if len(id_arr) == 0 or len(self) == 0:
             return 0
-        if self.kind == "flat":
+        if self.index_type == "flat":
             return int(self._index.remove_ids(np.unique(id_arr)))
         # HNSW has no removal in FAISS: rebuild from the vectors we keep.
         all_ids = self._id_array()
@@ -279,7 +239,7 @@ class VectorIndex:
         sidecar = dict(meta or {})
         sidecar.update(
             dim=self.dim,
-            kind=self.kind,
+            index_type=self.index_type,
             count=len(self),
             faiss_version=faiss.__version__,
             saved_at=datetime.now(timezone.utc).isoformat(),
@@ -295,7 +255,7 @@ class VectorIndex:
         logger.debug("saved %r to %s", self, path)
 
     @classmethod
-    def load(cls, path: Path) -> tuple["VectorIndex", dict]:
+    def load(cls, path: Path) -> tuple["FaissIndex", dict]:
         """Read an index saved by `save` and its sidecar meta, checking they agree."""
         faiss = _faiss()
         path = Path(path)
@@ -314,9 +274,9 @@ class VectorIndex:
             raise IndexCorruptError(f"vector index {path} is a {type(raw).__name__}, not IndexIDMap2")
         inner = faiss.downcast_index(raw.index)
         if isinstance(inner, faiss.IndexFlatIP):
-            kind = "flat"
+            index_type = "flat"
         elif isinstance(inner, faiss.IndexHNSWFlat) and inner.metric_type == faiss.METRIC_INNER_PRODUCT:
-            kind = "hnsw"
+            index_type = "hnsw"
             inner.hnsw.efSearch = HNSW_EF_SEARCH
         else:
             raise IndexCorruptError(f"vector index {path} wraps an unsupported {type(inner).__name__}")
@@ -326,15 +286,15 @@ class VectorIndex:
             problems.append(f"dim {meta.get('dim')!r} in sidecar vs {raw.d} in index")
         if meta.get("count") != raw.ntotal:
             problems.append(f"count {meta.get('count')!r} in sidecar vs {raw.ntotal} in index")
-        if meta.get("kind", kind) != kind:
-            problems.append(f"kind {meta.get('kind')!r} in sidecar vs {kind!r} in index")
+        if meta.get("index_type") != index_type:
+            problems.append(f"index_type {meta.get('index_type')!r} in sidecar vs {index_type!r} in index")
         if problems:
             raise IndexCorruptError(
                 f"vector index {path} does not match its sidecar: {'; '.join(problems)}"
             )
 
         index = cls.__new__(cls)
-        index.dim, index.kind, index._index = int(raw.d), kind, raw
+        index.dim, index.index_type, index._index = int(raw.d), index_type, raw
         logger.debug("loaded %r from %s", index, path)
         return index, meta
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from ..classifiers import DEFAULT_TOP
+from ..classify import DEFAULT_K
 from ..errors import VecsearchError
-from . import IndexOpt, JsonOpt, QuietOpt, _open, app, err, errors_to_exit, out, print_json, progress_bar
+from ._common import (IndexOpt, JsonOpt, QuietOpt, app, errors_to_exit, model_options, open_index, print_json,
+                      progress_bar, say, warn)
 
 SHOWN_PREDICTIONS = 20
 
@@ -29,43 +31,23 @@ def teach(
     quiet: QuietOpt = False,
 ) -> None:
     """Label images with classes of your own, from class folders or a CSV; unindexed files are indexed first."""
-    from ..classes import teach as teach_labels
-
     with errors_to_exit():
-        kw = {k: v for k, v in (("backbone", backbone), ("weights", weights), ("seed", seed)) if v is not None}
-        with _open(index, **kw) as ix:
-            with _bar_on_first_use("Embedding", quiet or json_out) as update:
-                summary = teach_labels(ix, source, replace=replace, progress=update)
+        with open_index(index, **model_options(backbone, weights, seed)) as ix:
+            with progress_bar("Embedding", quiet or json_out) as update:
+                summary = ix.teach(source, replace=replace, progress=update)
         if json_out:
             print_json(summary.to_dict() | {"index": str(ix.directory)})
             return
-        out.print(f"Labelled {summary.labelled} image{'s' if summary.labelled != 1 else ''} from {summary.kind} {summary.source} "
-                  f"({summary.indexed} newly indexed) -> {ix.directory}", highlight=False, markup=False)
+        say(f"Labelled {summary.labelled} image{'s' if summary.labelled != 1 else ''} from {summary.kind} {summary.source} "
+            f"({summary.indexed} newly indexed) -> {ix.directory}")
         splits = sorted({s for per in summary.counts.values() for s in per})
         header = "".join(f"{(s or 'images'):>8}" for s in splits)
         width = max([len("class")] + [len(c) for c in summary.counts])
-        out.print(f"{'class':<{width}}{header}", highlight=False, markup=False)
+        say(f"{'class':<{width}}{header}")
         for label, per in summary.counts.items():
-            out.print(f"{label:<{width}}" + "".join(f"{per.get(s, 0):>8}" for s in splits), highlight=False, markup=False)
+            say(f"{label:<{width}}" + "".join(f"{per.get(s, 0):>8}" for s in splits))
         for f in summary.failed:
-            err.print(f"  not labelled (could not be embedded): {f['path']}: {f['reason']}", highlight=False, markup=False)
-
-
-@contextmanager
-def _bar_on_first_use(description: str, quiet: bool):
-    """A progress bar that appears only if there is something to embed."""
-    if quiet:
-        yield None
-        return
-    with ExitStack() as stack:
-        bar = []
-
-        def update(done: int, total: int) -> None:
-            if not bar:
-                bar.append(stack.enter_context(progress_bar(description, False)))
-            bar[0](done, total)
-
-        yield update
+            warn(f"  not labelled (could not be embedded): {f['path']}: {f['reason']}")
 
 
 @app.command()
@@ -76,15 +58,13 @@ def classify(
     knn: Annotated[bool, typer.Option("--knn", help="k-nearest-neighbours: cosine-weighted vote of the labelled images.")] = False,
     probe: Annotated[bool, typer.Option("--probe", help="Linear probe: logistic regression, C chosen by cross-validation.")] = False,
     head: Annotated[bool, typer.Option("--head", help="The fine-tuned head saved by `vecsearch finetune`.")] = False,
-    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Neighbours for --knn.")] = 5,
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Neighbours for --knn.")] = DEFAULT_K,
     name: Annotated[Optional[str], typer.Option(help="Classifier name to save or use (default: its kind; with IMAGE: the newest).", show_default=False)] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE.png", help="Write the confusion matrix as a PNG.", show_default=False)] = None,
     index: IndexOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train, evaluate and apply classifiers on your labels; or classify one IMAGE."""
-    from .. import classify as C
-
     with errors_to_exit():
         chosen = [kind for kind, flag in (("knn", knn), ("probe", probe), ("head", head)) if flag]
         if len(chosen) > 1:
@@ -93,25 +73,23 @@ def classify(
         if image is not None:
             if plot is not None:
                 raise VecsearchError("--plot goes with training (no IMAGE).")
-            with _open(index, create=False) as ix:
-                if kind is not None:
-                    name = C.classifier_info(ix, name, kind)["name"]
-                result = C.classify_image(ix, image, name)
+            with open_index(index, create=False) as ix:
+                result = ix.classify(image, name=name, kind=kind, top=DEFAULT_TOP)
             if json_out:
-                print_json(result)
+                print_json(result.to_dict())
                 return
-            by = result["classifier"] if result["classifier"] == result["kind"] else f"{result['classifier']}, {result['kind']}"
-            out.print(f"{result['label']}  {result['confidence']:.4f}  ({by})", highlight=False, markup=False)
-            for t in result["top"][1:]:
-                out.print(f"  {t['label']}  {t['confidence']:.4f}", highlight=False, markup=False)
+            by = result.classifier if result.classifier == result.kind else f"{result.classifier}, {result.kind}"
+            say(f"{result.label}  {result.confidence:.4f}  ({by})")
+            for t in result.top[1:]:
+                say(f"  {t['label']}  {t['confidence']:.4f}")
             return
         if kind is None:
             raise VecsearchError("Choose --knn, --probe or --head (or give an IMAGE to classify).")
-        with _open(index, create=False) as ix:
+        with open_index(index, create=False) as ix:
             if kind == "head":
-                result = C.use_saved(ix, name, kind="head")
+                result = ix.apply_classifier(name, kind="head")
             else:
-                result = C.train(ix, kind, k=k, name=name)
+                result = ix.train_classifier(kind, k=k, name=name)
         metrics = result.metrics
         if plot is not None and metrics.get("confusion"):
             from ..plots import confusion_matrix
@@ -125,7 +103,6 @@ def classify(
 
 
 def _print_result(result, plot: Path | None) -> None:
-    say = lambda s="": out.print(s, highlight=False, markup=False)  # noqa: E731
     m = result.metrics
     what = {"knn": f"k-NN (k={result.params.get('k')})", "probe": f"linear probe (C={result.params.get('C')})",
             "head": "fine-tuned head"}[result.kind]
@@ -168,17 +145,13 @@ def _print_result(result, plot: Path | None) -> None:
 @app.command()
 def classifiers(index: IndexOpt = None, json_out: JsonOpt = False) -> None:
     """List the classifiers trained in an index, newest first, and the labels they learnt from."""
-    from ..classes import label_counts
-    from ..classify import list_classifiers
-
     with errors_to_exit():
-        with _open(index, create=False) as ix:
-            rows = list_classifiers(ix)
-            counts = label_counts(ix)
+        with open_index(index, create=False) as ix:
+            rows = ix.classifiers()
+            counts = ix.label_counts()
         if json_out:
             print_json({"classifiers": rows, "labels": counts})
             return
-        say = lambda s: out.print(s, highlight=False, markup=False)  # noqa: E731
         total = sum(sum(per.values()) for per in counts.values())
         say(f"{total} labelled images in {len(counts)} classes" + (f": {', '.join(counts)}" if counts else ""))
         if not rows:

@@ -1,4 +1,4 @@
-"""`vecsearch label`: ImageNet top-k classes of indexed images, shown like decode_predictions."""
+"""`vecsearch label` and `search-labels`: ImageNet top-k classes of indexed images, shown like decode_predictions."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import IndexOpt, JsonOpt, QuietOpt, _open, app, errors_to_exit, out, print_json, progress_bar
+from ..labels import DEFAULT_TOP, NUM_CLASSES
+from ._common import IndexOpt, JsonOpt, QuietOpt, app, errors_to_exit, open_index, print_json, progress_bar, say
 
-TopOpt = Annotated[int, typer.Option("--top", min=1, max=1000, help="How many ImageNet classes to keep per image.")]
+TopOpt = Annotated[int, typer.Option("--top", min=1, max=NUM_CLASSES, help="How many ImageNet classes to keep per image.")]
 
 
 def print_labels(items, json_out: bool) -> None:
@@ -18,25 +19,25 @@ def print_labels(items, json_out: bool) -> None:
         print_json([item.to_dict() for item in items])
         return
     for item in items:
-        out.print(item.path, highlight=False, markup=False)
+        say(item.path)
         for lb in item.labels:
-            out.print(f"  {lb.rank:>2}  {lb.wnid}  {lb.name:<30} {lb.prob:.4f}", highlight=False, markup=False)
+            say(f"  {lb.rank:>2}  {lb.wnid}  {lb.name:<30} {lb.prob:.4f}")
 
 
 def print_label_hits(hits, json_out: bool) -> None:
     if json_out:
         print_json([h.to_dict() for h in hits])
         return
-    out.print(f"{'rank':>4}  {'prob':>6}  path", highlight=False)
+    say(f"{'rank':>4}  {'prob':>6}  path")
     for h in hits:
-        out.print(f"{h.rank:>4}  {h.prob:6.4f}  {h.path}", highlight=False, markup=False)
+        say(f"{h.rank:>4}  {h.prob:6.4f}  {h.path}")
 
 
 @app.command("label")
 def label_cmd(
     paths: Annotated[Optional[list[Path]], typer.Argument(help="Only these indexed files/folders (default: all).", show_default=False)] = None,
     index: IndexOpt = None,
-    top: TopOpt = 5,
+    top: TopOpt = DEFAULT_TOP,
     weights: Annotated[Optional[str], typer.Option(
         help="Where the ImageNet top comes from: imagenet, or a with-top Keras weights FILE "
              "(default: the weights that built the index).", show_default=False)] = None,
@@ -49,14 +50,11 @@ def label_cmd(
     Computed from the stored vectors with the backbone's ImageNet top (no second pass over
     the images). Needs weights that include the top: --weights imagenet, or a with-top file.
     """
-    from .. import labels
-
     with errors_to_exit():
-        with _open(index, create=False) as ix:
-            ids = labels.ids_for_paths(ix, paths) if paths else None
+        with open_index(index, create=False) as ix:
             with progress_bar("Labelling", quiet or json_out) as update:
-                labels.label_index(ix, top=top, ids=ids, only_missing=missing, weights=weights, progress=update)
-            items = labels.image_labels(ix, ids=ids)
+                ix.label(paths=paths, top=top, only_missing=missing, weights=weights, progress=update)
+            items = ix.image_labels(paths)
         print_labels(items, json_out)
 
 
@@ -68,9 +66,7 @@ def search_labels(
     json_out: JsonOpt = False,
 ) -> None:
     """List images whose stored top-k ImageNet labels hold NAME, most probable first (= query --label)."""
-    from .. import labels
-
     with errors_to_exit():
-        with _open(index, create=False) as ix:
-            hits = labels.images_with_label(ix, name, limit=k)
+        with open_index(index, create=False) as ix:
+            hits = ix.search_labels(name, limit=k)
         print_label_hits(hits, json_out)

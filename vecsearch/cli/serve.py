@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..config import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS
 from ..errors import VecsearchError
-from . import IndexOpt, _open, app, err, errors_to_exit
+from ._common import IndexOpt, app, errors_to_exit, open_index, warn
 
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -31,8 +32,8 @@ def serve(
     token: Annotated[Optional[str], typer.Option(envvar="VECSEARCH_TOKEN", show_default=False,
                                                  help="Require `Authorization: Bearer TOKEN` on the API; prefer the env var (a flag shows in `ps`).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without a token.")] = False,
-    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest accepted upload, in MiB (larger: 413).")] = 20.0,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Largest accepted upload in pixels (decompression-bomb cap).")] = 40_000_000,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest accepted upload, in MiB (larger: 413).")] = MAX_UPLOAD_BYTES / 2**20,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Largest accepted upload in pixels (decompression-bomb cap).")] = MAX_UPLOAD_PIXELS,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
 ) -> None:
     """Serve search, metadata, thumbnails and classification over HTTP, with a web page at /.
@@ -52,12 +53,12 @@ def serve(
             from ..server import create_app
         except ImportError as e:
             raise VecsearchError(f"The server needs its extra dependencies ({e.name} is missing): pip install 'vecsearch[server]'.") from None
-        ix = _open(index, create=False)
+        ix = open_index(index, create=False)
         try:
-            web = create_app(ix, token=token, max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels)
+            web = create_app(ix, token=token, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels)
             shown = f"[{host}]" if ":" in host else host
-            err.print(f"Serving {ix.directory} ({len(ix.vectors)} images, {ix.backbone.name}) at http://{shown}:{port}/ "
-                      f"-- API docs at /docs{'; token required' if token else ''}. Ctrl-C to stop.", highlight=False, markup=False)
+            warn(f"Serving {ix.directory} ({len(ix.faiss)} images, {ix.backbone.name}) at http://{shown}:{port}/ "
+                 f"-- API docs at /docs{'; token required' if token else ''}. Ctrl-C to stop.")
             uvicorn.run(web, host=host, port=port, log_level=log_level.lower(), access_log=log_level.lower() == "debug")
         finally:
             ix.close()

@@ -5,6 +5,6 @@ an optional extra (`pip install 'vecsearch[server]'`), so nothing here is import
 `vecsearch` itself.
 """
 
-from .app import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES, MAX_K, create_app
+from .app import MAX_K, create_app
 
-__all__ = ["create_app", "DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_MAX_PIXELS", "MAX_K"]
+__all__ = ["create_app", "MAX_K"]

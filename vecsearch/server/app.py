@@ -1,11 +1,12 @@
 """FastAPI app over one open index: search by upload or by id, metadata, thumbnails, classify.
 
-The backbone, FAISS index and SQLite store are loaded once, in `create_app`. Sync handlers
-run in uvicorn's thread pool, so shared state is guarded: model calls are serialised by a
-lock, and every request first checks the store's generation (one SQLite read) and, if an
-indexer in another process committed, reloads the vectors (`VecIndex.refresh`, which
-publishes a new FAISS index only once it is complete). Every error a client can cause is
-a 4xx JSON body with an "error" key; nothing a client sends becomes a 500.
+The backbone, FAISS index and SQLite store are loaded once, in `create_app`; every handler
+goes through the index object (`VecIndex`), never the database directly. Sync handlers run
+in uvicorn's thread pool: the index serialises model calls itself, and every search first
+checks the store's generation (one SQLite read) and, if an indexer in another process
+committed, reloads the vectors (`VecIndex.refresh`, which publishes a new FAISS index only
+once it is complete). Every error a client can cause is a 4xx JSON body with an "error"
+key; nothing a client sends becomes a 500.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections import OrderedDict
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi import Path as PathParam
@@ -29,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import images
 from ..api import Hit, VecIndex, open_index
+from ..config import DEFAULT_K, MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS
 from ..errors import (
     BadImageError,
     ClassifierNotFoundError,
@@ -40,14 +42,9 @@ from ..errors import (
     VecsearchError,
     WeightsUnavailableError,
 )
-from ..extract import RESAMPLE
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-"""Largest accepted upload; bigger bodies get 413 before they are read."""
-DEFAULT_MAX_PIXELS = 40_000_000
-"""Largest accepted upload in pixels (decompression bombs are small files with huge sizes)."""
 MAX_K = 1000
 MAX_OFFSET = 10_000
 MAX_PAGE = 500
@@ -71,41 +68,12 @@ class _Service:
         self.max_upload_bytes = int(max_upload_bytes)
         self.max_pixels = int(max_pixels)
         self.owns_index = owns_index
-        self.model_lock = threading.Lock()
-        self._classifiers: OrderedDict[tuple, Any] = OrderedDict()
-        self._classifier_lock = threading.Lock()
         self._thumbs: OrderedDict[tuple, bytes] = OrderedDict()
         self._thumbs_lock = threading.Lock()
 
-    # -- the model ----------------------------------------------------------------------
-    def warm_up(self) -> None:
-        """Build the backbone and trace its compiled call now, not on the first request."""
-        import numpy as np
-
-        bb = self.index.backbone
-        w, h = bb.input_size
-        with self.model_lock:
-            self.index.extractor().embed_pixels(np.zeros((1, h, w, 3), np.uint8))
-
     def embed_upload(self, data: bytes):
-        """Unit vector of uploaded bytes: decoded and resized exactly as indexing does."""
-        pixels, _, _ = images.decode_image(data, self.index.backbone.input_size, max_pixels=self.max_pixels, resample=RESAMPLE)
-        with self.model_lock:
-            return self.index.extractor().embed_pixels(pixels[None])[0]
-
-    # -- classifiers ------------------------------------------------------------------------
-    def classifier(self, name: str | None):
-        """A saved classifier, loaded once per (name, created_at) so retraining is picked up."""
-        from .. import classify
-
-        row = classify.classifier_info(self.index, name)  # raises ClassifierNotFoundError
-        key = (row["name"], row["created_at"])
-        with self._classifier_lock:
-            if key not in self._classifiers:
-                self._classifiers[key] = classify.load_classifier(self.index, row["name"])
-                while len(self._classifiers) > 8:
-                    self._classifiers.popitem(last=False)
-            return row, self._classifiers[key]
+        """Unit vector of uploaded bytes, under the upload pixel cap."""
+        return self.index.embed_bytes(data, max_pixels=self.max_pixels)
 
     # -- thumbnails ---------------------------------------------------------------------
     def thumbnail(self, image_id: int, size: int, if_none_match: str | None = None) -> tuple[bytes | None, str]:
@@ -263,27 +231,25 @@ def _read_upload(svc: _Service, file: UploadFile) -> bytes:
 
 # -- the app ------------------------------------------------------------------------------
 def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str | None = None,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
-               threads: int = DEFAULT_THREADS, faiss_threads: int | None = 1, warm: bool = True) -> FastAPI:
+               max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_UPLOAD_PIXELS,
+               threads: int = DEFAULT_THREADS, warm: bool = True) -> FastAPI:
     """A FastAPI app serving one index (a folder, or an already open VecIndex).
 
     The backbone is built (and, if `warm`, traced) here so requests never pay for it.
     `token`, when set, is required as `Authorization: Bearer TOKEN` (or `?token=`) on
     everything but `/`, `/api/health` and the OpenAPI docs. A folder is opened here and
-    closed on shutdown; a VecIndex passed in stays the caller's to close. `faiss_threads`
-    is FAISS's OpenMP thread count in the threads that serve requests (None: FAISS's default).
-    One query is too small to split: measured here, OpenMP made a 10k-vector search take
-    5-35 ms instead of 0.1 ms, its threads spinning against each other on a busy machine.
+    closed on shutdown; a VecIndex passed in stays the caller's to close. What the app
+    changes process-wide (anyio's thread limit) it restores on shutdown; single queries
+    run FAISS on one OpenMP thread, set and restored per call (`FaissIndex.search`).
     """
     owns = not isinstance(index, VecIndex)
     ix = open_index(index, create=False) if owns else index
     try:
-        if ix.info is None:
-            raise IndexNotFoundError(f"The index at {ix.directory} is empty. Run `vecsearch index PHOTOS` first.")
+        ix.store.require_info()
         svc = _Service(ix, token=token, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, owns_index=owns)
         _ = ix.backbone  # load now: a wrong or missing model fails at start-up, not per request
         if warm:
-            svc.warm_up()
+            ix.warm_up()
 
     except BaseException:
         if owns:
@@ -295,10 +261,14 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
         import anyio.to_thread
 
         # Two cores: more threads only queue on the model lock and the SQLite pool.
-        anyio.to_thread.current_default_thread_limiter().total_tokens = threads
-        yield
-        if svc.owns_index:
-            ix.close()
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        before, limiter.total_tokens = limiter.total_tokens, threads
+        try:
+            yield
+        finally:
+            limiter.total_tokens = before
+            if svc.owns_index:
+                ix.close()
 
     app = FastAPI(
         title="vecsearch",
@@ -329,16 +299,8 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
             raise StarletteHTTPException(401, "Missing or wrong token: send `Authorization: Bearer TOKEN`.",
                                          headers={"WWW-Authenticate": "Bearer"})
 
-    per_thread = threading.local()
-
     def current() -> VecIndex:
         """The index, reloaded first if another process committed to it."""
-        if faiss_threads is not None and not getattr(per_thread, "faiss_threads_set", False):
-            # OpenMP's thread count is per calling thread, so each pool thread sets its own.
-            import faiss
-
-            faiss.omp_set_num_threads(int(faiss_threads))
-            per_thread.faiss_threads_set = True
         ix.refresh()
         return ix
 
@@ -352,20 +314,20 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
     @app.get("/api/health", tags=["service"], summary="Liveness and what is loaded")
     def health() -> dict:
         """Cheap check for monitors; needs no token."""
-        return {"status": "ok", "backbone": ix.backbone.name, "vectors": len(current().vectors),
-                "generation": ix.store.generation(), "auth": svc.token is not None}
+        return {"status": "ok", "backbone": ix.backbone.name, "vectors": len(current().faiss),
+                "generation": ix.generation, "auth": svc.token is not None}
 
     @app.get("/api/stats", tags=["service"], summary="Counts, backbone, weights and sizes", dependencies=Auth)
     def stats() -> dict:
         s = current().stats()
-        s["generation"] = ix.store.generation()
-        s["classifiers"] = [r.name for r in ix.store.classifier_rows()]
+        s["generation"] = ix.generation
+        s["classifiers"] = [r["name"] for r in ix.classifiers()]
         s["max_upload_bytes"] = svc.max_upload_bytes
         s["max_pixels"] = svc.max_pixels
         return s
 
     @app.post("/api/search", tags=["search"], summary="Images most similar to an uploaded image", dependencies=Auth)
-    def search_upload(file: Upload, k: K = 10, offset: Offset = 0) -> dict:
+    def search_upload(file: Upload, k: K = DEFAULT_K, offset: Offset = 0) -> dict:
         """Multipart upload in field `file`; results are best first, ranks counted from 1 over all pages."""
         q = svc.embed_upload(_read_upload(svc, file))
         hits = current().search_vector(q, k + offset)[offset:]
@@ -373,14 +335,9 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
 
     @app.get("/api/images/{image_id}/similar", tags=["search"], summary="Images most similar to an indexed image",
              dependencies=Auth)
-    def similar(image_id: ImageId, k: K = 10, offset: Offset = 0) -> dict:
+    def similar(image_id: ImageId, k: K = DEFAULT_K, offset: Offset = 0) -> dict:
         """Neighbours of an indexed image by its stored vector (no model call); itself left out."""
-        cur = current()
-        try:
-            q = cur.vectors.reconstruct(image_id)  # from memory: no database round trip
-        except KeyError:
-            raise NotIndexedError(f"No indexed image with id {image_id}.") from None
-        hits = cur.search_vector(q, k + offset, exclude={image_id})[offset:]
+        hits = current().similar(image_id, k + offset)[offset:]
         return _results(ix, hits, k=k, offset=offset, query_id=image_id,
                         next_url=_next(f"/api/images/{image_id}/similar", k, offset, len(hits)))
 
@@ -388,7 +345,7 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
     def list_images(offset: Annotated[int, Query(ge=0, le=_ID_MAX)] = 0,
                     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"Page size (1..{MAX_PAGE}).")] = 100,
                     status: Annotated[str | None, Query(pattern="^(ok|failed)$", description="Only `ok` or `failed` images.")] = None) -> dict:
-        total, rows = _page_images(current(), offset, limit, status)
+        total, rows = current().images(offset, limit, status)
         nxt = offset + len(rows)
         more = f"/api/images?offset={nxt}&limit={limit}" + (f"&status={status}" if status else "")
         return {"total": total, "offset": offset, "limit": limit, "items": [_image_dict(r) for r in rows],
@@ -398,8 +355,7 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
              dependencies=Auth)
     def image(image_id: ImageId) -> dict:
         rec = current().image(image_id)
-        extra = _annotations(ix, [image_id], top=5)
-        return _image_dict(rec) | extra.get(image_id, _no_annotations())
+        return _image_dict(rec) | ix.annotations([image_id], top=5)[image_id]
 
     @app.get("/api/images/{image_id}/thumbnail", tags=["images"], summary="A JPEG thumbnail of an indexed image",
              dependencies=Auth, response_class=Response,
@@ -415,24 +371,17 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
 
     @app.get("/api/classifiers", tags=["classify"], summary="Saved classifiers", dependencies=Auth)
     def classifiers() -> dict:
-        from .. import classify
-
-        return {"items": [{k: v for k, v in row.items() if k != "path"} for row in classify.list_classifiers(current())]}
+        return {"items": [{k: v for k, v in row.items() if k != "path"} for row in current().classifiers()]}
 
     @app.post("/api/classify", tags=["classify"], summary="Classify an uploaded image with a saved classifier",
               dependencies=Auth)
     def classify(file: Upload,
                  classifier: Annotated[str | None, Query(max_length=64, description="Classifier name (default: the newest).")] = None,
                  top: Annotated[int, Query(ge=1, le=100, description="How many classes to list.")] = 5) -> dict:
-        row, clf = svc.classifier(classifier)
+        """The same result shape as `vecsearch classify IMG --json` and `VecIndex.classify` (`path` is null)."""
+        model = ix.classifier(classifier)  # an unknown name is a 404 before the upload is decoded
         q = svc.embed_upload(_read_upload(svc, file))
-        with svc.model_lock:  # a fine-tuned head is a Keras model too
-            proba = clf.predict_proba(q[None])[0]
-        classes = [str(c) for c in clf.classes_]
-        order = sorted(range(len(classes)), key=lambda i: (-float(proba[i]), classes[i]))
-        best = order[0]
-        return {"classifier": row["name"], "kind": row["kind"], "label": classes[best], "confidence": float(proba[best]),
-                "probabilities": [{"label": classes[i], "prob": float(proba[i])} for i in order[:top]]}
+        return ix.classify(q, model=model, top=top).to_dict()
 
     return app
 
@@ -451,58 +400,16 @@ def _next(base: str, k: int, offset: int, got: int) -> str | None:
 
 
 def _results(ix: VecIndex, hits: list[Hit], *, k: int, offset: int, next_url: str | None, query_id: int | None = None) -> dict:
-    notes = _annotations(ix, [h.id for h in hits], top=3)
+    notes = ix.annotations([h.id for h in hits], top=3)
     items = []
     for n, h in enumerate(hits[:k]):
         items.append({"rank": offset + n + 1, "id": h.id, "path": h.path, "name": os.path.basename(h.path),
                       "score": h.score, "thumbnail": f"/api/images/{h.id}/thumbnail",
-                      "imagenet_labels": notes.get(h.id, _no_annotations())["imagenet_labels"]})
+                      "imagenet_labels": notes[h.id]["imagenet_labels"]})
     out = {"k": k, "offset": offset, "results": items, "next": next_url}
     if query_id is not None:
         out = {"query_id": query_id} | out
     return out
-
-
-def _no_annotations() -> dict:
-    return {"imagenet_labels": [], "user_label": None, "predictions": []}
-
-
-def _annotations(ix: VecIndex, ids: list[int], *, top: int) -> dict[int, dict]:
-    """ImageNet labels (best `top`), user label and predictions for the given images."""
-    from sqlalchemy import select
-
-    from ..store.models import ImagenetLabel, Prediction, UserLabel
-
-    out: dict[int, dict] = {}
-    if not ids:
-        return out
-    with ix.store.session() as s:
-        for r in s.scalars(select(ImagenetLabel).where(ImagenetLabel.image_id.in_(ids), ImagenetLabel.rank <= top)
-                           .order_by(ImagenetLabel.image_id, ImagenetLabel.rank)):
-            out.setdefault(r.image_id, _no_annotations())["imagenet_labels"].append(
-                {"rank": r.rank, "class_index": r.class_index, "wnid": r.wnid, "name": r.name, "prob": r.prob})
-        for r in s.scalars(select(UserLabel).where(UserLabel.image_id.in_(ids))):
-            out.setdefault(r.image_id, _no_annotations())["user_label"] = {"label": r.label, "split": r.split, "source": r.source}
-        for r in s.scalars(select(Prediction).where(Prediction.image_id.in_(ids)).order_by(Prediction.classifier)):
-            out.setdefault(r.image_id, _no_annotations())["predictions"].append(
-                {"classifier": r.classifier, "label": r.label, "confidence": r.confidence})
-    return out
-
-
-def _page_images(ix: VecIndex, offset: int, limit: int, status: str | None):
-    from sqlalchemy import func, select
-
-    from ..store.models import Image
-
-    q = select(Image.id).order_by(Image.id)
-    n = select(func.count()).select_from(Image)
-    if status:
-        q, n = q.where(Image.status == status), n.where(Image.status == status)
-    with ix.store.session() as s:
-        total = s.execute(n).scalar() or 0
-        ids = list(s.scalars(q.offset(offset).limit(limit)))
-    recs = ix.store.images(ids)
-    return total, [recs[i] for i in ids if i in recs]  # one deleted in between is skipped
 
 
 def _image_dict(rec) -> dict:

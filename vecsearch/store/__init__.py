@@ -13,11 +13,12 @@ import numpy as np
 from sqlalchemy import create_engine, delete, event, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from .models import Base, Classifier, Image, ImagenetLabel, IndexInfo, Prediction, UserLabel, Vector
+from ..errors import IndexNotFoundError
+from .models import Classifier, Image, ImagenetLabel, IndexInfo, Prediction, UserLabel, Vector
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Store", "ImageRecord", "Base", "Image", "IndexInfo", "Vector"]
+__all__ = ["Store", "ImageRecord", "no_annotations", "migrations_dir"]
 
 
 _IN_LIMIT = 500  # SQLite caps bound parameters per statement: long id lists go in slices
@@ -86,16 +87,23 @@ class Store:
         with self.session() as s:
             return s.scalars(select(IndexInfo)).first()
 
+    def require_info(self) -> IndexInfo:
+        """What built the index; IndexNotFoundError when nothing has been indexed yet."""
+        info = self.info()
+        if info is None:
+            raise IndexNotFoundError(f"The index at {self.path.parent} is empty. Run `vecsearch index PHOTOS` first.")
+        return info
+
     def create_info(self, **fields) -> IndexInfo:
         with self.session() as s, s.begin():
             info = IndexInfo(id=1, generation=0, created_at=_now(), **fields)
             s.add(info)
         return info
 
-    def set_index_kind(self, kind: str) -> None:
+    def set_index_type(self, index_type: str) -> None:
         """Switch the FAISS structure; the new generation makes every reader rebuild it."""
         with self.session() as s, s.begin():
-            s.execute(update(IndexInfo).values(index_kind=kind, generation=IndexInfo.generation + 1))
+            s.execute(update(IndexInfo).values(index_type=index_type, generation=IndexInfo.generation + 1))
 
     def generation(self) -> int:
         with self.engine.connect() as c:
@@ -137,6 +145,17 @@ class Store:
     def failed(self) -> list[ImageRecord]:
         with self.session() as s:
             return [_record(r) for r in s.scalars(select(Image).where(Image.status == "failed").order_by(Image.path))]
+
+    def page_images(self, offset: int, limit: int, status: str | None = None) -> tuple[int, list[ImageRecord]]:
+        """(total, one page of image records ordered by id), all images or those of one status."""
+        q = select(Image).order_by(Image.id)
+        n = select(func.count()).select_from(Image)
+        if status:
+            q, n = q.where(Image.status == status), n.where(Image.status == status)
+        with self.session() as s:
+            total = s.execute(n).scalar() or 0
+            rows = [_record(r) for r in s.scalars(q.offset(offset).limit(limit))]
+        return total, rows
 
     def counts(self) -> dict[str, int]:
         with self.session() as s:
@@ -342,6 +361,34 @@ class Store:
              .order_by(ImagenetLabel.prob.desc(), ImagenetLabel.image_id))
         with self.engine.connect() as c:
             return [tuple(r) for r in c.execute(q)]
+
+
+    # -- everything known about a few images, for the HTTP service ----------------
+    def annotations(self, ids: Iterable[int], *, top: int) -> dict[int, dict]:
+        """{id: {"imagenet_labels", "user_label", "predictions"}} for the given images.
+
+        ImageNet labels are the best `top`; images with nothing stored are left out.
+        """
+        ids = [int(i) for i in ids]
+        out: dict[int, dict] = {}
+        with self.session() as s:
+            for part in _slices(ids):
+                for r in s.scalars(select(ImagenetLabel).where(ImagenetLabel.image_id.in_(part), ImagenetLabel.rank <= top)
+                                   .order_by(ImagenetLabel.image_id, ImagenetLabel.rank)):
+                    out.setdefault(r.image_id, no_annotations())["imagenet_labels"].append(
+                        {"rank": r.rank, "class_index": r.class_index, "wnid": r.wnid, "name": r.name, "prob": r.prob})
+                for r in s.scalars(select(UserLabel).where(UserLabel.image_id.in_(part))):
+                    out.setdefault(r.image_id, no_annotations())["user_label"] = {
+                        "label": r.label, "split": r.split, "source": r.source}
+                for r in s.scalars(select(Prediction).where(Prediction.image_id.in_(part)).order_by(Prediction.classifier)):
+                    out.setdefault(r.image_id, no_annotations())["predictions"].append(
+                        {"classifier": r.classifier, "label": r.label, "confidence": r.confidence})
+        return out
+
+
+def no_annotations() -> dict:
+    """What `Store.annotations` gives an image that has none."""
+    return {"imagenet_labels": [], "user_label": None, "predictions": []}
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

@@ -24,7 +24,7 @@ class IndexInfo(Base):
     weights_fingerprint: Mapped[str] = mapped_column(String(64))
     dim: Mapped[int] = mapped_column(Integer)
     metric: Mapped[str] = mapped_column(String(16), default="cosine")
-    index_kind: Mapped[str] = mapped_column(String(16), default="flat")
+    index_type: Mapped[str] = mapped_column(String(16), default="flat")  # vectors.INDEX_TYPES
     # Bumped by every commit that changes vectors; the FAISS sidecar records the one it holds.
     generation: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column()

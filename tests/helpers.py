@@ -1,0 +1,104 @@
+"""Helpers shared by the test modules: images made on the spot, the CLI, the Keras recipe, a live server.
+
+Imported as `helpers` (conftest puts this folder on sys.path); fixtures stay in conftest.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+TESTS = Path(__file__).parent
+
+
+# -- images ----------------------------------------------------------------------------
+def make_image(path: Path, seed: int, size=(64, 48), fmt=None) -> Path:
+    """A smooth random colour image (blobs, not noise, so JPEG and resizing behave like photos)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((w, h), Image.BICUBIC)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt)
+    return path
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height but carries almost no data: a decompression bomb's header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+# -- the CLI ---------------------------------------------------------------------------
+def run(*args, ok=True):
+    """Invoke the CLI in-process; with ok, insist on exit code 0 (showing the output if not)."""
+    from typer.testing import CliRunner
+
+    from vecsearch.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def run_json(*args):
+    """The CLI's `--json` output, parsed."""
+    return json.loads(run(*args, "--json").stdout)
+
+
+# -- the reference no one here wrote -----------------------------------------------------
+def unit(x) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def keras_recipe(model, paths, target_size: tuple[int, int], preprocess_input, *, normalise: bool = True) -> np.ndarray:
+    """The tutorials' recipe, written once: `keras.utils.load_img(path, target_size, bilinear)` ->
+    `img_to_array` -> the application's `preprocess_input` -> `model.predict`.
+
+    `target_size` is (height, width) as load_img takes it. Rows are unit vectors (float64)
+    unless `normalise` is False (e.g. class probabilities of a with-top model).
+    """
+    import keras
+
+    x = np.stack([keras.utils.img_to_array(keras.utils.load_img(str(p), target_size=target_size, interpolation="bilinear"))
+                  for p in paths])
+    out = np.asarray(model.predict(preprocess_input(x), verbose=0), np.float64)
+    return unit(out) if normalise else out
+
+
+# -- a live server ---------------------------------------------------------------------
+@contextmanager
+def live_server(app):
+    """uvicorn on a free loopback port in a thread: real sockets, real HTTP."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()

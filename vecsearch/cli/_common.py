@@ -1,0 +1,133 @@
+"""What every CLI module shares: the Typer app, the consoles, common options, errors and progress.
+
+Command modules import from here and register on `app`; nothing here imports them back.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Callable, Iterator, Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import VecsearchError
+
+app = typer.Typer(
+    help="Index photo folders with a frozen ImageNet CNN and find images that look alike.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+IndexOpt = Annotated[
+    Optional[Path],
+    typer.Option("--index", help="Index folder (default: $VECSEARCH_INDEX, else ~/.local/share/vecsearch/index).", show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+def say(text: str = "") -> None:
+    """One plain line on stdout: no markup, no highlighting (paths and labels print as they are)."""
+    out.print(text, highlight=False, markup=False)
+
+
+def warn(text: str) -> None:
+    """One plain line on stderr."""
+    err.print(text, highlight=False, markup=False)
+
+
+@contextmanager
+def errors_to_exit() -> Iterator[None]:
+    """Library errors become one line on stderr and exit code 1; no traceback for user mistakes."""
+    try:
+        yield
+    except VecsearchError as e:
+        err.print(f"[red]Error:[/red] {e}", markup=True, highlight=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err.print("Interrupted; what was committed is kept, run the same command again to resume.")
+        raise typer.Exit(130) from None
+
+
+def print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def open_index(index: Path | None, **kw):
+    """`vecsearch.open_index`, imported on first use so `--help` stays instant."""
+    from ..api import open_index as open_
+
+    return open_(index, **kw)
+
+
+def model_options(backbone: str | None, weights: str | None, seed: int | None) -> dict:
+    """The `open_index` arguments for the model flags the user gave (none given: the index decides)."""
+    return {k: v for k, v in (("backbone", backbone), ("weights", weights), ("seed", seed)) if v is not None}
+
+
+@contextmanager
+def progress_bar(description: str, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich bar with images/s, or None (no callback) under --quiet.
+
+    The bar appears on the first update with work to show, so a run that fails while
+    the model loads, or has nothing to do, leaves no empty bar behind; the rate counts
+    from that first update, not from model start-up.
+    """
+    if quiet:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    bar = Progress(*columns, console=err, transient=False)
+    state: dict = {}
+
+    def update(done: int, total: int) -> None:
+        if not total:
+            return
+        if "task" not in state:
+            bar.start()
+            state["task"] = bar.add_task(description, total=total, rate="")
+            state["t0"] = time.perf_counter()
+        dt = time.perf_counter() - state["t0"]
+        rate = f"{done / dt:.1f} img/s" if done and dt > 0 else ""
+        bar.update(state["task"], completed=done, total=total, rate=rate)
+
+    try:
+        yield update
+    finally:
+        if "task" in state:
+            bar.stop()
+
+
+class epoch_status:
+    """A one-line status that shows the epoch and validation accuracy; nothing under --quiet."""
+
+    def __init__(self, what: str, epochs: int, quiet: bool):
+        self.what, self.epochs, self.quiet, self._status = what, epochs, quiet, None
+
+    def __enter__(self):
+        if self.quiet:
+            return None
+        self._status = err.status(f"{self.what}...")
+        self._status.__enter__()
+
+        def on_epoch(epoch: int, logs: dict) -> None:
+            acc = logs.get("val_accuracy", logs.get("accuracy"))
+            self._status.update(f"{self.what}: epoch {epoch}/{self.epochs}" + (f", accuracy {acc:.3f}" if acc is not None else ""))
+
+        return on_epoch
+
+    def __exit__(self, *exc):
+        if self._status is not None:
+            self._status.__exit__(*exc)
+        return False

@@ -1,0 +1,117 @@
+"""`vecsearch index`, `query`, `stats`, `export`: building an index and searching it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..config import DEFAULT_K
+from ..errors import VecsearchError
+from ..labels import DEFAULT_TOP as DEFAULT_LABEL_TOP
+from ..vectors import INDEX_TYPES
+from ._common import IndexOpt, JsonOpt, QuietOpt, app, errors_to_exit, model_options, open_index, print_json, progress_bar, say, warn
+
+
+@app.command("index")
+def index_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="Image files and folders (walked recursively).", show_default=False)],
+    index: IndexOpt = None,
+    backbone: Annotated[Optional[str], typer.Option(help="resnet50 (default for a new index), xception, inception_v3, vgg16, mobilenet.", show_default=False)] = None,
+    weights: Annotated[Optional[str], typer.Option(help="imagenet (default), none (seeded random init), or a Keras weights FILE.", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the random init for --weights none.", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per model call (default 32).", show_default=False)] = None,
+    index_type: Annotated[Optional[str], typer.Option("--index-type", help=f"{' or '.join(INDEX_TYPES)}: flat is exact (the default), hnsw approximate and fast on 100k+ images; another type than the index has converts it.", show_default=False)] = None,
+    label: Annotated[bool, typer.Option("--label", help="Also store the top ImageNet classes of images that have none yet (see `vecsearch label`).")] = False,
+    top: Annotated[int, typer.Option("--top", min=1, max=1000, help="With --label: ImageNet classes kept per image.")] = DEFAULT_LABEL_TOP,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Embed new and changed images into the index; drop entries whose files are gone."""
+    with errors_to_exit():
+        with open_index(index, batch_size=batch_size, index_type=index_type, **model_options(backbone, weights, seed)) as ix:
+            with progress_bar("Embedding", quiet or json_out) as update:
+                summary = ix.add(paths, progress=update)
+            labelled, label_error = None, None
+            if label:
+                try:
+                    labelled = ix.label(top=top, only_missing=True).labelled
+                except VecsearchError as e:  # the index is done: report it, then why labels are not
+                    label_error = e
+        if json_out:
+            print_json(summary.to_dict() | {"index": str(ix.directory)} | ({"labelled": labelled} if label else {}))
+            if label_error is not None:
+                raise label_error
+            return
+        say(f"Indexed {summary.indexed}, unchanged {summary.unchanged}, reused {summary.reused}, "
+            f"removed {summary.removed}, failed {len(summary.failed)} of {summary.total} images "
+            f"in {summary.seconds:.1f}s -> {ix.directory}")
+        for f in summary.failed:
+            warn(f"  failed: {f.path}: {f.reason}")
+        for p in summary.removed_paths:
+            warn(f"  removed: {p}")
+        if label_error is not None:
+            raise label_error
+        if labelled is not None:
+            say(f"Labelled {labelled} images with their top {top} ImageNet classes")
+
+
+@app.command()
+def query(
+    image: Annotated[Optional[Path], typer.Argument(help="An image file (an indexed path reuses its stored vector).", show_default=False)] = None,
+    index: IndexOpt = None,
+    k: Annotated[Optional[int], typer.Option("--k", "-k", help=f"How many neighbours (default {DEFAULT_K}; with --label: at most this many, default all).", show_default=False)] = None,
+    label: Annotated[Optional[str], typer.Option("--label", help="Instead: list images whose stored ImageNet top-k holds this class (name or WordNet id).", show_default=False)] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show the k indexed images most similar to IMAGE (cosine similarity), or those labelled --label NAME."""
+    with errors_to_exit():
+        if k is not None and k < 1:
+            raise VecsearchError(f"--k must be at least 1, got {k}.")
+        if label is not None:
+            if image is not None:
+                raise VecsearchError("Give either IMAGE or --label NAME, not both.")
+            from .labels import print_label_hits  # imported here: labels' commands register after these
+
+            with open_index(index, create=False) as ix:
+                print_label_hits(ix.search_labels(label, limit=k), json_out)
+            return
+        if image is None:
+            raise VecsearchError("Give an IMAGE to search with, or --label NAME.")
+        with open_index(index, create=False) as ix:
+            hits = ix.search(image, DEFAULT_K if k is None else k)
+        if json_out:
+            print_json([h.to_dict() for h in hits])
+            return
+        # Plain lines, never truncated: people copy these paths.
+        say(f"{'rank':>4}  {'score':>6}  path")
+        for h in hits:
+            say(f"{h.rank:>4}  {h.score:6.4f}  {h.path}")
+
+
+@app.command()
+def stats(index: IndexOpt = None, json_out: JsonOpt = False) -> None:
+    """Counts, backbone, weights, index type and sizes of an index."""
+    with errors_to_exit():
+        with open_index(index, create=False) as ix:
+            s = ix.stats()
+            failed = [{"path": r.path, "reason": r.reason} for r in ix.failed()]
+        if json_out:
+            print_json(s | {"failed_images": failed})
+            return
+        width = max(map(len, s))
+        for key, value in s.items():
+            say(f"{key:<{width}}  {value}")
+
+
+@app.command()
+def export(
+    out_file: Annotated[Path, typer.Argument(metavar="OUT.npz", help="Where to write the arrays.", show_default=False)],
+    index: IndexOpt = None,
+) -> None:
+    """Write ids, paths and vectors of every indexed image to a NumPy .npz file."""
+    with errors_to_exit():
+        with open_index(index, create=False) as ix:
+            n = ix.export(out_file)
+        say(f"Exported {n} vectors to {out_file}")
