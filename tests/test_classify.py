@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from digits import digit_images, write_digits
 from vecsearch import open_index
-from vecsearch.classes import labelled_vectors, rows_from_folder
+from vecsearch.classes import labelled_vectors, rows_from_folder, unlabelled_ids
 from vecsearch import classify as C
 from vecsearch.cli import app
 from vecsearch.errors import BadLabelsError, ClassifierNotFoundError, InputNotFoundError, NoLabelsError
@@ -98,7 +98,7 @@ def test_knn_equals_sklearn_on_resnet_digits(resnet_digits, k):
     assert ev.accuracy == pytest.approx(ref.score(ls.X[te].astype(np.float64), ls.y[te]))
     # The saved model is refitted on every labelled image and predicts the unlabelled ones.
     full = _sk_knn(k).fit(ls.X.astype(np.float64), ls.y)
-    ids, X, _ = ix.store.vectors(C.unlabelled_ids(ix), dim=2048)
+    ids, X, _ = ix.store.vectors(unlabelled_ids(ix.store), dim=2048)
     assert len(ids) == 10
     model = ix.classifier(f"knn{k}")[1]
     np.testing.assert_allclose(model.predict_proba(X), full.predict_proba(X.astype(np.float64)), atol=1e-6)
@@ -261,9 +261,10 @@ def test_classify_one_image_reuses_the_saved_model(tmp_path, tiny_index):
     for name in ("knn", "probe"):
         model = tiny_index.classifier(name)[1]
         proba = model.predict_proba(x[None])[0]
-        got = C.classify_image(tiny_index, img, name)
-        assert got["label"] == model.classes_[np.argmax(proba)] and got["confidence"] == pytest.approx(proba.max(), abs=1e-6)
-    assert C.classify_image(tiny_index, img)["classifier"] == "probe"  # newest by default
+        got = tiny_index.classify(img, name=name)
+        assert got.label == model.classes_[np.argmax(proba)] and got.confidence == pytest.approx(proba.max(), abs=1e-6)
+        assert got.path == str(img.resolve()) and got.top[0] == {"label": got.label, "confidence": got.confidence}
+    assert tiny_index.classify(img).classifier == "probe"  # newest by default
     assert tiny_index.store.image_by_path(str(img.resolve())) is None  # predicting does not index
     with pytest.raises(ClassifierNotFoundError, match="nope"):
         tiny_index.classifier("nope")[1]
@@ -400,7 +401,7 @@ def test_classify_head_applies_the_saved_fine_tuned_head(tmp_path):
         ix.add([tmp_path / "new"])
         ix.teach(tmp_path / "digits")
         ix.finetune(params=HeadParams(epochs=2))
-        ids, X, _ = ix.store.vectors(C.unlabelled_ids(ix), dim=32)
+        ids, X, _ = ix.store.vectors(unlabelled_ids(ix.store), dim=32)
         head = ix.classifier()[1]
         expected = [(str(head.classes_[j]), float(p[j])) for p, j in zip(head.predict_proba(X), head.predict_proba(X).argmax(1))]
     r = _cli("classify", "--head", "--json", "--plot", tmp_path / "cm.png", "--index", index)

@@ -28,7 +28,7 @@ from .errors import (
 from .finetune import HeadParams
 from .indexer import FailedImage, IndexSummary
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     # the index object

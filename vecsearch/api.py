@@ -26,13 +26,14 @@ from .classifiers import DEFAULT_TOP as CLASSIFY_TOP
 from .classify import DEFAULT_K as KNN_K
 from .dupes import DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD
 from .finetune import DEFAULT_NAME as HEAD_NAME
+from .finetune import UNFREEZE_EPOCHS, UNFREEZE_LEARNING_RATE
 from .labels import DEFAULT_TOP as LABEL_TOP
 from .backbones import DEFAULT_BACKBONE, Backbone, WeightsSpec, check_fingerprint, get_spec, load_backbone
 from .config import DB_NAME, DEFAULT_K, LOCK_NAME, MAX_IMAGE_PIXELS, VECTORS_NAME, resolve_index_dir
 from .errors import BadImageError, IndexMismatchError, IndexNotFoundError, InputNotFoundError, NoImagesError, NotIndexedError, VecsearchError
 from .extract import RESAMPLE, Extractor
 from .files import WriterLock
-from .indexer import FailedImage, IndexSummary
+from .indexer import IndexSummary
 from .store import ImageRecord, Store, no_annotations
 from .vectors import INDEX_TYPES, FaissIndex, normalize
 
@@ -457,7 +458,8 @@ class VecIndex:
         self._require_info()
         return finetune.finetune(self.store, self.directory, name=name, params=params, on_epoch=on_epoch)
 
-    def unfreeze(self, head_name: str, n_layers: int, *, epochs: int = 3, learning_rate: float = 1e-5,
+    def unfreeze(self, head_name: str, n_layers: int, *, epochs: int = UNFREEZE_EPOCHS,
+                 learning_rate: float = UNFREEZE_LEARNING_RATE,
                  batch_size: int = 16, seed: int = 0, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
         """Fine-tune the backbone's last `n_layers` end to end with saved head `head_name` on top.
 

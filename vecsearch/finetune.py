@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "head"
 TUNED_DIR = "tuned"
+UNFREEZE_EPOCHS = 3
+UNFREEZE_LEARNING_RATE = 1e-5
+"""Low, as Keras's transfer-learning guide advises: the unfrozen layers only adjust."""
 
 
 @dataclass
@@ -198,7 +201,8 @@ def _load_pixels(paths: Sequence[str], size: tuple[int, int]) -> tuple[np.ndarra
     return np.stack(out), ok
 
 
-def unfreeze(store: Store, directory: Path, head: HeadClassifier, n_layers: int, *, epochs: int = 3, learning_rate: float = 1e-5,
+def unfreeze(store: Store, directory: Path, head: HeadClassifier, n_layers: int, *, epochs: int = UNFREEZE_EPOCHS,
+             learning_rate: float = UNFREEZE_LEARNING_RATE,
              batch_size: int = 16, seed: int = 0, name: str = DEFAULT_NAME,
              on_epoch: Callable[[int, dict], None] | None = None) -> dict:
     """Fine-tune the backbone's last `n_layers` with `head` on top, end to end on the image files.

@@ -8,25 +8,28 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import VecsearchError
-from ..finetune import DEFAULT_NAME, HeadParams
+from ..finetune import DEFAULT_NAME, UNFREEZE_EPOCHS, UNFREEZE_LEARNING_RATE, HeadParams
 from ._common import IndexOpt, JsonOpt, QuietOpt, app, epoch_status, errors_to_exit, open_index, print_json, progress_bar, say
+
+
+_HEAD = HeadParams()  # the library's defaults, shown by every flag below
 
 
 @app.command()
 def finetune(
     index: IndexOpt = None,
     name: Annotated[str, typer.Option(help="Name to save the head under (used by `classify --head --name`).")] = DEFAULT_NAME,
-    epochs: Annotated[int, typer.Option(min=1, help="Most epochs; early stopping usually ends sooner.")] = 200,
-    patience: Annotated[int, typer.Option(min=1, help="Epochs without a better validation loss before stopping.")] = 15,
-    units: Annotated[int, typer.Option(min=1, help="Width of the hidden Dense + ReLU layer.")] = 256,
-    dropout: Annotated[float, typer.Option(min=0.0, max=0.9, help="Dropout before and after the hidden layer.")] = 0.2,
-    learning_rate: Annotated[float, typer.Option("--learning-rate", min=0.0, help="Adam learning rate of the head.")] = 1e-3,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.01, max=0.9, help="Share of the training images held out (stratified) for early stopping.")] = 0.2,
-    seed: Annotated[int, typer.Option(help="Seed of the initialisation, shuffling and validation split.")] = 0,
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs; early stopping usually ends sooner.")] = _HEAD.epochs,
+    patience: Annotated[int, typer.Option(min=1, help="Epochs without a better validation loss before stopping.")] = _HEAD.patience,
+    units: Annotated[int, typer.Option(min=1, help="Width of the hidden Dense + ReLU layer.")] = _HEAD.units,
+    dropout: Annotated[float, typer.Option(min=0.0, max=0.9, help="Dropout before and after the hidden layer.")] = _HEAD.dropout,
+    learning_rate: Annotated[float, typer.Option("--learning-rate", min=0.0, help="Adam learning rate of the head.")] = _HEAD.learning_rate,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.01, max=0.9, help="Share of the training images held out (stratified) for early stopping.")] = _HEAD.val_fraction,
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation, shuffling and validation split.")] = _HEAD.seed,
     plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE.png", help="Write training/validation accuracy and loss curves as a PNG.", show_default=False)] = None,
     unfreeze: Annotated[int, typer.Option("--unfreeze", min=0, metavar="N", help="Then fine-tune the last N backbone layers end to end on the image files (BatchNorm stays frozen; slow: runs the backbone).")] = 0,
-    unfreeze_epochs: Annotated[int, typer.Option("--unfreeze-epochs", min=1, help="Epochs of the end-to-end stage.")] = 3,
-    unfreeze_lr: Annotated[float, typer.Option("--unfreeze-lr", min=0.0, help="Learning rate of the end-to-end stage (keep it low).")] = 1e-5,
+    unfreeze_epochs: Annotated[int, typer.Option("--unfreeze-epochs", min=1, help="Epochs of the end-to-end stage.")] = UNFREEZE_EPOCHS,
+    unfreeze_lr: Annotated[float, typer.Option("--unfreeze-lr", min=0.0, help="Learning rate of the end-to-end stage (keep it low).")] = UNFREEZE_LEARNING_RATE,
     reembed_into: Annotated[Optional[Path], typer.Option("--reembed-into", metavar="DIR", help="With --unfreeze: build a NEW index in DIR with the tuned backbone over the same images (labels and tuned head copied). The current index is never changed: it refuses mixed weights.", show_default=False)] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
