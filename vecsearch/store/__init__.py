@@ -1,4 +1,8 @@
-"""The SQLite store: every query the rest of vecsearch makes, and migrations on open."""
+"""The store: every query the rest of vecsearch makes, migrations on open, and the vectors.
+
+SQLite holds the images, labels, classifiers and, per vector, its slot in the shard files
+(`shards.py`) and its length; the unit vectors themselves are stored once, in the shards.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from sqlalchemy import create_engine, delete, event, func, insert, select, updat
 from sqlalchemy.orm import Session
 
 from ..errors import IndexNotFoundError
+from .shards import DIRNAME as SHARDS_DIRNAME
+from .shards import Shards
 from .models import Classifier, Image, ImagenetLabel, IndexInfo, Prediction, UserLabel, Vector
 
 log = logging.getLogger(__name__)
@@ -64,17 +70,25 @@ class Store:
         self.path = Path(db_path)
         self.engine = create_engine(f"sqlite:///{self.path}", connect_args={"timeout": 60})
         event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._shards: Shards | None = None
         self.migrate()
 
     def migrate(self) -> None:
         from alembic import command
         from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
 
         cfg = Config()
         cfg.set_main_option("script_location", str(migrations_dir()))
         with self.engine.begin() as conn:
+            before = MigrationContext.configure(conn).get_current_revision()
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+        if before is not None and before < "0005":
+            # The vector BLOBs moved to shard files: give their pages back to the file system.
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("VACUUM")
+            log.info("moved the vectors of %s into shard files", self.path)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -164,9 +178,28 @@ class Store:
         return {"images": sum(by_status.values()), "ok": by_status.get("ok", 0), "failed": by_status.get("failed", 0), "vectors": vectors}
 
     # -- vectors --------------------------------------------------------------
+    @property
+    def shards(self) -> Shards:
+        """The shard files of this index (its dimension must be known: an index with info)."""
+        if self._shards is None:
+            self._shards = Shards(self.path.parent / SHARDS_DIRNAME, self.require_info().dim)
+        return self._shards
+
     def vector_ids(self) -> np.ndarray:
         with self.engine.connect() as c:
             return np.fromiter((r[0] for r in c.execute(select(Vector.image_id).order_by(Vector.image_id))), dtype=np.int64)
+
+    def slot_map(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids ascending, their slots): where every committed vector lives, 16 bytes a vector."""
+        with self.engine.connect() as c:
+            rows = c.execute(select(Vector.image_id, Vector.slot).order_by(Vector.image_id)).all()
+        arr = np.array(rows, dtype=np.int64).reshape(-1, 2)
+        return np.ascontiguousarray(arr[:, 0]), np.ascontiguousarray(arr[:, 1])
+
+    def next_slot(self) -> int:
+        """The shard commit point: slots below it are committed and never change."""
+        with self.engine.connect() as c:
+            return int(c.execute(select(IndexInfo.next_slot)).scalar() or 0)
 
     def _rows(self, q, id_column, ids: Iterable[int] | None) -> list:
         """Rows of query `q`, all of them or those whose `id_column` is in `ids` (in slices)."""
@@ -179,15 +212,37 @@ class Store:
             return rows
 
     def vectors(self, ids: Iterable[int] | None = None, dim: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(ids, vectors, norms) for the given ids (all when None), ordered by id."""
-        q = select(Vector.image_id, Vector.data, Vector.norm)
+        """(ids, unit vectors, norms) for the given ids (all when None), ordered by id.
+
+        Norms are NaN for vectors imported without one. This holds everything asked for in
+        memory at once; `iter_vectors` streams.
+        """
+        q = select(Vector.image_id, Vector.slot, Vector.norm)
         rows = sorted(self._rows(q, Vector.image_id, ids), key=lambda r: r[0])
-        if dim is None:
-            dim = len(rows[0][1]) // 4 if rows else 0
+        if not rows:
+            info = self.info()
+            return np.zeros(0, np.int64), np.zeros((0, dim or (info.dim if info else 0)), np.float32), np.zeros(0, np.float32)
         out_ids = np.array([r[0] for r in rows], dtype=np.int64)
-        mat = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim) if rows else np.zeros((0, dim), np.float32)
-        norms = np.array([r[2] for r in rows], dtype=np.float32)
+        mat = self.shards.read([r[1] for r in rows])
+        norms = np.array([np.nan if r[2] is None else r[2] for r in rows], dtype=np.float32)
         return out_ids, mat, norms
+
+    def iter_vectors(self, ids: Iterable[int] | None = None, chunk: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """`vectors` in chunks of at most `chunk`, ordered by id: memory stays at one chunk."""
+        if ids is not None:
+            ids = np.unique(np.fromiter((int(i) for i in ids), np.int64))
+            for i in range(0, len(ids), chunk):
+                yield self.vectors(ids[i : i + chunk])
+            return
+        last = -1
+        while True:
+            with self.engine.connect() as c:
+                part = [r[0] for r in c.execute(select(Vector.image_id).where(Vector.image_id > last)
+                                                 .order_by(Vector.image_id).limit(chunk))]
+            if not part:
+                return
+            yield self.vectors(part)
+            last = part[-1]
 
     # -- writes, each one transaction that bumps the generation --------------
     def apply(self, *, upserts: Iterable[dict] = (), moves: Iterable[tuple[int, dict]] = (),
@@ -202,7 +257,10 @@ class Store:
         """
         changed: list[int] = []
         dropped: list[int] = []
+        new_rows: list[np.ndarray] = []  # vectors to write at the commit point, in order
         with self.session() as s, s.begin():
+            info = s.get(IndexInfo, 1)
+            slot = info.next_slot if info is not None else 0
             for image_id in deletes:
                 s.execute(delete(Vector).where(Vector.image_id == image_id))
                 s.execute(delete(Image).where(Image.id == image_id))
@@ -211,18 +269,26 @@ class Store:
                 s.execute(update(Image).where(Image.id == image_id).values(**fields))
             for src_id, fields in copies:
                 src = s.get(Vector, src_id)
-                data, norm = src.data, src.norm
+                norm = src.norm
+                new_rows.append(self.shards.read([src.slot])[0])  # one slot per image: a copy gets its own row
                 row = self._upsert_image(s, fields, dropped)
-                s.add(Vector(image_id=row.id, data=data, norm=float(norm)))
+                s.add(Vector(image_id=row.id, slot=slot, norm=norm))
+                slot += 1
                 changed.append(row.id)
             for fields in upserts:
                 fields = dict(fields)
                 vector = fields.pop("vector", None)
-                norm = fields.pop("norm", 0.0)
+                norm = fields.pop("norm", None)
                 row = self._upsert_image(s, fields, dropped)
                 if vector is not None:
-                    s.add(Vector(image_id=row.id, data=np.asarray(vector, np.float32).tobytes(), norm=float(norm)))
+                    new_rows.append(np.asarray(vector, np.float32).reshape(-1))
+                    s.add(Vector(image_id=row.id, slot=slot, norm=None if norm is None else float(norm)))
+                    slot += 1
                     changed.append(row.id)
+            if new_rows:
+                # The rows reach the disk before the transaction that points at them commits.
+                self.shards.write(info.next_slot, np.stack(new_rows))
+                info.next_slot = slot
             if changed or dropped:
                 s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
         return {"set": changed, "unset": dropped}

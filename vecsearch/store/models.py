@@ -1,10 +1,10 @@
-"""SQLAlchemy models: the database is the source of truth, vectors included."""
+"""SQLAlchemy models: the database is the source of truth (the vectors themselves live in its shard files)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -27,6 +27,8 @@ class IndexInfo(Base):
     index_type: Mapped[str] = mapped_column(String(16), default="flat")  # vectors.INDEX_TYPES
     # Bumped by every commit that changes vectors; the FAISS sidecar records the one it holds.
     generation: Mapped[int] = mapped_column(Integer, default=0)
+    # The shard commit point: slots below it hold committed vectors and never change.
+    next_slot: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column()
 
 
@@ -47,10 +49,12 @@ class Image(Base):
 
 
 class Vector(Base):
+    """Where an image's unit vector lives in the shard files (`store.shards`), and its length."""
+
     __tablename__ = "vectors"
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
-    data: Mapped[bytes] = mapped_column(LargeBinary)  # float32, L2-normalised
-    norm: Mapped[float] = mapped_column(Float)  # length before normalising (the ImageNet top needs it)
+    slot: Mapped[int] = mapped_column(Integer)  # row in the shard files; one image per slot, never reused
+    norm: Mapped[float | None] = mapped_column(Float, nullable=True)  # length before normalising (the ImageNet top needs it); None if imported without
 
 
 class ImagenetLabel(Base):

@@ -1,0 +1,109 @@
+"""The full vectors, stored once: append-only float32 shard files beside `index.db`.
+
+Row `slot` of the collection lives in `vectors/shard-NNNNNN.f32` at row `slot % SHARD_ROWS`
+(raw little-endian float32, `dim` per row, no header). The database keeps the commit point
+(`index_info.next_slot`) and the id -> slot map: a writer writes rows at and past the
+commit point, fsyncs them, and only then commits the transaction that points at them and
+moves the commit point. Rows below it never change, so readers need no lock; rows past it
+are scratch that a crash may leave behind and the next writer overwrites.
+
+Reads memory-map only the rows they need and unmap them at once, so reading any number
+of vectors in chunks keeps the process's memory flat.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+SHARD_ROWS = 1 << 16
+"""Rows per shard file: 512 MiB of 2048-d float32."""
+DIRNAME = "vectors"
+
+
+class Shards:
+    """Fixed-width float32 rows addressed by slot, across shard files in one folder."""
+
+    def __init__(self, directory: Path, dim: int):
+        self.directory = Path(directory)
+        self.dim = int(dim)
+        self.row_bytes = 4 * self.dim
+
+    def path(self, shard: int) -> Path:
+        return self.directory / f"shard-{shard:06d}.f32"
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        """Write rows at slots start, start+1, ... and fsync them (before the commit that uses them)."""
+        rows = np.ascontiguousarray(rows, dtype="<f4")
+        if rows.ndim != 2 or rows.shape[1] != self.dim:
+            raise ValueError(f"rows must be (n, {self.dim}), got {rows.shape}")
+        if not len(rows):
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        slot, done = int(start), 0
+        while done < len(rows):
+            shard, row = divmod(slot, SHARD_ROWS)
+            n = min(len(rows) - done, SHARD_ROWS - row)
+            fd = os.open(self.path(shard), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                os.pwrite(fd, rows[done : done + n].tobytes(), row * self.row_bytes)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            slot, done = slot + n, done + n
+
+    def read(self, slots) -> np.ndarray:
+        """Rows at the given slots (any order, repeats allowed), as a new (n, dim) float32 array."""
+        slots = np.asarray(slots, dtype=np.int64).reshape(-1)
+        out = np.empty((len(slots), self.dim), np.float32)
+        if not len(slots):
+            return out
+        shard_of, row_of = np.divmod(slots, SHARD_ROWS)
+        for shard in np.unique(shard_of):
+            where = np.flatnonzero(shard_of == shard)
+            rows = row_of[where]
+            mm = self._map(int(shard), int(rows.max()) + 1)
+            try:
+                out[where] = mm[rows]
+            finally:
+                del mm  # unmap now: the pages leave this process's memory
+        return out
+
+    def read_range(self, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first slot, rows) for slots start..stop-1, one shard's part at a time (a memory map: use, then drop)."""
+        slot = int(start)
+        while slot < stop:
+            shard, row = divmod(slot, SHARD_ROWS)
+            n = min(stop - slot, SHARD_ROWS - row)
+            mm = self._map(shard, row + n)
+            yield slot, mm[row : row + n]
+            del mm
+            slot += n
+
+    def _map(self, shard: int, rows: int) -> np.ndarray:
+        path = self.path(shard)
+        try:
+            return np.memmap(path, dtype="<f4", mode="r", shape=(rows, self.dim))
+        except (FileNotFoundError, ValueError) as e:  # ValueError: the file is shorter than the rows asked for
+            from ..errors import IndexCorruptError
+
+            raise IndexCorruptError(f"Vector file {path} is missing or shorter than the index says ({e}). "
+                                    "Restore the index folder from a backup or `vecsearch export`, or index again.") from e
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.directory.glob("shard-*.f32")) if self.directory.exists() else 0
+
+    def truncate(self, next_slot: int) -> None:
+        """Drop scratch rows past the commit point and shard files wholly past it (after a rewrite)."""
+        if not self.directory.exists():
+            return
+        last_shard, last_row = divmod(int(next_slot), SHARD_ROWS)
+        for p in self.directory.glob("shard-*.f32"):
+            shard = int(p.stem.split("-")[1])
+            if shard > last_shard or (shard == last_shard and last_row == 0):
+                p.unlink()
+            elif shard == last_shard and p.stat().st_size > last_row * self.row_bytes:
+                os.truncate(p, last_row * self.row_bytes)
