@@ -76,7 +76,7 @@ def build_index(directory: Path, backbone: str, n_vectors: int, n_real: int, see
         ix.store.apply(upserts=rows)
     ix.close()
     ix = open_index(directory / "index", create=False)  # brings vectors.faiss up to date, saved
-    total = len(ix.faiss)
+    total = len(ix)
     ix.close()
     return {"vectors": total, "real": summary.indexed, "embed_seconds": round(embed_s, 1),
             "synthetic_seconds": round(time.perf_counter() - t0, 1)}

@@ -185,20 +185,20 @@ def test_a_group_is_not_cut_at_k(tmp_path):
     vecs = [v / np.linalg.norm(v) for v in vecs]
     # The concept module on its own, with a store and a FAISS index passed in.
     from vecsearch import dupes
+    from vecsearch.index_types import IndexSpec
+    from vecsearch.search import Searcher, SlotMap
     from vecsearch.store import Store
-    from vecsearch.vectors import FaissIndex
 
     store = Store(tmp_path / "index.db")
     store.create_info(backbone="tiny", weights_kind="random", weights_seed=7, weights_path=None,
                       weights_fingerprint="x", dim=32, metric="cosine", index_type="flat")
     rows = [{"path": str(tmp_path / f"v{i}.png"), "size": 1, "mtime_ns": 1, "sha256": None, "width": 1, "height": 1,
              "status": "ok", "reason": None, "vector": v, "norm": 1.0} for i, v in enumerate(vecs)]
-    ids = store.apply(upserts=rows)["set"]
-    faiss = FaissIndex(32)
-    faiss.add(ids, np.array(vecs, np.float32))
+    store.apply(upserts=rows)
+    searcher = Searcher(store.shards, SlotMap(*store.slot_map()), IndexSpec("flat", ""))
     sims = np.array(vecs) @ np.array(vecs).T
     threshold = float(sims[0, 2]) - 1e-4
     assert sims[0, 1] > threshold and sims[2, 3] > threshold and sims[:4, 4].max() < threshold
-    groups = dupes.duplicate_groups(store, faiss, threshold, k=1)
+    groups = dupes.duplicate_groups(store, searcher, threshold, k=1)
     store.close()
     assert [len(g.ids) for g in groups] == [4]

@@ -134,7 +134,7 @@ def test_touch_change_move_copy_delete(tiny_index, photos):
     assert s.removed == 1 and s.removed_paths == [str(a / "img00.png")]
     st = tiny_index.stats()
     assert st["images"] == st["vectors"] == 12
-    assert sorted(tiny_index.faiss.ids().tolist()) == tiny_index.store.vector_ids().tolist()
+    assert tiny_index.searcher.map.ids.tolist() == tiny_index.store.vector_ids().tolist()
 
 
 def test_indexing_one_folder_never_drops_another(tiny_index, photos):
@@ -258,7 +258,8 @@ def WeightsSpec_random(seed):
 
 
 # -- repair and resume ---------------------------------------------------------------------------------
-def test_vector_file_is_repaired_from_the_database(tiny_index, photos, index_dir):
+def test_vector_file_is_repaired_from_the_database(photos, index_dir):
+    tiny_index = open_index(index_dir, backbone="tiny", weights=None, seed=7, index_type="hnsw")
     tiny_index.add([photos])
     ids = tiny_index.store.vector_ids().tolist()
     tiny_index.close()
@@ -298,8 +299,7 @@ def _snapshot(index: Path) -> dict[str, np.ndarray]:
     try:
         ids, mat, _ = ix.store.vectors()
         recs = ix.store.images(ids)
-        faiss_ids = sorted(ix.faiss.ids().tolist())
-        assert faiss_ids == ids.tolist(), "FAISS and SQLite disagree"
+        assert ix.searcher.map.ids.tolist() == ids.tolist(), "the searcher and SQLite disagree"
         assert ix.stats()["images"] == len(ids)
         return {recs[int(i)].path: v for i, v in zip(ids, mat)}
     finally:
@@ -349,6 +349,7 @@ def test_hnsw_index_type_and_conversion(photos, index_dir):
     # Converting back to flat rebuilds from the database, nothing lost.
     run("index", photos, "--index", index_dir, "--index-type", "flat", "--quiet")
     st = run_json("stats", "--index", index_dir)
-    assert (st["index_type"], st["faiss_index"], st["vectors"]) == ("flat", "IndexIDMap2(IndexFlatIP)", 11)
+    assert (st["index_type"], st["faiss_index"], st["vectors"]) == ("flat", "none (exact scan of the stored vectors)", 11)
+    assert not (index_dir / "vectors.faiss").exists()  # flat searches the stored vectors themselves
     r = run("index", photos, "--index", index_dir, "--index-type", "ivf", ok=False)
     assert r.exit_code == 1 and "Unknown index type" in r.output

@@ -283,7 +283,23 @@ def test_truncated_index_is_corrupt(tmp_path, data):
     _, path = _saved(tmp_path, data)
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(IndexCorruptError, match="checksum"):
+        FaissIndex.load(path)
+    meta = json.loads(sidecar_path(path).read_text())
+    del meta["crc32"]  # a sidecar without a checksum (older files): FAISS itself refuses the torn file
+    sidecar_path(path).write_text(json.dumps(meta))
     with pytest.raises(IndexCorruptError, match="unreadable"):
+        FaissIndex.load(path)
+
+
+def test_flipped_bytes_in_the_vector_data_are_detected(tmp_path, data):
+    """Random bytes inside the vector data leave a readable file: only the checksum notices."""
+    index, path = _saved(tmp_path, data)
+    raw = bytearray(path.read_bytes())
+    mid = len(raw) // 2
+    raw[mid : mid + 8] = b"\xff" * 8
+    path.write_bytes(bytes(raw))
+    with pytest.raises(IndexCorruptError, match="checksum"):
         FaissIndex.load(path)
 
 
@@ -361,7 +377,7 @@ def test_sidecar_written_after_index(tmp_path, data, monkeypatch):
         index.save(path, {"generation": 2})
     monkeypatch.undo()
     assert FaissIndex.read_meta(path)["generation"] == 1
-    with pytest.raises(IndexCorruptError, match="count"):
+    with pytest.raises(IndexCorruptError, match="checksum"):
         FaissIndex.load(path)
 
 

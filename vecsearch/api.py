@@ -1,8 +1,9 @@
 """The index object: every feature of vecsearch as a method of `VecIndex`.
 
-An index is a folder holding `index.db` (SQLite: images, vectors, labels, classifiers; the
-source of truth) and `vectors.faiss` (+ JSON sidecar), a search structure derived from the
-database. The CLI, the HTTP service and Python users all call the methods below; each one
+An index is a folder holding `index.db` (SQLite: images, labels, classifiers, where each
+vector lives; the source of truth), `vectors/` (the unit vectors, stored once, in shard
+files) and, for approximate index types, `vectors.faiss` (+ JSON sidecar), a search
+structure derived from them. The CLI, the HTTP service and Python users all call the methods below; each one
 hands its work down to the module that owns the concept (`indexer`, `labels`, `classes`,
 `classify`, `finetune`, `dupes`), passing the store, the FAISS index and the backbone in.
 """
@@ -14,6 +15,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -35,7 +37,9 @@ from .extract import RESAMPLE, Extractor
 from .files import WriterLock
 from .indexer import IndexSummary
 from .store import ImageRecord, Store, no_annotations
-from .vectors import INDEX_TYPES, FaissIndex, normalize
+from .index_types import DEFAULT_TYPE, IndexSpec, check_index_type, parse_memory
+from .search import Searcher
+from .vectors import FaissIndex, normalize
 
 log = logging.getLogger(__name__)
 
@@ -64,20 +68,22 @@ class VecIndex:
     `open_index`.
     """
 
-    def __init__(self, directory: Path, store: Store, faiss: FaissIndex | None = None,
-                 backbone: Backbone | None = None, *, requested: tuple[str, WeightsSpec] | None = None,
-                 batch_size: int | None = None, workers: int | None = None, index_type: str = "flat"):
+    def __init__(self, directory: Path, store: Store, backbone: Backbone | None = None, *,
+                 requested: tuple[str, WeightsSpec] | None = None, batch_size: int | None = None,
+                 workers: int | None = None, index_type: str = DEFAULT_TYPE, max_memory: int | None = None,
+                 progress: Progress | None = None):
         self.directory = Path(directory)
         self.store = store
-        self.faiss = faiss
+        self.searcher: Searcher | None = None
         self.batch_size = batch_size
         self.workers = workers
-        self._index_type = index_type  # for a new index; an existing one keeps what it records
+        # For a new index; an existing one keeps what it records (open_index converts).
+        self._index_type, self._max_memory = index_type, max_memory
         self._backbone = backbone
         if requested is None and backbone is not None:
             requested = (backbone.name, backbone.weights)
         self._requested = requested
-        self._generation = -1  # the database generation `faiss` holds
+        self._generation = -1  # the database generation the searcher holds
         self._lock = WriterLock(self.directory / LOCK_NAME)
         # Server threads may refresh at once; one reloads, the others then see it current.
         self._refresh_lock = threading.Lock()
@@ -85,8 +91,8 @@ class VecIndex:
         self._model_lock = threading.Lock()
         self._loaded: OrderedDict[tuple[str, str], Any] = OrderedDict()  # (name, created_at) -> classifier
         self._loaded_lock = threading.Lock()
-        if self.store.info() is not None and self.faiss is None:
-            self._load_faiss()
+        if self.store.info() is not None:
+            self._open_searcher(progress=progress)
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -124,10 +130,19 @@ class VecIndex:
     def _require_info(self):
         return self.store.require_info()
 
-    def _load_faiss(self) -> None:
-        faiss, generation = indexer.load_synced(self.store, self.vectors_path, can_save=self._lock.if_free)
-        # Publish only the finished index: concurrent searches hold the old one until here.
-        self.faiss, self._generation = faiss, generation
+    @property
+    def faiss(self) -> FaissIndex | None:
+        """The approximate FAISS structure, or None for exact (flat) search."""
+        return self.searcher.faiss if self.searcher is not None else None
+
+    def _open_searcher(self, *, writer: bool = False, progress: Progress | None = None) -> bool:
+        """Bring the searcher up to date with the database; True if its structure was rebuilt."""
+        can_save = (lambda: nullcontext(True)) if writer else self._lock.if_free
+        searcher, generation, rebuilt = indexer.open_searcher(
+            self.store, self.vectors_path, self.searcher, can_save=can_save, writer=writer, progress=progress)
+        # Publish only the finished searcher: concurrent searches hold the old one until here.
+        self.searcher, self._generation = searcher, generation
+        return rebuilt
 
     def refresh(self) -> bool:
         """Reload the vectors if another process changed the index; True if it did."""
@@ -136,7 +151,7 @@ class VecIndex:
         with self._refresh_lock:
             if self.store.generation() == self._generation:
                 return False
-            self._load_faiss()
+            self._open_searcher()
             return True
 
     # -- the backbone -------------------------------------------------------------------
@@ -171,10 +186,8 @@ class VecIndex:
         self.store.create_info(
             backbone=bb.name, weights_kind=bb.weights.kind, weights_seed=bb.weights.seed,
             weights_path=bb.weights.path, weights_fingerprint=bb.fingerprint, dim=bb.dim,
-            metric="cosine", index_type=self._index_type,
+            metric="cosine", index_type=self._index_type, max_memory=self._max_memory,
         )
-        self.faiss = FaissIndex(bb.dim, self._index_type)
-        self._generation = 0
 
     # -- indexing -------------------------------------------------------------------------
     def add(self, paths: Iterable[str | os.PathLike], *, progress: Progress | None = None,
@@ -193,11 +206,25 @@ class VecIndex:
                 raise NoImagesError(f"No image files found in {', '.join(map(str, roots))}.")
             self._ensure_info()
             self.refresh()
-            summary = indexer.run(self.store, self.faiss, self.extractor, roots, files, progress=progress,
+            had_structure = indexer.current_spec(self.store) is not None
+            summary = indexer.run(self.store, self.extractor, roots, files, progress=progress,
                                   chunk_size=chunk_size, chunk_seconds=chunk_seconds)
-            self._generation = self.store.generation()
-            indexer.save(self.store, self.vectors_path, self.faiss)
+            summary.retrained = self._open_searcher(writer=True) and had_structure
         return summary
+
+    def reindex(self, *, index_type: str | None = None, max_memory: int | str | None = None,
+                progress: Progress | None = None) -> IndexSpec:
+        """Rebuild (retrain and re-tune) the search structure from the stored vectors, as `index_type`."""
+        self._require_info()
+        if index_type is not None:
+            check_index_type(index_type)
+        budget = parse_memory(max_memory)
+        with self._lock.held():
+            info = self.info
+            self.store.set_index_type(index_type or info.index_type, budget)
+            self.store.set_index_spec(None)
+            self._open_searcher(writer=True, progress=progress)
+        return self.searcher.spec
 
     # -- embedding ------------------------------------------------------------------------
     def embed(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
@@ -290,9 +317,9 @@ class VecIndex:
             raise VecsearchError(f"k must be at least 1, got {k}.")
         self.refresh()
         q = np.asarray(q, np.float32)
-        if q.shape[-1] != self.faiss.dim:
-            raise VecsearchError(f"Query vector has {q.shape[-1]} dimensions; the index has {self.faiss.dim}.")
-        scores, ids = self.faiss.search(q.reshape(1, -1), k, exclude=exclude)
+        if q.shape[-1] != self.searcher.dim:
+            raise VecsearchError(f"Query vector has {q.shape[-1]} dimensions; the index has {self.searcher.dim}.")
+        scores, ids = self.searcher.search(q.reshape(1, -1), k, exclude=exclude)
         pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
         recs = self.store.images(i for i, _ in pairs)
         hits = [(i, s) for i, s in pairs if i in recs]  # one deleted in between is skipped
@@ -302,11 +329,7 @@ class VecIndex:
         """Neighbours of an indexed image by its stored vector (no model call), itself left out."""
         self._require_info()
         self.refresh()
-        try:
-            q = self.faiss.reconstruct(image_id)  # from memory: no database round trip
-        except KeyError:
-            raise NotIndexedError(f"No indexed image with id {image_id}.") from None
-        return self.search_vector(q, k, exclude={image_id})
+        return self.search_vector(self.vector(image_id), k, exclude={image_id})
 
     # -- images ---------------------------------------------------------------------------
     def image(self, image_id: int) -> ImageRecord:
@@ -337,12 +360,13 @@ class VecIndex:
         info = self._require_info()
         self.refresh()
         counts = self.store.counts()
+        spec = self.searcher.spec
         size = lambda p: p.stat().st_size if p.exists() else 0  # noqa: E731
         db = self.directory / DB_NAME
         return {
             "index": str(self.directory),
             "images": counts["images"],
-            "vectors": len(self.faiss),
+            "vectors": len(self.searcher),
             "ok": counts["ok"],
             "failed": counts["failed"],
             "backbone": info.backbone,
@@ -351,7 +375,12 @@ class VecIndex:
             "dim": info.dim,
             "metric": info.metric,
             "index_type": info.index_type,
-            "faiss_index": self.faiss.describe(),
+            "faiss_index": self.faiss.describe() if self.faiss is not None else "none (exact scan of the stored vectors)",
+            "index_params": spec.params,
+            "index_memory_bytes": spec.memory_bytes,
+            "index_built_for": spec.built_for,
+            "recall_at_10": spec.recall,
+            "max_memory": info.max_memory,
             "db_bytes": size(db) + size(db.with_name(db.name + "-wal")),
             "vectors_bytes": size(self.vectors_path),
             "created_at": info.created_at.isoformat(timespec="seconds") + "Z",
@@ -488,7 +517,7 @@ class VecIndex:
         """Groups of near-duplicate images (cosine similarity >= threshold), largest first."""
         self._require_info()
         self.refresh()
-        return dupes.duplicate_groups(self.store, self.faiss, threshold, k=k, progress=progress)
+        return dupes.duplicate_groups(self.store, self.searcher, threshold, k=k, progress=progress)
 
     def similarity(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
         """The cosine-similarity matrix of a few image files (indexed ones reuse their vectors)."""
@@ -501,18 +530,22 @@ class VecIndex:
 def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = None, weights: Any = _UNSET,
                seed: int | None = None, create: bool = True, batch_size: int | None = None,
                workers: int | None = None, model: Backbone | None = None,
-               index_type: str | None = None) -> VecIndex:
+               index_type: str | None = None, max_memory: int | str | None = None,
+               progress: Progress | None = None) -> VecIndex:
     """Open (or create) the index at `path` (else $VECSEARCH_INDEX, else the default folder).
 
     backbone/weights choose the model for a new index (weights: "imagenet", None for the
     seeded random init, or a weights file); for an existing one they must match what built
     it, or IndexMismatchError is raised. `model` passes an already built Backbone.
-    index_type picks the FAISS structure: "flat" (exact, the default) or "hnsw" (approximate,
-    sub-millisecond on 100k+ vectors); giving another type than an index has converts it,
-    rebuilt from the database.
+
+    index_type picks the search structure (`index_types`): "flat" (exact, the default),
+    "hnsw", "ivf-pq", "auto" (chosen from the collection's size and `max_memory`, e.g.
+    "4GB") or a FAISS factory string. Giving another type or budget than an index records
+    converts it, rebuilt from the stored vectors (`progress` reports that build).
     """
-    if index_type is not None and index_type not in INDEX_TYPES:
-        raise VecsearchError(f"Unknown index type {index_type!r}; choose one of: {', '.join(INDEX_TYPES)}.")
+    if index_type is not None:
+        check_index_type(index_type)
+    budget = parse_memory(max_memory)
     directory = resolve_index_dir(path)
     if not (directory / DB_NAME).exists():
         if not create:
@@ -526,11 +559,13 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
         requested = None
         if backbone is not None or weights is not _UNSET or seed is not None or model is not None:
             requested = _requested_model(directory, info, backbone, weights, seed, model)
-        if info is not None and index_type is not None and index_type != info.index_type:
-            log.info("converting %s from %s to %s", directory, info.index_type, index_type)
-            store.set_index_type(index_type)
+        if info is not None and ((index_type is not None and index_type != info.index_type)
+                                 or (budget is not None and budget != info.max_memory)):
+            log.info("converting %s from %s to %s", directory, info.index_type, index_type or info.index_type)
+            store.set_index_type(index_type or info.index_type, budget)
         index = VecIndex(directory, store, backbone=model, requested=requested, batch_size=batch_size,
-                         workers=workers, index_type=index_type or "flat")
+                         workers=workers, index_type=index_type or DEFAULT_TYPE, max_memory=budget,
+                         progress=progress)
         if model is not None:
             check_fingerprint(model, info, directory)
         return index

@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import VecsearchError
 from .store import Store
-from .vectors import FaissIndex
+from .search import Searcher
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class DupeGroup:
         return asdict(self) | {"size": len(self.ids)}
 
 
-def duplicate_groups(store: Store, faiss: FaissIndex, threshold: float = DEFAULT_THRESHOLD, *,
+def duplicate_groups(store: Store, searcher: Searcher, threshold: float = DEFAULT_THRESHOLD, *,
                      k: int = DEFAULT_NEIGHBOURS, batch_size: int = BATCH_SIZE,
                      progress: Callable[[int, int], None] | None = None) -> list[DupeGroup]:
     """Groups of >= 2 indexed images whose cosine similarity is >= threshold.
@@ -55,7 +55,7 @@ def duplicate_groups(store: Store, faiss: FaissIndex, threshold: float = DEFAULT
         raise VecsearchError(f"The threshold is a cosine similarity between -1 and 1, got {threshold}.")
     if k < 1:
         raise VecsearchError(f"k must be at least 1, got {k}.")
-    all_ids = faiss.ids()
+    all_ids = searcher.map.ids
     n = len(all_ids)
     if progress:
         progress(0, n)
@@ -66,10 +66,10 @@ def duplicate_groups(store: Store, faiss: FaissIndex, threshold: float = DEFAULT
     vals: list[np.ndarray] = []
     for start in range(0, n, batch_size):
         batch = all_ids[start : start + batch_size]
-        got, queries, _ = store.vectors(batch, dim=faiss.dim)
+        got, queries, _ = store.vectors(batch, dim=searcher.dim)
         fetch = min(k + 1, n)  # +1: each vector finds itself first
         while len(queries):
-            scores, nbrs = faiss.search(queries, fetch)
+            scores, nbrs = searcher.search(queries, fetch)
             q_pos = np.repeat(np.searchsorted(all_ids, got), scores.shape[1])
             nbr_ids = nbrs.reshape(-1)
             keep = (scores.reshape(-1) >= threshold) & (nbr_ids >= 0)

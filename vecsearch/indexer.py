@@ -9,13 +9,16 @@ always gets a new id, so no id ever changes its vector.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -23,6 +26,8 @@ from . import images
 from .config import default_workers
 from .errors import IndexCorruptError
 from .extract import Extractor
+from .index_types import DEFAULT_MAX_MEMORY, HNSW_M, TARGET_RECALL, IndexSpec, choose, train_size
+from .search import Searcher, SlotMap, tune
 from .store import ImageRecord, Store
 from .vectors import FaissIndex
 
@@ -34,6 +39,8 @@ CHUNK_SIZE = 64
 """Images per commit: a killed run loses at most this many, and the next run resumes there."""
 CHUNK_SECONDS = 10.0
 """...or this long, whichever comes first, so slow images still commit often."""
+ADD_CHUNK = 1 << 16
+"""Vectors read from the shards per step when a structure is built or synced."""
 
 
 @dataclass
@@ -54,6 +61,7 @@ class IndexSummary:
     failed: list[FailedImage] = field(default_factory=list)
     total: int = 0
     seconds: float = 0.0
+    retrained: bool = False  # the search structure was rebuilt: the collection outgrew it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -165,19 +173,13 @@ def _count_existing(rec: ImageRecord, summary: IndexSummary) -> None:
         summary.failed.append(FailedImage(rec.path, rec.reason or "failed"))
 
 
-def commit(store: Store, faiss: FaissIndex, **changes) -> None:
-    """Write one chunk to the database (one transaction), then mirror it in FAISS."""
-    if not any(changes.values()):
-        return
-    result = store.apply(**changes)
-    if result["unset"]:
-        faiss.remove(np.array(result["unset"], np.int64))
-    if result["set"]:
-        ids, mat, _ = store.vectors(result["set"], dim=faiss.dim)
-        faiss.add(ids, mat)
+def commit(store: Store, **changes) -> None:
+    """Write one chunk to the database and its shard files (one transaction)."""
+    if any(changes.values()):
+        store.apply(**changes)
 
 
-def run(store: Store, faiss: FaissIndex, extractor: Callable[[], Extractor], roots: list[Path], files: list[Path], *,
+def run(store: Store, extractor: Callable[[], Extractor], roots: list[Path], files: list[Path], *,
         progress: Progress | None = None, chunk_size: int = CHUNK_SIZE,
         chunk_seconds: float = CHUNK_SECONDS) -> IndexSummary:
     """Bring the index up to date with `files` (found under `roots`); the caller holds the writer lock.
@@ -188,7 +190,7 @@ def run(store: Store, faiss: FaissIndex, extractor: Callable[[], Extractor], roo
     started = time.perf_counter()
     summary = IndexSummary(total=len(files))
     todo = plan(store, roots, files, summary)
-    commit(store, faiss, deletes=todo.deletes, moves=todo.moves, copies=todo.copies)
+    commit(store, deletes=todo.deletes, moves=todo.moves, copies=todo.copies)
     total = len(todo.to_embed)
     if progress:
         progress(0, total)
@@ -209,66 +211,155 @@ def run(store: Store, faiss: FaissIndex, extractor: Callable[[], Extractor], roo
             chunk.append(row)
             done += 1
             if len(chunk) >= chunk_size or time.monotonic() - last_commit > chunk_seconds:
-                commit(store, faiss, upserts=chunk)
+                commit(store, upserts=chunk)
                 chunk, last_commit = [], time.monotonic()
             if progress:
                 progress(done, total)
-        commit(store, faiss, upserts=chunk)
+        commit(store, upserts=chunk)
     summary.failed.sort(key=lambda f: f.path)
     summary.seconds = round(time.perf_counter() - started, 3)
     return summary
 
 
-# -- the FAISS file, kept in step with the database ----------------------------------
-def load_synced(store: Store, path: Path, *, can_save: Callable[[], object]) -> tuple[FaissIndex, int]:
-    """The FAISS index at `path` brought up to date with the database; (index, generation).
+# -- the search structure, kept in step with the database -------------------------------
+def current_spec(store: Store) -> IndexSpec | None:
+    """The structure the index records as built (None before the first build)."""
+    info = store.require_info()
+    return IndexSpec.from_dict(json.loads(info.index_spec)) if info.index_spec else None
 
-    A missing, torn, foreign or stale file is repaired from the database (only the ids that
-    differ are added or removed). The repair is saved when `can_save()`, a context manager
-    yielding whether the writer lock is free, says so: an indexer holding the lock saves
-    its own state.
+
+def build(store: Store, slot_map: SlotMap, index_type: str, max_memory: int | None, *,
+          progress: Progress | None = None) -> tuple[FaissIndex | None, IndexSpec]:
+    """Choose and build the structure for the current vectors: train on a sample, add in chunks, tune.
+
+    Memory stays at the structure plus one chunk of vectors plus the training sample.
     """
-    info = store.info()
+    info = store.require_info()
+    n, dim = len(slot_map), info.dim
+    spec = choose(index_type, n, dim, max_memory)
+    spec.build_id = uuid.uuid4().hex
+    if spec.exact:
+        return None, spec
+    t0 = time.perf_counter()
+    faiss = FaissIndex(dim, "hnsw" if spec.factory == f"HNSW{HNSW_M}" and spec.metric == "ip" else spec.factory,
+                       metric=spec.metric, params=spec.params)
+    if not faiss.is_trained:
+        size = train_size(spec.factory, n, dim, max_memory or DEFAULT_MAX_MEMORY)
+        rng = np.random.default_rng(0)
+        sample = np.sort(rng.choice(slot_map.slots, size=size, replace=False)) if size < n else np.sort(slot_map.slots)
+        log.info("training %s on %d of %d vectors", spec.factory, len(sample), n)
+        faiss.train(store.shards.read(sample))
+    done = 0
+    if progress:
+        progress(0, n)
+    for ids, vecs, _ in store.iter_vectors(chunk=ADD_CHUNK):
+        faiss.add(ids, vecs)
+        done += len(ids)
+        if progress:
+            progress(done, n)
+    spec.memory_bytes = faiss.memory_bytes()
+    log.info("built %s over %d vectors in %.1fs", spec.factory, n, time.perf_counter() - t0)
+    return faiss, spec
+
+
+def open_searcher(store: Store, path: Path, current: Searcher | None, *, can_save: Callable[[], object],
+                  writer: bool = False, progress: Progress | None = None) -> tuple[Searcher, int, bool]:
+    """The searcher for the database's current state: (searcher, generation, rebuilt).
+
+    `current` (already in memory) is brought up to date by adding and removing only what
+    changed; otherwise the saved structure is loaded and synced the same way. It is
+    rebuilt from the stored vectors when missing, damaged, of another type than the index
+    records, or (by a `writer`, i.e. `vecsearch index`) when the collection outgrew what
+    it was trained for. Repairs are saved when `can_save()` says the writer lock is free.
+    """
+    info = store.require_info()
     generation = store.generation()
-    faiss, meta = None, {}
+    ids, slots, next_slot = store.slot_map()
+    smap = SlotMap(ids, slots, next_slot)
+    spec = current_spec(store)
+    faiss = current.faiss if current is not None and current.spec == spec else None
+    rebuild = spec is None or spec.index_type != info.index_type or (writer and spec.needs_rebuild(len(smap)))
+    if not rebuild and not spec.exact and faiss is None:
+        faiss = _load_structure(path, spec)
+        rebuild = faiss is None
+    changed = rebuild
+    if rebuild:
+        if spec is not None and spec.index_type == info.index_type:
+            log.warning("rebuilding the %s search structure of %s (%s)", info.index_type, path.parent,
+                        "the collection outgrew it" if spec.needs_rebuild(len(smap)) else "missing or damaged")
+        faiss, spec = build(store, smap, info.index_type, info.max_memory, progress=progress)
+    elif faiss is not None:
+        lock = current.lock.writing() if current is not None and current.faiss is faiss else _no_lock()
+        with lock:
+            changed = _sync(store, faiss, smap)
+    searcher = current if current is not None and current.faiss is faiss and not rebuild else None
+    if searcher is None:
+        searcher = Searcher(store.shards, smap, spec, faiss)
+    else:
+        with searcher.lock.writing():
+            searcher.map = smap
+    if rebuild:
+        params, recall = tune(searcher, TARGET_RECALL)
+        spec.params, spec.recall = params, recall
+    if changed:
+        with can_save() as free:
+            if free:
+                if faiss is not None:
+                    save(store, path, faiss, spec)
+                elif path.exists():
+                    path.unlink()  # flat: the stored vectors are the structure
+                store.set_index_spec(json.dumps(spec.to_dict()))
+    return searcher, generation, rebuild
+
+
+def _sync(store: Store, faiss: FaissIndex, smap: SlotMap) -> bool:
+    """Add vectors the structure lacks and drop those the database no longer has; True if any."""
+    have = faiss.ids()
+    missing = np.setdiff1d(smap.ids, have)
+    extra = np.setdiff1d(have, smap.ids)
+    if len(extra):
+        faiss.remove(extra)
+    for i in range(0, len(missing), ADD_CHUNK):
+        part = missing[i : i + ADD_CHUNK]
+        faiss.add(part, store.shards.read(smap.slots_of(part)))
+    if len(missing) or len(extra):
+        log.info("synced the search structure with the database: +%d -%d", len(missing), len(extra))
+    return bool(len(missing) or len(extra))
+
+
+def _load_structure(path: Path, spec: IndexSpec) -> FaissIndex | None:
+    """The saved structure if it is the one the database records, else None (it gets rebuilt)."""
     for attempt in range(2):
         try:
             faiss, meta = FaissIndex.load(path)
-            break
         except FileNotFoundError:
-            break
+            return None
         except IndexCorruptError as e:
             # Maybe a save was between its two renames; look once more, then rebuild.
             if attempt == 0:
                 time.sleep(0.2)
                 continue
-            log.warning("rebuilding the vector file from the database: %s", e)
-    if faiss is None or faiss.dim != info.dim or faiss.index_type != info.index_type:
-        faiss, meta = FaissIndex(info.dim, info.index_type), {}
-    if meta.get("generation") == generation and len(faiss) == store.counts()["vectors"]:
-        return faiss, generation
-    db_ids = store.vector_ids()
-    extra = np.setdiff1d(faiss.ids(), db_ids)
-    missing = np.setdiff1d(db_ids, faiss.ids())
-    log.info("syncing vectors with the database: +%d -%d", len(missing), len(extra))
-    if len(extra):
-        faiss.remove(extra)
-    if len(missing):
-        ids, mat, _ = store.vectors(missing, dim=info.dim)
-        faiss.add(ids, mat)
-    with can_save() as free:
-        if free:
-            save(store, path, faiss)
-    return faiss, generation
+            log.warning("rebuilding the search structure: %s", e)
+            return None
+        if (meta.get("spec") or {}).get("build_id") != spec.build_id:
+            log.info("the saved search structure is not the one the database records; rebuilding")
+            return None
+        return faiss
+    return None
 
 
-def save(store: Store, path: Path, faiss: FaissIndex) -> None:
-    """Write the FAISS file with a sidecar naming the generation and model it holds."""
-    info = store.info()
+@contextmanager
+def _no_lock() -> Iterator[None]:
+    yield
+
+
+def save(store: Store, path: Path, faiss: FaissIndex, spec: IndexSpec) -> None:
+    """Write the structure with a sidecar naming the generation, model and spec it holds."""
+    info = store.require_info()
     faiss.save(path, {
         "generation": store.generation(),
         "backbone": info.backbone,
         "weights_fingerprint": info.weights_fingerprint,
         "metric": info.metric,
+        "spec": spec.to_dict(),
     })
-

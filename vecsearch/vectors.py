@@ -1,4 +1,9 @@
-"""FAISS wrapper for cosine search over L2-normalised float32 vectors keyed by SQLite row ids.
+"""FAISS structures over unit vectors keyed by SQLite image ids, and `normalize`.
+
+`FaissIndex` wraps any structure FAISS builds from a factory string ("Flat", "HNSW32",
+"PCA256,IVF1024,PQ64x8", ...): training, adding and removing by id, searching, and saving
+atomically with a JSON sidecar that carries a checksum. For approximate structures the
+index re-scores its candidates exactly (`search.py`), so their scores need only rank.
 
 FAISS is imported inside functions so that importing this module (and the CLI's --help)
 stays instant.
@@ -8,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,11 +25,10 @@ from .files import atomic_write
 
 logger = logging.getLogger(__name__)
 
-INDEX_TYPES = ("flat", "hnsw")
-"""The FAISS structures an index can use: `--index-type` on the CLI, `index_type` everywhere else."""
-HNSW_M = 32
-HNSW_EF_SEARCH = 128
-HNSW_EF_CONSTRUCTION = 80
+from .index_types import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, NAMED_TYPES
+
+INDEX_TYPES = NAMED_TYPES
+"""What `--index-type` takes (also any FAISS factory string): `index_type` everywhere."""
 SMALL_BATCH = 16  # fewer queries than this run on one OpenMP thread
 
 
@@ -78,32 +83,52 @@ def _as_ids(ids) -> np.ndarray:
 
 
 class FaissIndex:
-    """IndexIDMap2 over IndexFlatIP (exact inner product == cosine on normalised vectors).
+    """A FAISS structure over unit vectors, searched by cosine, keyed by int64 ids.
 
-    index_type="hnsw" swaps in IndexHNSWFlat for large collections: approximate, faster
-    search, but FAISS cannot remove from it, so removals rebuild the graph from stored vectors.
+    `index_type` is "flat" (IndexFlatIP), "hnsw" (IndexHNSWFlat, M=32) or a FAISS factory
+    string; `metric` "ip" or "l2" (on unit vectors, L2 order is cosine order; scores are
+    returned as cosines either way). Structures that cannot add with ids are wrapped in
+    IndexIDMap2; those that cannot remove (HNSW) are rebuilt from their own vectors when
+    they can reconstruct them, else the removed ids stay inside, dead, and the caller's
+    re-ranking drops them.
     """
 
-    def __init__(self, dim: int, index_type: str = "flat"):
+    def __init__(self, dim: int, index_type: str = "flat", *, metric: str | None = None, params: dict | None = None):
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise VecsearchError(f"dim must be a positive integer, got {dim!r}")
-        if index_type not in INDEX_TYPES:
-            raise VecsearchError(f"Unknown index type {index_type!r}; choose one of: {', '.join(INDEX_TYPES)}.")
         self.dim = int(dim)
         self.index_type = index_type
+        self.factory = {"flat": "Flat", "hnsw": f"HNSW{HNSW_M}"}.get(index_type, index_type)
+        if index_type in ("auto", "ivf-pq"):
+            raise VecsearchError(f"Index type {index_type!r} is resolved to a factory string first (index_types.choose).")
+        self.metric = metric or ("ip" if index_type in ("flat", "hnsw") else "l2")
+        if self.metric not in ("ip", "l2"):
+            raise VecsearchError(f"metric must be ip or l2, got {self.metric!r}")
+        self.params = dict(params or {})
         self._index = self._new_faiss_index()
+        self._ids = np.empty(0, np.int64)  # sorted ids inside, dead ones included
+        self.set_params(self.params)
 
     def _new_faiss_index(self):
         faiss = _faiss()
-        if self.index_type == "flat":
-            inner = faiss.IndexFlatIP(self.dim)
-        else:
-            inner = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        metric = faiss.METRIC_INNER_PRODUCT if self.metric == "ip" else faiss.METRIC_L2
+        if self.factory == "Flat":
+            inner = faiss.IndexFlatIP(self.dim) if self.metric == "ip" else faiss.IndexFlatL2(self.dim)
+        elif self.factory == f"HNSW{HNSW_M}":
+            inner = faiss.IndexHNSWFlat(self.dim, HNSW_M, metric)
             inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
             inner.hnsw.efSearch = HNSW_EF_SEARCH
+        else:
+            try:
+                inner = faiss.index_factory(self.dim, self.factory, metric)
+            except RuntimeError as e:
+                raise VecsearchError(f"FAISS cannot build {self.factory!r}: {_faiss_message(e)}") from None
+        if _native_ids(inner):
+            return inner
         # The Python wrapper keeps a reference to `inner`, so it outlives this scope.
         return faiss.IndexIDMap2(inner)
 
+    # -- what it is ---------------------------------------------------------------------
     def __len__(self) -> int:
         return int(self._index.ntotal)
 
@@ -112,12 +137,37 @@ class FaissIndex:
 
     def describe(self) -> str:
         """The FAISS structure in FAISS's own class names, for `stats`."""
-        return f"IndexIDMap2({'IndexFlatIP' if self.index_type == 'flat' else 'IndexHNSWFlat'})"
+        return _describe(self._index)
 
-    def _id_array(self) -> np.ndarray:
-        """Ids in FAISS's internal order (row i of the storage has id _id_array()[i])."""
-        return _faiss().vector_to_array(self._index.id_map).astype(np.int64, copy=False)
+    @property
+    def is_trained(self) -> bool:
+        return bool(self._index.is_trained)
 
+    def set_params(self, params: dict) -> None:
+        """Search parameters by name (nprobe, efSearch, ...), through FAISS's ParameterSpace."""
+        faiss = _faiss()
+        self.params = dict(params or {})
+        inner = self._inner()
+        for key, value in self.params.items():
+            try:
+                faiss.ParameterSpace().set_index_parameter(inner, key, value)
+            except RuntimeError as e:
+                raise VecsearchError(f"{self.factory} has no search parameter {key}: {_faiss_message(e)}") from None
+
+    def _inner(self):
+        faiss = _faiss()
+        return faiss.downcast_index(self._index.index) if isinstance(self._index, faiss.IndexIDMap2) else self._index
+
+    def memory_bytes(self) -> int:
+        """Bytes the structure holds in RAM (its serialised size, a close measure)."""
+        return int(_faiss().serialize_index(self._index).nbytes) if len(self) < 200_000 else self._estimated_bytes()
+
+    def _estimated_bytes(self) -> int:
+        from .index_types import estimate_bytes
+
+        return estimate_bytes(self.factory if self.factory != "Flat" else "", len(self), self.dim)
+
+    # -- contents -------------------------------------------------------------------------
     def _as_matrix(self, vectors, what: str) -> np.ndarray:
         x = np.asarray(vectors)
         if x.ndim == 1:
@@ -133,6 +183,17 @@ class FaissIndex:
             raise VecsearchError(f"{what} contain NaN or infinite values")
         return x
 
+    def train(self, vectors: np.ndarray) -> None:
+        """Train a structure that needs it (IVF, PQ, PCA) on a sample of the vectors."""
+        if self.is_trained:
+            return
+        x = self._as_matrix(vectors, "training vectors")
+        try:
+            self._index.train(x)
+        except RuntimeError as e:
+            raise VecsearchError(f"Training {self.factory} on {len(x)} vectors failed: {_faiss_message(e)}") from None
+        self.set_params(self.params)
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add vectors under ids; an id already present is replaced, never duplicated.
 
@@ -144,47 +205,71 @@ class FaissIndex:
             raise VecsearchError(f"got {len(id_arr)} ids for {len(vecs)} vectors")
         if len(id_arr) == 0:
             return
+        if not self.is_trained:
+            raise VecsearchError(f"{self.factory} must be trained before vectors are added.")
         _, first_in_reversed = np.unique(id_arr[::-1], return_index=True)
         if len(first_in_reversed) != len(id_arr):
             keep = np.sort(len(id_arr) - 1 - first_in_reversed)
             id_arr, vecs = id_arr[keep], np.ascontiguousarray(vecs[keep])
-        existing = id_arr[np.isin(id_arr, self._id_array())]
+        existing = id_arr[np.isin(id_arr, self._ids)]
         if len(existing):
-            self.remove(existing)
+            self.remove(existing, force=True)
         self._index.add_with_ids(vecs, id_arr)
+        self._ids = np.union1d(self._ids, id_arr)
 
-    def remove(self, ids) -> int:
-        """Remove ids and return how many were present; unknown ids are ignored."""
-        id_arr = _as_ids(ids)
-        if len(id_arr) == 0 or len(self) == 0:
+    def remove(self, ids, *, force: bool = False) -> int:
+        """Remove ids and return how many were present; unknown ids are ignored.
+
+        A structure FAISS cannot remove from (HNSW) is rebuilt from its own vectors; one
+        that cannot give them back either keeps them as dead entries unless `force`.
+        """
+        id_arr = np.intersect1d(_as_ids(ids), self._ids)
+        if len(id_arr) == 0:
             return 0
-        if self.index_type == "flat":
-            return int(self._index.remove_ids(np.unique(id_arr)))
-        # HNSW has no removal in FAISS: rebuild from the vectors we keep.
+        faiss = _faiss()
+        try:
+            removed = int(self._index.remove_ids(faiss.IDSelectorBatch(id_arr)))
+        except RuntimeError:
+            removed = self._rebuild_without(id_arr, force)
+        self._ids = np.setdiff1d(self._ids, id_arr) if removed else self._ids
+        return removed
+
+    def _rebuild_without(self, gone: np.ndarray, force: bool) -> int:
         all_ids = self._id_array()
-        keep = ~np.isin(all_ids, id_arr)
-        removed = int(len(all_ids) - keep.sum())
-        if removed == 0:
-            return 0
-        stored = self._index.index.reconstruct_n(0, len(all_ids))
+        keep = ~np.isin(all_ids, gone)
+        try:
+            stored = self._index.index.reconstruct_n(0, len(all_ids))
+        except RuntimeError:
+            if force:
+                raise VecsearchError(f"{self.factory} can neither remove nor reconstruct vectors; rebuild it.") from None
+            return 0  # left inside as dead entries: re-ranking drops them
         rebuilt = self._new_faiss_index()
         if keep.any():
             rebuilt.add_with_ids(np.ascontiguousarray(stored[keep]), all_ids[keep])
         self._index = rebuilt
-        logger.debug("rebuilt hnsw index without %d ids (%d left)", removed, len(self))
-        return removed
+        self.set_params(self.params)
+        logger.debug("rebuilt %s without %d ids (%d left)", self.factory, len(gone), len(self))
+        return int(len(all_ids) - keep.sum())
+
+    def _id_array(self) -> np.ndarray:
+        """Ids in FAISS's internal order (row i of the storage has id _id_array()[i])."""
+        faiss = _faiss()
+        if isinstance(self._index, faiss.IndexIDMap2):
+            return faiss.vector_to_array(self._index.id_map).astype(np.int64, copy=False)
+        return _ivf_ids(self._index)
 
     def ids(self) -> np.ndarray:
-        """All ids as a sorted int64 array."""
-        return np.sort(self._id_array())
+        """All ids inside as a sorted int64 array (dead ones of a structure that can't remove included)."""
+        return self._ids.copy()
 
     def reconstruct(self, id: int) -> np.ndarray:
-        """The stored vector of `id`; KeyError if the id is not in the index."""
+        """The stored vector of `id`; KeyError if the id is not in the index (or cannot be given back)."""
         try:
             return self._index.reconstruct(int(id))
         except RuntimeError:
             raise KeyError(id) from None
 
+    # -- searching ------------------------------------------------------------------------
     def search(
         self, queries: np.ndarray, k: int, exclude: set[int] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -204,6 +289,8 @@ class FaissIndex:
         # Over-fetch so that dropping excluded ids still leaves k results.
         fetch = min(int(k) + len(excluded), total)
         scores, found = self._search(q, fetch)
+        if self.metric == "l2":  # squared distance between unit vectors -> cosine
+            scores = 1.0 - scores / 2.0
         invalid = (found < 0) | np.isin(found, excluded)
         scores = np.where(invalid, -np.inf, scores).astype(np.float32)
         found = np.where(invalid, -1, found).astype(np.int64)
@@ -229,8 +316,9 @@ class FaissIndex:
         finally:
             faiss.omp_set_num_threads(before)
 
+    # -- files ----------------------------------------------------------------------------
     def save(self, path: Path, meta: dict) -> None:
-        """Write the index and then its JSON sidecar, each atomically.
+        """Write the index and then its JSON sidecar (with the file's CRC-32), each atomically.
 
         The sidecar goes last so a reader that sees a sidecar generation also sees its index.
         """
@@ -240,23 +328,28 @@ class FaissIndex:
         sidecar.update(
             dim=self.dim,
             index_type=self.index_type,
+            factory=self.factory,
+            metric=self.metric,
+            params=self.params,
             count=len(self),
             faiss_version=faiss.__version__,
             saved_at=datetime.now(timezone.utc).isoformat(),
         )
         try:
             # Serialise before touching disk so unserialisable meta cannot leave a half save.
-            text = json.dumps(sidecar, indent=2, sort_keys=True) + "\n"
+            json.dumps(sidecar)
         except (TypeError, ValueError) as exc:
             raise VecsearchError(f"index metadata is not JSON-serialisable: {exc}") from exc
 
         atomic_write(path, lambda tmp: faiss.write_index(self._index, str(tmp)))
+        sidecar["crc32"] = _crc32(path)
+        text = json.dumps(sidecar, indent=2, sort_keys=True) + "\n"
         atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
         logger.debug("saved %r to %s", self, path)
 
     @classmethod
     def load(cls, path: Path) -> tuple["FaissIndex", dict]:
-        """Read an index saved by `save` and its sidecar meta, checking they agree."""
+        """Read an index saved by `save` and its sidecar meta, checking they agree (CRC-32 included)."""
         faiss = _faiss()
         path = Path(path)
         if not path.exists():
@@ -264,37 +357,35 @@ class FaissIndex:
         meta = cls.read_meta(path)
         if meta is None:
             raise IndexCorruptError(f"vector index {path} has no sidecar {sidecar_path(path)}")
+        if "crc32" in meta and _crc32(path) != meta["crc32"]:
+            raise IndexCorruptError(f"vector index {path} does not match the checksum in its sidecar")
         try:
             raw = faiss.read_index(str(path))
         except RuntimeError as exc:
-            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else "read failed"
-            raise IndexCorruptError(f"vector index {path} is unreadable: {detail}") from exc
-
-        if not isinstance(raw, faiss.IndexIDMap2):
-            raise IndexCorruptError(f"vector index {path} is a {type(raw).__name__}, not IndexIDMap2")
-        inner = faiss.downcast_index(raw.index)
-        if isinstance(inner, faiss.IndexFlatIP):
-            index_type = "flat"
-        elif isinstance(inner, faiss.IndexHNSWFlat) and inner.metric_type == faiss.METRIC_INNER_PRODUCT:
-            index_type = "hnsw"
-            inner.hnsw.efSearch = HNSW_EF_SEARCH
-        else:
-            raise IndexCorruptError(f"vector index {path} wraps an unsupported {type(inner).__name__}")
-
+            raise IndexCorruptError(f"vector index {path} is unreadable: {_faiss_message(exc)}") from exc
+        index_type = meta.get("index_type")
+        factory = meta.get("factory") or {"flat": "Flat", "hnsw": f"HNSW{HNSW_M}"}.get(index_type, "")
+        inner = faiss.downcast_index(raw.index) if isinstance(raw, faiss.IndexIDMap2) else raw
         problems = []
+        if index_type == "flat" and not isinstance(inner, faiss.IndexFlat):
+            problems.append(f"a {type(inner).__name__} where the sidecar says flat")
+        if index_type == "hnsw" and not isinstance(inner, faiss.IndexHNSWFlat):
+            problems.append(f"a {type(inner).__name__} where the sidecar says hnsw")
         if meta.get("dim") != raw.d:
             problems.append(f"dim {meta.get('dim')!r} in sidecar vs {raw.d} in index")
         if meta.get("count") != raw.ntotal:
             problems.append(f"count {meta.get('count')!r} in sidecar vs {raw.ntotal} in index")
-        if meta.get("index_type") != index_type:
-            problems.append(f"index_type {meta.get('index_type')!r} in sidecar vs {index_type!r} in index")
+        if not index_type:
+            problems.append("no index_type in the sidecar")
         if problems:
             raise IndexCorruptError(
                 f"vector index {path} does not match its sidecar: {'; '.join(problems)}"
             )
-
         index = cls.__new__(cls)
-        index.dim, index.index_type, index._index = int(raw.d), index_type, raw
+        index.dim, index.index_type, index.factory, index._index = int(raw.d), index_type, factory, raw
+        index.metric = meta.get("metric", "ip")
+        index._ids = np.unique(index._id_array())
+        index.set_params(meta.get("params") or {})
         logger.debug("loaded %r from %s", index, path)
         return index, meta
 
@@ -316,3 +407,55 @@ class FaissIndex:
         if not isinstance(meta, dict):
             raise IndexCorruptError(f"index sidecar {side} does not hold a JSON object")
         return meta
+
+
+def _native_ids(index) -> bool:
+    """Whether a FAISS index adds with ids itself (the IVF family, also behind a pre-transform)."""
+    faiss = _faiss()
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        return _native_ids(index.index)
+    return isinstance(index, faiss.IndexIVF)
+
+
+def _ivf_ids(index) -> np.ndarray:
+    """Every id stored in an IVF structure's inverted lists (behind any pre-transform)."""
+    faiss = _faiss()
+    index = faiss.downcast_index(index)
+    while isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    ivf = faiss.extract_index_ivf(index)
+    invlists = ivf.invlists
+    parts = []
+    for lst in range(ivf.nlist):
+        size = invlists.list_size(lst)
+        if size:
+            ptr = invlists.get_ids(lst)
+            parts.append(faiss.rev_swig_ptr(ptr, size).astype(np.int64).copy())
+            invlists.release_ids(lst, ptr)
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+def _describe(index) -> str:
+    faiss = _faiss()
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap2):
+        return f"IndexIDMap2({_describe(index.index)})"
+    if isinstance(index, faiss.IndexPreTransform):
+        chain = [type(faiss.downcast_VectorTransform(index.chain.at(i))).__name__ for i in range(index.chain.size())]
+        return f"IndexPreTransform({', '.join(chain)}, {_describe(index.index)})"
+    return type(index).__name__
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _faiss_message(exc: Exception) -> str:
+    text = str(exc).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__

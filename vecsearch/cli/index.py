@@ -10,8 +10,18 @@ import typer
 from ..config import DEFAULT_K
 from ..errors import VecsearchError
 from ..labels import DEFAULT_TOP as DEFAULT_LABEL_TOP
-from ..vectors import INDEX_TYPES
+from ..index_types import NAMED_TYPES, format_bytes
 from ._common import IndexOpt, JsonOpt, QuietOpt, app, errors_to_exit, model_options, open_index, print_json, progress_bar, say, warn
+
+
+IndexTypeOpt = Annotated[Optional[str], typer.Option(
+    "--index-type", show_default=False,
+    help=f"Search structure: {', '.join(NAMED_TYPES)}, or a FAISS factory string (e.g. IVF1024,PQ32x8). "
+         "flat (the default for a new index) is exact; auto picks by size and --max-memory; another type "
+         "than the index has converts it.")]
+MaxMemoryOpt = Annotated[Optional[str], typer.Option(
+    "--max-memory", metavar="SIZE", show_default=False,
+    help="RAM budget for the search structure, e.g. 4GB (default 4GB); auto chooses within it.")]
 
 
 @app.command("index")
@@ -22,7 +32,8 @@ def index_cmd(
     weights: Annotated[Optional[str], typer.Option(help="imagenet (default), none (seeded random init), or a Keras weights FILE.", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the random init for --weights none.", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per model call (default 32).", show_default=False)] = None,
-    index_type: Annotated[Optional[str], typer.Option("--index-type", help=f"{' or '.join(INDEX_TYPES)}: flat is exact (the default), hnsw approximate and fast on 100k+ images; another type than the index has converts it.", show_default=False)] = None,
+    index_type: IndexTypeOpt = None,
+    max_memory: MaxMemoryOpt = None,
     label: Annotated[bool, typer.Option("--label", help="Also store the top ImageNet classes of images that have none yet (see `vecsearch label`).")] = False,
     top: Annotated[int, typer.Option("--top", min=1, max=1000, help="With --label: ImageNet classes kept per image.")] = DEFAULT_LABEL_TOP,
     json_out: JsonOpt = False,
@@ -30,7 +41,10 @@ def index_cmd(
 ) -> None:
     """Embed new and changed images into the index; drop entries whose files are gone."""
     with errors_to_exit():
-        with open_index(index, batch_size=batch_size, index_type=index_type, **model_options(backbone, weights, seed)) as ix:
+        with progress_bar("Building the search structure", quiet or json_out) as building:
+            ix = open_index(index, batch_size=batch_size, index_type=index_type, max_memory=max_memory,
+                            progress=building, **model_options(backbone, weights, seed))
+        with ix:
             with progress_bar("Embedding", quiet or json_out) as update:
                 summary = ix.add(paths, progress=update)
             labelled, label_error = None, None
@@ -51,6 +65,9 @@ def index_cmd(
             warn(f"  failed: {f.path}: {f.reason}")
         for p in summary.removed_paths:
             warn(f"  removed: {p}")
+        if summary.retrained:
+            warn(f"  the collection outgrew its {ix.info.index_type} search structure, which was rebuilt "
+                 f"for {len(ix)} vectors")
         if label_error is not None:
             raise label_error
         if labelled is not None:
@@ -115,3 +132,25 @@ def export(
         with open_index(index, create=False) as ix:
             n = ix.export(out_file)
         say(f"Exported {n} vectors to {out_file}")
+
+
+@app.command()
+def reindex(
+    index: IndexOpt = None,
+    index_type: IndexTypeOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Rebuild the search structure from the stored vectors (retrain it), optionally as another type."""
+    with errors_to_exit():
+        with open_index(index, create=False) as ix:
+            with progress_bar("Rebuilding", quiet or json_out) as update:
+                spec = ix.reindex(index_type=index_type, max_memory=max_memory, progress=update)
+        if json_out:
+            print_json(spec.to_dict())
+            return
+        what = spec.factory or "exact scan (flat)"
+        recall = f", recall@10 {spec.recall:.3f}" if spec.recall is not None else ""
+        say(f"Rebuilt the {spec.index_type} search structure: {what} for {spec.built_for} vectors, "
+            f"{format_bytes(spec.memory_bytes)}{recall}; search parameters {spec.params or '-'}")

@@ -57,7 +57,7 @@ def serve(
         try:
             web = create_app(ix, token=token, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels)
             shown = f"[{host}]" if ":" in host else host
-            warn(f"Serving {ix.directory} ({len(ix.faiss)} images, {ix.backbone.name}) at http://{shown}:{port}/ "
+            warn(f"Serving {ix.directory} ({len(ix)} images, {ix.backbone.name}) at http://{shown}:{port}/ "
                  f"-- API docs at /docs{'; token required' if token else ''}. Ctrl-C to stop.")
             uvicorn.run(web, host=host, port=port, log_level=log_level.lower(), access_log=log_level.lower() == "debug")
         finally:

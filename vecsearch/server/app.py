@@ -314,7 +314,7 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
     @app.get("/api/health", tags=["service"], summary="Liveness and what is loaded")
     def health() -> dict:
         """Cheap check for monitors; needs no token."""
-        return {"status": "ok", "backbone": ix.backbone.name, "vectors": len(current().faiss),
+        return {"status": "ok", "backbone": ix.backbone.name, "vectors": len(current().searcher),
                 "generation": ix.generation, "auth": svc.token is not None}
 
     @app.get("/api/stats", tags=["service"], summary="Counts, backbone, weights and sizes", dependencies=Auth)

@@ -114,10 +114,18 @@ class Store:
             s.add(info)
         return info
 
-    def set_index_type(self, index_type: str) -> None:
-        """Switch the FAISS structure; the new generation makes every reader rebuild it."""
+    def set_index_type(self, index_type: str, max_memory: int | None = None) -> None:
+        """Switch the search structure (and budget); the new generation makes every reader rebuild it."""
+        values = {"index_type": index_type, "generation": IndexInfo.generation + 1}
+        if max_memory is not None:
+            values["max_memory"] = int(max_memory)
         with self.session() as s, s.begin():
-            s.execute(update(IndexInfo).values(index_type=index_type, generation=IndexInfo.generation + 1))
+            s.execute(update(IndexInfo).values(**values))
+
+    def set_index_spec(self, spec_json: str | None) -> None:
+        """Record the search structure just built (no new generation: the vectors did not change)."""
+        with self.session() as s, s.begin():
+            s.execute(update(IndexInfo).values(index_spec=spec_json))
 
     def generation(self) -> int:
         with self.engine.connect() as c:
@@ -189,12 +197,13 @@ class Store:
         with self.engine.connect() as c:
             return np.fromiter((r[0] for r in c.execute(select(Vector.image_id).order_by(Vector.image_id))), dtype=np.int64)
 
-    def slot_map(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids ascending, their slots): where every committed vector lives, 16 bytes a vector."""
-        with self.engine.connect() as c:
-            rows = c.execute(select(Vector.image_id, Vector.slot).order_by(Vector.image_id)).all()
+    def slot_map(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(ids ascending, their slots, the commit point), read in one snapshot: 16 bytes a vector."""
+        with self.engine.connect() as c, c.begin():
+            rows = c.exec_driver_sql("SELECT image_id, slot FROM vectors ORDER BY image_id").fetchall()
+            next_slot = int(c.execute(select(IndexInfo.next_slot)).scalar() or 0)
         arr = np.array(rows, dtype=np.int64).reshape(-1, 2)
-        return np.ascontiguousarray(arr[:, 0]), np.ascontiguousarray(arr[:, 1])
+        return np.ascontiguousarray(arr[:, 0]), np.ascontiguousarray(arr[:, 1]), next_slot
 
     def next_slot(self) -> int:
         """The shard commit point: slots below it are committed and never change."""

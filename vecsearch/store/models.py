@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -24,7 +24,9 @@ class IndexInfo(Base):
     weights_fingerprint: Mapped[str] = mapped_column(String(64))
     dim: Mapped[int] = mapped_column(Integer)
     metric: Mapped[str] = mapped_column(String(16), default="cosine")
-    index_type: Mapped[str] = mapped_column(String(16), default="flat")  # vectors.INDEX_TYPES
+    index_type: Mapped[str] = mapped_column(String(16), default="flat")  # a named type or a FAISS factory string
+    max_memory: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # auto's budget in bytes
+    index_spec: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: the structure built (index_types.IndexSpec)
     # Bumped by every commit that changes vectors; the FAISS sidecar records the one it holds.
     generation: Mapped[int] = mapped_column(Integer, default=0)
     # The shard commit point: slots below it hold committed vectors and never change.

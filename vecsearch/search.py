@@ -1,0 +1,248 @@
+"""Exact cosine top-k over the stored vectors: a scan (flat), or re-ranking an approximate
+structure's candidates against the full vectors.
+
+Either way every score returned is the exact cosine of the stored float32 vectors, so a
+compressed structure changes which candidates are looked at, never the scores or their
+order. Only vectors the database currently points at are returned: a structure may still
+hold ids removed since (HNSW cannot remove), and they are dropped here.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+
+from .errors import VecsearchError
+from .index_types import IndexSpec
+from .store.shards import SHARD_ROWS, Shards
+from .vectors import FaissIndex
+
+SCAN_ROWS = 1 << 15
+"""Rows scored per step of an exact scan: 256 MiB of 2048-d float32."""
+
+
+class SlotMap:
+    """Which image id lives in which shard slot (the database's, as of one generation)."""
+
+    def __init__(self, ids: np.ndarray, slots: np.ndarray, next_slot: int):
+        self.ids = np.asarray(ids, np.int64)  # ascending
+        self.slots = np.asarray(slots, np.int64)
+        self.next_slot = int(next_slot)
+        self.id_of_slot = np.full(self.next_slot, -1, np.int64)
+        if len(self.slots):
+            self.id_of_slot[self.slots] = self.ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def slots_of(self, ids: np.ndarray) -> np.ndarray:
+        """Slots of ids; -1 for ids not (or no longer) in the database."""
+        ids = np.asarray(ids, np.int64)
+        if not len(self.ids):
+            return np.full(ids.shape, -1, np.int64)
+        pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        return np.where(self.ids[pos] == ids, self.slots[pos], -1)
+
+
+class RWLock:
+    """Many searches at once, or one writer (a refresh adding vectors) alone."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextmanager
+    def reading(self):
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def writing(self):
+        with self._cond:
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+class Searcher:
+    """Top-k by exact cosine over one index's stored vectors (see the module docstring)."""
+
+    def __init__(self, shards: Shards, slot_map: SlotMap, spec: IndexSpec, faiss: FaissIndex | None = None):
+        if not spec.exact and faiss is None:
+            raise VecsearchError(f"A {spec.factory} index needs its FAISS structure.")
+        self.shards = shards
+        self.map = slot_map
+        self.spec = spec
+        self.faiss = faiss
+        self.lock = RWLock()
+
+    @property
+    def dim(self) -> int:
+        return self.shards.dim
+
+    def __len__(self) -> int:
+        return len(self.map)
+
+    def search(self, queries: np.ndarray, k: int, exclude: set[int] | None = None,
+               rerank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (n, k'), ids (n, k')) best first, ties by id; short rows padded with -inf / -1.
+
+        `rerank` overrides how many approximate candidates are re-scored (for tuning).
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise VecsearchError(f"k must be a positive integer, got {k!r}")
+        q = np.ascontiguousarray(np.asarray(queries, np.float32).reshape(-1, self.dim))
+        excluded = np.fromiter((int(i) for i in exclude or ()), np.int64)
+        with self.lock.reading():
+            if self.spec.exact or self.faiss is None:
+                return self._scan(q, int(k), excluded)
+            return self._rerank(q, int(k), excluded, rerank or self.spec.rerank_count(k))
+
+    def _scan(self, q: np.ndarray, k: int, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search: score every committed slot, a bounded block at a time."""
+        n = len(q)
+        best_s = np.full((n, 0), -np.inf, np.float32)
+        best_i = np.full((n, 0), -1, np.int64)
+        id_of_slot = self.map.id_of_slot
+        for start, block in self.shards.read_range(0, self.map.next_slot):
+            for off in range(0, len(block), SCAN_ROWS):
+                rows = block[off : off + SCAN_ROWS]
+                ids = id_of_slot[start + off : start + off + len(rows)]
+                scores = q @ np.asarray(rows).T  # (n, rows)
+                dead = (ids < 0) | np.isin(ids, excluded)
+                if dead.any():
+                    scores[:, dead] = -np.inf
+                best_s, best_i = _merge(best_s, best_i, scores, np.broadcast_to(ids, scores.shape), k)
+            del block
+        return _finish(best_s, best_i, k)
+
+    def _rerank(self, q: np.ndarray, k: int, excluded: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates from the structure, re-scored exactly against the stored vectors."""
+        fetch = min(len(self.faiss), count + len(excluded))
+        if fetch == 0:
+            return np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64)
+        _, cand = self.faiss.search(q, fetch)
+        slots = self.map.slots_of(cand.reshape(-1)).reshape(cand.shape)
+        dead = (cand < 0) | (slots < 0) | np.isin(cand, excluded)
+        unique, inverse = np.unique(np.where(dead, -1, slots), return_inverse=True)
+        live = unique >= 0
+        vecs = np.zeros((len(unique), self.dim), np.float32)
+        if live.any():
+            vecs[live] = self.shards.read(unique[live])
+        inverse = inverse.reshape(cand.shape)
+        scores = np.einsum("nd,nrd->nr", q, vecs[inverse]).astype(np.float32)
+        scores[dead] = -np.inf
+        ids = np.where(dead, -1, cand)
+        best_s, best_i = _merge(np.full((len(q), 0), -np.inf, np.float32), np.full((len(q), 0), -1, np.int64),
+                                scores, ids, k)
+        return _finish(best_s, best_i, k)
+
+
+def _merge(best_s: np.ndarray, best_i: np.ndarray, scores: np.ndarray, ids: np.ndarray, k: int):
+    """Keep the k best of the running best and a new block, per row, ordered by (-score, id)."""
+    s = np.concatenate([best_s, scores], axis=1)
+    i = np.concatenate([best_i, ids], axis=1)
+    if s.shape[1] > k:
+        # Everything scoring at least each row's k-th best survives, ties included, so the
+        # id tie-break below is exact; the rest is dropped before the full sort.
+        kth = -np.partition(-s, k - 1, axis=1)[:, k - 1 : k]
+        keep = s >= kth
+        width = int(keep.sum(axis=1).max())
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
+        s, i = np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1)
+    tie = np.where(i < 0, np.iinfo(np.int64).max, i)
+    order = np.lexsort((tie, -s), axis=-1)[:, :k]
+    return np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1)
+
+
+def _finish(best_s: np.ndarray, best_i: np.ndarray, k: int):
+    valid = (best_i >= 0) & np.isfinite(best_s)
+    best_i = np.where(valid, best_i, -1)
+    best_s = np.where(valid, best_s, -np.inf).astype(np.float32)
+    width = min(k, int(valid.sum(axis=1).max())) if len(best_i) else 0
+    return np.ascontiguousarray(best_s[:, :width]), np.ascontiguousarray(best_i[:, :width])
+
+
+TUNE_QUERIES = 200
+TUNE_K = 10
+
+
+def tune(searcher: Searcher, target: float, *, queries: int = TUNE_QUERIES, k: int = TUNE_K,
+         seed: int = 0) -> tuple[dict, float | None]:
+    """Search parameters reaching recall@k >= target against exact search, and the recall measured.
+
+    Queries are stored vectors (each leaves itself out, as `similar` does), so no outside
+    data is needed. The cheapest setting that reaches the target wins; if none does, the
+    best one tried. (params, recall); recall None when there is nothing to measure.
+    """
+    spec, faiss = searcher.spec, searcher.faiss
+    n = len(searcher.map)
+    if spec.exact or faiss is None or n < 2:
+        return dict(spec.params), (1.0 if spec.exact else None)
+    rng = np.random.default_rng(seed)
+    qids = np.sort(rng.choice(searcher.map.ids, size=min(queries, n), replace=False))
+    qvecs = searcher.shards.read(searcher.map.slots_of(qids))
+    exact = Searcher(searcher.shards, searcher.map, IndexSpec("flat", ""))
+    _, truth = exact.search(qvecs, k + 1)
+    truth = _drop_self(truth, qids, k)
+    grid = _param_grid(faiss)
+    best: tuple[dict, float] | None = None
+    for params in grid:
+        faiss.set_params(params)
+        _, found = searcher.search(qvecs, k + 1)
+        got = recall_at(_drop_self(found, qids, k), truth, k)
+        if best is None or got > best[1] + 1e-9:
+            best = (params, got)
+        if got >= target:
+            best = (params, got)
+            break
+    faiss.set_params(best[0])
+    return best[0], round(best[1], 4)
+
+
+def _drop_self(ids: np.ndarray, qids: np.ndarray, k: int) -> np.ndarray:
+    out = np.full((len(ids), k), -1, np.int64)
+    for r, (row, q) in enumerate(zip(ids, qids)):
+        row = row[(row != q) & (row >= 0)][:k]
+        out[r, : len(row)] = row
+    return out
+
+
+def _param_grid(faiss: FaissIndex) -> list[dict]:
+    """Increasing search effort: nprobe for IVF structures, efSearch for HNSW, else nothing to set."""
+    factory = faiss.factory
+    if "IVF" in factory:
+        import re
+
+        nlist = int(re.search(r"IVF(\d+)", factory).group(1))
+        return [{"nprobe": p} for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p <= nlist] or [{"nprobe": 1}]
+    if factory.startswith("HNSW"):
+        return [{"efSearch": e} for e in (16, 32, 64, 128, 256, 512)]
+    return [dict(faiss.params)]
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Mean share of each row's true top-k that was found in the first k."""
+    hits = [len(set(f[:k].tolist()) & set(t[:k].tolist())) / max(1, min(k, int((t[:k] >= 0).sum())))
+            for f, t in zip(found, truth)]
+    return float(np.mean(hits)) if hits else 1.0
+
+
+__all__ = ["Searcher", "SlotMap", "RWLock", "recall_at", "SHARD_ROWS"]
