@@ -102,3 +102,38 @@ def live_server(app):
         server.should_exit = True
         thread.join(15)
         sock.close()
+
+
+# -- synthetic vectors -------------------------------------------------------------------
+def clustered_vectors(n: int, dim: int, *, clusters: int = 20, spread: float = 0.35, seed: int = 0,
+                      centres_seed: int = 1234) -> np.ndarray:
+    """Unit vectors like pooled CNN features: non-negative, in clusters around sparse centres.
+
+    The centres depend on `centres_seed` only, so draws with other `seed`s (queries) come
+    from the same collection's distribution.
+    """
+    crng = np.random.default_rng(centres_seed)
+    centres = np.maximum(crng.standard_normal((clusters, dim)), 0) * (crng.random((clusters, dim)) < 0.5)
+    rng = np.random.default_rng(seed)
+    which = rng.integers(0, clusters, n)
+    x = np.maximum(centres[which] + spread * rng.standard_normal((n, dim)), 0) + 1e-3
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_vector_file(path: Path, vectors: np.ndarray, meta: dict, *, paths=None, norms=None) -> Path:
+    """A .npz as `vecsearch export` writes it, made without vecsearch (np.savez)."""
+    n = len(vectors)
+    paths = paths if paths is not None else [f"/nowhere/synthetic/{i:07d}.jpg" for i in range(n)]
+    arrays = {"ids": np.arange(1, n + 1), "paths": np.array(paths, dtype=str), "vectors": np.asarray(vectors, np.float32),
+              "meta": np.array(json.dumps(meta))}
+    if norms is not None:
+        arrays["norms"] = np.asarray(norms, np.float32)
+    np.savez(path, **arrays)
+    return path
+
+
+def brute_force(base_ids: np.ndarray, base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by cosine (float64), ties by id: the reference for every index type."""
+    scores = np.asarray(queries, np.float64) @ np.asarray(base, np.float64).T
+    order = np.lexsort((np.broadcast_to(base_ids, scores.shape), -scores), axis=-1)[:, :k]
+    return base_ids[order], np.take_along_axis(scores, order, axis=1)

@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -22,7 +23,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from . import classes, classifiers, classify, dupes, finetune, images, indexer, labels
+from . import classes, classifiers, classify, dupes, finetune, images, indexer, labels, vector_files
 from .classes import SEED
 from .classifiers import DEFAULT_TOP as CLASSIFY_TOP
 from .classify import DEFAULT_K as KNN_K
@@ -386,14 +387,79 @@ class VecIndex:
             "created_at": info.created_at.isoformat(timespec="seconds") + "Z",
         }
 
-    def export(self, out: str | os.PathLike) -> int:
-        """Write ids, paths and vectors of every indexed image to a .npz file; returns the count."""
+    def export(self, out: str | os.PathLike, *, progress: Progress | None = None) -> int:
+        """Write every indexed vector with its path, norm, file facts and model to .npz or .parquet.
+
+        The suffix decides the format; `import` reads either back. Streams in batches.
+        """
         info = self._require_info()
-        ids, mat, _ = self.store.vectors(dim=info.dim)
-        recs = self.store.images(ids)
-        paths = np.array([recs[int(i)].path for i in ids], dtype=str)
-        np.savez(out, ids=ids, paths=paths, vectors=mat)
-        return len(ids)
+        vector_files.check_suffix(out)
+        total = len(self)
+
+        def batches():
+            done = 0
+            for ids, mat, norms in self.store.iter_vectors(chunk=vector_files.BATCH):
+                recs = self.store.images(ids)
+                keep = [j for j, i in enumerate(ids) if int(i) in recs]  # one deleted meanwhile is left out
+                rows = [recs[int(ids[j])] for j in keep]
+                facts = {c: [getattr(r, c) for r in rows] for c in vector_files.FACT_COLUMNS}
+                yield ids[keep], [r.path for r in rows], mat[keep], norms[keep], facts
+                done += len(ids)
+                if progress:
+                    progress(done, total)
+
+        return vector_files.write(out, self._model_meta(info), info.dim, batches(), total)
+
+    def _model_meta(self, info) -> dict:
+        from . import __version__
+
+        return {"backbone": info.backbone, "weights_kind": info.weights_kind, "weights_seed": info.weights_seed,
+                "weights_path": info.weights_path, "weights_fingerprint": info.weights_fingerprint,
+                "dim": info.dim, "metric": info.metric, "vecsearch": __version__}
+
+    def import_vectors(self, source: str | os.PathLike, *, unchecked: bool = False,
+                       progress: Progress | None = None) -> vector_files.ImportSummary:
+        """Add precomputed vectors from .npz / .parquet files (a file, or a folder of them).
+
+        Paths are taken as given: the files need not exist here (the next `add` over their
+        folder reconciles them). Vectors of another dimension are always refused, and of
+        another model (weights fingerprint) unless `unchecked` and the file names none.
+        An empty index takes its model from the first file.
+        """
+        started = time.perf_counter()
+        readers = [vector_files.Reader(f) for f in vector_files.files_in(source)]
+        info = self.info
+        model = self._model_meta(info) if info is not None else None
+        for r in readers:  # every file is checked before anything is written
+            model = _check_vector_file(r, model, unchecked, self.directory)
+        summary = vector_files.ImportSummary(files=[str(r.path) for r in readers])
+        total = sum(r.rows for r in readers)
+        with self._lock.held():
+            if self.info is None:
+                self.store.create_info(
+                    backbone=model["backbone"], weights_kind=model.get("weights_kind") or "file",
+                    weights_seed=model.get("weights_seed"), weights_path=model.get("weights_path"),
+                    weights_fingerprint=model["weights_fingerprint"], dim=int(model["dim"]), metric="cosine",
+                    index_type=self._index_type, max_memory=self._max_memory)
+            if progress:
+                progress(0, total)
+            for r in readers:
+                for batch in r.batches():
+                    vecs, lengths = _unit_rows(batch, r.path)
+                    rows = [{"path": path, **{c: (batch.facts[c][j] if c in batch.facts else None)
+                                              for c in vector_files.FACT_COLUMNS}}
+                            for j, path in enumerate(batch.paths)]
+                    for row in rows:
+                        row["size"] = row["size"] or 0
+                        row["mtime_ns"] = row["mtime_ns"] or 0
+                    _, replaced = self.store.import_rows(rows, vecs, lengths)
+                    summary.imported += len(rows)
+                    summary.replaced += replaced
+                    if progress:
+                        progress(summary.imported, total)
+            self._open_searcher(writer=True)
+        summary.seconds = round(time.perf_counter() - started, 3)
+        return summary
 
     # -- ImageNet labels ------------------------------------------------------------------
     def label(self, *, paths: Iterable[str | os.PathLike] | None = None, top: int = LABEL_TOP,
@@ -525,6 +591,42 @@ class VecIndex:
         if len(paths) < 2:
             raise VecsearchError(f"A similarity matrix needs at least 2 images, got {len(paths)}.")
         return dupes.similarity_matrix(self.vectors_for(paths))
+
+
+def _check_vector_file(reader: vector_files.Reader, model: dict | None, unchecked: bool, where: Path) -> dict:
+    """The model the file's vectors come from, if the index can take them; else VecsearchError."""
+    meta = reader.meta
+    if model is None:
+        if not meta.get("weights_fingerprint") or not meta.get("backbone"):
+            raise VecsearchError(f"{reader.path} names no model (backbone and weights fingerprint), so an empty index "
+                                 "cannot take its model from it. Index a few images first, or import a vecsearch export.")
+        return {**meta, "dim": reader.dim}
+    if reader.dim != int(model["dim"]):
+        raise IndexMismatchError(f"{reader.path} holds {reader.dim}-d vectors; the index at {where} holds {model['dim']}-d.")
+    got = meta.get("weights_fingerprint")
+    if got is None and not unchecked:
+        raise IndexMismatchError(f"{reader.path} names no model, so its vectors may come from another one than the "
+                                 f"index's ({model['backbone']}). Pass --unchecked if you know they match.")
+    if got is not None and got != model["weights_fingerprint"]:
+        raise IndexMismatchError(
+            f"{reader.path} holds vectors of another model ({meta.get('backbone')}, weights fingerprint "
+            f"{got[:12]}...) than the index at {where} ({model['backbone']}, {model['weights_fingerprint'][:12]}...); "
+            "they cannot be compared. Import into an index of that model.")
+    return model
+
+
+def _unit_rows(batch: vector_files.Batch, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(unit vectors, norms) of a batch: raw features are normalised, their length kept as the norm."""
+    vecs = np.asarray(batch.vectors, np.float32)
+    if not np.isfinite(vecs).all():
+        raise VecsearchError(f"{path} holds NaN or infinite vectors.")
+    lengths = np.linalg.norm(vecs.astype(np.float64), axis=1)
+    if (lengths == 0).any():
+        raise VecsearchError(f"{path} holds all-zero vectors, which have no direction to compare.")
+    norms = np.full(len(vecs), np.nan, np.float32) if batch.norms is None else np.asarray(batch.norms, np.float32).copy()
+    raw = np.abs(lengths - 1.0) > 1e-3
+    norms[raw & np.isnan(norms)] = lengths[raw & np.isnan(norms)]
+    return normalize(vecs), norms
 
 
 def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = None, weights: Any = _UNSET,

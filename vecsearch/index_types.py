@@ -55,8 +55,8 @@ def parse_memory(text: str | int | None) -> int | None:
     if not m:
         raise VecsearchError(f"Cannot read {text!r} as a memory size; write e.g. 4GB, 512MB or 2G.")
     value = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()[:1]]
-    if value < 2**20:
-        raise VecsearchError(f"A memory budget of {text!r} is too small; give at least 1MB.")
+    if value < 2**16:
+        raise VecsearchError(f"A memory budget of {text!r} is too small; give at least 64KB.")
     return int(value)
 
 

@@ -299,6 +299,8 @@ def label_images(store: Store, directory: Path, *, top: int = DEFAULT_TOP, ids: 
     done = 0
     for i in range(0, total, _BATCH):
         chunk_ids, vecs, norms = store.vectors(ids[i : i + _BATCH], dim=info.dim)
+        known = np.isfinite(norms)  # vectors imported without their length cannot be labelled
+        chunk_ids, vecs, norms = chunk_ids[known], vecs[known], norms[known]
         probs = head.probabilities(vecs.astype(np.float64) * norms[:, None])
         rows = [(int(image_id), rank + 1, c, wnid, name, p)
                 for image_id, best in zip(chunk_ids, decode(probs, top))

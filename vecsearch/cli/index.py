@@ -124,14 +124,42 @@ def stats(index: IndexOpt = None, json_out: JsonOpt = False) -> None:
 
 @app.command()
 def export(
-    out_file: Annotated[Path, typer.Argument(metavar="OUT.npz", help="Where to write the arrays.", show_default=False)],
+    out_file: Annotated[Path, typer.Argument(metavar="OUT.npz|OUT.parquet", help="Where to write; the suffix decides the format.", show_default=False)],
     index: IndexOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Write ids, paths and vectors of every indexed image to a NumPy .npz file."""
+    """Write every indexed vector with its path, norm, file facts and model, as .npz or Parquet."""
     with errors_to_exit():
         with open_index(index, create=False) as ix:
-            n = ix.export(out_file)
+            with progress_bar("Exporting", quiet or json_out) as update:
+                n = ix.export(out_file, progress=update)
+        if json_out:
+            print_json({"exported": n, "file": str(out_file)})
+            return
         say(f"Exported {n} vectors to {out_file}")
+
+
+@app.command("import")
+def import_cmd(
+    source: Annotated[Path, typer.Argument(metavar="FILE|DIR", help="A .npz or .parquet file written by `export` (or `embed`), or a folder of them.", show_default=False)],
+    index: IndexOpt = None,
+    unchecked: Annotated[bool, typer.Option("--unchecked", help="Accept files that name no model (their dimension is still checked).")] = False,
+    index_type: IndexTypeOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Add precomputed vectors to the index; paths are taken as given (the next `index` run reconciles them)."""
+    with errors_to_exit():
+        with open_index(index, index_type=index_type, max_memory=max_memory) as ix:
+            with progress_bar("Importing", quiet or json_out) as update:
+                summary = ix.import_vectors(source, unchecked=unchecked, progress=update)
+        if json_out:
+            print_json(summary.to_dict() | {"index": str(ix.directory)})
+            return
+        say(f"Imported {summary.imported} vectors ({summary.replaced} replaced) from {len(summary.files)} "
+            f"file{'s' if len(summary.files) != 1 else ''} in {summary.seconds:.1f}s -> {ix.directory}")
 
 
 @app.command()

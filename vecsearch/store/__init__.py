@@ -302,6 +302,46 @@ class Store:
                 s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
         return {"set": changed, "unset": dropped}
 
+    def import_rows(self, rows: list[dict], vectors: np.ndarray, norms: np.ndarray) -> tuple[list[int], int]:
+        """Insert or replace images by path, each with a vector, in one bulk transaction.
+
+        rows: image fields (path, size, mtime_ns, sha256, width, height); vectors: unit
+        float32 (n, dim); norms: float32, NaN where unknown. A path already indexed gets a
+        new id (its user label carried over). Returns (new ids in row order, how many replaced).
+        """
+        if not rows:
+            return [], 0
+        now = _now()
+        with self.session() as s, s.begin():
+            info = s.get(IndexInfo, 1)
+            start = info.next_slot
+            existing: dict[str, int] = {}
+            for part in _slices(r["path"] for r in rows):
+                existing.update(s.execute(select(Image.path, Image.id).where(Image.path.in_(part))).all())
+            carried: dict[str, tuple] = {}
+            if existing:
+                old_ids = list(existing.values())
+                path_of = {i: p for p, i in existing.items()}
+                for part in _slices(old_ids):
+                    for lab in s.scalars(select(UserLabel).where(UserLabel.image_id.in_(part))):
+                        carried[path_of[lab.image_id]] = (lab.label, lab.split, lab.source)
+                    s.execute(delete(UserLabel).where(UserLabel.image_id.in_(part)))
+                    s.execute(delete(Vector).where(Vector.image_id.in_(part)))
+                    s.execute(delete(Image).where(Image.id.in_(part)))
+            values = [{**r, "status": "ok", "reason": None, "indexed_at": now} for r in rows]
+            ids = list(s.execute(insert(Image).returning(Image.id, sort_by_parameter_order=True), values).scalars())
+            s.execute(insert(Vector), [{"image_id": i, "slot": start + j, "norm": None if np.isnan(nm) else float(nm)}
+                                       for j, (i, nm) in enumerate(zip(ids, norms))])
+            if carried:
+                id_of = {r["path"]: i for r, i in zip(rows, ids)}
+                s.execute(insert(UserLabel), [{"image_id": id_of[p], "label": lab, "split": split, "source": source}
+                                              for p, (lab, split, source) in carried.items()])
+            # The rows reach the disk before the transaction that points at them commits.
+            self.shards.write(start, vectors)
+            info.next_slot = start + len(rows)
+            s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
+        return ids, len(existing)
+
     @staticmethod
     def _upsert_image(s: Session, fields: dict, dropped: list[int]) -> Image:
         """Insert a row for this path; an older row for it is replaced by a new id.
