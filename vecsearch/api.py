@@ -147,7 +147,9 @@ class VecIndex:
 
     def refresh(self) -> bool:
         """Reload the vectors if another process changed the index; True if it did."""
-        if self.info is None or self.store.generation() == self._generation:
+        if self.searcher is None and self.info is None:
+            return False
+        if self.store.generation() == self._generation:
             return False
         with self._refresh_lock:
             if self.store.generation() == self._generation:
@@ -290,7 +292,8 @@ class VecIndex:
         A path that is already indexed reuses its stored vector and, unless include_self,
         is left out of its own results.
         """
-        self._require_info()
+        if self.searcher is None:
+            self._require_info()
         exclude: set[int] = set()
         if isinstance(query, np.ndarray):
             q = normalize(query.astype(np.float32).reshape(-1))
@@ -617,16 +620,19 @@ def _check_vector_file(reader: vector_files.Reader, model: dict | None, unchecke
 
 def _unit_rows(batch: vector_files.Batch, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(unit vectors, norms) of a batch: raw features are normalised, their length kept as the norm."""
-    vecs = np.asarray(batch.vectors, np.float32)
+    vecs = np.ascontiguousarray(batch.vectors, np.float32)
     if not np.isfinite(vecs).all():
         raise VecsearchError(f"{path} holds NaN or infinite vectors.")
-    lengths = np.linalg.norm(vecs.astype(np.float64), axis=1)
+    lengths = np.sqrt(np.einsum("ij,ij->i", vecs, vecs))
     if (lengths == 0).any():
         raise VecsearchError(f"{path} holds all-zero vectors, which have no direction to compare.")
     norms = np.full(len(vecs), np.nan, np.float32) if batch.norms is None else np.asarray(batch.norms, np.float32).copy()
     raw = np.abs(lengths - 1.0) > 1e-3
-    norms[raw & np.isnan(norms)] = lengths[raw & np.isnan(norms)]
-    return normalize(vecs), norms
+    if raw.any():  # unit rows are kept bit for bit, so an export imports back unchanged
+        norms[raw & np.isnan(norms)] = lengths[raw & np.isnan(norms)]
+        vecs = vecs.copy()
+        vecs[raw] = normalize(vecs[raw])
+    return vecs, norms
 
 
 def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = None, weights: Any = _UNSET,
