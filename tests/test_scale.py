@@ -40,7 +40,7 @@ def _imported(tmp_path, model_meta, n, index_type, *, seed=0, max_memory=None, n
     return ix, vecs
 
 
-@pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivf-pq", "IVF32,SQ8"])
+@pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivf-pq", "IVF32,SQ8", "PCA16,IVF32,PQ8x6"])
 def test_every_index_type_matches_exact_search(tmp_path, model_meta, index_type):
     ix, _ = _imported(tmp_path, model_meta, 3000, index_type)
     ids, base, _ = ix.store.vectors()

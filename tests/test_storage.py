@@ -17,9 +17,9 @@ def _blob_vectors(db) -> dict[int, np.ndarray]:
         return {i: np.frombuffer(data, "<f4") for i, data in c.execute("SELECT image_id, data FROM vectors")}
 
 
-def test_an_index_made_by_0_2_0_is_migrated_into_shards(tmp_path):
+def test_an_index_made_by_0_1_0_is_migrated_into_shards(tmp_path):
     old = tmp_path / "old"
-    shutil.copytree(TESTS / "data" / "index-0.2.0", old)
+    shutil.copytree(TESTS / "data" / "index-0.1.0", old)
     before = _blob_vectors(old / "index.db")
     assert len(before) == 10
     with open_index(old, create=False) as ix:
@@ -33,7 +33,8 @@ def test_an_index_made_by_0_2_0_is_migrated_into_shards(tmp_path):
         assert ix.similar(first, k=3)[0].id != first
         hits = ix.search(before[first], k=1)
         assert hits[0].id == first and hits[0].score == pytest.approx(1.0, abs=1e-6)
-        assert ix.stats()["failed"] == 1
+        st = ix.stats()
+        assert st["failed"] == 1 and st["index_type"] == "flat"  # index_kind became index_type
     with sqlite3.connect(old / "index.db") as c:
         columns = [r[1] for r in c.execute("PRAGMA table_info(vectors)")]
         version = c.execute("SELECT version_num FROM alembic_version").fetchone()[0]

@@ -7,6 +7,7 @@ Start at `open_index`: the `VecIndex` it returns has every feature as a method.
 from .api import Hit, VecIndex, open_index
 from .backbones import REGISTRY, Backbone, BackboneSpec, WeightsSpec, load_backbone, register
 from .classifiers import Classification
+from .config import VERSION as __version__
 from .errors import (
     BadImageError,
     BadLabelsError,
@@ -27,8 +28,6 @@ from .errors import (
 )
 from .finetune import HeadParams
 from .indexer import FailedImage, IndexSummary
-
-__version__ = "0.2.0"
 
 __all__ = [
     # the index object

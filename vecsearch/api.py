@@ -32,7 +32,7 @@ from .finetune import DEFAULT_NAME as HEAD_NAME
 from .finetune import UNFREEZE_EPOCHS, UNFREEZE_LEARNING_RATE
 from .labels import DEFAULT_TOP as LABEL_TOP
 from .backbones import DEFAULT_BACKBONE, Backbone, WeightsSpec, check_fingerprint, get_spec, load_backbone
-from .config import DB_NAME, DEFAULT_K, LOCK_NAME, MAX_IMAGE_PIXELS, VECTORS_NAME, resolve_index_dir
+from .config import DB_NAME, DEFAULT_K, VERSION, LOCK_NAME, MAX_IMAGE_PIXELS, VECTORS_NAME, resolve_index_dir
 from .errors import BadImageError, IndexMismatchError, IndexNotFoundError, InputNotFoundError, NoImagesError, NotIndexedError, VecsearchError
 from .extract import RESAMPLE, Extractor
 from .files import WriterLock
@@ -414,11 +414,9 @@ class VecIndex:
         return vector_files.write(out, self._model_meta(info), info.dim, batches(), total)
 
     def _model_meta(self, info) -> dict:
-        from . import __version__
-
         return {"backbone": info.backbone, "weights_kind": info.weights_kind, "weights_seed": info.weights_seed,
                 "weights_path": info.weights_path, "weights_fingerprint": info.weights_fingerprint,
-                "dim": info.dim, "metric": info.metric, "vecsearch": __version__}
+                "dim": info.dim, "metric": info.metric, "vecsearch": VERSION}
 
     def import_vectors(self, source: str | os.PathLike, *, unchecked: bool = False,
                        progress: Progress | None = None) -> vector_files.ImportSummary:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+VERSION = "0.2.0"
+
 ENV_INDEX = "VECSEARCH_INDEX"
 DB_NAME = "index.db"
 VECTORS_NAME = "vectors.faiss"

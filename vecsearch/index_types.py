@@ -163,7 +163,10 @@ def train_size(factory: str, n: int, dim: int, budget: int) -> int:
     pq = re.search(r"PQ(\d+)(?:x(\d+))?", factory)
     ksub = 2 ** int(pq.group(2) or 8) if pq else 0
     wanted = max(64 * nlist, 64 * ksub, 10_000)
-    cap = max(10_000, min(budget // 4, 2**30) // (dim * 4))
+    # What is held at once: the whole sample, or (behind a PCA) the sample once shrunk.
+    pca = re.match(r"PCA(\d+)", factory)
+    width = int(pca.group(1)) if pca else dim
+    cap = max(10_000, min(budget // 4, 2**29) // (width * 4))
     return int(min(n, wanted, cap))
 
 

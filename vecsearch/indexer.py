@@ -41,6 +41,8 @@ CHUNK_SECONDS = 10.0
 """...or this long, whichever comes first, so slow images still commit often."""
 ADD_CHUNK = 1 << 16
 """Vectors read from the shards per step when a structure is built or synced."""
+PCA_TRAIN = 1 << 15
+"""Vectors a PCA pre-transform learns from (about 16 per dimension at 2048-d)."""
 
 
 @dataclass
@@ -248,7 +250,14 @@ def build(store: Store, slot_map: SlotMap, index_type: str, max_memory: int | No
         rng = np.random.default_rng(0)
         sample = np.sort(rng.choice(slot_map.slots, size=size, replace=False)) if size < n else np.sort(slot_map.slots)
         log.info("training %s on %d of %d vectors", spec.factory, len(sample), n)
-        faiss.train(store.shards.read(sample))
+        # A PCA in front trains on a small part; what follows sees the whole sample, read in
+        # chunks and kept only after PCA has shrunk it, so memory stays near the structure's.
+        small = sample[:: max(1, len(sample) // PCA_TRAIN)]
+        staged = faiss.train_staged(store.shards.read(small),
+                                    (store.shards.read(sample[i : i + ADD_CHUNK // 4])
+                                     for i in range(0, len(sample), ADD_CHUNK // 4)))
+        if not staged:
+            faiss.train(store.shards.read(sample))
     done = 0
     if progress:
         progress(0, n)

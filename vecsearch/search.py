@@ -21,6 +21,8 @@ from .vectors import FaissIndex, normalize
 
 SCAN_ROWS = 1 << 15
 """Rows scored per step of an exact scan: 256 MiB of 2048-d float32."""
+RERANK_BYTES = 64 << 20
+"""Candidate vectors held at once while re-ranking a batch of queries."""
 
 
 class SlotMap:
@@ -134,10 +136,20 @@ class Searcher:
         return _finish(best_s, best_i, k)
 
     def _rerank(self, q: np.ndarray, k: int, excluded: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """Candidates from the structure, re-scored exactly against the stored vectors."""
+        """Candidates from the structure, re-scored exactly against the stored vectors.
+
+        Queries go in blocks so the candidates' vectors in memory stay near RERANK_BYTES.
+        """
         fetch = min(len(self.faiss), count + len(excluded))
         if fetch == 0:
             return np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64)
+        block = max(1, RERANK_BYTES // (fetch * self.dim * 4))
+        if len(q) > block:
+            parts = [self._rerank(q[i : i + block], k, excluded, count) for i in range(0, len(q), block)]
+            width = max(p[0].shape[1] for p in parts)
+            pad = lambda a, v: np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=v)  # noqa: E731
+            return (np.concatenate([pad(s_, -np.inf) for s_, _ in parts]).astype(np.float32),
+                    np.concatenate([pad(i_, -1) for _, i_ in parts]))
         _, cand = self.faiss.search(q, fetch)
         slots = self.map.slots_of(cand.reshape(-1)).reshape(cand.shape)
         dead = (cand < 0) | (slots < 0) | np.isin(cand, excluded)

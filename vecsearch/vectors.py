@@ -194,6 +194,38 @@ class FaissIndex:
             raise VecsearchError(f"Training {self.factory} on {len(x)} vectors failed: {_faiss_message(e)}") from None
         self.set_params(self.params)
 
+    def train_staged(self, transform_sample: np.ndarray, chunks: Iterable[np.ndarray]) -> bool:
+        """Train a structure behind a pre-transform (PCA) in two stages, to bound memory.
+
+        The transform learns from a small sample; the structure behind it (IVF, PQ) from
+        the larger `chunks`, kept only after the transform shrinks them (2048 -> 256 dims:
+        8x less). False, doing nothing, when the structure has no pre-transform.
+        """
+        faiss = _faiss()
+        outer = faiss.downcast_index(self._index)
+        if self.is_trained or not isinstance(outer, faiss.IndexPreTransform):
+            return False
+        x = self._as_matrix(transform_sample, "training vectors")
+        chain = [faiss.downcast_VectorTransform(outer.chain.at(i)) for i in range(outer.chain.size())]
+        for vt in chain:
+            if not vt.is_trained:
+                vt.train(x)
+            x = vt.apply(x)
+        parts = []
+        for chunk in chunks:
+            y = self._as_matrix(chunk, "training vectors")
+            for vt in chain:
+                y = vt.apply(y)
+            parts.append(y)
+        inner = faiss.downcast_index(outer.index)
+        try:
+            inner.train(np.ascontiguousarray(np.concatenate(parts)))
+        except RuntimeError as e:
+            raise VecsearchError(f"Training {self.factory} failed: {_faiss_message(e)}") from None
+        outer.is_trained = True
+        self.set_params(self.params)
+        return True
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add vectors under ids; an id already present is replaced, never duplicated.
 

@@ -387,9 +387,9 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
 
 
 def _version() -> str:
-    from .. import __version__
+    from ..config import VERSION
 
-    return __version__
+    return VERSION
 
 
 def _next(base: str, k: int, offset: int, got: int) -> str | None:
