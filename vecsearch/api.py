@@ -504,8 +504,16 @@ class VecIndex:
         top = labels.load_top(self.store, self.directory, weights) if target == "imagenet" else None
         other, like_name = self._like_vector(like) if target == "similar" else (None, None)
         seen = self._look(image, side=side, max_pixels=max_pixels)
-        return self._explain_seen(seen, target, other=other, like_name=like_name, top=top, imagenet_class=imagenet_class,
-                                  model=model, label=label)
+        layer = self._maps().layer
+        if target == "similar":
+            return explain.explain_similar(seen, other, layer, like=like_name)
+        if target == "imagenet":
+            return explain.explain_imagenet(seen, top, layer, imagenet_class)
+        row, clf = model
+        if row["kind"] == "head":
+            with self._model_lock:  # the head is a Keras model too
+                return explain.explain_head(seen, clf, row, layer, label)
+        return explain.explain_probe(seen, clf, row, layer, label)
 
     def explain_hits(self, query, hits: Iterable[Hit], *, side: int = OVERLAY_SIDE,
                      max_pixels: int | None = MAX_IMAGE_PIXELS) -> list[tuple[explain.Explanation, explain.Explanation]]:
@@ -580,19 +588,6 @@ class VecIndex:
             return self.embed_image(like), "an image"
         raise VecsearchError(f"Cannot compare with a {type(like).__name__}: give an image path, image bytes, "
                              "a PIL image, an indexed image's id or a vector.")
-
-    def _explain_seen(self, seen: explain.Seen, target: str, *, other=None, like_name=None, top=None,
-                      imagenet_class=None, model=None, label=None) -> explain.Explanation:
-        layer = self._maps().layer
-        if target == "similar":
-            return explain.explain_similar(seen, other, layer, like=like_name)
-        if target == "imagenet":
-            return explain.explain_imagenet(seen, top, layer, imagenet_class)
-        row, clf = model
-        if explain.kind_of(row) == "head":
-            with self._model_lock:
-                return explain.explain_head(seen, clf, row, layer, label)
-        return explain.explain_probe(seen, clf, row, layer, label)
 
     # -- duplicates and similarity ----------------------------------------------------------
     def duplicates(self, threshold: float = DEFAULT_THRESHOLD, *, k: int = DEFAULT_NEIGHBOURS,

@@ -151,7 +151,7 @@ class Explanation:
 
     target: str  # "imagenet" | "classifier" | "similar"
     method: str  # "cam" | "grad-cam"
-    label: str  # the ImageNet class name, the classifier's label, or what the image is compared with
+    label: str  # the ImageNet class name, the classifier's label, or "similarity"
     score: float  # the ImageNet logit, the probe's decision value or the head's logit, or the cosine similarity
     bias: float | None
     map: np.ndarray  # (h, w) float64
@@ -225,7 +225,7 @@ def explain_similar(seen: Seen, other: np.ndarray, layer: str, like: str | None 
         raise VecsearchError(f"The other image's vector has {q.size} dimensions (or is zero); this one has {seen.pooled.size}.")
     q = q / qn
     n = seen.norm or 1.0
-    return Explanation("similar", "cam", f"similar to {like}" if like else "similar", float(seen.unit @ q), 0.0,
+    return Explanation("similar", "cam", "similarity", float(seen.unit @ q), 0.0,
                        cam(seen.fmap, q / n), layer, seen.display, seen.path, like=like)
 
 
