@@ -77,7 +77,7 @@ class FeatureMaps:
             raise VecsearchError(f"Layer {name!r} of {backbone.name} outputs {tuple(tensor.shape)}; an explanation needs "
                                  f"the (height, width, {backbone.dim}) feature map the global average pool reads.")
         self.layer = name
-        self.model = keras.Model(model.inputs, [tensor, model.outputs[0]])
+        self.model = keras.Model(_single(model.inputs), [tensor, model.outputs[0]])
 
     def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(feature maps (n, h, w, c) float32, pooled (n, c) float64 = their mean) of RGB pixels (n, H, W, 3)."""
@@ -91,6 +91,11 @@ class FeatureMaps:
             raise VecsearchError(f"The mean of layer {self.layer!r} is not the pooled vector of {self.backbone.name}: "
                                  "BackboneSpec.last_conv_layer must name the layer its global average pool reads.")
         return fmap, pooled
+
+
+def _single(inputs):
+    """A model's one input as a tensor, not a list: a list-input model warns when called with a bare array."""
+    return inputs[0] if len(inputs) == 1 else inputs
 
 
 @dataclass
@@ -297,7 +302,7 @@ def head_logit_function(model, class_index: int):
     last = model.layers[-1]
     if not isinstance(last, keras.layers.Dense):
         raise VecsearchError("Cannot explain this head: its last layer is not a Dense layer.")
-    body = keras.Model(model.inputs, last.input)
+    body = keras.Model(_single(model.inputs), last.input)
 
     def f(fmap):
         pooled = ops.mean(fmap, axis=(1, 2))
