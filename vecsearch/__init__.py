@@ -25,6 +25,7 @@ from .errors import (
     VecsearchError,
     WeightsUnavailableError,
 )
+from .explain import Explanation
 from .finetune import HeadParams
 from .indexer import FailedImage, IndexSummary
 
@@ -38,6 +39,7 @@ __all__ = [
     "IndexSummary",
     "FailedImage",
     "Classification",
+    "Explanation",
     "HeadParams",
     # backbones
     "REGISTRY",
