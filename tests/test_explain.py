@@ -9,6 +9,7 @@ seen through a backbone whose features are the colours themselves).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -97,7 +98,8 @@ def _keras_example_grad_cam(model, path: Path, conv_layer: str):
     img_array = keras.applications.resnet50.preprocess_input(np.expand_dims(img, axis=0))
     model.layers[-1].activation = None  # the example removes the last layer's softmax
     grad_model = keras.models.Model(model.inputs, [model.get_layer(conv_layer).output, model.output])
-    with tf.GradientTape() as tape:
+    with tf.GradientTape() as tape, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Keras: a bare array for a list-input model, as the example passes
         last_conv_layer_output, preds = grad_model(img_array)
         pred_index = tf.argmax(preds[0])
         class_channel = preds[:, pred_index]
@@ -141,6 +143,12 @@ def test_linear_maps_sum_to_the_scores_feature_part(world):
         assert other.label == "golden_retriever" and other.wnid == "n02099601"
         logits = p @ W + b
         assert find_classes(top1.wnid)[0].index == int(np.argmax(logits))
+    # The CLI gives the same map as numbers, with its shape.
+    d = run_json("explain", world.photo, "--class", "n01440764", "--out", world.dir / "tench.png", "--index", world.ix.directory)
+    want = world.ix.explain(world.photo, imagenet_class="tench")
+    assert (d["label"], d["wnid"], d["shape"]) == ("tench", "n01440764", [7, 7])
+    np.testing.assert_allclose(d["map"], want.map, rtol=1e-6)
+    assert d["feature_score"] == pytest.approx(sum(map(sum, d["map"])), rel=1e-9)
     # Similarity: the map sums to the cosine of the two images' vectors, as search computes it.
     va, vb = world.ix.embed([world.a, world.b])
     e = world.ix.explain(world.a, like=world.b)
@@ -300,7 +308,8 @@ def test_head_grad_cam_equals_the_keras_example_through_the_whole_model(digits):
     for path in digits.paths[::9]:
         e = digits.ix.explain(path, classifier="head", label="1")
         x = get_spec("tiny").preprocess(keras.utils.img_to_array(keras.utils.load_img(str(path), target_size=(32, 32), interpolation="bilinear"))[None])
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # as above: the bare array the example passes
             conv_out, preds = grad_model(x)
             channel = preds[:, list(head.classes_).index("1")]
         grads = tape.gradient(channel, conv_out)

@@ -385,8 +385,10 @@ def overlay(display: np.ndarray, m: np.ndarray, alpha: float = ALPHA) -> Image.I
 
 
 def png_bytes(img: Image.Image) -> bytes:
+    # Pillow's default level, not optimize=True: measured 39 ms against 483 ms for a 512 x 384
+    # overlay, for a file 10% larger; the server encodes one per request.
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
+    img.save(buf, format="PNG")
     return buf.getvalue()
 
 
