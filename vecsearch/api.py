@@ -570,8 +570,9 @@ class VecIndex:
         else:
             raise VecsearchError(f"Cannot explain a {type(image).__name__}: give an image path, image bytes, "
                                  "a PIL image or an indexed image's id.")
-        with self._model_lock:
-            return explain.look(self._maps(), data, path=path, max_pixels=max_pixels, side=side)
+        with self._model_lock:  # building the two-output model is a Keras call too
+            maps = self._maps()
+        return explain.look(maps, data, path=path, max_pixels=max_pixels, side=side, lock=self._model_lock)
 
     def _like_vector(self, like) -> tuple[np.ndarray, str]:
         """The unit vector of the image to compare with, and how to name it."""

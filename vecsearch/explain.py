@@ -23,6 +23,7 @@ colour map of the positive part, blended over the image as in the Keras Grad-CAM
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -46,7 +47,6 @@ OVERLAY_SIDE = 512
 """Longest side of an overlay PNG unless told otherwise (the image is shrunk or enlarged to it)."""
 ALPHA = 0.4
 """Opacity of the colour map over the image (the Keras Grad-CAM example's 0.4)."""
-TARGETS = ("imagenet", "classifier", "similar")
 
 __all__ = ["Explanation", "FeatureMaps", "Seen", "OVERLAY_SIDE"]
 
@@ -119,14 +119,19 @@ class Seen:
 
 
 def look(maps: FeatureMaps, data: bytes, *, path: str | None = None, max_pixels: int | None = MAX_IMAGE_PIXELS,
-         side: int = OVERLAY_SIDE) -> Seen:
-    """Decode image bytes exactly as indexing does, run the feature-map model, and keep pixels to draw on."""
+         side: int = OVERLAY_SIDE, lock=contextlib.nullcontext()) -> Seen:
+    """Decode image bytes exactly as indexing does, run the feature-map model, and keep pixels to draw on.
+
+    The bytes are decoded twice, at the model's input size and at the overlay's (each
+    with JPEG draft scaling), rather than once at full size; only the model call holds `lock`.
+    """
     try:
         pixels, _, _ = images.decode_image(data, maps.backbone.input_size, max_pixels=max_pixels, resample=RESAMPLE)
         display = display_pixels(data, side, max_pixels)
     except BadImageError as e:
         raise BadImageError(e.reason, path=path) from e
-    fmap, pooled = maps(pixels[None])
+    with lock:
+        fmap, pooled = maps(pixels[None])
     return Seen(fmap[0], pooled[0], display, path)
 
 
