@@ -1,4 +1,5 @@
-"""The web page in headless Chromium: upload an image, see the grid, click a result to search from it.
+"""The web page in headless Chromium: upload an image, see the grid, ask why a result is similar,
+click a result to search from it.
 
 Needs Debian's `chromium` and `npm ci` in tests/browser (both done by `.ci/run`); skips with
 the reason otherwise. The screenshot is kept in test-artifacts/browser_search.png.
@@ -81,3 +82,16 @@ def test_page_uploads_an_image_and_shows_a_grid_of_neighbours(tmp_path):
     assert [c["id"] for c in seen["similar"]] == [h["id"] for h in api_similar]
     assert seen["clicked"] not in [c["id"] for c in seen["similar"]]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
+    # "why similar?": both heatmaps loaded, at each image's aspect ratio. After an upload they
+    # come from the upload endpoints (object URLs); after a search by id, from GET by id.
+    why1, why2 = seen["why1"], seen["why2"]
+    assert why1["title"].startswith(f"Why #1 {api_upload[0]['name']} is similar")
+    assert [i["src"][:5] for i in why1["images"]] == ["blob:", "blob:"]
+    assert why1["images"][0]["width"] == why1["images"][0]["height"] == 384  # the 80 x 80 query
+    assert (why1["images"][1]["width"], why1["images"][1]["height"]) == (384, 256)  # a 96 x 64 photo
+    assert why1["captions"] == ["the query (query.png)", f"#1 {api_upload[0]['name']}"]
+    assert seen["panelHiddenAfterSearch"] is True
+    first = api_similar[0]["id"]
+    assert [i["src"] for i in why2["images"]] == [f"/api/images/{seen['clicked']}/explain?like={first}",
+                                                 f"/api/images/{first}/explain?like={seen['clicked']}"]
+    assert all((i["width"], i["height"]) == (384, 256) for i in why2["images"])

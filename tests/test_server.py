@@ -307,10 +307,68 @@ def test_classify_upload_with_a_saved_classifier(built, tmp_path):
     ix.close()
 
 
+def _ids(ix, root, *names) -> list[int]:
+    return [ix.store.image_by_path(str(root / "photos" / n)).id for n in names]
+
+
+def test_explain_by_id_is_the_png_of_the_index_objects_explanation(client, built):
+    root, ix = built
+    a, b = _ids(ix, root, "a/img00.jpg", "b/img07.jpg")
+    r = client.get(f"/api/images/{a}/explain", params={"like": b})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    want = ix.explain(a, like=b, side=384)
+    assert r.content == want.to_png()
+    # The map explains the similarity search reports: the cosine of the stored vectors.
+    cos = float(ix.vector(a) @ ix.vector(b))
+    assert float(r.headers["x-explain-score"]) == pytest.approx(cos, rel=1e-4) and want.map.sum() == pytest.approx(cos, rel=1e-4)
+    with Image.open(io.BytesIO(r.content)) as im:
+        assert im.size == (384, 288)  # the 64 x 48 photo, longest side 384
+    assert client.get(f"/api/images/{b}/explain", params={"like": a, "side": 100}).headers["x-explain-method"] == "cam"
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/api/images/{image_id}/explain", "/api/explain"} <= set(paths)
+    assert "post" in paths["/api/images/{image_id}/explain"] and "get" in paths["/api/images/{image_id}/explain"]
+
+
+def test_explain_an_upload_both_ways(client, built):
+    root, ix = built
+    q = root / "queries" / "q1.png"
+    (b,) = _ids(ix, root, "a/img03.jpg")
+    upload_side = client.post("/api/explain", params={"like": b}, files=_upload(q))
+    assert upload_side.status_code == 200, upload_side.text
+    assert upload_side.content == ix.explain(q.read_bytes(), like=b, side=384).to_png()
+    indexed_side = client.post(f"/api/images/{b}/explain", files=_upload(q))
+    assert indexed_side.status_code == 200, indexed_side.text
+    assert indexed_side.content == ix.explain(b, like=q, side=384).to_png()
+    cos = float(ix.embed([q])[0] @ ix.vector(b))
+    for r in (upload_side, indexed_side):
+        assert r.headers["content-type"] == "image/png"
+        assert float(r.headers["x-explain-score"]) == pytest.approx(cos, rel=1e-4)
+    with Image.open(io.BytesIO(upload_side.content)) as im:
+        assert im.size == (274, 384)  # the 50 x 70 upload
+
+
+def test_explain_errors_are_json(client, built):
+    root, ix = built
+    (a,) = _ids(ix, root, "a/img00.jpg")
+    q = root / "queries" / "q0.png"
+    _assert_json_error(client.get("/api/images/999999/explain", params={"like": a}), 404)
+    _assert_json_error(client.get(f"/api/images/{a}/explain", params={"like": 999999}), 404)
+    _assert_json_error(client.post("/api/images/999999/explain", files=_upload(q)), 404)
+    _assert_json_error(client.get(f"/api/images/{a}/explain", params={"like": 0}), 422)
+    _assert_json_error(client.get(f"/api/images/{a}/explain", params={"like": a, "side": 5}), 422)
+    _assert_json_error(client.get(f"/api/images/{a}/explain", params={"classifier": "nope"}), 404)
+    body = _assert_json_error(client.get(f"/api/images/{a}/explain"), 400)  # the tiny backbone has no ImageNet top
+    assert "ImageNet" in body["error"]
+    _assert_json_error(client.get(f"/api/images/{a}/explain", params={"like": a, "class": "tench"}), 400)
+    _assert_json_error(client.post("/api/explain", params={"like": a}, files=_upload(b"not an image")), 422)
+    _assert_json_error(client.post(f"/api/images/{a}/explain", files=_upload(b"not an image")), 422)
+
+
 def test_page_is_served(client):
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    for needle in ('id="file"', 'id="grid"', "/api/search", "/similar"):
+    for needle in ('id="file"', 'id="grid"', "/api/search", "/similar", "/explain", "why similar"):
         assert needle in r.text
 
 
@@ -454,13 +512,17 @@ def test_token_guards_everything_but_health_and_page(built):
         assert c.get("/").status_code == 200
         for method, url, kw in [("get", "/api/stats", {}), ("get", "/api/images/1", {}), ("get", "/api/images/1/similar", {}),
                                 ("get", "/api/images/1/thumbnail", {}), ("get", "/api/images", {}), ("get", "/api/classifiers", {}),
-                                ("post", "/api/search", {"files": _upload(root / "queries" / "q0.png")})]:
+                                ("post", "/api/search", {"files": _upload(root / "queries" / "q0.png")}),
+                                ("get", "/api/images/1/explain?like=2", {}),
+                                ("post", "/api/explain?like=2", {"files": _upload(root / "queries" / "q0.png")}),
+                                ("post", "/api/images/1/explain", {"files": _upload(root / "queries" / "q0.png")})]:
             r = getattr(c, method)(url, **kw)
             _assert_json_error(r, 401)
             assert r.headers["www-authenticate"] == "Bearer"
             _assert_json_error(getattr(c, method)(url, headers={"Authorization": "Bearer wrong"}, **kw), 401)
             assert getattr(c, method)(url, headers={"Authorization": "Bearer s3cret"}, **kw).status_code == 200, url
         assert c.get("/api/images/1/thumbnail?token=s3cret").status_code == 200  # for <img src>
+        assert c.get("/api/images/1/explain?like=2&token=s3cret").status_code == 200
         _assert_json_error(c.get("/api/images/1/thumbnail?token=s3cre"), 401)
 
 

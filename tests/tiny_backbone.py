@@ -36,4 +36,4 @@ def _preprocess(x):
     return x / 127.5 - 1.0
 
 
-TINY = register(BackboneSpec("tiny", (32, 32), TINY_DIM, _build, _preprocess, has_imagenet=False))
+TINY = register(BackboneSpec("tiny", (32, 32), TINY_DIM, _build, _preprocess, has_imagenet=False, last_conv_layer="conv2"))

@@ -26,6 +26,7 @@ from .errors import (
     VecsearchError,
     WeightsUnavailableError,
 )
+from .explain import Explanation
 from .finetune import HeadParams
 from .indexer import FailedImage, IndexSummary
 
@@ -37,6 +38,7 @@ __all__ = [
     "IndexSummary",
     "FailedImage",
     "Classification",
+    "Explanation",
     "HeadParams",
     # backbones
     "REGISTRY",

@@ -5,7 +5,7 @@ vector lives; the source of truth), `vectors/` (the unit vectors, stored once, i
 files) and, for approximate index types, `vectors.faiss` (+ JSON sidecar), a search
 structure derived from them. The CLI, the HTTP service and Python users all call the methods below; each one
 hands its work down to the module that owns the concept (`indexer`, `labels`, `classes`,
-`classify`, `finetune`, `dupes`), passing the store, the FAISS index and the backbone in.
+`classify`, `finetune`, `dupes`, `explain`), passing the store, the FAISS index and the backbone in.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from . import classes, classifiers, classify, dupes, finetune, images, indexer, labels, vector_files
+from . import classes, classifiers, classify, dupes, explain, finetune, images, indexer, labels, vector_files
 from .classes import SEED
 from .classifiers import DEFAULT_TOP as CLASSIFY_TOP
 from .classify import DEFAULT_K as KNN_K
@@ -34,6 +34,7 @@ from .labels import DEFAULT_TOP as LABEL_TOP
 from .backbones import DEFAULT_BACKBONE, Backbone, WeightsSpec, check_fingerprint, get_spec, load_backbone
 from .config import DB_NAME, DEFAULT_K, VERSION, LOCK_NAME, MAX_IMAGE_PIXELS, VECTORS_NAME, resolve_index_dir
 from .errors import BadImageError, IndexMismatchError, IndexNotFoundError, InputNotFoundError, NoImagesError, NotIndexedError, VecsearchError
+from .explain import OVERLAY_SIDE
 from .extract import RESAMPLE, Extractor
 from .files import WriterLock
 from .indexer import IndexSummary
@@ -92,6 +93,7 @@ class VecIndex:
         self._model_lock = threading.Lock()
         self._loaded: OrderedDict[tuple[str, str], Any] = OrderedDict()  # (name, created_at) -> classifier
         self._loaded_lock = threading.Lock()
+        self._feature_maps: explain.FeatureMaps | None = None  # built on the first explanation
         if self.store.info() is not None:
             self._open_searcher(progress=progress)
 
@@ -577,6 +579,112 @@ class VecIndex:
         """Build a new index at `into` with tuned weights over the same images, labels and head copied."""
         return finetune.reembed(self.store, self.directory, weights_path, into, open_index=open_index,
                                 head_path=head_path, name=name, metrics=metrics, progress=progress)
+
+    # -- explanations -----------------------------------------------------------------------
+    def explain(self, image, *, like=None, imagenet_class: str | None = None, classifier: str | None = None,
+                label: str | None = None, weights: Any = None, side: int = OVERLAY_SIDE,
+                max_pixels: int | None = MAX_IMAGE_PIXELS) -> explain.Explanation:
+        """A heatmap of where in `image` the evidence for a score lies (see `explain`).
+
+        The score is the ImageNet class `imagenet_class` (name or WordNet id; default: the
+        image's top-1), the class `label` of saved classifier `classifier` (default: its
+        prediction), or the cosine similarity to `like`. `image` is a file path, image
+        bytes, a PIL image or an indexed image's id; `like` the same or a vector. `weights`
+        is where the ImageNet top comes from, as for `label`. `side` is the overlay's
+        longest side in pixels.
+        """
+        target = explain.as_target(like, imagenet_class, classifier, label)
+        model = self.classifier(classifier) if target == "classifier" else None
+        if model is not None:
+            explain.kind_of(model[0])  # a k-NN is refused before any model call
+        top = labels.load_top(self.store, self.directory, weights) if target == "imagenet" else None
+        other, like_name = self._like_vector(like) if target == "similar" else (None, None)
+        seen = self._look(image, side=side, max_pixels=max_pixels)
+        layer = self._maps().layer
+        if target == "similar":
+            return explain.explain_similar(seen, other, layer, like=like_name)
+        if target == "imagenet":
+            return explain.explain_imagenet(seen, top, layer, imagenet_class)
+        row, clf = model
+        if row["kind"] == "head":
+            with self._model_lock:  # the head is a Keras model too
+                return explain.explain_head(seen, clf, row, layer, label)
+        return explain.explain_probe(seen, clf, row, layer, label)
+
+    def explain_hits(self, query, hits: Iterable[Hit], *, side: int = OVERLAY_SIDE,
+                     max_pixels: int | None = MAX_IMAGE_PIXELS) -> list[tuple[explain.Explanation, explain.Explanation]]:
+        """For each search hit, (the query's map against it, its map against the query): why they are similar.
+
+        The query is read and run through the model once; each hit's file once.
+        """
+        seen_q = self._look(query, side=side, max_pixels=max_pixels)
+        q_name = seen_q.path or "the query"
+        out = []
+        for h in hits:
+            seen_h = self._look(h.id, side=side, max_pixels=max_pixels)
+            layer = self._maps().layer
+            out.append((explain.explain_similar(seen_q, seen_h.unit, layer, like=f"#{h.id} {h.path}"),
+                        explain.explain_similar(seen_h, seen_q.unit, layer, like=q_name)))
+        return out
+
+    def explain_hits_to(self, query, hits: list[Hit], out_dir: str | os.PathLike, *,
+                        side: int = OVERLAY_SIDE) -> list[Path]:
+        """Write one PNG per hit into `out_dir`: the query's "why similar" map beside the hit's."""
+        out_dir = Path(out_dir)
+        written = []
+        for h, (q, r) in zip(hits, self.explain_hits(query, hits, side=side)):
+            name = f"{h.rank:02d}-{Path(h.path).stem}.png"
+            written.append(explain.save_pair(q, r, out_dir / name,
+                                             [f"query vs #{h.rank}", f"#{h.rank} vs query: {h.score:.4f}"]))
+        return written
+
+    def _maps(self) -> explain.FeatureMaps:
+        if self._feature_maps is None or self._feature_maps.backbone is not self.backbone:
+            self._feature_maps = explain.FeatureMaps(self.backbone)
+        return self._feature_maps
+
+    def _look(self, image, *, side: int, max_pixels: int | None) -> explain.Seen:
+        """An image (path, bytes, PIL image or indexed id) as the model sees it, with its feature map."""
+        path = None
+        if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
+            path = self.image(int(image)).path
+            data = images.read_bytes(path)
+        elif isinstance(image, (bytes, bytearray, memoryview)):
+            data = bytes(image)
+        elif isinstance(image, (str, os.PathLike)):
+            p = Path(image).expanduser()
+            if not p.is_file():
+                raise InputNotFoundError(f"No such file: {p}")
+            path, data = str(p.resolve()), images.read_bytes(p)
+        elif hasattr(image, "save") and hasattr(image, "mode"):  # a PIL image, encoded losslessly
+            buf = io.BytesIO()
+            try:
+                image.save(buf, format="PNG")
+            except (AttributeError, OSError, ValueError) as e:
+                raise BadImageError(f"cannot encode this image: {e}") from e
+            data = buf.getvalue()
+        else:
+            raise VecsearchError(f"Cannot explain a {type(image).__name__}: give an image path, image bytes, "
+                                 "a PIL image or an indexed image's id.")
+        with self._model_lock:  # building the two-output model is a Keras call too
+            maps = self._maps()
+        return explain.look(maps, data, path=path, max_pixels=max_pixels, side=side, lock=self._model_lock)
+
+    def _like_vector(self, like) -> tuple[np.ndarray, str]:
+        """The unit vector of the image to compare with, and how to name it."""
+        if isinstance(like, (int, np.integer)) and not isinstance(like, bool):
+            return self.vector(int(like)), f"#{int(like)} {self.image(int(like)).path}"
+        if isinstance(like, np.ndarray):
+            return normalize(like.astype(np.float32).reshape(-1)), "a vector"
+        if isinstance(like, (bytes, bytearray, memoryview)):
+            return self.embed_bytes(bytes(like)), "the upload"
+        if isinstance(like, (str, os.PathLike)):
+            p = Path(like).expanduser()
+            return self.vectors_for([p])[0], str(p.resolve())
+        if hasattr(like, "save") and hasattr(like, "mode"):
+            return self.embed_image(like), "an image"
+        raise VecsearchError(f"Cannot compare with a {type(like).__name__}: give an image path, image bytes, "
+                             "a PIL image, an indexed image's id or a vector.")
 
     # -- duplicates and similarity ----------------------------------------------------------
     def duplicates(self, threshold: float = DEFAULT_THRESHOLD, *, k: int = DEFAULT_NEIGHBOURS,

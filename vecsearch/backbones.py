@@ -71,6 +71,8 @@ class BackboneSpec:
     output the pooled feature vector of width `dim`. `preprocess` maps a float32 batch of
     RGB 0..255 pixels to what the network expects. `weights_file` names the official
     no-top weights file, quoted in the message when ImageNet weights can't be fetched.
+    `last_conv_layer` names the layer whose feature map the global average pool reads
+    (explanations are maps over it); "" means "find it from the model's pooling layer".
     """
 
     name: str
@@ -80,6 +82,7 @@ class BackboneSpec:
     preprocess: Callable[[Any], Any]
     weights_file: str = ""
     has_imagenet: bool = True
+    last_conv_layer: str = ""
 
 
 def _app(module: str, cls: str) -> tuple[Callable, Callable]:
@@ -97,9 +100,9 @@ def _app(module: str, cls: str) -> tuple[Callable, Callable]:
     return build, preprocess
 
 
-def _spec(name, module, cls, size, dim, weights_file):
+def _spec(name, module, cls, size, dim, weights_file, last_conv_layer):
     build, preprocess = _app(module, cls)
-    return BackboneSpec(name, (size, size), dim, build, preprocess, weights_file)
+    return BackboneSpec(name, (size, size), dim, build, preprocess, weights_file, last_conv_layer=last_conv_layer)
 
 
 REGISTRY: dict[str, BackboneSpec] = {}
@@ -111,12 +114,18 @@ def register(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
+# The last layer is the one the global average pool reads (tested): for VGG16 that is
+# block5_pool, not block5_conv3, since only the pool's own input makes a map that sums
+# exactly to the score.
 for _s in (
-    _spec("resnet50", "resnet50", "ResNet50", 224, 2048, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    _spec("xception", "xception", "Xception", 299, 2048, "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    _spec("inception_v3", "inception_v3", "InceptionV3", 299, 2048, "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    _spec("vgg16", "vgg16", "VGG16", 224, 512, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    _spec("mobilenet", "mobilenet", "MobileNet", 224, 1024, "mobilenet_1_0_224_tf_no_top.h5"),
+    _spec("resnet50", "resnet50", "ResNet50", 224, 2048, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+          "conv5_block3_out"),
+    _spec("xception", "xception", "Xception", 299, 2048, "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+          "block14_sepconv2_act"),
+    _spec("inception_v3", "inception_v3", "InceptionV3", 299, 2048,
+          "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", "mixed10"),
+    _spec("vgg16", "vgg16", "VGG16", 224, 512, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "block5_pool"),
+    _spec("mobilenet", "mobilenet", "MobileNet", 224, 1024, "mobilenet_1_0_224_tf_no_top.h5", "conv_pw_13_relu"),
 ):
     register(_s)
 

@@ -310,6 +310,11 @@ def thumbnail_jpeg(
     return buf.getvalue()
 
 
+def read_bytes(path: str | os.PathLike, *, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """An image file's bytes under the byte cap; BadImageError (with the path) when over it or unreadable."""
+    return _read_capped(Path(path), max_bytes)
+
+
 def _read_capped(path: Path, max_bytes: int) -> bytes:
     try:
         st = os.stat(path)

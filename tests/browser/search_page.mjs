@@ -1,5 +1,6 @@
-// Drive the vecsearch page in headless Chromium: upload an image, read the grid, click a
-// result, read the new grid, save a screenshot. Prints one JSON object on stdout.
+// Drive the vecsearch page in headless Chromium: upload an image, read the grid, ask why a
+// result is similar, click a result, read the new grid, ask why again, save a screenshot.
+// Prints one JSON object on stdout.
 //
 //   node search_page.mjs URL IMAGE SCREENSHOT [K]
 //
@@ -49,17 +50,39 @@ try {
     return grid();
   };
 
+  // "why similar?" on a card: both heatmaps (the query's and the result's) must load.
+  const explain = async (id) => {
+    await page.click(`#grid .why[data-id="${id}"]`);
+    await page.waitForFunction((want) => {
+      const panel = document.getElementById("explain");
+      const imgs = [document.getElementById("explain-query"), document.getElementById("explain-result")];
+      return !panel.hidden && panel.dataset.id === String(want)
+        && imgs.every((i) => i.getAttribute("src") && i.complete && i.naturalWidth > 0);
+    }, id);
+    return page.evaluate(() => ({
+      title: document.getElementById("explain-title").textContent,
+      images: ["explain-query", "explain-result"].map((name) => {
+        const i = document.getElementById(name);
+        return { src: i.getAttribute("src"), width: i.naturalWidth, height: i.naturalHeight };
+      }),
+      captions: [...document.querySelectorAll("#explain figcaption")].map((c) => c.textContent),
+    }));
+  };
+
   await page.setInputFiles("#file", image);
   const upload = await waitForGrid("Similar to ");
   const caption1 = await page.textContent("#query-caption");
+  const why1 = await explain(upload[0].id);
 
   await page.click(`#grid .result[data-id="${upload[1].id}"]`);
   const clicked = upload[1].id;
   const similar = await waitForGrid(`Similar to #${clicked} `);
   const caption2 = await page.textContent("#query-caption");
+  const panelHiddenAfterSearch = await page.$eval("#explain", (p) => p.hidden);
+  const why2 = await explain(similar[0].id);
   await page.screenshot({ path: screenshot, fullPage: true });
 
-  console.log(JSON.stringify({ upload, caption1, clicked, similar, caption2, consoleErrors }));
+  console.log(JSON.stringify({ upload, caption1, why1, clicked, similar, caption2, panelHiddenAfterSearch, why2, consoleErrors }));
 } finally {
   await browser.close();
   rmSync(profile, { recursive: true, force: true });

@@ -24,12 +24,13 @@ def main(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, hel
 
 
 # Registration order is --help order: the core, ImageNet labels, classes of your own,
-# fine-tuning, duplicates and similarity, the service.
+# fine-tuning, duplicates and similarity, explanations, the service.
 from . import index  # noqa: E402,F401
 from . import labels  # noqa: E402,F401
 from . import classify  # noqa: E402,F401
 from . import finetune  # noqa: E402,F401
 from . import dupes  # noqa: E402,F401
+from . import explain  # noqa: E402,F401
 from . import serve  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover

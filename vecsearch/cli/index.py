@@ -80,6 +80,7 @@ def query(
     index: IndexOpt = None,
     k: Annotated[Optional[int], typer.Option("--k", "-k", help=f"How many neighbours (default {DEFAULT_K}; with --label: at most this many, default all).", show_default=False)] = None,
     label: Annotated[Optional[str], typer.Option("--label", help="Instead: list images whose stored ImageNet top-k holds this class (name or WordNet id).", show_default=False)] = None,
+    explain: Annotated[Optional[Path], typer.Option("--explain", metavar="DIR", help="Also write one PNG per result into DIR: why it is similar, the query's heatmap beside the result's.", show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Show the k indexed images most similar to IMAGE (cosine similarity), or those labelled --label NAME."""
@@ -89,6 +90,8 @@ def query(
         if label is not None:
             if image is not None:
                 raise VecsearchError("Give either IMAGE or --label NAME, not both.")
+            if explain is not None:
+                raise VecsearchError("--explain goes with a search by IMAGE, not --label.")
             from .labels import print_label_hits  # imported here: labels' commands register after these
 
             with open_index(index, create=False) as ix:
@@ -98,13 +101,19 @@ def query(
             raise VecsearchError("Give an IMAGE to search with, or --label NAME.")
         with open_index(index, create=False) as ix:
             hits = ix.search(image, DEFAULT_K if k is None else k)
+            written = ix.explain_hits_to(image, hits, explain) if explain is not None else None
         if json_out:
-            print_json([h.to_dict() for h in hits])
+            rows = [h.to_dict() for h in hits]
+            if written is not None:
+                rows = [row | {"explain": str(w)} for row, w in zip(rows, written)]
+            print_json(rows)
             return
         # Plain lines, never truncated: people copy these paths.
         say(f"{'rank':>4}  {'score':>6}  path")
         for h in hits:
             say(f"{h.rank:>4}  {h.score:6.4f}  {h.path}")
+        if written is not None:
+            say(f"why similar: {len(written)} heatmap{'s' if len(written) != 1 else ''} (query | result) written to {explain}")
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""FastAPI app over one open index: search by upload or by id, metadata, thumbnails, classify.
+"""FastAPI app over one open index: search by upload or by id, metadata, thumbnails, classify, explain.
 
 The backbone, FAISS index and SQLite store are loaded once, in `create_app`; every handler
 goes through the index object (`VecIndex`), never the database directly. Sync handlers run
@@ -57,6 +57,13 @@ ImageId = Annotated[int, PathParam(ge=1, le=_ID_MAX, description="Image id, as r
 K = Annotated[int, Query(ge=1, le=MAX_K, description=f"How many neighbours (1..{MAX_K}).")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Skip this many best results first (pagination).")]
 Upload = Annotated[UploadFile, File(description="An image file (JPEG, PNG, WebP, GIF, BMP, TIFF).")]
+EXPLAIN_SIDE = 384
+Like = Annotated[int | None, Query(ge=1, le=_ID_MAX, description="Explain why the image is similar to this indexed image.")]
+ImagenetClass = Annotated[str | None, Query(alias="class", max_length=100, description="An ImageNet class name or WordNet id (the default target: the top-1 class).")]
+ClassifierName = Annotated[str | None, Query(max_length=64, description="A saved probe or fine-tuned head instead.")]
+Label = Annotated[str | None, Query(max_length=200, description="With `classifier`: the class to explain (default: its prediction).")]
+Side = Annotated[int, Query(ge=16, le=1024, description="Longest side of the PNG in pixels.")]
+_PNG = {200: {"content": {"image/png": {}}, "description": "The heatmap over the image (PNG, the image's aspect ratio)."}}
 
 
 class _Service:
@@ -383,7 +390,39 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
         q = svc.embed_upload(_read_upload(svc, file))
         return ix.classify(q, model=model, top=top).to_dict()
 
+    @app.get("/api/images/{image_id}/explain", tags=["explain"], dependencies=Auth, response_class=Response,
+             summary="Heatmap of what the model looks at in an indexed image", responses=_PNG)
+    def explain_image(image_id: ImageId, like: Like = None, imagenet_class: ImagenetClass = None,
+                      classifier: ClassifierName = None, label: Label = None, side: Side = EXPLAIN_SIDE) -> Response:
+        """Where the evidence lies for the similarity to image `like`, an ImageNet `class`, or a classifier's class."""
+        result = current().explain(image_id, like=like, imagenet_class=imagenet_class, classifier=classifier,
+                                   label=label, side=side)
+        return _png(result)
+
+    @app.post("/api/explain", tags=["explain"], dependencies=Auth, response_class=Response,
+              summary="Heatmap of what the model looks at in an uploaded image", responses=_PNG)
+    def explain_upload(file: Upload, like: Like = None, imagenet_class: ImagenetClass = None,
+                       classifier: ClassifierName = None, label: Label = None, side: Side = EXPLAIN_SIDE) -> Response:
+        """As `GET /api/images/{id}/explain`, for the image in multipart field `file`."""
+        result = current().explain(_read_upload(svc, file), like=like, imagenet_class=imagenet_class,
+                                   classifier=classifier, label=label, side=side, max_pixels=svc.max_pixels)
+        return _png(result)
+
+    @app.post("/api/images/{image_id}/explain", tags=["explain"], dependencies=Auth, response_class=Response,
+              summary="Why an indexed image is similar to an uploaded one", responses=_PNG)
+    def explain_like_upload(image_id: ImageId, file: Upload, side: Side = EXPLAIN_SIDE) -> Response:
+        """The heatmap over indexed image `image_id` of its similarity to the image in multipart field `file`."""
+        ix.image(image_id)  # an unknown id is a 404 before the upload is decoded
+        other = svc.embed_upload(_read_upload(svc, file))
+        return _png(current().explain(image_id, like=other, side=side))
+
     return app
+
+
+def _png(result) -> Response:
+    headers = {"Cache-Control": "private, max-age=300", "X-Explain-Score": f"{result.score:.6f}",
+               "X-Explain-Method": result.method}
+    return Response(result.to_png(), media_type="image/png", headers=headers)
 
 
 def _version() -> str:
