@@ -102,3 +102,20 @@ def live_server(app):
         server.should_exit = True
         thread.join(15)
         sock.close()
+
+
+def big_png(path: Path, width: int, height: int, channels: int = 4) -> Path:
+    """A width x height PNG of transparent black (RGBA; RGB with channels=3), written a row at a
+    time: a 110 MP one is ~430 KB on disk and never held whole in this process's memory."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    colour_type = {3: 2, 4: 6}[channels]
+    comp = zlib.compressobj(9)
+    row = b"\x00" * (1 + width * channels)
+    parts = [comp.compress(row) for _ in range(height)]
+    parts.append(comp.flush())
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+    return path

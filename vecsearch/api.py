@@ -186,15 +186,17 @@ class VecIndex:
         removed. Results are committed in chunks, so a killed run loses at most one chunk and
         the next run resumes from there.
         """
-        roots = [Path(p) for p in paths]
+        roots = [images.absolute(p) for p in paths]
         with self._lock.held():
-            files = list(images.iter_image_files(roots))
-            if not files:
+            found = list(images.scan(roots))
+            files = [f.path for f in found if f.reason is None]
+            rejected = [f for f in found if f.reason is not None]
+            if not found:
                 raise NoImagesError(f"No image files found in {', '.join(map(str, roots))}.")
             self._ensure_info()
             self.refresh()
             summary = indexer.run(self.store, self.faiss, self.extractor, roots, files, progress=progress,
-                                  chunk_size=chunk_size, chunk_seconds=chunk_seconds)
+                                  chunk_size=chunk_size, chunk_seconds=chunk_seconds, rejected=rejected)
             self._generation = self.store.generation()
             indexer.save(self.store, self.vectors_path, self.faiss)
         return summary
@@ -234,9 +236,9 @@ class VecIndex:
 
     def vectors_for(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
         """Unit vectors of image files: an indexed, unchanged file reuses its stored vector."""
-        paths = [Path(p).expanduser() for p in paths]
+        paths = [images.absolute(p) for p in paths]
         for p in paths:
-            if not p.is_file():
+            if not os.path.lexists(p):
                 raise InputNotFoundError(f"No such file: {p}")
         out: list[np.ndarray | None] = [self._stored_vector(p)[1] for p in paths]
         todo = [i for i, v in enumerate(out) if v is None]
@@ -249,7 +251,7 @@ class VecIndex:
         """(id, vector) of an indexed file that is unchanged since, else (None, None)."""
         if self.info is None:
             return None, None
-        rec = self.store.image_by_path(str(path.resolve()))
+        rec = self.store.image_by_path(str(images.absolute(path)))
         if rec is not None and rec.status == "ok" and indexer.is_unchanged(rec, path):
             return rec.id, self.vector(rec.id)
         return None, None
@@ -269,8 +271,8 @@ class VecIndex:
         elif isinstance(query, (bytes, bytearray, memoryview)):
             q = self.embed_bytes(bytes(query))
         elif isinstance(query, (str, os.PathLike)):
-            p = Path(query).expanduser()
-            if not p.exists():
+            p = images.absolute(query)
+            if not os.path.lexists(p):
                 raise InputNotFoundError(f"No such file: {p}")
             found, q = self._stored_vector(p)
             if found is not None and not include_self:
@@ -441,8 +443,8 @@ class VecIndex:
         elif isinstance(query, (bytes, bytearray, memoryview)):
             vector = self.embed_bytes(bytes(query))
         elif isinstance(query, (str, os.PathLike)):
-            p = Path(query).expanduser()
-            vector, path = self.vectors_for([p])[0], str(p.resolve())
+            p = images.absolute(query)
+            vector, path = self.vectors_for([p])[0], str(p)
         elif hasattr(query, "save") and hasattr(query, "mode"):
             vector = self.embed_image(query)
         else:

@@ -37,7 +37,7 @@ _HEADER_WORDS = {"path", "file", "filename", "image"}
 class LabelRow:
     """One labelled file, before it is matched to an indexed image."""
 
-    path: Path  # resolved
+    path: Path  # absolute, links kept as given (images.absolute)
     label: str
     split: str | None  # "train" | "test" | None
 
@@ -116,7 +116,7 @@ def rows_from_csv(csv_path: str | os.PathLike) -> list[LabelRow]:
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
         raise InputNotFoundError(f"No such file: {csv_path}")
-    base = csv_path.resolve().parent
+    base = images.absolute(csv_path).parent
     rows: list[LabelRow] = []
     missing: list[str] = []
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
@@ -132,7 +132,7 @@ def rows_from_csv(csv_path: str | os.PathLike) -> list[LabelRow]:
             if split is not None and split not in SPLITS:
                 raise VecsearchError(f"{csv_path}, line {lineno}: split must be train or test, got {rec[2]!r}.")
             p = Path(rec[0]).expanduser()
-            p = (p if p.is_absolute() else base / p).resolve()
+            p = images.absolute(p if p.is_absolute() else base / p)
             if not p.is_file():
                 missing.append(rec[0])
                 continue
@@ -172,12 +172,11 @@ def teach(store: Store, source: str | os.PathLike, *, add: Callable[..., IndexSu
         if prev is not None and (prev.label, prev.split) != (r.label, r.split):
             raise VecsearchError(f"{r.path} is given two classes: {prev.label!r} and {r.label!r}.")
         by_path[str(r.path)] = r
-    summary = TeachSummary(source=str(Path(source).expanduser().resolve()), kind=kind)
+    summary = TeachSummary(source=str(images.absolute(source)), kind=kind)
     records = store.records()
     todo = [Path(p) for p in by_path if p not in records or not is_unchanged(records[p], Path(p))]
     if todo:
-        # A folder root is passed whole so the indexer also notices files gone from it; the
-        # files too, as a class folder may be a link, which walking the root does not enter.
+        # A folder root is passed whole so the indexer also notices files gone from it.
         roots = [Path(summary.source), *todo] if kind == "folder" else todo
         summary.indexed = add(roots, progress=progress).indexed
         records = store.records()
