@@ -14,9 +14,10 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from .finetune import UNFREEZE_EPOCHS, UNFREEZE_LEARNING_RATE
 from .labels import DEFAULT_TOP as LABEL_TOP
 from .backbones import DEFAULT_BACKBONE, Backbone, WeightsSpec, check_fingerprint, get_spec, load_backbone
 from .config import DB_NAME, DEFAULT_K, LOCK_NAME, MAX_IMAGE_PIXELS, VECTORS_NAME, resolve_index_dir
-from .errors import BadImageError, IndexMismatchError, IndexNotFoundError, InputNotFoundError, NoImagesError, NotIndexedError, VecsearchError
+from .errors import BadImageError, IndexCorruptError, IndexMismatchError, IndexNotFoundError, InputNotFoundError, NoImagesError, NotIndexedError, VecsearchError
 from .extract import RESAMPLE, Extractor
 from .files import WriterLock
 from .indexer import IndexSummary
@@ -69,6 +70,7 @@ class VecIndex:
                  batch_size: int | None = None, workers: int | None = None, index_type: str = "flat"):
         self.directory = Path(directory)
         self.store = store
+        self.read_only = store.read_only
         self.faiss = faiss
         self.batch_size = batch_size
         self.workers = workers
@@ -124,8 +126,17 @@ class VecIndex:
     def _require_info(self):
         return self.store.require_info()
 
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise VecsearchError(f"The index at {self.directory} is open read-only (the folder is not writable): "
+                                 "searching and reading work; to change it, fix the folder's permissions.")
+
     def _load_faiss(self) -> None:
-        faiss, generation = indexer.load_synced(self.store, self.vectors_path, can_save=self._lock.if_free)
+        if os.path.lexists(self.vectors_path) and not self.vectors_path.is_file():
+            raise IndexCorruptError(f"{self.vectors_path} is not a file: move it away and run again "
+                                    "(the vector file is rebuilt from the database).")
+        can_save = _never if self.read_only else self._lock.if_free
+        faiss, generation = indexer.load_synced(self.store, self.vectors_path, can_save=can_save)
         # Publish only the finished index: concurrent searches hold the old one until here.
         self.faiss, self._generation = faiss, generation
 
@@ -187,6 +198,7 @@ class VecIndex:
         the next run resumes from there.
         """
         roots = [images.absolute(p) for p in paths]
+        self._check_writable()
         with self._lock.held():
             found = list(images.scan(roots))
             files = [f.path for f in found if f.reason is None]
@@ -362,6 +374,11 @@ class VecIndex:
     def export(self, out: str | os.PathLike) -> int:
         """Write ids, paths and vectors of every indexed image to a .npz file; returns the count."""
         info = self._require_info()
+        out = Path(out).expanduser()
+        if not out.parent.is_dir():
+            raise InputNotFoundError(f"Cannot write {out}: the folder {out.parent} does not exist; create it first.")
+        if out.is_dir():
+            raise VecsearchError(f"Cannot write {out}: it is a folder; give a file name such as {out / 'vectors.npz'}.")
         ids, mat, _ = self.store.vectors(dim=info.dim)
         recs = self.store.images(ids)
         paths = np.array([recs[int(i)].path for i in ids], dtype=str)
@@ -500,10 +517,16 @@ class VecIndex:
         return dupes.similarity_matrix(self.vectors_for(paths))
 
 
+@contextmanager
+def _never() -> Iterator[bool]:
+    """`can_save` of a read-only index: the repaired vector file is kept in memory only."""
+    yield False
+
+
 def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = None, weights: Any = _UNSET,
                seed: int | None = None, create: bool = True, batch_size: int | None = None,
                workers: int | None = None, model: Backbone | None = None,
-               index_type: str | None = None) -> VecIndex:
+               index_type: str | None = None, read_only: bool | None = None) -> VecIndex:
     """Open (or create) the index at `path` (else $VECSEARCH_INDEX, else the default folder).
 
     backbone/weights choose the model for a new index (weights: "imagenet", None for the
@@ -512,15 +535,31 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
     index_type picks the FAISS structure: "flat" (exact, the default) or "hnsw" (approximate,
     sub-millisecond on 100k+ vectors); giving another type than an index has converts it,
     rebuilt from the database.
+    read_only opens an existing index without writing anything (searches, stats, export
+    work; changes are refused); None (the default) does so when the folder or its
+    database is not writable by this process.
     """
     if index_type is not None and index_type not in INDEX_TYPES:
         raise VecsearchError(f"Unknown index type {index_type!r}; choose one of: {', '.join(INDEX_TYPES)}.")
     directory = resolve_index_dir(path)
-    if not (directory / DB_NAME).exists():
+    if directory.exists() and not directory.is_dir():
+        raise VecsearchError(f"{directory} is a file, not an index folder: pass --index a folder (new or existing).")
+    db = directory / DB_NAME
+    if db.exists() and not db.is_file():
+        raise IndexCorruptError(f"{db} is not a file: move it away (the index is then empty) or restore it from a backup.")
+    if not db.exists():
         if not create:
             raise IndexNotFoundError(f"No index at {directory}. Build one with `vecsearch index PHOTOS` (or pass --index DIR).")
+        if read_only:
+            raise IndexNotFoundError(f"No index at {directory} to open read-only.")
         directory.mkdir(parents=True, exist_ok=True)
-    store = Store(directory / DB_NAME)
+    if read_only is None:
+        read_only = db.exists() and not (os.access(directory, os.W_OK) and os.access(db, os.W_OK))
+        if read_only:
+            log.info("%s is not writable: opening the index read-only", directory)
+    if read_only and index_type is not None:
+        raise VecsearchError(f"The index at {directory} is read-only here; it cannot be converted to {index_type}.")
+    store = Store(db, read_only=read_only)
     try:
         info = store.info()
         if info is None and not create:

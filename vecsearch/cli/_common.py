@@ -5,7 +5,10 @@ Command modules import from here and register on `app`; nothing here imports the
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -34,27 +37,105 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
+# C0 and C1 control characters and the Unicode bidirectional overrides: a file name or a
+# label holding them could move the cursor, recolour or rewrite the terminal, or fake lines.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: object) -> str:
+    """`text` with every control character escaped (`\\x1b`, `\\n`), safe to print on a terminal."""
+    def escape(m: re.Match) -> str:
+        c = m.group()
+        return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+    return _CONTROL.sub(escape, str(text))
+
+
 def say(text: str = "") -> None:
-    """One plain line on stdout: no markup, no highlighting (paths and labels print as they are)."""
-    out.print(text, highlight=False, markup=False)
+    """One plain line on stdout: no markup, no highlighting, control characters escaped.
+
+    Paths, labels, class names and reasons come from files and users; printed raw, an
+    escape sequence in one would reach the terminal.
+    """
+    out.print(clean(text), highlight=False, markup=False)
 
 
 def warn(text: str) -> None:
-    """One plain line on stderr."""
-    err.print(text, highlight=False, markup=False)
+    """One plain line on stderr, as `say`."""
+    err.print(clean(text), highlight=False, markup=False)
+
+
+def error_line(message: str) -> None:
+    """`Error: message` in red on stderr, the message escaped and never read as markup."""
+    from rich.text import Text
+
+    err.print(Text("Error:", style="red") + Text(" " + clean(message)), highlight=False)
 
 
 @contextmanager
 def errors_to_exit() -> Iterator[None]:
-    """Library errors become one line on stderr and exit code 1; no traceback for user mistakes."""
+    """Library errors, and faults of the disk, the database or the vector file, become one
+    line on stderr that says what to do, and exit code 1; no traceback for any of them."""
     try:
         yield
     except VecsearchError as e:
-        err.print(f"[red]Error:[/red] {e}", markup=True, highlight=False)
+        error_line(str(e))
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err.print("Interrupted; what was committed is kept, run the same command again to resume.")
         raise typer.Exit(130) from None
+    except Exception as e:  # noqa: BLE001 - only the faults fault_message knows; others keep their traceback
+        message = fault_message(e)
+        if message is None:
+            raise
+        logging.getLogger("vecsearch.cli").debug("fault", exc_info=True)
+        error_line(message)
+        raise typer.Exit(1) from None
+
+
+_DISK_FULL = "The disk is full: free some space and run the command again (what was committed is kept)."
+_PERMISSIONS = "Fix the permissions (or work on a copy you can write)."
+
+
+def fault_message(e: BaseException) -> str | None:
+    """One line for an OSError, a SQLite error or a FAISS I/O error: what is wrong and what to do."""
+    if isinstance(e, OSError):
+        where = f": {e.filename}" if e.filename else ""
+        what = f"{e.strerror or e}{where}."
+        if e.errno == errno.ENOSPC:
+            return f"{what} {_DISK_FULL}"
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"{what} {_PERMISSIONS}"
+        if e.errno == errno.EISDIR:
+            return f"{what} A folder is where a file should be: move it away and run again."
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return f"{what} Check the path (does the folder exist?)."
+        return f"{what} Check the disk and the path, then run again."
+    module = type(e).__module__ or ""
+    if module.startswith(("sqlalchemy", "sqlite3")):
+        text = str(getattr(e, "orig", None) or e).splitlines()[0]
+        low = text.lower()
+        if "full" in low:
+            return f"Database error: {text}. {_DISK_FULL}"
+        if "readonly" in low or "read-only" in low or "unable to open" in low or "permission" in low:
+            return f"The index database cannot be written or opened ({text}). {_PERMISSIONS}"
+        if "not a database" in low or "malformed" in low or "disk i/o" in low or "encrypted" in low:
+            return (f"The index database is damaged ({text}). Restore the index folder from a backup, "
+                    "or move it away and build it again with `vecsearch index`.")
+        if "locked" in low or "busy" in low:
+            return f"The index database is busy ({text}): another process holds it; try again."
+        return f"Database error: {text}. Restore the index folder from a backup if this persists."
+    if module.startswith("alembic"):
+        return (f"The index database has a schema this vecsearch does not know ({str(e).splitlines()[0]}): "
+                "use the vecsearch version that wrote it, or a newer one.")
+    if isinstance(e, RuntimeError) and ("faiss" in str(e).lower()):
+        text = str(e)
+        reason = text.rsplit("Error: ", 1)[-1].strip().splitlines()[0] if "Error: " in text else text.splitlines()[0]
+        if "no space" in text.lower():
+            return f"The vector file could not be written ({reason}). {_DISK_FULL}"
+        return (f"The vector file could not be read or written ({reason}). Move vectors.faiss away and run again "
+                "(it is rebuilt from the database); free disk space or fix permissions if that is the cause.")
+    return None
 
 
 def print_json(data) -> None:
