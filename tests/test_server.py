@@ -58,7 +58,7 @@ def client(built):
     from vecsearch.server import create_app
 
     _, ix = built
-    with TestClient(create_app(ix)) as c:
+    with TestClient(create_app(ix), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -256,7 +256,7 @@ def test_thumbnail_of_a_file_gone_since_indexing(built, tmp_path):
     ix = open_index(tmp_path / "ix", backbone="tiny", weights=None, seed=7)
     ix.add([tmp_path / "p"])
     (tmp_path / "p" / "x.jpg").unlink()
-    with TestClient(create_app(ix)) as c:
+    with TestClient(create_app(ix), base_url="http://127.0.0.1") as c:
         _assert_json_error(c.get("/api/images/1/thumbnail"), 404)
     ix.close()
 
@@ -282,7 +282,7 @@ def test_classify_upload_with_a_saved_classifier(built, tmp_path):
     root, _ = built
     ix = open_index(tmp_path / "ix", backbone="tiny", weights=None, seed=7)
     ix.add([root / "photos"])
-    with TestClient(create_app(ix)) as c:
+    with TestClient(create_app(ix), base_url="http://127.0.0.1") as c:
         q = root / "queries" / "q2.png"
         _assert_json_error(c.post("/api/classify", files=_upload(q)), 404)  # nothing trained yet
         ids = ix.store.vector_ids()
@@ -354,7 +354,7 @@ def test_upload_over_the_cap_is_413(built):
 
     root, ix = built
     good = _jpeg((64, 64))
-    with TestClient(create_app(ix, max_upload_bytes=len(good) + 10)) as c:
+    with TestClient(create_app(ix, max_upload_bytes=len(good) + 10), base_url="http://127.0.0.1") as c:
         assert c.post("/api/search", files=_upload(good, "ok.jpg", "image/jpeg")).status_code == 200
         big = good + b"\0" * 100
         body = _assert_json_error(c.post("/api/search", files=_upload(big, "big.jpg", "image/jpeg")), 413)
@@ -449,7 +449,7 @@ def test_token_guards_everything_but_health_and_page(built):
     from vecsearch.server import create_app
 
     root, ix = built
-    with TestClient(create_app(ix, token="s3cret")) as c:
+    with TestClient(create_app(ix, token="s3cret"), base_url="http://127.0.0.1") as c:
         assert c.get("/api/health").json()["auth"] is True
         assert c.get("/").status_code == 200
         for method, url, kw in [("get", "/api/stats", {}), ("get", "/api/images/1", {}), ("get", "/api/images/1/similar", {}),
@@ -468,7 +468,7 @@ def test_a_non_ascii_token_works_in_the_header_and_the_url(built):
     from vecsearch.server import create_app
 
     _, ix = built
-    with TestClient(create_app(ix, token="pässwörd", warm=False)) as c:
+    with TestClient(create_app(ix, token="pässwörd", warm=False), base_url="http://127.0.0.1") as c:
         assert c.get("/api/stats", headers={"Authorization": "Bearer pässwörd".encode()}).status_code == 200
         assert c.get("/api/stats", params={"token": "pässwörd"}).status_code == 200
         _assert_json_error(c.get("/api/stats", headers={"Authorization": "Bearer passwort".encode()}), 401)
