@@ -10,6 +10,7 @@ reading, so a FIFO, a socket or a device is reported, never waited on.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import io
 import logging
@@ -386,6 +387,27 @@ class _MemoryBudget:
                 self._cond.notify_all()
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def _return_freed_memory() -> None:
+    """Hand memory freed by a large decode back to the OS (glibc keeps it per thread otherwise).
+
+    Each decode thread has its own malloc arena; without this, four threads that decoded
+    one 110 MP image each in turn still held 1.6 GB, measured, instead of 0.6 GB.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 DECODE_BUDGET = _MemoryBudget(DECODE_MEMORY_BUDGET)
 """Shared by every decode of the process (indexing threads, queries, uploads, thumbnails)."""
 
@@ -394,10 +416,6 @@ BYTES_PER_PIXEL = 5
 STRIP_MIN_PIXELS = 8_000_000
 """Images larger than this are converted and resized in strips, never copied whole."""
 _STRIP_BYTES = 16 * 1024 * 1024
-_FILTER_SUPPORT = {
-    Image.Resampling.NEAREST: 0.5, Image.Resampling.BOX: 0.5, Image.Resampling.BILINEAR: 1.0,
-    Image.Resampling.HAMMING: 1.0, Image.Resampling.BICUBIC: 2.0, Image.Resampling.LANCZOS: 3.0,
-}
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
     5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
@@ -445,8 +463,9 @@ def decode_image(
         if not keep_aspect and max_pixels is not None and width * height > max_pixels:
             raise BadImageError(f"too large: {width}x{height} pixels exceeds the cap of {max_pixels}")
         try:
-            orientation = _orientation(img)
+            orientation = None  # read inside the budget: for a PNG, finding EXIF decodes the image
             if size is not None and img.format == "JPEG":
+                orientation = _orientation(img)
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale, never below the target: much faster,
                 # and the resize that follows hides the difference. The draft size is in stored
                 # orientation, so a 90/270 degree EXIF rotation swaps the target.
@@ -458,7 +477,14 @@ def decode_image(
             if keep_aspect and max_pixels is not None and decoded > max_pixels:
                 raise BadImageError(f"too large: {width}x{height} pixels exceeds the cap of {max_pixels}")
             with DECODE_BUDGET.reserve(decoded * BYTES_PER_PIXEL):
-                return _decode_opened(img, size, width, height, _RESAMPLE[resample], keep_aspect, orientation)
+                try:
+                    if orientation is None:
+                        orientation = _orientation(img)
+                    return _decode_opened(img, size, width, height, _RESAMPLE[resample], keep_aspect, orientation)
+                finally:
+                    img.close()  # free the decoded pixels before the next decode may start
+                    if decoded > STRIP_MIN_PIXELS:
+                        _return_freed_memory()
         except BadImageError:
             raise
         except Image.DecompressionBombError as exc:
@@ -519,11 +545,12 @@ def _decode_in_strips(img: Image.Image, size: tuple[int, int] | None, resample: 
                       keep_aspect: bool, orientation: int) -> np.ndarray:
     """Convert (and resize) a large decoded image a strip of rows at a time.
 
-    Mode conversion, compositing on white and EXIF rotation on the whole image would each
-    make full-size copies (~15 bytes a pixel for RGBA). Here only the decoded image is
-    full size: each strip is cropped with the rows the filter needs around it, converted,
-    and resized into its rows of the output (`resize(box=...)` keeps the filter's taps those
-    of the whole image); the rotation is applied to the small result.
+    Mode conversion, compositing on white and EXIF rotation of the whole image would each
+    make full-size copies (~15 bytes a pixel for RGBA, measured). Here only the decoded
+    image is full size. Pillow resizes in two passes, each row horizontally, then each
+    column; so each strip is converted and resized horizontally on its own, the narrow
+    strips are stacked, and the vertical pass runs on that: the same pixels as resizing
+    the whole converted image. The EXIF rotation is applied to the small result.
     """
     W, H = img.size
     rotated = orientation in (5, 6, 7, 8)
@@ -536,24 +563,24 @@ def _decode_in_strips(img: Image.Image, size: tuple[int, int] | None, resample: 
         out_seen = size
     ow, oh = (out_seen[1], out_seen[0]) if rotated else out_seen  # in stored orientation
     scale_down = None
-    if img.mode in ("I", "F"):
-        lo, hi = img.getextrema()
+    if img.mode in ("I", "F"):  # whether to scale grey values down is decided once, over the whole image
+        _, hi = img.getextrema()
         scale_down = bool(hi is not None and not math.isnan(hi) and hi > 255)
-    scale = H / oh
-    margin = int(math.ceil(_FILTER_SUPPORT.get(resample, 3.0) * max(scale, 1.0))) + 2
     rows = max(1, _STRIP_BYTES // (W * 4))
-    step = max(1, int(rows / max(scale, 1e-9)))
-    out = np.empty((oh, ow, 3), np.uint8)
-    for r0 in range(0, oh, step):
-        r1 = min(oh, r0 + step)
-        y0, y1 = r0 * scale, r1 * scale
-        if (ow, oh) == (W, H):
+    if (ow, oh) == (W, H):
+        out = np.empty((H, W, 3), np.uint8)
+        for r0 in range(0, H, rows):
+            r1 = min(H, r0 + rows)
+            out[r0:r1] = np.asarray(_to_rgb(img.crop((0, r0, W, r1)), scale_down))
+    else:
+        narrow = Image.new("RGB", (ow, H))
+        for r0 in range(0, H, rows):
+            r1 = min(H, r0 + rows)
             part = _to_rgb(img.crop((0, r0, W, r1)), scale_down)
-        else:
-            top, bottom = max(0, int(math.floor(y0)) - margin), min(H, int(math.ceil(y1)) + margin)
-            part = _to_rgb(img.crop((0, top, W, bottom)), scale_down)
-            part = part.resize((ow, r1 - r0), resample, box=(0, y0 - top, W, y1 - top))
-        out[r0:r1] = np.asarray(part)
+            if ow != W:
+                part = part.resize((ow, r1 - r0), resample)  # the horizontal pass: rows are independent
+            narrow.paste(part, (0, r0))
+        out = np.asarray(narrow.resize((ow, oh), resample) if oh != H else narrow)
     if orientation != 1:
         out = np.asarray(Image.fromarray(out, "RGB").transpose(_TRANSPOSE[orientation]))
     return out
