@@ -32,13 +32,18 @@ def make_image(path: Path, seed: int, size=(64, 48), fmt=None) -> Path:
     return path
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares width x height but carries almost no data: a decompression bomb's header."""
+def png_header_only(width: int, height: int, colour_type: int = 2, padding: int = 0) -> bytes:
+    """A PNG that declares width x height but carries almost no data: a decompression bomb's header.
+
+    colour_type 2 is RGB, 0 grey (a quarter of the memory when Pillow allocates it);
+    `padding` private chunks before the data make opening it take a while."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    pad = chunk(b"vsPd", b"") * padding
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + pad + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
 
 
 # -- the CLI ---------------------------------------------------------------------------
