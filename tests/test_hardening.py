@@ -143,6 +143,20 @@ def test_a_fifo_as_query_is_a_one_line_error(tmp_path, photos, index_dir):
     _one_line_error(result, "FIFO")
 
 
+def test_a_file_name_that_is_not_utf8_is_listed_not_a_crash(tmp_path, index_dir):
+    root = tmp_path / "p"
+    make_image(root / "ok.png", 1)
+    with open(os.fsencode(root) + b"/bad\xff.png", "wb") as f:
+        f.write((root / "ok.png").read_bytes())
+    out = run("index", root, "--index", index_dir, *TINY)
+    assert "Traceback" not in out.output and "failed 1 of 2" in out.output
+    assert "bad\\xff.png: unreadable: the name is not valid UTF-8" in out.output
+    again = run("index", root, "--index", index_dir).output  # stored under its escaped spelling: unchanged
+    assert "unchanged 1" in again and "failed 1 of 2" in again
+    query = run("query", os.fsdecode(os.fsencode(root) + b"/bad\xff.png"), "--index", index_dir).output
+    assert str(root / "ok.png") in query
+
+
 # -- 2. memory: tiny files that decode to huge images ------------------------------------------------
 _PEAK = """
 import resource, sys

@@ -261,7 +261,7 @@ class VecIndex:
 
     def _stored_vector(self, path: Path) -> tuple[int | None, np.ndarray | None]:
         """(id, vector) of an indexed file that is unchanged since, else (None, None)."""
-        if self.info is None:
+        if self.info is None or not images.storable(path):
             return None, None
         rec = self.store.image_by_path(str(images.absolute(path)))
         if rec is not None and rec.status == "ok" and indexer.is_unchanged(rec, path):

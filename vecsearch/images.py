@@ -228,6 +228,10 @@ def _walk(given: list[Path]) -> Iterator[Found]:
             yield found
 
     for p in given:
+        if not storable(p):
+            shown = os.fsencode(p).decode("utf-8", "backslashreplace")
+            yield from emit(Found(Path(shown), "unreadable: the name is not valid UTF-8; rename it"))
+            continue
         try:
             st = os.stat(p)
         except OSError as exc:
@@ -245,6 +249,16 @@ def _walk(given: list[Path]) -> Iterator[Found]:
             yield from emit(Found(p, f"unreadable: {_kind(st.st_mode)}"))
 
 
+def storable(name: str | os.PathLike) -> bool:
+    """Whether a path can be stored in the index (its name is valid UTF-8, as SQLite text is)."""
+    name = os.fspath(name)
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # undecodable bytes of the file name, kept as surrogates
+        return False
+
+
 def _walk_dir(folder: Path, above: list[tuple[int, int]]) -> Iterator[Found]:
     """A folder's files sorted by name, then its sub-folders (as `os.walk`); hidden entries
     skipped; links to folders are followed unless they point back at a folder above (a loop)."""
@@ -257,6 +271,12 @@ def _walk_dir(folder: Path, above: list[tuple[int, int]]) -> Iterator[Found]:
     subfolders: list[tuple[Path, os.stat_result]] = []
     for entry in entries:
         path = Path(entry.path)
+        if not storable(entry.name):
+            # SQLite stores text as UTF-8: such a name cannot be stored, so it is listed under
+            # an escaped spelling (not the real name) and nothing below it is read.
+            shown = os.fsencode(entry.path).decode("utf-8", "backslashreplace")
+            yield Found(Path(shown), "unreadable: the name is not valid UTF-8; rename it")
+            continue
         try:
             st = os.stat(path)
         except OSError as exc:

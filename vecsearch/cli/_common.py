@@ -38,7 +38,8 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar."
 
 # C0 and C1 control characters and the Unicode bidirectional overrides: a file name or a
 # label holding them could move the cursor, recolour or rewrite the terminal, or fake lines.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# Lone surrogates (the undecodable bytes of a file name) could not be printed at all.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def clean(text: object) -> str:
