@@ -312,6 +312,26 @@ def test_entries_replaced_in_place_or_linked_in_are_reconciled(tmp_path, tiny_in
     assert {h.path for h in hits} == {str(root / "img0.png"), str(root / "img2.png"), str(root / "img3.png")}
 
 
+def test_entries_under_a_folder_that_cannot_be_listed_are_kept(tmp_path, tiny_index, monkeypatch):
+    root = tmp_path / "p"
+    for i in range(2):
+        make_image(root / "a" / f"img{i}.png", i)
+        make_image(root / "b" / f"img{i}.png", 10 + i)
+    tiny_index.add([root])
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path) == root / "b":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(images.os, "scandir", scandir)
+    summary = tiny_index.add([root])
+    assert summary.removed == 0 and len(tiny_index) == 4
+    assert [(f.path, f.reason) for f in summary.failed] == [
+        (str(root / "b"), "unreadable: cannot list this folder: Permission denied")]
+
+
 # -- 6. writes racing a concurrent indexer ---------------------------------------------------------
 def test_predictions_and_labels_skip_images_an_indexer_removed_meanwhile(tmp_path, tiny_index, monkeypatch):
     from vecsearch import classifiers

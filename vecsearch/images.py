@@ -194,6 +194,7 @@ class Found:
 
     path: Path
     reason: str | None = None  # None: a candidate image file
+    unseen_below: bool = False  # a folder that could not be listed: what the index has under it is kept
 
 
 def iter_image_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
@@ -266,7 +267,7 @@ def _walk_dir(folder: Path, above: list[tuple[int, int]]) -> Iterator[Found]:
         with os.scandir(folder) as it:
             entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
     except OSError as exc:
-        yield Found(folder, f"cannot list this folder: {exc.strerror or exc}")
+        yield Found(folder, f"unreadable: cannot list this folder: {exc.strerror or exc}", unseen_below=True)
         return
     subfolders: list[tuple[Path, os.stat_result]] = []
     for entry in entries:

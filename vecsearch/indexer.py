@@ -149,9 +149,11 @@ def plan(store: Store, roots: list[Path], files: list[Path], summary: IndexSumma
         else:
             candidates.append(f)
     given_roots = [images.absolute(r) for r in roots]
-    # Not found but still there: only under a hidden folder the walk skips (or given itself).
+    unseen = [r.path for r in rejected if r.unseen_below]
+    # Not found but still there: only under a hidden folder the walk skips (or given itself),
+    # or under a folder that could not be listed this time.
     gone_all = [rec for path, rec in records.items()
-                if path not in found and is_under(path, given_roots)
+                if path not in found and is_under(path, given_roots) and not (unseen and is_under(path, unseen))
                 and (_walked(path, given_roots) or not os.path.lexists(path))]
     gone = {rec.sha256: rec for rec in gone_all if rec.sha256 and rec.status == "ok"}
     gone_ids = {rec.id for rec in gone_all}
