@@ -32,13 +32,18 @@ def make_image(path: Path, seed: int, size=(64, 48), fmt=None) -> Path:
     return path
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares width x height but carries almost no data: a decompression bomb's header."""
+def png_header_only(width: int, height: int, colour_type: int = 2, padding: int = 0) -> bytes:
+    """A PNG that declares width x height but carries almost no data: a decompression bomb's header.
+
+    colour_type 2 is RGB, 0 grey (a quarter of the memory when Pillow allocates it);
+    `padding` private chunks before the data make opening it take a while."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    pad = chunk(b"vsPd", b"") * padding
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + pad + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
 
 
 # -- the CLI ---------------------------------------------------------------------------
@@ -137,3 +142,20 @@ def brute_force(base_ids: np.ndarray, base: np.ndarray, queries: np.ndarray, k: 
     scores = np.asarray(queries, np.float64) @ np.asarray(base, np.float64).T
     order = np.lexsort((np.broadcast_to(base_ids, scores.shape), -scores), axis=-1)[:, :k]
     return base_ids[order], np.take_along_axis(scores, order, axis=1)
+
+
+def big_png(path: Path, width: int, height: int, channels: int = 4) -> Path:
+    """A width x height PNG of transparent black (RGBA; RGB with channels=3), written a row at a
+    time: a 110 MP one is ~430 KB on disk and never held whole in this process's memory."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    colour_type = {3: 2, 4: 6}[channels]
+    comp = zlib.compressobj(9)
+    row = b"\x00" * (1 + width * channels)
+    parts = [comp.compress(row) for _ in range(height)]
+    parts.append(comp.flush())
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+    return path

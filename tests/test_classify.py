@@ -245,7 +245,9 @@ def test_linked_class_folder_is_indexed_and_labelled(tmp_path, tiny_index):
     (tmp_path / "data" / "1").symlink_to(tmp_path / "elsewhere" / "1", target_is_directory=True)
     summary = tiny_index.teach(tmp_path / "data")
     assert summary.failed == [] and summary.labelled == 4 and summary.counts == {"1": {"": 2}, "2": {"": 2}}
-    assert {str(p) for p in linked} <= set(labelled_vectors(tiny_index.store).paths)
+    # stored under the link, as found in the class folder: not resolved to the folder it points at
+    assert {str(tmp_path / "data" / "1" / os.path.basename(p)) for p in linked} <= set(labelled_vectors(tiny_index.store).paths)
+    assert not any(p.startswith(str(tmp_path / "elsewhere")) for p in tiny_index.store.records())
 
 
 # -- saved classifiers and one image ----------------------------------------------------------

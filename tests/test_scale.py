@@ -7,7 +7,6 @@ in an index whose model is the tiny test backbone (32-d), so no image is decoded
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import numpy as np
 import pytest

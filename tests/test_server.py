@@ -58,7 +58,7 @@ def client(built):
     from vecsearch.server import create_app
 
     _, ix = built
-    with TestClient(create_app(ix)) as c:
+    with TestClient(create_app(ix), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -256,7 +256,7 @@ def test_thumbnail_of_a_file_gone_since_indexing(built, tmp_path):
     ix = open_index(tmp_path / "ix", backbone="tiny", weights=None, seed=7)
     ix.add([tmp_path / "p"])
     (tmp_path / "p" / "x.jpg").unlink()
-    with TestClient(create_app(ix)) as c:
+    with TestClient(create_app(ix), base_url="http://127.0.0.1") as c:
         _assert_json_error(c.get("/api/images/1/thumbnail"), 404)
     ix.close()
 
@@ -282,7 +282,7 @@ def test_classify_upload_with_a_saved_classifier(built, tmp_path):
     root, _ = built
     ix = open_index(tmp_path / "ix", backbone="tiny", weights=None, seed=7)
     ix.add([root / "photos"])
-    with TestClient(create_app(ix)) as c:
+    with TestClient(create_app(ix), base_url="http://127.0.0.1") as c:
         q = root / "queries" / "q2.png"
         _assert_json_error(c.post("/api/classify", files=_upload(q)), 404)  # nothing trained yet
         ids = ix.store.vector_ids()
@@ -412,7 +412,7 @@ def test_upload_over_the_cap_is_413(built):
 
     root, ix = built
     good = _jpeg((64, 64))
-    with TestClient(create_app(ix, max_upload_bytes=len(good) + 10)) as c:
+    with TestClient(create_app(ix, max_upload_bytes=len(good) + 10), base_url="http://127.0.0.1") as c:
         assert c.post("/api/search", files=_upload(good, "ok.jpg", "image/jpeg")).status_code == 200
         big = good + b"\0" * 100
         body = _assert_json_error(c.post("/api/search", files=_upload(big, "big.jpg", "image/jpeg")), 413)
@@ -507,7 +507,7 @@ def test_token_guards_everything_but_health_and_page(built):
     from vecsearch.server import create_app
 
     root, ix = built
-    with TestClient(create_app(ix, token="s3cret")) as c:
+    with TestClient(create_app(ix, token="s3cret"), base_url="http://127.0.0.1") as c:
         assert c.get("/api/health").json()["auth"] is True
         assert c.get("/").status_code == 200
         for method, url, kw in [("get", "/api/stats", {}), ("get", "/api/images/1", {}), ("get", "/api/images/1/similar", {}),
@@ -530,7 +530,7 @@ def test_a_non_ascii_token_works_in_the_header_and_the_url(built):
     from vecsearch.server import create_app
 
     _, ix = built
-    with TestClient(create_app(ix, token="pässwörd", warm=False)) as c:
+    with TestClient(create_app(ix, token="pässwörd", warm=False), base_url="http://127.0.0.1") as c:
         assert c.get("/api/stats", headers={"Authorization": "Bearer pässwörd".encode()}).status_code == 200
         assert c.get("/api/stats", params={"token": "pässwörd"}).status_code == 200
         _assert_json_error(c.get("/api/stats", headers={"Authorization": "Bearer passwort".encode()}), 401)
@@ -663,3 +663,170 @@ def test_server_side_faults_are_503_not_client_errors():
 
     for e in (IndexCorruptError("x"), IndexMismatchError("x"), WeightsUnavailableError("x")):
         assert _status(e) == 503
+
+
+# -- issue 11: FIFOs, thumbnail memory, the Host check, documented statuses ---------------------------
+def _unblock_fifo(path: Path) -> None:
+    """Release readers stuck opening a FIFO (a server that waits on it): a writer opens and closes."""
+    for _ in range(64):
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            return
+        time.sleep(0.01)
+
+
+def test_thumbnails_of_a_fifo_fail_at_once_and_the_server_keeps_answering(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vecsearch import open_index
+    from vecsearch.server import create_app
+
+    for i in range(3):
+        make_image(tmp_path / "p" / f"img{i}.jpg", seed=i)
+    ix = open_index(tmp_path / "index", backbone="tiny", weights=None, seed=7)
+    ix.add([tmp_path / "p"])
+    victim = tmp_path / "p" / "img1.jpg"
+    vid = ix.store.image_by_path(str(victim)).id
+    victim.unlink()
+    os.mkfifo(victim)
+    try:
+        with live_server(create_app(ix, warm=False)) as base:
+            def thumb(_):
+                try:
+                    return httpx.get(f"{base}/api/images/{vid}/thumbnail", timeout=10).status_code
+                except httpx.TimeoutException:
+                    return "timeout"
+
+            with ThreadPoolExecutor(24) as pool:  # more than the server's threads
+                codes = list(pool.map(thumb, range(24)))
+            assert codes == [422] * 24
+            body = httpx.get(f"{base}/api/images/{vid}/thumbnail", timeout=10).json()
+            assert "FIFO" in body["error"]
+            assert httpx.get(f"{base}/api/health", timeout=5).status_code == 200
+    finally:
+        _unblock_fifo(victim)
+        ix.close()
+
+
+_SERVE = ("import sys; sys.path.insert(0, %r); import tiny_backbone; from vecsearch.cli import app; "
+          "app(['serve', '--index', %r, '--port', %r, '--log-level', 'warning', '--max-pixels', %r])")
+
+
+def _rss(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(field)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads peak RSS from /proc")
+@pytest.mark.parametrize("max_pixels", [None, 200_000_000])
+def test_concurrent_thumbnails_of_a_huge_png_stay_within_a_gigabyte(tmp_path, max_pixels):
+    """Default cap: refused from the header. A cap raised past it: decoded once, in strips."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from helpers import big_png
+
+    from vecsearch import open_index
+
+    big = big_png(tmp_path / "p" / "big.png", 11000, 10000)
+    with open_index(tmp_path / "index", backbone="tiny", weights=None, seed=7) as ix:
+        ix.add([tmp_path / "p"])
+        big_id = ix.store.image_by_path(str(big)).id
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cap = str(max_pixels or 40_000_000)
+    proc = subprocess.Popen([sys.executable, "-c", _SERVE % (str(TESTS), str(tmp_path / "index"), str(port), cap)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.2)
+        idle = _rss(proc.pid, "VmRSS")
+        try:
+            Path(f"/proc/{proc.pid}/clear_refs").write_text("5")  # reset the peak to now
+        except OSError:
+            pass
+        with ThreadPoolExecutor(4) as pool:
+            codes = list(pool.map(lambda _: httpx.get(f"http://127.0.0.1:{port}/api/images/{big_id}/thumbnail",
+                                                      timeout=120).status_code, range(4)))
+        peak = _rss(proc.pid, "VmHWM")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert codes == ([422] * 4 if max_pixels is None else [200] * 4)
+    print(f"server idle RSS {idle / 2**20:.0f} MiB, peak with 4 thumbnail requests {peak / 2**20:.0f} MiB "
+          f"(+{(peak - idle) / 2**20:.0f} MiB)")
+    assert peak - idle < 2**30
+
+
+def test_host_header_must_name_this_server(built):
+    from vecsearch.server import create_app
+    from vecsearch.server.app import allowed_hosts
+
+    _, ix = built
+    app = create_app(ix, warm=False)
+    for base in ("http://127.0.0.1", "http://localhost:8000", "http://[::1]:8000"):
+        with TestClient(app, base_url=base) as c:
+            assert c.get("/api/health").status_code == 200, base
+    for base in ("http://evil.example", "http://evil.example:8000", "http://127.0.0.1.evil.example", "http://10.0.0.7"):
+        with TestClient(app, base_url=base) as c:
+            for url in ("/api/health", "/api/images/1", "/api/images/1/thumbnail", "/"):
+                _assert_json_error(c.get(url), 400)
+    with TestClient(create_app(ix, warm=False, allow_hosts=["photos.lan"]), base_url="http://photos.lan:8000") as c:
+        assert c.get("/api/images/1").status_code == 200
+    wide = create_app(ix, warm=False, host="0.0.0.0", token="t")
+    with TestClient(wide, base_url="http://192.168.1.20:8000") as c:
+        assert c.get("/api/health").status_code == 200
+    with TestClient(wide, base_url="http://rebind.example:8000") as c:
+        _assert_json_error(c.get("/api/health"), 400)
+    assert allowed_hosts("127.0.0.1") == (frozenset({"127.0.0.1", "localhost", "::1"}), False)
+    assert allowed_hosts("::", ["Photos.LAN."]) == (frozenset({"::", "127.0.0.1", "localhost", "::1", "photos.lan"}), True)
+
+
+def test_host_check_over_real_http(built):
+    from vecsearch.server import create_app
+
+    _, ix = built
+    with live_server(create_app(ix, warm=False)) as base:
+        assert httpx.get(f"{base}/api/health").status_code == 200
+        r = httpx.get(f"{base}/api/images/1", headers={"Host": "attacker.example"})
+        assert r.status_code == 400 and "attacker.example" in r.json()["error"]
+
+
+def test_serve_allow_host_flag(built):
+    from typer.testing import CliRunner
+
+    from vecsearch.cli import app
+
+    r = CliRunner().invoke(app, ["serve", "--help"])
+    assert "--allow-host" in r.output
+
+
+def test_openapi_declares_every_status_the_api_returns(client):
+    spec = client.get("/openapi.json").json()
+    declared = {(path, method): set(map(int, op["responses"])) for path, ops in spec["paths"].items()
+                for method, op in ops.items()}
+    for key, codes in declared.items():
+        assert {200, 400, 503} <= codes, key
+        assert 500 not in codes
+    assert {401, 413, 422} <= declared[("/api/search", "post")]
+    assert {401, 404, 413, 422} <= declared[("/api/classify", "post")]
+    assert {304, 401, 404, 422} <= declared[("/api/images/{image_id}/thumbnail", "get")]
+    assert {401, 404, 422} <= declared[("/api/images/{image_id}", "get")]
+    err = spec["paths"]["/api/images/{image_id}"]["get"]["responses"]["404"]["content"]["application/json"]["schema"]
+    assert err == {"$ref": "#/components/schemas/ErrorBody"}
+    # what the API really answers, each declared for the route that answered it
+    seen = {("/api/images/{image_id}", "get"): client.get("/api/images/999999").status_code,
+            ("/api/images/{image_id}/thumbnail", "get"): client.get("/api/images/1/thumbnail?size=3").status_code,
+            ("/api/search", "post"): client.post("/api/search", files=_upload(b"not an image")).status_code}
+    for key, code in seen.items():
+        assert code in declared[key], (key, code)

@@ -16,10 +16,10 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -32,8 +32,8 @@ from .finetune import DEFAULT_NAME as HEAD_NAME
 from .finetune import UNFREEZE_EPOCHS, UNFREEZE_LEARNING_RATE
 from .labels import DEFAULT_TOP as LABEL_TOP
 from .backbones import DEFAULT_BACKBONE, Backbone, WeightsSpec, check_fingerprint, get_spec, load_backbone
-from .config import DB_NAME, DEFAULT_K, VERSION, LOCK_NAME, MAX_IMAGE_PIXELS, VECTORS_NAME, resolve_index_dir
-from .errors import BadImageError, IndexMismatchError, IndexNotFoundError, InputNotFoundError, NoImagesError, NotIndexedError, VecsearchError
+from .config import DB_NAME, DEFAULT_K, LOCK_NAME, MAX_IMAGE_PIXELS, VECTORS_NAME, VERSION, resolve_index_dir
+from .errors import BadImageError, IndexCorruptError, IndexMismatchError, IndexNotFoundError, InputNotFoundError, NoImagesError, NotIndexedError, VecsearchError
 from .explain import OVERLAY_SIDE
 from .extract import RESAMPLE, Extractor
 from .files import WriterLock
@@ -77,6 +77,7 @@ class VecIndex:
         self.directory = Path(directory)
         self.store = store
         self.searcher: Searcher | None = None
+        self.read_only = store.read_only
         self.batch_size = batch_size
         self.workers = workers
         # For a new index; an existing one keeps what it records (open_index converts).
@@ -138,9 +139,20 @@ class VecIndex:
         """The approximate FAISS structure, or None for exact (flat) search."""
         return self.searcher.faiss if self.searcher is not None else None
 
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise VecsearchError(f"The index at {self.directory} is open read-only (the folder is not writable): "
+                                 "searching and reading work; to change it, fix the folder's permissions.")
+
     def _open_searcher(self, *, writer: bool = False, progress: Progress | None = None) -> bool:
         """Bring the searcher up to date with the database; True if its structure was rebuilt."""
-        can_save = (lambda: nullcontext(True)) if writer else self._lock.if_free
+        if os.path.lexists(self.vectors_path) and not self.vectors_path.is_file():
+            raise IndexCorruptError(f"{self.vectors_path} is not a file: move it away and run again "
+                                    "(the search structure is rebuilt from the stored vectors).")
+        if writer:
+            can_save = lambda: nullcontext(True)  # noqa: E731  (the writer holds the lock)
+        else:
+            can_save = _never if self.read_only else self._lock.if_free
         searcher, generation, rebuilt = indexer.open_searcher(
             self.store, self.vectors_path, self.searcher, can_save=can_save, writer=writer, progress=progress)
         # Publish only the finished searcher: concurrent searches hold the old one until here.
@@ -204,16 +216,19 @@ class VecIndex:
         removed. Results are committed in chunks, so a killed run loses at most one chunk and
         the next run resumes from there.
         """
-        roots = [Path(p) for p in paths]
+        roots = [images.absolute(p) for p in paths]
+        self._check_writable()
         with self._lock.held():
-            files = list(images.iter_image_files(roots))
-            if not files:
+            found = list(images.scan(roots))
+            files = [f.path for f in found if f.reason is None]
+            rejected = [f for f in found if f.reason is not None]
+            if not found:
                 raise NoImagesError(f"No image files found in {', '.join(map(str, roots))}.")
             self._ensure_info()
             self.refresh()
             had_structure = indexer.current_spec(self.store) is not None
             summary = indexer.run(self.store, self.extractor, roots, files, progress=progress,
-                                  chunk_size=chunk_size, chunk_seconds=chunk_seconds)
+                                  chunk_size=chunk_size, chunk_seconds=chunk_seconds, rejected=rejected)
             summary.retrained = self._open_searcher(writer=True) and had_structure
         return summary
 
@@ -221,6 +236,7 @@ class VecIndex:
                 progress: Progress | None = None) -> IndexSpec:
         """Rebuild (retrain and re-tune) the search structure from the stored vectors, as `index_type`."""
         self._require_info()
+        self._check_writable()
         if index_type is not None:
             check_index_type(index_type)
         budget = parse_memory(max_memory)
@@ -266,9 +282,9 @@ class VecIndex:
 
     def vectors_for(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
         """Unit vectors of image files: an indexed, unchanged file reuses its stored vector."""
-        paths = [Path(p).expanduser() for p in paths]
+        paths = [images.absolute(p) for p in paths]
         for p in paths:
-            if not p.is_file():
+            if not os.path.lexists(p):
                 raise InputNotFoundError(f"No such file: {p}")
         out: list[np.ndarray | None] = [self._stored_vector(p)[1] for p in paths]
         todo = [i for i, v in enumerate(out) if v is None]
@@ -279,9 +295,9 @@ class VecIndex:
 
     def _stored_vector(self, path: Path) -> tuple[int | None, np.ndarray | None]:
         """(id, vector) of an indexed file that is unchanged since, else (None, None)."""
-        if self.info is None:
+        if self.info is None or not images.storable(path):
             return None, None
-        rec = self.store.image_by_path(str(path.resolve()))
+        rec = self.store.image_by_path(str(images.absolute(path)))
         if rec is not None and rec.status == "ok" and indexer.is_unchanged(rec, path):
             return rec.id, self.vector(rec.id)
         return None, None
@@ -302,8 +318,8 @@ class VecIndex:
         elif isinstance(query, (bytes, bytearray, memoryview)):
             q = self.embed_bytes(bytes(query))
         elif isinstance(query, (str, os.PathLike)):
-            p = Path(query).expanduser()
-            if not p.exists():
+            p = images.absolute(query)
+            if not os.path.lexists(p):
                 raise InputNotFoundError(f"No such file: {p}")
             found, q = self._stored_vector(p)
             if found is not None and not include_self:
@@ -398,6 +414,11 @@ class VecIndex:
         The suffix decides the format; `import` reads either back. Streams in batches.
         """
         info = self._require_info()
+        out = Path(out).expanduser()
+        if not out.parent.is_dir():
+            raise InputNotFoundError(f"Cannot write {out}: the folder {out.parent} does not exist; create it first.")
+        if out.is_dir():
+            raise VecsearchError(f"Cannot write {out}: it is a folder; give a file name such as {out / 'vectors.npz'}.")
         vector_files.check_suffix(out)
         total = len(self)
 
@@ -429,6 +450,7 @@ class VecIndex:
         another model (weights fingerprint) unless `unchecked` and the file names none.
         An empty index takes its model from the first file.
         """
+        self._check_writable()
         started = time.perf_counter()
         readers = [vector_files.Reader(f) for f in vector_files.files_in(source)]
         info = self.info
@@ -539,8 +561,8 @@ class VecIndex:
         elif isinstance(query, (bytes, bytearray, memoryview)):
             vector = self.embed_bytes(bytes(query))
         elif isinstance(query, (str, os.PathLike)):
-            p = Path(query).expanduser()
-            vector, path = self.vectors_for([p])[0], str(p.resolve())
+            p = images.absolute(query)
+            vector, path = self.vectors_for([p])[0], str(p)
         elif hasattr(query, "save") and hasattr(query, "mode"):
             vector = self.embed_image(query)
         else:
@@ -741,11 +763,17 @@ def _unit_rows(batch: vector_files.Batch, path: Path) -> tuple[np.ndarray, np.nd
     return vecs, norms
 
 
+@contextmanager
+def _never() -> Iterator[bool]:
+    """`can_save` of a read-only index: the repaired vector file is kept in memory only."""
+    yield False
+
+
 def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = None, weights: Any = _UNSET,
                seed: int | None = None, create: bool = True, batch_size: int | None = None,
                workers: int | None = None, model: Backbone | None = None,
                index_type: str | None = None, max_memory: int | str | None = None,
-               progress: Progress | None = None) -> VecIndex:
+               progress: Progress | None = None, read_only: bool | None = None) -> VecIndex:
     """Open (or create) the index at `path` (else $VECSEARCH_INDEX, else the default folder).
 
     backbone/weights choose the model for a new index (weights: "imagenet", None for the
@@ -756,16 +784,32 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
     "hnsw", "ivf-pq", "auto" (chosen from the collection's size and `max_memory`, e.g.
     "4GB") or a FAISS factory string. Giving another type or budget than an index records
     converts it, rebuilt from the stored vectors (`progress` reports that build).
+    read_only opens an existing index without writing anything (searches, stats, export
+    work; changes are refused); None (the default) does so when the folder or its
+    database is not writable by this process.
     """
     if index_type is not None:
         check_index_type(index_type)
     budget = parse_memory(max_memory)
     directory = resolve_index_dir(path)
-    if not (directory / DB_NAME).exists():
+    if directory.exists() and not directory.is_dir():
+        raise VecsearchError(f"{directory} is a file, not an index folder: pass --index a folder (new or existing).")
+    db = directory / DB_NAME
+    if db.exists() and not db.is_file():
+        raise IndexCorruptError(f"{db} is not a file: move it away (the index is then empty) or restore it from a backup.")
+    if not db.exists():
         if not create:
             raise IndexNotFoundError(f"No index at {directory}. Build one with `vecsearch index PHOTOS` (or pass --index DIR).")
+        if read_only:
+            raise IndexNotFoundError(f"No index at {directory} to open read-only.")
         directory.mkdir(parents=True, exist_ok=True)
-    store = Store(directory / DB_NAME)
+    if read_only is None:
+        read_only = db.exists() and not (os.access(directory, os.W_OK) and os.access(db, os.W_OK))
+        if read_only:
+            log.info("%s is not writable: opening the index read-only", directory)
+    if read_only and (index_type is not None or budget is not None):
+        raise VecsearchError(f"The index at {directory} is read-only here; its search structure cannot be changed.")
+    store = Store(db, read_only=read_only)
     try:
         info = store.info()
         if info is None and not create:

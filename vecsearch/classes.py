@@ -10,6 +10,7 @@ relative to the CSV's folder or absolute; a header row is optional.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from . import images
-from .errors import BadLabelsError, InputNotFoundError, NoImagesError, NoLabelsError, VecsearchError
+from .errors import BadImageError, BadLabelsError, InputNotFoundError, NoImagesError, NoLabelsError, VecsearchError
 from .indexer import IndexSummary, is_unchanged
 from .store import Store
 
@@ -31,13 +32,15 @@ TEST_SIZE = 0.25
 SEED = 0
 """Seed of every split and fit, so two runs on the same labels agree."""
 _HEADER_WORDS = {"path", "file", "filename", "image"}
+MAX_CSV_BYTES = 256 * 1024 * 1024
+"""Largest labels CSV read."""
 
 
 @dataclass(frozen=True)
 class LabelRow:
     """One labelled file, before it is matched to an indexed image."""
 
-    path: Path  # resolved
+    path: Path  # absolute, links kept as given (images.absolute)
     label: str
     split: str | None  # "train" | "test" | None
 
@@ -74,10 +77,11 @@ class TeachSummary:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # label -> split ("" none) -> n
     failed: list[dict] = field(default_factory=list)  # {"path", "reason"}: files that could not be embedded
     indexed: int = 0  # images embedded on the way
+    skipped: int = 0  # labels not stored: their images were removed meanwhile by another indexer
 
     def to_dict(self) -> dict:
         return {"source": self.source, "kind": self.kind, "labelled": self.labelled, "indexed": self.indexed,
-                "counts": self.counts, "failed": self.failed}
+                "counts": self.counts, "failed": self.failed, "skipped": self.skipped}
 
 
 # -- reading the labels ------------------------------------------------------------
@@ -116,27 +120,35 @@ def rows_from_csv(csv_path: str | os.PathLike) -> list[LabelRow]:
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
         raise InputNotFoundError(f"No such file: {csv_path}")
-    base = csv_path.resolve().parent
+    base = images.absolute(csv_path).parent
     rows: list[LabelRow] = []
     missing: list[str] = []
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        for lineno, rec in enumerate(csv.reader(fh), start=1):
-            rec = [c.strip() for c in rec]
-            if not rec or not any(rec) or rec[0].startswith("#"):
-                continue
-            if lineno == 1 and rec[0].lower() in _HEADER_WORDS:
-                continue
-            if len(rec) < 2 or not rec[1]:
-                raise VecsearchError(f"{csv_path}, line {lineno}: expected `path,label[,split]`, got {','.join(rec)!r}.")
-            split = rec[2].lower() if len(rec) > 2 and rec[2] else None
-            if split is not None and split not in SPLITS:
-                raise VecsearchError(f"{csv_path}, line {lineno}: split must be train or test, got {rec[2]!r}.")
-            p = Path(rec[0]).expanduser()
-            p = (p if p.is_absolute() else base / p).resolve()
-            if not p.is_file():
-                missing.append(rec[0])
-                continue
-            rows.append(LabelRow(p, rec[1], split))
+    try:
+        text = images.read_file(csv_path, MAX_CSV_BYTES).decode("utf-8-sig")
+    except BadImageError as e:
+        raise VecsearchError(f"Cannot read {csv_path}: {e.reason}.") from None
+    except UnicodeDecodeError as e:
+        line = text_line(e)
+        raise VecsearchError(f"{csv_path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line}): "
+                             "save it as UTF-8 and run again.") from None
+    fh = io.StringIO(text, newline="")
+    for lineno, rec in enumerate(csv.reader(fh), start=1):
+        rec = [c.strip() for c in rec]
+        if not rec or not any(rec) or rec[0].startswith("#"):
+            continue
+        if lineno == 1 and rec[0].lower() in _HEADER_WORDS:
+            continue
+        if len(rec) < 2 or not rec[1]:
+            raise VecsearchError(f"{csv_path}, line {lineno}: expected `path,label[,split]`, got {','.join(rec)!r}.")
+        split = rec[2].lower() if len(rec) > 2 and rec[2] else None
+        if split is not None and split not in SPLITS:
+            raise VecsearchError(f"{csv_path}, line {lineno}: split must be train or test, got {rec[2]!r}.")
+        p = Path(rec[0]).expanduser()
+        p = images.absolute(p if p.is_absolute() else base / p)
+        if not p.is_file():
+            missing.append(rec[0])
+            continue
+        rows.append(LabelRow(p, rec[1], split))
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise InputNotFoundError(
@@ -144,6 +156,11 @@ def rows_from_csv(csv_path: str | os.PathLike) -> list[LabelRow]:
     if not rows:
         raise NoLabelsError(f"{csv_path} has no `path,label` rows.")
     return rows
+
+
+def text_line(e: UnicodeDecodeError) -> int:
+    """The 1-based line of the byte that failed to decode."""
+    return e.object[: e.start].count(b"\n") + 1
 
 
 def read_label_rows(source: str | os.PathLike) -> tuple[str, list[LabelRow]]:
@@ -172,12 +189,11 @@ def teach(store: Store, source: str | os.PathLike, *, add: Callable[..., IndexSu
         if prev is not None and (prev.label, prev.split) != (r.label, r.split):
             raise VecsearchError(f"{r.path} is given two classes: {prev.label!r} and {r.label!r}.")
         by_path[str(r.path)] = r
-    summary = TeachSummary(source=str(Path(source).expanduser().resolve()), kind=kind)
+    summary = TeachSummary(source=str(images.absolute(source)), kind=kind)
     records = store.records()
     todo = [Path(p) for p in by_path if p not in records or not is_unchanged(records[p], Path(p))]
     if todo:
-        # A folder root is passed whole so the indexer also notices files gone from it; the
-        # files too, as a class folder may be a link, which walking the root does not enter.
+        # A folder root is passed whole so the indexer also notices files gone from it.
         roots = [Path(summary.source), *todo] if kind == "folder" else todo
         summary.indexed = add(roots, progress=progress).indexed
         records = store.records()
@@ -191,6 +207,10 @@ def teach(store: Store, source: str | os.PathLike, *, add: Callable[..., IndexSu
     if replace:
         store.clear_user_labels()
     summary.labelled = store.set_user_labels(label_rows)
+    summary.skipped = len(label_rows) - summary.labelled
+    if summary.skipped:
+        alive = set(store.images(r[0] for r in label_rows))
+        label_rows = [r for r in label_rows if r[0] in alive]
     for _, label, split, _ in label_rows:
         per = summary.counts.setdefault(label, {})
         per[split or ""] = per.get(split or "", 0) + 1

@@ -252,6 +252,7 @@ class TrainResult:
     metrics: dict
     predictions: list[dict]  # {"id", "path", "label", "confidence"} for unlabelled images
     seconds: float = 0.0
+    skipped: int = 0  # predictions not stored: their images were removed meanwhile by another indexer
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -261,18 +262,26 @@ class TrainResult:
         return d
 
 
-def predict_unlabelled(store: Store, name: str, clf) -> list[dict]:
-    """Predict every embedded image without a user label and store the results under `name`."""
+def predict_unlabelled(store: Store, name: str, clf) -> tuple[list[dict], int]:
+    """Predict every embedded image without a user label and store the results under `name`.
+
+    Returns (predictions, how many were skipped because another indexer removed their
+    images meanwhile).
+    """
     ids = unlabelled_ids(store)
     rows: list[tuple[int, str, float]] = []
     if len(ids):
         dim = store.info().dim
         ids, X, _ = store.vectors(ids, dim=dim)
         rows = [(int(i), label, conf) for i, (label, conf) in zip(ids, classifiers.predict(clf, X, dim))]
-    store.set_predictions(name, rows)
+    written = store.set_predictions(name, rows)
     recs = store.images(i for i, _, _ in rows)
-    return [{"id": i, "path": recs[i].path, "label": label, "confidence": round(conf, 6)}
-            for i, label, conf in rows if i in recs]
+    preds = [{"id": i, "path": recs[i].path, "label": label, "confidence": round(conf, 6)}
+             for i, label, conf in rows if i in recs]
+    skipped = len(rows) - written
+    if skipped:
+        log.warning("%d prediction(s) of %s skipped: their images were removed meanwhile", skipped, name)
+    return preds, skipped
 
 
 def train(store: Store, directory: Path, kind: str, *, k: int = DEFAULT_K, name: str | None = None,
@@ -293,8 +302,8 @@ def train(store: Store, directory: Path, kind: str, *, k: int = DEFAULT_K, name:
     metrics = {"accuracy": evaluation.accuracy, "method": evaluation.method, "n_test": evaluation.n_test,
                "classes": evaluation.classes, "confusion": evaluation.confusion, "report": evaluation.report}
     classifiers.save(store, directory, name, kind, model, params, metrics)
-    preds = predict_unlabelled(store, name, model)
-    return TrainResult(name, kind, params, evaluation, metrics, preds, round(time.perf_counter() - started, 3))
+    preds, skipped = predict_unlabelled(store, name, model)
+    return TrainResult(name, kind, params, evaluation, metrics, preds, round(time.perf_counter() - started, 3), skipped)
 
 
 def apply_saved(store: Store, directory: Path, name: str | None = None, kind: str | None = None) -> TrainResult:
@@ -302,6 +311,6 @@ def apply_saved(store: Store, directory: Path, name: str | None = None, kind: st
     started = time.perf_counter()
     row = classifiers.find(store, name, kind)
     clf = classifiers.load(directory, row)
-    preds = predict_unlabelled(store, row["name"], clf)
+    preds, skipped = predict_unlabelled(store, row["name"], clf)
     return TrainResult(row["name"], row["kind"], row["params"], None, row["metrics"], preds,
-                       round(time.perf_counter() - started, 3))
+                       round(time.perf_counter() - started, 3), skipped)

@@ -18,9 +18,15 @@ MAX_IMAGE_PIXELS = 120_000_000
 MAX_IMAGE_BYTES = 256 * 1024 * 1024
 """Largest image file read, in bytes."""
 MAX_UPLOAD_PIXELS = 40_000_000
-"""Largest image uploaded to the HTTP service, in pixels (stricter: anyone may send one)."""
+"""Largest image the HTTP service decodes, in pixels: uploads, and the thumbnails it makes
+(stricter: anyone may send a request; a big JPEG counts at the reduced scale it is decoded at)."""
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 """Largest upload the HTTP service reads; bigger bodies get 413 before they are read."""
+MAX_READ_SECONDS = 60.0
+"""Longest time reading one file may take (a stalled network share); then it is listed as failed."""
+DECODE_MEMORY_BUDGET = 1024 * 1024 * 1024
+"""Bytes that image decodes of one process may hold at once (at ~5 bytes a decoded pixel); a
+decode waits for room, so peak memory is predictable however many threads or requests decode."""
 
 DEFAULT_K = 10
 """Neighbours a search returns unless told otherwise."""

@@ -1,4 +1,10 @@
-"""Exceptions raised by vecsearch. The CLI and the HTTP service turn them into messages."""
+"""Exceptions raised by vecsearch. The CLI and the HTTP service turn them into messages.
+
+`fault_message` does the same for the faults of the machine underneath (the disk, the
+database file, the vector file), which arrive as OSError, SQLite or FAISS errors.
+"""
+
+import errno
 
 
 class VecsearchError(Exception):
@@ -68,3 +74,48 @@ class UnknownClassError(VecsearchError):
 
 class UploadTooLargeError(VecsearchError):
     """An upload to the HTTP service is over its size cap."""
+
+
+_DISK_FULL = "The disk is full: free some space and run the command again (what was committed is kept)."
+_PERMISSIONS = "Fix the permissions (or work on a copy you can write)."
+
+
+def fault_message(e: BaseException) -> str | None:
+    """One line for an OSError, a SQLite error or a FAISS I/O error: what is wrong and what to do."""
+    if isinstance(e, OSError):
+        where = f": {e.filename}" if e.filename else ""
+        what = f"{e.strerror or e}{where}."
+        if e.errno == errno.ENOSPC:
+            return f"{what} {_DISK_FULL}"
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"{what} {_PERMISSIONS}"
+        if e.errno == errno.EISDIR:
+            return f"{what} A folder is where a file should be: move it away and run again."
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return f"{what} Check the path (does the folder exist?)."
+        return f"{what} Check the disk and the path, then run again."
+    module = type(e).__module__ or ""
+    if module.startswith(("sqlalchemy", "sqlite3")):
+        text = str(getattr(e, "orig", None) or e).splitlines()[0]
+        low = text.lower()
+        if "full" in low:
+            return f"Database error: {text}. {_DISK_FULL}"
+        if "readonly" in low or "read-only" in low or "unable to open" in low or "permission" in low:
+            return f"The index database cannot be written or opened ({text}). {_PERMISSIONS}"
+        if "not a database" in low or "malformed" in low or "disk i/o" in low or "encrypted" in low:
+            return (f"The index database is damaged ({text}). Restore the index folder from a backup, "
+                    "or move it away and build it again with `vecsearch index`.")
+        if "locked" in low or "busy" in low:
+            return f"The index database is busy ({text}): another process holds it; try again."
+        return f"Database error: {text}. Restore the index folder from a backup if this persists."
+    if module.startswith("alembic"):
+        return (f"The index database has a schema this vecsearch does not know ({str(e).splitlines()[0]}): "
+                "use the vecsearch version that wrote it, or a newer one.")
+    if isinstance(e, RuntimeError) and ("faiss" in str(e).lower()):
+        text = str(e)
+        reason = text.rsplit("Error: ", 1)[-1].strip().splitlines()[0] if "Error: " in text else text.splitlines()[0]
+        if "no space" in text.lower():
+            return f"The vector file could not be written ({reason}). {_DISK_FULL}"
+        return (f"The vector file could not be read or written ({reason}). Move vectors.faiss away and run again "
+                "(it is rebuilt from the database); free disk space or fix permissions if that is the cause.")
+    return None

@@ -79,6 +79,10 @@ class WriterLock:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
 
+    def _usable(self) -> bool:
+        """False when something other than a file (a folder) sits where the lock file goes."""
+        return not (os.path.lexists(self.path) and not self.path.is_file())
+
     def _lock(self):
         from filelock import FileLock
 
@@ -90,6 +94,9 @@ class WriterLock:
         """Hold the lock for the block, or raise IndexLockedError at once if another writer has it."""
         from filelock import Timeout
 
+        if not self._usable():
+            raise IndexLockedError(f"{self.path} is not a file, so no one can take the index's write lock: "
+                                   "move it away and run again.")
         lock = self._lock()
         try:
             lock.acquire(timeout=0)
@@ -106,10 +113,18 @@ class WriterLock:
         """Hold the lock for the block if no one else does; yields whether it is held."""
         from filelock import Timeout
 
+        if not self._usable():
+            log.warning("%s is not a file: not saving the repaired vector file", self.path)
+            yield False
+            return
         lock = self._lock()
         try:
             lock.acquire(timeout=0)
         except Timeout:
+            yield False
+            return
+        except OSError as exc:  # a read-only folder: readers go on without saving
+            log.warning("cannot take the write lock %s (%s): not saving the repaired vector file", self.path, exc)
             yield False
             return
         try:

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import images
 from .config import default_workers
-from .errors import IndexCorruptError
+from .errors import BadImageError, IndexCorruptError
 from .extract import Extractor
 from .index_types import DEFAULT_MAX_MEMORY, HNSW_M, TARGET_RECALL, IndexSpec, choose, train_size
 from .search import Searcher, SlotMap, tune
@@ -78,6 +78,7 @@ class Plan:
     copies: list[tuple[int, dict]] = field(default_factory=list)  # (source id, new row): same content elsewhere
     deletes: list[int] = field(default_factory=list)  # ids whose files are gone
     to_embed: list[Path] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)  # failed rows for things found that are no image file
 
 
 def is_unchanged(rec: ImageRecord, path: Path) -> bool:
@@ -94,26 +95,55 @@ def is_under(path: str, roots: list[Path]) -> bool:
     return any(path == str(r) or path.startswith(str(r).rstrip(os.sep) + os.sep) for r in roots)
 
 
+def _walked(path: str, roots: list[Path]) -> bool:
+    """True when walking `roots` looks at `path` (no hidden part below the root it is under)."""
+    for r in roots:
+        if path == str(r):
+            return True
+        prefix = str(r).rstrip(os.sep) + os.sep
+        if path.startswith(prefix):
+            return not any(part.startswith(".") for part in path[len(prefix):].split(os.sep))
+    return False
+
+
 def _hash_all(paths: list[Path]) -> list[str | None]:
     def one(p: Path) -> str | None:
         try:
             return images.file_sha256(p)
-        except OSError:
-            return None
+        except (OSError, BadImageError):
+            return None  # the decoder will report why
 
     with ThreadPoolExecutor(default_workers()) as pool:
         return list(pool.map(one, paths))
 
 
-def plan(store: Store, roots: list[Path], files: list[Path], summary: IndexSummary) -> Plan:
+def plan(store: Store, roots: list[Path], files: list[Path], summary: IndexSummary,
+         rejected: list[images.Found] = ()) -> Plan:
     """Decide per file: unchanged, moved, copied, or to embed; and which entries are gone.
 
     Size + mtime first; only files that differ are hashed, so a re-run of a large
-    unchanged folder reads no image data. Entries are dropped only under `roots`.
+    unchanged folder reads no image data. `rejected` are things found that cannot be
+    image files (a FIFO, a folder named x.jpg, a broken link): each becomes a failed row.
+    Every entry under `roots` is reconciled with what is there now: one whose path the
+    walk no longer finds as an image file is dropped, even if something else (a link to
+    elsewhere, a folder, a text file) now has its name. Entries are dropped only under `roots`.
     """
     records = store.records()
     out = Plan()
-    found = {str(f) for f in files}
+    found = {str(f) for f in files} | {str(r.path) for r in rejected}
+    for r in rejected:
+        rec = records.get(str(r.path))
+        if rec is not None and rec.status == "failed" and rec.reason == r.reason:
+            _count_existing(rec, summary)
+            continue
+        try:
+            st = os.lstat(r.path)
+            size, mtime_ns = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime_ns = 0, 0
+        out.failures.append({"path": str(r.path), "size": size, "mtime_ns": mtime_ns, "sha256": None,
+                             "width": None, "height": None, "status": "failed", "reason": r.reason})
+        summary.failed.append(FailedImage(str(r.path), r.reason))
     candidates: list[Path] = []
     for f in files:
         try:
@@ -128,9 +158,13 @@ def plan(store: Store, roots: list[Path], files: list[Path], summary: IndexSumma
             _count_existing(rec, summary)
         else:
             candidates.append(f)
-    resolved_roots = [r.resolve() for r in roots]
+    given_roots = [images.absolute(r) for r in roots]
+    unseen = [r.path for r in rejected if r.unseen_below]
+    # Not found but still there: only under a hidden folder the walk skips (or given itself),
+    # or under a folder that could not be listed this time.
     gone_all = [rec for path, rec in records.items()
-                if path not in found and is_under(path, resolved_roots) and not os.path.exists(path)]
+                if path not in found and is_under(path, given_roots) and not (unseen and is_under(path, unseen))
+                and (_walked(path, given_roots) or not os.path.lexists(path))]
     gone = {rec.sha256: rec for rec in gone_all if rec.sha256 and rec.status == "ok"}
     gone_ids = {rec.id for rec in gone_all}
     if candidates and records:
@@ -183,16 +217,17 @@ def commit(store: Store, **changes) -> None:
 
 def run(store: Store, extractor: Callable[[], Extractor], roots: list[Path], files: list[Path], *,
         progress: Progress | None = None, chunk_size: int = CHUNK_SIZE,
-        chunk_seconds: float = CHUNK_SECONDS) -> IndexSummary:
+        chunk_seconds: float = CHUNK_SECONDS, rejected: list[images.Found] = ()) -> IndexSummary:
     """Bring the index up to date with `files` (found under `roots`); the caller holds the writer lock.
 
-    `extractor` is called only when something needs embedding, so a re-run of an unchanged
-    folder never builds the model.
+    `rejected` (found, but no readable image file) are stored as failed rows with their
+    reasons. `extractor` is called only when something needs embedding, so a re-run of an
+    unchanged folder never builds the model.
     """
     started = time.perf_counter()
-    summary = IndexSummary(total=len(files))
-    todo = plan(store, roots, files, summary)
-    commit(store, deletes=todo.deletes, moves=todo.moves, copies=todo.copies)
+    summary = IndexSummary(total=len(files) + len(rejected))
+    todo = plan(store, roots, files, summary, rejected)
+    commit(store, deletes=todo.deletes, moves=todo.moves, copies=todo.copies, upserts=todo.failures)
     total = len(todo.to_embed)
     if progress:
         progress(0, total)

@@ -50,6 +50,7 @@ from .errors import (
     VecsearchError,
     WeightsUnavailableError,
 )
+from . import images
 from .files import atomic_write
 from .store import Store
 
@@ -329,12 +330,12 @@ def ids_for_paths(store: Store, paths: Iterable[str | os.PathLike]) -> list[int]
         path = Path(p).expanduser()
         if not path.exists():
             raise InputNotFoundError(f"No such file or folder: {path}")
-        resolved = path.resolve()
-        if resolved.is_dir():
-            prefix = str(resolved).rstrip(os.sep) + os.sep
+        given = images.absolute(path)
+        if given.is_dir():
+            prefix = str(given).rstrip(os.sep) + os.sep
             found = [r.id for k, r in records.items() if k.startswith(prefix)]
         else:
-            rec = records.get(str(resolved))
+            rec = records.get(str(given))
             found = [rec.id] if rec is not None else []
         if not found:
             raise NotIndexedError(f"{path} is not in the index; run `vecsearch index {path}` first.")

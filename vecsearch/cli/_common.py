@@ -6,6 +6,8 @@ Command modules import from here and register on `app`; nothing here imports the
 from __future__ import annotations
 
 import json
+import logging
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -15,7 +17,7 @@ from typing import Annotated, Callable, Iterator, Optional
 import typer
 from rich.console import Console
 
-from ..errors import VecsearchError
+from ..errors import VecsearchError, fault_message
 
 app = typer.Typer(
     help="Index photo folders with a frozen ImageNet CNN and find images that look alike.",
@@ -34,27 +36,63 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
+# C0 and C1 control characters and the Unicode bidirectional overrides: a file name or a
+# label holding them could move the cursor, recolour or rewrite the terminal, or fake lines.
+# Lone surrogates (the undecodable bytes of a file name) could not be printed at all.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def clean(text: object) -> str:
+    """`text` with every control character escaped (`\\x1b`, `\\n`), safe to print on a terminal."""
+    def escape(m: re.Match) -> str:
+        c = m.group()
+        return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+    return _CONTROL.sub(escape, str(text))
+
+
 def say(text: str = "") -> None:
-    """One plain line on stdout: no markup, no highlighting (paths and labels print as they are)."""
-    out.print(text, highlight=False, markup=False)
+    """One plain line on stdout: no markup, no highlighting, control characters escaped.
+
+    Paths, labels, class names and reasons come from files and users; printed raw, an
+    escape sequence in one would reach the terminal.
+    """
+    out.print(clean(text), highlight=False, markup=False)
 
 
 def warn(text: str) -> None:
-    """One plain line on stderr."""
-    err.print(text, highlight=False, markup=False)
+    """One plain line on stderr, as `say`."""
+    err.print(clean(text), highlight=False, markup=False)
+
+
+def error_line(message: str) -> None:
+    """`Error: message` in red on stderr, the message escaped and never read as markup."""
+    from rich.text import Text
+
+    err.print(Text("Error:", style="red") + Text(" " + clean(message)), highlight=False)
 
 
 @contextmanager
 def errors_to_exit() -> Iterator[None]:
-    """Library errors become one line on stderr and exit code 1; no traceback for user mistakes."""
+    """Library errors, and faults of the disk, the database or the vector file, become one
+    line on stderr that says what to do, and exit code 1; no traceback for any of them."""
     try:
         yield
     except VecsearchError as e:
-        err.print(f"[red]Error:[/red] {e}", markup=True, highlight=False)
+        error_line(str(e))
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err.print("Interrupted; what was committed is kept, run the same command again to resume.")
         raise typer.Exit(130) from None
+    except Exception as e:  # noqa: BLE001 - only the faults fault_message knows; others keep their traceback
+        message = fault_message(e)
+        if message is None:
+            raise
+        logging.getLogger("vecsearch.cli").debug("fault", exc_info=True)
+        error_line(message)
+        raise typer.Exit(1) from None
+
+
 
 
 def print_json(data) -> None:

@@ -48,6 +48,8 @@ def teach(
             say(f"{label:<{width}}" + "".join(f"{per.get(s, 0):>8}" for s in splits))
         for f in summary.failed:
             warn(f"  not labelled (could not be embedded): {f['path']}: {f['reason']}")
+        if summary.skipped:
+            warn(f"  skipped {summary.skipped} label(s): their images were removed meanwhile by another indexer")
 
 
 @app.command()
@@ -131,6 +133,8 @@ def _print_result(result, plot: Path | None) -> None:
     if plot is not None and m.get("confusion"):
         say(f"confusion matrix written to {plot}")
     preds = result.predictions
+    if result.skipped:
+        warn(f"skipped {result.skipped} prediction(s): their images were removed meanwhile by another indexer")
     say()
     if not preds:
         say("No unlabelled images to predict.")

@@ -33,8 +33,10 @@ def serve(
                                                  help="Require `Authorization: Bearer TOKEN` on the API; prefer the env var (a flag shows in `ps`).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without a token.")] = False,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest accepted upload, in MiB (larger: 413).")] = MAX_UPLOAD_BYTES / 2**20,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Largest accepted upload in pixels (decompression-bomb cap).")] = MAX_UPLOAD_PIXELS,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Largest image decoded, in pixels: uploads and thumbnails (decompression-bomb cap; a JPEG counts at the reduced scale a thumbnail decodes it at).")] = MAX_UPLOAD_PIXELS,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
+    allow_host: Annotated[Optional[list[str]], typer.Option("--allow-host", metavar="NAME", show_default=False,
+                                                            help="Also answer requests for this host name (repeatable; e.g. the machine's name behind --host 0.0.0.0). Others get 400.")] = None,
 ) -> None:
     """Serve search, metadata, thumbnails and classification over HTTP, with a web page at /.
 
@@ -55,7 +57,8 @@ def serve(
             raise VecsearchError(f"The server needs its extra dependencies ({e.name} is missing): pip install 'vecsearch[server]'.") from None
         ix = open_index(index, create=False)
         try:
-            web = create_app(ix, token=token, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels)
+            web = create_app(ix, token=token, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
+                             host=host, allow_hosts=allow_host or ())
             shown = f"[{host}]" if ":" in host else host
             warn(f"Serving {ix.directory} ({len(ix)} images, {ix.backbone.name}) at http://{shown}:{port}/ "
                  f"-- API docs at /docs{'; token required' if token else ''}. Ctrl-C to stop.")

@@ -12,6 +12,7 @@ key; nothing a client sends becomes a 500.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import os
 import threading
@@ -19,13 +20,14 @@ from collections import OrderedDict
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Iterable
 
 from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import images
@@ -49,6 +51,8 @@ MAX_K = 1000
 MAX_OFFSET = 10_000
 MAX_PAGE = 500
 THUMB_SIZES = (16, 1024)
+THUMB_CACHE_BYTES = 32 * 1024 * 1024
+"""Thumbnails kept in memory, by their total size in bytes (least recently used dropped first)."""
 DEFAULT_THREADS = 16
 _MULTIPART_SLACK = 64 * 1024  # room for the multipart envelope around the file itself
 _ID_MAX = 2**63 - 1  # SQLite integers; larger ids would overflow, not just miss
@@ -76,7 +80,9 @@ class _Service:
         self.max_pixels = int(max_pixels)
         self.owns_index = owns_index
         self._thumbs: OrderedDict[tuple, bytes] = OrderedDict()
+        self._thumbs_bytes = 0
         self._thumbs_lock = threading.Lock()
+        self._making: dict[tuple, threading.Event] = {}  # thumbnails being made: one decode per key
 
     def embed_upload(self, data: bytes):
         """Unit vector of uploaded bytes, under the upload pixel cap."""
@@ -101,15 +107,61 @@ class _Service:
             if key in self._thumbs:
                 self._thumbs.move_to_end(key)
                 return self._thumbs[key], etag
-        data = images.thumbnail_jpeg(Path(rec.path), size)
+            making = self._making.get(key)
+            if making is None:
+                self._making[key] = threading.Event()
+        if making is not None:
+            making.wait()  # another request is decoding this one: take its result
+            with self._thumbs_lock:
+                if key in self._thumbs:
+                    return self._thumbs[key], etag
+            return self._make_thumbnail(key, rec.path, size), etag  # it failed: fail the same way
+        try:
+            return self._make_thumbnail(key, rec.path, size), etag
+        finally:
+            with self._thumbs_lock:
+                self._making.pop(key).set()
+
+    def _make_thumbnail(self, key: tuple, path: str, size: int) -> bytes:
+        # The service's pixel cap, not indexing's: anyone who can reach it may ask. A big JPEG
+        # passes, decoded at reduced scale; the shared decode budget bounds what runs at once.
+        data = images.thumbnail_jpeg(Path(path), size, max_pixels=self.max_pixels)
         with self._thumbs_lock:
-            self._thumbs[key] = data
-            while len(self._thumbs) > 512:
-                self._thumbs.popitem(last=False)
-        return data, etag
+            if key not in self._thumbs:
+                self._thumbs[key] = data
+                self._thumbs_bytes += len(data)
+            while self._thumbs_bytes > THUMB_CACHE_BYTES and len(self._thumbs) > 1:
+                _, old = self._thumbs.popitem(last=False)
+                self._thumbs_bytes -= len(old)
+        return data
 
 
 # -- errors -------------------------------------------------------------------------------
+class ErrorBody(BaseModel):
+    """Every error response: `error` says what is wrong."""
+
+    error: str
+    type: str | None = None
+    detail: list | None = None
+
+
+_ERROR_TEXT = {
+    400: "Bad request: a Host header this server does not answer to, or a malformed header.",
+    401: "Missing or wrong token (only when the server has one).",
+    404: "No such image or classifier, or the image's file is gone.",
+    413: "Upload over the size cap.",
+    422: "Invalid parameters, or an image that cannot be read (not an image, truncated, over the pixel cap).",
+    503: "The server's own index or model is unusable.",
+}
+
+
+def _responses(*codes: int, **more) -> dict:
+    """OpenAPI entries for the error statuses a route can return, so clients (and fuzzers) know them all."""
+    out: dict = {code: {"model": ErrorBody, "description": _ERROR_TEXT[code]} for code in (400, 503, *codes)}
+    out.update({int(k.lstrip("_")): v for k, v in more.items()})
+    return out
+
+
 def _status(e: VecsearchError) -> int:
     if isinstance(e, UploadTooLargeError):
         return 413
@@ -154,6 +206,73 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, e: Exception):
         log.exception("unexpected error serving %s %s", request.method, request.url.path)
         return _error(500, "Internal error; see the server log.")
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+class _HostCheck:
+    """ASGI middleware: answer only requests whose Host header names this server.
+
+    A page on another site can make a browser send requests to a loopback server by
+    pointing its own domain at 127.0.0.1 (DNS rebinding); the browser then sends that
+    domain as Host. Only the allowed names pass (IP addresses too when the server binds
+    to all addresses: a rebinding page cannot be reached under a bare IP).
+    """
+
+    def __init__(self, app, hosts: frozenset[str], any_ip: bool):
+        self.app = app
+        self.hosts = hosts
+        self.any_ip = any_ip
+
+    def allowed(self, header: str) -> bool:
+        host = header.strip().lower()
+        if host.startswith("["):
+            host = host[1:].split("]", 1)[0]
+        elif host.count(":") == 1:
+            host = host.split(":", 1)[0]
+        host = host.rstrip(".")
+        if not host:
+            return False
+        if "*" in self.hosts or host in self.hosts:
+            return True
+        if self.any_ip:
+            try:
+                ipaddress.ip_address(host)
+                return True
+            except ValueError:
+                return False
+        return False
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            header = dict(scope.get("headers") or ()).get(b"host", b"").decode("latin-1")
+            if not self.allowed(header):
+                await _error(400, f"Host {header!r} is not served here: use the address the server listens on "
+                                  "(start it with --allow-host NAME to allow another name).", type="BadHost")(
+                    scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def allowed_hosts(bind: str, extra: Iterable[str] = ()) -> tuple[frozenset[str], bool]:
+    """(host names the server answers to, whether any IP address is allowed) for a bind address.
+
+    Loopback binds answer to the loopback names; a wildcard bind (0.0.0.0, ::) to any IP
+    address and localhost; plus the names in `extra` (`--allow-host`; "*" allows any).
+    """
+    bind = bind.strip().strip("[]").lower()
+    names = {bind, *(h.strip().strip("[]").lower().rstrip(".") for h in extra if h.strip())}
+    any_ip = False
+    try:
+        ip = ipaddress.ip_address(bind)
+        any_ip = ip.is_unspecified
+        if ip.is_loopback or ip.is_unspecified:
+            names.update(LOOPBACK_NAMES)
+    except ValueError:
+        if bind == "localhost":
+            names.update(LOOPBACK_NAMES)
+    return frozenset(names), any_ip
 
 
 class _UploadLimit:
@@ -239,8 +358,13 @@ def _read_upload(svc: _Service, file: UploadFile) -> bytes:
 # -- the app ------------------------------------------------------------------------------
 def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str | None = None,
                max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_UPLOAD_PIXELS,
-               threads: int = DEFAULT_THREADS, warm: bool = True) -> FastAPI:
+               threads: int = DEFAULT_THREADS, warm: bool = True, host: str = "127.0.0.1",
+               allow_hosts: Iterable[str] = ()) -> FastAPI:
     """A FastAPI app serving one index (a folder, or an already open VecIndex).
+
+    Requests must name the server in their Host header: the address it binds to (`host`,
+    loopback by default) or one of `allow_hosts` (see `allowed_hosts`). `max_pixels` caps
+    every image the service decodes: uploads and thumbnails.
 
     The backbone is built (and, if `warm`, traced) here so requests never pay for it.
     `token`, when set, is required as `Authorization: Bearer TOKEN` (or `?token=`) on
@@ -292,6 +416,8 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
     app.state.service = svc
     _install_error_handlers(app)
     app.add_middleware(_UploadLimit, limit=svc.max_upload_bytes + _MULTIPART_SLACK)
+    hosts, any_ip = allowed_hosts(host, allow_hosts)
+    app.add_middleware(_HostCheck, hosts=hosts, any_ip=any_ip)  # added last: runs first
 
     async def authorised(request: Request) -> None:  # async: no thread-pool hop per request
         if svc.token is None:
@@ -318,13 +444,14 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
         html = resources.files("vecsearch.server").joinpath("page.html").read_text(encoding="utf-8")
         return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
 
-    @app.get("/api/health", tags=["service"], summary="Liveness and what is loaded")
+    @app.get("/api/health", tags=["service"], summary="Liveness and what is loaded", responses=_responses())
     def health() -> dict:
         """Cheap check for monitors; needs no token."""
         return {"status": "ok", "backbone": ix.backbone.name, "vectors": len(current().searcher),
                 "generation": ix.generation, "auth": svc.token is not None}
 
-    @app.get("/api/stats", tags=["service"], summary="Counts, backbone, weights and sizes", dependencies=Auth)
+    @app.get("/api/stats", tags=["service"], summary="Counts, backbone, weights and sizes", dependencies=Auth,
+             responses=_responses(401))
     def stats() -> dict:
         s = current().stats()
         s["generation"] = ix.generation
@@ -333,7 +460,8 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
         s["max_pixels"] = svc.max_pixels
         return s
 
-    @app.post("/api/search", tags=["search"], summary="Images most similar to an uploaded image", dependencies=Auth)
+    @app.post("/api/search", tags=["search"], summary="Images most similar to an uploaded image", dependencies=Auth,
+              responses=_responses(401, 413, 422))
     def search_upload(file: Upload, k: K = DEFAULT_K, offset: Offset = 0) -> dict:
         """Multipart upload in field `file`; results are best first, ranks counted from 1 over all pages."""
         q = svc.embed_upload(_read_upload(svc, file))
@@ -341,14 +469,15 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
         return _results(ix, hits, k=k, offset=offset, next_url=_next("/api/search", k, offset, len(hits)))
 
     @app.get("/api/images/{image_id}/similar", tags=["search"], summary="Images most similar to an indexed image",
-             dependencies=Auth)
+             dependencies=Auth, responses=_responses(401, 404, 422))
     def similar(image_id: ImageId, k: K = DEFAULT_K, offset: Offset = 0) -> dict:
         """Neighbours of an indexed image by its stored vector (no model call); itself left out."""
         hits = current().similar(image_id, k + offset)[offset:]
         return _results(ix, hits, k=k, offset=offset, query_id=image_id,
                         next_url=_next(f"/api/images/{image_id}/similar", k, offset, len(hits)))
 
-    @app.get("/api/images", tags=["images"], summary="Indexed images, a page at a time", dependencies=Auth)
+    @app.get("/api/images", tags=["images"], summary="Indexed images, a page at a time", dependencies=Auth,
+             responses=_responses(401, 422))
     def list_images(offset: Annotated[int, Query(ge=0, le=_ID_MAX)] = 0,
                     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"Page size (1..{MAX_PAGE}).")] = 100,
                     status: Annotated[str | None, Query(pattern="^(ok|failed)$", description="Only `ok` or `failed` images.")] = None) -> dict:
@@ -359,14 +488,15 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
                 "next": more if nxt < total else None}
 
     @app.get("/api/images/{image_id}", tags=["images"], summary="An image's metadata, labels and predictions",
-             dependencies=Auth)
+             dependencies=Auth, responses=_responses(401, 404, 422))
     def image(image_id: ImageId) -> dict:
         rec = current().image(image_id)
         return _image_dict(rec) | ix.annotations([image_id], top=5)[image_id]
 
     @app.get("/api/images/{image_id}/thumbnail", tags=["images"], summary="A JPEG thumbnail of an indexed image",
              dependencies=Auth, response_class=Response,
-             responses={200: {"content": {"image/jpeg": {}}, "description": "JPEG, longest side `size` pixels at most."}})
+             responses=_responses(401, 404, 422, _200={"content": {"image/jpeg": {}}, "description": "JPEG, longest side `size` pixels at most."},
+                                  _304={"description": "Not modified: the client's copy (If-None-Match) is current."}))
     def thumbnail(request: Request, image_id: ImageId,
                   size: Annotated[int, Query(ge=THUMB_SIZES[0], le=THUMB_SIZES[1], description="Longest side in pixels.")] = 256) -> Response:
         """Served by id from the path the index recorded; a client never names a file."""
@@ -376,12 +506,13 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
             return Response(status_code=304, headers=headers)
         return Response(data, media_type="image/jpeg", headers=headers)
 
-    @app.get("/api/classifiers", tags=["classify"], summary="Saved classifiers", dependencies=Auth)
+    @app.get("/api/classifiers", tags=["classify"], summary="Saved classifiers", dependencies=Auth,
+             responses=_responses(401))
     def classifiers() -> dict:
         return {"items": [{k: v for k, v in row.items() if k != "path"} for row in current().classifiers()]}
 
     @app.post("/api/classify", tags=["classify"], summary="Classify an uploaded image with a saved classifier",
-              dependencies=Auth)
+              dependencies=Auth, responses=_responses(401, 404, 413, 422))
     def classify(file: Upload,
                  classifier: Annotated[str | None, Query(max_length=64, description="Classifier name (default: the newest).")] = None,
                  top: Annotated[int, Query(ge=1, le=100, description="How many classes to list.")] = 5) -> dict:

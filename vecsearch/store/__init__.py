@@ -7,17 +7,21 @@ SQLite holds the images, labels, classifiers and, per vector, its slot in the sh
 from __future__ import annotations
 
 import logging
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Iterable, Iterator
+from urllib.parse import quote
 
 import numpy as np
 from sqlalchemy import create_engine, delete, event, func, insert, select, update
+from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
-from ..errors import IndexNotFoundError
+from ..errors import IndexCorruptError, IndexNotFoundError
 from .shards import DIRNAME as SHARDS_DIRNAME
 from .shards import Shards
 from .models import Classifier, Image, ImagenetLabel, IndexInfo, Prediction, UserLabel, Vector
@@ -64,22 +68,61 @@ def _record(row: Image) -> ImageRecord:
 
 
 class Store:
-    """One index's SQLite database (WAL, so readers never wait for the indexer)."""
+    """One index's SQLite database (WAL, so readers never wait for the indexer).
 
-    def __init__(self, db_path: Path):
+    With `read_only` nothing is written, not even SQLite's WAL index files: for an index
+    folder the user cannot write (a backup, a shared disk). Migrations then cannot run,
+    so an index that needs one is refused with a message.
+    """
+
+    def __init__(self, db_path: Path, *, read_only: bool = False):
         self.path = Path(db_path)
-        self.engine = create_engine(f"sqlite:///{self.path}", connect_args={"timeout": 60})
-        event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.read_only = read_only
         self._shards: Shards | None = None
-        self.migrate()
+        self.engine = self._engine(immutable=False)
+        try:
+            if read_only:
+                try:
+                    self.check_current()
+                except OperationalError:
+                    # A read-only folder without the WAL's -shm file: SQLite cannot make one,
+                    # so read the file as it is (nothing can write to the folder meanwhile).
+                    self.engine.dispose()
+                    self.engine = self._engine(immutable=True)
+                    self.check_current()
+            else:
+                self.migrate()
+        except DatabaseError as e:
+            self.engine.dispose()
+            raise _database_error(self.path, e) from None
+        except BaseException:
+            self.engine.dispose()
+            raise
 
-    def migrate(self) -> None:
-        from alembic import command
+    def _engine(self, *, immutable: bool):
+        if not self.read_only:
+            engine = create_engine(f"sqlite:///{self.path}", connect_args={"timeout": 60})
+            event.listen(engine, "connect", _sqlite_pragmas)
+            return engine
+        mode = "immutable=1" if immutable else "mode=ro"
+        uri = f"file:{quote(str(self.path.absolute()))}?{mode}"
+        engine = create_engine("sqlite://", poolclass=NullPool,
+                               creator=lambda: sqlite3.connect(uri, uri=True, timeout=60, check_same_thread=False))
+        event.listen(engine, "connect", _sqlite_read_pragmas)
+        return engine
+
+    def _alembic(self):
         from alembic.config import Config
-        from alembic.runtime.migration import MigrationContext
 
         cfg = Config()
         cfg.set_main_option("script_location", str(migrations_dir()))
+        return cfg
+
+    def migrate(self) -> None:
+        from alembic import command
+        from alembic.runtime.migration import MigrationContext
+
+        cfg = self._alembic()
         with self.engine.begin() as conn:
             before = MigrationContext.configure(conn).get_current_revision()
             cfg.attributes["connection"] = conn
@@ -89,6 +132,19 @@ class Store:
             with self.engine.connect() as conn:
                 conn.exec_driver_sql("VACUUM")
             log.info("moved the vectors of %s into shard files", self.path)
+
+    def check_current(self) -> None:
+        """Refuse (read-only) an index whose database needs a migration."""
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        head = ScriptDirectory.from_config(self._alembic()).get_current_head()
+        with self.engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+        if current != head:
+            raise IndexCorruptError(
+                f"The index at {self.path.parent} needs a database upgrade ({current or 'none'} -> {head}), "
+                "which needs write access: run any vecsearch command on it once where the folder is writable.")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -383,12 +439,19 @@ class Store:
 
     # -- classes of the user's own, classifiers, predictions ----------------------
     def set_user_labels(self, rows: Iterable[tuple[int, str, str | None, str]]) -> int:
-        """Upsert (image_id, label, split, source) rows; returns how many were written."""
+        """Upsert (image_id, label, split, source) rows; returns how many were written.
+
+        Rows of images deleted meanwhile (a concurrent indexer) are skipped, as in
+        `set_imagenet_labels`: the caller compares the count with the rows it gave.
+        """
+        rows = [(int(r[0]), str(r[1]), r[2], r[3]) for r in rows]
         n = 0
         with self.session() as s, s.begin():
+            alive = _lock_and_keep_alive(s, [r[0] for r in rows], UserLabel.image_id)
             for image_id, label, split, source in rows:
-                s.merge(UserLabel(image_id=int(image_id), label=str(label), split=split, source=source))
-                n += 1
+                if image_id in alive:
+                    s.merge(UserLabel(image_id=image_id, label=label, split=split, source=source))
+                    n += 1
         return n
 
     def clear_user_labels(self, ids: Iterable[int] | None = None) -> None:
@@ -427,15 +490,22 @@ class Store:
             return list(s.scalars(select(Classifier).order_by(Classifier.created_at.desc(), Classifier.name)))
 
     def set_predictions(self, classifier: str, rows: Iterable[tuple[int, str, float]], *, replace: bool = True) -> int:
-        """Store (image_id, label, confidence) for one classifier, dropping its older ones if replace."""
+        """Store (image_id, label, confidence) for one classifier, dropping its older ones if replace.
+
+        Returns how many were written: rows of images deleted meanwhile (a concurrent
+        indexer) are skipped, not a foreign-key failure.
+        """
+        rows = [(int(r[0]), str(r[1]), float(r[2])) for r in rows]
         now = _now()
         n = 0
         with self.session() as s, s.begin():
             if replace:
                 s.execute(delete(Prediction).where(Prediction.classifier == classifier))
+            alive = _lock_and_keep_alive(s, [r[0] for r in rows], Prediction.image_id)
             for image_id, label, conf in rows:
-                s.merge(Prediction(image_id=int(image_id), classifier=classifier, label=str(label), confidence=float(conf), created_at=now))
-                n += 1
+                if image_id in alive:
+                    s.merge(Prediction(image_id=image_id, classifier=classifier, label=label, confidence=conf, created_at=now))
+                    n += 1
         return n
 
     def predictions(self, classifier: str | None = None) -> list[tuple[int, str, str, float]]:
@@ -514,9 +584,41 @@ class Store:
         return out
 
 
+def _lock_and_keep_alive(s: Session, ids: list[int], id_column) -> set[int]:
+    """Which of `ids` are still images, checked inside a write transaction.
+
+    A no-op DELETE first takes SQLite's write lock (a deferred transaction would otherwise
+    read before a concurrent indexer's delete commits), so the answer cannot go stale
+    before this transaction's inserts.
+    """
+    s.execute(delete(id_column.class_).where(id_column == -1))
+    alive: set[int] = set()
+    for part in _slices(sorted(set(ids))):
+        alive.update(s.scalars(select(Image.id).where(Image.id.in_(part))))
+    return alive
+
+
 def no_annotations() -> dict:
     """What `Store.annotations` gives an image that has none."""
     return {"imagenet_labels": [], "user_label": None, "predictions": []}
+
+
+def _database_error(path: Path, e: DatabaseError) -> Exception:
+    """A VecsearchError that says what is wrong with the database file, or `e` itself."""
+    text = str(getattr(e, "orig", None) or e)
+    low = text.lower()
+    if "not a database" in low or "malformed" in low or "encrypted" in low:
+        return IndexCorruptError(
+            f"The index database {path} is damaged ({text}). Restore the index folder from a backup, "
+            "or move it away and build it again with `vecsearch index`.")
+    return e
+
+
+def _sqlite_read_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.close()
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
