@@ -377,7 +377,7 @@ def test_a_damaged_database_is_one_line(built, damage):
 
 def test_files_of_the_index_that_are_folders_are_one_line(built):
     photos, index_dir = built
-    (index_dir / "vectors.faiss").unlink()
+    (index_dir / "vectors.faiss").unlink(missing_ok=True)
     (index_dir / "vectors.faiss").mkdir()
     _one_line_error(run("stats", "--index", index_dir, ok=False), "vectors.faiss", "move it away")
     (index_dir / "vectors.faiss").rmdir()
@@ -418,7 +418,7 @@ def _faiss_no_space(*args, **kwargs):
                        "Error: 'f' failed: could not open /full/vectors.faiss for writing: No space left on device")
 
 
-@pytest.mark.parametrize("where", ["database commit", "vector file", "classifier file", "export"])
+@pytest.mark.parametrize("where", ["database commit", "vector file", "search structure", "classifier file", "export"])
 def test_a_full_disk_is_one_line_at_every_write(built, tmp_path, monkeypatch, where):
     from vecsearch import files, store, vectors
 
@@ -428,6 +428,12 @@ def test_a_full_disk_is_one_line_at_every_write(built, tmp_path, monkeypatch, wh
         monkeypatch.setattr(store.Store, "apply", _sqlite_full)
         args = ["index", photos, "--index", index_dir, "--quiet"]
     elif where == "vector file":
+        from vecsearch.store import shards
+
+        monkeypatch.setattr(shards.Shards, "write", _no_space)
+        args = ["index", photos, "--index", index_dir, "--quiet"]
+    elif where == "search structure":
+        run("reindex", "--index", index_dir, "--index-type", "hnsw", "--quiet")
         monkeypatch.setattr(vectors.FaissIndex, "save", _faiss_no_space)
         args = ["index", photos, "--index", index_dir, "--quiet"]
     elif where == "classifier file":
@@ -436,7 +442,9 @@ def test_a_full_disk_is_one_line_at_every_write(built, tmp_path, monkeypatch, wh
         monkeypatch.setattr(files.os, "replace", _no_space)
         args = ["classify", "--knn", "--index", index_dir]
     else:
-        monkeypatch.setattr(np, "savez", _no_space)
+        from vecsearch import vector_files
+
+        monkeypatch.setattr(vector_files, "_write_npz", _no_space)
         args = ["export", tmp_path / "v.npz", "--index", index_dir]
     _one_line_error(run(*args, ok=False), "free some space")
 
