@@ -75,3 +75,46 @@ def test_streaming_reads_return_what_whole_reads_do(tiny_index, photos):
     some = ids[[7, 2, 9]]
     got = list(tiny_index.store.iter_vectors(some, chunk=2))
     np.testing.assert_array_equal(np.concatenate([c[0] for c in got]), np.sort(some))
+
+
+def test_damaged_vector_bytes_are_found_and_embedded_again(tiny_index, photos):
+    """Random bytes written into the stored vectors: the next run notices (checksums) and re-embeds them."""
+    tiny_index.add([photos])
+    ids, clean, _ = tiny_index.store.vectors()
+    paths = {tiny_index.store.image(int(i)).path: v for i, v in zip(ids, clean)}
+    shard = tiny_index.directory / "vectors" / "shard-000000.f32"
+    raw = bytearray(shard.read_bytes())
+    raw[5 * 128 + 8 : 5 * 128 + 16] = b"\xff" * 8  # inside row 5: a NaN and garbage
+    shard.write_bytes(bytes(raw))
+    damaged = tiny_index.store.damaged_vectors()
+    assert damaged and set(damaged) <= set(ids.tolist())  # the rows written with row 5 (one commit's)
+    tiny_index.refresh()
+    hits = tiny_index.search(clean[5], k=12)
+    assert all(np.isfinite(h.score) for h in hits)  # a damaged vector is never a result
+    s = tiny_index.add([photos])
+    assert s.repaired == len(damaged) and s.indexed == len(damaged)
+    assert tiny_index.store.damaged_vectors() == []
+    new_ids, new, _ = tiny_index.store.vectors()
+    for i, v in zip(new_ids, new):  # every vector is again the one its file embeds to
+        np.testing.assert_allclose(v, paths[tiny_index.store.image(int(i)).path], atol=1e-6)
+    hit = tiny_index.search(clean[5], k=1)[0]
+    assert hit.score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_flipped_bytes_in_the_search_structure_make_it_rebuild(photos, index_dir, caplog):
+    """Bytes changed inside vectors.faiss leave a readable file; its checksum catches it and the
+    structure is rebuilt from the stored vectors, with a warning, giving the same results."""
+    ix = open_index(index_dir, backbone="tiny", weights=None, seed=7, index_type="hnsw")
+    ix.add([photos])
+    ids, vecs, _ = ix.store.vectors()
+    want = [[h.id for h in ix.search(v, k=5)] for v in vecs]
+    ix.close()
+    path = index_dir / "vectors.faiss"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 16] = b"\x7f" * 16
+    path.write_bytes(bytes(raw))
+    with caplog.at_level("WARNING"):
+        ix = open_index(index_dir, create=False)
+    assert any("checksum" in r.getMessage() for r in caplog.records)
+    assert [[h.id for h in ix.search(v, k=5)] for v in vecs] == want
+    ix.close()

@@ -227,9 +227,16 @@ class VecIndex:
             self._ensure_info()
             self.refresh()
             had_structure = indexer.current_spec(self.store) is not None
+            damaged = self.store.damaged_vectors()
+            if damaged:
+                # Their bytes changed on disk since they were written: embed them anew.
+                log.warning("%d stored vectors are damaged (checksum mismatch); their images are embedded again",
+                            len(damaged))
+                self.store.forget_vectors(damaged)
             summary = indexer.run(self.store, self.extractor, roots, files, progress=progress,
                                   chunk_size=chunk_size, chunk_seconds=chunk_seconds, rejected=rejected)
             summary.retrained = self._open_searcher(writer=True) and had_structure
+            summary.repaired = len(damaged)
         return summary
 
     def reindex(self, *, index_type: str | None = None, max_memory: int | str | None = None,

@@ -64,6 +64,7 @@ class IndexSummary:
     total: int = 0
     seconds: float = 0.0
     retrained: bool = False  # the search structure was rebuilt: the collection outgrew it
+    repaired: int = 0  # stored vectors found damaged (checksum) and dropped, to be embedded again
 
     def to_dict(self) -> dict:
         return asdict(self)

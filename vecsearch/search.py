@@ -128,7 +128,7 @@ class Searcher:
                 rows = block[off : off + SCAN_ROWS]
                 ids = id_of_slot[start + off : start + off + len(rows)]
                 scores = q @ np.asarray(rows).T  # (n, rows)
-                dead = (ids < 0) | np.isin(ids, excluded)
+                dead = (ids < 0) | np.isin(ids, excluded) | ~np.isfinite(scores).all(axis=0)  # damaged rows too
                 if dead.any():
                     scores[:, dead] = -np.inf
                 best_s, best_i = _merge(best_s, best_i, scores, np.broadcast_to(ids, scores.shape), k)
@@ -160,6 +160,7 @@ class Searcher:
             vecs[live] = self.shards.read(unique[live])
         inverse = inverse.reshape(cand.shape)
         scores = np.einsum("nd,nrd->nr", q, vecs[inverse]).astype(np.float32)
+        dead |= ~np.isfinite(scores)  # a damaged stored vector is never a result
         scores[dead] = -np.inf
         ids = np.where(dead, -1, cand)
         best_s, best_i = _merge(np.full((len(q), 0), -np.inf, np.float32), np.full((len(q), 0), -1, np.int64),

@@ -9,6 +9,7 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-24
 """
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,12 @@ def upgrade() -> None:
     with op.batch_alter_table("index_info") as batch:
         batch.add_column(sa.Column("next_slot", sa.Integer, nullable=False, server_default="0"))
     op.add_column("vectors", sa.Column("slot", sa.Integer, nullable=True))
+    op.create_table(
+        "vector_chunks",  # a CRC-32 per written run of rows, so damaged shard data is found
+        sa.Column("start_slot", sa.Integer, primary_key=True),
+        sa.Column("count", sa.Integer, nullable=False),
+        sa.Column("crc32", sa.BigInteger, nullable=False),
+    )
     dim = conn.execute(sa.text("SELECT dim FROM index_info")).scalar()
     slot = 0
     if dim:
@@ -49,6 +56,8 @@ def upgrade() -> None:
                 break
             mat = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
             shards.write(slot, mat)
+            conn.execute(sa.text("INSERT INTO vector_chunks (start_slot, count, crc32) VALUES (:s, :n, :c)"),
+                         {"s": slot, "n": len(rows), "c": zlib.crc32(mat.tobytes())})
             conn.execute(sa.text("UPDATE vectors SET slot = :slot WHERE image_id = :id"),
                          [{"slot": slot + i, "id": r[0]} for i, r in enumerate(rows)])
             slot += len(rows)
@@ -74,6 +83,7 @@ def downgrade() -> None:
             mat = shards.read([r[1] for r in part])
             conn.execute(sa.text("UPDATE vectors SET data = :data WHERE image_id = :id"),
                          [{"data": mat[j].tobytes(), "id": r[0]} for j, r in enumerate(part)])
+    op.drop_table("vector_chunks")
     with op.batch_alter_table("vectors", recreate="always") as batch:
         batch.drop_column("slot")
         batch.alter_column("data", existing_type=sa.LargeBinary, nullable=False)

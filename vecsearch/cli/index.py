@@ -65,6 +65,9 @@ def index_cmd(
             warn(f"  failed: {f.path}: {f.reason}")
         for p in summary.removed_paths:
             warn(f"  removed: {p}")
+        if summary.repaired:
+            warn(f"  {summary.repaired} stored vectors were damaged on disk and were dropped; those under the "
+                 "folders indexed now were embedded again")
         if summary.retrained:
             warn(f"  the collection outgrew its {ix.info.index_type} search structure, which was rebuilt "
                  f"for {len(ix)} vectors")

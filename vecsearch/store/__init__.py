@@ -7,6 +7,7 @@ SQLite holds the images, labels, classifiers and, per vector, its slot in the sh
 from __future__ import annotations
 
 import logging
+import zlib
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,7 +25,7 @@ from sqlalchemy.pool import NullPool
 from ..errors import IndexCorruptError, IndexNotFoundError
 from .shards import DIRNAME as SHARDS_DIRNAME
 from .shards import Shards
-from .models import Classifier, Image, ImagenetLabel, IndexInfo, Prediction, UserLabel, Vector
+from .models import VectorChunk, Classifier, Image, ImagenetLabel, IndexInfo, Prediction, UserLabel, Vector
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +279,44 @@ class Store:
                 rows.extend(c.execute(q.where(id_column.in_(part))))
             return rows
 
+    def damaged_vectors(self) -> list[int]:
+        """Ids of images whose stored vector bytes no longer match the checksum they were written with.
+
+        Reads every committed shard row once (streaming): what `vecsearch index` runs first,
+        so a damaged vector is re-embedded rather than silently missing from results.
+        """
+        with self.engine.connect() as c:
+            chunks = c.execute(select(VectorChunk.start_slot, VectorChunk.count, VectorChunk.crc32)
+                               .order_by(VectorChunk.start_slot)).all()
+        bad: list[tuple[int, int]] = []
+        for start, count, crc in chunks:
+            got = 0
+            try:
+                for _, rows in self.shards.read_range(start, start + count):
+                    got = zlib.crc32(np.ascontiguousarray(rows).tobytes(), got)
+                    del rows
+            except IndexCorruptError:
+                got = -1  # the file is shorter than the rows it should hold
+            if got != crc:
+                bad.append((start, count))
+        if not bad:
+            return []
+        ids: list[int] = []
+        with self.engine.connect() as c:
+            for start, count in bad:
+                ids += [r[0] for r in c.execute(select(Vector.image_id).where(
+                    Vector.slot >= start, Vector.slot < start + count))]
+        return sorted(ids)
+
+    def forget_vectors(self, ids: Iterable[int]) -> None:
+        """Drop the vectors of these images and mark the files changed, so the next run embeds them anew."""
+        ids = [int(i) for i in ids]
+        with self.session() as s, s.begin():
+            for part in _slices(ids):
+                s.execute(delete(Vector).where(Vector.image_id.in_(part)))
+                s.execute(update(Image).where(Image.id.in_(part)).values(size=-1, sha256=None))
+            s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
+
     def vectors(self, ids: Iterable[int] | None = None, dim: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids, unit vectors, norms) for the given ids (all when None), ordered by id.
 
@@ -354,7 +393,9 @@ class Store:
                     changed.append(row.id)
             if new_rows:
                 # The rows reach the disk before the transaction that points at them commits.
-                self.shards.write(info.next_slot, np.stack(new_rows))
+                block = np.stack(new_rows).astype("<f4")
+                self.shards.write(info.next_slot, block)
+                s.add(VectorChunk(start_slot=info.next_slot, count=len(block), crc32=zlib.crc32(block.tobytes())))
                 info.next_slot = slot
             if changed or dropped:
                 s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
@@ -406,7 +447,9 @@ class Store:
                 s.execute(insert(UserLabel), [{"image_id": id_of[p], "label": lab, "split": split, "source": source}
                                               for p, (lab, split, source) in carried.items()])
             # The rows reach the disk before the transaction that points at them commits.
-            self.shards.write(start, vectors)
+            block = np.ascontiguousarray(vectors, "<f4")
+            self.shards.write(start, block)
+            s.add(VectorChunk(start_slot=start, count=len(block), crc32=zlib.crc32(block.tobytes())))
             info.next_slot = start + len(rows)
             s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
         return ids, len(existing)

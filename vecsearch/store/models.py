@@ -59,6 +59,15 @@ class Vector(Base):
     norm: Mapped[float | None] = mapped_column(Float, nullable=True)  # length before normalising (the ImageNet top needs it); None if imported without
 
 
+class VectorChunk(Base):
+    """A CRC-32 of one run of shard rows as written, so damaged vector data can be found."""
+
+    __tablename__ = "vector_chunks"
+    start_slot: Mapped[int] = mapped_column(Integer, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    crc32: Mapped[int] = mapped_column(BigInteger)
+
+
 class ImagenetLabel(Base):
     """Top-k ImageNet classes of one image, from the backbone's own classifier."""
 
