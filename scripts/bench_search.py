@@ -137,10 +137,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--q", type=int, default=200, help="queries per approximate type")
     ap.add_argument("--flat-q", type=int, default=20, help="queries for exact search (a full scan each)")
-    ap.add_argument("--types", default="flat,hnsw,auto,PCA256,IVF4096,PQ32x8")
+    ap.add_argument("--types", default="flat,hnsw,auto,PCA256,IVF4096,PQ64x8")
     ap.add_argument("--max-memory", default="4GB")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--reuse", action="store_true", help="reuse the index and ground truth already in --workdir")
     ap.add_argument("--child", default=None)
     for name in ("file", "queries", "truth", "index", "type"):
         ap.add_argument(f"--{name}")
@@ -157,14 +158,18 @@ def main() -> None:
     print(f"bench_search: N={args.n:,} vectors of {DIM}-d (synthetic, clustered, non-negative), k=10, "
           f"{os.cpu_count()} CPUs, workdir {work}", flush=True)
     try:
-        g = run_child("generate", n=args.n, q=args.q, file=file, queries=queries)
-        print(f"generated in {g['seconds']:.0f}s ({file.stat().st_size / 2**30:.1f} GiB .npz)", flush=True)
-        imp = run_child("import", n=args.n, q=args.q, file=file, index=index)
-        print(f"imported in {imp['seconds']:.0f}s ({args.n / imp['seconds']:,.0f} vectors/s), peak RSS {imp['rss_mb']:.0f} MB",
-              flush=True)
-        file.unlink()
-        tr = run_child("truth", n=args.n, q=args.q, index=index, queries=queries, truth=truth)
-        print(f"exact ground truth for {args.q} queries in {tr['seconds']:.0f}s", flush=True)
+        if args.reuse and (index / "index.db").exists() and truth.exists():
+            imp = {"seconds": float("nan")}
+            print(f"reusing the index and ground truth in {work}", flush=True)
+        else:
+            g = run_child("generate", n=args.n, q=args.q, file=file, queries=queries)
+            print(f"generated in {g['seconds']:.0f}s ({file.stat().st_size / 2**30:.1f} GiB .npz)", flush=True)
+            imp = run_child("import", n=args.n, q=args.q, file=file, index=index)
+            print(f"imported in {imp['seconds']:.0f}s ({args.n / imp['seconds']:,.0f} vectors/s), "
+                  f"peak RSS {imp['rss_mb']:.0f} MB", flush=True)
+            file.unlink()
+            tr = run_child("truth", n=args.n, q=args.q, index=index, queries=queries, truth=truth)
+            print(f"exact ground truth for {args.q} queries in {tr['seconds']:.0f}s", flush=True)
         rows = []
         for t in types:
             b = run_child("build", n=args.n, q=args.q, index=index, type=t, max_memory=args.max_memory)

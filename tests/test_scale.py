@@ -39,7 +39,7 @@ def _imported(tmp_path, model_meta, n, index_type, *, seed=0, max_memory=None, n
     return ix, vecs
 
 
-@pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivf-pq", "IVF32,SQ8", "PCA16,IVF32,PQ8x6"])
+@pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivf-pq", "IVF32,SQ8", "PCA16,IVF32,PQ8x6", "PCA16,IVF32,PQ4x6,Refine(SQ8)"])
 def test_every_index_type_matches_exact_search(tmp_path, model_meta, index_type):
     ix, _ = _imported(tmp_path, model_meta, 3000, index_type)
     ids, base, _ = ix.store.vectors()
@@ -67,7 +67,8 @@ def test_auto_chooses_by_size_and_budget():
     assert index_types.choose("auto", 10_000, 2048).factory == ""  # flat: small and fast enough
     assert index_types.choose("auto", 300_000, 2048).factory == "HNSW32"  # fits 4 GB with full vectors
     spec = index_types.choose("auto", 1_000_000, 2048, 4 * 2**30)
-    assert spec.factory.startswith("PCA256,IVF") and spec.memory_bytes <= 4 * 2**30  # compressed to fit
+    assert spec.factory == "PCA256,IVF4096,PQ64x8,Refine(SQ8)" and spec.memory_bytes <= 4 * 2**30  # compressed to fit
+    assert index_types.choose("auto", 1_000_000, 2048, 1 * 2**30).factory == "PCA256,IVF4096,PQ64x8"  # no room to refine
     assert index_types.choose("auto", 300_000, 2048, 1 * 2**30).factory.startswith("PCA256,IVF")  # tight budget
     with pytest.raises(VecsearchError, match="Raise --max-memory"):
         index_types.choose("auto", 100_000_000, 2048, 2**30)

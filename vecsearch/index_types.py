@@ -11,7 +11,8 @@ PCA's centring is harmless), whose order on unit vectors is the cosine order.
 
 Index types: `flat` (exact, no structure: a scan of the stored vectors), `hnsw`
 (`HNSW32` graph over full float vectors), `ivf-pq` (`PCA{p},IVF{nlist},PQ{m}x8`,
-parameters from the collection size), `auto` (one of those, by size and budget), or any
+parameters from the collection size; with an 8-bit full-vector re-ranking stage,
+`Refine(SQ8)`, when the budget allows), `auto` (one of those, by size and budget), or any
 FAISS factory string for experts (e.g. `OPQ32_128,IVF1024,PQ32x8`).
 """
 
@@ -72,7 +73,7 @@ def check_index_type(index_type: str) -> str:
     """A named type, or something that looks like a FAISS factory string (FAISS judges it at build)."""
     if index_type in NAMED_TYPES:
         return index_type
-    if isinstance(index_type, str) and re.match(r"^[A-Za-z][A-Za-z0-9_,.+=x-]*$", index_type) and any(
+    if isinstance(index_type, str) and re.match(r"^[A-Za-z][A-Za-z0-9_,.+=x()-]*$", index_type) and any(
             c.isupper() for c in index_type):
         return index_type
     raise VecsearchError(f"Unknown index type {index_type!r}; choose one of: {', '.join(NAMED_TYPES)}, "
@@ -147,14 +148,15 @@ def ivf_pq_params(n: int, dim: int) -> tuple[int, int, int, int]:
     return p, nlist, m, nbits
 
 
-def ivf_pq_factory(n: int, dim: int) -> str:
+def ivf_pq_factory(n: int, dim: int, refine: bool = False) -> str:
     p, nlist, m, nbits = ivf_pq_params(n, dim)
-    return (f"PCA{p}," if p < dim else "") + f"IVF{nlist},PQ{m}x{nbits}"
+    return (f"PCA{p}," if p < dim else "") + f"IVF{nlist},PQ{m}x{nbits}" + (",Refine(SQ8)" if refine else "")
 
 
-def ivf_pq_bytes(n: int, dim: int) -> int:
+def ivf_pq_bytes(n: int, dim: int, refine: bool = False) -> int:
     p, nlist, m, nbits = ivf_pq_params(n, dim)
-    return int(n * (m * nbits / 8 + 8) * 1.05 + nlist * p * 4 + (dim * p * 4 if p < dim else 0) + 2**nbits * p * 4)
+    codes = n * (m * nbits / 8 + 8) * 1.05 + nlist * p * 4 + (dim * p * 4 if p < dim else 0) + 2**nbits * p * 4
+    return int(codes + (n * dim + 2 * dim * 4 if refine else 0))
 
 
 def train_size(factory: str, n: int, dim: int, budget: int) -> int:
@@ -186,6 +188,10 @@ def estimate_bytes(factory: str, n: int, dim: int) -> int:
         code = dim // 2
     else:
         code = dim * 4
+    if "Refine(SQ8)" in factory:
+        code += dim
+    elif "RFlat" in factory or "Refine(Flat)" in factory:
+        code += dim * 4
     return int(n * (code + 8) * 1.05)
 
 
@@ -198,7 +204,11 @@ def choose(index_type: str, n: int, dim: int, max_memory: int | None = None) -> 
     if index_type == "hnsw":
         return IndexSpec("hnsw", f"HNSW{HNSW_M}", "ip", n, {"efSearch": HNSW_EF_SEARCH}, True, hnsw_bytes(n, dim))
     if index_type == "ivf-pq":
-        return IndexSpec("ivf-pq", ivf_pq_factory(n, dim), "l2", n, {}, True, ivf_pq_bytes(n, dim))
+        # PQ codes of a PCA projection find the right lists but rank poorly where neighbours
+        # are close together; an 8-bit copy of the full vectors (SQ8, dim bytes each) re-ranks
+        # their candidates in RAM first, when the budget has room for it.
+        refine = ivf_pq_bytes(n, dim, True) <= budget
+        return IndexSpec("ivf-pq", ivf_pq_factory(n, dim, refine), "l2", n, {}, True, ivf_pq_bytes(n, dim, refine))
     if index_type != "auto":
         return IndexSpec(index_type, index_type, "l2", n, {}, True, estimate_bytes(index_type, n, dim))
     if n <= FLAT_MAX and flat_bytes(n, dim) <= budget:
@@ -206,7 +216,7 @@ def choose(index_type: str, n: int, dim: int, max_memory: int | None = None) -> 
     elif n <= HNSW_MAX and hnsw_bytes(n, dim) <= budget:
         spec = choose("hnsw", n, dim)
     else:
-        spec = choose("ivf-pq", n, dim)
+        spec = choose("ivf-pq", n, dim, budget)
         if spec.memory_bytes > budget:
             raise VecsearchError(f"{n} vectors of {dim} dimensions need about {format_bytes(spec.memory_bytes)} even "
                                  f"compressed; the budget is {format_bytes(budget)}. Raise --max-memory.")

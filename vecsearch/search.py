@@ -238,7 +238,11 @@ def _param_grid(faiss: FaissIndex) -> list[dict]:
         import re
 
         nlist = int(re.search(r"IVF(\d+)", factory).group(1))
-        return [{"nprobe": p} for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p <= nlist] or [{"nprobe": 1}]
+        probes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p <= nlist] or [1]
+        # With a refinement stage, more candidates go through it before the exact re-ranking:
+        # cheap (8-bit codes in RAM), and what decides recall where PQ ranks poorly.
+        factors = (1, 4, 16, 64) if "Refine" in factory else (None,)
+        return [{"nprobe": p} | ({"k_factor_rf": f} if f else {}) for f in factors for p in probes]
     if factory.startswith("HNSW"):
         return [{"efSearch": e} for e in (16, 32, 64, 128, 256, 512)]
     return [dict(faiss.params)]

@@ -202,10 +202,16 @@ class FaissIndex:
         8x less). False, doing nothing, when the structure has no pre-transform.
         """
         faiss = _faiss()
-        outer = faiss.downcast_index(self._index)
+        top = faiss.downcast_index(self._index)
+        if isinstance(top, faiss.IndexIDMap2):
+            top = faiss.downcast_index(top.index)
+        refine = top if isinstance(top, faiss.IndexRefine) else None
+        outer = faiss.downcast_index(refine.base_index) if refine is not None else top
         if self.is_trained or not isinstance(outer, faiss.IndexPreTransform):
             return False
         x = self._as_matrix(transform_sample, "training vectors")
+        if refine is not None:  # the 8-bit refinement learns each dimension's range from the small sample
+            faiss.downcast_index(refine.refine_index).train(x)
         chain = [faiss.downcast_VectorTransform(outer.chain.at(i)) for i in range(outer.chain.size())]
         for vt in chain:
             if not vt.is_trained:
@@ -223,6 +229,9 @@ class FaissIndex:
         except RuntimeError as e:
             raise VecsearchError(f"Training {self.factory} failed: {_faiss_message(e)}") from None
         outer.is_trained = True
+        if refine is not None:
+            refine.is_trained = True
+        self._index.is_trained = True  # an IndexIDMap2 wrapper keeps its own flag
         self.set_params(self.params)
         return True
 
@@ -267,6 +276,12 @@ class FaissIndex:
         return removed
 
     def _rebuild_without(self, gone: np.ndarray, force: bool) -> int:
+        if self.factory not in ("Flat", f"HNSW{HNSW_M}"):
+            # A trained structure rebuilt from its own (compressed) vectors would need training
+            # again: the ids stay inside, dead, until the next rebuild; re-ranking drops them.
+            if force:
+                raise VecsearchError(f"{self.factory} cannot remove vectors; rebuild it (vecsearch reindex).")
+            return 0
         all_ids = self._id_array()
         keep = ~np.isin(all_ids, gone)
         try:
