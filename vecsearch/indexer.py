@@ -39,7 +39,7 @@ CHUNK_SIZE = 64
 """Images per commit: a killed run loses at most this many, and the next run resumes there."""
 CHUNK_SECONDS = 10.0
 """...or this long, whichever comes first, so slow images still commit often."""
-ADD_CHUNK = 1 << 16
+ADD_CHUNK = 1 << 14
 """Vectors read from the shards per step when a structure is built or synced."""
 PCA_TRAIN = 1 << 15
 """Vectors a PCA pre-transform learns from (about 16 per dimension at 2048-d)."""

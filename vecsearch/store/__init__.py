@@ -148,6 +148,8 @@ class Store:
                 "which needs write access: run any vecsearch command on it once where the folder is writable.")
 
     def close(self) -> None:
+        if self._shards is not None:
+            self._shards.close()
         self.engine.dispose()
 
     def session(self) -> Session:

@@ -14,6 +14,7 @@ of vectors in chunks keeps the process's memory flat.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +22,8 @@ import numpy as np
 
 SHARD_ROWS = 1 << 16
 """Rows per shard file: 512 MiB of 2048-d float32."""
+PREAD_ROWS = 4096
+"""Reads of at most this many rows use pread; larger ones map the shard."""
 DIRNAME = "vectors"
 
 
@@ -31,6 +34,28 @@ class Shards:
         self.directory = Path(directory)
         self.dim = int(dim)
         self.row_bytes = 4 * self.dim
+        self._fds: dict[int, int] = {}  # shard -> read-only descriptor, for the small reads of re-ranking
+        self._fds_lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._fds_lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+    def _fd(self, shard: int) -> int:
+        with self._fds_lock:
+            fd = self._fds.get(shard)
+            if fd is None:
+                try:
+                    fd = os.open(self.path(shard), os.O_RDONLY)
+                except FileNotFoundError as e:
+                    from ..errors import IndexCorruptError
+
+                    raise IndexCorruptError(f"Vector file {self.path(shard)} is missing. Restore the index folder "
+                                            "from a backup or `vecsearch export`, or index again.") from e
+                self._fds[shard] = fd
+            return fd
 
     def path(self, shard: int) -> Path:
         return self.directory / f"shard-{shard:06d}.f32"
@@ -62,6 +87,18 @@ class Shards:
         if not len(slots):
             return out
         shard_of, row_of = np.divmod(slots, SHARD_ROWS)
+        if len(slots) <= PREAD_ROWS:
+            # A few rows (re-ranking a query's candidates): positional reads through the page
+            # cache. No mapping is set up per call, and nothing stays in this process's memory.
+            for j, (shard, row) in enumerate(zip(shard_of.tolist(), row_of.tolist())):
+                buf = os.pread(self._fd(shard), self.row_bytes, row * self.row_bytes)
+                if len(buf) != self.row_bytes:
+                    from ..errors import IndexCorruptError
+
+                    raise IndexCorruptError(f"Vector file {self.path(shard)} is shorter than the index says. Restore "
+                                            "the index folder from a backup or `vecsearch export`, or index again.")
+                out[j] = np.frombuffer(buf, "<f4")
+            return out
         for shard in np.unique(shard_of):
             where = np.flatnonzero(shard_of == shard)
             rows = row_of[where]
