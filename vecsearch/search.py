@@ -19,8 +19,8 @@ from .index_types import IndexSpec
 from .store.shards import SHARD_ROWS, Shards
 from .vectors import FaissIndex, normalize
 
-SCAN_ROWS = 1 << 15
-"""Rows scored per step of an exact scan: 256 MiB of 2048-d float32."""
+SCAN_ROWS = 1 << 13
+"""Rows scored per step of an exact scan: 64 MiB of 2048-d float32 mapped at a time."""
 RERANK_BYTES = 64 << 20
 """Candidate vectors held at once while re-ranking a batch of queries."""
 
@@ -123,16 +123,16 @@ class Searcher:
         best_s = np.full((n, 0), -np.inf, np.float32)
         best_i = np.full((n, 0), -1, np.int64)
         id_of_slot = self.map.id_of_slot
-        for start, block in self.shards.read_range(0, self.map.next_slot):
-            for off in range(0, len(block), SCAN_ROWS):
-                rows = block[off : off + SCAN_ROWS]
-                ids = id_of_slot[start + off : start + off + len(rows)]
+        end = self.map.next_slot
+        for step in range(0, end, SCAN_ROWS):  # one bounded mapping at a time, dropped after use
+            for start, rows in self.shards.read_range(step, min(step + SCAN_ROWS, end)):
+                ids = id_of_slot[start : start + len(rows)]
                 scores = q @ np.asarray(rows).T  # (n, rows)
+                del rows
                 dead = (ids < 0) | np.isin(ids, excluded) | ~np.isfinite(scores).all(axis=0)  # damaged rows too
                 if dead.any():
                     scores[:, dead] = -np.inf
                 best_s, best_i = _merge(best_s, best_i, scores, np.broadcast_to(ids, scores.shape), k)
-            del block
         return _finish(best_s, best_i, k)
 
     def _rerank(self, q: np.ndarray, k: int, excluded: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:

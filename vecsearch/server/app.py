@@ -522,7 +522,8 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
         return ix.classify(q, model=model, top=top).to_dict()
 
     @app.get("/api/images/{image_id}/explain", tags=["explain"], dependencies=Auth, response_class=Response,
-             summary="Heatmap of what the model looks at in an indexed image", responses=_PNG)
+             summary="Heatmap of what the model looks at in an indexed image",
+             responses=_responses(401, 404, 422, _200=_PNG[200]))
     def explain_image(image_id: ImageId, like: Like = None, imagenet_class: ImagenetClass = None,
                       classifier: ClassifierName = None, label: Label = None, side: Side = EXPLAIN_SIDE) -> Response:
         """Where the evidence lies for the similarity to image `like`, an ImageNet `class`, or a classifier's class."""
@@ -531,7 +532,8 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
         return _png(result)
 
     @app.post("/api/explain", tags=["explain"], dependencies=Auth, response_class=Response,
-              summary="Heatmap of what the model looks at in an uploaded image", responses=_PNG)
+              summary="Heatmap of what the model looks at in an uploaded image",
+              responses=_responses(401, 404, 413, 422, _200=_PNG[200]))
     def explain_upload(file: Upload, like: Like = None, imagenet_class: ImagenetClass = None,
                        classifier: ClassifierName = None, label: Label = None, side: Side = EXPLAIN_SIDE) -> Response:
         """As `GET /api/images/{id}/explain`, for the image in multipart field `file`."""
@@ -540,7 +542,8 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
         return _png(result)
 
     @app.post("/api/images/{image_id}/explain", tags=["explain"], dependencies=Auth, response_class=Response,
-              summary="Why an indexed image is similar to an uploaded one", responses=_PNG)
+              summary="Why an indexed image is similar to an uploaded one",
+              responses=_responses(401, 404, 413, 422, _200=_PNG[200]))
     def explain_like_upload(image_id: ImageId, file: Upload, side: Side = EXPLAIN_SIDE) -> Response:
         """The heatmap over indexed image `image_id` of its similarity to the image in multipart field `file`."""
         ix.image(image_id)  # an unknown id is a 404 before the upload is decoded
