@@ -229,7 +229,9 @@ class Reader:
                 buf = f.read(n * row_bytes)
                 if len(buf) != n * row_bytes:
                     raise VecsearchError(f"{self.path} is truncated.")
-                vecs = np.frombuffer(buf, self._dtype).reshape(n, self.dim).astype(np.float32)
+                vecs = np.frombuffer(buf, self._dtype).reshape(n, self.dim)
+                if vecs.dtype != np.float32:
+                    vecs = vecs.astype(np.float32)
                 yield Batch(paths[start : start + n], vecs, None if norms is None else norms[start : start + n])
 
     def _parquet_batches(self, size: int) -> Iterator[Batch]:

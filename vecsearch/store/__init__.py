@@ -397,7 +397,7 @@ class Store:
                 # The rows reach the disk before the transaction that points at them commits.
                 block = np.stack(new_rows).astype("<f4")
                 self.shards.write(info.next_slot, block)
-                s.add(VectorChunk(start_slot=info.next_slot, count=len(block), crc32=zlib.crc32(block.tobytes())))
+                s.add(VectorChunk(start_slot=info.next_slot, count=len(block), crc32=zlib.crc32(memoryview(block).cast("B"))))
                 info.next_slot = slot
             if changed or dropped:
                 s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
@@ -451,7 +451,7 @@ class Store:
             # The rows reach the disk before the transaction that points at them commits.
             block = np.ascontiguousarray(vectors, "<f4")
             self.shards.write(start, block)
-            s.add(VectorChunk(start_slot=start, count=len(block), crc32=zlib.crc32(block.tobytes())))
+            s.add(VectorChunk(start_slot=start, count=len(block), crc32=zlib.crc32(memoryview(block).cast("B"))))
             info.next_slot = start + len(rows)
             s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
         return ids, len(existing)

@@ -74,7 +74,7 @@ class Shards:
             n = min(len(rows) - done, SHARD_ROWS - row)
             fd = os.open(self.path(shard), os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                os.pwrite(fd, rows[done : done + n].tobytes(), row * self.row_bytes)
+                os.pwrite(fd, memoryview(rows[done : done + n]).cast("B"), row * self.row_bytes)  # no copy
                 os.fsync(fd)
             finally:
                 os.close(fd)
