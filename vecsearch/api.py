@@ -319,26 +319,30 @@ class VecIndex:
         """
         if self.searcher is None:
             self._require_info()
-        exclude: set[int] = set()
+        q, _, found = self._query_vector(query, "search with")
+        exclude = {found} if found is not None and not include_self else set()
+        return self.search_vector(q, k, exclude=exclude)
+
+    def _query_vector(self, query, what: str) -> tuple[np.ndarray, Path | None, int | None]:
+        """(unit vector, file path or None, id of the indexed file whose vector it reuses or None).
+
+        One place turns every query form -- a vector, image bytes, an image file, a PIL
+        image -- into a vector, for search and classification alike.
+        """
         if isinstance(query, np.ndarray):
-            q = normalize(query.astype(np.float32).reshape(-1))
-        elif isinstance(query, (bytes, bytearray, memoryview)):
-            q = self.embed_bytes(bytes(query))
-        elif isinstance(query, (str, os.PathLike)):
+            return normalize(query.astype(np.float32).reshape(-1)), None, None
+        if isinstance(query, (bytes, bytearray, memoryview)):
+            return self.embed_bytes(bytes(query)), None, None
+        if isinstance(query, (str, os.PathLike)):
             p = images.absolute(query)
             if not os.path.lexists(p):
                 raise InputNotFoundError(f"No such file: {p}")
-            found, q = self._stored_vector(p)
-            if found is not None and not include_self:
-                exclude.add(found)
-            if q is None:
-                q = self.embed([p])[0]
-        elif hasattr(query, "save") and hasattr(query, "mode"):  # a PIL image
-            q = self.embed_image(query)
-        else:
-            raise VecsearchError(f"Cannot search with a {type(query).__name__}: give an image path, "
-                                 "a vector, image bytes or a PIL image.")
-        return self.search_vector(q, k, exclude=exclude)
+            found, vector = self._stored_vector(p)
+            return (self.embed([p])[0] if vector is None else vector), p, found
+        if hasattr(query, "save") and hasattr(query, "mode"):  # a PIL image
+            return self.embed_image(query), None, None
+        raise VecsearchError(f"Cannot {what} a {type(query).__name__}: give an image path, "
+                             "a vector, image bytes or a PIL image.")
 
     def search_vector(self, q: np.ndarray, k: int = DEFAULT_K, *, exclude: set[int] | None = None) -> list[Hit]:
         """The k indexed images nearest a unit vector, best first; ids in `exclude` left out."""
@@ -562,21 +566,9 @@ class VecIndex:
         from `classifier()` already loaded (the server caches them).
         """
         row, clf = model or self.classifier(name, kind)
-        path = None
-        if isinstance(query, np.ndarray):
-            vector = normalize(query.astype(np.float32).reshape(-1))
-        elif isinstance(query, (bytes, bytearray, memoryview)):
-            vector = self.embed_bytes(bytes(query))
-        elif isinstance(query, (str, os.PathLike)):
-            p = images.absolute(query)
-            vector, path = self.vectors_for([p])[0], str(p)
-        elif hasattr(query, "save") and hasattr(query, "mode"):
-            vector = self.embed_image(query)
-        else:
-            raise VecsearchError(f"Cannot classify a {type(query).__name__}: give an image path, "
-                                 "image bytes, a PIL image or a vector.")
+        vector, path, _ = self._query_vector(query, "classify")
         with self._model_lock:  # a fine-tuned head is a Keras model too
-            return classifiers.classification(clf, row, vector, top=top, path=path)
+            return classifiers.classification(clf, row, vector, top=top, path=None if path is None else str(path))
 
     # -- fine-tuning ----------------------------------------------------------------------
     def finetune(self, *, name: str = HEAD_NAME, params: finetune.HeadParams | None = None,
