@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import VecsearchError
 from .index_types import IndexSpec
-from .store.shards import SHARD_ROWS, Shards
+from .store.shards import Shards
 from .vectors import FaissIndex, normalize
 
 SCAN_ROWS = 1 << 13
@@ -255,4 +255,4 @@ def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
     return float(np.mean(hits)) if hits else 1.0
 
 
-__all__ = ["Searcher", "SlotMap", "RWLock", "recall_at", "SHARD_ROWS"]
+__all__ = ["Searcher", "SlotMap", "RWLock", "recall_at", "tune"]

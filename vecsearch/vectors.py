@@ -25,10 +25,7 @@ from .files import atomic_write
 
 logger = logging.getLogger(__name__)
 
-from .index_types import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, NAMED_TYPES
-
-INDEX_TYPES = NAMED_TYPES
-"""What `--index-type` takes (also any FAISS factory string): `index_type` everywhere."""
+from .index_types import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M
 SMALL_BATCH = 16  # fewer queries than this run on one OpenMP thread
 
 
