@@ -6,6 +6,7 @@ SQLite holds the images, labels, classifiers and, per vector, its slot in the sh
 
 from __future__ import annotations
 
+import json
 import logging
 import zlib
 import sqlite3
@@ -25,7 +26,7 @@ from sqlalchemy.pool import NullPool
 from ..errors import IndexCorruptError, IndexNotFoundError
 from .shards import DIRNAME as SHARDS_DIRNAME
 from .shards import Shards
-from .models import VectorChunk, Classifier, Image, ImagenetLabel, IndexInfo, Prediction, UserLabel, Vector
+from .models import VectorChunk, Classifier, Image, ImagenetLabel, IndexInfo, Prediction, Setting, UserLabel, Vector
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,17 @@ class Store:
         """Record the search structure just built (no new generation: the vectors did not change)."""
         with self.session() as s, s.begin():
             s.execute(update(IndexInfo).values(index_spec=spec_json))
+
+    # -- settings later runs remember --------------------------------------------
+    def setting(self, key: str, default=None):
+        """A remembered per-index option (decoded JSON), or `default` when never set."""
+        with self.session() as s:
+            row = s.get(Setting, key)
+            return default if row is None else json.loads(row.value)
+
+    def set_setting(self, key: str, value) -> None:
+        with self.session() as s, s.begin():
+            s.merge(Setting(key=key, value=json.dumps(value)))
 
     def generation(self) -> int:
         with self.engine.connect() as c:

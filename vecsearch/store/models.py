@@ -27,11 +27,20 @@ class IndexInfo(Base):
     index_type: Mapped[str] = mapped_column(String(16), default="flat")  # a named type or a FAISS factory string
     max_memory: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # auto's budget in bytes
     index_spec: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: the structure built (index_types.IndexSpec)
+    precision: Mapped[str | None] = mapped_column(String(16), nullable=True)  # "float32" | "mixed"; None = float32 (before 0.3)
     # Bumped by every commit that changes vectors; the FAISS sidecar records the one it holds.
     generation: Mapped[int] = mapped_column(Integer, default=0)
     # The shard commit point: slots below it hold committed vectors and never change.
     next_slot: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column()
+
+
+class Setting(Base):
+    """A per-index option that later runs remember (JSON value), e.g. "exclude": the globs `index` skips."""
+
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 class Image(Base):
