@@ -358,11 +358,14 @@ class VecIndex:
         hits = [(i, s) for i, s in pairs if i in recs]  # one deleted in between is skipped
         return [Hit(rank=n + 1, id=i, path=recs[i].path, score=s) for n, (i, s) in enumerate(hits)]
 
-    def similar(self, image_id: int, k: int = DEFAULT_K) -> list[Hit]:
-        """Neighbours of an indexed image by its stored vector (no model call), itself left out."""
+    def similar(self, image_id: int, k: int = DEFAULT_K, **filters) -> list[Hit]:
+        """Neighbours of an indexed image by its stored vector (no model call), itself left out.
+
+        `filters` are `search_vector`'s (`under`, `label`, `predicted`, `min_score`).
+        """
         self._require_info()
         self.refresh()
-        return self.search_vector(self.vector(image_id), k, exclude={image_id})
+        return self.search_vector(self.vector(image_id), k, exclude={image_id}, **filters)
 
     # -- images ---------------------------------------------------------------------------
     def image(self, image_id: int) -> ImageRecord:
@@ -371,6 +374,26 @@ class VecIndex:
         if rec is None:
             raise NotIndexedError(f"No indexed image with id {image_id}.")
         return rec
+
+    def original(self, image_id: int, *, max_bytes: int = images.MAX_IMAGE_BYTES) -> images.FileStream:
+        """The file of an indexed image, opened to be read once in chunks (iterate it, or close it).
+
+        Found by id only, and only when it is still the file that was indexed: status ok, the
+        size and mtime recorded, and bytes Pillow knows as an image. What a path holds now may
+        be something else (a link repointed, a file replaced); that is refused as not indexed.
+        """
+        rec = self.image(image_id)
+        if rec.status != "ok":
+            raise NotIndexedError(f"Image {image_id} was not indexed: {rec.reason}.")
+        try:
+            f = images.open_stream(rec.path, max_bytes=max_bytes)
+        except BadImageError as e:
+            raise NotIndexedError(f"The file of image {image_id} cannot be read at {rec.path}: {e.reason}.") from None
+        if (f.size, f.mtime_ns) != (rec.size, rec.mtime_ns) or f.media_type is None:
+            f.close()
+            raise NotIndexedError(f"The file of image {image_id} at {rec.path} has changed since it was indexed: "
+                                  "index its folder again.")
+        return f
 
     def images(self, offset: int = 0, limit: int = 100, status: str | None = None) -> tuple[int, list[ImageRecord]]:
         """(total, one page of image records by id), all or only "ok" / "failed" ones."""

@@ -664,3 +664,82 @@ def thumbnail_jpeg(
 def read_bytes(path: str | os.PathLike, *, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
     """An image file's bytes through the guarded reader (regular files only, byte cap, time limit)."""
     return read_file(path, max_bytes)
+
+
+# -- serving an original file ----------------------------------------------------------------
+class FileStream:
+    """A regular file opened through the guarded checks, read once in chunks (`for chunk in f`).
+
+    The reading stops at the size seen when opened, so a Content-Length sent from `size`
+    holds even if the file grows. The file closes when the chunks run out, or on `close()`.
+    """
+
+    def __init__(self, path: Path, stack, fd: int, st: os.stat_result, head: bytes):
+        self.path = path
+        self.size = st.st_size
+        self.mtime_ns = st.st_mtime_ns
+        self.media_type = media_type(head)
+        self._stack = stack
+        self._fd = fd
+        self._head = head
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            if self._fd < 0:
+                return
+            left = self.size - len(self._head)
+            if self._head:
+                yield self._head
+            while left > 0:
+                try:
+                    chunk = os.read(self._fd, min(_CHUNK, left))
+                except OSError as exc:
+                    raise BadImageError(os_reason(exc), path=str(self.path)) from exc
+                if not chunk:
+                    return  # it shrank since the stat: the client sees a short body
+                left -= len(chunk)
+                yield chunk
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._fd = -1
+        self._stack.close()
+
+    def __del__(self):  # a response never sent still closes its file
+        self._stack.close()
+
+
+def open_stream(path: str | os.PathLike, *, max_bytes: int = MAX_IMAGE_BYTES) -> FileStream:
+    """An image file opened for streaming: regular files only, under the byte cap; else BadImageError.
+
+    Its `media_type` is read from the first bytes (Pillow's own identification), never from
+    the name, and is None for anything Pillow does not recognise as an image.
+    """
+    from contextlib import ExitStack
+
+    path = Path(path)
+    stack = ExitStack()
+    try:
+        fd, st = stack.enter_context(_open_regular(path))
+        if st.st_size > max_bytes:
+            raise BadImageError(f"file too large: {st.st_size} bytes exceeds the cap of {max_bytes}", path=str(path))
+        try:
+            head = os.read(fd, min(_CHUNK, st.st_size))
+        except OSError as exc:
+            raise BadImageError(os_reason(exc), path=str(path)) from exc
+        return FileStream(path, stack, fd, st, head)
+    except BaseException:
+        stack.close()
+        raise
+
+
+def media_type(head: bytes) -> str | None:
+    """The image/* MIME type of a file's first bytes as Pillow identifies them, else None."""
+    try:
+        with Image.open(io.BytesIO(head)) as im:
+            fmt = im.format
+    except Exception:  # noqa: BLE001 -- any failure to identify means "not known as an image"
+        return None
+    mime = Image.MIME.get(fmt or "")
+    return mime if mime and mime.startswith("image/") else None

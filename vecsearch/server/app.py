@@ -21,12 +21,15 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Iterable
+from urllib.parse import quote, urlencode
 
 from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -67,6 +70,16 @@ ImagenetClass = Annotated[str | None, Query(alias="class", max_length=100, descr
 ClassifierName = Annotated[str | None, Query(max_length=64, description="A saved probe or fine-tuned head instead.")]
 Label = Annotated[str | None, Query(max_length=200, description="With `classifier`: the class to explain (default: its prediction).")]
 Side = Annotated[int, Query(ge=16, le=1024, description="Longest side of the PNG in pixels.")]
+_TEXT = r"^[^\x00-\x1f\x7f]*$"  # no control characters: they are never in a label, and NUL breaks paths
+Under = Annotated[str | None, Query(min_length=1, max_length=4096, pattern=_TEXT,
+                                    description="Only images in this folder, at any depth (an absolute path, as in results' `folder`).")]
+UserLabelFilter = Annotated[str | None, Query(min_length=1, max_length=200, pattern=_TEXT,
+                                              description="Only images taught this user label (`vecsearch teach`).")]
+Predicted = Annotated[str | None, Query(min_length=1, max_length=200, pattern=_TEXT,
+                                        description="Only images a saved classifier predicted as this label.")]
+MinScore = Annotated[float | None, Query(ge=-1.0, le=1.0, allow_inf_nan=False,
+                                         description="Only results at least this similar (cosine, -1..1).")]
+DOCS_STATIC = "/static/docs"
 _PNG = {200: {"content": {"image/png": {}}, "description": "The heatmap over the image (PNG, the image's aspect ratio)."}}
 
 
@@ -402,6 +415,7 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
                 ix.close()
 
     app = FastAPI(
+        docs_url=None, redoc_url=None,  # served below from the package's files: /docs works offline
         title="vecsearch",
         version=_version(),
         summary="Similarity search over an image index built with `vecsearch index`.",
@@ -409,7 +423,7 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
             "Search by an uploaded image or by an indexed image's id; read an image's metadata, ImageNet labels, "
             "user label and predictions; fetch thumbnails of indexed images (by id only); classify an upload with "
             "a saved classifier. Errors are JSON objects with an `error` key. When the server has a token, send it "
-            "as `Authorization: Bearer TOKEN` (or `?token=TOKEN`)."
+            "as `Authorization: Bearer TOKEN` (or `?token=TOKEN`); in a browser, open the page as `/?token=TOKEN`."
         ),
         lifespan=lifespan,
     )
@@ -429,8 +443,7 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
         else:
             given = request.query_params.get("token", "").encode()
         if not given or not hmac.compare_digest(given, svc.token.encode()):
-            raise StarletteHTTPException(401, "Missing or wrong token: send `Authorization: Bearer TOKEN`.",
-                                         headers={"WWW-Authenticate": "Bearer"})
+            raise StarletteHTTPException(401, _token_help(request), headers={"WWW-Authenticate": "Bearer"})
 
     def current() -> VecIndex:
         """The index, reloaded first if another process committed to it."""
@@ -441,8 +454,11 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
 
     @app.get("/", include_in_schema=False)
     def page() -> HTMLResponse:
+        # The shell needs no token: the page reads it from `/?token=` and sends it on API calls.
         html = resources.files("vecsearch.server").joinpath("page.html").read_text(encoding="utf-8")
-        return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
+        return HTMLResponse(html, headers={"Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"})
+
+    _install_docs(app)
 
     @app.get("/api/health", tags=["service"], summary="Liveness and what is loaded", responses=_responses())
     def health() -> dict:
@@ -462,19 +478,27 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
 
     @app.post("/api/search", tags=["search"], summary="Images most similar to an uploaded image", dependencies=Auth,
               responses=_responses(401, 413, 422))
-    def search_upload(file: Upload, k: K = DEFAULT_K, offset: Offset = 0) -> dict:
-        """Multipart upload in field `file`; results are best first, ranks counted from 1 over all pages."""
+    def search_upload(file: Upload, k: K = DEFAULT_K, offset: Offset = 0, under: Under = None,
+                      label: UserLabelFilter = None, predicted: Predicted = None,
+                      min_score: MinScore = None) -> dict:
+        """Multipart upload in field `file`; results are best first, ranks counted from 1 over all pages.
+
+        The filters (`under`, `label`, `predicted`, `min_score`) keep only the images that pass all of them.
+        """
+        filters = _filters(under, label, predicted, min_score)
         q = svc.embed_upload(_read_upload(svc, file))
-        hits = current().search_vector(q, k + offset)[offset:]
-        return _results(ix, hits, k=k, offset=offset, next_url=_next("/api/search", k, offset, len(hits)))
+        hits = current().search_vector(q, k + offset, **filters)[offset:]
+        return _results(ix, hits, k=k, offset=offset, next_url=_next("/api/search", k, offset, len(hits), filters))
 
     @app.get("/api/images/{image_id}/similar", tags=["search"], summary="Images most similar to an indexed image",
              dependencies=Auth, responses=_responses(401, 404, 422))
-    def similar(image_id: ImageId, k: K = DEFAULT_K, offset: Offset = 0) -> dict:
-        """Neighbours of an indexed image by its stored vector (no model call); itself left out."""
-        hits = current().similar(image_id, k + offset)[offset:]
+    def similar(image_id: ImageId, k: K = DEFAULT_K, offset: Offset = 0, under: Under = None,
+                label: UserLabelFilter = None, predicted: Predicted = None, min_score: MinScore = None) -> dict:
+        """Neighbours of an indexed image by its stored vector (no model call); itself left out. Filters as for search."""
+        filters = _filters(under, label, predicted, min_score)
+        hits = current().similar(image_id, k + offset, **filters)[offset:]
         return _results(ix, hits, k=k, offset=offset, query_id=image_id,
-                        next_url=_next(f"/api/images/{image_id}/similar", k, offset, len(hits)))
+                        next_url=_next(f"/api/images/{image_id}/similar", k, offset, len(hits), filters))
 
     @app.get("/api/images", tags=["images"], summary="Indexed images, a page at a time", dependencies=Auth,
              responses=_responses(401, 422))
@@ -482,10 +506,11 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
                     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"Page size (1..{MAX_PAGE}).")] = 100,
                     status: Annotated[str | None, Query(pattern="^(ok|failed)$", description="Only `ok` or `failed` images.")] = None) -> dict:
         total, rows = current().images(offset, limit, status)
+        notes = ix.annotations([r.id for r in rows], top=5)
         nxt = offset + len(rows)
         more = f"/api/images?offset={nxt}&limit={limit}" + (f"&status={status}" if status else "")
-        return {"total": total, "offset": offset, "limit": limit, "items": [_image_dict(r) for r in rows],
-                "next": more if nxt < total else None}
+        return {"total": total, "offset": offset, "limit": limit,
+                "items": [_image_dict(r) | notes[r.id] for r in rows], "next": more if nxt < total else None}
 
     @app.get("/api/images/{image_id}", tags=["images"], summary="An image's metadata, labels and predictions",
              dependencies=Auth, responses=_responses(401, 404, 422))
@@ -505,6 +530,23 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
         if data is None:
             return Response(status_code=304, headers=headers)
         return Response(data, media_type="image/jpeg", headers=headers)
+
+    @app.get("/api/images/{image_id}/original", tags=["images"], summary="The original file of an indexed image",
+             dependencies=Auth, response_class=Response,
+             responses=_responses(401, 404, 422, _200={"content": {"image/*": {}}, "description": "The file's bytes as indexed, with its image type."},
+                                  _304={"description": "Not modified: the client's copy (If-None-Match) is current."}))
+    def original(request: Request, image_id: ImageId) -> Response:
+        """Served by id only, from the path the index recorded, and only while the file is the one indexed
+        (same size and modification time; otherwise 404: index its folder again)."""
+        f = current().original(image_id)
+        etag = f'"o-{image_id}-{f.size}-{f.mtime_ns}"'
+        headers = {"ETag": etag, "Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff",
+                   "Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox",
+                   "Content-Disposition": "inline; filename*=UTF-8''" + quote(os.path.basename(f.path), safe="")}
+        if request.headers.get("if-none-match") == etag:
+            f.close()
+            return Response(status_code=304, headers=headers)
+        return StreamingResponse(f, media_type=f.media_type, headers=headers | {"Content-Length": str(f.size)})
 
     @app.get("/api/classifiers", tags=["classify"], summary="Saved classifiers", dependencies=Auth,
              responses=_responses(401))
@@ -565,11 +607,52 @@ def _version() -> str:
     return VERSION
 
 
-def _next(base: str, k: int, offset: int, got: int) -> str | None:
+def _next(base: str, k: int, offset: int, got: int, filters: dict | None = None) -> str | None:
     # A full page may have more behind it; a short one is the last.
     if got < k or offset + k > MAX_OFFSET:
         return None
-    return f"{base}?k={k}&offset={offset + k}"
+    return f"{base}?" + urlencode({"k": k, "offset": offset + k, **(filters or {})})
+
+
+def _filters(under: str | None, label: str | None, predicted: str | None, min_score: float | None) -> dict:
+    """The search filters that were given, as `VecIndex.search_vector` keywords."""
+    given = {"under": under, "label": label, "predicted": predicted, "min_score": min_score}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _token_help(request: Request) -> str:
+    """What a 401 says: a browser (it asked for HTML) is told the address to open, a program the header."""
+    if "text/html" in request.headers.get("accept", "") or request.headers.get("x-vecsearch-page"):
+        return ("Missing or wrong token: open this server's page as /?token=TOKEN "
+                "(the address `vecsearch serve` printed when it started).")
+    return ("Missing or wrong token: send `Authorization: Bearer TOKEN` "
+            "(in a browser, open this server's page as /?token=TOKEN instead).")
+
+
+def _install_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc from files shipped in a package, so they work offline.
+
+    `swagger-ui-bundle` on PyPI carries Swagger UI 4, which cannot read the OpenAPI 3.1 that
+    FastAPI writes; `fastapi-offline` carries Swagger UI 5 and ReDoc. Only its files are used.
+    """
+    static = resources.files("fastapi_offline").joinpath("static")
+    app.mount(DOCS_STATIC, StaticFiles(directory=str(static)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(openapi_url=root + app.openapi_url, title="vecsearch - API",
+                                   swagger_js_url=f"{root}{DOCS_STATIC}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{root}{DOCS_STATIC}/swagger-ui.css",
+                                   swagger_favicon_url=f"{root}{DOCS_STATIC}/favicon.png",
+                                   swagger_ui_parameters={"validatorUrl": None})  # the validator badge calls out
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(openapi_url=root + app.openapi_url, title="vecsearch - API",
+                              redoc_js_url=f"{root}{DOCS_STATIC}/redoc.standalone.js",
+                              redoc_favicon_url=f"{root}{DOCS_STATIC}/favicon.png", with_google_fonts=False)
 
 
 def _results(ix: VecIndex, hits: list[Hit], *, k: int, offset: int, next_url: str | None, query_id: int | None = None) -> dict:
@@ -577,8 +660,8 @@ def _results(ix: VecIndex, hits: list[Hit], *, k: int, offset: int, next_url: st
     items = []
     for n, h in enumerate(hits[:k]):
         items.append({"rank": offset + n + 1, "id": h.id, "path": h.path, "name": os.path.basename(h.path),
-                      "score": h.score, "thumbnail": f"/api/images/{h.id}/thumbnail",
-                      "imagenet_labels": notes[h.id]["imagenet_labels"]})
+                      "folder": os.path.dirname(h.path), "score": h.score, "thumbnail": f"/api/images/{h.id}/thumbnail",
+                      "original": f"/api/images/{h.id}/original", **notes[h.id]})
     out = {"k": k, "offset": offset, "results": items, "next": next_url}
     if query_id is not None:
         out = {"query_id": query_id} | out
@@ -586,10 +669,12 @@ def _results(ix: VecIndex, hits: list[Hit], *, k: int, offset: int, next_url: st
 
 
 def _image_dict(rec) -> dict:
-    return {"id": rec.id, "path": rec.path, "name": os.path.basename(rec.path), "size": rec.size,
+    return {"id": rec.id, "path": rec.path, "name": os.path.basename(rec.path), "folder": os.path.dirname(rec.path),
+            "size": rec.size,
             "mtime_ns": rec.mtime_ns, "sha256": rec.sha256, "width": rec.width, "height": rec.height,
             "status": rec.status, "reason": rec.reason,
             "indexed_at": rec.indexed_at.isoformat(timespec="seconds") + "Z",
             "thumbnail": f"/api/images/{rec.id}/thumbnail" if rec.status == "ok" else None,
-            "similar": f"/api/images/{rec.id}/similar" if rec.status == "ok" else None}
+            "similar": f"/api/images/{rec.id}/similar" if rec.status == "ok" else None,
+            "original": f"/api/images/{rec.id}/original" if rec.status == "ok" else None}
 
