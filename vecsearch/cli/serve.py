@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from urllib.parse import quote
 from typing import Annotated, Optional
 
 import typer
@@ -22,6 +23,20 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def page_url(host: str, port: int, token: str | None) -> str:
+    """The address to open in a browser: the page, with the token in it when there is one.
+
+    A wildcard bind (0.0.0.0, ::) is shown as 127.0.0.1, which it also answers on.
+    """
+    try:
+        if ipaddress.ip_address(host.strip("[]")).is_unspecified:
+            host = "127.0.0.1"
+    except ValueError:
+        pass
+    shown = f"[{host.strip('[]')}]" if ":" in host else host
+    return f"http://{shown}:{port}/" + (f"?token={quote(token, safe='')}" if token else "")
 
 
 @app.command()
@@ -59,9 +74,10 @@ def serve(
         try:
             web = create_app(ix, token=token, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
                              host=host, allow_hosts=allow_host or ())
-            shown = f"[{host}]" if ":" in host else host
-            warn(f"Serving {ix.directory} ({len(ix)} images, {ix.backbone.name}) at http://{shown}:{port}/ "
-                 f"-- API docs at /docs{'; token required' if token else ''}. Ctrl-C to stop.")
+            url = page_url(host, port, token)
+            warn(f"Serving {ix.directory} ({len(ix)} images, {ix.backbone.name}). Open {url} "
+                 f"-- API docs at /docs{' (the API needs the token as `Authorization: Bearer TOKEN`)' if token else ''}. "
+                 "Ctrl-C to stop.")
             uvicorn.run(web, host=host, port=port, log_level=log_level.lower(), access_log=log_level.lower() == "debug")
         finally:
             ix.close()
