@@ -472,6 +472,7 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
         s = current().stats()
         s["generation"] = ix.generation
         s["classifiers"] = [r["name"] for r in ix.classifiers()]
+        s["labels"] = sorted(ix.label_counts())  # the user's classes: what `label` and `predicted` filter on
         s["max_upload_bytes"] = svc.max_upload_bytes
         s["max_pixels"] = svc.max_pixels
         return s
