@@ -310,18 +310,22 @@ class VecIndex:
         return None, None
 
     # -- search ---------------------------------------------------------------------------
-    def search(self, query, k: int = DEFAULT_K, *, include_self: bool = False) -> list[Hit]:
+    def search(self, query, k: int = DEFAULT_K, *, include_self: bool = False,
+               under: str | os.PathLike | None = None, label: str | None = None, predicted: str | None = None,
+               classifier: str | None = None, min_score: float | None = None) -> list[Hit]:
         """The k most similar indexed images to a query, best first (cosine similarity).
 
         The query is an image file path, a vector, image bytes (an upload) or a PIL image.
         A path that is already indexed reuses its stored vector and, unless include_self,
-        is left out of its own results.
+        is left out of its own results. The filters (see `search_vector`) restrict the
+        results; k are still returned whenever k images pass them.
         """
         if self.searcher is None:
             self._require_info()
         q, _, found = self._query_vector(query, "search with")
         exclude = {found} if found is not None and not include_self else set()
-        return self.search_vector(q, k, exclude=exclude)
+        return self.search_vector(q, k, exclude=exclude, under=under, label=label, predicted=predicted,
+                                  classifier=classifier, min_score=min_score)
 
     def _query_vector(self, query, what: str) -> tuple[np.ndarray, Path | None, int | None]:
         """(unit vector, file path or None, id of the indexed file whose vector it reuses or None).
@@ -344,19 +348,67 @@ class VecIndex:
         raise VecsearchError(f"Cannot {what} a {type(query).__name__}: give an image path, "
                              "a vector, image bytes or a PIL image.")
 
-    def search_vector(self, q: np.ndarray, k: int = DEFAULT_K, *, exclude: set[int] | None = None) -> list[Hit]:
-        """The k indexed images nearest a unit vector, best first; ids in `exclude` left out."""
+    def search_vector(self, q: np.ndarray, k: int = DEFAULT_K, *, exclude: set[int] | None = None,
+                      under: str | os.PathLike | None = None, label: str | None = None,
+                      predicted: str | None = None, classifier: str | None = None,
+                      min_score: float | None = None) -> list[Hit]:
+        """The k indexed images nearest a unit vector, best first; ids in `exclude` left out.
+
+        Filters, all optional and combined with AND:
+        under: only images inside this folder (or this file), resolved as `add` resolves paths;
+        label: only images taught this class of your own (`teach`);
+        predicted: only images the classifier `classifier` (default: the newest saved one,
+        as `classify` uses) predicted as this class -- predictions exist for images without
+        a taught label, so combine nothing, or ask `label` for the taught ones;
+        min_score: only hits at least this similar (cosine, -1..1), so fewer than k may come back.
+        A filtered search is still exact: the k best of the images that pass (see `Searcher`).
+        """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise VecsearchError(f"k must be at least 1, got {k}.")
+        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float, np.floating))
+                                      or not -1.0 <= float(min_score) <= 1.0):
+            raise VecsearchError(f"min_score must be a number from -1 to 1 (a cosine similarity), got {min_score!r}.")
         self.refresh()
         q = np.asarray(q, np.float32)
         if q.shape[-1] != self.searcher.dim:
             raise VecsearchError(f"Query vector has {q.shape[-1]} dimensions; the index has {self.searcher.dim}.")
-        scores, ids = self.searcher.search(q.reshape(1, -1), k, exclude=exclude)
-        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+        allowed = self._filter_ids(under, label, predicted, classifier)
+        if allowed is not None and not len(allowed):
+            return []
+        scores, ids = self.searcher.search(q.reshape(1, -1), k, exclude=exclude, allowed=allowed)
+        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0])
+                 if i >= 0 and (min_score is None or s >= float(min_score))]
         recs = self.store.images(i for i, _ in pairs)
         hits = [(i, s) for i, s in pairs if i in recs]  # one deleted in between is skipped
         return [Hit(rank=n + 1, id=i, path=recs[i].path, score=s) for n, (i, s) in enumerate(hits)]
+
+    def _filter_ids(self, under, label: str | None, predicted: str | None,
+                    classifier: str | None) -> np.ndarray | None:
+        """Ids that pass the search filters (ascending), or None when no filter is given."""
+        if predicted is None and classifier is not None:
+            raise VecsearchError("classifier= names whose predictions `predicted` filters by; give predicted= too.")
+        sets: list[np.ndarray] = []
+        if under is not None:
+            if not isinstance(under, (str, os.PathLike)) or not os.fspath(under):
+                raise VecsearchError(f"under must be a folder path, got {under!r}.")
+            sets.append(self.store.ids_under([str(images.absolute(under))]))
+        if label is not None:
+            label = str(label)
+            ids = self.store.ids_with_user_label(label)
+            if not len(ids):
+                known = sorted(self.store.label_counts())
+                raise VecsearchError(f"No image is taught the class {label!r}; the classes taught are: "
+                                     f"{', '.join(map(repr, known)) if known else 'none (see teach)'}.")
+            sets.append(ids)
+        if predicted is not None:
+            row = classifiers.find(self.store, classifier)
+            sets.append(self.store.ids_predicted(row["name"], str(predicted)))
+        if not sets:
+            return None
+        out = sets[0]
+        for other in sets[1:]:
+            out = np.intersect1d(out, other, assume_unique=True)
+        return out
 
     def similar(self, image_id: int, k: int = DEFAULT_K) -> list[Hit]:
         """Neighbours of an indexed image by its stored vector (no model call), itself left out."""
