@@ -97,3 +97,91 @@ def test_min_score_and_filter_errors(tmp_path, model_meta):
     assert [h.id for h in ix.search(q, k=50, predicted="dog", classifier="old")] == \
         [h.id for h in all_hits if h.id in set(ids[1::7].tolist())][:50]
     ix.close()
+
+
+TINY = ("--backbone", "tiny", "--weights", "none", "--seed", "7")
+
+
+def _paths(hits) -> set[str]:
+    return {h.path if hasattr(h, "path") else h["path"] for h in hits}
+
+
+def test_a_deleted_folder_is_dropped_from_results_by_index_and_by_remove(photos, tmp_path, index_dir):
+    run("index", photos, "--index", index_dir, *TINY, "--quiet")
+    query = photos / "b" / "img07.jpg"
+    gone = photos / "a"
+    assert any(p.startswith(str(gone) + "/") for p in _paths(run_json("query", query, "--index", index_dir, "-k", 11)))
+    shutil.rmtree(gone)
+    # `index gone` after `rm -rf gone`: the entries are dropped, not "No such file or folder".
+    s = run_json("index", gone, "--index", index_dir)
+    assert s["removed"] == 6 and s["indexed"] == 0
+    hits = run_json("query", query, "--index", index_dir, "-k", 11)
+    assert len(hits) == 5 and not any(p.startswith(str(gone)) for p in _paths(hits))
+    # A path that is neither there nor indexed is still a mistake.
+    r = run("index", tmp_path / "typo", "--index", index_dir, ok=False)
+    assert r.exit_code == 1 and "No such file or folder" in r.output
+
+    # The same through `remove`, on a folder deleted from disk, and on a file still there.
+    shutil.rmtree(photos / "b" / "sub", ignore_errors=True)
+    make_image(photos / "b" / "sub" / "x.png", seed=40)
+    run("index", photos, "--index", index_dir, "--quiet")
+    shutil.rmtree(photos / "b" / "sub")
+    out = run_json("remove", photos / "b" / "sub", photos / "b" / "img06.png", photos / "nothing", "--index", index_dir)
+    assert out["removed"] == 2 and out["not_indexed"] == [str(photos / "nothing")]
+    assert out["removed_paths"] == sorted([str(photos / "b" / "sub" / "x.png"), str(photos / "b" / "img06.png")])
+    with open_index(index_dir) as ix:
+        assert len(ix) == 5 and str(photos / "b" / "img06.png") not in _paths(ix.search(query, k=10))
+        assert [r.path for r in ix] == sorted(str(p) for p in (photos / "b").iterdir() if p.name != "img06.png")
+
+
+def test_remove_missing_and_python_api(photos, tmp_path, index_dir, model_meta):
+    with open_index(index_dir, backbone="tiny", weights=None, seed=7) as ix:
+        ix.add([photos])
+        q = photos / "a" / "img00.png"
+        (photos / "a" / "img01.jpg").unlink()
+        (photos / "b" / "img08.jpg").unlink()
+        with pytest.raises(VecsearchError, match="Nothing to remove"):
+            ix.remove([])
+        s = ix.remove(missing=True)
+        assert s.removed == 2 and s.removed_paths == [str(photos / "a" / "img01.jpg"), str(photos / "b" / "img08.jpg")]
+        assert len(ix) == 10 and not {str(photos / "a" / "img01.jpg")} & _paths(ix.search(q, k=20))
+        assert ix.remove(missing=True).removed == 0
+        # Iteration streams every record (ok and failed) by id, in pages.
+        (photos / "a" / "bad.jpg").write_bytes(b"not an image")
+        ix.add([photos])
+        recs = list(ix)
+        assert [r.id for r in recs] == sorted(r.id for r in recs) and len(recs) == 11
+        assert [r.path for r in ix.iter_images(status="failed")] == [str(photos / "a" / "bad.jpg")]
+        assert {r.path for r in ix.iter_images(under=photos / "b")} == {str(p) for p in (photos / "b").iterdir()}
+        assert "10 vectors" in repr(ix) and "tiny" in repr(ix)
+
+
+def test_remove_keeps_an_approximate_structure_in_step(tmp_path, model_meta):
+    ix, ids, base, path_of = _filtered_index(tmp_path, model_meta, "hnsw", n=2000)
+    q = clustered_vectors(1, DIM, seed=3)[0]
+    before = ix.search(q, k=10)
+    s = ix.remove([path_of[h.id] for h in before[:5]] + ["/data/f2"])
+    assert s.removed == 5 + 200
+    after = ix.search(q, k=10)
+    assert not {h.id for h in before[:5]} & {h.id for h in after}
+    assert not any(h.path.startswith("/data/f2/") for h in after)
+    ix.close()
+    with open_index(tmp_path / "ix-hnsw") as again:  # a new process: the saved structure is current
+        assert [h.id for h in again.search(q, k=10)] == [h.id for h in after]
+        assert len(again) == 2000 - 205 and len(again.faiss) in (2000, 2000 - 205)
+
+
+def test_list_cli(photos, index_dir):
+    run("index", photos, "--index", index_dir, *TINY, "--quiet")
+    (photos / "a" / "bad[x].jpg").write_bytes(b"\x1b[31mnot an image")
+    run("index", photos, "--index", index_dir, "--quiet")
+    lines = run("list", "--index", index_dir).stdout.splitlines()
+    assert len(lines) == 13 and str(photos / "a" / "img00.png") in lines
+    failed = run("list", "--failed", "--index", index_dir).stdout.splitlines()
+    assert len(failed) == 1 and failed[0].startswith(str(photos / "a" / "bad[x].jpg") + "  (failed: ")
+    rows = run_json("list", "--under", photos / "b", "--index", index_dir)
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in (photos / "b").iterdir())
+    jl = run("list", "--jsonl", "--under", photos / "b", "--index", index_dir).stdout.splitlines()
+    assert [json.loads(x) for x in jl] == rows
+    r = run("list", "--label", "cat", "--index", index_dir)
+    assert r.stdout == ""

@@ -37,7 +37,7 @@ from .errors import BadImageError, IndexCorruptError, IndexMismatchError, IndexN
 from .explain import OVERLAY_SIDE
 from .extract import RESAMPLE, Extractor
 from .files import WriterLock
-from .indexer import IndexSummary
+from .indexer import IndexSummary, RemoveSummary
 from .store import ImageRecord, Store, no_annotations
 from .index_types import DEFAULT_TYPE, IndexSpec, check_index_type, parse_memory
 from .search import Searcher
@@ -219,10 +219,17 @@ class VecIndex:
         roots = [images.absolute(p) for p in paths]
         self._check_writable()
         with self._lock.held():
-            found = list(images.scan(roots))
+            # A folder (or file) that is gone but has entries is reconciled like any other:
+            # its entries are dropped. Only a path that is neither there nor indexed is a mistake.
+            gone = [r for r in roots if not os.path.lexists(r)]
+            known = {r: self.info is not None and len(self.store.ids_under([str(r)])) > 0 for r in roots}
+            for r in gone:
+                if not known[r]:
+                    raise InputNotFoundError(f"No such file or folder: {r}")
+            found = list(images.scan([r for r in roots if r not in gone]))
             files = [f.path for f in found if f.reason is None]
             rejected = [f for f in found if f.reason is not None]
-            if not found:
+            if not found and not any(known.values()):
                 raise NoImagesError(f"No image files found in {', '.join(map(str, roots))}.")
             self._ensure_info()
             self.refresh()
@@ -237,6 +244,40 @@ class VecIndex:
                                   chunk_size=chunk_size, chunk_seconds=chunk_seconds, rejected=rejected)
             summary.retrained = self._open_searcher(writer=True) and had_structure
             summary.repaired = len(damaged)
+        return summary
+
+    def remove(self, paths: Iterable[str | os.PathLike] = (), *, missing: bool = False) -> RemoveSummary:
+        """Drop entries from the index: the given files, and everything inside the given folders.
+
+        Paths are resolved as `add` resolves them and need not exist any more (a deleted
+        folder is the usual case). With `missing`, every entry whose file is gone is dropped
+        too, wherever it is. The search structure is brought in step before this returns, so
+        `search` no longer finds what was removed. A path still on disk is indexed again by
+        the next `add` over a folder holding it (see `exclude=` for keeping it out).
+        """
+        roots = [images.absolute(p) for p in paths]
+        if not roots and not missing:
+            raise VecsearchError("Nothing to remove: give files or folders, or missing=True for every entry "
+                                 "whose file is gone.")
+        self._require_info()
+        self._check_writable()
+        summary = RemoveSummary()
+        with self._lock.held():
+            self.refresh()
+            ids: set[int] = set()
+            for r in roots:
+                under = self.store.ids_under([str(r)])
+                if not len(under):
+                    summary.not_indexed.append(str(r))
+                ids.update(under.tolist())
+            records = list(self.store.iter_images(ids=np.array(sorted(ids), np.int64))) if ids else []
+            if missing:
+                chosen = {r.id for r in records}
+                records += [r for r in self.store.iter_images() if r.id not in chosen and not os.path.lexists(r.path)]
+            records.sort(key=lambda r: r.id)
+            indexer.remove(self.store, records, summary)
+            if records:
+                self._open_searcher(writer=True)
         return summary
 
     def reindex(self, *, index_type: str | None = None, max_memory: int | str | None = None,
@@ -429,6 +470,20 @@ class VecIndex:
         if status not in (None, "ok", "failed"):
             raise VecsearchError(f"status must be ok or failed, not {status!r}.")
         return self.store.page_images(offset, limit, status)
+
+    def __iter__(self) -> Iterator[ImageRecord]:
+        """Every image record (ok and failed) by id, read from the database a page at a time."""
+        return self.iter_images()
+
+    def iter_images(self, *, status: str | None = None, under: str | os.PathLike | None = None,
+                    label: str | None = None) -> Iterator[ImageRecord]:
+        """Image records by id, streamed a page at a time: all, or only those of a `status`
+        ("ok" / "failed"), inside the folder `under`, or taught the class `label`."""
+        if status not in (None, "ok", "failed"):
+            raise VecsearchError(f"status must be ok or failed, not {status!r}.")
+        folders = [str(images.absolute(under))] if under is not None else []
+        ids = self.store.ids_with_user_label(str(label)) if label is not None else None
+        return self.store.iter_images(status=status, under=folders, ids=ids)
 
     def failed(self) -> list[ImageRecord]:
         """Images that could not be embedded, with their reasons, by path."""
