@@ -15,7 +15,7 @@ from vecsearch import images
 from vecsearch.errors import BadImageError, InputNotFoundError
 from vecsearch.config import MAX_IMAGE_PIXELS
 from vecsearch.images import (
-    IMAGE_EXTENSIONS,
+    image_extensions,
     LoadedImage,
     decode_image,
     file_sha256,
@@ -56,7 +56,10 @@ def _reason(data: bytes, size=(16, 16), **kw) -> str:
 
 
 def test_extensions():
-    assert IMAGE_EXTENSIONS == {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+    # From Pillow's registry (what it can open), not a hand-written list; see test_day_two for AVIF/HEIC.
+    exts = image_extensions()
+    assert {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic", ".heif"} <= exts
+    assert not {".h5", ".eps", ".ps", ".pdf", ".mpg", ".wmf", ".txt"} & exts  # stubs, PostScript, save-only
 
 
 def test_is_image_file_by_extension_and_content(tmp_path):

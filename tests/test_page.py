@@ -275,13 +275,21 @@ def test_filters_keep_exactly_the_images_that_pass(client, built):
         ({"min_score": 0.5}, lambda i, s: s >= 0.5),
         ({"under": folder_a, "predicted": "cat"}, lambda i, s: path_of[i].startswith(folder_a + os.sep)
          and predicted.get(i) == "cat"),
-        ({"label": "nobody"}, lambda i, s: False),
+        ({"predicted": "dog", "classifier": "nn1", "min_score": 0.2},
+         lambda i, s: predicted.get(i) == "dog" and s >= 0.2),
     ]
     for params, keep in cases:
         want = _brute_force(ix, q, 20, keep)
         body = client.get(f"/api/images/{q}/similar", params={"k": 20, **params}).json()
         assert [h["id"] for h in body["results"]] == want, params
         assert [h["rank"] for h in body["results"]] == list(range(1, len(want) + 1))
+    # A class nobody was taught, or predictions of a classifier that does not exist, say so.
+    r = client.get(f"/api/images/{q}/similar", params={"label": "nobody"})
+    assert r.status_code == 400 and "'cat', 'dog'" in r.json()["error"]
+    r = client.get(f"/api/images/{q}/similar", params={"predicted": "dog", "classifier": "nope"})
+    assert r.status_code == 404 and r.json()["error"]
+    r = client.get(f"/api/images/{q}/similar", params={"classifier": "nn1"})
+    assert r.status_code == 400 and "predicted" in r.json()["error"]
     # Paging keeps the filters: the next link carries them, and page 2 continues page 1.
     want = _brute_force(ix, q, 20, lambda i, s: s >= -0.5)
     page1 = client.get(f"/api/images/{q}/similar", params={"k": 2, "min_score": -0.5}).json()

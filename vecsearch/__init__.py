@@ -28,7 +28,7 @@ from .errors import (
 )
 from .explain import Explanation
 from .finetune import HeadParams
-from .indexer import FailedImage, IndexSummary
+from .indexer import FailedImage, IndexSummary, RemoveSummary
 
 __all__ = [
     # the index object
@@ -36,6 +36,7 @@ __all__ = [
     "VecIndex",
     "Hit",
     "IndexSummary",
+    "RemoveSummary",
     "FailedImage",
     "Classification",
     "Explanation",

@@ -37,7 +37,7 @@ from .errors import BadImageError, IndexCorruptError, IndexMismatchError, IndexN
 from .explain import OVERLAY_SIDE
 from .extract import RESAMPLE, Extractor
 from .files import WriterLock
-from .indexer import IndexSummary
+from .indexer import IndexSummary, RemoveSummary
 from .store import ImageRecord, Store, no_annotations
 from .index_types import DEFAULT_TYPE, IndexSpec, check_index_type, parse_memory
 from .search import Searcher
@@ -219,10 +219,17 @@ class VecIndex:
         roots = [images.absolute(p) for p in paths]
         self._check_writable()
         with self._lock.held():
-            found = list(images.scan(roots))
+            # A folder (or file) that is gone but has entries is reconciled like any other:
+            # its entries are dropped. Only a path that is neither there nor indexed is a mistake.
+            gone = [r for r in roots if not os.path.lexists(r)]
+            known = {r: self.info is not None and len(self.store.ids_under([str(r)])) > 0 for r in roots}
+            for r in gone:
+                if not known[r]:
+                    raise InputNotFoundError(f"No such file or folder: {r}")
+            found = list(images.scan([r for r in roots if r not in gone]))
             files = [f.path for f in found if f.reason is None]
             rejected = [f for f in found if f.reason is not None]
-            if not found:
+            if not found and not any(known.values()):
                 raise NoImagesError(f"No image files found in {', '.join(map(str, roots))}.")
             self._ensure_info()
             self.refresh()
@@ -237,6 +244,40 @@ class VecIndex:
                                   chunk_size=chunk_size, chunk_seconds=chunk_seconds, rejected=rejected)
             summary.retrained = self._open_searcher(writer=True) and had_structure
             summary.repaired = len(damaged)
+        return summary
+
+    def remove(self, paths: Iterable[str | os.PathLike] = (), *, missing: bool = False) -> RemoveSummary:
+        """Drop entries from the index: the given files, and everything inside the given folders.
+
+        Paths are resolved as `add` resolves them and need not exist any more (a deleted
+        folder is the usual case). With `missing`, every entry whose file is gone is dropped
+        too, wherever it is. The search structure is brought in step before this returns, so
+        `search` no longer finds what was removed. A path still on disk is indexed again by
+        the next `add` over a folder holding it (see `exclude=` for keeping it out).
+        """
+        roots = [images.absolute(p) for p in paths]
+        if not roots and not missing:
+            raise VecsearchError("Nothing to remove: give files or folders, or missing=True for every entry "
+                                 "whose file is gone.")
+        self._require_info()
+        self._check_writable()
+        summary = RemoveSummary()
+        with self._lock.held():
+            self.refresh()
+            ids: set[int] = set()
+            for r in roots:
+                under = self.store.ids_under([str(r)])
+                if not len(under):
+                    summary.not_indexed.append(str(r))
+                ids.update(under.tolist())
+            records = list(self.store.iter_images(ids=np.array(sorted(ids), np.int64))) if ids else []
+            if missing:
+                chosen = {r.id for r in records}
+                records += [r for r in self.store.iter_images() if r.id not in chosen and not os.path.lexists(r.path)]
+            records.sort(key=lambda r: r.id)
+            indexer.remove(self.store, records, summary)
+            if records:
+                self._open_searcher(writer=True)
         return summary
 
     def reindex(self, *, index_type: str | None = None, max_memory: int | str | None = None,
@@ -310,18 +351,22 @@ class VecIndex:
         return None, None
 
     # -- search ---------------------------------------------------------------------------
-    def search(self, query, k: int = DEFAULT_K, *, include_self: bool = False) -> list[Hit]:
+    def search(self, query, k: int = DEFAULT_K, *, include_self: bool = False,
+               under: str | os.PathLike | None = None, label: str | None = None, predicted: str | None = None,
+               classifier: str | None = None, min_score: float | None = None) -> list[Hit]:
         """The k most similar indexed images to a query, best first (cosine similarity).
 
         The query is an image file path, a vector, image bytes (an upload) or a PIL image.
         A path that is already indexed reuses its stored vector and, unless include_self,
-        is left out of its own results.
+        is left out of its own results. The filters (see `search_vector`) restrict the
+        results; k are still returned whenever k images pass them.
         """
         if self.searcher is None:
             self._require_info()
         q, _, found = self._query_vector(query, "search with")
         exclude = {found} if found is not None and not include_self else set()
-        return self.search_vector(q, k, exclude=exclude)
+        return self.search_vector(q, k, exclude=exclude, under=under, label=label, predicted=predicted,
+                                  classifier=classifier, min_score=min_score)
 
     def _query_vector(self, query, what: str) -> tuple[np.ndarray, Path | None, int | None]:
         """(unit vector, file path or None, id of the indexed file whose vector it reuses or None).
@@ -344,28 +389,79 @@ class VecIndex:
         raise VecsearchError(f"Cannot {what} a {type(query).__name__}: give an image path, "
                              "a vector, image bytes or a PIL image.")
 
-    def search_vector(self, q: np.ndarray, k: int = DEFAULT_K, *, exclude: set[int] | None = None) -> list[Hit]:
-        """The k indexed images nearest a unit vector, best first; ids in `exclude` left out."""
+    def search_vector(self, q: np.ndarray, k: int = DEFAULT_K, *, exclude: set[int] | None = None,
+                      under: str | os.PathLike | None = None, label: str | None = None,
+                      predicted: str | None = None, classifier: str | None = None,
+                      min_score: float | None = None) -> list[Hit]:
+        """The k indexed images nearest a unit vector, best first; ids in `exclude` left out.
+
+        Filters, all optional and combined with AND:
+        under: only images inside this folder (or this file), resolved as `add` resolves paths;
+        label: only images taught this class of your own (`teach`);
+        predicted: only images the classifier `classifier` (default: the newest saved one,
+        as `classify` uses) predicted as this class -- predictions exist for images without
+        a taught label, so combine nothing, or ask `label` for the taught ones;
+        min_score: only hits at least this similar (cosine, -1..1), so fewer than k may come back.
+        A filtered search is still exact: the k best of the images that pass (see `Searcher`).
+        """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise VecsearchError(f"k must be at least 1, got {k}.")
+        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float, np.floating))
+                                      or not -1.0 <= float(min_score) <= 1.0):
+            raise VecsearchError(f"min_score must be a number from -1 to 1 (a cosine similarity), got {min_score!r}.")
         self.refresh()
         q = np.asarray(q, np.float32)
         if q.shape[-1] != self.searcher.dim:
             raise VecsearchError(f"Query vector has {q.shape[-1]} dimensions; the index has {self.searcher.dim}.")
-        scores, ids = self.searcher.search(q.reshape(1, -1), k, exclude=exclude)
-        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+        allowed = self._filter_ids(under, label, predicted, classifier)
+        if allowed is not None and not len(allowed):
+            return []
+        scores, ids = self.searcher.search(q.reshape(1, -1), k, exclude=exclude, allowed=allowed)
+        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0])
+                 if i >= 0 and (min_score is None or s >= float(min_score))]
         recs = self.store.images(i for i, _ in pairs)
         hits = [(i, s) for i, s in pairs if i in recs]  # one deleted in between is skipped
         return [Hit(rank=n + 1, id=i, path=recs[i].path, score=s) for n, (i, s) in enumerate(hits)]
 
-    def similar(self, image_id: int, k: int = DEFAULT_K, **filters) -> list[Hit]:
+    def _filter_ids(self, under, label: str | None, predicted: str | None,
+                    classifier: str | None) -> np.ndarray | None:
+        """Ids that pass the search filters (ascending), or None when no filter is given."""
+        if predicted is None and classifier is not None:
+            raise VecsearchError("classifier= names whose predictions `predicted` filters by; give predicted= too.")
+        sets: list[np.ndarray] = []
+        if under is not None:
+            if not isinstance(under, (str, os.PathLike)) or not os.fspath(under):
+                raise VecsearchError(f"under must be a folder path, got {under!r}.")
+            sets.append(self.store.ids_under([str(images.absolute(under))]))
+        if label is not None:
+            label = str(label)
+            ids = self.store.ids_with_user_label(label)
+            if not len(ids):
+                known = sorted(self.store.label_counts())
+                raise VecsearchError(f"No image is taught the class {label!r}; the classes taught are: "
+                                     f"{', '.join(map(repr, known)) if known else 'none (see teach)'}.")
+            sets.append(ids)
+        if predicted is not None:
+            row = classifiers.find(self.store, classifier)
+            sets.append(self.store.ids_predicted(row["name"], str(predicted)))
+        if not sets:
+            return None
+        out = sets[0]
+        for other in sets[1:]:
+            out = np.intersect1d(out, other, assume_unique=True)
+        return out
+
+    def similar(self, image_id: int, k: int = DEFAULT_K, *, under: str | os.PathLike | None = None,
+                label: str | None = None, predicted: str | None = None, classifier: str | None = None,
+                min_score: float | None = None) -> list[Hit]:
         """Neighbours of an indexed image by its stored vector (no model call), itself left out.
 
-        `filters` are `search_vector`'s (`under`, `label`, `predicted`, `min_score`).
+        The filters are `search_vector`'s.
         """
         self._require_info()
         self.refresh()
-        return self.search_vector(self.vector(image_id), k, exclude={image_id}, **filters)
+        return self.search_vector(self.vector(image_id), k, exclude={image_id}, under=under, label=label,
+                                  predicted=predicted, classifier=classifier, min_score=min_score)
 
     # -- images ---------------------------------------------------------------------------
     def image(self, image_id: int) -> ImageRecord:
@@ -400,6 +496,20 @@ class VecIndex:
         if status not in (None, "ok", "failed"):
             raise VecsearchError(f"status must be ok or failed, not {status!r}.")
         return self.store.page_images(offset, limit, status)
+
+    def __iter__(self) -> Iterator[ImageRecord]:
+        """Every image record (ok and failed) by id, read from the database a page at a time."""
+        return self.iter_images()
+
+    def iter_images(self, *, status: str | None = None, under: str | os.PathLike | None = None,
+                    label: str | None = None) -> Iterator[ImageRecord]:
+        """Image records by id, streamed a page at a time: all, or only those of a `status`
+        ("ok" / "failed"), inside the folder `under`, or taught the class `label`."""
+        if status not in (None, "ok", "failed"):
+            raise VecsearchError(f"status must be ok or failed, not {status!r}.")
+        folders = [str(images.absolute(under))] if under is not None else []
+        ids = self.store.ids_with_user_label(str(label)) if label is not None else None
+        return self.store.iter_images(status=status, under=folders, ids=ids)
 
     def failed(self) -> list[ImageRecord]:
         """Images that could not be embedded, with their reasons, by path."""

@@ -34,9 +34,39 @@ from .errors import BadImageError, InputNotFoundError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-)
+HEIF_EXTENSIONS: frozenset[str] = frozenset({".heic", ".heics", ".heif", ".heifs", ".hif"})
+HEIF_INSTALL = "pip install 'vecsearch[heif]'"
+# Registered by Pillow but no image to index here: stubs that identify a file without
+# decoding it (scientific containers, Windows metafiles, video), and PostScript, which
+# Pillow decodes by running Ghostscript on the file -- a program, not an image.
+_NOT_INDEXED_FORMATS = frozenset({"BUFR", "GRIB", "HDF5", "WMF", "MPEG", "EPS"})
+
+
+@functools.lru_cache(maxsize=1)
+def heif_available() -> bool:
+    """Whether HEIC/HEIF files can be read: pillow-heif (the `heif` extra) registers its opener, once."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def image_extensions() -> frozenset[str]:
+    """File extensions walked as images: Pillow's own registry, limited to formats it can open.
+
+    So `index` walks exactly what `query` can read (AVIF included where Pillow has it).
+    HEIC/HEIF is always walked: without the `heif` extra such a file becomes a failed row
+    that names the install line, instead of being silently skipped.
+    """
+    heif_available()
+    Image.init()
+    openable = {fmt for fmt in Image.OPEN if fmt not in _NOT_INDEXED_FORMATS} | {"MPO"}  # MPO opens as JPEG
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in openable) \
+        | HEIF_EXTENSIONS
+
 
 # Same names and filters as keras.utils.load_img, so results match it exactly.
 _RESAMPLE = {
@@ -63,9 +93,24 @@ def _has_image_signature(head: bytes) -> bool:
         return True
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return True
+    if _iso_brand(head) is not None:
+        return True
     if head[:2] == b"BM" and len(head) >= 18:
         return int.from_bytes(head[14:18], "little") in _BMP_DIB_SIZES
     return False
+
+
+# ISO base media files (`ftyp` box first) holding still images: AVIF and HEIF/HEIC.
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
+
+
+def _iso_brand(head: bytes) -> str | None:
+    """"avif" or "heif" for an AVIF or HEIF file's first bytes (its major brand), else None."""
+    if len(head) < 12 or head[4:8] != b"ftyp":
+        return None
+    brand = head[8:12]
+    return "avif" if brand in _AVIF_BRANDS else "heif" if brand in _HEIF_BRANDS else None
 
 
 # -- the guarded reader ----------------------------------------------------------------
@@ -183,7 +228,7 @@ def file_sha256(path: str | os.PathLike, *, timeout: float = MAX_READ_SECONDS) -
 def is_image_file(path: Path) -> bool:
     """True for an image extension (without reading), else if the content has an image signature."""
     path = Path(path)
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
+    if path.suffix.lower() in image_extensions():
         return True
     return _has_image_signature(read_head(path, 32))
 
@@ -287,7 +332,7 @@ def _walk_dir(folder: Path, above: list[tuple[int, int]]) -> Iterator[Found]:
             if (st.st_dev, st.st_ino) in above:
                 yield Found(path, "unreadable: a symbolic link loop (a link to a folder above it)")
                 continue
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
+            if path.suffix.lower() in image_extensions():
                 yield Found(path, "unreadable: a folder, not a file (the images inside it are indexed)")
             subfolders.append((path, st))
         elif stat.S_ISREG(st.st_mode):
@@ -351,6 +396,7 @@ def _open_unchecked(data: bytes) -> Image.Image:
     so the cap was applied at random across decode threads. Here the registered format
     openers are tried in Pillow's own order and the caller checks the size itself.
     """
+    heif_available()
     Image.init()
     fp = io.BytesIO(data)
     prefix = data[:16]
@@ -473,6 +519,8 @@ def decode_image(
     try:
         img = _open_unchecked(data)
     except UnidentifiedImageError as exc:
+        if _iso_brand(data[:16]) == "heif" and not heif_available():
+            raise BadImageError(f"a HEIC/HEIF image, which needs the heif extra: {HEIF_INSTALL}") from exc
         raise BadImageError("not an image (unrecognised format)") from exc
     except Image.DecompressionBombError as exc:
         raise BadImageError(_bomb_reason(exc, max_pixels)) from exc

@@ -71,6 +71,18 @@ class IndexSummary:
 
 
 @dataclass
+class RemoveSummary:
+    """What one `remove` did: the entries dropped, and the paths given that matched none."""
+
+    removed: int = 0
+    removed_paths: list[str] = field(default_factory=list)
+    not_indexed: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
 class Plan:
     """What a run must do per file, decided before any embedding."""
 
@@ -214,6 +226,19 @@ def commit(store: Store, **changes) -> None:
     """Write one chunk to the database and its shard files (one transaction)."""
     if any(changes.values()):
         store.apply(**changes)
+
+
+def remove(store: Store, records: list[ImageRecord], summary: RemoveSummary, *,
+           chunk_size: int = 4 * CHUNK_SIZE) -> None:
+    """Drop these entries (vectors, labels and predictions with them), committed in chunks
+    the way an indexing run commits its deletes; the caller holds the writer lock and then
+    brings the search structure in step (it drops the ids the database no longer has)."""
+    for i in range(0, len(records), chunk_size):
+        part = records[i : i + chunk_size]
+        commit(store, deletes=[r.id for r in part])
+        summary.removed += len(part)
+        summary.removed_paths.extend(r.path for r in part)
+    summary.removed_paths.sort()
 
 
 def run(store: Store, extractor: Callable[[], Extractor], roots: list[Path], files: list[Path], *,

@@ -23,6 +23,13 @@ SCAN_ROWS = 1 << 13
 """Rows scored per step of an exact scan: 64 MiB of 2048-d float32 mapped at a time."""
 RERANK_BYTES = 64 << 20
 """Candidate vectors held at once while re-ranking a batch of queries."""
+SUBSET_EXACT = 1 << 16
+"""A filtered search over at most this many images scores each of them exactly: 512 MiB of
+2048-d vectors read in SCAN_ROWS steps, cheaper and surer than asking an approximate
+structure for ever more candidates until enough of them pass the filter."""
+FILTER_FETCH_MAX = 1 << 15
+"""Candidates asked of the structure per query at most for a filtered search; past that
+(a filter that keeps few of many), the subset is scored exactly instead."""
 
 
 class SlotMap:
@@ -103,19 +110,72 @@ class Searcher:
         return len(self.map)
 
     def search(self, queries: np.ndarray, k: int, exclude: set[int] | None = None,
-               rerank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               rerank: int | None = None, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores (n, k'), ids (n, k')) best first, ties by id; short rows padded with -inf / -1.
 
         `rerank` overrides how many approximate candidates are re-scored (for tuning).
+        `allowed` (image ids) restricts the results to those ids: still the exact top k of
+        that subset, as long as it holds k images (see `_search_within`).
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise VecsearchError(f"k must be a positive integer, got {k!r}")
         q = np.ascontiguousarray(np.asarray(queries, np.float32).reshape(-1, self.dim))
         excluded = np.fromiter((int(i) for i in exclude or ()), np.int64)
         with self.lock.reading():
+            if allowed is not None:
+                return self._search_within(q, int(k), np.setdiff1d(np.asarray(allowed, np.int64), excluded), rerank)
             if self.spec.exact or self.faiss is None:
                 return self._scan(q, int(k), excluded)
             return self._rerank(q, int(k), excluded, rerank or self.spec.rerank_count(k))
+
+    def _search_within(self, q: np.ndarray, k: int, allowed: np.ndarray,
+                       rerank: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Top k among the `allowed` ids (unique, ascending).
+
+        A small subset (or a flat index) is scored exactly, vector by vector. A large one
+        asks the approximate structure for more candidates than usual, in proportion to
+        how few images pass the filter, until as many of them pass as an unfiltered search
+        re-ranks (four times as many each round); past FILTER_FETCH_MAX candidates it
+        scores the subset exactly after all. So a filter that k images pass always gives
+        k results, at the recall of an unfiltered search or better.
+        """
+        slots = self.map.slots_of(allowed)
+        live = slots >= 0
+        ids, slots = allowed[live], slots[live]
+        if not len(ids):
+            return np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64)
+        if self.spec.exact or self.faiss is None or len(ids) <= SUBSET_EXACT:
+            return self._scan_subset(q, k, ids, slots)
+        # As many candidates from the subset as an unfiltered search re-ranks, so recall matches.
+        count = rerank or self.spec.rerank_count(k)
+        want = min(max(count, k), len(ids))
+        fetch = int(count * len(self.map) / len(ids)) + k
+        while fetch <= FILTER_FETCH_MAX:
+            scores, found = self._rerank(q, want, np.empty(0, np.int64), fetch, allowed=ids)
+            if found.shape[1] >= want and (found >= 0).all():
+                return np.ascontiguousarray(scores[:, :k]), np.ascontiguousarray(found[:, :k])
+            if fetch >= len(self.faiss):
+                break
+            fetch *= 4
+        return self._scan_subset(q, k, ids, slots)
+
+    def _scan_subset(self, q: np.ndarray, k: int, ids: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search over some images: their vectors read in slot order, a bounded block at a time."""
+        order = np.argsort(slots, kind="stable")
+        ids, slots = ids[order], slots[order]
+        n = len(q)
+        best_s = np.full((n, 0), -np.inf, np.float32)
+        best_i = np.full((n, 0), -1, np.int64)
+        for start in range(0, len(ids), SCAN_ROWS):
+            rows = self.shards.read(slots[start : start + SCAN_ROWS])
+            part = ids[start : start + SCAN_ROWS]
+            scores = q @ rows.T
+            del rows
+            dead = ~np.isfinite(scores).all(axis=0)  # a damaged stored vector is never a result
+            if dead.any():
+                scores[:, dead] = -np.inf
+            best_s, best_i = _merge(best_s, best_i, scores, np.broadcast_to(part, scores.shape), k)
+        return _finish(best_s, best_i, k)
 
     def _scan(self, q: np.ndarray, k: int, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact search: score every committed slot, a bounded block at a time."""
@@ -135,17 +195,19 @@ class Searcher:
                 best_s, best_i = _merge(best_s, best_i, scores, np.broadcast_to(ids, scores.shape), k)
         return _finish(best_s, best_i, k)
 
-    def _rerank(self, q: np.ndarray, k: int, excluded: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    def _rerank(self, q: np.ndarray, k: int, excluded: np.ndarray, count: int,
+                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Candidates from the structure, re-scored exactly against the stored vectors.
 
         Queries go in blocks so the candidates' vectors in memory stay near RERANK_BYTES.
+        Candidates not in `allowed` (ascending ids), when given, are dropped before scoring.
         """
         fetch = min(len(self.faiss), count + len(excluded))
         if fetch == 0:
             return np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64)
         block = max(1, RERANK_BYTES // (fetch * self.dim * 4))
         if len(q) > block:
-            parts = [self._rerank(q[i : i + block], k, excluded, count) for i in range(0, len(q), block)]
+            parts = [self._rerank(q[i : i + block], k, excluded, count, allowed) for i in range(0, len(q), block)]
             width = max(p[0].shape[1] for p in parts)
             pad = lambda a, v: np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=v)  # noqa: E731
             return (np.concatenate([pad(s_, -np.inf) for s_, _ in parts]).astype(np.float32),
@@ -153,6 +215,8 @@ class Searcher:
         _, cand = self.faiss.search(q, fetch)
         slots = self.map.slots_of(cand.reshape(-1)).reshape(cand.shape)
         dead = (cand < 0) | (slots < 0) | np.isin(cand, excluded)
+        if allowed is not None:
+            dead |= ~np.isin(cand, allowed, assume_unique=False)
         unique, inverse = np.unique(np.where(dead, -1, slots), return_inverse=True)
         live = unique >= 0
         vecs = np.zeros((len(unique), self.dim), np.float32)

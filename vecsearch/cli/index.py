@@ -81,29 +81,45 @@ def index_cmd(
 def query(
     image: Annotated[Optional[Path], typer.Argument(help="An image file (an indexed path reuses its stored vector).", show_default=False)] = None,
     index: IndexOpt = None,
-    k: Annotated[Optional[int], typer.Option("--k", "-k", help=f"How many neighbours (default {DEFAULT_K}; with --label: at most this many, default all).", show_default=False)] = None,
-    label: Annotated[Optional[str], typer.Option("--label", help="Instead: list images whose stored ImageNet top-k holds this class (name or WordNet id).", show_default=False)] = None,
+    k: Annotated[Optional[int], typer.Option("--k", "-k", help=f"How many neighbours (default {DEFAULT_K}; with --imagenet: at most this many, default all).", show_default=False)] = None,
+    under: Annotated[Optional[Path], typer.Option("--under", metavar="DIR", help="Only results inside this folder.", show_default=False)] = None,
+    label: Annotated[Optional[str], typer.Option("--label", metavar="L", help="Only results taught class L (see `teach`). Without IMAGE: the old spelling of --imagenet.", show_default=False)] = None,
+    predicted: Annotated[Optional[str], typer.Option("--predicted", metavar="L", help="Only results the newest classifier (or --classifier) predicted as L.", show_default=False)] = None,
+    classifier: Annotated[Optional[str], typer.Option("--classifier", metavar="NAME", help="With --predicted: whose predictions (default: the newest classifier).", show_default=False)] = None,
+    min_score: Annotated[Optional[float], typer.Option("--min-score", metavar="S", help="Only results at least this similar (cosine, -1..1); fewer than k may come back.", show_default=False)] = None,
+    imagenet: Annotated[Optional[str], typer.Option("--imagenet", metavar="NAME", help="Instead of a search: list images whose stored ImageNet top-k holds this class (name or WordNet id).", show_default=False)] = None,
     explain: Annotated[Optional[Path], typer.Option("--explain", metavar="DIR", help="Also write one PNG per result into DIR: why it is similar, the query's heatmap beside the result's.", show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Show the k indexed images most similar to IMAGE (cosine similarity), or those labelled --label NAME."""
+    """Show the k indexed images most similar to IMAGE (cosine similarity), optionally filtered; or, with
+    --imagenet NAME, those whose ImageNet labels hold a class."""
     with errors_to_exit():
         if k is not None and k < 1:
             raise VecsearchError(f"--k must be at least 1, got {k}.")
-        if label is not None:
+        if image is None and label is not None and imagenet is None:
+            # `query --label NAME` listed ImageNet classes before user classes had filters.
+            warn("note: `query --label NAME` without IMAGE is the old spelling of `query --imagenet NAME`; "
+                 "with an IMAGE, --label filters by a class of your own.")
+            imagenet, label = label, None
+        filters = {"--under": under, "--label": label, "--predicted": predicted, "--classifier": classifier,
+                   "--min-score": min_score}
+        given = [flag for flag, value in filters.items() if value is not None]
+        if imagenet is not None:
             if image is not None:
-                raise VecsearchError("Give either IMAGE or --label NAME, not both.")
-            if explain is not None:
-                raise VecsearchError("--explain goes with a search by IMAGE, not --label.")
+                raise VecsearchError("Give either IMAGE (a search) or --imagenet NAME (a listing), not both.")
+            if explain is not None or given:
+                raise VecsearchError(f"{', '.join(given) or '--explain'} go{'es' if len(given) < 2 else ''} with "
+                                     "a search by IMAGE, not --imagenet.")
             from .labels import print_label_hits  # imported here: labels' commands register after these
 
             with open_index(index, create=False) as ix:
-                print_label_hits(ix.search_labels(label, limit=k), json_out)
+                print_label_hits(ix.search_labels(imagenet, limit=k), json_out)
             return
         if image is None:
-            raise VecsearchError("Give an IMAGE to search with, or --label NAME.")
+            raise VecsearchError("Give an IMAGE to search with, or --imagenet NAME.")
         with open_index(index, create=False) as ix:
-            hits = ix.search(image, DEFAULT_K if k is None else k)
+            hits = ix.search(image, DEFAULT_K if k is None else k, under=under, label=label, predicted=predicted,
+                             classifier=classifier, min_score=min_score)
             written = ix.explain_hits_to(image, hits, explain) if explain is not None else None
         if json_out:
             rows = [h.to_dict() for h in hits]
@@ -115,6 +131,8 @@ def query(
         say(f"{'rank':>4}  {'score':>6}  path")
         for h in hits:
             say(f"{h.rank:>4}  {h.score:6.4f}  {h.path}")
+        if not hits and given:
+            warn(f"No indexed image passes the filters ({', '.join(given)}).")
         if written is not None:
             say(f"why similar: {len(written)} heatmap{'s' if len(written) != 1 else ''} (query | result) written to {explain}")
 

@@ -65,7 +65,7 @@ def search_labels(
     k: Annotated[Optional[int], typer.Option("--k", "-k", min=1, help="At most this many images (default: all).", show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """List images whose stored top-k ImageNet labels hold NAME, most probable first (= query --label)."""
+    """List images whose stored top-k ImageNet labels hold NAME, most probable first (= query --imagenet)."""
     with errors_to_exit():
         with open_index(index, create=False) as ix:
             hits = ix.search_labels(name, limit=k)

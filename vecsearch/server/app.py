@@ -77,6 +77,8 @@ UserLabelFilter = Annotated[str | None, Query(min_length=1, max_length=200, patt
                                               description="Only images taught this user label (`vecsearch teach`).")]
 Predicted = Annotated[str | None, Query(min_length=1, max_length=200, pattern=_TEXT,
                                         description="Only images a saved classifier predicted as this label.")]
+PredictedBy = Annotated[str | None, Query(alias="classifier", min_length=1, max_length=64, pattern=_TEXT,
+                                          description="With `predicted`: whose predictions (default: the newest saved classifier).")]
 MinScore = Annotated[float | None, Query(ge=-1.0, le=1.0, allow_inf_nan=False,
                                          description="Only results at least this similar (cosine, -1..1).")]
 DOCS_STATIC = "/static/docs"
@@ -480,13 +482,14 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
     @app.post("/api/search", tags=["search"], summary="Images most similar to an uploaded image", dependencies=Auth,
               responses=_responses(401, 413, 422))
     def search_upload(file: Upload, k: K = DEFAULT_K, offset: Offset = 0, under: Under = None,
-                      label: UserLabelFilter = None, predicted: Predicted = None,
+                      label: UserLabelFilter = None, predicted: Predicted = None, predicted_by: PredictedBy = None,
                       min_score: MinScore = None) -> dict:
         """Multipart upload in field `file`; results are best first, ranks counted from 1 over all pages.
 
-        The filters (`under`, `label`, `predicted`, `min_score`) keep only the images that pass all of them.
+        The filters (`under`, `label`, `predicted` with `classifier`, `min_score`) keep only the images
+        that pass all of them; k are still returned whenever k images pass.
         """
-        filters = _filters(under, label, predicted, min_score)
+        filters = _filters(under, label, predicted, predicted_by, min_score)
         q = svc.embed_upload(_read_upload(svc, file))
         hits = current().search_vector(q, k + offset, **filters)[offset:]
         return _results(ix, hits, k=k, offset=offset, next_url=_next("/api/search", k, offset, len(hits), filters))
@@ -494,9 +497,10 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
     @app.get("/api/images/{image_id}/similar", tags=["search"], summary="Images most similar to an indexed image",
              dependencies=Auth, responses=_responses(401, 404, 422))
     def similar(image_id: ImageId, k: K = DEFAULT_K, offset: Offset = 0, under: Under = None,
-                label: UserLabelFilter = None, predicted: Predicted = None, min_score: MinScore = None) -> dict:
+                label: UserLabelFilter = None, predicted: Predicted = None, predicted_by: PredictedBy = None,
+                min_score: MinScore = None) -> dict:
         """Neighbours of an indexed image by its stored vector (no model call); itself left out. Filters as for search."""
-        filters = _filters(under, label, predicted, min_score)
+        filters = _filters(under, label, predicted, predicted_by, min_score)
         hits = current().similar(image_id, k + offset, **filters)[offset:]
         return _results(ix, hits, k=k, offset=offset, query_id=image_id,
                         next_url=_next(f"/api/images/{image_id}/similar", k, offset, len(hits), filters))
@@ -615,9 +619,10 @@ def _next(base: str, k: int, offset: int, got: int, filters: dict | None = None)
     return f"{base}?" + urlencode({"k": k, "offset": offset + k, **(filters or {})})
 
 
-def _filters(under: str | None, label: str | None, predicted: str | None, min_score: float | None) -> dict:
-    """The search filters that were given, as `VecIndex.search_vector` keywords."""
-    given = {"under": under, "label": label, "predicted": predicted, "min_score": min_score}
+def _filters(under: str | None, label: str | None, predicted: str | None, classifier: str | None,
+             min_score: float | None) -> dict:
+    """The search filters that were given, as `VecIndex.search_vector` keywords (and query parameters)."""
+    given = {"under": under, "label": label, "predicted": predicted, "classifier": classifier, "min_score": min_score}
     return {k: v for k, v in given.items() if v is not None}
 
 

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator
 from urllib.parse import quote
 
 import numpy as np
-from sqlalchemy import create_engine, delete, event, func, insert, select, update
+from sqlalchemy import and_, create_engine, delete, event, func, insert, or_, select, update
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
@@ -249,6 +249,56 @@ class Store:
             total = s.execute(n).scalar() or 0
             rows = [_record(r) for r in s.scalars(q.offset(offset).limit(limit))]
         return total, rows
+
+    def iter_images(self, *, status: str | None = None, under: Iterable[str] = (), ids: np.ndarray | None = None,
+                    chunk: int = 1000) -> Iterator[ImageRecord]:
+        """Image records by id, read `chunk` at a time (keyset pages: memory stays at one page).
+
+        `status` keeps one status; `under` keeps paths equal to or inside these absolute
+        folders; `ids` (ascending) keeps those ids only.
+        """
+        q = select(Image).order_by(Image.id)
+        if status:
+            q = q.where(Image.status == status)
+        under = list(under)
+        if under:
+            q = q.where(or_(*(_path_under(r) for r in under)))
+        if ids is not None:
+            ids = np.unique(np.asarray(ids, np.int64))
+            for part in _slices(ids.tolist()):
+                with self.session() as s:
+                    yield from [_record(r) for r in s.scalars(q.where(Image.id.in_(part)))]
+            return
+        last = -1
+        while True:
+            with self.session() as s:
+                rows = [_record(r) for r in s.scalars(q.where(Image.id > last).limit(chunk))]
+            if not rows:
+                return
+            yield from rows
+            last = rows[-1].id
+
+    def ids_under(self, folders: Iterable[str]) -> np.ndarray:
+        """Ids of images whose path is one of these absolute paths or inside one, ascending."""
+        folders = list(folders)
+        if not folders:
+            return np.zeros(0, np.int64)
+        with self.engine.connect() as c:
+            q = select(Image.id).where(or_(*(_path_under(r) for r in folders))).order_by(Image.id)
+            return np.fromiter((r[0] for r in c.execute(q)), np.int64)
+
+    def ids_with_user_label(self, label: str) -> np.ndarray:
+        """Ids of images taught class `label`, ascending."""
+        with self.engine.connect() as c:
+            q = select(UserLabel.image_id).where(UserLabel.label == label).order_by(UserLabel.image_id)
+            return np.fromiter((r[0] for r in c.execute(q)), np.int64)
+
+    def ids_predicted(self, classifier: str, label: str) -> np.ndarray:
+        """Ids of images classifier `classifier` predicted as `label`, ascending."""
+        with self.engine.connect() as c:
+            q = (select(Prediction.image_id).where(Prediction.classifier == classifier, Prediction.label == label)
+                 .order_by(Prediction.image_id))
+            return np.fromiter((r[0] for r in c.execute(q)), np.int64)
 
     def counts(self) -> dict[str, int]:
         with self.session() as s:
@@ -653,6 +703,14 @@ def _lock_and_keep_alive(s: Session, ids: list[int], id_column) -> set[int]:
     for part in _slices(sorted(set(ids))):
         alive.update(s.scalars(select(Image.id).where(Image.id.in_(part))))
     return alive
+
+
+def _path_under(folder: str):
+    """SQL: the path is `folder` or inside it. A range on the path column, so no LIKE
+    wildcard in a folder's name (`_`, `%`) can widen it; "0" sorts right after "/"."""
+    root = folder.rstrip("/") or ""
+    prefix = root + "/"
+    return or_(Image.path == folder, and_(Image.path > prefix, Image.path < root + "0"))
 
 
 def no_annotations() -> dict:

@@ -1,0 +1,73 @@
+"""`vecsearch remove` and `list`: looking after what an index holds."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import VecsearchError
+from ._common import IndexOpt, JsonOpt, app, errors_to_exit, open_index, print_json, say, warn
+
+JsonlOpt = Annotated[bool, typer.Option("--jsonl", help="Print one JSON object per line (streams; for jq and scripts).")]
+
+
+@app.command()
+def remove(
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="Indexed files and folders; they may be gone from disk already.", show_default=False)] = None,
+    index: IndexOpt = None,
+    missing: Annotated[bool, typer.Option("--missing", help="Also drop every entry whose file is gone, wherever it is.")] = False,
+    json_out: JsonOpt = False,
+    verbose_paths: Annotated[bool, typer.Option("--paths", help="List every removed path.")] = False,
+) -> None:
+    """Drop files and folders from the index (present or deleted), or with --missing every entry whose file is gone."""
+    with errors_to_exit():
+        if not paths and not missing:
+            raise VecsearchError("Give files or folders to remove, or --missing to drop every entry whose file is gone.")
+        with open_index(index, create=False) as ix:
+            summary = ix.remove(paths or [], missing=missing)
+        if json_out:
+            print_json(summary.to_dict() | {"index": str(ix.directory)})
+            return
+        say(f"Removed {summary.removed} image{'s' if summary.removed != 1 else ''} from {ix.directory}")
+        if verbose_paths:
+            for p in summary.removed_paths:
+                say(f"  removed: {p}")
+        for p in summary.not_indexed:
+            warn(f"  not in the index: {p}")
+
+
+@app.command("list")
+def list_cmd(
+    index: IndexOpt = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Only images that could not be read, with the reason.")] = False,
+    label: Annotated[Optional[str], typer.Option("--label", metavar="L", help="Only images taught class L (see `teach`).", show_default=False)] = None,
+    under: Annotated[Optional[Path], typer.Option("--under", metavar="DIR", help="Only images inside this folder.", show_default=False)] = None,
+    json_out: JsonOpt = False,
+    jsonl: JsonlOpt = False,
+) -> None:
+    """List the indexed images by id: one path per line (failed ones with their reason), or JSON."""
+    with errors_to_exit():
+        if json_out and jsonl:
+            raise VecsearchError("Give --json or --jsonl, not both.")
+        with open_index(index, create=False) as ix:
+            records = ix.iter_images(status="failed" if failed else None, under=under, label=label)
+            if json_out:
+                print_json([_row(r) for r in records])
+                return
+            for r in records:
+                if jsonl:
+                    sys.stdout.write(json.dumps(_row(r), default=str) + "\n")
+                elif r.status == "failed":
+                    say(f"{r.path}  (failed: {r.reason})")
+                else:
+                    say(r.path)
+
+
+def _row(r) -> dict:
+    return {"id": r.id, "path": r.path, "status": r.status, "reason": r.reason, "size": r.size,
+            "width": r.width, "height": r.height, "sha256": r.sha256,
+            "indexed_at": r.indexed_at.isoformat(timespec="seconds") + "Z" if r.indexed_at else None}
