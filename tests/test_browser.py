@@ -95,3 +95,82 @@ def test_page_uploads_an_image_and_shows_a_grid_of_neighbours(tmp_path):
     assert [i["src"] for i in why2["images"]] == [f"/api/images/{seen['clicked']}/explain?like={first}",
                                                  f"/api/images/{first}/explain?like={seen['clicked']}"]
     assert all((i["width"], i["height"]) == (384, 256) for i in why2["images"])
+
+
+def test_page_with_a_token_filters_clears_on_error_and_goes_back(tmp_path):
+    """The token address, a filtered search, a bad upload clearing old results, Back and Forward,
+    a reload of a search by id, an original opened, and /docs and /redoc with nothing fetched from elsewhere."""
+    from vecsearch import open_index
+    from vecsearch.server import create_app
+
+    photos = tmp_path / "photos"
+    for i in range(10):
+        make_image(photos / ("a" if i < 5 else "b") / f"p{i:02d}.jpg", seed=i, size=(96, 64))
+    (tmp_path / "labels.csv").write_text("photos/a/p00.jpg,cat\nphotos/a/p01.jpg,cat\nphotos/b/p05.jpg,dog\nphotos/b/p06.jpg,dog\n")
+    query = make_image(tmp_path / "query.png", seed=500, size=(80, 80))
+    bad = tmp_path / "not-an-image.png"
+    bad.write_bytes(b"this is text, not a PNG")
+    ix = open_index(tmp_path / "index", backbone="tiny", weights=None, seed=7)
+    ix.add([photos])
+    ix.teach(tmp_path / "labels.csv")
+    ix.train_classifier("knn", k=1, name="nn1")
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "browser_page_filters.png"
+    shot.unlink(missing_ok=True)
+    token = "t0k/en&x"
+    folder = str(photos / "a")
+    auth = {"Authorization": f"Bearer {token}"}
+
+    with live_server(create_app(ix, token=token)) as base:
+        r = subprocess.run(["node", str(BROWSER_DIR / "page_flows.mjs"), base, token, str(query), str(bad), folder, str(shot)],
+                           cwd=BROWSER_DIR, capture_output=True, text=True, timeout=240)
+        assert r.returncode == 0, r.stderr[-3000:]
+        seen = json.loads(r.stdout.strip().splitlines()[-1])
+        files = {"file": ("query.png", query.read_bytes(), "image/png")}
+        api_all = httpx.post(f"{base}/api/search", params={"k": 48}, files=files, headers=auth).json()["results"]
+        api_a = httpx.post(f"{base}/api/search", params={"k": 48, "under": folder}, files=files, headers=auth).json()["results"]
+        api_from = httpx.get(f"{base}/api/images/{seen['clicked']}/similar", params={"k": 48, "under": folder},
+                             headers=auth).json()["results"]
+    ix.close()
+
+    assert seen["consoleErrors"] == [] and seen["external"] == []
+    # The token left the address bar and lives in the tab's sessionStorage.
+    assert seen["addressAfterLoad"] == "/" and seen["stored"] == token
+    for address in (seen["addressUnfiltered"], seen["addressFiltered"], seen["reloaded"]["address"]):
+        assert "token=" not in address and "t0k" not in address
+    # Unfiltered, then filtered to folder a: exactly what the API gives.
+    assert seen["unfiltered"] == [h["id"] for h in api_all] and len(api_all) == 10
+    assert [c["id"] for c in seen["filtered"]] == [h["id"] for h in api_a] and len(api_a) == 5
+    assert all(c["folder"] == folder for c in seen["filtered"])
+    by_id = {h["id"]: h for h in api_a}
+    for c in seen["filtered"]:
+        hit = by_id[c["id"]]
+        if hit["user_label"]:
+            assert c["taught"] == f"label: {hit['user_label']['label']}" and c["predictions"] == []
+        else:
+            p = hit["predictions"][0]
+            assert c["taught"] is None and c["predictions"] == [f"nn1 \u2192 {p['label']} {100 * p['confidence']:.0f}%"]
+        assert c["original"] == f"/api/images/{c['id']}/original?token=t0k%2Fen%26x"
+    assert sum(c["taught"] == "label: cat" for c in seen["filtered"]) == 2
+    assert "under=" in seen["addressFiltered"] and "k=48" in seen["addressFiltered"]
+    # The bad upload: its error, and nothing of the results before it.
+    assert seen["errorStatus"].startswith("Bad image:")
+    assert seen["afterError"] == {"cards": 0, "moreHidden": True, "query": 0}
+    # Back: the unfiltered search; Forward: the filtered one, filters back in the form.
+    assert seen["back"] == {"ids": seen["unfiltered"], "under": "", "address": seen["addressUnfiltered"]}
+    assert seen["forward"] == {"ids": [c["id"] for c in seen["filtered"]], "under": folder,
+                               "address": seen["addressFiltered"]}
+    # From a result, with the filter kept; a reload of that address shows the same.
+    assert seen["fromResult"]["ids"] == [h["id"] for h in api_from]
+    assert f"similar={seen['clicked']}" in seen["fromResult"]["address"]
+    assert seen["reloaded"]["ids"] == seen["fromResult"]["ids"] and seen["reloaded"]["under"] == folder
+    assert seen["reloaded"]["caption"] == seen["fromResult"]["caption"]
+    assert seen["originalFetch"]["status"] == 200 and seen["originalFetch"]["type"] == "image/jpeg"
+    assert seen["originalFetch"]["target"] == "_blank" and seen["originalFetch"]["bytes"] > 500
+    # Without the token: told to open the address `serve` printed.
+    assert "/?token=" in seen["withoutToken"] and "Authorization" not in seen["withoutToken"]
+    # Offline docs rendered the schema.
+    assert seen["docs"]["title"].startswith("vecsearch") and seen["docs"]["failed"] == []
+    assert "/api/images/{image_id}/original" in seen["docs"]["operations"]
+    assert seen["redoc"]["title"].startswith("vecsearch")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000

@@ -82,6 +82,9 @@ PredictedBy = Annotated[str | None, Query(alias="classifier", min_length=1, max_
 MinScore = Annotated[float | None, Query(ge=-1.0, le=1.0, allow_inf_nan=False,
                                          description="Only results at least this similar (cosine, -1..1).")]
 DOCS_STATIC = "/static/docs"
+# The docs pages may load nothing from elsewhere: ReDoc's sidebar links a logo on its CDN.
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data: blob:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'")
 _PNG = {200: {"content": {"image/png": {}}, "description": "The heatmap over the image (PNG, the image's aspect ratio)."}}
 
 
@@ -647,18 +650,22 @@ def _install_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     def swagger(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(openapi_url=root + app.openapi_url, title="vecsearch - API",
+        html = get_swagger_ui_html(openapi_url=root + app.openapi_url, title="vecsearch - API",
                                    swagger_js_url=f"{root}{DOCS_STATIC}/swagger-ui-bundle.js",
                                    swagger_css_url=f"{root}{DOCS_STATIC}/swagger-ui.css",
                                    swagger_favicon_url=f"{root}{DOCS_STATIC}/favicon.png",
                                    swagger_ui_parameters={"validatorUrl": None})  # the validator badge calls out
+        html.headers["Content-Security-Policy"] = DOCS_CSP
+        return html
 
     @app.get("/redoc", include_in_schema=False)
     def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        return get_redoc_html(openapi_url=root + app.openapi_url, title="vecsearch - API",
+        html = get_redoc_html(openapi_url=root + app.openapi_url, title="vecsearch - API",
                               redoc_js_url=f"{root}{DOCS_STATIC}/redoc.standalone.js",
                               redoc_favicon_url=f"{root}{DOCS_STATIC}/favicon.png", with_google_fonts=False)
+        html.headers["Content-Security-Policy"] = DOCS_CSP
+        return html
 
 
 def _results(ix: VecIndex, hits: list[Hit], *, k: int, offset: int, next_url: str | None, query_id: int | None = None) -> dict:
