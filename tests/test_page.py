@@ -323,6 +323,16 @@ def test_the_page_loads_without_a_token_and_401_tells_a_browser_to_open_the_toke
         assert c.get("/api/images/1/original").status_code == 401
 
 
+def test_openapi_declares_the_bearer_token_so_docs_can_authorize(client):
+    spec = client.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"] == {
+        "type": "http", "scheme": "bearer", "description": "The server's --token (only when it has one)."}
+    ops = {(path, method): op for path, item in spec["paths"].items() for method, op in item.items()}
+    assert ops[("/api/images/{image_id}/original", "get")]["security"] == [{"HTTPBearer": []}]
+    assert ops[("/api/search", "post")]["security"] == [{"HTTPBearer": []}]
+    assert "security" not in ops[("/api/health", "get")]
+
+
 def test_page_url_is_what_a_browser_can_open():
     from vecsearch.cli.serve import page_url
 

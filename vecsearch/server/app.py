@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Annotated, Iterable
 from urllib.parse import quote, urlencode
 
-from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Query, Request, Security, UploadFile
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.security import HTTPBearer
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
@@ -438,7 +439,11 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
     hosts, any_ip = allowed_hosts(host, allow_hosts)
     app.add_middleware(_HostCheck, hosts=hosts, any_ip=any_ip)  # added last: runs first
 
-    async def authorised(request: Request) -> None:  # async: no thread-pool hop per request
+    # Declared so /docs has an "Authorize" button for the token; the check itself is below.
+    bearer = HTTPBearer(auto_error=False, description="The server's --token (only when it has one).")
+
+    async def authorised(request: Request, _=Security(bearer)) -> None:
+        # async: no thread-pool hop per request
         if svc.token is None:
             return
         header = request.headers.get("authorization", "")
