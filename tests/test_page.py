@@ -369,3 +369,11 @@ def test_serve_prints_the_token_url_and_it_opens_the_page(built):
         proc.terminate()
         _, stderr = proc.communicate(timeout=30)
     assert url in stderr
+
+
+def test_serve_without_the_docs_package_names_the_extra(tmp_path):
+    code = ("import sys; sys.modules['fastapi_offline'] = None; from vecsearch.cli import app; "
+            "app(['serve', '--index', %r])" % str(tmp_path / "index"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "fastapi_offline is missing" in r.stderr and "pip install 'vecsearch[server]'" in r.stderr

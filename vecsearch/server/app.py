@@ -83,6 +83,8 @@ PredictedBy = Annotated[str | None, Query(alias="classifier", min_length=1, max_
 MinScore = Annotated[float | None, Query(ge=-1.0, le=1.0, allow_inf_nan=False,
                                          description="Only results at least this similar (cosine, -1..1).")]
 DOCS_STATIC = "/static/docs"
+# Resolved at import, so a missing package is an ImportError that `serve` turns into the install line.
+DOCS_FILES = resources.files("fastapi_offline").joinpath("static")
 # The docs pages may load nothing from elsewhere: ReDoc's sidebar links a logo on its CDN.
 DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
             "img-src 'self' data: blob:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'")
@@ -649,8 +651,7 @@ def _install_docs(app: FastAPI) -> None:
     `swagger-ui-bundle` on PyPI carries Swagger UI 4, which cannot read the OpenAPI 3.1 that
     FastAPI writes; `fastapi-offline` carries Swagger UI 5 and ReDoc. Only its files are used.
     """
-    static = resources.files("fastapi_offline").joinpath("static")
-    app.mount(DOCS_STATIC, StaticFiles(directory=str(static)), name="docs-static")
+    app.mount(DOCS_STATIC, StaticFiles(directory=str(DOCS_FILES)), name="docs-static")
 
     @app.get("/docs", include_in_schema=False)
     def swagger(request: Request) -> HTMLResponse:
