@@ -156,6 +156,7 @@ def test_results_carry_folder_taught_label_predictions_and_original(client, buil
         one["folder"], one["user_label"], one["predictions"], one["original"])
     listed = {i["id"]: i for i in client.get("/api/images", params={"limit": 100}).json()["items"]}
     assert listed[one["id"]]["folder"] == one["folder"] and listed[one["id"]]["predictions"] == one["predictions"]
+    assert client.get("/api/stats").json()["labels"] == ["cat", "dog"]  # the page's suggestions for the filters
     broken = listed[by_path[str(root / "photos" / "b" / "broken.jpg")]]
     assert broken["status"] == "failed" and broken["original"] is None
 
