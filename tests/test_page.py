@@ -312,6 +312,8 @@ def test_the_page_loads_without_a_token_and_401_tells_a_browser_to_open_the_toke
     with TestClient(create_app(ix, token="s3cret", warm=False), base_url="http://127.0.0.1") as c:
         page = c.get("/")
         assert page.status_code == 200 and "<title>vecsearch</title>" in page.text
+        assert "connect-src 'self'" in page.headers["content-security-policy"]
+        assert page.headers["referrer-policy"] == "no-referrer"
         assert c.get("/?token=s3cret").status_code == 200
         browser = c.get("/api/stats", headers={"Accept": "text/html,application/xhtml+xml"})
         assert browser.status_code == 401

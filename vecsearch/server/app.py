@@ -83,6 +83,9 @@ PredictedBy = Annotated[str | None, Query(alias="classifier", min_length=1, max_
 MinScore = Annotated[float | None, Query(ge=-1.0, le=1.0, allow_inf_nan=False,
                                          description="Only results at least this similar (cosine, -1..1).")]
 DOCS_STATIC = "/static/docs"
+# The page talks to this server only; file names and labels it shows are text, never markup.
+PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob: data:; "
+            "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 # Resolved at import, so a missing package is an ImportError that `serve` turns into the install line.
 DOCS_FILES = resources.files("fastapi_offline").joinpath("static")
 # The docs pages may load nothing from elsewhere: ReDoc's sidebar links a logo on its CDN.
@@ -468,7 +471,8 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
     def page() -> HTMLResponse:
         # The shell needs no token: the page reads it from `/?token=` and sends it on API calls.
         html = resources.files("vecsearch.server").joinpath("page.html").read_text(encoding="utf-8")
-        return HTMLResponse(html, headers={"Cache-Control": "no-cache", "Referrer-Policy": "no-referrer"})
+        return HTMLResponse(html, headers={"Cache-Control": "no-cache", "Referrer-Policy": "no-referrer",
+                                           "Content-Security-Policy": PAGE_CSP})
 
     _install_docs(app)
 
