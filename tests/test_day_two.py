@@ -246,3 +246,43 @@ def test_heic_without_the_extra_names_the_install_line(tmp_path, index_dir):
     assert failed["path"].endswith("IMG_0.heic") and "pip install 'vecsearch[heif]'" in failed["reason"]
     tail = out.stdout[out.stdout.index("EXIT"):]
     assert tail.startswith("EXIT 1") and "pip install 'vecsearch[heif]'" in tail, tail
+
+
+# -- exclude ----------------------------------------------------------------------------------
+def test_exclude_is_remembered_and_drops_what_it_matches(photos, index_dir):
+    make_image(photos / "a" / "thumbs" / "t1.jpg", seed=30)
+    make_image(photos / "b" / "deep" / "thumbs" / "t2.png", seed=31)
+    make_image(photos / "b" / "scan.tmp.png", seed=32)
+    run("index", photos, "--index", index_dir, *TINY, "--quiet")
+    with open_index(index_dir) as ix:
+        assert len(ix) == 15
+    s = run_json("index", photos, "--index", index_dir, "--exclude", "thumbs", "--exclude", "*.tmp.*")
+    assert s["exclude"] == ["thumbs", "*.tmp.*"] and s["removed"] == 3
+    assert s["removed_paths"] == sorted(str(p) for p in (photos / "a" / "thumbs" / "t1.jpg",
+                                                          photos / "b" / "deep" / "thumbs" / "t2.png",
+                                                          photos / "b" / "scan.tmp.png"))
+    # Remembered: a later run without --exclude keeps them out, and stats shows them.
+    make_image(photos / "a" / "thumbs" / "t3.jpg", seed=33)
+    s = run_json("index", photos, "--index", index_dir)
+    assert s["indexed"] == 0 and s["total"] == 12 and s["exclude"] == ["thumbs", "*.tmp.*"]
+    assert run_json("stats", "--index", index_dir)["exclude"] == ["thumbs", "*.tmp.*"]
+    # Relative-path and absolute globs; a new glob joins the remembered ones.
+    s = run_json("index", photos, "--index", index_dir, "--exclude", "a/img0[0-2]*")
+    assert sorted(map(lambda p: p.rsplit("/", 1)[1], s["removed_paths"])) == ["img00.png", "img01.jpg", "img02.jpg"]
+    # --clear-exclude forgets them: everything comes back (vectors of unchanged files are re-embedded).
+    s = run_json("index", photos, "--index", index_dir, "--clear-exclude")
+    assert s["exclude"] == [] and s["indexed"] == 7 and s["total"] == 16
+    r = run("index", photos, "--index", index_dir, "--exclude", "", ok=False)
+    assert r.exit_code == 1 and "non-empty glob" in r.output
+
+
+def test_exclude_globs_unit(tmp_path):
+    from vecsearch.images import is_excluded
+
+    root = tmp_path / "p"
+    f = root / "x" / "thumbs" / "a.jpg"
+    assert is_excluded(f, [root], ["thumbs"]) and is_excluded(f, [root], ["*.jpg"])
+    assert is_excluded(f, [root], ["x/*"]) and is_excluded(f, [root], [str(root / "x") + "/*"])
+    assert is_excluded(f, [root], ["*/thumbs/*"])
+    assert not is_excluded(f, [root], ["thumb"]) and not is_excluded(f, [root], ["*.JPG"])  # whole names, case-sensitive
+    assert not is_excluded(f, [root], ["y/*"]) and not is_excluded(f, [root], [])

@@ -207,18 +207,24 @@ class VecIndex:
         )
 
     # -- indexing -------------------------------------------------------------------------
-    def add(self, paths: Iterable[str | os.PathLike], *, progress: Progress | None = None,
+    def add(self, paths: Iterable[str | os.PathLike], *, exclude: Iterable[str] = (), progress: Progress | None = None,
             chunk_size: int = indexer.CHUNK_SIZE, chunk_seconds: float = indexer.CHUNK_SECONDS) -> IndexSummary:
         """Index image files and folders incrementally (see `indexer.run`).
 
         New or changed files (size + mtime, then content hash) are embedded; moved or copied
         files reuse stored vectors; entries under the given folders whose files are gone are
         removed. Results are committed in chunks, so a killed run loses at most one chunk and
-        the next run resumes from there.
+        the next run resumes from there. `exclude` globs (see `images.is_excluded`) join
+        those the index remembers (`exclude`); files they match are skipped, and dropped
+        from the index if they were in it.
         """
         roots = [images.absolute(p) for p in paths]
+        new_globs = images.check_globs(exclude)
         self._check_writable()
         with self._lock.held():
+            if new_globs:
+                self.store.set_setting("exclude", images.check_globs([*self.exclude, *new_globs]))
+            globs = self.exclude
             # A folder (or file) that is gone but has entries is reconciled like any other:
             # its entries are dropped. Only a path that is neither there nor indexed is a mistake.
             gone = [r for r in roots if not os.path.lexists(r)]
@@ -226,7 +232,8 @@ class VecIndex:
             for r in gone:
                 if not known[r]:
                     raise InputNotFoundError(f"No such file or folder: {r}")
-            found = list(images.scan([r for r in roots if r not in gone]))
+            found = [f for f in images.scan([r for r in roots if r not in gone])
+                     if not images.is_excluded(f.path, roots, globs)]
             files = [f.path for f in found if f.reason is None]
             rejected = [f for f in found if f.reason is not None]
             if not found and not any(known.values()):
@@ -245,6 +252,19 @@ class VecIndex:
             summary.retrained = self._open_searcher(writer=True) and had_structure
             summary.repaired = len(damaged)
         return summary
+
+    @property
+    def exclude(self) -> list[str]:
+        """The exclude globs this index remembers: every `add` skips (and drops) what they match."""
+        return list(self.store.setting("exclude", []))
+
+    def set_exclude(self, globs: Iterable[str]) -> list[str]:
+        """Replace the remembered exclude globs (an empty list forgets them); the next `add` applies them."""
+        globs = images.check_globs(globs)
+        self._check_writable()
+        with self._lock.held():
+            self.store.set_setting("exclude", globs)
+        return globs
 
     def remove(self, paths: Iterable[str | os.PathLike] = (), *, missing: bool = False) -> RemoveSummary:
         """Drop entries from the index: the given files, and everything inside the given folders.
@@ -524,6 +544,7 @@ class VecIndex:
             "db_bytes": size(db) + size(db.with_name(db.name + "-wal")),
             "vectors_bytes": size(self.vectors_path),
             "created_at": info.created_at.isoformat(timespec="seconds") + "Z",
+            "exclude": self.exclude,
         }
 
     def export(self, out: str | os.PathLike, *, progress: Progress | None = None) -> int:

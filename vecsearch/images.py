@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import DECODE_MEMORY_BUDGET, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_READ_SECONDS
-from .errors import BadImageError, InputNotFoundError
+from .errors import BadImageError, InputNotFoundError, VecsearchError
 
 logger = logging.getLogger(__name__)
 
@@ -231,6 +231,41 @@ def is_image_file(path: Path) -> bool:
     if path.suffix.lower() in image_extensions():
         return True
     return _has_image_signature(read_head(path, 32))
+
+
+def check_globs(globs: Iterable[str]) -> list[str]:
+    """Exclude globs cleaned (a trailing "/" dropped, duplicates once, order kept); an empty one is refused."""
+    out: list[str] = []
+    for g in globs:
+        if not isinstance(g, str) or not g.strip().rstrip("/"):
+            raise VecsearchError(f"An exclude pattern must be a non-empty glob such as '*.tmp' or 'thumbs', got {g!r}.")
+        g = g.strip().rstrip("/")
+        if g not in out:
+            out.append(g)
+    return out
+
+
+def is_excluded(path: Path, roots: list[Path], globs: list[str]) -> bool:
+    """Whether an exclude glob matches the file (fnmatch, case-sensitive, `*` crosses "/").
+
+    A glob is tried on the file's name (`*.tmp`), on each folder name between the root
+    given to `add` and the file (`thumbs`, `@eaDir`), on the path relative to that root
+    (`raw/*`, `*/cache/*`) and on the absolute path (`/photos/old/*`).
+    """
+    if not globs:
+        return False
+    import fnmatch
+
+    text = str(path)
+    rel = path.name
+    for r in roots:
+        prefix = str(r).rstrip(os.sep) + os.sep
+        if text.startswith(prefix):
+            rel = text[len(prefix):]
+            break
+    parts = rel.split(os.sep)
+    candidates = [text, rel, *parts]
+    return any(fnmatch.fnmatchcase(c, g) for g in globs for c in candidates)
 
 
 @dataclass(frozen=True)
