@@ -286,3 +286,47 @@ def test_exclude_globs_unit(tmp_path):
     assert is_excluded(f, [root], ["*/thumbs/*"])
     assert not is_excluded(f, [root], ["thumb"]) and not is_excluded(f, [root], ["*.JPG"])  # whole names, case-sensitive
     assert not is_excluded(f, [root], ["y/*"]) and not is_excluded(f, [root], [])
+
+
+# -- the Python API in a notebook -------------------------------------------------------------
+def test_search_takes_a_pil_image_and_refuses_other_things_by_name(photos, index_dir):
+    with open_index(index_dir, backbone="tiny", weights=None, seed=7) as ix:
+        ix.add([photos])
+        path = photos / "a" / "img03.png"  # PNG: the PIL image holds exactly the file's pixels
+        by_path = ix.search(path, k=5)
+        with Image.open(path) as im:
+            by_image = ix.search(im, k=6)
+        assert by_image[0].path == str(path) and by_image[0].score == pytest.approx(1.0, abs=1e-5)
+        assert [h.id for h in by_image[1:]] == [h.id for h in by_path]
+        vec = ix.vector(by_path[0].id)
+        assert [h.id for h in ix.search(vec.tolist(), k=3)] == [h.id for h in ix.search(vec, k=3)]
+        for bad, named in ((42, "similar"), ({"a": 1}, "dict"), (np.array(["x"]), "array"), (None, "NoneType")):
+            with pytest.raises(VecsearchError, match=named) as info:
+                ix.search(bad)
+            assert "image path" in str(info.value) or "array of numbers" in str(info.value)
+        assert repr(ix) == f"<VecIndex {str(index_dir)!r}: tiny, flat, 12 vectors>" and len(ix) == 12
+
+
+def test_library_errors_speak_python_and_the_cli_adds_its_flags(tmp_path, index_dir):
+    import re
+    from pathlib import Path
+
+    import vecsearch
+
+    # No library message names a command-line flag: scan the raise statements' text.
+    pkg = Path(vecsearch.__file__).parent
+    offenders = []
+    for f in pkg.rglob("*.py"):
+        if "cli" in f.relative_to(pkg).parts:
+            continue
+        for m in re.finditer(r"raise \w+\((?:[^()]|\([^()]*\))*\)", f.read_text()):
+            if re.search(r"--[a-z]", m.group()):
+                offenders.append(f"{f.name}: {m.group()[:80]}")
+    assert offenders == []
+    with pytest.raises(vecsearch.WeightsUnavailableError) as info:
+        open_index(index_dir, backbone="tiny", weights=str(tmp_path / "no.h5"))
+    assert "--" not in str(info.value) and info.value.option == "weights"
+    r = run("index", tmp_path, "--index", index_dir, "--backbone", "tiny", "--weights", tmp_path / "no.h5", ok=False)
+    assert r.exit_code == 1 and "--weights FILE" in r.output and "Traceback" not in r.output
+    r = run("stats", "--index", tmp_path / "none", ok=False)
+    assert "No index at" in r.output and "--index DIR" in r.output

@@ -395,6 +395,9 @@ class VecIndex:
         image -- into a vector, for search and classification alike.
         """
         if isinstance(query, np.ndarray):
+            if query.dtype.kind not in "fiu" or query.size == 0:
+                raise VecsearchError(f"Cannot {what} an array of {query.dtype} with {query.size} values: "
+                                     "a vector is a non-empty array of numbers.")
             return normalize(query.astype(np.float32).reshape(-1)), None, None
         if isinstance(query, (bytes, bytearray, memoryview)):
             return self.embed_bytes(bytes(query)), None, None
@@ -406,8 +409,12 @@ class VecIndex:
             return (self.embed([p])[0] if vector is None else vector), p, found
         if hasattr(query, "save") and hasattr(query, "mode"):  # a PIL image
             return self.embed_image(query), None, None
-        raise VecsearchError(f"Cannot {what} a {type(query).__name__}: give an image path, "
-                             "a vector, image bytes or a PIL image.")
+        if isinstance(query, (list, tuple)) and query and all(
+                isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in query):
+            return normalize(np.asarray(query, np.float32)), None, None
+        also = " (for an indexed image's id, use similar(id))" if isinstance(query, (int, np.integer)) else ""
+        raise VecsearchError(f"Cannot {what} a {type(query).__name__}{also}: give an image path (str or Path), "
+                             "a vector (numpy array or list of numbers), image bytes or a PIL image.")
 
     def search_vector(self, q: np.ndarray, k: int = DEFAULT_K, *, exclude: set[int] | None = None,
                       under: str | os.PathLike | None = None, label: str | None = None,
@@ -864,7 +871,8 @@ def _check_vector_file(reader: vector_files.Reader, model: dict | None, unchecke
     got = meta.get("weights_fingerprint")
     if got is None and not unchecked:
         raise IndexMismatchError(f"{reader.path} names no model, so its vectors may come from another one than the "
-                                 f"index's ({model['backbone']}). Pass --unchecked if you know they match.")
+                                 f"index's ({model['backbone']}). Import it unchecked if you know they match.",
+                                 option="unchecked")
     if got is not None and got != model["weights_fingerprint"]:
         raise IndexMismatchError(
             f"{reader.path} holds vectors of another model ({meta.get('backbone')}, weights fingerprint "
@@ -920,13 +928,15 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
     budget = parse_memory(max_memory)
     directory = resolve_index_dir(path)
     if directory.exists() and not directory.is_dir():
-        raise VecsearchError(f"{directory} is a file, not an index folder: pass --index a folder (new or existing).")
+        raise VecsearchError(f"{directory} is a file, not an index folder: open a folder (new or existing).",
+                             option="index")
     db = directory / DB_NAME
     if db.exists() and not db.is_file():
         raise IndexCorruptError(f"{db} is not a file: move it away (the index is then empty) or restore it from a backup.")
     if not db.exists():
         if not create:
-            raise IndexNotFoundError(f"No index at {directory}. Build one with `vecsearch index PHOTOS` (or pass --index DIR).")
+            raise IndexNotFoundError(f"No index at {directory}: add images to build one, or open the folder that holds it.",
+                                     option="index")
         if read_only:
             raise IndexNotFoundError(f"No index at {directory} to open read-only.")
         directory.mkdir(parents=True, exist_ok=True)
