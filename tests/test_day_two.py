@@ -178,13 +178,13 @@ def test_list_cli(photos, index_dir):
     lines = run("list", "--index", index_dir).stdout.splitlines()
     assert len(lines) == 13 and str(photos / "a" / "img00.png") in lines
     failed = run("list", "--failed", "--index", index_dir).stdout.splitlines()
-    assert len(failed) == 1 and failed[0].startswith(str(photos / "a" / "bad[x].jpg") + "  (failed: ")
+    assert len(failed) == 1 and failed[0].startswith(str(photos / "a" / "bad[x].jpg") + ": ")
     rows = run_json("list", "--under", photos / "b", "--index", index_dir)
     assert sorted(r["path"] for r in rows) == sorted(str(p) for p in (photos / "b").iterdir())
     jl = run("list", "--jsonl", "--under", photos / "b", "--index", index_dir).stdout.splitlines()
     assert [json.loads(x) for x in jl] == rows
     r = run("list", "--label", "cat", "--index", index_dir)
-    assert r.stdout == ""
+    assert r.stdout == "" and "No indexed image matches" in r.stderr
 
 
 # -- image formats ----------------------------------------------------------------------------

@@ -426,8 +426,8 @@ class VecIndex:
         under: only images inside this folder (or this file), resolved as `add` resolves paths;
         label: only images taught this class of your own (`teach`);
         predicted: only images the classifier `classifier` (default: the newest saved one,
-        as `classify` uses) predicted as this class -- predictions exist for images without
-        a taught label, so combine nothing, or ask `label` for the taught ones;
+        as `classify` uses) predicted as this class -- classifiers predict the images
+        without a taught label, so the taught ones are `label`'s;
         min_score: only hits at least this similar (cosine, -1..1), so fewer than k may come back.
         A filtered search is still exact: the k best of the images that pass (see `Searcher`).
         """
