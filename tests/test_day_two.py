@@ -330,3 +330,17 @@ def test_library_errors_speak_python_and_the_cli_adds_its_flags(tmp_path, index_
     assert r.exit_code == 1 and "--weights FILE" in r.output and "Traceback" not in r.output
     r = run("stats", "--index", tmp_path / "none", ok=False)
     assert "No index at" in r.output and "--index DIR" in r.output
+
+
+def test_an_excluded_folder_is_not_walked(tmp_path):
+    import os
+
+    from vecsearch import images
+
+    make_image(tmp_path / "p" / "keep.jpg", seed=1)
+    (tmp_path / "p" / "thumbs").mkdir()
+    os.mkfifo(tmp_path / "p" / "thumbs" / "pipe.jpg")  # walked, it would be a failed row
+    found = list(images.scan([tmp_path / "p"]))
+    assert {f.path.name for f in found} == {"keep.jpg", "pipe.jpg"}
+    found = list(images.scan([tmp_path / "p"], exclude=["thumbs"]))
+    assert [f.path.name for f in found] == ["keep.jpg"]

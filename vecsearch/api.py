@@ -232,8 +232,8 @@ class VecIndex:
             for r in gone:
                 if not known[r]:
                     raise InputNotFoundError(f"No such file or folder: {r}")
-            found = [f for f in images.scan([r for r in roots if r not in gone])
-                     if not images.is_excluded(f.path, roots, globs)]
+            found = [f for f in images.scan([r for r in roots if r not in gone], exclude=globs)
+                     if not images.is_excluded(f.path, roots, globs)]  # a file given by name, too
             files = [f.path for f in found if f.reason is None]
             rejected = [f for f in found if f.reason is not None]
             if not found and not any(known.values()):

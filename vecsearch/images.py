@@ -286,21 +286,25 @@ def iter_image_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
     return (f.path for f in found if f.reason is None)
 
 
-def scan(paths: Iterable[str | os.PathLike]) -> Iterator[Found]:
+def scan(paths: Iterable[str | os.PathLike], exclude: list[str] = ()) -> Iterator[Found]:
     """Everything `iter_image_files` finds, plus what cannot be read as an image file, with why.
 
     Under a folder, FIFOs, sockets, devices, broken links, link loops, unlistable folders
     and folders named like images (`x.jpg/`) come with a reason instead of being skipped.
     Paths are absolute as given (`absolute`): links are followed but never resolved.
+    Files and folders an `exclude` glob matches (`is_excluded`) are skipped, an excluded
+    folder without being listed.
     """
     given = [absolute(p) for p in paths]
     for p in given:
         if not os.path.lexists(p):
             raise InputNotFoundError(f"No such file or folder: {p}")
-    return _walk(given)
+    globs = list(exclude)
+    skip = (lambda path: is_excluded(path, given, globs)) if globs else (lambda path: False)
+    return _walk(given, skip)
 
 
-def _walk(given: list[Path]) -> Iterator[Found]:
+def _walk(given: list[Path], skip) -> Iterator[Found]:
     seen: set[str] = set()
 
     def emit(found: Found) -> Iterator[Found]:
@@ -319,7 +323,7 @@ def _walk(given: list[Path]) -> Iterator[Found]:
             yield from emit(Found(p, os_reason(exc, p)))
             continue
         if stat.S_ISDIR(st.st_mode):
-            for found in _walk_dir(p, [(st.st_dev, st.st_ino)]):
+            for found in _walk_dir(p, [(st.st_dev, st.st_ino)], skip):
                 yield from emit(found)
         elif stat.S_ISREG(st.st_mode):
             if is_image_file(p):
@@ -340,7 +344,7 @@ def storable(name: str | os.PathLike) -> bool:
         return False
 
 
-def _walk_dir(folder: Path, above: list[tuple[int, int]]) -> Iterator[Found]:
+def _walk_dir(folder: Path, above: list[tuple[int, int]], skip=lambda path: False) -> Iterator[Found]:
     """A folder's files sorted by name, then its sub-folders (as `os.walk`); hidden entries
     skipped; links to folders are followed unless they point back at a folder above (a loop)."""
     try:
@@ -352,6 +356,8 @@ def _walk_dir(folder: Path, above: list[tuple[int, int]]) -> Iterator[Found]:
     subfolders: list[tuple[Path, os.stat_result]] = []
     for entry in entries:
         path = Path(entry.path)
+        if skip(path):
+            continue
         if not storable(entry.name):
             # SQLite stores text as UTF-8: such a name cannot be stored, so it is listed under
             # an escaped spelling (not the real name) and nothing below it is read.
@@ -376,7 +382,7 @@ def _walk_dir(folder: Path, above: list[tuple[int, int]]) -> Iterator[Found]:
         else:
             yield Found(path, f"unreadable: {_kind(st.st_mode)}")
     for path, st in subfolders:
-        yield from _walk_dir(path, [*above, (st.st_dev, st.st_ino)])
+        yield from _walk_dir(path, [*above, (st.st_dev, st.st_ino)], skip)
 
 
 # -- opening and decoding --------------------------------------------------------------------
