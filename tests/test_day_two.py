@@ -54,6 +54,8 @@ def _filtered_index(tmp_path, model_meta, index_type, n=3000):
 @pytest.mark.parametrize("subset_exact", [1 << 16, 8])  # 8: the approximate path asks for more candidates
 def test_filters_match_brute_force_over_the_subset(tmp_path, model_meta, monkeypatch, index_type, subset_exact):
     monkeypatch.setattr(search_mod, "SUBSET_EXACT", subset_exact)
+    # Flat: with 20, a 10% subset is a masked scan of every row, a 1% one picks its rows.
+    monkeypatch.setattr(search_mod, "FULL_SCAN_SHARE", 20 if subset_exact == 8 else 4)
     ix, ids, base, path_of = _filtered_index(tmp_path, model_meta, index_type)
     queries = clustered_vectors(15, DIM, seed=99)
     cats = set(ids[::10].tolist())
@@ -63,6 +65,7 @@ def test_filters_match_brute_force_over_the_subset(tmp_path, model_meta, monkeyp
         (dict(label="cat"), lambda i: i in cats),
         (dict(predicted="dog"), lambda i: i in dogs_new),  # the newest classifier's, not "old"'s
         (dict(under="/data/f0", label="cat"), lambda i: i in cats and path_of[i].startswith("/data/f0/")),
+        (dict(under="/data"), lambda i: True),
     ]
     for kw, keep in cases:
         mask = np.array([keep(int(i)) for i in ids])
