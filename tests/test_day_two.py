@@ -54,6 +54,8 @@ def _filtered_index(tmp_path, model_meta, index_type, n=3000):
 @pytest.mark.parametrize("subset_exact", [1 << 16, 8])  # 8: the approximate path asks for more candidates
 def test_filters_match_brute_force_over_the_subset(tmp_path, model_meta, monkeypatch, index_type, subset_exact):
     monkeypatch.setattr(search_mod, "SUBSET_EXACT", subset_exact)
+    # Flat: with 20, a 10% subset is a masked scan of every row, a 1% one picks its rows.
+    monkeypatch.setattr(search_mod, "FULL_SCAN_SHARE", 20 if subset_exact == 8 else 4)
     ix, ids, base, path_of = _filtered_index(tmp_path, model_meta, index_type)
     queries = clustered_vectors(15, DIM, seed=99)
     cats = set(ids[::10].tolist())
@@ -63,6 +65,7 @@ def test_filters_match_brute_force_over_the_subset(tmp_path, model_meta, monkeyp
         (dict(label="cat"), lambda i: i in cats),
         (dict(predicted="dog"), lambda i: i in dogs_new),  # the newest classifier's, not "old"'s
         (dict(under="/data/f0", label="cat"), lambda i: i in cats and path_of[i].startswith("/data/f0/")),
+        (dict(under="/data"), lambda i: True),
     ]
     for kw, keep in cases:
         mask = np.array([keep(int(i)) for i in ids])
@@ -178,13 +181,13 @@ def test_list_cli(photos, index_dir):
     lines = run("list", "--index", index_dir).stdout.splitlines()
     assert len(lines) == 13 and str(photos / "a" / "img00.png") in lines
     failed = run("list", "--failed", "--index", index_dir).stdout.splitlines()
-    assert len(failed) == 1 and failed[0].startswith(str(photos / "a" / "bad[x].jpg") + "  (failed: ")
+    assert len(failed) == 1 and failed[0].startswith(str(photos / "a" / "bad[x].jpg") + ": ")
     rows = run_json("list", "--under", photos / "b", "--index", index_dir)
     assert sorted(r["path"] for r in rows) == sorted(str(p) for p in (photos / "b").iterdir())
     jl = run("list", "--jsonl", "--under", photos / "b", "--index", index_dir).stdout.splitlines()
     assert [json.loads(x) for x in jl] == rows
     r = run("list", "--label", "cat", "--index", index_dir)
-    assert r.stdout == ""
+    assert r.stdout == "" and "No indexed image matches" in r.stderr
 
 
 # -- image formats ----------------------------------------------------------------------------
@@ -246,3 +249,101 @@ def test_heic_without_the_extra_names_the_install_line(tmp_path, index_dir):
     assert failed["path"].endswith("IMG_0.heic") and "pip install 'vecsearch[heif]'" in failed["reason"]
     tail = out.stdout[out.stdout.index("EXIT"):]
     assert tail.startswith("EXIT 1") and "pip install 'vecsearch[heif]'" in tail, tail
+
+
+# -- exclude ----------------------------------------------------------------------------------
+def test_exclude_is_remembered_and_drops_what_it_matches(photos, index_dir):
+    make_image(photos / "a" / "thumbs" / "t1.jpg", seed=30)
+    make_image(photos / "b" / "deep" / "thumbs" / "t2.png", seed=31)
+    make_image(photos / "b" / "scan.tmp.png", seed=32)
+    run("index", photos, "--index", index_dir, *TINY, "--quiet")
+    with open_index(index_dir) as ix:
+        assert len(ix) == 15
+    s = run_json("index", photos, "--index", index_dir, "--exclude", "thumbs", "--exclude", "*.tmp.*")
+    assert s["exclude"] == ["thumbs", "*.tmp.*"] and s["removed"] == 3
+    assert s["removed_paths"] == sorted(str(p) for p in (photos / "a" / "thumbs" / "t1.jpg",
+                                                          photos / "b" / "deep" / "thumbs" / "t2.png",
+                                                          photos / "b" / "scan.tmp.png"))
+    # Remembered: a later run without --exclude keeps them out, and stats shows them.
+    make_image(photos / "a" / "thumbs" / "t3.jpg", seed=33)
+    s = run_json("index", photos, "--index", index_dir)
+    assert s["indexed"] == 0 and s["total"] == 12 and s["exclude"] == ["thumbs", "*.tmp.*"]
+    assert run_json("stats", "--index", index_dir)["exclude"] == ["thumbs", "*.tmp.*"]
+    # Relative-path and absolute globs; a new glob joins the remembered ones.
+    s = run_json("index", photos, "--index", index_dir, "--exclude", "a/img0[0-2]*")
+    assert sorted(map(lambda p: p.rsplit("/", 1)[1], s["removed_paths"])) == ["img00.png", "img01.jpg", "img02.jpg"]
+    # --clear-exclude forgets them: everything comes back (vectors of unchanged files are re-embedded).
+    s = run_json("index", photos, "--index", index_dir, "--clear-exclude")
+    assert s["exclude"] == [] and s["indexed"] == 7 and s["total"] == 16
+    r = run("index", photos, "--index", index_dir, "--exclude", "", ok=False)
+    assert r.exit_code == 1 and "non-empty glob" in r.output
+
+
+def test_exclude_globs_unit(tmp_path):
+    from vecsearch.images import is_excluded
+
+    root = tmp_path / "p"
+    f = root / "x" / "thumbs" / "a.jpg"
+    assert is_excluded(f, [root], ["thumbs"]) and is_excluded(f, [root], ["*.jpg"])
+    assert is_excluded(f, [root], ["x/*"]) and is_excluded(f, [root], [str(root / "x") + "/*"])
+    assert is_excluded(f, [root], ["*/thumbs/*"])
+    assert not is_excluded(f, [root], ["thumb"]) and not is_excluded(f, [root], ["*.JPG"])  # whole names, case-sensitive
+    assert not is_excluded(f, [root], ["y/*"]) and not is_excluded(f, [root], [])
+
+
+# -- the Python API in a notebook -------------------------------------------------------------
+def test_search_takes_a_pil_image_and_refuses_other_things_by_name(photos, index_dir):
+    with open_index(index_dir, backbone="tiny", weights=None, seed=7) as ix:
+        ix.add([photos])
+        path = photos / "a" / "img03.png"  # PNG: the PIL image holds exactly the file's pixels
+        by_path = ix.search(path, k=5)
+        with Image.open(path) as im:
+            by_image = ix.search(im, k=6)
+        assert by_image[0].path == str(path) and by_image[0].score == pytest.approx(1.0, abs=1e-5)
+        assert [h.id for h in by_image[1:]] == [h.id for h in by_path]
+        vec = ix.vector(by_path[0].id)
+        assert [h.id for h in ix.search(vec.tolist(), k=3)] == [h.id for h in ix.search(vec, k=3)]
+        for bad, named in ((42, "similar"), ({"a": 1}, "dict"), (np.array(["x"]), "array"), (None, "NoneType")):
+            with pytest.raises(VecsearchError, match=named) as info:
+                ix.search(bad)
+            assert "image path" in str(info.value) or "array of numbers" in str(info.value)
+        assert repr(ix) == f"<VecIndex {str(index_dir)!r}: tiny, flat, 12 vectors>" and len(ix) == 12
+
+
+def test_library_errors_speak_python_and_the_cli_adds_its_flags(tmp_path, index_dir):
+    import re
+    from pathlib import Path
+
+    import vecsearch
+
+    # No library message names a command-line flag: scan the raise statements' text.
+    pkg = Path(vecsearch.__file__).parent
+    offenders = []
+    for f in pkg.rglob("*.py"):
+        if "cli" in f.relative_to(pkg).parts:
+            continue
+        for m in re.finditer(r"raise \w+\((?:[^()]|\([^()]*\))*\)", f.read_text()):
+            if re.search(r"--[a-z]", m.group()):
+                offenders.append(f"{f.name}: {m.group()[:80]}")
+    assert offenders == []
+    with pytest.raises(vecsearch.WeightsUnavailableError) as info:
+        open_index(index_dir, backbone="tiny", weights=str(tmp_path / "no.h5"))
+    assert "--" not in str(info.value) and info.value.option == "weights"
+    r = run("index", tmp_path, "--index", index_dir, "--backbone", "tiny", "--weights", tmp_path / "no.h5", ok=False)
+    assert r.exit_code == 1 and "--weights FILE" in r.output and "Traceback" not in r.output
+    r = run("stats", "--index", tmp_path / "none", ok=False)
+    assert "No index at" in r.output and "--index DIR" in r.output
+
+
+def test_an_excluded_folder_is_not_walked(tmp_path):
+    import os
+
+    from vecsearch import images
+
+    make_image(tmp_path / "p" / "keep.jpg", seed=1)
+    (tmp_path / "p" / "thumbs").mkdir()
+    os.mkfifo(tmp_path / "p" / "thumbs" / "pipe.jpg")  # walked, it would be a failed row
+    found = list(images.scan([tmp_path / "p"]))
+    assert {f.path.name for f in found} == {"keep.jpg", "pipe.jpg"}
+    found = list(images.scan([tmp_path / "p"], exclude=["thumbs"]))
+    assert [f.path.name for f in found] == ["keep.jpg"]

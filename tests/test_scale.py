@@ -70,7 +70,7 @@ def test_auto_chooses_by_size_and_budget():
     assert spec.factory == "PCA256,IVF4096,PQ64x8,Refine(SQ8)" and spec.memory_bytes <= 4 * 2**30  # compressed to fit
     assert index_types.choose("auto", 1_000_000, 2048, 1 * 2**30).factory == "PCA256,IVF4096,PQ64x8"  # no room to refine
     assert index_types.choose("auto", 300_000, 2048, 1 * 2**30).factory.startswith("PCA256,IVF")  # tight budget
-    with pytest.raises(VecsearchError, match="Raise --max-memory"):
+    with pytest.raises(VecsearchError, match="Raise the memory budget"):
         index_types.choose("auto", 100_000_000, 2048, 2**30)
     assert index_types.parse_memory("4GB") == 4 * 2**30 and index_types.parse_memory("512M") == 512 * 2**20
     with pytest.raises(VecsearchError, match="memory size"):
@@ -169,7 +169,7 @@ def test_import_refuses_another_model_or_dimension(tmp_path, model_meta):
         ix.import_vectors(wide)
     anonymous = tmp_path / "anon.npz"
     np.savez(anonymous, paths=np.array(["/x/a.jpg", "/x/b.jpg"]), vectors=clustered_vectors(2, DIM, seed=8) * 3.0)
-    with pytest.raises(IndexMismatchError, match="--unchecked"):
+    with pytest.raises(IndexMismatchError, match="unchecked"):
         ix.import_vectors(anonymous)
     assert len(ix) == 100  # nothing was written by the refused files
     assert ix.import_vectors(anonymous, unchecked=True).imported == 2

@@ -207,18 +207,24 @@ class VecIndex:
         )
 
     # -- indexing -------------------------------------------------------------------------
-    def add(self, paths: Iterable[str | os.PathLike], *, progress: Progress | None = None,
+    def add(self, paths: Iterable[str | os.PathLike], *, exclude: Iterable[str] = (), progress: Progress | None = None,
             chunk_size: int = indexer.CHUNK_SIZE, chunk_seconds: float = indexer.CHUNK_SECONDS) -> IndexSummary:
         """Index image files and folders incrementally (see `indexer.run`).
 
         New or changed files (size + mtime, then content hash) are embedded; moved or copied
         files reuse stored vectors; entries under the given folders whose files are gone are
         removed. Results are committed in chunks, so a killed run loses at most one chunk and
-        the next run resumes from there.
+        the next run resumes from there. `exclude` globs (see `images.is_excluded`) join
+        those the index remembers (`exclude`); files they match are skipped, and dropped
+        from the index if they were in it.
         """
         roots = [images.absolute(p) for p in paths]
+        new_globs = images.check_globs(exclude)
         self._check_writable()
         with self._lock.held():
+            if new_globs:
+                self.store.set_setting("exclude", images.check_globs([*self.exclude, *new_globs]))
+            globs = self.exclude
             # A folder (or file) that is gone but has entries is reconciled like any other:
             # its entries are dropped. Only a path that is neither there nor indexed is a mistake.
             gone = [r for r in roots if not os.path.lexists(r)]
@@ -226,7 +232,8 @@ class VecIndex:
             for r in gone:
                 if not known[r]:
                     raise InputNotFoundError(f"No such file or folder: {r}")
-            found = list(images.scan([r for r in roots if r not in gone]))
+            found = [f for f in images.scan([r for r in roots if r not in gone], exclude=globs)
+                     if not images.is_excluded(f.path, roots, globs)]  # a file given by name, too
             files = [f.path for f in found if f.reason is None]
             rejected = [f for f in found if f.reason is not None]
             if not found and not any(known.values()):
@@ -245,6 +252,19 @@ class VecIndex:
             summary.retrained = self._open_searcher(writer=True) and had_structure
             summary.repaired = len(damaged)
         return summary
+
+    @property
+    def exclude(self) -> list[str]:
+        """The exclude globs this index remembers: every `add` skips (and drops) what they match."""
+        return list(self.store.setting("exclude", []))
+
+    def set_exclude(self, globs: Iterable[str]) -> list[str]:
+        """Replace the remembered exclude globs (an empty list forgets them); the next `add` applies them."""
+        globs = images.check_globs(globs)
+        self._check_writable()
+        with self._lock.held():
+            self.store.set_setting("exclude", globs)
+        return globs
 
     def remove(self, paths: Iterable[str | os.PathLike] = (), *, missing: bool = False) -> RemoveSummary:
         """Drop entries from the index: the given files, and everything inside the given folders.
@@ -375,6 +395,9 @@ class VecIndex:
         image -- into a vector, for search and classification alike.
         """
         if isinstance(query, np.ndarray):
+            if query.dtype.kind not in "fiu" or query.size == 0:
+                raise VecsearchError(f"Cannot {what} an array of {query.dtype} with {query.size} values: "
+                                     "a vector is a non-empty array of numbers.")
             return normalize(query.astype(np.float32).reshape(-1)), None, None
         if isinstance(query, (bytes, bytearray, memoryview)):
             return self.embed_bytes(bytes(query)), None, None
@@ -386,8 +409,12 @@ class VecIndex:
             return (self.embed([p])[0] if vector is None else vector), p, found
         if hasattr(query, "save") and hasattr(query, "mode"):  # a PIL image
             return self.embed_image(query), None, None
-        raise VecsearchError(f"Cannot {what} a {type(query).__name__}: give an image path, "
-                             "a vector, image bytes or a PIL image.")
+        if isinstance(query, (list, tuple)) and query and all(
+                isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in query):
+            return normalize(np.asarray(query, np.float32)), None, None
+        also = " (for an indexed image's id, use similar(id))" if isinstance(query, (int, np.integer)) else ""
+        raise VecsearchError(f"Cannot {what} a {type(query).__name__}{also}: give an image path (str or Path), "
+                             "a vector (numpy array or list of numbers), image bytes or a PIL image.")
 
     def search_vector(self, q: np.ndarray, k: int = DEFAULT_K, *, exclude: set[int] | None = None,
                       under: str | os.PathLike | None = None, label: str | None = None,
@@ -399,8 +426,8 @@ class VecIndex:
         under: only images inside this folder (or this file), resolved as `add` resolves paths;
         label: only images taught this class of your own (`teach`);
         predicted: only images the classifier `classifier` (default: the newest saved one,
-        as `classify` uses) predicted as this class -- predictions exist for images without
-        a taught label, so combine nothing, or ask `label` for the taught ones;
+        as `classify` uses) predicted as this class -- classifiers predict the images
+        without a taught label, so the taught ones are `label`'s;
         min_score: only hits at least this similar (cosine, -1..1), so fewer than k may come back.
         A filtered search is still exact: the k best of the images that pass (see `Searcher`).
         """
@@ -550,6 +577,7 @@ class VecIndex:
             "db_bytes": size(db) + size(db.with_name(db.name + "-wal")),
             "vectors_bytes": size(self.vectors_path),
             "created_at": info.created_at.isoformat(timespec="seconds") + "Z",
+            "exclude": self.exclude,
         }
 
     def export(self, out: str | os.PathLike, *, progress: Progress | None = None) -> int:
@@ -869,7 +897,8 @@ def _check_vector_file(reader: vector_files.Reader, model: dict | None, unchecke
     got = meta.get("weights_fingerprint")
     if got is None and not unchecked:
         raise IndexMismatchError(f"{reader.path} names no model, so its vectors may come from another one than the "
-                                 f"index's ({model['backbone']}). Pass --unchecked if you know they match.")
+                                 f"index's ({model['backbone']}). Import it unchecked if you know they match.",
+                                 option="unchecked")
     if got is not None and got != model["weights_fingerprint"]:
         raise IndexMismatchError(
             f"{reader.path} holds vectors of another model ({meta.get('backbone')}, weights fingerprint "
@@ -925,13 +954,15 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
     budget = parse_memory(max_memory)
     directory = resolve_index_dir(path)
     if directory.exists() and not directory.is_dir():
-        raise VecsearchError(f"{directory} is a file, not an index folder: pass --index a folder (new or existing).")
+        raise VecsearchError(f"{directory} is a file, not an index folder: open a folder (new or existing).",
+                             option="index")
     db = directory / DB_NAME
     if db.exists() and not db.is_file():
         raise IndexCorruptError(f"{db} is not a file: move it away (the index is then empty) or restore it from a backup.")
     if not db.exists():
         if not create:
-            raise IndexNotFoundError(f"No index at {directory}. Build one with `vecsearch index PHOTOS` (or pass --index DIR).")
+            raise IndexNotFoundError(f"No index at {directory}: add images to build one, or open the folder that holds it.",
+                                     option="index")
         if read_only:
             raise IndexNotFoundError(f"No index at {directory} to open read-only.")
         directory.mkdir(parents=True, exist_ok=True)

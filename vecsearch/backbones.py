@@ -156,8 +156,8 @@ class WeightsSpec:
         path = Path(value).expanduser()
         if not path.is_file():
             raise WeightsUnavailableError(
-                f"Weights file not found: {path}. Pass --weights imagenet, --weights none, "
-                "or the path to an existing Keras weights file (.h5 / .weights.h5)."
+                f"Weights file not found: {path}. The weights are \"imagenet\", none (a seeded random init) "
+                "or the path to an existing Keras weights file (.h5 / .weights.h5).", option="weights"
             )
         return cls("file", path=str(path.resolve()))
 
@@ -263,7 +263,8 @@ def build_seeded_or_imagenet(spec: BackboneSpec, weights: WeightsSpec, include_t
     if weights.kind != "imagenet":
         raise ValueError(f"not a random or ImageNet weights spec: {weights}")
     if not spec.has_imagenet:
-        raise WeightsUnavailableError(f"Backbone {spec.name!r} has no ImageNet weights; use --weights none or a weights FILE.")
+        raise WeightsUnavailableError(f"Backbone {spec.name!r} has no ImageNet weights; use weights none (a seeded "
+                                      "random init) or a weights file.", option="weights")
     try:
         # Keras reports its download on stdout; keep stdout for results (`--json`).
         with contextlib.redirect_stdout(sys.stderr):
@@ -272,9 +273,9 @@ def build_seeded_or_imagenet(spec: BackboneSpec, weights: WeightsSpec, include_t
         wanted = with_top_file(spec) if include_top else (spec.weights_file or "the no-top weights file")
         raise WeightsUnavailableError(
             f"Could not get ImageNet weights for {spec.name} ({short_error(e)}). Without network access, "
-            f"download {wanted} on another machine and pass --weights /path/to/that/file "
+            f"download {wanted} on another machine and give that file as the weights "
             "(or put it in ~/.keras/models/)"
-            + (", or use --weights none for a random-init trial." if not include_top else ".")
+            + (", or use weights none for a random-init trial." if not include_top else "."), option="weights"
         ) from e
 
 

@@ -102,10 +102,9 @@ def find(store: Store, name: str | None = None, kind: str | None = None) -> dict
     if kind is not None:
         rows = [r for r in rows if r["kind"] == kind]
     if not rows:
-        what = {"head": "fine-tuned head; run `vecsearch finetune`",
-                None: "classifier; run `vecsearch classify --knn` or `--probe`"}.get(
-                    kind, f"{kind} classifier; run `vecsearch classify --{kind}`")
-        raise ClassifierNotFoundError(f"No trained {what} first.")
+        what = {"head": "fine-tuned head; fine-tune one", None: "classifier; train one (knn or probe)"}.get(
+            kind, f"{kind} classifier; train one")
+        raise ClassifierNotFoundError(f"No trained {what} first.", option="train")
     return rows[0]
 
 

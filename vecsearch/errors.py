@@ -8,7 +8,16 @@ import errno
 
 
 class VecsearchError(Exception):
-    """Base class of every error vecsearch raises on purpose."""
+    """Base class of every error vecsearch raises on purpose.
+
+    Messages speak the library's terms (`weights`, `unchecked`); `option` names the
+    argument a fix would change, so a front end can add its own spelling of it (the CLI
+    adds its flag, e.g. `--weights`).
+    """
+
+    def __init__(self, *args, option: str | None = None):
+        super().__init__(*args)
+        self.option = option
 
 
 class BadImageError(VecsearchError):

@@ -437,7 +437,7 @@ def kind_of(row: dict) -> str:
     """How a saved classifier is explained: 'probe' (CAM), 'head' (Grad-CAM); a k-NN can't be."""
     if row["kind"] == "knn":
         raise VecsearchError(f"Classifier {row['name']!r} is a k-NN: it has no weights to map. Explain why the image is "
-                             "similar to a neighbour instead (`--like IMG2` or `--id N`), or train a probe.")
+                             "similar to a neighbour instead (like another image), or train a probe.", option="like")
     return row["kind"]
 
 
@@ -447,5 +447,5 @@ def as_target(like: Any, imagenet_class: str | None, classifier: str | None, lab
     if len(given) > 1:
         raise VecsearchError("Explain one thing at a time: a class, a classifier, or similarity to another image.")
     if label is not None and classifier is None:
-        raise VecsearchError("A label goes with a classifier (--classifier NAME --label L).")
+        raise VecsearchError("A label to explain goes with a classifier: name the classifier too.", option="classifier")
     return given[0] if given else "imagenet"

@@ -212,7 +212,7 @@ def unfreeze(store: Store, directory: Path, head: HeadClassifier, n_layers: int,
     """
     keras = import_keras()
     if n_layers < 1:
-        raise VecsearchError(f"--unfreeze needs a number of layers >= 1, got {n_layers}.")
+        raise VecsearchError(f"Unfreezing needs a number of layers >= 1, got {n_layers}.")
     info = store.require_info()
     ls = labelled_vectors(store)
     y = ls.y.astype(str)
@@ -274,7 +274,7 @@ def reembed_target(directory: Path, into: str | os.PathLike) -> Path:
     """The folder for a re-embedded index; refused when it is the index being tuned."""
     into = Path(into).expanduser()
     if into.resolve() == Path(directory).resolve():
-        raise VecsearchError("--reembed-into must be a new folder, not the index being tuned.")
+        raise VecsearchError("The folder to re-embed into must be a new folder, not the index being tuned.")
     return into
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import DECODE_MEMORY_BUDGET, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_READ_SECONDS
-from .errors import BadImageError, InputNotFoundError
+from .errors import BadImageError, InputNotFoundError, VecsearchError
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +233,41 @@ def is_image_file(path: Path) -> bool:
     return _has_image_signature(read_head(path, 32))
 
 
+def check_globs(globs: Iterable[str]) -> list[str]:
+    """Exclude globs cleaned (a trailing "/" dropped, duplicates once, order kept); an empty one is refused."""
+    out: list[str] = []
+    for g in globs:
+        if not isinstance(g, str) or not g.strip().rstrip("/"):
+            raise VecsearchError(f"An exclude pattern must be a non-empty glob such as '*.tmp' or 'thumbs', got {g!r}.")
+        g = g.strip().rstrip("/")
+        if g not in out:
+            out.append(g)
+    return out
+
+
+def is_excluded(path: Path, roots: list[Path], globs: list[str]) -> bool:
+    """Whether an exclude glob matches the file (fnmatch, case-sensitive, `*` crosses "/").
+
+    A glob is tried on the file's name (`*.tmp`), on each folder name between the root
+    given to `add` and the file (`thumbs`, `@eaDir`), on the path relative to that root
+    (`raw/*`, `*/cache/*`) and on the absolute path (`/photos/old/*`).
+    """
+    if not globs:
+        return False
+    import fnmatch
+
+    text = str(path)
+    rel = path.name
+    for r in roots:
+        prefix = str(r).rstrip(os.sep) + os.sep
+        if text.startswith(prefix):
+            rel = text[len(prefix):]
+            break
+    parts = rel.split(os.sep)
+    candidates = [text, rel, *parts]
+    return any(fnmatch.fnmatchcase(c, g) for g in globs for c in candidates)
+
+
 @dataclass(frozen=True)
 class Found:
     """One thing met while walking: an image file to read, or why it cannot be one."""
@@ -251,21 +286,25 @@ def iter_image_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
     return (f.path for f in found if f.reason is None)
 
 
-def scan(paths: Iterable[str | os.PathLike]) -> Iterator[Found]:
+def scan(paths: Iterable[str | os.PathLike], exclude: list[str] = ()) -> Iterator[Found]:
     """Everything `iter_image_files` finds, plus what cannot be read as an image file, with why.
 
     Under a folder, FIFOs, sockets, devices, broken links, link loops, unlistable folders
     and folders named like images (`x.jpg/`) come with a reason instead of being skipped.
     Paths are absolute as given (`absolute`): links are followed but never resolved.
+    Files and folders an `exclude` glob matches (`is_excluded`) are skipped, an excluded
+    folder without being listed.
     """
     given = [absolute(p) for p in paths]
     for p in given:
         if not os.path.lexists(p):
             raise InputNotFoundError(f"No such file or folder: {p}")
-    return _walk(given)
+    globs = list(exclude)
+    skip = (lambda path: is_excluded(path, given, globs)) if globs else (lambda path: False)
+    return _walk(given, skip)
 
 
-def _walk(given: list[Path]) -> Iterator[Found]:
+def _walk(given: list[Path], skip) -> Iterator[Found]:
     seen: set[str] = set()
 
     def emit(found: Found) -> Iterator[Found]:
@@ -284,7 +323,7 @@ def _walk(given: list[Path]) -> Iterator[Found]:
             yield from emit(Found(p, os_reason(exc, p)))
             continue
         if stat.S_ISDIR(st.st_mode):
-            for found in _walk_dir(p, [(st.st_dev, st.st_ino)]):
+            for found in _walk_dir(p, [(st.st_dev, st.st_ino)], skip):
                 yield from emit(found)
         elif stat.S_ISREG(st.st_mode):
             if is_image_file(p):
@@ -305,7 +344,7 @@ def storable(name: str | os.PathLike) -> bool:
         return False
 
 
-def _walk_dir(folder: Path, above: list[tuple[int, int]]) -> Iterator[Found]:
+def _walk_dir(folder: Path, above: list[tuple[int, int]], skip=lambda path: False) -> Iterator[Found]:
     """A folder's files sorted by name, then its sub-folders (as `os.walk`); hidden entries
     skipped; links to folders are followed unless they point back at a folder above (a loop)."""
     try:
@@ -317,6 +356,8 @@ def _walk_dir(folder: Path, above: list[tuple[int, int]]) -> Iterator[Found]:
     subfolders: list[tuple[Path, os.stat_result]] = []
     for entry in entries:
         path = Path(entry.path)
+        if skip(path):
+            continue
         if not storable(entry.name):
             # SQLite stores text as UTF-8: such a name cannot be stored, so it is listed under
             # an escaped spelling (not the real name) and nothing below it is read.
@@ -341,7 +382,7 @@ def _walk_dir(folder: Path, above: list[tuple[int, int]]) -> Iterator[Found]:
         else:
             yield Found(path, f"unreadable: {_kind(st.st_mode)}")
     for path, st in subfolders:
-        yield from _walk_dir(path, [*above, (st.st_dev, st.st_ino)])
+        yield from _walk_dir(path, [*above, (st.st_dev, st.st_ino)], skip)
 
 
 # -- opening and decoding --------------------------------------------------------------------

@@ -219,6 +219,7 @@ def choose(index_type: str, n: int, dim: int, max_memory: int | None = None) -> 
         spec = choose("ivf-pq", n, dim, budget)
         if spec.memory_bytes > budget:
             raise VecsearchError(f"{n} vectors of {dim} dimensions need about {format_bytes(spec.memory_bytes)} even "
-                                 f"compressed; the budget is {format_bytes(budget)}. Raise --max-memory.")
+                                 f"compressed; the budget is {format_bytes(budget)}. Raise the memory budget.",
+                                 option="max_memory")
     spec.index_type = "auto"
     return spec

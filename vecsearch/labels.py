@@ -182,8 +182,8 @@ def _full_model(spec: BackboneSpec, weights: WeightsSpec):
         raise WeightsUnavailableError(
             f"Could not load an ImageNet top from {weights.path}: it looks like a no-top weights file, which has "
             f"no classifier to label with. Labels need the with-top file of the same weights, e.g. {top_file} "
-            f"(or weights saved from keras.applications.{_keras_class(spec)}(include_top=True)); pass it with "
-            f"`vecsearch label --weights FILE`. (Keras said: {short_error(e)})"
+            f"(or weights saved from keras.applications.{_keras_class(spec)}(include_top=True)); give that file "
+            f"as the weights to label with. (Keras said: {short_error(e)})", option="weights"
         ) from e
 
 
@@ -284,7 +284,7 @@ def label_images(store: Store, directory: Path, *, top: int = DEFAULT_TOP, ids: 
     Labels of an image are replaced as a whole, so `--top` can grow or shrink them.
     """
     if top < 1 or top > NUM_CLASSES:
-        raise VecsearchError(f"--top must be between 1 and {NUM_CLASSES}, got {top}.")
+        raise VecsearchError(f"top must be between 1 and {NUM_CLASSES}, got {top}.")
     started = time.perf_counter()
     info = store.require_info()
     all_ids = store.vector_ids()

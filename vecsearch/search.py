@@ -27,6 +27,9 @@ SUBSET_EXACT = 1 << 16
 """A filtered search over at most this many images scores each of them exactly: 512 MiB of
 2048-d vectors read in SCAN_ROWS steps, cheaper and surer than asking an approximate
 structure for ever more candidates until enough of them pass the filter."""
+FULL_SCAN_SHARE = 4
+"""An exact filtered search over a subset holding at least 1/FULL_SCAN_SHARE of the images
+reads every row in order (masking the rest) instead of picking the subset's rows."""
 FILTER_FETCH_MAX = 1 << 15
 """Candidates asked of the structure per query at most for a filtered search; past that
 (a filter that keeps few of many), the subset is scored exactly instead."""
@@ -145,6 +148,8 @@ class Searcher:
         if not len(ids):
             return np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64)
         if self.spec.exact or self.faiss is None or len(ids) <= SUBSET_EXACT:
+            if len(ids) * FULL_SCAN_SHARE >= len(self.map):
+                return self._scan(q, k, np.empty(0, np.int64), allowed=ids)  # reading in order beats picking rows
             return self._scan_subset(q, k, ids, slots)
         # As many candidates from the subset as an unfiltered search re-ranks, so recall matches.
         count = rerank or self.spec.rerank_count(k)
@@ -177,8 +182,9 @@ class Searcher:
             best_s, best_i = _merge(best_s, best_i, scores, np.broadcast_to(part, scores.shape), k)
         return _finish(best_s, best_i, k)
 
-    def _scan(self, q: np.ndarray, k: int, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact search: score every committed slot, a bounded block at a time."""
+    def _scan(self, q: np.ndarray, k: int, excluded: np.ndarray,
+              allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search: score every committed slot, a bounded block at a time (only `allowed` ids, if given)."""
         n = len(q)
         best_s = np.full((n, 0), -np.inf, np.float32)
         best_i = np.full((n, 0), -1, np.int64)
@@ -190,6 +196,8 @@ class Searcher:
                 scores = q @ np.asarray(rows).T  # (n, rows)
                 del rows
                 dead = (ids < 0) | np.isin(ids, excluded) | ~np.isfinite(scores).all(axis=0)  # damaged rows too
+                if allowed is not None:
+                    dead |= ~np.isin(ids, allowed)
                 if dead.any():
                     scores[:, dead] = -np.inf
                 best_s, best_i = _merge(best_s, best_i, scores, np.broadcast_to(ids, scores.shape), k)

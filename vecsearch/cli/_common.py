@@ -72,6 +72,25 @@ def error_line(message: str) -> None:
     err.print(Text("Error:", style="red") + Text(" " + clean(message)), highlight=False)
 
 
+# The library's errors name the argument a fix changes (`VecsearchError.option`); here
+# is how to change it on the command line.
+FLAG_HINTS = {
+    "weights": "On the command line: --weights imagenet, --weights none [--seed N] or --weights FILE.",
+    "index": "Build one with `vecsearch index PHOTOS`; --index DIR (or $VECSEARCH_INDEX) picks the folder.",
+    "unchecked": "On the command line: --unchecked.",
+    "max_memory": "On the command line: --max-memory SIZE (e.g. 8GB).",
+    "like": "On the command line: --like IMG2 or --id N.",
+    "classifier": "On the command line: --classifier NAME --label L.",
+    "train": "Train one with `vecsearch classify --knn` (or --probe), or `vecsearch finetune` for a head.",
+}
+
+
+def cli_message(e: VecsearchError) -> str:
+    """The library's message, plus the command-line spelling of the fix when it names one."""
+    hint = FLAG_HINTS.get(getattr(e, "option", None) or "")
+    return f"{e} {hint}" if hint else str(e)
+
+
 @contextmanager
 def errors_to_exit() -> Iterator[None]:
     """Library errors, and faults of the disk, the database or the vector file, become one
@@ -79,7 +98,7 @@ def errors_to_exit() -> Iterator[None]:
     try:
         yield
     except VecsearchError as e:
-        error_line(str(e))
+        error_line(cli_message(e))
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         err.print("Interrupted; what was committed is kept, run the same command again to resume.")

@@ -36,17 +36,22 @@ def index_cmd(
     max_memory: MaxMemoryOpt = None,
     label: Annotated[bool, typer.Option("--label", help="Also store the top ImageNet classes of images that have none yet (see `vecsearch label`).")] = False,
     top: Annotated[int, typer.Option("--top", min=1, max=1000, help="With --label: ImageNet classes kept per image.")] = DEFAULT_LABEL_TOP,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", metavar="GLOB", help="Skip (and drop from the index) files whose name, a folder name on their path, their path relative to PATH or their absolute path matches GLOB (e.g. '*.tmp', 'thumbs', 'raw/*'). Repeatable; remembered by the index for later runs (see `stats`).", show_default=False)] = None,
+    clear_exclude: Annotated[bool, typer.Option("--clear-exclude", help="Forget the remembered --exclude globs first (those given now are kept).")] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Embed new and changed images into the index; drop entries whose files are gone."""
+    """Embed new and changed images into the index; drop entries whose files are gone (or are excluded)."""
     with errors_to_exit():
         with progress_bar("Building the search structure", quiet or json_out) as building:
             ix = open_index(index, batch_size=batch_size, index_type=index_type, max_memory=max_memory,
                             progress=building, **model_options(backbone, weights, seed))
         with ix:
+            if clear_exclude:
+                ix.set_exclude([])
             with progress_bar("Embedding", quiet or json_out) as update:
-                summary = ix.add(paths, progress=update)
+                summary = ix.add(paths, exclude=exclude or (), progress=update)
+            globs = ix.exclude
             labelled, label_error = None, None
             if label:
                 try:
@@ -54,13 +59,16 @@ def index_cmd(
                 except VecsearchError as e:  # the index is done: report it, then why labels are not
                     label_error = e
         if json_out:
-            print_json(summary.to_dict() | {"index": str(ix.directory)} | ({"labelled": labelled} if label else {}))
+            print_json(summary.to_dict() | {"index": str(ix.directory), "exclude": globs}
+                       | ({"labelled": labelled} if label else {}))
             if label_error is not None:
                 raise label_error
             return
         say(f"Indexed {summary.indexed}, unchanged {summary.unchanged}, reused {summary.reused}, "
             f"removed {summary.removed}, failed {len(summary.failed)} of {summary.total} images "
             f"in {summary.seconds:.1f}s -> {ix.directory}")
+        if globs:
+            say(f"  excluding (remembered; --clear-exclude forgets): {' '.join(globs)}")
         for f in summary.failed:
             warn(f"  failed: {f.path}: {f.reason}")
         for p in summary.removed_paths:

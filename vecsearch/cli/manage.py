@@ -49,7 +49,7 @@ def list_cmd(
     json_out: JsonOpt = False,
     jsonl: JsonlOpt = False,
 ) -> None:
-    """List the indexed images by id: one path per line (failed ones with their reason), or JSON."""
+    """List the indexed images by id: one path per line (with --failed: `path: reason`), or JSON."""
     with errors_to_exit():
         if json_out and jsonl:
             raise VecsearchError("Give --json or --jsonl, not both.")
@@ -58,13 +58,18 @@ def list_cmd(
             if json_out:
                 print_json([_row(r) for r in records])
                 return
+
+            n = 0
             for r in records:
+                n += 1
                 if jsonl:
                     sys.stdout.write(json.dumps(_row(r), default=str) + "\n")
-                elif r.status == "failed":
-                    say(f"{r.path}  (failed: {r.reason})")
+                elif failed:
+                    say(f"{r.path}: {r.reason}")
                 else:
-                    say(r.path)
+                    say(r.path)  # paths only, so the list pipes into other tools
+        if not n and not jsonl and (failed or label is not None or under is not None):
+            warn("No indexed image matches.")
 
 
 def _row(r) -> dict:

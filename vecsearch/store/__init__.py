@@ -165,7 +165,7 @@ class Store:
         """What built the index; IndexNotFoundError when nothing has been indexed yet."""
         info = self.info()
         if info is None:
-            raise IndexNotFoundError(f"The index at {self.path.parent} is empty. Run `vecsearch index PHOTOS` first.")
+            raise IndexNotFoundError(f"The index at {self.path.parent} is empty: add images first.", option="index")
         return info
 
     def create_info(self, **fields) -> IndexInfo:
