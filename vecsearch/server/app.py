@@ -1,4 +1,5 @@
-"""FastAPI app over one open index: search by upload or by id, metadata, thumbnails, classify, explain.
+"""FastAPI app over one open index: search by upload or by id (with filters), metadata, thumbnails and
+originals (by id only), classify, explain; the page at `/` and the API docs, served offline.
 
 The backbone, FAISS index and SQLite store are loaded once, in `create_app`; every handler
 goes through the index object (`VecIndex`), never the database directly. Sync handlers run
@@ -28,8 +29,8 @@ from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.security import HTTPBearer
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
