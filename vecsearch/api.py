@@ -32,7 +32,7 @@ from .finetune import DEFAULT_NAME as HEAD_NAME
 from .finetune import UNFREEZE_EPOCHS, UNFREEZE_LEARNING_RATE
 from .labels import DEFAULT_TOP as LABEL_TOP
 from .backbones import DEFAULT_BACKBONE, Backbone, WeightsSpec, check_fingerprint, get_spec, load_backbone
-from .config import DB_NAME, DEFAULT_K, LOCK_NAME, MAX_IMAGE_PIXELS, VECTORS_NAME, VERSION, resolve_index_dir
+from .config import DB_NAME, DEFAULT_K, LOCK_NAME, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, VECTORS_NAME, VERSION, resolve_index_dir
 from .errors import BadImageError, IndexCorruptError, IndexMismatchError, IndexNotFoundError, InputNotFoundError, NoImagesError, NotIndexedError, VecsearchError
 from .explain import OVERLAY_SIDE
 from .extract import RESAMPLE, Extractor
@@ -498,7 +498,7 @@ class VecIndex:
             raise NotIndexedError(f"No indexed image with id {image_id}.")
         return rec
 
-    def original(self, image_id: int, *, max_bytes: int = images.MAX_IMAGE_BYTES) -> images.FileStream:
+    def original(self, image_id: int, *, max_bytes: int = MAX_IMAGE_BYTES) -> images.FileStream:
         """The file of an indexed image, opened to be read once in chunks (iterate it, or close it).
 
         Found by id only, and only when it is still the file that was indexed: status ok, the
