@@ -1,8 +1,10 @@
 """The web page in headless Chromium: upload an image, see the grid, ask why a result is similar,
-click a result to search from it.
+click a result to search from it; and, on a server with a token, the printed /?token= address,
+filters, a bad upload clearing old results, Back/Forward, a reload, originals and offline docs.
 
 Needs Debian's `chromium` and `npm ci` in tests/browser (both done by `.ci/run`); skips with
-the reason otherwise. The screenshot is kept in test-artifacts/browser_search.png.
+the reason otherwise. The screenshots are kept in test-artifacts/ (browser_search.png,
+browser_page_filters.png).
 """
 
 from __future__ import annotations
