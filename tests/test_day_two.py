@@ -347,3 +347,41 @@ def test_an_excluded_folder_is_not_walked(tmp_path):
     assert {f.path.name for f in found} == {"keep.jpg", "pipe.jpg"}
     found = list(images.scan([tmp_path / "p"], exclude=["thumbs"]))
     assert [f.path.name for f in found] == ["keep.jpg"]
+
+
+def test_query_filters_on_the_command_line_with_a_real_classifier(tmp_path, index_dir):
+    """teach -> classify --knn -> query --label / --predicted / --under / --min-score, against the stored records."""
+    from digits import write_digits
+
+    taught = write_digits(tmp_path / "taught", per_class=6, classes=range(3))
+    write_digits(tmp_path / "new", per_class=5, classes=range(3))  # unlabelled: the classifier predicts these
+    run("index", tmp_path / "new", "--index", index_dir, *TINY, "--quiet")
+    run("teach", tmp_path / "taught", "--index", index_dir)
+    run("classify", "--knn", "--index", index_dir)
+    q = next(p for p in taught if p.parent.name == "1")
+    with open_index(index_dir) as ix:
+        ann = ix.annotations([r.id for r in ix])
+        path_of = {r.id: r.path for r in ix}
+    predicted_1 = {path_of[i] for i, a in ann.items() if any(p["label"] == "1" for p in a["predictions"])}
+    taught_2 = {path_of[i] for i, a in ann.items() if (a["user_label"] or {}).get("label") == "2"}
+    assert predicted_1 and len(taught_2) == 6
+
+    hits = run_json("query", q, "--index", index_dir, "--predicted", "1", "--k", 50)
+    assert {h["path"] for h in hits} == predicted_1
+    hits = run_json("query", q, "--index", index_dir, "--label", "2", "--k", 3)
+    assert len(hits) == 3 and {h["path"] for h in hits} <= taught_2
+    hits = run_json("query", q, "--index", index_dir, "--under", tmp_path / "new" / "0", "--k", 50)
+    assert {h["path"] for h in hits} == {str(p) for p in (tmp_path / "new" / "0").iterdir()}
+    all_hits = run_json("query", q, "--index", index_dir, "--k", 50)
+    cut = all_hits[4]["score"]
+    assert run_json("query", q, "--index", index_dir, "--k", 50, "--min-score", cut) == \
+        [h for h in all_hits if h["score"] >= cut]
+    r = run("query", q, "--index", index_dir, "--label", "7", ok=False)
+    assert r.exit_code == 1 and "'0', '1', '2'" in r.output
+    # The ImageNet listing is --imagenet; --label without an IMAGE is its old spelling, with a note.
+    r = run("query", "--imagenet", "tench", "--index", index_dir, ok=False)
+    assert r.exit_code == 1 and "no ImageNet labels" in r.stderr
+    r = run("query", "--label", "tench", "--index", index_dir, ok=False)
+    assert r.exit_code == 1 and "no ImageNet labels" in r.stderr and "old spelling of `query --imagenet" in r.stderr
+    r = run("query", "--imagenet", "tench", "--under", tmp_path, "--index", index_dir, ok=False)
+    assert r.exit_code == 1 and "--under goes with a search by IMAGE" in r.output
