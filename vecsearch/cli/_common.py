@@ -12,7 +12,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, Optional
+from typing import Annotated, Callable, Iterable, Iterator, Optional, Sequence
 
 import typer
 from rich.console import Console
@@ -22,7 +22,7 @@ from ..errors import VecsearchError, fault_message
 app = typer.Typer(
     help="Index photo folders with a frozen ImageNet CNN and find images that look alike.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 out = Console(soft_wrap=True)
@@ -33,6 +33,7 @@ IndexOpt = Annotated[
     typer.Option("--index", help="Index folder (default: $VECSEARCH_INDEX, else ~/.local/share/vecsearch/index).", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+JsonlOpt = Annotated[bool, typer.Option("--jsonl", help="Print JSON lines: one object per line, for streaming and jq.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
@@ -97,6 +98,63 @@ def errors_to_exit() -> Iterator[None]:
 
 def print_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def print_jsonl(rows: Iterable) -> None:
+    """One compact JSON document per line (JSON lines), written as each row comes.
+
+    `json.dumps` escapes control characters (and non-ASCII), so a row is always one line.
+    """
+    for row in rows:
+        sys.stdout.write(json.dumps(row, default=str) + "\n")
+
+
+def json_mode(json_out: bool, jsonl: bool) -> str | None:
+    """"json", "jsonl" or None (plain text) from the two flags; both at once is an error."""
+    if json_out and jsonl:
+        raise VecsearchError("Give --json or --jsonl, not both.")
+    return "json" if json_out else "jsonl" if jsonl else None
+
+
+def print_rows(rows: list, mode: str | None) -> bool:
+    """Rows as --json (one list) or --jsonl (a line each); False (nothing printed) for plain text."""
+    if mode == "json":
+        print_json(rows)
+    elif mode == "jsonl":
+        print_jsonl(rows)
+    return mode is not None
+
+
+def print_table(columns: Sequence[str], rows: Iterable[Sequence[object]], *, right: Iterable[str] = (),
+                console: Console | None = None) -> None:
+    """An aligned plain table (`rich.table`, no borders, no colours), never wrapped nor truncated.
+
+    Cells are text, never markup, with control characters escaped (`clean`), so a path
+    prints verbatim and can be copied. The table is laid out at its natural width, however
+    narrow the terminal: a long path makes a long line rather than a folded one.
+    Columns named in `right` are right-aligned (numbers); `None` cells print as `-`.
+    """
+    import io
+
+    from rich.measure import Measurement
+    from rich.table import Table
+    from rich.text import Text
+
+    right = set(right)
+    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 2, 0, 0), header_style="", expand=False)
+    for name in columns:
+        table.add_column(Text(name), justify="right" if name in right else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*(Text("-" if v is None else clean(v)) for v in row))
+    # Laid out on a console as wide as the table's natural width: the terminal's width
+    # would fold or cut long paths.
+    buffer = io.StringIO()
+    layout = Console(file=buffer, width=1 << 20, color_system=None, highlight=False, emoji=False)
+    layout.width = max(1, Measurement.get(layout, layout.options, table).maximum)
+    layout.print(table, crop=False)
+    file = (console or out).file
+    for line in buffer.getvalue().splitlines():
+        file.write(line.rstrip() + "\n")
 
 
 def open_index(index: Path | None, **kw):
