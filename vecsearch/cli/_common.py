@@ -126,13 +126,14 @@ def print_rows(rows: list, mode: str | None) -> bool:
 
 
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[object]], *, right: Iterable[str] = (),
-                console: Console | None = None) -> None:
+                header: bool = True, min_widths: Sequence[int] | None = None, console: Console | None = None) -> None:
     """An aligned plain table (`rich.table`, no borders, no colours), never wrapped nor truncated.
 
     Cells are text, never markup, with control characters escaped (`clean`), so a path
     prints verbatim and can be copied. The table is laid out at its natural width, however
     narrow the terminal: a long path makes a long line rather than a folded one.
     Columns named in `right` are right-aligned (numbers); `None` cells print as `-`.
+    `min_widths` (one per column) align several tables printed one after another.
     """
     import io
 
@@ -141,9 +142,11 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[object]], *, rig
     from rich.text import Text
 
     right = set(right)
-    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 2, 0, 0), header_style="", expand=False)
-    for name in columns:
-        table.add_column(Text(name), justify="right" if name in right else "left", no_wrap=True)
+    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 2, 0, 0), header_style="", expand=False,
+                  show_header=header)
+    for i, name in enumerate(columns):
+        table.add_column(Text(name), justify="right" if name in right else "left", no_wrap=True,
+                         min_width=min_widths[i] if min_widths else None)
     for row in rows:
         table.add_row(*(Text("-" if v is None else clean(v)) for v in row))
     # Laid out on a console as wide as the table's natural width: the terminal's width
@@ -155,6 +158,16 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[object]], *, rig
     file = (console or out).file
     for line in buffer.getvalue().splitlines():
         file.write(line.rstrip() + "\n")
+
+
+def random_weights_warning(ix, what: str) -> str | None:
+    """A warning when the index's backbone has random weights (`--weights none`): `what` it
+    computes (labels, duplicates) looks confident and means nothing. None otherwise."""
+    info = ix.info
+    if info is None or info.weights_kind != "random":
+        return None
+    return (f"the index was built with random weights (--weights none, seed {info.weights_seed}): {what} mean "
+            "nothing; build the index with --weights imagenet (or a weights file) for real use.")
 
 
 def open_index(index: Path | None, **kw):

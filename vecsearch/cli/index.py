@@ -9,9 +9,11 @@ import typer
 
 from ..config import DEFAULT_K
 from ..errors import VecsearchError
+from ..extras import require_extra
 from ..labels import DEFAULT_TOP as DEFAULT_LABEL_TOP
 from ..index_types import NAMED_TYPES, format_bytes
-from ._common import IndexOpt, JsonOpt, QuietOpt, app, errors_to_exit, model_options, open_index, print_json, progress_bar, say, warn
+from ._common import (IndexOpt, JsonlOpt, JsonOpt, QuietOpt, app, errors_to_exit, json_mode, model_options, open_index,
+                      print_json, print_rows, print_table, progress_bar, say, warn)
 
 
 IndexTypeOpt = Annotated[Optional[str], typer.Option(
@@ -61,8 +63,7 @@ def index_cmd(
         say(f"Indexed {summary.indexed}, unchanged {summary.unchanged}, reused {summary.reused}, "
             f"removed {summary.removed}, failed {len(summary.failed)} of {summary.total} images "
             f"in {summary.seconds:.1f}s -> {ix.directory}")
-        for f in summary.failed:
-            warn(f"  failed: {f.path}: {f.reason}")
+        _report_failures(summary.failed, quiet)
         for p in summary.removed_paths:
             warn(f"  removed: {p}")
         if summary.repaired:
@@ -77,6 +78,19 @@ def index_cmd(
             say(f"Labelled {labelled} images with their top {top} ImageNet classes")
 
 
+def _report_failures(failed, quiet: bool) -> None:
+    """This run's new failures, one a line (none under --quiet); earlier ones only as a count."""
+    new = [f for f in failed if f.new]
+    if not quiet:
+        for f in new:
+            warn(f"  failed: {f.path}: {f.reason}")
+    shown = 0 if quiet else len(new)
+    if len(failed) > shown:
+        what = (f"{len(failed)} images failed ({len(new)} new in this run)" if quiet
+                else f"{len(failed) - len(new)} more images failed in earlier runs and are unchanged")
+        warn(f"  {what}: `vecsearch list --failed` (or `vecsearch stats --json`) lists them with reasons")
+
+
 @app.command()
 def query(
     image: Annotated[Optional[Path], typer.Argument(help="An image file (an indexed path reuses its stored vector).", show_default=False)] = None,
@@ -85,9 +99,11 @@ def query(
     label: Annotated[Optional[str], typer.Option("--label", help="Instead: list images whose stored ImageNet top-k holds this class (name or WordNet id).", show_default=False)] = None,
     explain: Annotated[Optional[Path], typer.Option("--explain", metavar="DIR", help="Also write one PNG per result into DIR: why it is similar, the query's heatmap beside the result's.", show_default=False)] = None,
     json_out: JsonOpt = False,
+    jsonl: JsonlOpt = False,
 ) -> None:
     """Show the k indexed images most similar to IMAGE (cosine similarity), or those labelled --label NAME."""
     with errors_to_exit():
+        mode = json_mode(json_out, jsonl)
         if k is not None and k < 1:
             raise VecsearchError(f"--k must be at least 1, got {k}.")
         if label is not None:
@@ -98,23 +114,20 @@ def query(
             from .labels import print_label_hits  # imported here: labels' commands register after these
 
             with open_index(index, create=False) as ix:
-                print_label_hits(ix.search_labels(label, limit=k), json_out)
+                print_label_hits(ix.search_labels(label, limit=k), json_out, jsonl=jsonl, name=label)
             return
         if image is None:
             raise VecsearchError("Give an IMAGE to search with, or --label NAME.")
         with open_index(index, create=False) as ix:
             hits = ix.search(image, DEFAULT_K if k is None else k)
             written = ix.explain_hits_to(image, hits, explain) if explain is not None else None
-        if json_out:
-            rows = [h.to_dict() for h in hits]
-            if written is not None:
-                rows = [row | {"explain": str(w)} for row, w in zip(rows, written)]
-            print_json(rows)
+        rows = [h.to_dict() for h in hits]
+        if written is not None:
+            rows = [row | {"explain": str(w)} for row, w in zip(rows, written)]
+        if print_rows(rows, mode):
             return
-        # Plain lines, never truncated: people copy these paths.
-        say(f"{'rank':>4}  {'score':>6}  path")
-        for h in hits:
-            say(f"{h.rank:>4}  {h.score:6.4f}  {h.path}")
+        # Never truncated nor folded: people copy these paths.
+        print_table(["rank", "score", "path"], ((h.rank, f"{h.score:.4f}", h.path) for h in hits), right=["rank", "score"])
         if written is not None:
             say(f"why similar: {len(written)} heatmap{'s' if len(written) != 1 else ''} (query | result) written to {explain}")
 
@@ -129,9 +142,13 @@ def stats(index: IndexOpt = None, json_out: JsonOpt = False) -> None:
         if json_out:
             print_json(s | {"failed_images": failed})
             return
-        width = max(map(len, s))
-        for key, value in s.items():
-            say(f"{key:<{width}}  {value}")
+        print_table(["key", "value"], s.items(), header=False)
+
+
+def _require_parquet(path: Path) -> None:
+    """A .parquet file (or a folder holding one) needs pyarrow: say so before an index is opened or created."""
+    if path.suffix.lower() == ".parquet" or (path.is_dir() and next(path.rglob("*.parquet"), None) is not None):
+        require_extra("parquet", needed_for="Parquet")
 
 
 @app.command()
@@ -143,6 +160,7 @@ def export(
 ) -> None:
     """Write every indexed vector with its path, norm, file facts and model, as .npz or Parquet."""
     with errors_to_exit():
+        _require_parquet(out_file)
         with open_index(index, create=False) as ix:
             with progress_bar("Exporting", quiet or json_out) as update:
                 n = ix.export(out_file, progress=update)
@@ -164,6 +182,7 @@ def import_cmd(
 ) -> None:
     """Add precomputed vectors to the index; paths are taken as given (the next `index` run reconciles them)."""
     with errors_to_exit():
+        _require_parquet(source)
         with open_index(index, index_type=index_type, max_memory=max_memory) as ix:
             with progress_bar("Importing", quiet or json_out) as update:
                 summary = ix.import_vectors(source, unchecked=unchecked, progress=update)
