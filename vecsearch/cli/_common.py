@@ -83,7 +83,7 @@ def errors_to_exit() -> Iterator[None]:
         error_line(str(e))
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        err.print("Interrupted; what was committed is kept, run the same command again to resume.")
+        warn("Interrupted; what was committed is kept, run the same command again to resume.")
         raise typer.Exit(130) from None
     except Exception as e:  # noqa: BLE001 - only the faults fault_message knows; others keep their traceback
         message = fault_message(e)
@@ -195,8 +195,9 @@ def progress_bar(description: str, quiet: bool) -> Iterator[Callable[[int, int],
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    # markup=False: a description is plain text, never read as rich markup (a path's "[b]" stays).
+    columns = [TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+               TextColumn("{task.fields[rate]}", markup=False), TimeElapsedColumn(), TimeRemainingColumn()]
     bar = Progress(*columns, console=err, transient=False)
     state: dict = {}
 
@@ -227,12 +228,15 @@ class epoch_status:
     def __enter__(self):
         if self.quiet:
             return None
-        self._status = err.status(f"{self.what}...")
+        from rich.text import Text
+
+        self._status = err.status(Text(clean(f"{self.what}...")))
         self._status.__enter__()
 
         def on_epoch(epoch: int, logs: dict) -> None:
             acc = logs.get("val_accuracy", logs.get("accuracy"))
-            self._status.update(f"{self.what}: epoch {epoch}/{self.epochs}" + (f", accuracy {acc:.3f}" if acc is not None else ""))
+            self._status.update(Text(clean(f"{self.what}: epoch {epoch}/{self.epochs}"
+                                           + (f", accuracy {acc:.3f}" if acc is not None else ""))))
 
         return on_epoch
 
