@@ -309,3 +309,24 @@ def test_dupes_to_remove_keeps_one_per_group(copies, index_dir, keep):
     assert {row["keep"] for row in rows} == kept
     lines = run(*args, "--jsonl").stdout.splitlines()
     assert [json.loads(ln) for ln in lines] == rows
+
+
+def test_help_texts_print_verbatim_under_rich_markup():
+    """Typer reads help texts as rich markup: a `[server]` in one would vanish. Every help text
+    (commands and options) must come out of `--help` word for word."""
+    import re
+
+    import typer
+    from typer.testing import CliRunner
+
+    from vecsearch.cli import app
+
+    def squash(text: str) -> str:
+        return re.sub(r"[\s│]+", " ", text)
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        shown = squash(CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "4000"}).stdout)
+        texts = [command.help.split("\n\n")[0]] + [p.help for p in command.params if getattr(p, "help", None)]
+        for text in texts:
+            assert squash(text).strip() in shown, (name, text)

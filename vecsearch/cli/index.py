@@ -39,7 +39,7 @@ def index_cmd(
     label: Annotated[bool, typer.Option("--label", help="Also store the top ImageNet classes of images that have none yet (see `vecsearch label`).")] = False,
     top: Annotated[int, typer.Option("--top", min=1, max=1000, help="With --label: ImageNet classes kept per image.")] = DEFAULT_LABEL_TOP,
     json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; failed images only as a count.")] = False,
 ) -> None:
     """Embed new and changed images into the index; drop entries whose files are gone."""
     with errors_to_exit():
