@@ -309,6 +309,10 @@ def test_dupes_to_remove_keeps_one_per_group(copies, index_dir, keep):
     assert {row["keep"] for row in rows} == kept
     lines = run(*args, "--jsonl").stdout.splitlines()
     assert [json.loads(ln) for ln in lines] == rows
+    if keep == "largest":  # the default
+        assert run("dupes", "--to-remove", "--threshold", "0.995", "--index", index_dir).stdout == r.stdout
+    r = run("dupes", "--keep", keep, "--index", index_dir, ok=False)
+    assert r.exit_code == 1 and "--keep goes with --to-remove" in r.output
 
 
 def test_help_texts_print_verbatim_under_rich_markup():

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..dupes import DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD
+from ..errors import VecsearchError
 from ..extras import require_extra
 from ._common import (IndexOpt, JsonlOpt, JsonOpt, QuietOpt, app, errors_to_exit, json_mode, open_index, print_json,
                       print_rows, print_table, progress_bar, random_weights_warning, say, warn)
@@ -25,7 +26,7 @@ def dupes(
     threshold: Annotated[float, typer.Option(min=-1.0, max=1.0, help="Cosine similarity at or above which two images count as near-duplicates.")] = DEFAULT_THRESHOLD,
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="Neighbours looked at per image (the graph's fan-out).")] = DEFAULT_NEIGHBOURS,
     to_remove: Annotated[bool, typer.Option("--to-remove", help="Print only the copies to delete, one path a line: every group's images but the one --keep chooses.")] = False,
-    keep: Annotated[Keep, typer.Option("--keep", help="With --to-remove: keep the largest image of a group (pixels, then bytes) or the oldest (modification time).")] = Keep.largest,
+    keep: Annotated[Optional[Keep], typer.Option("--keep", show_default=False, help="With --to-remove: keep the largest image of a group (pixels, then bytes; the default) or the oldest (modification time).")] = None,
     json_out: JsonOpt = False,
     jsonl: JsonlOpt = False,
     quiet: QuietOpt = False,
@@ -33,9 +34,12 @@ def dupes(
     """Group near-duplicate images (resized, re-encoded, lightly edited copies) of the index."""
     with errors_to_exit():
         mode = json_mode(json_out, jsonl)
+        if keep is not None and not to_remove:
+            raise VecsearchError("--keep goes with --to-remove.")
         with open_index(index, create=False) as ix:
             with progress_bar("Comparing", quiet or mode is not None or to_remove) as update:
-                groups = ix.duplicates(threshold, k=k, keep=keep.value if to_remove else None, progress=update)
+                groups = ix.duplicates(threshold, k=k, keep=(keep or Keep.largest).value if to_remove else None,
+                                       progress=update)
             warning = random_weights_warning(ix, "its near-duplicate groups")
         if warning:
             warn(f"Warning: {warning}")
