@@ -219,7 +219,7 @@ def test_index_lists_only_this_runs_new_failures(tmp_path, index_dir):
     assert "failed: " in first.output and "bad1.jpg" in first.output
     again = run("index", root, "--index", index_dir)
     assert "bad1.jpg" not in again.output
-    assert "1 more images failed in earlier runs" in again.output and "vecsearch list --failed" in again.output
+    assert "1 more image failed in earlier runs" in again.output and "vecsearch list --failed" in again.output
     (root / "bad2.jpg").write_bytes(b"neither")
     third = run("index", root, "--index", index_dir)
     assert "bad2.jpg" in third.output and "bad1.jpg" not in third.output

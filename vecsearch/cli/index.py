@@ -86,8 +86,10 @@ def _report_failures(failed, quiet: bool) -> None:
             warn(f"  failed: {f.path}: {f.reason}")
     shown = 0 if quiet else len(new)
     if len(failed) > shown:
-        what = (f"{len(failed)} images failed ({len(new)} new in this run)" if quiet
-                else f"{len(failed) - len(new)} more images failed in earlier runs and are unchanged")
+        n = len(failed) if quiet else len(failed) - len(new)
+        images = f"image{'s' if n != 1 else ''}"
+        what = (f"{n} {images} failed ({len(new)} new in this run)" if quiet
+                else f"{n} more {images} failed in earlier runs and unchanged since")
         warn(f"  {what}: `vecsearch list --failed` (or `vecsearch stats --json`) lists them with reasons")
 
 
