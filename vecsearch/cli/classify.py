@@ -11,7 +11,7 @@ from ..classifiers import DEFAULT_TOP
 from ..classify import DEFAULT_K
 from ..errors import VecsearchError
 from ..extras import require_extra
-from ._common import (IndexOpt, JsonlOpt, JsonOpt, QuietOpt, app, errors_to_exit, json_mode, model_options, open_index,
+from ._common import (IndexOpt, JsonOpt, QuietOpt, app, errors_to_exit, json_mode, model_options, open_index,
                       print_json, print_jsonl, print_table, progress_bar, say, warn)
 
 SHOWN_PREDICTIONS = 20
