@@ -62,9 +62,11 @@ def test_square_brackets_in_paths_and_messages_survive(indexed, tmp_path, monkey
     r = run("query", photos / "a" / "img01.jpg", "--index", index_dir, "-k", "12")  # all but itself
     assert any(ln.endswith(" " + str(odd.resolve())) for ln in r.stdout.splitlines())
 
-    monkeypatch.setitem(sys.modules, "uvicorn", None)
-    r = run("serve", "--index", index_dir, ok=False)
-    assert r.exit_code == 1 and "pip install 'vecsearch[server]'" in r.output and "uvicorn" in r.output
+    for module in ("uvicorn", "fastapi"):
+        with monkeypatch.context() as m:
+            m.setitem(sys.modules, module, None)
+            r = run("serve", "--index", index_dir, ok=False)
+        assert r.exit_code == 1 and "pip install 'vecsearch[server]'" in r.output and module in r.output
 
 
 # -- 2. tables -----------------------------------------------------------------------------------

@@ -13,10 +13,11 @@ from .errors import MissingExtraError
 
 EXTRAS: dict[str, tuple[str, ...]] = {
     "plot": ("matplotlib",),
-    "server": ("fastapi", "uvicorn"),
+    "server": ("fastapi", "uvicorn", "python_multipart|multipart"),
     "parquet": ("pyarrow", "pyarrow.parquet"),
 }
-"""The modules each extra of pyproject.toml provides (import names)."""
+"""The modules each extra of pyproject.toml provides (import names; `a|b`: either will do,
+as python-multipart is `python_multipart` since 0.0.13 and `multipart` before)."""
 
 
 def install_line(extra: str) -> str:
@@ -30,11 +31,16 @@ def require_extra(extra: str, modules: tuple[str, ...] | None = None, *, needed_
     Importing, rather than looking the module up, also catches a broken install.
     `needed_for` names the feature in the message (`--plot`, `Parquet`, `the server`).
     """
-    for name in modules if modules is not None else EXTRAS[extra]:
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            missing = e.name or name
+    for names in modules if modules is not None else EXTRAS[extra]:
+        error = None
+        for name in names.split("|"):
+            try:
+                importlib.import_module(name)
+                break
+            except ImportError as e:
+                error = error or e
+        else:
+            missing = error.name or names.split("|")[0]
             what = needed_for or f"the {extra} extra"
             raise MissingExtraError(f"{what} needs {missing}, which is not installed: {install_line(extra)}",
-                                    extra, missing) from None
+                                    extra, missing)
