@@ -39,7 +39,7 @@ def indexed(photos, index_dir):
 def taught(tmp_path, index_dir):
     """Two classes of very different name lengths (8 images each) and 4 unlabelled images."""
     classes = tmp_path / "classes"
-    for c, (name, base) in enumerate((("a", 0), ("a_much_longer_class_name", 50))):
+    for name, base in (("a", 0), ("a_much_longer_class_name", 50)):
         for i in range(8):
             make_image(classes / name / f"{name}{i}.png", seed=base + i)
     unlabelled = tmp_path / "new"
@@ -189,17 +189,17 @@ def _store_imagenet_labels(index_dir, table: dict[str, list[tuple[str, str, floa
     return ids
 
 
-TENCH = ("n01440764", "tench", None)
-GOLDFISH = ("n01443537", "goldfish", None)
+TENCH = ("n01440764", "tench")
+GOLDFISH = ("n01443537", "goldfish")
 
 
 def test_imagenet_listing_ranks_results_and_names_the_class_rank(indexed):
     photos, index_dir = indexed
     paths = sorted(str(p.resolve()) for p in photos.rglob("*.*"))[:3]
     _store_imagenet_labels(index_dir, {
-        paths[0]: [(TENCH[0], TENCH[1], 0.9), (GOLDFISH[0], GOLDFISH[1], 0.1)],
-        paths[1]: [(GOLDFISH[0], GOLDFISH[1], 0.6), (TENCH[0], TENCH[1], 0.4)],
-        paths[2]: [(TENCH[0], TENCH[1], 0.7), (GOLDFISH[0], GOLDFISH[1], 0.3)],
+        paths[0]: [(*TENCH, 0.9), (*GOLDFISH, 0.1)],
+        paths[1]: [(*GOLDFISH, 0.6), (*TENCH, 0.4)],
+        paths[2]: [(*TENCH, 0.7), (*GOLDFISH, 0.3)],
     })
     hits = run_json("search-labels", "tench", "--index", index_dir)
     assert [(h["path"], h["rank"], h["class_rank"]) for h in hits] == [(paths[0], 1, 1), (paths[2], 2, 1), (paths[1], 3, 2)]
@@ -245,7 +245,7 @@ def test_random_weights_warn_on_labels_and_dupes(indexed):
     groups = run_json("dupes", "--index", index_dir, "--threshold", "0.5")
     assert groups and all("random weights" in g["warning"] for g in groups)
     paths = sorted(str(p.resolve()) for p in photos.rglob("*.*"))
-    _store_imagenet_labels(index_dir, {p: [(TENCH[0], TENCH[1], 0.99)] for p in paths})
+    _store_imagenet_labels(index_dir, {p: [(*TENCH, 0.99)] for p in paths})
     r = run("label", "--missing", "--index", index_dir, "-q")  # all labelled already: nothing computed
     assert "random weights" in r.stderr and paths[0] in r.stdout
     items = run_json("label", "--missing", "--index", index_dir, "-q")
