@@ -190,9 +190,10 @@ def test_bad_files_are_reported_and_the_run_succeeds(tmp_path, index_dir):
     # Re-run: failures are still listed, nothing is re-tried while unchanged.
     s2 = json.loads(run("index", tmp_path / "mixed", "--index", index_dir, "--json").stdout)
     assert s2["indexed"] == 0 and {Path(f["path"]).name for f in s2["failed"]} == bad
-    # Human output lists them too.
+    # Human output lists only this run's new failures (none now), and says where the earlier ones are listed.
     text = run("index", tmp_path / "mixed", "--index", index_dir, "--quiet")
-    assert "failed: " in text.output and "bomb.png" in text.output
+    assert "failed: " not in text.output and "bomb.png" not in text.output
+    assert f"{len(bad)} images failed (0 new in this run)" in text.output and "vecsearch list --failed" in text.output
 
 
 def test_missing_and_empty_folders_fail_clearly(tmp_path, index_dir):

@@ -142,7 +142,7 @@ def test_query_label_lists_exactly_the_images_whose_topk_holds_it(world):
     assert run_json("query", "--label", absent.wnid, "--index", world.index) == []
 
     text = run("query", "--label", name, "--index", world.index).stdout
-    assert text.splitlines()[0].split() == ["rank", "prob", "path"] and len(text.splitlines()) == 1 + len(holders[wnid])
+    assert text.splitlines()[0].split() == ["rank", "class_rank", "prob", "path"] and len(text.splitlines()) == 1 + len(holders[wnid])
     r = run("query", "--label", "golden retreiver", "--index", world.index, ok=False)
     assert r.exit_code == 1 and "not an ImageNet class" in r.output and "golden_retriever" in r.output
     assert "Traceback" not in r.output

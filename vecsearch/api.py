@@ -870,11 +870,19 @@ class VecIndex:
 
     # -- duplicates and similarity ----------------------------------------------------------
     def duplicates(self, threshold: float = DEFAULT_THRESHOLD, *, k: int = DEFAULT_NEIGHBOURS,
-                   progress: Progress | None = None) -> list[dupes.DupeGroup]:
-        """Groups of near-duplicate images (cosine similarity >= threshold), largest first."""
+                   keep: str | None = None, progress: Progress | None = None) -> list[dupes.DupeGroup]:
+        """Groups of near-duplicate images (cosine similarity >= threshold), largest first.
+
+        With `keep` ("largest" or "oldest") each group also says which image to keep and
+        which to remove (`DupeGroup.keep`, `.remove`).
+        """
+        dupes.check_keep(keep)
         self._require_info()
         self.refresh()
-        return dupes.duplicate_groups(self.store, self.searcher, threshold, k=k, progress=progress)
+        groups = dupes.duplicate_groups(self.store, self.searcher, threshold, k=k, progress=progress)
+        if keep is not None:
+            dupes.choose_keepers(self.store, groups, keep)
+        return groups
 
     def similarity(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
         """The cosine-similarity matrix of a few image files (indexed ones reuse their vectors)."""

@@ -10,7 +10,7 @@ as long as its members chain together through their neighbour lists.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -24,19 +24,55 @@ log = logging.getLogger(__name__)
 DEFAULT_THRESHOLD = 0.95
 DEFAULT_NEIGHBOURS = 10
 BATCH_SIZE = 1024
+KEEP_RULES = ("largest", "oldest")
+"""Which image of a group to keep: the most pixels (then bytes), or the earliest modified."""
 
 
 @dataclass
 class DupeGroup:
-    """Images linked by similarities >= the threshold; `score`/`min_score` span its edges."""
+    """Images linked by similarities >= the threshold; `score`/`min_score` span its edges.
+
+    With a keep rule, `keep` is the path kept and `remove` the others (the copies to delete).
+    """
 
     ids: list[int]
     paths: list[str]
     score: float  # the strongest link inside the group
     min_score: float  # the weakest link that joined it
+    keep: str | None = None
+    remove: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"size": len(self.ids)}
+        d = asdict(self) | {"size": len(self.ids)}
+        if self.keep is None:
+            del d["keep"], d["remove"]
+        return d
+
+
+def check_keep(keep: str | None) -> None:
+    """A keep rule is None or one of KEEP_RULES (checked before the comparisons start)."""
+    if keep is not None and keep not in KEEP_RULES:
+        raise VecsearchError(f"keep must be one of {', '.join(KEEP_RULES)}, not {keep!r}.")
+
+
+def choose_keepers(store: Store, groups: list[DupeGroup], keep: str) -> None:
+    """Set each group's `keep` and `remove` by the rule: "largest" keeps the most pixels, then
+    the most bytes; "oldest" the earliest modification time. Ties go to the first path."""
+    check_keep(keep)
+    recs = store.images(i for g in groups for i in g.ids)
+    for g in groups:
+        def order(pair: tuple[int, str]) -> tuple:
+            i, path = pair
+            r = recs.get(i)
+            if r is None:  # deleted meanwhile: never the one kept
+                return (1, 0, 0, path)
+            if keep == "largest":
+                return (0, -((r.width or 0) * (r.height or 0)), -(r.size or 0), path)
+            return (0, r.mtime_ns or 0, 0, path)
+
+        kept = min(zip(g.ids, g.paths), key=order)[1]
+        g.keep = kept
+        g.remove = [p for p in g.paths if p != kept]
 
 
 def duplicate_groups(store: Store, searcher: Searcher, threshold: float = DEFAULT_THRESHOLD, *,

@@ -85,6 +85,15 @@ class UploadTooLargeError(VecsearchError):
     """An upload to the HTTP service is over its size cap."""
 
 
+class MissingExtraError(VecsearchError):
+    """An optional feature's dependency is not installed; the message names the pip extra that brings it."""
+
+    def __init__(self, message: str, extra: str, module: str):
+        self.extra = extra
+        self.module = module
+        super().__init__(message)
+
+
 _DISK_FULL = "The disk is full: free some space and run the command again (what was committed is kept)."
 _PERMISSIONS = "Fix the permissions (or work on a copy you can write)."
 

@@ -49,6 +49,7 @@ PCA_TRAIN = 1 << 15
 class FailedImage:
     path: str
     reason: str
+    new: bool = True  # False: it failed in an earlier run and is unchanged since (not worth re-listing)
 
 
 @dataclass
@@ -219,7 +220,7 @@ def _count_existing(rec: ImageRecord, summary: IndexSummary) -> None:
     if rec.status == "ok":
         summary.unchanged += 1
     else:
-        summary.failed.append(FailedImage(rec.path, rec.reason or "failed"))
+        summary.failed.append(FailedImage(rec.path, rec.reason or "failed", new=False))
 
 
 def commit(store: Store, **changes) -> None:

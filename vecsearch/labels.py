@@ -357,9 +357,13 @@ def image_labels(store: Store, paths: Iterable[str | os.PathLike] | None = None,
 
 @dataclass
 class LabelHit:
+    """One image of a class listing: `rank` is its place in the listing (1..n), `class_rank`
+    the class's place in that image's own stored top-k (1: its most probable class)."""
+
     id: int
     path: str
     rank: int
+    class_rank: int
     wnid: str
     name: str
     prob: float
@@ -376,8 +380,11 @@ def images_with_label(store: Store, query: str, limit: int | None = None) -> lis
     rows = store.images_with_imagenet_class([c.index for c in classes])
     recs = store.images(r[0] for r in rows)
     best: dict[int, LabelHit] = {}  # a shared name ("crane") can match twice in one image
-    for i, rank, wnid, name, prob in rows:
+    for i, class_rank, wnid, name, prob in rows:
         if i in recs and (i not in best or prob > best[i].prob):
-            best[i] = LabelHit(i, recs[i].path, rank, wnid, name, prob)
+            best[i] = LabelHit(i, recs[i].path, 0, class_rank, wnid, name, prob)
     hits = sorted(best.values(), key=lambda h: (-h.prob, h.path))
-    return hits[:limit] if limit else hits
+    hits = hits[:limit] if limit else hits
+    for place, h in enumerate(hits, 1):
+        h.rank = place
+    return hits

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
 
 def _pyplot():
+    from .extras import require_extra
+
+    require_extra("plot", needed_for="Plotting")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,13 +51,42 @@ def training_curves(history: dict, path: str | os.PathLike) -> Path:
     return _save(plt, fig, path)
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def plot_text(text: str) -> str:
+    """`text` as matplotlib draws it verbatim: `$` would start mathtext, control characters are shown escaped."""
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
+    return text.replace("$", r"\$")
+
+
+def short_labels(paths: Sequence[str]) -> list[str]:
+    """For each path the shortest suffix of its parts that no other path ends with
+    (`a/img.jpg` and `b/img.jpg`, not `img.jpg` twice); the same path given again is
+    told apart by a ` (2)`."""
+    parts = [Path(p).parts or (str(p),) for p in paths]
+    labels = []
+    for mine in parts:
+        others = [q for q in parts if q != mine]
+        n = 1
+        while n < len(mine) and any(q[-n:] == mine[-n:] for q in others):
+            n += 1
+        labels.append("/".join(mine[-n:]) if n < len(mine) else str(Path(*mine)))
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            labels[i] = f"{label} ({seen[label]})"
+    return labels
+
+
 def similarity_matrix(paths: Sequence[str], sims, path: str | os.PathLike) -> Path:
-    """Heatmap of a cosine-similarity matrix with the images' file names on both axes."""
+    """Heatmap of a cosine-similarity matrix, each image named by its shortest unique path suffix."""
     import numpy as np
 
     plt = _pyplot()
     sims = np.asarray(sims, dtype=float)
-    names = [Path(p).name for p in paths]
+    names = [plot_text(label) for label in short_labels(paths)]
     n = len(names)
     size = max(4.0, 0.6 * n + 2.5)
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
@@ -86,8 +119,9 @@ def confusion_matrix(classes: Sequence[str], matrix, path: str | os.PathLike, ti
     size = max(4.0, 0.5 * n + 2.5)
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
     im = ax.imshow(m, cmap="Blues", vmin=0, vmax=max(1, int(m.max()) if m.size else 1))
-    ax.set_xticks(range(n), labels=list(classes), rotation=45, ha="right")
-    ax.set_yticks(range(n), labels=list(classes))
+    names = [plot_text(c) for c in classes]
+    ax.set_xticks(range(n), labels=names, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels=names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     half = m.max() / 2 if m.size else 0

@@ -21,6 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import InputNotFoundError, VecsearchError
+from .extras import require_extra
 
 SUFFIXES = (".npz", ".parquet")
 BATCH = 1 << 15
@@ -50,11 +51,9 @@ class ImportSummary:
 
 
 def _pyarrow():
-    try:
-        import pyarrow
-        import pyarrow.parquet  # noqa: F401
-    except ImportError:
-        raise VecsearchError("Parquet needs pyarrow: pip install 'vecsearch[parquet]'.") from None
+    require_extra("parquet", needed_for="Parquet")
+    import pyarrow
+
     return pyarrow
 
 

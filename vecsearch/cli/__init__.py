@@ -16,8 +16,20 @@ from ._common import app
 __all__ = ["app"]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from ..config import VERSION
+
+        typer.echo(f"vecsearch {VERSION}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv for debug).")] = 0) -> None:
+def main(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv for debug).")] = 0,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
     """vecsearch: image embeddings, similarity search and classifiers on frozen Keras backbones."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

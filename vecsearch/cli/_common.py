@@ -12,7 +12,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, Optional
+from typing import Annotated, Callable, Iterable, Iterator, Optional, Sequence
 
 import typer
 from rich.console import Console
@@ -22,7 +22,7 @@ from ..errors import VecsearchError, fault_message
 app = typer.Typer(
     help="Index photo folders with a frozen ImageNet CNN and find images that look alike.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 out = Console(soft_wrap=True)
@@ -33,6 +33,7 @@ IndexOpt = Annotated[
     typer.Option("--index", help="Index folder (default: $VECSEARCH_INDEX, else ~/.local/share/vecsearch/index).", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+JsonlOpt = Annotated[bool, typer.Option("--jsonl", help="Print JSON lines: one object per line, for streaming and jq.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
@@ -101,7 +102,7 @@ def errors_to_exit() -> Iterator[None]:
         error_line(cli_message(e))
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        err.print("Interrupted; what was committed is kept, run the same command again to resume.")
+        warn("Interrupted; what was committed is kept, run the same command again to resume.")
         raise typer.Exit(130) from None
     except Exception as e:  # noqa: BLE001 - only the faults fault_message knows; others keep their traceback
         message = fault_message(e)
@@ -116,6 +117,102 @@ def errors_to_exit() -> Iterator[None]:
 
 def print_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def print_jsonl(rows: Iterable) -> None:
+    """One compact JSON document per line (JSON lines), written as each row comes.
+
+    `json.dumps` escapes control characters (and non-ASCII), so a row is always one line.
+    """
+    for row in rows:
+        sys.stdout.write(json.dumps(row, default=str) + "\n")
+
+
+def json_mode(json_out: bool, jsonl: bool) -> str | None:
+    """"json", "jsonl" or None (plain text) from the two flags; both at once is an error."""
+    if json_out and jsonl:
+        raise VecsearchError("Give --json or --jsonl, not both.")
+    return "json" if json_out else "jsonl" if jsonl else None
+
+
+def print_rows(rows: list, mode: str | None) -> bool:
+    """Rows as --json (one list) or --jsonl (a line each); False (nothing printed) for plain text."""
+    if mode == "json":
+        print_json(rows)
+    elif mode == "jsonl":
+        print_jsonl(rows)
+    return mode is not None
+
+
+RICH_TABLE_ROWS = 500
+"""Tables up to this many rows are laid out by `rich.table`; longer ones by `_plain_table`, which
+prints the same lines (a test compares them): rich measured 10 s for 20,000 rows here, this 0.1 s."""
+
+
+def print_table(columns: Sequence[str], rows: Iterable[Sequence[object]], *, right: Iterable[str] = (),
+                header: bool = True, min_widths: Sequence[int] | None = None, console: Console | None = None,
+                engine: str | None = None) -> None:
+    """An aligned plain table (`rich.table`, no borders, no colours), never wrapped nor truncated.
+
+    Cells are text, never markup, with control characters escaped (`clean`), so a path
+    prints verbatim and can be copied. The table is laid out at its natural width, however
+    narrow the terminal: a long path makes a long line rather than a folded one.
+    Columns named in `right` are right-aligned (numbers); `None` cells print as `-`.
+    `min_widths` (one per column) align several tables printed one after another.
+    `engine` ("rich" or "plain") forces one layout; by default long tables take the fast one.
+    """
+    right = set(right)
+    cells = [["-" if v is None else clean(v) for v in row] for row in rows]
+    widths = list(min_widths) if min_widths else [0] * len(columns)
+    engine = engine or ("rich" if len(cells) <= RICH_TABLE_ROWS else "plain")
+    lines = (_rich_table if engine == "rich" else _plain_table)(list(columns), cells, right, header, widths)
+    file = (console or out).file
+    for line in lines:
+        file.write(line.rstrip() + "\n")
+
+
+def _rich_table(columns: list[str], cells: list[list[str]], right: set[str], header: bool, widths: list[int]) -> list[str]:
+    import io
+
+    from rich.measure import Measurement
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 2, 0, 0), header_style="", expand=False,
+                  show_header=header)
+    for name, width in zip(columns, widths):
+        table.add_column(Text(name), justify="right" if name in right else "left", no_wrap=True, min_width=width or None)
+    for row in cells:
+        table.add_row(*(Text(c) for c in row))
+    # Laid out on a console as wide as the table's natural width: the terminal's width
+    # would fold or cut long paths.
+    buffer = io.StringIO()
+    layout = Console(file=buffer, width=1 << 20, color_system=None, highlight=False, emoji=False)
+    layout.width = max(1, Measurement.get(layout, layout.options, table).maximum)
+    layout.print(table, crop=False)
+    return buffer.getvalue().splitlines()
+
+
+def _plain_table(columns: list[str], cells: list[list[str]], right: set[str], header: bool, widths: list[int]) -> list[str]:
+    """The lines `_rich_table` prints, made directly: columns as wide as their widest cell (in
+    terminal cells: a CJK character takes two), two spaces apart."""
+    from rich.cells import cell_len
+
+    body = ([list(columns)] if header else []) + cells
+    widths = [max([w] + [cell_len(row[i]) for row in body]) for i, w in enumerate(widths)]
+    justify = [name in right for name in columns]
+    return ["  ".join((" " * (w - cell_len(c)) + c) if r else (c + " " * (w - cell_len(c)))
+                      for c, w, r in zip(row, widths, justify)) for row in body]
+
+
+def random_weights_warning(ix, what: str) -> str | None:
+    """A warning when the index's backbone has random weights (`--weights none`): `what` it
+    computes (labels, duplicates) looks confident and means nothing. None otherwise."""
+    info = ix.info
+    if info is None or info.weights_kind != "random":
+        return None
+    return (f"the index was built with random weights (--weights none, seed {info.weights_seed}): {what} mean "
+            "nothing; build the index with --weights imagenet (or a weights file) for real use.")
 
 
 def open_index(index: Path | None, **kw):
@@ -143,8 +240,9 @@ def progress_bar(description: str, quiet: bool) -> Iterator[Callable[[int, int],
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    # markup=False: a description is plain text, never read as rich markup (a path's "[b]" stays).
+    columns = [TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+               TextColumn("{task.fields[rate]}", markup=False), TimeElapsedColumn(), TimeRemainingColumn()]
     bar = Progress(*columns, console=err, transient=False)
     state: dict = {}
 
@@ -175,12 +273,15 @@ class epoch_status:
     def __enter__(self):
         if self.quiet:
             return None
-        self._status = err.status(f"{self.what}...")
+        from rich.text import Text
+
+        self._status = err.status(Text(clean(f"{self.what}...")))
         self._status.__enter__()
 
         def on_epoch(epoch: int, logs: dict) -> None:
             acc = logs.get("val_accuracy", logs.get("accuracy"))
-            self._status.update(f"{self.what}: epoch {epoch}/{self.epochs}" + (f", accuracy {acc:.3f}" if acc is not None else ""))
+            self._status.update(Text(clean(f"{self.what}: epoch {epoch}/{self.epochs}"
+                                           + (f", accuracy {acc:.3f}" if acc is not None else ""))))
 
         return on_epoch
 

@@ -10,8 +10,9 @@ import typer
 from ..classifiers import DEFAULT_TOP
 from ..classify import DEFAULT_K
 from ..errors import VecsearchError
-from ._common import (IndexOpt, JsonOpt, QuietOpt, app, errors_to_exit, model_options, open_index, print_json,
-                      progress_bar, say, warn)
+from ..extras import require_extra
+from ._common import (IndexOpt, JsonOpt, QuietOpt, app, errors_to_exit, json_mode, model_options, open_index,
+                      print_json, print_jsonl, print_table, progress_bar, say, warn)
 
 SHOWN_PREDICTIONS = 20
 
@@ -41,11 +42,9 @@ def teach(
         say(f"Labelled {summary.labelled} image{'s' if summary.labelled != 1 else ''} from {summary.kind} {summary.source} "
             f"({summary.indexed} newly indexed) -> {ix.directory}")
         splits = sorted({s for per in summary.counts.values() for s in per})
-        header = "".join(f"{(s or 'images'):>8}" for s in splits)
-        width = max([len("class")] + [len(c) for c in summary.counts])
-        say(f"{'class':<{width}}{header}")
-        for label, per in summary.counts.items():
-            say(f"{label:<{width}}" + "".join(f"{per.get(s, 0):>8}" for s in splits))
+        names = [s or "images" for s in splits]
+        print_table(["class", *names], ([label, *(per.get(s, 0) for s in splits)] for label, per in summary.counts.items()),
+                    right=names)
         for f in summary.failed:
             warn(f"  not labelled (could not be embedded): {f['path']}: {f['reason']}")
         if summary.skipped:
@@ -65,25 +64,32 @@ def classify(
     plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE.png", help="Write the confusion matrix as a PNG.", show_default=False)] = None,
     index: IndexOpt = None,
     json_out: JsonOpt = False,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="Print the predictions as JSON lines, one image a line.")] = False,
 ) -> None:
     """Train, evaluate and apply classifiers on your labels; or classify one IMAGE."""
     with errors_to_exit():
+        json_mode(json_out, jsonl)
         chosen = [kind for kind, flag in (("knn", knn), ("probe", probe), ("head", head)) if flag]
         if len(chosen) > 1:
             raise VecsearchError("Choose one of --knn, --probe, --head.")
         kind = chosen[0] if chosen else None
-        if image is not None:
-            if plot is not None:
+        if plot is not None:
+            if image is not None:
                 raise VecsearchError("--plot goes with training (no IMAGE).")
+            require_extra("plot", needed_for="--plot")  # before training: a missing matplotlib saves nothing
+        if image is not None:
             with open_index(index, create=False) as ix:
                 result = ix.classify(image, name=name, kind=kind, top=DEFAULT_TOP)
             if json_out:
                 print_json(result.to_dict())
                 return
+            if jsonl:
+                print_jsonl([result.to_dict()])
+                return
             by = result.classifier if result.classifier == result.kind else f"{result.classifier}, {result.kind}"
-            say(f"{result.label}  {result.confidence:.4f}  ({by})")
-            for t in result.top[1:]:
-                say(f"  {t['label']}  {t['confidence']:.4f}")
+            print_table(["label", "confidence"], ((t["label"], f"{t['confidence']:.4f}") for t in result.top),
+                        right=["confidence"])
+            say(f"(classifier {by})")
             return
         if kind is None:
             raise VecsearchError("Choose --knn, --probe or --head (or give an IMAGE to classify).")
@@ -100,6 +106,9 @@ def classify(
                              title=f"{result.name}: accuracy {metrics['accuracy']:.3f}")
         if json_out:
             print_json(result.to_dict() | {"plot": str(plot) if plot else None})
+            return
+        if jsonl:
+            print_jsonl(result.predictions)
             return
         _print_result(result, plot)
 
@@ -118,18 +127,14 @@ def _print_result(result, plot: Path | None) -> None:
     report = m.get("report")
     if report:
         classes = m["classes"]
-        width = max(len("class"), *(len(c) for c in classes))
         say()
-        say(f"{'class':<{width}}  precision  recall      f1  support")
-        for c in classes:
-            r = report[c]
-            say(f"{c:<{width}}  {r['precision']:9.3f}  {r['recall']:6.3f}  {r['f1-score']:6.3f}  {int(r['support']):7d}")
+        numbers = ["precision", "recall", "f1", "support"]
+        print_table(["class", *numbers], ([c, f"{report[c]['precision']:.3f}", f"{report[c]['recall']:.3f}",
+                                           f"{report[c]['f1-score']:.3f}", int(report[c]["support"])] for c in classes),
+                    right=numbers)
         say()
         say("confusion matrix (rows: true, columns: predicted)")
-        cw = max(3, *(len(c) for c in classes)) + 1
-        say(" " * width + "".join(f"{c:>{cw}}" for c in classes))
-        for c, row in zip(classes, m["confusion"]):
-            say(f"{c:<{width}}" + "".join(f"{v:>{cw}}" for v in row))
+        print_table(["", *classes], ([c, *row] for c, row in zip(classes, m["confusion"])), right=classes)
     if plot is not None and m.get("confusion"):
         say(f"confusion matrix written to {plot}")
     preds = result.predictions
@@ -140,10 +145,10 @@ def _print_result(result, plot: Path | None) -> None:
         say("No unlabelled images to predict.")
         return
     say(f"Predicted {len(preds)} unlabelled images (stored under {result.name!r}):")
-    for p in preds[:SHOWN_PREDICTIONS]:
-        say(f"  {p['label']}  {p['confidence']:.4f}  {p['path']}")
+    print_table(["label", "confidence", "path"],
+                ((p["label"], f"{p['confidence']:.4f}", p["path"]) for p in preds[:SHOWN_PREDICTIONS]), right=["confidence"])
     if len(preds) > SHOWN_PREDICTIONS:
-        say(f"  ... and {len(preds) - SHOWN_PREDICTIONS} more (--json for all)")
+        say(f"... and {len(preds) - SHOWN_PREDICTIONS} more (--json or --jsonl for all)")
 
 
 @app.command()
@@ -161,7 +166,9 @@ def classifiers(index: IndexOpt = None, json_out: JsonOpt = False) -> None:
         if not rows:
             say("No classifiers yet; run `vecsearch classify --knn` or `--probe`.")
             return
-        for r in rows:
+        def accuracy(r: dict) -> str | None:
             acc = r["metrics"].get("accuracy")
-            acc_s = f"accuracy {acc:.4f}" if isinstance(acc, (int, float)) else ""
-            say(f"{r['name']:<16} {r['kind']:<6} {r['created_at']}  {acc_s}")
+            return f"{acc:.4f}" if isinstance(acc, (int, float)) else None
+
+        print_table(["name", "kind", "created_at", "accuracy"],
+                    ((r["name"], r["kind"], r["created_at"], accuracy(r)) for r in rows), right=["accuracy"])

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from ..dupes import DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD
-from ._common import IndexOpt, JsonOpt, QuietOpt, app, errors_to_exit, open_index, print_json, progress_bar, say
+from ..errors import VecsearchError
+from ..extras import require_extra
+from ._common import (IndexOpt, JsonlOpt, JsonOpt, QuietOpt, app, errors_to_exit, json_mode, open_index, print_json,
+                      print_rows, print_table, progress_bar, random_weights_warning, say, warn)
+
+
+class Keep(str, Enum):
+    largest = "largest"
+    oldest = "oldest"
 
 
 @app.command()
@@ -16,16 +25,32 @@ def dupes(
     index: IndexOpt = None,
     threshold: Annotated[float, typer.Option(min=-1.0, max=1.0, help="Cosine similarity at or above which two images count as near-duplicates.")] = DEFAULT_THRESHOLD,
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="Neighbours looked at per image (the graph's fan-out).")] = DEFAULT_NEIGHBOURS,
+    to_remove: Annotated[bool, typer.Option("--to-remove", help="Print only the copies to delete, one path a line: every group's images but the one --keep chooses.")] = False,
+    keep: Annotated[Optional[Keep], typer.Option("--keep", show_default=False, help="With --to-remove: keep the largest image of a group (pixels, then bytes; the default) or the oldest (modification time).")] = None,
     json_out: JsonOpt = False,
+    jsonl: JsonlOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Group near-duplicate images (resized, re-encoded, lightly edited copies) of the index."""
     with errors_to_exit():
+        mode = json_mode(json_out, jsonl)
+        if keep is not None and not to_remove:
+            raise VecsearchError("--keep goes with --to-remove.")
         with open_index(index, create=False) as ix:
-            with progress_bar("Comparing", quiet or json_out) as update:
-                groups = ix.duplicates(threshold, k=k, progress=update)
-        if json_out:
-            print_json([g.to_dict() for g in groups])
+            with progress_bar("Comparing", quiet or mode is not None or to_remove) as update:
+                groups = ix.duplicates(threshold, k=k, keep=(keep or Keep.largest).value if to_remove else None,
+                                       progress=update)
+            warning = random_weights_warning(ix, "its near-duplicate groups")
+        if warning:
+            warn(f"Warning: {warning}")
+        extra = {"warning": warning} if warning else {}
+        if to_remove:
+            rows = [{"path": p, "keep": g.keep, "group": i} | extra for i, g in enumerate(groups, 1) for p in g.remove]
+            if not print_rows(rows, mode):
+                for row in rows:
+                    say(row["path"])
+            return
+        if print_rows([g.to_dict() | extra for g in groups], mode):
             return
         if not groups:
             say(f"No near-duplicates at similarity >= {threshold}.")
@@ -48,6 +73,8 @@ def similarity(
 ) -> None:
     """Print the cosine-similarity matrix of a few images, with the index's backbone."""
     with errors_to_exit():
+        if plot is not None:
+            require_extra("plot", needed_for="--plot")
         with open_index(index, create=False) as ix:
             sims = ix.similarity(images)
         paths = [str(p) for p in images]
@@ -59,9 +86,8 @@ def similarity(
             print_json({"paths": paths, "matrix": [[round(float(v), 6) for v in row] for row in sims],
                         "plot": str(plot) if plot else None})
             return
-        n = len(paths)
-        say("      " + "".join(f"{j:>8}" for j in range(1, n + 1)))
-        for i in range(n):
-            say(f"{i + 1:>4}  " + "".join(f"{sims[i, j]:8.4f}" for j in range(n)) + f"  {paths[i]}")
+        numbers = [str(j) for j in range(1, len(paths) + 1)]
+        print_table(["", *numbers, "path"],
+                    ([str(i + 1), *(f"{v:.4f}" for v in sims[i]), p] for i, p in enumerate(paths)), right=["", *numbers])
         if plot is not None:
             say(f"heatmap written to {plot}")

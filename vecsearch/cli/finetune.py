@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from ..errors import VecsearchError
+from ..extras import require_extra
 from ..finetune import DEFAULT_NAME, UNFREEZE_EPOCHS, UNFREEZE_LEARNING_RATE, HeadParams
 from ._common import IndexOpt, JsonOpt, QuietOpt, app, epoch_status, errors_to_exit, open_index, print_json, progress_bar, say
 
@@ -38,6 +40,8 @@ def finetune(
     with errors_to_exit():
         if reembed_into is not None and not unfreeze:
             raise VecsearchError("--reembed-into needs --unfreeze N: without it the backbone is unchanged.")
+        if plot is not None:
+            require_extra("plot", needed_for="--plot")  # before training: a missing matplotlib saves nothing
         params = HeadParams(units=units, dropout=dropout, epochs=epochs, patience=patience,
                               learning_rate=learning_rate, val_fraction=val_fraction, seed=seed)
         with open_index(index, create=False) as ix:
@@ -66,8 +70,9 @@ def finetune(
         say(f"Head {result.name!r} trained on {m['n_train']} images, {len(result.classes)} classes; "
              f"{m['epochs_run']} epochs, kept epoch {m['best_epoch']} (validation accuracy {m['best_val_accuracy']:.4f})")
         say(f"test accuracy {m['accuracy']:.4f} on {m['n_test']} images ({m['method']})")
-        say(f"saved to {result.path}; apply it with `vecsearch classify --head"
-             + (f" --name {result.name}`" if result.name != DEFAULT_NAME else "`"))
+        named = f" --name {shlex.quote(result.name)}" if result.name != DEFAULT_NAME else ""
+        where = f" --index {shlex.quote(str(index))}" if index is not None else ""
+        say(f"saved to {result.path}; apply it with `vecsearch classify --head{named}{where}`")
         if plot is not None:
             say(f"training curves written to {plot}")
         t = result.tuned
@@ -79,7 +84,7 @@ def finetune(
             if "reembedded" in t:
                 r = t["reembedded"]
                 say(f"Re-embedded {r['indexed']} images into {r['index']} (failed {len(r['failed'])}); "
-                     f"use it with --index {r['index']}")
+                     f"use it with `vecsearch classify --head{named} --index {shlex.quote(r['index'])}`")
             else:
                 say("the index is unchanged; add --reembed-into DIR to build an index with the tuned backbone")
 

@@ -9,9 +9,11 @@ import typer
 
 from ..config import DEFAULT_K
 from ..errors import VecsearchError
+from ..extras import require_extra
 from ..labels import DEFAULT_TOP as DEFAULT_LABEL_TOP
 from ..index_types import NAMED_TYPES, format_bytes
-from ._common import IndexOpt, JsonOpt, QuietOpt, app, errors_to_exit, model_options, open_index, print_json, progress_bar, say, warn
+from ._common import (IndexOpt, JsonlOpt, JsonOpt, QuietOpt, app, errors_to_exit, json_mode, model_options, open_index,
+                      print_json, print_rows, print_table, progress_bar, say, warn)
 
 
 IndexTypeOpt = Annotated[Optional[str], typer.Option(
@@ -39,7 +41,7 @@ def index_cmd(
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", metavar="GLOB", help="Skip (and drop from the index) files whose name, a folder name on their path, their path relative to PATH or their absolute path matches GLOB (e.g. '*.tmp', 'thumbs', 'raw/*'). Repeatable; remembered by the index for later runs (see `stats`).", show_default=False)] = None,
     clear_exclude: Annotated[bool, typer.Option("--clear-exclude", help="Forget the remembered --exclude globs first (those given now are kept).")] = False,
     json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; failed images only as a count.")] = False,
 ) -> None:
     """Embed new and changed images into the index; drop entries whose files are gone (or are excluded)."""
     with errors_to_exit():
@@ -69,8 +71,7 @@ def index_cmd(
             f"in {summary.seconds:.1f}s -> {ix.directory}")
         if globs:
             say(f"  excluding (remembered; --clear-exclude forgets): {' '.join(globs)}")
-        for f in summary.failed:
-            warn(f"  failed: {f.path}: {f.reason}")
+        _report_failures(summary.failed, quiet)
         for p in summary.removed_paths:
             warn(f"  removed: {p}")
         if summary.repaired:
@@ -83,6 +84,21 @@ def index_cmd(
             raise label_error
         if labelled is not None:
             say(f"Labelled {labelled} images with their top {top} ImageNet classes")
+
+
+def _report_failures(failed, quiet: bool) -> None:
+    """This run's new failures, one a line (none under --quiet); earlier ones only as a count."""
+    new = [f for f in failed if f.new]
+    if not quiet:
+        for f in new:
+            warn(f"  failed: {f.path}: {f.reason}")
+    shown = 0 if quiet else len(new)
+    if len(failed) > shown:
+        n = len(failed) if quiet else len(failed) - len(new)
+        images = f"image{'s' if n != 1 else ''}"
+        what = (f"{n} {images} failed ({len(new)} new in this run)" if quiet
+                else f"{n} more {images} failed in earlier runs and unchanged since")
+        warn(f"  {what}: `vecsearch list --failed` (or `vecsearch stats --json`) lists them with reasons")
 
 
 @app.command()
@@ -98,10 +114,12 @@ def query(
     imagenet: Annotated[Optional[str], typer.Option("--imagenet", metavar="NAME", help="Instead of a search: list images whose stored ImageNet top-k holds this class (name or WordNet id).", show_default=False)] = None,
     explain: Annotated[Optional[Path], typer.Option("--explain", metavar="DIR", help="Also write one PNG per result into DIR: why it is similar, the query's heatmap beside the result's.", show_default=False)] = None,
     json_out: JsonOpt = False,
+    jsonl: JsonlOpt = False,
 ) -> None:
     """Show the k indexed images most similar to IMAGE (cosine similarity), optionally filtered; or, with
     --imagenet NAME, those whose ImageNet labels hold a class."""
     with errors_to_exit():
+        mode = json_mode(json_out, jsonl)
         if k is not None and k < 1:
             raise VecsearchError(f"--k must be at least 1, got {k}.")
         if image is None and label is not None and imagenet is None:
@@ -121,7 +139,7 @@ def query(
             from .labels import print_label_hits  # imported here: labels' commands register after these
 
             with open_index(index, create=False) as ix:
-                print_label_hits(ix.search_labels(imagenet, limit=k), json_out)
+                print_label_hits(ix.search_labels(imagenet, limit=k), json_out, jsonl=jsonl, name=imagenet)
             return
         if image is None:
             raise VecsearchError("Give an IMAGE to search with, or --imagenet NAME.")
@@ -129,16 +147,13 @@ def query(
             hits = ix.search(image, DEFAULT_K if k is None else k, under=under, label=label, predicted=predicted,
                              classifier=classifier, min_score=min_score)
             written = ix.explain_hits_to(image, hits, explain) if explain is not None else None
-        if json_out:
-            rows = [h.to_dict() for h in hits]
-            if written is not None:
-                rows = [row | {"explain": str(w)} for row, w in zip(rows, written)]
-            print_json(rows)
+        rows = [h.to_dict() for h in hits]
+        if written is not None:
+            rows = [row | {"explain": str(w)} for row, w in zip(rows, written)]
+        if print_rows(rows, mode):
             return
-        # Plain lines, never truncated: people copy these paths.
-        say(f"{'rank':>4}  {'score':>6}  path")
-        for h in hits:
-            say(f"{h.rank:>4}  {h.score:6.4f}  {h.path}")
+        # Never truncated nor folded: people copy these paths.
+        print_table(["rank", "score", "path"], ((h.rank, f"{h.score:.4f}", h.path) for h in hits), right=["rank", "score"])
         if not hits and given:
             warn(f"No indexed image passes the filters ({', '.join(given)}).")
         if written is not None:
@@ -155,9 +170,13 @@ def stats(index: IndexOpt = None, json_out: JsonOpt = False) -> None:
         if json_out:
             print_json(s | {"failed_images": failed})
             return
-        width = max(map(len, s))
-        for key, value in s.items():
-            say(f"{key:<{width}}  {value}")
+        print_table(["key", "value"], s.items(), header=False)
+
+
+def _require_parquet(path: Path) -> None:
+    """A .parquet file (or a folder holding one) needs pyarrow: say so before an index is opened or created."""
+    if path.suffix.lower() == ".parquet" or (path.is_dir() and next(path.rglob("*.parquet"), None) is not None):
+        require_extra("parquet", needed_for="Parquet")
 
 
 @app.command()
@@ -169,6 +188,7 @@ def export(
 ) -> None:
     """Write every indexed vector with its path, norm, file facts and model, as .npz or Parquet."""
     with errors_to_exit():
+        _require_parquet(out_file)
         with open_index(index, create=False) as ix:
             with progress_bar("Exporting", quiet or json_out) as update:
                 n = ix.export(out_file, progress=update)
@@ -190,6 +210,7 @@ def import_cmd(
 ) -> None:
     """Add precomputed vectors to the index; paths are taken as given (the next `index` run reconciles them)."""
     with errors_to_exit():
+        _require_parquet(source)
         with open_index(index, index_type=index_type, max_memory=max_memory) as ix:
             with progress_bar("Importing", quiet or json_out) as update:
                 summary = ix.import_vectors(source, unchecked=unchecked, progress=update)

@@ -8,29 +8,42 @@ from typing import Annotated, Optional
 import typer
 
 from ..labels import DEFAULT_TOP, NUM_CLASSES
-from ._common import IndexOpt, JsonOpt, QuietOpt, app, errors_to_exit, open_index, print_json, progress_bar, say
+from ._common import (IndexOpt, JsonlOpt, JsonOpt, QuietOpt, app, errors_to_exit, json_mode, open_index, print_rows,
+                      print_table, progress_bar, random_weights_warning, say, warn)
 
 TopOpt = Annotated[int, typer.Option("--top", min=1, max=NUM_CLASSES, help="How many ImageNet classes to keep per image.")]
 
 
-def print_labels(items, json_out: bool) -> None:
-    """Per image its path, then `rank wnid name prob` rows; or a JSON list."""
-    if json_out:
-        print_json([item.to_dict() for item in items])
+def print_labels(items, json_out: bool, *, jsonl: bool = False, warning: str | None = None) -> None:
+    """Per image its path, then `rank wnid name prob` rows, aligned across images; or JSON (lines).
+
+    A `warning` (random weights) goes to stderr, and into every JSON row as `warning`.
+    """
+    mode = json_mode(json_out, jsonl)
+    if warning:
+        warn(f"Warning: {warning}")
+    if print_rows([item.to_dict() | ({"warning": warning} if warning else {}) for item in items], mode):
         return
+    every = [lb for item in items for lb in item.labels]
+    widths = [0, max((len(str(lb.rank)) for lb in every), default=1), 9, max((len(lb.name) for lb in every), default=4), 6]
     for item in items:
         say(item.path)
-        for lb in item.labels:
-            say(f"  {lb.rank:>2}  {lb.wnid}  {lb.name:<30} {lb.prob:.4f}")
+        print_table(["", "rank", "wnid", "name", "prob"],
+                    (("", lb.rank, lb.wnid, lb.name, f"{lb.prob:.4f}") for lb in item.labels),
+                    right=["rank"], header=False, min_widths=widths)
 
 
-def print_label_hits(hits, json_out: bool) -> None:
-    if json_out:
-        print_json([h.to_dict() for h in hits])
+def print_label_hits(hits, json_out: bool, *, jsonl: bool = False, name: str | None = None) -> None:
+    """The images of an ImageNet class: `rank` is the place in this listing, `class_rank` the
+    class's place in that image's own top-k; a line saying so when no image has the class."""
+    mode = json_mode(json_out, jsonl)
+    if print_rows([h.to_dict() for h in hits], mode):
         return
-    say(f"{'rank':>4}  {'prob':>6}  path")
-    for h in hits:
-        say(f"{h.rank:>4}  {h.prob:6.4f}  {h.path}")
+    if not hits:
+        say(f"No indexed image has {name or 'this class'} in its stored ImageNet top-k.")
+        return
+    print_table(["rank", "class_rank", "prob", "path"],
+                ((h.rank, h.class_rank, f"{h.prob:.4f}", h.path) for h in hits), right=["rank", "class_rank", "prob"])
 
 
 @app.command("label")
@@ -43,6 +56,7 @@ def label_cmd(
              "(default: the weights that built the index).", show_default=False)] = None,
     missing: Annotated[bool, typer.Option("--missing", help="Only label images that have no labels yet.")] = False,
     json_out: JsonOpt = False,
+    jsonl: JsonlOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Label every indexed image with the backbone's own top-K ImageNet classes, store and show them.
@@ -51,11 +65,13 @@ def label_cmd(
     the images). Needs weights that include the top: --weights imagenet, or a with-top file.
     """
     with errors_to_exit():
+        json_mode(json_out, jsonl)
         with open_index(index, create=False) as ix:
-            with progress_bar("Labelling", quiet or json_out) as update:
+            with progress_bar("Labelling", quiet or json_out or jsonl) as update:
                 ix.label(paths=paths, top=top, only_missing=missing, weights=weights, progress=update)
             items = ix.image_labels(paths)
-        print_labels(items, json_out)
+            warning = random_weights_warning(ix, "these ImageNet labels")
+        print_labels(items, json_out, jsonl=jsonl, warning=warning)
 
 
 @app.command("search-labels")
@@ -64,9 +80,11 @@ def search_labels(
     index: IndexOpt = None,
     k: Annotated[Optional[int], typer.Option("--k", "-k", min=1, help="At most this many images (default: all).", show_default=False)] = None,
     json_out: JsonOpt = False,
+    jsonl: JsonlOpt = False,
 ) -> None:
     """List images whose stored top-k ImageNet labels hold NAME, most probable first (= query --imagenet)."""
     with errors_to_exit():
+        json_mode(json_out, jsonl)
         with open_index(index, create=False) as ix:
             hits = ix.search_labels(name, limit=k)
-        print_label_hits(hits, json_out)
+        print_label_hits(hits, json_out, jsonl=jsonl, name=name)

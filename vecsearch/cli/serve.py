@@ -10,6 +10,7 @@ import typer
 
 from ..config import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS
 from ..errors import VecsearchError
+from ..extras import require_extra
 from ._common import IndexOpt, app, errors_to_exit, open_index, warn
 
 
@@ -64,12 +65,10 @@ def serve(
             raise VecsearchError(
                 f"Refusing to serve on {host} without a token: anyone on the network could query your photos. "
                 "Pass --token TOKEN (or set VECSEARCH_TOKEN), or --insecure if you mean it.")
-        try:
-            import uvicorn
+        require_extra("server", needed_for="The server")
+        import uvicorn
 
-            from ..server import create_app
-        except ImportError as e:
-            raise VecsearchError(f"The server needs its extra dependencies ({e.name} is missing): pip install 'vecsearch[server]'.") from None
+        from ..server import create_app
         ix = open_index(index, create=False)
         try:
             web = create_app(ix, token=token, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
