@@ -13,7 +13,7 @@ from .errors import MissingExtraError
 
 EXTRAS: dict[str, tuple[str, ...]] = {
     "plot": ("matplotlib",),
-    "server": ("fastapi", "uvicorn", "python_multipart|multipart"),
+    "server": ("fastapi", "uvicorn", "python_multipart|multipart", "fastapi_offline"),
     "parquet": ("pyarrow", "pyarrow.parquet"),
 }
 """The modules each extra of pyproject.toml provides (import names; `a|b`: either will do,
