@@ -228,7 +228,8 @@ class VecIndex:
             # A folder (or file) that is gone but has entries is reconciled like any other:
             # its entries are dropped. Only a path that is neither there nor indexed is a mistake.
             gone = [r for r in roots if not os.path.lexists(r)]
-            known = {r: self.info is not None and len(self.store.ids_under([str(r)])) > 0 for r in roots}
+            has_entries = self.info is not None
+            known = {r: has_entries and len(self.store.ids_under([str(r)])) > 0 for r in roots}
             for r in gone:
                 if not known[r]:
                     raise InputNotFoundError(f"No such file or folder: {r}")
