@@ -385,3 +385,21 @@ def test_query_filters_on_the_command_line_with_a_real_classifier(tmp_path, inde
     assert r.exit_code == 1 and "no ImageNet labels" in r.stderr and "old spelling of `query --imagenet" in r.stderr
     r = run("query", "--imagenet", "tench", "--under", tmp_path, "--index", index_dir, ok=False)
     assert r.exit_code == 1 and "--under goes with a search by IMAGE" in r.output
+
+
+@pytest.mark.parametrize("fmt, ext", [("AVIF", ".avif"), ("HEIF", ".heic")])
+def test_new_formats_keep_the_pixel_cap_before_decoding(tmp_path, fmt, ext):
+    from vecsearch import images
+
+    if fmt == "AVIF" and not __import__("PIL.features").features.check("avif"):
+        pytest.skip("this Pillow has no AVIF")
+    if fmt == "HEIF":
+        pytest.importorskip("pillow_heif")
+    data = _write(tmp_path / f"x{ext}", 3, fmt).read_bytes()
+    pixels, w, h = images.decode_image(data, (32, 32))
+    assert pixels.shape == (32, 32, 3) and (w, h) == (64, 48)
+    with pytest.raises(VecsearchError, match="too large: 64x48 pixels exceeds the cap of 3000"):
+        images.decode_image(data, (32, 32), max_pixels=3000)
+    assert images.is_image_file(tmp_path / f"x{ext}")
+    (tmp_path / "noext").write_bytes(data)
+    assert images.is_image_file(tmp_path / "noext")  # by its ftyp signature
