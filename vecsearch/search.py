@@ -29,7 +29,9 @@ SUBSET_EXACT = 1 << 16
 structure for ever more candidates until enough of them pass the filter."""
 FULL_SCAN_SHARE = 4
 """An exact filtered search over a subset holding at least 1/FULL_SCAN_SHARE of the images
-reads every row in order (masking the rest) instead of picking the subset's rows."""
+reads every row in order (masking the rest) instead of picking the subset's rows. Measured
+over 20,000 2048-d vectors in the page cache (2 busy cores): picking 1% / 5% / 10% / 25% of
+the rows took 1.9 / 13 / 26 / 52 ms a query, the masked scan of all 19-27 ms."""
 FILTER_FETCH_MAX = 1 << 15
 """Candidates asked of the structure per query at most for a filtered search; past that
 (a filter that keeps few of many), the subset is scored exactly instead."""
