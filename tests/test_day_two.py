@@ -50,13 +50,19 @@ def _filtered_index(tmp_path, model_meta, index_type, n=3000):
     return ix, ids, base, path_of
 
 
-@pytest.mark.parametrize("index_type", ["flat", "hnsw", "IVF32,SQ8"])
-@pytest.mark.parametrize("subset_exact", [1 << 16, 8])  # 8: the approximate path asks for more candidates
+@pytest.mark.parametrize("index_type", ["flat", "hnsw", "IVF32,SQ8", "PCA16,IVF32,SQ8"])
+@pytest.mark.parametrize("subset_exact", [1 << 16, 8])  # 8 (and no cost rule): the approximate path asks for more
 def test_filters_match_brute_force_over_the_subset(tmp_path, model_meta, monkeypatch, index_type, subset_exact):
     monkeypatch.setattr(search_mod, "SUBSET_EXACT", subset_exact)
+    monkeypatch.setattr(search_mod, "EXACT_COST_RATIO", 1.0 if subset_exact > 8 else 0.0)
     # Flat: with 20, a 10% subset is a masked scan of every row, a 1% one picks its rows.
     monkeypatch.setattr(search_mod, "FULL_SCAN_SHARE", 20 if subset_exact == 8 else 4)
     ix, ids, base, path_of = _filtered_index(tmp_path, model_meta, index_type)
+    exact_calls = []
+    if index_type in ("hnsw", "IVF32,SQ8") and subset_exact == 8:  # a FAISS selector: every answer from it
+        real = search_mod.Searcher._exact_within
+        monkeypatch.setattr(search_mod.Searcher, "_exact_within",
+                            lambda self, *a: exact_calls.append(1) or real(self, *a))
     queries = clustered_vectors(15, DIM, seed=99)
     cats = set(ids[::10].tolist())
     dogs_new = set(ids[3::10].tolist())
@@ -81,6 +87,7 @@ def test_filters_match_brute_force_over_the_subset(tmp_path, model_meta, monkeyp
             else:
                 assert len(set(got) & set(w_ids.tolist())) >= 18, kw
             np.testing.assert_allclose([h.score for h in hits][:5], w_scores[:5], atol=1e-5)
+    assert exact_calls == []
     ix.close()
 
 
