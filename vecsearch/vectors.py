@@ -357,7 +357,7 @@ class FaissIndex:
 
         A selector filters inside the search, so HNSW walks its graph and IVF its lists as
         usual and keeps only allowed ids. The effort grows by 1/share as fewer ids pass
-        (efSearch at least k, nprobe at most every list), so about as many allowed
+        (efSearch from at least k, nprobe up to every list), so about as many allowed
         candidates are met as an unfiltered search meets.
         """
         faiss = _faiss()
@@ -366,7 +366,8 @@ class FaissIndex:
         sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, np.int64))
         if isinstance(inner, faiss.IndexHNSW):
             ef = int(self.params.get("efSearch", inner.hnsw.efSearch))
-            params = faiss.SearchParametersHNSW(efSearch=int(min(max(k, np.ceil(ef / share)), len(self))), sel=sel)
+            # The graph search counts every node it visits against efSearch, allowed or not.
+            params = faiss.SearchParametersHNSW(efSearch=int(min(np.ceil(max(ef, k) / share), len(self))), sel=sel)
         elif isinstance(inner, faiss.IndexIVF):
             nprobe = int(self.params.get("nprobe", inner.nprobe))
             params = faiss.SearchParametersIVF(nprobe=int(min(inner.nlist, np.ceil(nprobe / share))), sel=sel)
