@@ -79,6 +79,10 @@ def _as_ids(ids) -> np.ndarray:
     return arr
 
 
+IVF_FILTER_PROBES = 4
+"""A filtered IVF search probes this many times nprobe / share lists (at most all of them)."""
+
+
 class FaissIndex:
     """A FAISS structure over unit vectors, searched by cosine, keyed by int64 ids.
 
@@ -357,8 +361,10 @@ class FaissIndex:
 
         A selector filters inside the search, so HNSW walks its graph and IVF its lists as
         usual and keeps only allowed ids. The effort grows by 1/share as fewer ids pass
-        (efSearch from at least k, nprobe up to every list), so about as many allowed
-        candidates are met as an unfiltered search meets.
+        (efSearch from at least k; nprobe times IVF_FILTER_PROBES, up to every list), so
+        about as many allowed candidates are met as an unfiltered search meets. Measured
+        (scripts/bench_filters.py, 20k 2048-d, a 10% filter): recall@10 0.99 for HNSW,
+        1.00 for IVF128,SQ8 (0.84 without the factor 4).
         """
         faiss = _faiss()
         inner = self._inner()
@@ -370,7 +376,9 @@ class FaissIndex:
             params = faiss.SearchParametersHNSW(efSearch=int(min(np.ceil(max(ef, k) / share), len(self))), sel=sel)
         elif isinstance(inner, faiss.IndexIVF):
             nprobe = int(self.params.get("nprobe", inner.nprobe))
-            params = faiss.SearchParametersIVF(nprobe=int(min(inner.nlist, np.ceil(nprobe / share))), sel=sel)
+            # The nearest images that pass lie further out than the nearest of all: more lists.
+            params = faiss.SearchParametersIVF(nprobe=int(min(inner.nlist, np.ceil(IVF_FILTER_PROBES * nprobe / share))),
+                                               sel=sel)
         else:
             return None
         q = self._as_matrix(queries, "queries")
