@@ -30,7 +30,7 @@ EXACT_COST_RATIO = 1.0
 exactly when that reads fewer rows than re-ranking the candidates it would need: s rows
 exactly, against about count * n / s candidates (each read alike), so exact while
 s^2 <= EXACT_COST_RATIO * count * n. At 1M vectors and 100 re-ranked: up to 10,000 images."""
-FULL_SCAN_SHARE = 4
+FULL_SCAN_SHARE = 10
 """An exact filtered search over a subset holding at least 1/FULL_SCAN_SHARE of the images
 reads every row in order (masking the rest) instead of picking the subset's rows. Measured
 over 20,000 2048-d vectors in the page cache (2 busy cores): picking 1% / 5% / 10% / 25% of
