@@ -130,6 +130,13 @@ def test_a_deleted_folder_is_dropped_from_results_by_index_and_by_remove(photos,
     # A path that is neither there nor indexed is still a mistake.
     r = run("index", tmp_path / "typo", "--index", index_dir, ok=False)
     assert r.exit_code == 1 and "No such file or folder" in r.output
+    # A folder emptied (still there) is reconciled too; an empty folder never indexed is an error.
+    make_image(photos / "b" / "emptied" / "e.jpg", seed=41)
+    run("index", photos / "b" / "emptied", "--index", index_dir, "--quiet")
+    (photos / "b" / "emptied" / "e.jpg").unlink()
+    assert run_json("index", photos / "b" / "emptied", "--index", index_dir)["removed"] == 1
+    r = run("index", photos / "b" / "emptied", "--index", index_dir, ok=False)
+    assert r.exit_code == 1 and "No image files found" in r.output
 
     # The same through `remove`, on a folder deleted from disk, and on a file still there.
     shutil.rmtree(photos / "b" / "sub", ignore_errors=True)
@@ -141,7 +148,7 @@ def test_a_deleted_folder_is_dropped_from_results_by_index_and_by_remove(photos,
     assert out["removed_paths"] == sorted([str(photos / "b" / "sub" / "x.png"), str(photos / "b" / "img06.png")])
     with open_index(index_dir) as ix:
         assert len(ix) == 5 and str(photos / "b" / "img06.png") not in _paths(ix.search(query, k=10))
-        assert [r.path for r in ix] == sorted(str(p) for p in (photos / "b").iterdir() if p.name != "img06.png")
+        assert [r.path for r in ix] == sorted(str(p) for p in (photos / "b").iterdir() if p.is_file() and p.name != "img06.png")
 
 
 def test_remove_missing_and_python_api(photos, tmp_path, index_dir, model_meta):
