@@ -1,7 +1,7 @@
 """Filtered search: latency and recall@10 of `VecIndex.search(..., under=...)` against brute force.
 
     python scripts/bench_filters.py                 # N = 50,000 2048-d vectors, flat and hnsw
-    python scripts/bench_filters.py --n 200000 --types hnsw
+    python scripts/bench_filters.py --n 200000 --types 'hnsw;IVF256,SQ8;ivf-pq'
 
 Synthetic clustered vectors (as scripts/bench_search.py draws them) are imported under 100
 folders, /bench/f00 .. /bench/f99, each holding 1% of them; a filter keeps 1, 10 or 50
@@ -31,7 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=50_000)
     ap.add_argument("--q", type=int, default=50)
-    ap.add_argument("--types", default="flat,hnsw")
+    ap.add_argument("--types", default="flat;hnsw", help="index types, separated by ';' (factory strings hold commas)")
     args = ap.parse_args()
 
     from vecsearch import open_index
@@ -51,7 +51,7 @@ def main() -> None:
                  meta=np.array(json.dumps(META)))
         print(f"{args.n} vectors of {base.shape[1]} dimensions, {args.q} queries, k=10")
         print(f"{'type':<6} {'filter':<20} {'kept':>5} {'ms/query':>9} {'recall@10':>10}")
-        for index_type in args.types.split(","):
+        for index_type in args.types.split(";"):
             ix = open_index(Path(tmp) / index_type, index_type=index_type)
             ix.import_vectors(export)
             for what, under, keep in filters:

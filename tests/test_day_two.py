@@ -50,13 +50,19 @@ def _filtered_index(tmp_path, model_meta, index_type, n=3000):
     return ix, ids, base, path_of
 
 
-@pytest.mark.parametrize("index_type", ["flat", "hnsw", "IVF32,SQ8"])
-@pytest.mark.parametrize("subset_exact", [1 << 16, 8])  # 8: the approximate path asks for more candidates
+@pytest.mark.parametrize("index_type", ["flat", "hnsw", "IVF32,SQ8", "PCA16,IVF32,SQ8"])
+@pytest.mark.parametrize("subset_exact", [1 << 16, 8])  # 8 (and no cost rule): the approximate path asks for more
 def test_filters_match_brute_force_over_the_subset(tmp_path, model_meta, monkeypatch, index_type, subset_exact):
     monkeypatch.setattr(search_mod, "SUBSET_EXACT", subset_exact)
+    monkeypatch.setattr(search_mod, "EXACT_COST_RATIO", 1.0 if subset_exact > 8 else 0.0)
     # Flat: with 20, a 10% subset is a masked scan of every row, a 1% one picks its rows.
     monkeypatch.setattr(search_mod, "FULL_SCAN_SHARE", 20 if subset_exact == 8 else 4)
     ix, ids, base, path_of = _filtered_index(tmp_path, model_meta, index_type)
+    exact_calls = []
+    if index_type in ("hnsw", "IVF32,SQ8") and subset_exact == 8:  # a FAISS selector: every answer from it
+        real = search_mod.Searcher._exact_within
+        monkeypatch.setattr(search_mod.Searcher, "_exact_within",
+                            lambda self, *a: exact_calls.append(1) or real(self, *a))
     queries = clustered_vectors(15, DIM, seed=99)
     cats = set(ids[::10].tolist())
     dogs_new = set(ids[3::10].tolist())
@@ -81,6 +87,7 @@ def test_filters_match_brute_force_over_the_subset(tmp_path, model_meta, monkeyp
             else:
                 assert len(set(got) & set(w_ids.tolist())) >= 18, kw
             np.testing.assert_allclose([h.score for h in hits][:5], w_scores[:5], atol=1e-5)
+    assert exact_calls == []
     ix.close()
 
 
@@ -123,6 +130,13 @@ def test_a_deleted_folder_is_dropped_from_results_by_index_and_by_remove(photos,
     # A path that is neither there nor indexed is still a mistake.
     r = run("index", tmp_path / "typo", "--index", index_dir, ok=False)
     assert r.exit_code == 1 and "No such file or folder" in r.output
+    # A folder emptied (still there) is reconciled too; an empty folder never indexed is an error.
+    make_image(photos / "b" / "emptied" / "e.jpg", seed=41)
+    run("index", photos / "b" / "emptied", "--index", index_dir, "--quiet")
+    (photos / "b" / "emptied" / "e.jpg").unlink()
+    assert run_json("index", photos / "b" / "emptied", "--index", index_dir)["removed"] == 1
+    r = run("index", photos / "b" / "emptied", "--index", index_dir, ok=False)
+    assert r.exit_code == 1 and "No image files found" in r.output
 
     # The same through `remove`, on a folder deleted from disk, and on a file still there.
     shutil.rmtree(photos / "b" / "sub", ignore_errors=True)
@@ -134,7 +148,7 @@ def test_a_deleted_folder_is_dropped_from_results_by_index_and_by_remove(photos,
     assert out["removed_paths"] == sorted([str(photos / "b" / "sub" / "x.png"), str(photos / "b" / "img06.png")])
     with open_index(index_dir) as ix:
         assert len(ix) == 5 and str(photos / "b" / "img06.png") not in _paths(ix.search(query, k=10))
-        assert [r.path for r in ix] == sorted(str(p) for p in (photos / "b").iterdir() if p.name != "img06.png")
+        assert [r.path for r in ix] == sorted(str(p) for p in (photos / "b").iterdir() if p.is_file() and p.name != "img06.png")
 
 
 def test_remove_missing_and_python_api(photos, tmp_path, index_dir, model_meta):
@@ -385,3 +399,21 @@ def test_query_filters_on_the_command_line_with_a_real_classifier(tmp_path, inde
     assert r.exit_code == 1 and "no ImageNet labels" in r.stderr and "old spelling of `query --imagenet" in r.stderr
     r = run("query", "--imagenet", "tench", "--under", tmp_path, "--index", index_dir, ok=False)
     assert r.exit_code == 1 and "--under goes with a search by IMAGE" in r.output
+
+
+@pytest.mark.parametrize("fmt, ext", [("AVIF", ".avif"), ("HEIF", ".heic")])
+def test_new_formats_keep_the_pixel_cap_before_decoding(tmp_path, fmt, ext):
+    from vecsearch import images
+
+    if fmt == "AVIF" and not __import__("PIL.features").features.check("avif"):
+        pytest.skip("this Pillow has no AVIF")
+    if fmt == "HEIF":
+        pytest.importorskip("pillow_heif")
+    data = _write(tmp_path / f"x{ext}", 3, fmt).read_bytes()
+    pixels, w, h = images.decode_image(data, (32, 32))
+    assert pixels.shape == (32, 32, 3) and (w, h) == (64, 48)
+    with pytest.raises(VecsearchError, match="too large: 64x48 pixels exceeds the cap of 3000"):
+        images.decode_image(data, (32, 32), max_pixels=3000)
+    assert images.is_image_file(tmp_path / f"x{ext}")
+    (tmp_path / "noext").write_bytes(data)
+    assert images.is_image_file(tmp_path / "noext")  # by its ftyp signature

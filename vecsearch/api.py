@@ -228,15 +228,15 @@ class VecIndex:
             # A folder (or file) that is gone but has entries is reconciled like any other:
             # its entries are dropped. Only a path that is neither there nor indexed is a mistake.
             gone = [r for r in roots if not os.path.lexists(r)]
-            known = {r: self.info is not None and len(self.store.ids_under([str(r)])) > 0 for r in roots}
+            indexed = lambda r: self.info is not None and self.store.has_under(str(r))  # noqa: E731
             for r in gone:
-                if not known[r]:
+                if not indexed(r):
                     raise InputNotFoundError(f"No such file or folder: {r}")
             found = [f for f in images.scan([r for r in roots if r not in gone], exclude=globs)
                      if not images.is_excluded(f.path, roots, globs)]  # a file given by name, too
             files = [f.path for f in found if f.reason is None]
             rejected = [f for f in found if f.reason is not None]
-            if not found and not any(known.values()):
+            if not found and not gone and not any(indexed(r) for r in roots):
                 raise NoImagesError(f"No image files found in {', '.join(map(str, roots))}.")
             self._ensure_info()
             self.refresh()

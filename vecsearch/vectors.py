@@ -79,6 +79,10 @@ def _as_ids(ids) -> np.ndarray:
     return arr
 
 
+IVF_FILTER_PROBES = 4
+"""A filtered IVF search probes this many times nprobe / share lists (at most all of them)."""
+
+
 class FaissIndex:
     """A FAISS structure over unit vectors, searched by cosine, keyed by int64 ids.
 
@@ -345,18 +349,55 @@ class FaissIndex:
         width = min(int(k), total, int((found >= 0).sum(axis=1).max()))
         return np.ascontiguousarray(scores[:, :width]), np.ascontiguousarray(found[:, :width])
 
-    def _search(self, q: np.ndarray, fetch: int):
+    @property
+    def takes_selector(self) -> bool:
+        """Whether `search_within` can filter inside this structure (plain HNSW or IVF)."""
+        faiss = _faiss()
+        return isinstance(self._inner(), (faiss.IndexHNSW, faiss.IndexIVF))
+
+    def search_within(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> np.ndarray | None:
+        """Ids (n, k) of each query's nearest among the `allowed` ids only (-1 padded), or None
+        when this structure takes no FAISS selector (a pre-transform or a refinement around it).
+
+        A selector filters inside the search, so HNSW walks its graph and IVF its lists as
+        usual and keeps only allowed ids. The effort grows by 1/share as fewer ids pass
+        (efSearch from at least k; nprobe times IVF_FILTER_PROBES, up to every list), so
+        about as many allowed candidates are met as an unfiltered search meets. Measured
+        (scripts/bench_filters.py, 20k 2048-d, a 10% filter): recall@10 0.99 for HNSW,
+        1.00 for IVF128,SQ8 (0.84 without the factor 4).
+        """
+        faiss = _faiss()
+        inner = self._inner()
+        share = max(len(allowed) / max(len(self), 1), 1e-6)
+        sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, np.int64))
+        if isinstance(inner, faiss.IndexHNSW):
+            ef = int(self.params.get("efSearch", inner.hnsw.efSearch))
+            # The graph search counts every node it visits against efSearch, allowed or not.
+            params = faiss.SearchParametersHNSW(efSearch=int(min(np.ceil(max(ef, k) / share), len(self))), sel=sel)
+        elif isinstance(inner, faiss.IndexIVF):
+            nprobe = int(self.params.get("nprobe", inner.nprobe))
+            # The nearest images that pass lie further out than the nearest of all: more lists.
+            params = faiss.SearchParametersIVF(nprobe=int(min(inner.nlist, np.ceil(IVF_FILTER_PROBES * nprobe / share))),
+                                               sel=sel)
+        else:
+            return None
+        q = self._as_matrix(queries, "queries")
+        _, found = self._search(q, min(int(k), len(self)), params)
+        return np.asarray(found, np.int64)
+
+    def _search(self, q: np.ndarray, fetch: int, params=None):
         # OpenMP threads only pay off for batches: a single query over 10k x 2048 took
         # 6.2 ms on one thread vs 7.0 ms with the default two here, and under a threaded
         # server several OpenMP teams oversubscribe the cores. The count is per calling
         # thread, so setting and restoring it is safe under concurrency.
+        kw = {} if params is None else {"params": params}
         if len(q) >= SMALL_BATCH:
-            return self._index.search(q, fetch)
+            return self._index.search(q, fetch, **kw)
         faiss = _faiss()
         before = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)
         try:
-            return self._index.search(q, fetch)
+            return self._index.search(q, fetch, **kw)
         finally:
             faiss.omp_set_num_threads(before)
 

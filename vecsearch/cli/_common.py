@@ -77,7 +77,7 @@ def error_line(message: str) -> None:
 # is how to change it on the command line.
 FLAG_HINTS = {
     "weights": "On the command line: --weights imagenet, --weights none [--seed N] or --weights FILE.",
-    "index": "Build one with `vecsearch index PHOTOS`; --index DIR (or $VECSEARCH_INDEX) picks the folder.",
+    "index": "--index DIR (or $VECSEARCH_INDEX) picks the index folder; `vecsearch index PHOTOS` builds one.",
     "unchecked": "On the command line: --unchecked.",
     "max_memory": "On the command line: --max-memory SIZE (e.g. 8GB).",
     "like": "On the command line: --like IMG2 or --id N.",

@@ -287,6 +287,11 @@ class Store:
             q = select(Image.id).where(or_(*(_path_under(r) for r in folders))).order_by(Image.id)
             return np.fromiter((r[0] for r in c.execute(q)), np.int64)
 
+    def has_under(self, folder: str) -> bool:
+        """Whether any image's path is this absolute path or inside it."""
+        with self.engine.connect() as c:
+            return c.execute(select(Image.id).where(_path_under(folder)).limit(1)).first() is not None
+
     def ids_with_user_label(self, label: str) -> np.ndarray:
         """Ids of images taught class `label`, ascending."""
         with self.engine.connect() as c:
