@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from ..errors import VecsearchError
-from ._common import IndexOpt, JsonOpt, app, errors_to_exit, open_index, print_json, say, warn
-
-JsonlOpt = Annotated[bool, typer.Option("--jsonl", help="Print one JSON object per line (streams; for jq and scripts).")]
+from ._common import IndexOpt, JsonlOpt, JsonOpt, app, errors_to_exit, json_mode, open_index, print_json, print_jsonl, say, warn
 
 
 @app.command()
@@ -51,24 +47,24 @@ def list_cmd(
 ) -> None:
     """List the indexed images by id: one path per line (with --failed: `path: reason`), or JSON."""
     with errors_to_exit():
-        if json_out and jsonl:
-            raise VecsearchError("Give --json or --jsonl, not both.")
+        mode = json_mode(json_out, jsonl)
         with open_index(index, create=False) as ix:
             records = ix.iter_images(status="failed" if failed else None, under=under, label=label)
-            if json_out:
+            if mode == "json":
                 print_json([_row(r) for r in records])
+                return
+            if mode == "jsonl":
+                print_jsonl(_row(r) for r in records)  # streams: a page of records at a time
                 return
 
             n = 0
             for r in records:
                 n += 1
-                if jsonl:
-                    sys.stdout.write(json.dumps(_row(r), default=str) + "\n")
-                elif failed:
+                if failed:
                     say(f"{r.path}: {r.reason}")
                 else:
                     say(r.path)  # paths only, so the list pipes into other tools
-        if not n and not jsonl and (failed or label is not None or under is not None):
+        if not n and (failed or label is not None or under is not None):
             warn("No indexed image matches.")
 
 
