@@ -46,3 +46,20 @@ def tiny_index(index_dir):
     ix = open_index(index_dir, backbone="tiny", weights=None, seed=7)
     yield ix
     ix.close()
+
+
+@pytest.fixture
+def model_meta(tmp_path):
+    """The tiny model's metadata, as an export of a real (one-image) index records it."""
+    import json
+
+    import numpy as np
+
+    from vecsearch import open_index
+
+    make_image(tmp_path / "one" / "a.png", seed=1)
+    with open_index(tmp_path / "seed-index", backbone="tiny", weights=None, seed=7) as ix:
+        ix.add([tmp_path / "one"])
+        ix.export(tmp_path / "seed.npz")
+    with np.load(tmp_path / "seed.npz") as z:
+        return json.loads(str(z["meta"]))

@@ -109,6 +109,20 @@ def live_server(app):
         sock.close()
 
 
+def wait_until_serving(proc, port: int, timeout: float = 120):
+    """Poll a `vecsearch serve` subprocess's /api/health until it answers; its first response."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+
+
 # -- synthetic vectors -------------------------------------------------------------------
 def clustered_vectors(n: int, dim: int, *, clusters: int = 20, spread: float = 0.35, seed: int = 0,
                       centres_seed: int = 1234) -> np.ndarray:

@@ -20,17 +20,6 @@ from vecsearch import search as search_mod
 DIM = 32
 
 
-@pytest.fixture
-def model_meta(tmp_path):
-    """The tiny model's metadata, as an export of a real (one-image) index records it."""
-    make_image(tmp_path / "one" / "a.png", seed=1)
-    with open_index(tmp_path / "seed-index", backbone="tiny", weights=None, seed=7) as ix:
-        ix.add([tmp_path / "one"])
-        ix.export(tmp_path / "seed.npz")
-    with np.load(tmp_path / "seed.npz") as z:
-        return json.loads(str(z["meta"]))
-
-
 def _filtered_index(tmp_path, model_meta, index_type, n=3000):
     """n synthetic vectors in folders /data/f0../data/f9 (f1_x is a sibling whose name starts like f1),
     a tenth taught "cat", a tenth predicted "dog" by the newest classifier."""

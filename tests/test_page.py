@@ -12,7 +12,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -28,7 +27,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient  # noqa: E402
 
-from helpers import make_image  # noqa: E402
+from helpers import make_image, wait_until_serving  # noqa: E402
 
 TESTS = Path(__file__).parent
 TAUGHT = {"a/img00.jpg": "cat", "a/img01.jpg": "cat", "a/img02.jpg": "cat",
@@ -356,15 +355,7 @@ def test_serve_prints_the_token_url_and_it_opens_the_page(built):
     env = {**os.environ, "VECSEARCH_TOKEN": "tok/en 1"}
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.communicate()
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "server did not come up"
-                time.sleep(0.2)
+        wait_until_serving(proc, port)
         url = f"http://127.0.0.1:{port}/?token=tok%2Fen%201"
         assert httpx.get(url).status_code == 200
         assert httpx.get(f"http://127.0.0.1:{port}/api/stats", params={"token": "tok/en 1"}).status_code == 200

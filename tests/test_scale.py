@@ -6,27 +6,14 @@ in an index whose model is the tiny test backbone (32-d), so no image is decoded
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
-from helpers import brute_force, clustered_vectors, make_image, run, run_json, write_vector_file
+from helpers import brute_force, clustered_vectors, run, run_json, write_vector_file
 from vecsearch import IndexMismatchError, VecsearchError, open_index
 from vecsearch import index_types
 
 DIM = 32
-
-
-@pytest.fixture
-def model_meta(tmp_path):
-    """The tiny model's metadata, as an export of a real (one-image) index records it."""
-    make_image(tmp_path / "one" / "a.png", seed=1)
-    with open_index(tmp_path / "seed-index", backbone="tiny", weights=None, seed=7) as ix:
-        ix.add([tmp_path / "one"])
-        ix.export(tmp_path / "seed.npz")
-    with np.load(tmp_path / "seed.npz") as z:
-        return json.loads(str(z["meta"]))
 
 
 def _imported(tmp_path, model_meta, n, index_type, *, seed=0, max_memory=None, name="ix"):

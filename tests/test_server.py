@@ -30,7 +30,7 @@ with warnings.catch_warnings():  # Starlette nags about its httpx-based client; 
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient  # noqa: E402
 
-from helpers import keras_recipe, live_server, make_image, png_header_only, run_json  # noqa: E402
+from helpers import keras_recipe, live_server, make_image, png_header_only, run_json, wait_until_serving  # noqa: E402
 
 TESTS = Path(__file__).parent
 
@@ -562,15 +562,7 @@ def test_serve_command_serves_over_http(built):
             "app(['serve', '--index', %r, '--port', %r, '--log-level', 'warning'])" % (str(TESTS), str(ix.directory), str(port)))
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.communicate()
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "server did not come up"
-                time.sleep(0.2)
+        r = wait_until_serving(proc, port)
         assert r.json()["vectors"] == 12
         assert httpx.get(f"http://127.0.0.1:{port}/api/images/1/similar?k=2").json()["results"]
     finally:
@@ -741,15 +733,7 @@ def test_concurrent_thumbnails_of_a_huge_png_stay_within_a_gigabyte(tmp_path, ma
     proc = subprocess.Popen([sys.executable, "-c", _SERVE % (str(TESTS), str(tmp_path / "index"), str(port), cap)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.communicate()
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "server did not come up"
-                time.sleep(0.2)
+        wait_until_serving(proc, port)
         idle = _rss(proc.pid, "VmRSS")
         try:
             Path(f"/proc/{proc.pid}/clear_refs").write_text("5")  # reset the peak to now

@@ -7,10 +7,7 @@
 //
 // Run by tests/test_browser.py; needs `npm ci` here and Debian's /usr/bin/chromium
 // (override with $CHROMIUM). playwright-core never downloads a browser.
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { launch } from "./launch.mjs";
 
 const [base, token, image, badFile, folder, screenshot] = process.argv.slice(2);
 if (!screenshot) {
@@ -18,15 +15,7 @@ if (!screenshot) {
   process.exit(2);
 }
 
-const profile = mkdtempSync(join(tmpdir(), "vecsearch-chromium-"));
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  viewport: { width: 1100, height: 1400 },
-  timeout: 60_000,
-});
+const { browser, close } = await launch();
 const consoleErrors = [];
 const external = [];  // every request to anything but the server: there must be none
 const out = { consoleErrors, external };
@@ -141,6 +130,5 @@ try {
 
   console.log(JSON.stringify(out));
 } finally {
-  await browser.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }

@@ -6,10 +6,7 @@
 //
 // Run by tests/test_browser.py; needs `npm ci` here and Debian's /usr/bin/chromium
 // (override with $CHROMIUM). playwright-core never downloads a browser.
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { chromium } from "playwright-core";
+import { launch } from "./launch.mjs";
 
 const [url, image, screenshot, k = "12"] = process.argv.slice(2);
 if (!url || !image || !screenshot) {
@@ -17,16 +14,7 @@ if (!url || !image || !screenshot) {
   process.exit(2);
 }
 
-const profile = mkdtempSync(join(tmpdir(), "vecsearch-chromium-"));
-// A fresh profile each run (playwright passes it as --user-data-dir).
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  viewport: { width: 1100, height: 1400 },
-  timeout: 60_000,
-});
+const { browser, close } = await launch();
 const consoleErrors = [];
 try {
   const page = await browser.newPage();
@@ -84,6 +72,5 @@ try {
 
   console.log(JSON.stringify({ upload, caption1, why1, clicked, similar, caption2, panelHiddenAfterSearch, why2, consoleErrors }));
 } finally {
-  await browser.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
