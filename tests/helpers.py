@@ -109,6 +109,22 @@ def live_server(app):
         sock.close()
 
 
+def start_serve(index_dir, env=None):
+    """`vecsearch serve` on the tiny backbone in a subprocess on a free port: (proc, port), once it answers."""
+    import os
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = ("import sys; sys.path.insert(0, %r); import tiny_backbone; from vecsearch.cli import app; "
+            "app(['serve', '--index', %r, '--port', %r, '--log-level', 'warning'])" % (str(TESTS), str(index_dir), str(port)))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    return proc, port
+
+
 def wait_until_serving(proc, port: int, timeout: float = 120):
     """Poll a `vecsearch serve` subprocess's /api/health until it answers; its first response."""
     import httpx

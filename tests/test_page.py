@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import warnings
@@ -27,7 +26,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient  # noqa: E402
 
-from helpers import make_image, wait_until_serving  # noqa: E402
+from helpers import make_image, start_serve, wait_until_serving  # noqa: E402
 
 TESTS = Path(__file__).parent
 TAUGHT = {"a/img00.jpg": "cat", "a/img01.jpg": "cat", "a/img02.jpg": "cat",
@@ -347,13 +346,7 @@ def test_page_url_is_what_a_browser_can_open():
 
 def test_serve_prints_the_token_url_and_it_opens_the_page(built):
     _, ix = built
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    code = ("import sys; sys.path.insert(0, %r); import tiny_backbone; from vecsearch.cli import app; "
-            "app(['serve', '--index', %r, '--port', %r, '--log-level', 'warning'])" % (str(TESTS), str(ix.directory), str(port)))
-    env = {**os.environ, "VECSEARCH_TOKEN": "tok/en 1"}
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc, port = start_serve(ix.directory, env={"VECSEARCH_TOKEN": "tok/en 1"})
     try:
         wait_until_serving(proc, port)
         url = f"http://127.0.0.1:{port}/?token=tok%2Fen%201"

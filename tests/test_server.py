@@ -30,7 +30,7 @@ with warnings.catch_warnings():  # Starlette nags about its httpx-based client; 
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient  # noqa: E402
 
-from helpers import keras_recipe, live_server, make_image, png_header_only, run_json, wait_until_serving  # noqa: E402
+from helpers import keras_recipe, live_server, make_image, png_header_only, run_json, start_serve, wait_until_serving  # noqa: E402
 
 TESTS = Path(__file__).parent
 
@@ -555,12 +555,7 @@ def test_serve_refuses_a_public_host_without_a_token(built):
 def test_serve_command_serves_over_http(built):
     """The real command in a subprocess: starts, answers, stops on SIGTERM."""
     _, ix = built
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    code = ("import sys; sys.path.insert(0, %r); import tiny_backbone; from vecsearch.cli import app; "
-            "app(['serve', '--index', %r, '--port', %r, '--log-level', 'warning'])" % (str(TESTS), str(ix.directory), str(port)))
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, port = start_serve(ix.directory)
     try:
         r = wait_until_serving(proc, port)
         assert r.json()["vectors"] == 12
