@@ -31,7 +31,8 @@ from .dupes import DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD
 from .finetune import DEFAULT_NAME as HEAD_NAME
 from .finetune import UNFREEZE_EPOCHS, UNFREEZE_LEARNING_RATE
 from .labels import DEFAULT_TOP as LABEL_TOP
-from .backbones import DEFAULT_BACKBONE, Backbone, WeightsSpec, check_fingerprint, get_spec, load_backbone
+from .backbones import (DEFAULT_BACKBONE, DEFAULT_PRECISION, MIXING_MIN_COSINE, Backbone, WeightsSpec, check_fingerprint,
+                        check_precision, get_spec, load_backbone, recorded_precision)
 from .config import DB_NAME, DEFAULT_K, LOCK_NAME, MAX_IMAGE_PIXELS, VECTORS_NAME, VERSION, resolve_index_dir
 from .errors import BadImageError, IndexCorruptError, IndexMismatchError, IndexNotFoundError, InputNotFoundError, NoImagesError, NotIndexedError, VecsearchError
 from .explain import OVERLAY_SIDE
@@ -49,6 +50,23 @@ _UNSET: Any = object()
 Progress = Callable[[int, int], None]
 
 __all__ = ["VecIndex", "open_index", "Hit"]
+
+
+@dataclass
+class PrecisionCheck:
+    """An index of one precision opened with the other: stored vectors re-embedded and compared."""
+
+    index_precision: str
+    precision: str
+    images: int  # stored vectors compared
+    min_cosine: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRECISION_CHECK_IMAGES = 8
+"""Stored images re-embedded to decide whether another precision may add to an index."""
 
 
 @dataclass
@@ -73,7 +91,7 @@ class VecIndex:
     def __init__(self, directory: Path, store: Store, backbone: Backbone | None = None, *,
                  requested: tuple[str, WeightsSpec] | None = None, batch_size: int | None = None,
                  workers: int | None = None, index_type: str = DEFAULT_TYPE, max_memory: int | None = None,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, precision: str | None = None):
         self.directory = Path(directory)
         self.store = store
         self.searcher: Searcher | None = None
@@ -86,6 +104,9 @@ class VecIndex:
         if requested is None and backbone is not None:
             requested = (backbone.name, backbone.weights)
         self._requested = requested
+        # None: the precision the index records (float32 for a new one).
+        self._precision = check_precision(precision) if precision is not None else None
+        self.precision_check: PrecisionCheck | None = None  # set when another precision was verified
         self._generation = -1  # the database generation the searcher holds
         self._lock = WriterLock(self.directory / LOCK_NAME)
         # Server threads may refresh at once; one reloads, the others then see it current.
@@ -173,19 +194,82 @@ class VecIndex:
 
     # -- the backbone -------------------------------------------------------------------
     @property
+    def precision(self) -> str:
+        """The compute precision new embeddings use: the one asked for, else the one the index records."""
+        if self._precision is not None:
+            return self._precision
+        if self._backbone is not None:
+            return self._backbone.precision
+        info = self.info
+        return recorded_precision(info) if info is not None else DEFAULT_PRECISION
+
+    @property
     def backbone(self) -> Backbone:
         """The frozen feature extractor, built on first use from what the index records."""
         if self._backbone is None:
             info = self.info
             if info is None:
                 name, weights = self._requested or (DEFAULT_BACKBONE, WeightsSpec("imagenet"))
-                self._backbone = load_backbone(name, weights)
+                self._backbone = load_backbone(name, weights, precision=self.precision)
             else:
                 weights = self._requested[1] if self._requested else WeightsSpec.recorded(info)
-                bb = load_backbone(info.backbone, weights)
+                bb = load_backbone(info.backbone, weights, precision=self.precision)
                 check_fingerprint(bb, info, self.directory)
+                self.check_precision(bb)
                 self._backbone = bb
         return self._backbone
+
+    def check_precision(self, bb: Backbone) -> PrecisionCheck | None:
+        """Let a backbone of another precision than the index records add to it only if it agrees.
+
+        Up to PRECISION_CHECK_IMAGES indexed images whose files are unchanged are embedded
+        again with `bb` and compared with their stored vectors: at a minimum cosine of
+        MIXING_MIN_COSINE or more the two precisions share the index (the result is kept in
+        `precision_check`); below it IndexMismatchError. None when the precisions match.
+        """
+        info = self.info
+        if info is None or bb.precision == recorded_precision(info):
+            return None
+        recorded = recorded_precision(info)
+        paths, ids = [], []
+        for chunk_ids, _, _ in self.store.iter_vectors(chunk=256):
+            recs = self.store.images(chunk_ids)
+            for i in chunk_ids:
+                rec = recs.get(int(i))
+                if rec is not None and rec.status == "ok" and indexer.is_unchanged(rec, Path(rec.path)):
+                    paths.append(Path(rec.path))
+                    ids.append(int(i))
+                if len(ids) == PRECISION_CHECK_IMAGES:
+                    break
+            if len(ids) == PRECISION_CHECK_IMAGES:
+                break
+        if not ids:
+            if len(self.store.vector_ids()):
+                raise IndexMismatchError(
+                    f"The index at {self.directory} was built in {recorded} precision, and none of its indexed files "
+                    f"is here unchanged to check that {bb.precision} embeddings agree with it. Use --precision {recorded}.")
+            self.precision_check = PrecisionCheck(recorded, bb.precision, 0, 1.0)
+            return self.precision_check
+        got = {item.path: item.vector for item in Extractor(bb, self.batch_size, self.workers).embed_files(paths)}
+        stored_ids, stored, _ = self.store.vectors(ids, dim=info.dim)
+        stored_by_id = dict(zip((int(i) for i in stored_ids), stored))
+        pairs = [(got[p], stored_by_id[i]) for p, i in zip(paths, ids) if got.get(p) is not None and i in stored_by_id]
+        if not pairs:
+            raise IndexMismatchError(
+                f"The index at {self.directory} was built in {recorded} precision, and its indexed files could not "
+                f"be read again to check that {bb.precision} embeddings agree with it. Use --precision {recorded}.")
+        cosines = np.nan_to_num([float(np.dot(a.astype(np.float64), b.astype(np.float64))) for a, b in pairs], nan=-1.0)
+        check = PrecisionCheck(recorded, bb.precision, len(pairs), round(float(cosines.min()), 6))
+        if not check.min_cosine >= MIXING_MIN_COSINE:
+            raise IndexMismatchError(
+                f"The index at {self.directory} was built in {recorded} precision; {bb.precision} embeddings of "
+                f"{check.images} of its images agree with the stored vectors only to cosine {check.min_cosine:.4f} "
+                f"(at least {MIXING_MIN_COSINE} is needed to share an index). Use --precision {recorded}, "
+                "or build a new index in another folder.")
+        log.info("%s embeddings agree with the %s index (min cosine %.5f over %d images): accepted",
+                 bb.precision, recorded, check.min_cosine, check.images)
+        self.precision_check = check
+        return check
 
     def extractor(self) -> Extractor:
         return Extractor(self.backbone, self.batch_size, self.workers)
@@ -203,7 +287,7 @@ class VecIndex:
         self.store.create_info(
             backbone=bb.name, weights_kind=bb.weights.kind, weights_seed=bb.weights.seed,
             weights_path=bb.weights.path, weights_fingerprint=bb.fingerprint, dim=bb.dim,
-            metric="cosine", index_type=self._index_type, max_memory=self._max_memory,
+            metric="cosine", index_type=self._index_type, max_memory=self._max_memory, precision=bb.precision,
         )
 
     # -- indexing -------------------------------------------------------------------------
@@ -405,6 +489,7 @@ class VecIndex:
             "backbone": info.backbone,
             "weights": WeightsSpec.recorded(info).describe(),
             "weights_fingerprint": info.weights_fingerprint,
+            "precision": recorded_precision(info),
             "dim": info.dim,
             "metric": info.metric,
             "index_type": info.index_type,
@@ -772,7 +857,8 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
                seed: int | None = None, create: bool = True, batch_size: int | None = None,
                workers: int | None = None, model: Backbone | None = None,
                index_type: str | None = None, max_memory: int | str | None = None,
-               progress: Progress | None = None, read_only: bool | None = None) -> VecIndex:
+               progress: Progress | None = None, read_only: bool | None = None,
+               precision: str | None = None) -> VecIndex:
     """Open (or create) the index at `path` (else $VECSEARCH_INDEX, else the default folder).
 
     backbone/weights choose the model for a new index (weights: "imagenet", None for the
@@ -786,9 +872,16 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
     read_only opens an existing index without writing anything (searches, stats, export
     work; changes are refused); None (the default) does so when the folder or its
     database is not writable by this process.
+    precision ("float32" or "mixed") is how new images are embedded; None: what the index
+    records (float32 for a new one). Another precision than an existing index records is
+    accepted only if it agrees with a few stored vectors (`VecIndex.check_precision`).
     """
     if index_type is not None:
         check_index_type(index_type)
+    if precision is not None:
+        check_precision(precision)
+    if model is not None and precision is not None and model.precision != precision:
+        raise VecsearchError(f"The model passed is built in {model.precision} precision, not {precision}.")
     budget = parse_memory(max_memory)
     directory = resolve_index_dir(path)
     if directory.exists() and not directory.is_dir():
@@ -822,9 +915,10 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
             store.set_index_type(index_type or info.index_type, budget)
         index = VecIndex(directory, store, backbone=model, requested=requested, batch_size=batch_size,
                          workers=workers, index_type=index_type or DEFAULT_TYPE, max_memory=budget,
-                         progress=progress)
+                         progress=progress, precision=precision)
         if model is not None:
             check_fingerprint(model, info, directory)
+            index.check_precision(model)
         return index
     except BaseException:
         store.close()

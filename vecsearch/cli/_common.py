@@ -34,6 +34,11 @@ IndexOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+PrecisionOpt = Annotated[Optional[str], typer.Option(
+    "--precision", metavar="float32|mixed", show_default=False,
+    help="Compute precision: float32, or mixed (float16 on a GPU, bfloat16 on a CPU; vectors are stored as float32). "
+         "Default: what the index records (float32 for a new one); the other one is accepted only if its vectors "
+         "agree with a few stored ones (cosine >= 0.999).")]
 
 
 # C0 and C1 control characters and the Unicode bidirectional overrides: a file name or a

@@ -11,7 +11,7 @@ from ..config import DEFAULT_K
 from ..errors import VecsearchError
 from ..labels import DEFAULT_TOP as DEFAULT_LABEL_TOP
 from ..index_types import NAMED_TYPES, format_bytes
-from ._common import IndexOpt, JsonOpt, QuietOpt, app, errors_to_exit, model_options, open_index, print_json, progress_bar, say, warn
+from ._common import IndexOpt, JsonOpt, PrecisionOpt, QuietOpt, app, errors_to_exit, model_options, open_index, print_json, progress_bar, say, warn
 
 
 IndexTypeOpt = Annotated[Optional[str], typer.Option(
@@ -31,7 +31,8 @@ def index_cmd(
     backbone: Annotated[Optional[str], typer.Option(help="resnet50 (default for a new index), xception, inception_v3, vgg16, mobilenet.", show_default=False)] = None,
     weights: Annotated[Optional[str], typer.Option(help="imagenet (default), none (seeded random init), or a Keras weights FILE.", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the random init for --weights none.", show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per model call (default 32).", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per model call (default 32 on a CPU; 128 on a GPU, 256 with --precision mixed).", show_default=False)] = None,
+    precision: PrecisionOpt = None,
     index_type: IndexTypeOpt = None,
     max_memory: MaxMemoryOpt = None,
     label: Annotated[bool, typer.Option("--label", help="Also store the top ImageNet classes of images that have none yet (see `vecsearch label`).")] = False,
@@ -43,10 +44,11 @@ def index_cmd(
     with errors_to_exit():
         with progress_bar("Building the search structure", quiet or json_out) as building:
             ix = open_index(index, batch_size=batch_size, index_type=index_type, max_memory=max_memory,
-                            progress=building, **model_options(backbone, weights, seed))
+                            progress=building, precision=precision, **model_options(backbone, weights, seed))
         with ix:
             with progress_bar("Embedding", quiet or json_out) as update:
                 summary = ix.add(paths, progress=update)
+            check = ix.precision_check
             labelled, label_error = None, None
             if label:
                 try:
@@ -54,13 +56,17 @@ def index_cmd(
                 except VecsearchError as e:  # the index is done: report it, then why labels are not
                     label_error = e
         if json_out:
-            print_json(summary.to_dict() | {"index": str(ix.directory)} | ({"labelled": labelled} if label else {}))
+            print_json(summary.to_dict() | {"index": str(ix.directory)} | ({"labelled": labelled} if label else {})
+                       | ({"precision_check": check.to_dict()} if check is not None else {}))
             if label_error is not None:
                 raise label_error
             return
         say(f"Indexed {summary.indexed}, unchanged {summary.unchanged}, reused {summary.reused}, "
             f"removed {summary.removed}, failed {len(summary.failed)} of {summary.total} images "
             f"in {summary.seconds:.1f}s -> {ix.directory}")
+        if check is not None and check.images:
+            say(f"  {check.precision} precision accepted on this {check.index_precision} index: re-embedded "
+                f"{check.images} indexed images, min cosine {check.min_cosine:.5f} with the stored vectors")
         for f in summary.failed:
             warn(f"  failed: {f.path}: {f.reason}")
         for p in summary.removed_paths:
