@@ -43,6 +43,10 @@ def recorded_precision(info) -> str:
     return info.precision or DEFAULT_PRECISION
 
 
+BACKEND_MODULES = ("tensorflow", "jax", "torch")
+"""Keras's backends, by the module that must be installed for each."""
+
+
 def import_keras():
     """Import Keras with our defaults: oneDNN on for TensorFlow (measured ~35% faster here).
 
@@ -63,11 +67,18 @@ def import_keras():
             os.dup2(captured.fileno(), 2)
         try:
             import keras
-        except BaseException:
-            if saved is not None:
+        except BaseException as e:
+            missing = isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in BACKEND_MODULES
+            if saved is not None and not missing:
                 os.dup2(saved, 2)
                 captured.seek(0)
                 sys.stderr.write(captured.read().decode(errors="replace"))
+            if missing:  # `pip install vecsearch` without an extra: say which line to run
+                raise VecsearchError(
+                    f"Keras has no backend to run on ({e}). Install vecsearch with one: "
+                    "pip install 'vecsearch[cpu]' (TensorFlow for the CPU) or 'vecsearch[gpu]' (TensorFlow with CUDA); "
+                    "or install jax or torch and set KERAS_BACKEND=jax or KERAS_BACKEND=torch."
+                ) from None
             raise
         finally:
             if saved is not None:
