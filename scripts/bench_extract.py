@@ -2,12 +2,17 @@
 
     python scripts/bench_extract.py                # 12 MP and small JPEGs, ResNet50
     python scripts/bench_extract.py --n 32 --backbone xception
+    python scripts/bench_extract.py --engine ray   # also Ray with 1 and 2 model workers
 
 All figures come from one run on one machine, so the ratios are what to compare:
 - bare model: the compiled model call on pre-decoded, pre-processed tensors (the ceiling);
 - end-to-end: `VecIndex.add()` on a folder (decode, resize, embed, store, FAISS), model built;
 - naive: the tutorials' loop, one image at a time: load_img -> img_to_array ->
-  preprocess_input -> model.predict.
+  preprocess_input -> model.predict;
+- CPU bound: what end-to-end could reach if the cores did nothing but run the model and
+  decode, `1 / (1/bare + decode_cpu_seconds_per_image / cores)`: on a CPU the model and
+  JPEG decoding share the same cores. decode CPU is measured on one thread (read, hash,
+  decode, resize), so the bound charges it once, however many threads run it.
 Weights are a seeded random init by default: speed does not depend on the values.
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -52,6 +58,7 @@ def bare_model(backbone, n: int, batch: int) -> float:
     w, h = backbone.input_size
     pixels = np.random.default_rng(0).integers(0, 256, (n, h, w, 3)).astype(np.float32)
     ex.features(pixels[:batch])  # trace + warm up
+    ex.features(pixels[:batch])
     t = time.perf_counter()
     for i in range(0, n, batch):
         ex.features(pixels[i : i + batch])
@@ -71,14 +78,52 @@ def end_to_end(backbone, folder: Path, n: int, batch: int) -> float:
     return n / dt
 
 
-def decode_only(backbone, paths: list[Path]) -> float:
-    """Images/s of our decode + resize on one thread: the CPU that competes with the model."""
+def decode_only(backbone, paths: list[Path]) -> tuple[float, float]:
+    """(images/s, CPU seconds per image) of our read + hash + decode + resize on one thread:
+    the CPU that competes with the model."""
     from vecsearch import images
+    from vecsearch.extract import RESAMPLE
 
-    t = time.perf_counter()
+    images.read_image_file(paths[0], backbone.input_size, resample=RESAMPLE)  # warm the page cache and Pillow
+    t, cpu = time.perf_counter(), time.process_time()
     for p in paths:
-        images.read_image_file(p, backbone.input_size)
-    return len(paths) / (time.perf_counter() - t)
+        images.read_image_file(p, backbone.input_size, resample=RESAMPLE)
+    cpu = time.process_time() - cpu
+    return len(paths) / (time.perf_counter() - t), cpu / len(paths)
+
+
+def cpu_bound(bare: float, decode_cpu: float, cores: int) -> float:
+    """Images/s if the cores only ran the model (`bare` img/s on all of them) and the decodes."""
+    return 1.0 / (1.0 / bare + decode_cpu / cores)
+
+
+def ray_rates(backbone, paths: list[Path], batch: int, workers: int) -> tuple[float, float]:
+    """(images/s over the whole call, images/s after the first result) of the Ray engine on
+    `paths` with `workers` model actors: the first counts actor start-up and model builds."""
+    from vecsearch.ray_engine import ModelRecipe, RayEngine
+
+    recipe = ModelRecipe.for_model(backbone.name, backbone.weights, batch_size=batch,
+                                   fingerprint=backbone.fingerprint)
+    recipe = _with_precision(recipe, backbone.precision)
+    engine = RayEngine(recipe, workers=workers)
+    t0 = time.perf_counter()
+    first, n_first, n = None, 0, 0
+    for item in engine.embed_files(paths):
+        assert item.error is None, item.error
+        n += 1
+        if first is None:
+            first = time.perf_counter()
+        if time.perf_counter() - first < 1e-3:
+            n_first += 1  # the rest of the first block, which arrived with it
+    end = time.perf_counter()
+    steady = (n - n_first) / (end - first) if end > first and n > n_first else float("nan")
+    return n / (end - t0), steady
+
+
+def _with_precision(recipe, precision: str):
+    import dataclasses
+
+    return dataclasses.replace(recipe, precision=precision) if hasattr(recipe, "precision") else recipe
 
 
 def naive_loop(backbone, paths: list[Path]) -> float:
@@ -107,18 +152,24 @@ def main() -> None:
     ap.add_argument("--backbone", default="resnet50")
     ap.add_argument("--weights", default="none", help="none (seeded random), imagenet, or a file")
     ap.add_argument("--naive-n", type=int, default=None, help="images for the naive loop (default: --n)")
+    ap.add_argument("--precision", default="float32", choices=["float32", "mixed"])
+    ap.add_argument("--engine", default="local", choices=["local", "ray"],
+                    help="ray: also Ray with 1 and 2 model workers on the same sets (a local Ray)")
+    ap.add_argument("--skip-naive", action="store_true", help="leave out the naive loop (slow on 12 MP)")
     args = ap.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from vecsearch import load_backbone
 
     t0 = time.perf_counter()
-    backbone = load_backbone(args.backbone, args.weights)
+    backbone = load_backbone(args.backbone, args.weights, precision=args.precision)
     build_s = time.perf_counter() - t0
     naive_n = args.naive_n or args.n
-    print(f"backbone {args.backbone} ({backbone.weights.describe()}), batch {args.batch_size}, "
-          f"{os.cpu_count()} CPU cores, TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}; "
-          f"import+build {build_s:.1f}s")
+    cores = os.cpu_count() or 1
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"backbone {args.backbone} ({backbone.weights.describe()}), {args.precision}, batch {args.batch_size}, "
+          f"{args.n} images a set, {cores} CPU cores, load average {load}, "
+          f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}; import+build {build_s:.1f}s")
     with tempfile.TemporaryDirectory() as d:
         sets = {
             "12MP (4000x3000)": make_jpegs(Path(d) / "large", args.n, (4000, 3000), 1),
@@ -126,12 +177,29 @@ def main() -> None:
         }
         bare = bare_model(backbone, args.n, args.batch_size)
         print(f"bare model (pre-decoded tensors): {bare:.1f} img/s")
-        print(f"{'set':<18} {'decode 1 thread':>15} {'end-to-end':>11} {'naive loop':>11} {'e2e/bare':>9} {'e2e/naive':>10}")
+        print(f"{'set':<18} {'decode 1 thread':>15} {'CPU/img':>8} {'CPU bound':>10} {'end-to-end':>11} "
+              f"{'e2e/bound':>9} {'naive loop':>11} {'e2e/bare':>9} {'e2e/naive':>10}")
+        e2e_rates = {}
         for name, paths in sets.items():
-            dec = decode_only(backbone, paths[: min(len(paths), 32)])
-            e2e = end_to_end(backbone, paths[0].parent, len(paths), args.batch_size)
-            naive = naive_loop(backbone, paths[:naive_n])
-            print(f"{name:<18} {dec:>13.1f}/s {e2e:>8.1f}/s {naive:>8.1f}/s {e2e / bare:>9.2f} {e2e / naive:>10.2f}")
+            dec, dec_cpu = decode_only(backbone, paths[: min(len(paths), 32)])
+            bound = cpu_bound(bare, dec_cpu, cores)
+            e2e = e2e_rates[name] = end_to_end(backbone, paths[0].parent, len(paths), args.batch_size)
+            naive = float("nan") if args.skip_naive else naive_loop(backbone, paths[:naive_n])
+            print(f"{name:<18} {dec:>13.1f}/s {dec_cpu * 1000:>6.1f}ms {bound:>8.1f}/s {e2e:>8.1f}/s "
+                  f"{e2e / bound:>9.2f} {naive:>8.1f}/s {e2e / bare:>9.2f} {e2e / naive:>10.2f}")
+        if args.engine == "ray":
+            print("Ray engine (a local Ray on this machine), same sets; 'steady' counts from the first result, "
+                  "'all' includes Ray's actor start-up and model builds")
+            print(f"{'set':<18} {'workers':>7} {'in-process':>11} {'Ray all':>9} {'Ray steady':>11} "
+                  f"{'Ray/in-process':>15}")
+            for name, paths in sets.items():
+                for workers in (1, 2):
+                    total, steady = ray_rates(backbone, paths, args.batch_size, workers)
+                    local = e2e_rates[name]
+                    print(f"{name:<18} {workers:>7} {local:>9.1f}/s {total:>7.1f}/s {steady:>9.1f}/s "
+                          f"{steady / local:>8.2f} steady, {total / local:.2f} all")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process: {peak:.0f} MB" + ("; Ray's workers are other processes" if args.engine == "ray" else ""))
 
 
 if __name__ == "__main__":
