@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import classes, classifiers, classify, dupes, explain, finetune, images, indexer, labels, vector_files
+from . import classes, classifiers, classify, dupes, explain, finetune, images, indexer, labels, ray_engine, vector_files
 from .classes import SEED
 from .classifiers import DEFAULT_TOP as CLASSIFY_TOP
 from .classify import DEFAULT_K as KNN_K
@@ -73,13 +73,16 @@ class VecIndex:
     def __init__(self, directory: Path, store: Store, backbone: Backbone | None = None, *,
                  requested: tuple[str, WeightsSpec] | None = None, batch_size: int | None = None,
                  workers: int | None = None, index_type: str = DEFAULT_TYPE, max_memory: int | None = None,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, engine: str = "local", ray_address: str | None = None,
+                 gpus_per_worker: float | None = None):
         self.directory = Path(directory)
         self.store = store
         self.searcher: Searcher | None = None
         self.read_only = store.read_only
         self.batch_size = batch_size
-        self.workers = workers
+        self.workers = workers  # decode threads in-process; model actors with the Ray engine
+        self.engine = ray_engine.check_engine(engine)
+        self.ray_address, self.gpus_per_worker = ray_address, gpus_per_worker
         # For a new index; an existing one keeps what it records (open_index converts).
         self._index_type, self._max_memory = index_type, max_memory
         self._backbone = backbone
@@ -190,6 +193,17 @@ class VecIndex:
     def extractor(self) -> Extractor:
         return Extractor(self.backbone, self.batch_size, self.workers)
 
+    def _embedder(self) -> Extractor | ray_engine.RayEngine:
+        """What `add` embeds with: the in-process extractor, or the Ray engine (queries always stay in-process)."""
+        if self.engine == "local":
+            return self.extractor()
+        info = self._require_info()
+        weights = self._requested[1] if self._requested else WeightsSpec.recorded(info)
+        recipe = ray_engine.ModelRecipe.for_model(info.backbone, weights, batch_size=self.batch_size,
+                                                  fingerprint=info.weights_fingerprint)
+        return ray_engine.RayEngine(recipe, address=self.ray_address, workers=self.workers,
+                                    gpus_per_worker=self.gpus_per_worker)
+
     def warm_up(self) -> None:
         """Build the backbone and trace its compiled call now, so the first query doesn't pay for it."""
         w, h = self.backbone.input_size
@@ -233,7 +247,7 @@ class VecIndex:
                 log.warning("%d stored vectors are damaged (checksum mismatch); their images are embedded again",
                             len(damaged))
                 self.store.forget_vectors(damaged)
-            summary = indexer.run(self.store, self.extractor, roots, files, progress=progress,
+            summary = indexer.run(self.store, self._embedder, roots, files, progress=progress,
                                   chunk_size=chunk_size, chunk_seconds=chunk_seconds, rejected=rejected)
             summary.retrained = self._open_searcher(writer=True) and had_structure
             summary.repaired = len(damaged)
@@ -772,7 +786,8 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
                seed: int | None = None, create: bool = True, batch_size: int | None = None,
                workers: int | None = None, model: Backbone | None = None,
                index_type: str | None = None, max_memory: int | str | None = None,
-               progress: Progress | None = None, read_only: bool | None = None) -> VecIndex:
+               progress: Progress | None = None, read_only: bool | None = None, engine: str = "local",
+               ray_address: str | None = None, gpus_per_worker: float | None = None) -> VecIndex:
     """Open (or create) the index at `path` (else $VECSEARCH_INDEX, else the default folder).
 
     backbone/weights choose the model for a new index (weights: "imagenet", None for the
@@ -786,7 +801,10 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
     read_only opens an existing index without writing anything (searches, stats, export
     work; changes are refused); None (the default) does so when the folder or its
     database is not writable by this process.
+    engine chooses where `add` embeds: "local" (this process) or "ray" (a Ray cluster at
+    `ray_address`, else a local Ray; `workers` model actors with `gpus_per_worker` GPUs each).
     """
+    ray_engine.check_engine(engine)
     if index_type is not None:
         check_index_type(index_type)
     budget = parse_memory(max_memory)
@@ -822,7 +840,7 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
             store.set_index_type(index_type or info.index_type, budget)
         index = VecIndex(directory, store, backbone=model, requested=requested, batch_size=batch_size,
                          workers=workers, index_type=index_type or DEFAULT_TYPE, max_memory=budget,
-                         progress=progress)
+                         progress=progress, engine=engine, ray_address=ray_address, gpus_per_worker=gpus_per_worker)
         if model is not None:
             check_fingerprint(model, info, directory)
         return index
