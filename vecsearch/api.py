@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import classes, classifiers, classify, dupes, explain, finetune, images, indexer, labels, ray_engine, vector_files
+from . import classes, classifiers, classify, dupes, embed_job, explain, finetune, images, indexer, labels, ray_engine, vector_files
 from .classes import SEED
 from .classifiers import DEFAULT_TOP as CLASSIFY_TOP
 from .classify import DEFAULT_K as KNN_K
@@ -505,8 +505,11 @@ class VecIndex:
                     _, replaced = self.store.import_rows(rows, vecs, lengths)
                     summary.imported += len(rows)
                     summary.replaced += replaced
+                    if batch.failed:  # `embed` shards: a file that failed is a failed row, as indexing makes it
+                        self.store.apply(upserts=[_failed_row(f) for f in batch.failed])
+                        summary.failed += len(batch.failed)
                     if progress:
-                        progress(summary.imported, total)
+                        progress(summary.imported + summary.failed, total)
             self._open_searcher(writer=True)
         summary.seconds = round(time.perf_counter() - started, 3)
         return summary
@@ -759,6 +762,13 @@ def _check_vector_file(reader: vector_files.Reader, model: dict | None, unchecke
     return model
 
 
+def _failed_row(f: dict) -> dict:
+    """The image row of a file a shard records as failed (no vector)."""
+    return {"path": f["path"], "size": f.get("size") or 0, "mtime_ns": f.get("mtime_ns") or 0,
+            "sha256": f.get("sha256"), "width": f.get("width"), "height": f.get("height"),
+            "status": "failed", "reason": f["reason"]}
+
+
 def _unit_rows(batch: vector_files.Batch, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(unit vectors, norms) of a batch: raw features are normalised, their length kept as the norm."""
     vecs = np.ascontiguousarray(batch.vectors, np.float32)
@@ -871,3 +881,34 @@ def _requested_model(directory: Path, info, backbone: str | None, weights: Any, 
                 f"The index at {directory} was built with weights {stored.describe()}, not {wspec.describe()}. "
                 "Use the weights it records (or none), or another index folder for a new index.")
     return name, wspec
+
+
+def embed_to_shards(paths: Iterable[str | os.PathLike], out: str | os.PathLike, *, backbone: str | None = None,
+                    weights: Any = _UNSET, seed: int | None = None, batch_size: int | None = None,
+                    workers: int | None = None, engine: str = "local", ray_address: str | None = None,
+                    gpus_per_worker: float | None = None, shard_size: int = embed_job.SHARD_SIZE,
+                    progress: Progress | None = None) -> embed_job.EmbedSummary:
+    """Embed image files and folders into Parquet shards in `out`, touching no index (`embed_job`).
+
+    The model flags mean what they mean for a new index (default resnet50, ImageNet
+    weights); `import` loads the shards into an index of that model. A re-run resumes:
+    finished shards are kept, missing ones written. engine="ray" embeds on a Ray cluster.
+    """
+    ray_engine.check_engine(engine)
+    roots = [images.absolute(p) for p in paths]
+    name = backbone or DEFAULT_BACKBONE
+    get_spec(name)
+    wspec = WeightsSpec.parse(("imagenet" if seed is None else None) if weights is _UNSET else weights, seed)
+    bb = load_backbone(name, wspec)  # here too: the shards record its fingerprint, and workers check theirs
+    meta = {"backbone": bb.name, "weights_kind": wspec.kind, "weights_seed": wspec.seed, "weights_path": wspec.path,
+            "weights_fingerprint": bb.fingerprint, "dim": bb.dim, "metric": "cosine", "vecsearch": VERSION}
+
+    def embedder():
+        if engine == "local":
+            return Extractor(bb, batch_size, workers)
+        recipe = ray_engine.ModelRecipe.for_model(name, wspec, batch_size=batch_size, fingerprint=bb.fingerprint)
+        return ray_engine.RayEngine(recipe, address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
+                                    ordered=True)
+
+    return embed_job.write_shards(roots, Path(out).expanduser(), meta, embedder, shard_size=shard_size,
+                                  progress=progress)

@@ -175,17 +175,20 @@ class RayEngine:
 
     `workers` model actors (default: one per GPU, else one per 8 CPUs), each reserving
     `gpus_per_worker` GPUs (default 1 where the cluster has GPUs, else 0).
-    Results come back in completion order, not input order; each path exactly once.
+    Results come back in completion order (the indexer keys them by path), or in input
+    order with `ordered` (what `embed --out` wants, to finish shards one after another);
+    either way each path exactly once.
     """
 
     def __init__(self, recipe: ModelRecipe, *, address: str | None = None, workers: int | None = None,
-                 gpus_per_worker: float | None = None):
+                 gpus_per_worker: float | None = None, ordered: bool = False):
         if workers is not None and workers < 1:
             raise VecsearchError(f"--workers must be at least 1, got {workers}.")
         if gpus_per_worker is not None and gpus_per_worker < 0:
             raise VecsearchError(f"--gpus-per-worker must be 0 or more, got {gpus_per_worker}.")
         self.recipe, self.address = recipe, address
         self.workers, self.gpus_per_worker = workers, gpus_per_worker
+        self.ordered = ordered
 
     def _pool(self, ray) -> tuple[int, float]:
         """(actors, GPUs per actor) for this cluster."""
@@ -209,6 +212,8 @@ class RayEngine:
         names = list(originals)
         blocks = max(1, min(len(names) // DECODE_BATCH + 1, 4096))
         ds = ray.data.from_items([{"path": p} for p in names], override_num_blocks=blocks)
+        if self.ordered:
+            (ds.context if hasattr(ds, "context") else ray.data.DataContext.get_current()).execution_options.preserve_order = True
         ds = ds.map_batches(_decode, fn_kwargs={"size": tuple(size)}, batch_size=DECODE_BATCH,
                             batch_format="numpy", num_cpus=DECODE_CPUS)
         ds = ds.map_batches(_EmbedActor, fn_constructor_args=(self.recipe,), batch_size=self.recipe.batch_size,

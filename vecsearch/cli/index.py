@@ -176,7 +176,8 @@ def import_cmd(
         if json_out:
             print_json(summary.to_dict() | {"index": str(ix.directory)})
             return
-        say(f"Imported {summary.imported} vectors ({summary.replaced} replaced) from {len(summary.files)} "
+        failed = f", {summary.failed} failed files" if summary.failed else ""
+        say(f"Imported {summary.imported} vectors ({summary.replaced} replaced){failed} from {len(summary.files)} "
             f"file{'s' if len(summary.files) != 1 else ''} in {summary.seconds:.1f}s -> {ix.directory}")
 
 
