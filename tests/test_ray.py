@@ -157,3 +157,61 @@ def test_sigkilled_ray_driver_resumes_to_the_clean_index(cluster, tmp_path):
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read().decode()[-2000:]
     _same_index(clean, killed)
     assert len(_snapshot(killed)[0]) == 200
+
+
+# -- embed --out DIR: shards, then import ---------------------------------------------------------
+def test_ray_shards_round_trip_through_import(cluster, tmp_path):
+    root = tmp_path / "photos"
+    _folder(root, 30)
+    shards, direct, imported = tmp_path / "shards", tmp_path / "direct", tmp_path / "imported"
+    s = run_json("embed", root, "--out", shards, *TINY, "--batch-size", "4", "--shard-size", "8",
+                 "--engine", "ray", "--ray-address", cluster, "--workers", "1")
+    assert (s["files"], s["shards"], s["written"], s["embedded"], s["failed"]) == (32, 4, 4, 30, 2)
+    assert len(list(shards.glob("shard-*.parquet"))) == 4
+    run_json("index", root, "--index", direct, *TINY, "--batch-size", "4")
+    i = run_json("import", shards, "--index", imported)
+    assert (i["imported"], i["failed"]) == (30, 2)
+    _same_index(direct, imported)  # same vectors, same failed files with the same reasons
+    # The shards carried sizes and mtimes: indexing the folder afterwards embeds nothing.
+    again = run_json("index", root, "--index", imported)
+    assert (again["indexed"], again["unchanged"], len(again["failed"])) == (0, 30, 2)
+
+
+def test_shards_resume_shard_by_shard(tmp_path):
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "photos"
+    paths = _folder(root, 20)
+    out = tmp_path / "shards"
+    first = run_json("embed", root, "--out", out, *TINY, "--shard-size", "5")
+    assert (first["shards"], first["written"], first["kept"]) == (5, 5, 0)
+    names = sorted(p.name for p in out.glob("shard-*.parquet"))
+    before = {n: pq.read_table(out / n) for n in names}
+    # A run killed after some shards: the others are whole, the missing one is written again.
+    (out / names[2]).unlink()
+    second = run_json("embed", root, "--out", out, *TINY, "--shard-size", "5")
+    assert (second["written"], second["kept"], second["removed"], second["embedded"]) == (1, 4, 0, 5)
+    assert pq.read_table(out / names[2]).equals(before[names[2]])
+    # A changed file redoes its shard only; the outdated one goes.
+    make_image(paths[0], seed=999, size=(40, 30))
+    third = run_json("embed", root, "--out", out, *TINY, "--shard-size", "5")
+    assert (third["written"], third["kept"], third["removed"]) == (1, 4, 1)
+    assert len(list(out.glob("shard-*.parquet"))) == 5
+    # Every file is in exactly one shard, its failures with their reasons.
+    rows = [r for n in sorted(out.glob("shard-*.parquet")) for r in pq.read_table(n).to_pylist()]
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in [*paths, root / "bad.jpg", root / "cut.png"])
+    failed = {Path(r["path"]).name: r for r in rows if r["reason"] is not None}
+    assert set(failed) == {"bad.jpg", "cut.png"} and all(r["vector"] is None for r in failed.values())
+    # Another model's shards never mix into the folder.
+    r = run("embed", root, "--out", out, "--backbone", "tiny", "--weights", "none", "--seed", "8", ok=False)
+    assert r.exit_code == 1 and "another model" in r.output
+
+
+def test_old_export_files_still_import(tmp_path, photos):
+    """Files without the shards' reason column (what `export` writes) import as before."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    run_json("index", photos, "--index", src, *TINY)
+    run_json("export", tmp_path / "v.parquet", "--index", src)
+    i = run_json("import", tmp_path / "v.parquet", "--index", dst)
+    assert (i["imported"], i["failed"]) == (12, 0)
+    _same_index(src, dst)
