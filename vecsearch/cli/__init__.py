@@ -23,9 +23,10 @@ def main(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, hel
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-# Registration order is --help order: the core, ImageNet labels, classes of your own,
+# Registration order is --help order: the core, shards for large jobs, ImageNet labels, classes of your own,
 # fine-tuning, duplicates and similarity, explanations, the service.
 from . import index  # noqa: E402,F401
+from . import embed  # noqa: E402,F401
 from . import labels  # noqa: E402,F401
 from . import classify  # noqa: E402,F401
 from . import finetune  # noqa: E402,F401

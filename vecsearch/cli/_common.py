@@ -174,3 +174,25 @@ class epoch_status:
         if self._status is not None:
             self._status.__exit__(*exc)
         return False
+
+
+# -- where embedding runs (`index`, `embed`) ----------------------------------------------------
+EngineOpt = Annotated[str, typer.Option(
+    "--engine", metavar="local|ray",
+    help="Where images are embedded: local (this process) or ray (a Ray cluster; pip install 'vecsearch[ray]').")]
+RayAddressOpt = Annotated[Optional[str], typer.Option(
+    "--ray-address", metavar="ADDR", show_default=False,
+    help="With --engine ray: the cluster to join (e.g. 10.0.0.5:6379, or auto); default: start a local Ray.")]
+GpusPerWorkerOpt = Annotated[Optional[float], typer.Option(
+    "--gpus-per-worker", min=0, show_default=False,
+    help="With --engine ray: GPUs each model actor reserves (default 1 where the cluster has GPUs, else 0).")]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", min=1, show_default=False,
+    help="With --engine ray: model actors (default one per GPU, else one per 8 CPUs); locally: decode threads.")]
+
+
+def engine_options(engine: str, ray_address: str | None, gpus_per_worker: float | None, workers: int | None) -> dict:
+    """The `open_index` arguments for the engine flags; the Ray flags need --engine ray."""
+    if engine != "ray" and (ray_address is not None or gpus_per_worker is not None):
+        raise VecsearchError("--ray-address and --gpus-per-worker go with --engine ray.")
+    return {"engine": engine, "ray_address": ray_address, "gpus_per_worker": gpus_per_worker, "workers": workers}

@@ -11,7 +11,8 @@ from ..config import DEFAULT_K
 from ..errors import VecsearchError
 from ..labels import DEFAULT_TOP as DEFAULT_LABEL_TOP
 from ..index_types import NAMED_TYPES, format_bytes
-from ._common import IndexOpt, JsonOpt, PrecisionOpt, QuietOpt, app, errors_to_exit, model_options, open_index, print_json, progress_bar, say, warn
+from ._common import (EngineOpt, GpusPerWorkerOpt, IndexOpt, JsonOpt, PrecisionOpt, QuietOpt, RayAddressOpt, WorkersOpt, app, engine_options,
+                      errors_to_exit, model_options, open_index, print_json, progress_bar, say, warn)
 
 
 IndexTypeOpt = Annotated[Optional[str], typer.Option(
@@ -37,14 +38,19 @@ def index_cmd(
     max_memory: MaxMemoryOpt = None,
     label: Annotated[bool, typer.Option("--label", help="Also store the top ImageNet classes of images that have none yet (see `vecsearch label`).")] = False,
     top: Annotated[int, typer.Option("--top", min=1, max=1000, help="With --label: ImageNet classes kept per image.")] = DEFAULT_LABEL_TOP,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = None,
+    workers: WorkersOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Embed new and changed images into the index; drop entries whose files are gone."""
     with errors_to_exit():
+        engine_kw = engine_options(engine, ray_address, gpus_per_worker, workers)
         with progress_bar("Building the search structure", quiet or json_out) as building:
             ix = open_index(index, batch_size=batch_size, index_type=index_type, max_memory=max_memory,
-                            progress=building, precision=precision, **model_options(backbone, weights, seed))
+                            progress=building, precision=precision, **model_options(backbone, weights, seed), **engine_kw)
         with ix:
             with progress_bar("Embedding", quiet or json_out) as update:
                 summary = ix.add(paths, progress=update)
@@ -176,7 +182,8 @@ def import_cmd(
         if json_out:
             print_json(summary.to_dict() | {"index": str(ix.directory)})
             return
-        say(f"Imported {summary.imported} vectors ({summary.replaced} replaced) from {len(summary.files)} "
+        failed = f", {summary.failed} failed files" if summary.failed else ""
+        say(f"Imported {summary.imported} vectors ({summary.replaced} replaced){failed} from {len(summary.files)} "
             f"file{'s' if len(summary.files) != 1 else ''} in {summary.seconds:.1f}s -> {ix.directory}")
 
 
