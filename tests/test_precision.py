@@ -186,3 +186,46 @@ def test_cuda_visible_devices_hides_a_gpu(monkeypatch):
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
     assert config.gpu_present() is False
+
+
+def test_the_ray_recipe_builds_its_actors_models_in_its_precision():
+    from vecsearch.ray_engine import ModelRecipe
+
+    recipe = ModelRecipe.for_model("tiny", None, precision="mixed")
+    assert recipe.precision == "mixed"
+    bb = recipe.build()  # what each Ray actor runs
+    assert bb.precision == "mixed" and bb.model.get_layer("conv2").compute_dtype == "bfloat16"
+
+
+def test_embed_shards_record_their_precision_and_import_checks_it(pics, tmp_path):
+    pytest.importorskip("pyarrow")
+    shards = tmp_path / "shards"
+    run("embed", pics, "--out", shards, "--backbone", "tiny", "--weights", "none", "--precision", "mixed", "--quiet")
+    fresh = tmp_path / "fresh"
+    run("import", shards, "--index", fresh)
+    with open_index(fresh) as ix:
+        assert ix.stats()["precision"] == "mixed" and len(ix) == 8
+    # Into a float32 index of the same model: its stored images are embedded in bfloat16 and compared first.
+    other = tmp_path / "other"
+    for i in range(3):
+        make_image(other / f"o{i}.jpg", seed=500 + i, size=(80, 60))
+    f32 = tmp_path / "f32"
+    run("index", other, "--index", f32, "--backbone", "tiny", "--weights", "none", "--quiet")
+    run("import", shards, "--index", f32)
+    with open_index(f32) as ix:
+        assert ix.stats()["precision"] == "float32" and len(ix) == 11
+
+
+def test_import_of_another_precision_that_disagrees_is_refused(pics, tmp_path):
+    pytest.importorskip("pyarrow")
+    shards = tmp_path / "shards"
+    run("embed", pics, "--out", shards, "--backbone", "fragile", "--weights", "none", "--precision", "mixed", "--quiet")
+    other = tmp_path / "other"
+    for i in range(3):
+        make_image(other / f"o{i}.jpg", seed=500 + i, size=(80, 60))
+    f32 = tmp_path / "f32"
+    run("index", other, "--index", f32, "--backbone", "fragile", "--weights", "none", "--quiet")
+    result = run("import", shards, "--index", f32, ok=False)
+    assert result.exit_code != 0 and "agree with the stored vectors only to cosine" in result.output
+    with open_index(f32) as ix:
+        assert len(ix) == 3
