@@ -167,6 +167,7 @@ def main() -> None:
     naive_n = args.naive_n or args.n
     cores = os.cpu_count() or 1
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    sys.stdout.reconfigure(line_buffering=True)
     print(f"backbone {args.backbone} ({backbone.weights.describe()}), {args.precision}, batch {args.batch_size}, "
           f"{args.n} images a set, {cores} CPU cores, load average {load}, "
           f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}; import+build {build_s:.1f}s")
@@ -188,8 +189,14 @@ def main() -> None:
             print(f"{name:<18} {dec:>13.1f}/s {dec_cpu * 1000:>6.1f}ms {bound:>8.1f}/s {e2e:>8.1f}/s "
                   f"{e2e / bound:>9.2f} {naive:>8.1f}/s {e2e / bare:>9.2f} {e2e / naive:>10.2f}")
         if args.engine == "ray":
-            print("Ray engine (a local Ray on this machine), same sets; 'steady' counts from the first result, "
-                  "'all' includes Ray's actor start-up and model builds")
+            import ray
+
+            # Each model actor reserves 1 logical CPU and each decode task 0.5: with cores logical
+            # CPUs, 2 actors on 2 cores would leave decoding none. Threads of the in-process engine
+            # share the cores the same way, unreserved; so Ray gets 2 logical CPUs a core.
+            ray.init(num_cpus=2 * cores, include_dashboard=False, configure_logging=False, log_to_driver=False)
+            print(f"Ray engine (a local Ray on this machine, {2 * cores} logical CPUs), same sets; 'steady' counts "
+                  "from the first result, 'all' includes Ray's actor start-up and model builds")
             print(f"{'set':<18} {'workers':>7} {'in-process':>11} {'Ray all':>9} {'Ray steady':>11} "
                   f"{'Ray/in-process':>15}")
             for name, paths in sets.items():
