@@ -72,11 +72,11 @@ class Extractor:
     """Turns images into unit vectors with one backbone."""
 
     def __init__(self, backbone: Backbone, batch_size: int | None = None, workers: int | None = None,
-                 decode_nice: int = DECODE_NICE):
+                 decode_nice: int | None = None):
         self.backbone = backbone
         self.batch_size = max(1, batch_size or default_batch_size(backbone.precision))
         self.workers = workers or default_workers()
-        self.decode_nice = decode_nice
+        self.decode_nice = DECODE_NICE if decode_nice is None else decode_nice
 
     def features(self, pixels: np.ndarray) -> np.ndarray:
         """Raw pooled features of a uint8/float batch (n, h, w, 3) of RGB pixels."""
