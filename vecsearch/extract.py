@@ -9,9 +9,6 @@ a tf.function / jax.jit under the hood), never eager `model(x)`.
 from __future__ import annotations
 
 import logging
-import os
-import sys
-import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,28 +30,6 @@ RESAMPLE = "bilinear"
 backbone's input size with no crop, as `keras.utils.load_img(..., interpolation="bilinear")`."""
 
 
-DECODE_NICE = 10
-"""How much nicer (lower CPU priority) the decode threads run than the model's threads.
-
-On a CPU the model and the decodes share the cores. At equal priority four busy threads
-(two TensorFlow intra-op, two decode) on 2 cores leave the model's parallel ops waiting for
-their slowest shard; with the decodes nicer, the kernel gives them the cores whenever the
-model leaves one idle (between ops, between batches, when it waits for a batch), which is
-the time-sharing the CPU bound assumes. Linux only (per-thread nice); elsewhere a no-op.
-"""
-
-
-def _lower_priority(delta: int) -> None:
-    """Thread-pool initializer: make this thread `delta` nicer (Linux nice is per thread)."""
-    if delta <= 0 or not sys.platform.startswith("linux"):
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + delta))
-    except (AttributeError, OSError):  # no permission or no such call: run at the usual priority
-        pass
-
-
 @dataclass
 class Embedded:
     """One file's outcome: a vector, or the reason it failed."""
@@ -71,12 +46,10 @@ class Embedded:
 class Extractor:
     """Turns images into unit vectors with one backbone."""
 
-    def __init__(self, backbone: Backbone, batch_size: int | None = None, workers: int | None = None,
-                 decode_nice: int | None = None):
+    def __init__(self, backbone: Backbone, batch_size: int | None = None, workers: int | None = None):
         self.backbone = backbone
         self.batch_size = max(1, batch_size or default_batch_size(backbone.precision))
         self.workers = workers or default_workers()
-        self.decode_nice = DECODE_NICE if decode_nice is None else decode_nice
 
     def features(self, pixels: np.ndarray) -> np.ndarray:
         """Raw pooled features of a uint8/float batch (n, h, w, 3) of RGB pixels."""
@@ -98,8 +71,7 @@ class Extractor:
     def embed_files(self, paths: Iterable[Path]) -> Iterator[Embedded]:
         """Yield one `Embedded` per path, in input order; a bad file yields its reason, never raises."""
         in_flight = self.batch_size * 3
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="vecsearch-decode",
-                                initializer=_lower_priority, initargs=(self.decode_nice,)) as pool:
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="vecsearch-decode") as pool:
             pending: deque[tuple[Path, Future]] = deque()
             it = iter(paths)
 
