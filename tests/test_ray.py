@@ -215,3 +215,16 @@ def test_old_export_files_still_import(tmp_path, photos):
     i = run_json("import", tmp_path / "v.parquet", "--index", dst)
     assert (i["imported"], i["failed"]) == (12, 0)
     _same_index(src, dst)
+
+
+def test_a_worker_with_other_weights_refuses_to_embed():
+    """The recipe checks the fingerprint the index records after building, as `open_index` does locally."""
+    from vecsearch.errors import IndexMismatchError
+    from vecsearch.ray_engine import ModelRecipe
+
+    good = ModelRecipe.for_model("tiny", None, seed=7)
+    fp = good.build().fingerprint
+    assert ModelRecipe.for_model("tiny", None, seed=7, fingerprint=fp).build().fingerprint == fp
+    with pytest.raises(IndexMismatchError, match="not the ones the index records"):
+        ModelRecipe.for_model("tiny", None, seed=8, fingerprint=fp).build()
+    assert good.plugin == "tiny_backbone" and ModelRecipe.for_model("resnet50").plugin == ""
