@@ -228,3 +228,14 @@ def test_a_worker_with_other_weights_refuses_to_embed():
     with pytest.raises(IndexMismatchError, match="not the ones the index records"):
         ModelRecipe.for_model("tiny", None, seed=8, fingerprint=fp).build()
     assert good.plugin == "tiny_backbone" and ModelRecipe.for_model("resnet50").plugin == ""
+
+
+def test_a_worker_that_cannot_build_the_model_is_one_clear_error(cluster, tmp_path):
+    import dataclasses
+
+    from vecsearch.ray_engine import ModelRecipe, RayEngine
+
+    paths = _folder(tmp_path / "p", 3)
+    recipe = dataclasses.replace(ModelRecipe.for_model("tiny", None, seed=7), plugin="no_such_backbone_plugin")
+    with pytest.raises(VecsearchError, match="Ray job failed: ModuleNotFoundError: No module named 'no_such_backbone_plugin'"):
+        list(RayEngine(recipe, address=cluster, workers=1).embed_files(paths))

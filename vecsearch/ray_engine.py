@@ -221,7 +221,7 @@ class RayEngine:
                             num_gpus=gpus or None, num_cpus=1)
         log.info("embedding %d files on Ray with %d model actor(s), %s GPU each", len(names), actors, gpus)
         pending = set(names)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+        for batch in _batches(ds):
             for j, p in enumerate(batch["path"]):
                 p = str(p)
                 if p not in pending:
@@ -237,6 +237,26 @@ class RayEngine:
         if pending:
             raise VecsearchError(f"The Ray job returned no result for {len(pending)} of {len(names)} files "
                                  f"(e.g. {next(iter(pending))}); run again to embed them.")
+
+
+def _batches(ds) -> Iterator[dict[str, np.ndarray]]:
+    """The dataset's output blocks as they finish; a failure on the cluster becomes one VecsearchError line."""
+    it = iter(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1))
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except VecsearchError:
+            raise
+        except Exception as e:  # noqa: BLE001 - Ray wraps what failed on a worker (actor start-up, a model call)
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, VecsearchError):
+                raise cause from None
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            raise VecsearchError(f"The Ray job failed: {lines[-1] if lines else type(e).__name__} "
+                                 "(the workers' logs are under /tmp/ray/session_latest/logs on each node).") from e
+        yield batch
 
 
 def benchmark(paths: Iterable[str | Path], recipe: ModelRecipe, *, workers: int | None = None,
