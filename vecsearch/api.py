@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 _UNSET: Any = object()
 Progress = Callable[[int, int], None]
 
-__all__ = ["VecIndex", "open_index", "Hit"]
+__all__ = ["VecIndex", "open_index", "Hit", "embed_to_shards"]
 
 
 @dataclass
