@@ -27,7 +27,7 @@ pytest.importorskip("ray.data", reason="the Ray engine needs ray[data] (pip inst
 
 TESTS = Path(__file__).parent
 TINY = ("--backbone", "tiny", "--weights", "none", "--seed", "7")
-DELAY = "0.05"
+DELAY = "0.1"
 """Seconds each tiny-model batch sleeps on the workers, so a driver can be killed mid-run."""
 
 
@@ -141,7 +141,7 @@ def _rows(index: Path) -> int:
 
 def test_sigkilled_ray_driver_resumes_to_the_clean_index(cluster, tmp_path):
     root = tmp_path / "many"
-    _folder(root, 200)
+    _folder(root, 120)
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     local = _index_in_subprocess(root, clean, None)  # the reference: the in-process engine, never killed
     proc = _index_in_subprocess(root, killed, cluster)
@@ -150,17 +150,20 @@ def test_sigkilled_ray_driver_resumes_to_the_clean_index(cluster, tmp_path):
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 0 < _rows(killed) < 202, "the run was not killed mid-way"
+    assert 0 < _rows(killed) < 122, "the run was not killed mid-way"
     assert local.wait(timeout=300) == 0, local.stderr.read().decode()[-2000:]
 
     rerun = _index_in_subprocess(root, killed, cluster)
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read().decode()[-2000:]
     _same_index(clean, killed)
-    assert len(_snapshot(killed)[0]) == 200
+    assert len(_snapshot(killed)[0]) == 120
 
 
 # -- embed --out DIR: shards, then import ---------------------------------------------------------
-def test_ray_shards_round_trip_through_import(cluster, tmp_path):
+def test_ray_shards_round_trip_through_import(cluster, tmp_path, monkeypatch):
+    from vecsearch import ray_engine
+
+    monkeypatch.setattr(ray_engine, "WINDOW", 20)  # two Ray Data runs, results still in order for the shards
     root = tmp_path / "photos"
     _folder(root, 30)
     shards, direct, imported = tmp_path / "shards", tmp_path / "direct", tmp_path / "imported"

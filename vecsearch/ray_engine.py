@@ -23,6 +23,7 @@ model builds included (call it twice on the same paths to see the steady rate).
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ DECODE_CPUS = 0.5
 unlike the actors' reservation also keeps Ray Data from fusing decoding into the model actors."""
 CPUS_PER_CPU_WORKER = 8
 """Without GPUs, one model actor per this many cluster CPUs (a model call uses several cores itself)."""
+WINDOW = 1 << 20
+"""Files per Ray Data run: the listing held at once; each run starts the actor pool anew (~5 s)."""
 
 
 def check_engine(engine: str) -> str:
@@ -202,11 +205,22 @@ class RayEngine:
         return max(1, int(cpus // CPUS_PER_CPU_WORKER)), per
 
     def embed_files(self, paths: Iterable[Path]) -> Iterator[Embedded]:
-        """Yield one `Embedded` per path (in completion order); a bad file yields its reason, never raises."""
-        originals = {str(p): Path(p) for p in paths}
-        if not originals:
-            return
-        ray = connect(self.address)
+        """Yield one `Embedded` per path (completion order unless `ordered`); a bad file yields its reason.
+
+        Paths are taken from the iterable a window at a time (`WINDOW`), one Ray Data run
+        each, so neither the driver nor the object store ever holds a 100M-file listing.
+        """
+        it = iter(paths)
+        ray = None
+        while True:
+            window = {str(p): Path(p) for p in itertools.islice(it, WINDOW)}
+            if not window:
+                return
+            ray = ray or connect(self.address)
+            yield from self._run(ray, window)
+
+    def _run(self, ray, originals: dict[str, Path]) -> Iterator[Embedded]:
+        """One Ray Data run over a window of files: decode tasks -> model actors -> back here."""
         actors, gpus = self._pool(ray)
         size = get_spec(self.recipe.backbone).input_size
         names = list(originals)
