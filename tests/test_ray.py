@@ -80,12 +80,17 @@ def _same_index(a: Path, b: Path) -> None:
     assert cos.min() >= 0.9999, cos.min()
 
 
-def test_missing_ray_says_how_to_install(monkeypatch):
+def test_missing_ray_says_how_to_install(monkeypatch, tmp_path):
     from vecsearch import ray_engine
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(VecsearchError, match=r"pip install 'vecsearch\[ray\]'"):
         ray_engine.import_ray()
+    # The CLI says so before walking or building anything.
+    monkeypatch.setattr(ray_engine.importlib.util, "find_spec", lambda name, *a: None if name == "ray" else object())
+    r = run("index", TESTS / "data", "--index", tmp_path / "ix", "--engine", "ray", ok=False)
+    assert r.exit_code == 1 and "pip install 'vecsearch[ray]'" in r.output
+    assert not (tmp_path / "ix" / "index.db").exists()
 
 
 def test_ray_engine_gives_the_local_vectors_and_reasons(cluster, tmp_path):
@@ -205,6 +210,10 @@ def test_shards_resume_shard_by_shard(tmp_path):
     assert sorted(r["path"] for r in rows) == sorted(str(p) for p in [*paths, root / "bad.jpg", root / "cut.png"])
     failed = {Path(r["path"]).name: r for r in rows if r["reason"] is not None}
     assert set(failed) == {"bad.jpg", "cut.png"} and all(r["vector"] is None for r in failed.values())
+    from vecsearch import embed_job
+    from vecsearch.cli import embed
+
+    assert embed.SHARD_SIZE == embed_job.SHARD_SIZE  # the CLI's default, kept light for --help
     # Another model's shards never mix into the folder.
     r = run("embed", root, "--out", out, "--backbone", "tiny", "--weights", "none", "--seed", "8", ok=False)
     assert r.exit_code == 1 and "another model" in r.output

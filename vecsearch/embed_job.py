@@ -31,8 +31,9 @@ from .files import atomic_write
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-SHARD_SIZE = 100_000
-"""Files per shard: ~800 MB of 2048-d float32 vectors; a crash redoes at most one shard."""
+SHARD_SIZE = 20_000
+"""Files per shard: ~160 MB of 2048-d float32 vectors, held here until the shard is written;
+a crash redoes at most one shard."""
 MANIFEST = "manifest.json"
 _SHARD_NAME = re.compile(r"^shard-\d{5,}-[0-9a-f]{12}\.parquet$")
 

@@ -23,6 +23,7 @@ model builds included (call it twice on the same paths to see the steady rate).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import itertools
 import logging
 import time
@@ -52,8 +53,11 @@ WINDOW = 1 << 20
 
 
 def check_engine(engine: str) -> str:
+    """`engine` if known (and, for ray, installed: said up front, before any work), else VecsearchError."""
     if engine not in ENGINES:
         raise VecsearchError(f"Unknown engine {engine!r}: use local (in this process) or ray (a Ray cluster).")
+    if engine == "ray" and importlib.util.find_spec("ray") is None:
+        import_ray()
     return engine
 
 
