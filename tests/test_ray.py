@@ -217,6 +217,10 @@ def test_shards_resume_shard_by_shard(tmp_path):
     # Another model's shards never mix into the folder.
     r = run("embed", root, "--out", out, "--backbone", "tiny", "--weights", "none", "--seed", "8", ok=False)
     assert r.exit_code == 1 and "another model" in r.output
+    # Nor another job's: its re-run would delete these as outdated.
+    r = run("embed", root / "0", "--out", out, *TINY, ok=False)
+    assert r.exit_code == 1 and "shards of another job" in r.output
+    assert len(list(out.glob("shard-*.parquet"))) == 5
 
 
 def test_old_export_files_still_import(tmp_path, photos):
