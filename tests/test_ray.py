@@ -118,6 +118,17 @@ def test_ray_engine_gives_the_local_vectors_and_reasons(cluster, tmp_path):
     assert (again["indexed"], again["unchanged"], len(again["failed"])) == (0, 24, 2)
 
 
+def test_a_pool_the_cluster_cannot_hold_is_refused(cluster, tmp_path):
+    from vecsearch.ray_engine import ModelRecipe, RayEngine
+
+    paths = _folder(tmp_path / "p", 2)
+    recipe = ModelRecipe.for_model("tiny", None, seed=7)
+    with pytest.raises(VecsearchError, match="need 1 GPUs; the Ray cluster has 0"):
+        list(RayEngine(recipe, address=cluster, gpus_per_worker=1).embed_files(paths))
+    with pytest.raises(VecsearchError, match="2 model actors take 2 CPUs and decoding needs 0.5 more"):
+        list(RayEngine(recipe, address=cluster, workers=2).embed_files(paths))
+
+
 def test_engine_flags_are_checked(tmp_path):
     r = run("index", tmp_path, "--index", tmp_path / "ix", "--engine", "spark", ok=False)
     assert r.exit_code == 1 and "Unknown engine 'spark'" in r.output

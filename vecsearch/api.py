@@ -896,6 +896,9 @@ def embed_to_shards(paths: Iterable[str | os.PathLike], out: str | os.PathLike, 
     """
     ray_engine.check_engine(engine)
     roots = [images.absolute(p) for p in paths]
+    for r in roots:  # said before the model loads
+        if not os.path.lexists(r):
+            raise InputNotFoundError(f"No such file or folder: {r}")
     name = backbone or DEFAULT_BACKBONE
     get_spec(name)
     wspec = WeightsSpec.parse(("imagenet" if seed is None else None) if weights is _UNSET else weights, seed)

@@ -48,6 +48,8 @@ DECODE_CPUS = 0.5
 unlike the actors' reservation also keeps Ray Data from fusing decoding into the model actors."""
 CPUS_PER_CPU_WORKER = 8
 """Without GPUs, one model actor per this many cluster CPUs (a model call uses several cores itself)."""
+ACTOR_CPUS = 1
+"""CPUs a model actor reserves (its model call may use more)."""
 WINDOW = 1 << 20
 """Files per Ray Data run: the listing held at once; each run starts the actor pool anew (~5 s)."""
 
@@ -198,15 +200,23 @@ class RayEngine:
         self.ordered = ordered
 
     def _pool(self, ray) -> tuple[int, float]:
-        """(actors, GPUs per actor) for this cluster."""
+        """(actors, GPUs per actor) for this cluster; a pool it cannot hold is refused, not left to wait."""
         resources = ray.cluster_resources()
-        gpus, cpus = float(resources.get("GPU", 0)), float(resources.get("CPU", 1))
+        gpus, cpus = float(resources.get("GPU", 0)), float(resources.get("CPU", 0))
         per = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus else 0.0)
         if self.workers is not None:
-            return self.workers, per
-        if per and gpus:
-            return max(1, int(gpus // per)), per
-        return max(1, int(cpus // CPUS_PER_CPU_WORKER)), per
+            actors = self.workers
+        elif per and gpus:
+            actors = max(1, int(gpus // per))
+        else:
+            actors = max(1, int(cpus // CPUS_PER_CPU_WORKER))
+        if per and actors * per > gpus:
+            raise VecsearchError(f"{actors} model actors with {per:g} GPU each need {actors * per:g} GPUs; the Ray "
+                                 f"cluster has {gpus:g}. Lower --workers or --gpus-per-worker (0: on CPUs).")
+        if actors * ACTOR_CPUS + DECODE_CPUS > cpus:
+            raise VecsearchError(f"{actors} model actors take {actors * ACTOR_CPUS:g} CPUs and decoding needs "
+                                 f"{DECODE_CPUS:g} more; the Ray cluster has {cpus:g}. Lower --workers.")
+        return actors, per
 
     def embed_files(self, paths: Iterable[Path]) -> Iterator[Embedded]:
         """Yield one `Embedded` per path (completion order unless `ordered`); a bad file yields its reason.
@@ -236,7 +246,7 @@ class RayEngine:
                             batch_format="numpy", num_cpus=DECODE_CPUS)
         ds = ds.map_batches(_EmbedActor, fn_constructor_args=(self.recipe,), batch_size=self.recipe.batch_size,
                             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
-                            num_gpus=gpus or None, num_cpus=1)
+                            num_gpus=gpus or None, num_cpus=ACTOR_CPUS)
         log.info("embedding %d files on Ray with %d model actor(s), %s GPU each", len(names), actors, gpus)
         pending = set(names)
         for batch in _batches(ds):
