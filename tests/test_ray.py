@@ -37,7 +37,7 @@ def cluster():
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "TINY_BACKBONE_DELAY")}
     os.environ["PYTHONPATH"] = os.pathsep.join([str(TESTS)] + ([saved["PYTHONPATH"]] if saved["PYTHONPATH"] else []))
     os.environ["TINY_BACKBONE_DELAY"] = DELAY  # read by the model actors only (the driver's env has it too)
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, configure_logging=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, configure_logging=False,
              log_to_driver=False)
     os.environ["TINY_BACKBONE_DELAY"] = saved["TINY_BACKBONE_DELAY"] or "0"
     try:
