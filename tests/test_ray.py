@@ -206,11 +206,14 @@ def test_shards_resume_shard_by_shard(tmp_path):
     assert (first["shards"], first["written"], first["kept"]) == (5, 5, 0)
     names = sorted(p.name for p in out.glob("shard-*.parquet"))
     before = {n: pq.read_table(out / n) for n in names}
-    # A run killed after some shards: the others are whole, the missing one is written again.
+    # A run killed after some shards: the others are whole, the missing one is written again,
+    # and the temp file of the one being written when it died is cleared.
     (out / names[2]).unlink()
+    (out / f".{names[2]}.k3x9q2.tmp").write_bytes(b"half a shard")
     second = run_json("embed", root, "--out", out, *TINY, "--shard-size", "5")
     assert (second["written"], second["kept"], second["removed"], second["embedded"]) == (1, 4, 0, 5)
     assert pq.read_table(out / names[2]).equals(before[names[2]])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "manifest.json"])
     # A changed file redoes its shard only; the outdated one goes.
     make_image(paths[0], seed=999, size=(40, 30))
     third = run_json("embed", root, "--out", out, *TINY, "--shard-size", "5")

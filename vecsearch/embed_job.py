@@ -37,6 +37,7 @@ SHARD_SIZE = 20_000
 a crash redoes at most one shard."""
 MANIFEST = "manifest.json"
 _SHARD_NAME = re.compile(r"^shard-\d{5,}-[0-9a-f]{12}\.parquet$")
+_SHARD_TEMP = re.compile(r"^\.shard-\d{5,}-[0-9a-f]{12}\.parquet\..+\.tmp$")  # left by a killed run
 
 
 class Embedder(Protocol):
@@ -143,6 +144,8 @@ def write_shards(roots: list[Path], out: Path, meta: dict, embedder: Callable[[]
             log.info("removing %s: its files changed since it was written", f)
             f.unlink()
             summary.removed += 1
+        elif _SHARD_TEMP.match(f.name):
+            f.unlink()
     todo = [s for s in shards if not (out / s.name).is_file()]
     summary.kept = len(shards) - len(todo)
     total = sum(1 for s in todo for f in s.entries if f.reason is None)
