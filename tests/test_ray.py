@@ -269,3 +269,34 @@ def test_a_worker_that_cannot_build_the_model_is_one_clear_error(cluster, tmp_pa
     recipe = dataclasses.replace(ModelRecipe.for_model("tiny", None, seed=7), plugin="no_such_backbone_plugin")
     with pytest.raises(VecsearchError, match="Ray job failed: ModuleNotFoundError: No module named 'no_such_backbone_plugin'"):
         list(RayEngine(recipe, address=cluster, workers=1).embed_files(paths))
+
+
+def test_sigkilled_embed_resumes_to_the_clean_shards(tmp_path):
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "photos"
+    _folder(root, 60)
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    args = ["embed", str(root), "--out", str(killed), *TINY, "--batch-size", "4", "--shard-size", "10", "--quiet"]
+    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import tiny_backbone; from vecsearch.cli import app; app({args!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "TINY_BACKBONE_DELAY": "0.1"})
+    deadline = time.monotonic() + 120
+    while len(list(killed.glob("shard-*.parquet"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 2 <= len(list(killed.glob("shard-*.parquet"))) < 7, "the run was not killed mid-way"
+
+    again = run_json("embed", root, "--out", killed, *TINY, "--batch-size", "4", "--shard-size", "10")
+    assert again["kept"] >= 2 and again["written"] + again["kept"] == 7
+    run_json("embed", root, "--out", clean, *TINY, "--batch-size", "4", "--shard-size", "10")
+    names = sorted(p.name for p in clean.glob("shard-*.parquet"))
+    assert sorted(p.name for p in killed.iterdir()) == sorted([*names, "manifest.json"])
+    for n in names:
+        a, b = pq.read_table(clean / n), pq.read_table(killed / n)
+        assert a.drop(["vector"]).equals(b.drop(["vector"]))
+        for x, y in zip(a["vector"].to_pylist(), b["vector"].to_pylist()):
+            assert (x is None) == (y is None)  # a failed file has no vector in either
+            if x is not None:
+                np.testing.assert_allclose(x, y, atol=1e-6)
