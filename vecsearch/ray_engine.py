@@ -16,8 +16,9 @@ get images/s::
     result = benchmark(paths, recipe, workers=K)  # address=None starts a local Ray
     result["images_per_second"], result["seconds"], result["failed"]
 
-`seconds` counts from the first request to the last result, Ray start-up and actor
-model builds included (call it twice on the same paths to see the steady rate).
+`seconds` counts from the request to the last result: Ray's start-up (the first call in a
+process) and each run's actor start and model build (~5 s) are in it, so give it enough
+images that they do not dominate, or time two sizes and take the difference.
 """
 
 from __future__ import annotations
@@ -142,8 +143,14 @@ class _EmbedActor:
     """One model per actor, built once; turns decoded batches into unit vectors and norms."""
 
     def __init__(self, recipe: ModelRecipe):
+        import os
+
         from .extract import Extractor
 
+        # Actors may share a GPU (--gpus-per-worker 0.5): take GPU memory as needed, not all
+        # of it up front (TensorFlow's and JAX's default), before the backend loads.
+        os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         self.extractor = Extractor(recipe.build(), recipe.batch_size, workers=1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
