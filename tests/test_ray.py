@@ -94,11 +94,17 @@ def test_missing_ray_says_how_to_install(monkeypatch, tmp_path):
 
 
 def test_ray_engine_gives_the_local_vectors_and_reasons(cluster, tmp_path):
+    from vecsearch.backbones import load_backbone
+
     root = tmp_path / "photos"
     _folder(root, 24)
+    # A weights FILE (the other tests use the seeded init): the workers load the same file.
+    weights = tmp_path / "tiny.weights.h5"
+    load_backbone("tiny", None).model.save_weights(str(weights))  # another init than seed 7
+    model = ("--backbone", "tiny", "--weights", weights)
     local, remote = tmp_path / "local", tmp_path / "remote"
-    a = run_json("index", root, "--index", local, *TINY, "--batch-size", "4")
-    b = run_json("index", root, "--index", remote, *TINY, "--batch-size", "4", "--engine", "ray",
+    a = run_json("index", root, "--index", local, *model, "--batch-size", "4")
+    b = run_json("index", root, "--index", remote, *model, "--batch-size", "4", "--engine", "ray",
                  "--ray-address", cluster, "--workers", "1")
     assert (b["indexed"], len(b["failed"]), b["total"]) == (24, 2, 26)
     assert sorted((f["path"], f["reason"]) for f in b["failed"]) == sorted((f["path"], f["reason"]) for f in a["failed"])
