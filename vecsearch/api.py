@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 _UNSET: Any = object()
 Progress = Callable[[int, int], None]
 
-__all__ = ["VecIndex", "open_index", "Hit"]
+__all__ = ["VecIndex", "open_index", "Hit", "embed_to_shards"]
 
 
 @dataclass
@@ -1009,6 +1009,9 @@ def embed_to_shards(paths: Iterable[str | os.PathLike], out: str | os.PathLike, 
     """
     ray_engine.check_engine(engine)
     roots = [images.absolute(p) for p in paths]
+    for r in roots:  # said before the model loads
+        if not os.path.lexists(r):
+            raise InputNotFoundError(f"No such file or folder: {r}")
     name = backbone or DEFAULT_BACKBONE
     get_spec(name)
     wspec = WeightsSpec.parse(("imagenet" if seed is None else None) if weights is _UNSET else weights, seed)

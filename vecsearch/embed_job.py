@@ -7,7 +7,8 @@ index writer. The files found are sorted by path and cut into shards of `shard_s
 each shard is named by its number and a hash of its files' paths, sizes and mtimes, and
 written atomically. A re-run (after a crash, or with more files) keeps every shard whose
 name is still current, writes the missing ones, and deletes shards of an older listing.
-`manifest.json` records the model, so shards of two models never share a folder.
+`manifest.json` records the model and the folders given: one job a folder, so shards of
+two models, or of two jobs, never mix.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from .files import atomic_write
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-SHARD_SIZE = 100_000
-"""Files per shard: ~800 MB of 2048-d float32 vectors; a crash redoes at most one shard."""
+SHARD_SIZE = 20_000
+"""Files per shard: ~160 MB of 2048-d float32 vectors, held here until the shard is written;
+a crash redoes at most one shard."""
 MANIFEST = "manifest.json"
 _SHARD_NAME = re.compile(r"^shard-\d{5,}-[0-9a-f]{12}\.parquet$")
+_SHARD_TEMP = re.compile(r"^\.shard-\d{5,}-[0-9a-f]{12}\.parquet\..+\.tmp$")  # left by a killed run
 
 
 class Embedder(Protocol):
@@ -89,8 +92,13 @@ def plan_shards(found: list[images.Found], shard_size: int) -> list[_Shard]:
     return shards
 
 
-def _check_manifest(out: Path, meta: dict, shard_size: int) -> None:
-    """Write the manifest, or check that the one there names the same model."""
+def _check_manifest(out: Path, meta: dict, roots: list[Path], shard_size: int) -> None:
+    """Write the manifest, or check that the one there is of the same job: model and folders.
+
+    Another job's shards would collide by number, and a re-run deletes shards it does not
+    expect; so one folder holds one job.
+    """
+    given = sorted(str(r) for r in roots)
     path = out / MANIFEST
     if path.exists():
         try:
@@ -102,8 +110,12 @@ def _check_manifest(out: Path, meta: dict, shard_size: int) -> None:
             raise IndexMismatchError(
                 f"{out} holds shards of another model ({(old.get('model') or {}).get('backbone')}, weights fingerprint "
                 f"{str(got)[:12]}...) than this one ({meta['backbone']}); give another --out folder.")
+        if old.get("roots") is not None and old["roots"] != given:
+            raise VecsearchError(
+                f"{out} holds the shards of another job ({', '.join(old['roots'])}); give each job its own --out "
+                "folder (`import` takes a folder of them all).")
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(
-        {"vecsearch": VERSION, "model": meta, "shard_size": shard_size}, indent=2) + "\n"))
+        {"vecsearch": VERSION, "model": meta, "roots": given, "shard_size": shard_size}, indent=2) + "\n"))
 
 
 def write_shards(roots: list[Path], out: Path, meta: dict, embedder: Callable[[], Embedder], *,
@@ -123,7 +135,7 @@ def write_shards(roots: list[Path], out: Path, meta: dict, embedder: Callable[[]
         raise NoImagesError(f"No image files found in {', '.join(map(str, roots))}.")
     vector_files.check_parquet()
     out.mkdir(parents=True, exist_ok=True)
-    _check_manifest(out, meta, shard_size)
+    _check_manifest(out, meta, roots, shard_size)
     shards = plan_shards(found, shard_size)
     current = {s.name for s in shards}
     summary = EmbedSummary(out=str(out), files=len(found), shards=len(shards))
@@ -132,6 +144,8 @@ def write_shards(roots: list[Path], out: Path, meta: dict, embedder: Callable[[]
             log.info("removing %s: its files changed since it was written", f)
             f.unlink()
             summary.removed += 1
+        elif _SHARD_TEMP.match(f.name):
+            f.unlink()
     todo = [s for s in shards if not (out / s.name).is_file()]
     summary.kept = len(shards) - len(todo)
     total = sum(1 for s in todo for f in s.entries if f.reason is None)

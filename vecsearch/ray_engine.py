@@ -16,13 +16,16 @@ get images/s::
     result = benchmark(paths, recipe, workers=K)  # address=None starts a local Ray
     result["images_per_second"], result["seconds"], result["failed"]
 
-`seconds` counts from the first request to the last result, Ray start-up and actor
-model builds included (call it twice on the same paths to see the steady rate).
+`seconds` counts from the request to the last result: Ray's start-up (the first call in a
+process) and each run's actor start and model build (~5 s) are in it, so give it enough
+images that they do not dominate, or time two sizes and take the difference.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -46,11 +49,18 @@ DECODE_CPUS = 0.5
 unlike the actors' reservation also keeps Ray Data from fusing decoding into the model actors."""
 CPUS_PER_CPU_WORKER = 8
 """Without GPUs, one model actor per this many cluster CPUs (a model call uses several cores itself)."""
+ACTOR_CPUS = 1
+"""CPUs a model actor reserves (its model call may use more)."""
+WINDOW = 1 << 20
+"""Files per Ray Data run: the listing held at once; each run starts the actor pool anew (~5 s)."""
 
 
 def check_engine(engine: str) -> str:
+    """`engine` if known (and, for ray, installed: said up front, before any work), else VecsearchError."""
     if engine not in ENGINES:
         raise VecsearchError(f"Unknown engine {engine!r}: use local (in this process) or ray (a Ray cluster).")
+    if engine == "ray" and importlib.util.find_spec("ray") is None:
+        import_ray()
     return engine
 
 
@@ -134,8 +144,14 @@ class _EmbedActor:
     """One model per actor, built once; turns decoded batches into unit vectors and norms."""
 
     def __init__(self, recipe: ModelRecipe):
+        import os
+
         from .extract import Extractor
 
+        # Actors may share a GPU (--gpus-per-worker 0.5): take GPU memory as needed, not all
+        # of it up front (TensorFlow's and JAX's default), before the backend loads.
+        os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         self.extractor = Extractor(recipe.build(), recipe.batch_size, workers=1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -192,22 +208,41 @@ class RayEngine:
         self.ordered = ordered
 
     def _pool(self, ray) -> tuple[int, float]:
-        """(actors, GPUs per actor) for this cluster."""
+        """(actors, GPUs per actor) for this cluster; a pool it cannot hold is refused, not left to wait."""
         resources = ray.cluster_resources()
-        gpus, cpus = float(resources.get("GPU", 0)), float(resources.get("CPU", 1))
+        gpus, cpus = float(resources.get("GPU", 0)), float(resources.get("CPU", 0))
         per = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus else 0.0)
         if self.workers is not None:
-            return self.workers, per
-        if per and gpus:
-            return max(1, int(gpus // per)), per
-        return max(1, int(cpus // CPUS_PER_CPU_WORKER)), per
+            actors = self.workers
+        elif per and gpus:
+            actors = max(1, int(gpus // per))
+        else:
+            actors = max(1, int(cpus // CPUS_PER_CPU_WORKER))
+        if per and actors * per > gpus:
+            raise VecsearchError(f"{actors} model actors with {per:g} GPU each need {actors * per:g} GPUs; the Ray "
+                                 f"cluster has {gpus:g}. Lower --workers or --gpus-per-worker (0: on CPUs).")
+        if actors * ACTOR_CPUS + DECODE_CPUS > cpus:
+            raise VecsearchError(f"{actors} model actors take {actors * ACTOR_CPUS:g} CPUs and decoding needs "
+                                 f"{DECODE_CPUS:g} more; the Ray cluster has {cpus:g}. Lower --workers.")
+        return actors, per
 
     def embed_files(self, paths: Iterable[Path]) -> Iterator[Embedded]:
-        """Yield one `Embedded` per path (in completion order); a bad file yields its reason, never raises."""
-        originals = {str(p): Path(p) for p in paths}
-        if not originals:
-            return
-        ray = connect(self.address)
+        """Yield one `Embedded` per path (completion order unless `ordered`); a bad file yields its reason.
+
+        Paths are taken from the iterable a window at a time (`WINDOW`), one Ray Data run
+        each, so neither the driver nor the object store ever holds a 100M-file listing.
+        """
+        it = iter(paths)
+        ray = None
+        while True:
+            window = {str(p): Path(p) for p in itertools.islice(it, WINDOW)}
+            if not window:
+                return
+            ray = ray or connect(self.address)
+            yield from self._run(ray, window)
+
+    def _run(self, ray, originals: dict[str, Path]) -> Iterator[Embedded]:
+        """One Ray Data run over a window of files: decode tasks -> model actors -> back here."""
         actors, gpus = self._pool(ray)
         size = get_spec(self.recipe.backbone).input_size
         names = list(originals)
@@ -219,10 +254,10 @@ class RayEngine:
                             batch_format="numpy", num_cpus=DECODE_CPUS)
         ds = ds.map_batches(_EmbedActor, fn_constructor_args=(self.recipe,), batch_size=self.recipe.batch_size,
                             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
-                            num_gpus=gpus or None, num_cpus=1)
+                            num_gpus=gpus or None, num_cpus=ACTOR_CPUS)
         log.info("embedding %d files on Ray with %d model actor(s), %s GPU each", len(names), actors, gpus)
         pending = set(names)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+        for batch in _batches(ds):
             for j, p in enumerate(batch["path"]):
                 p = str(p)
                 if p not in pending:
@@ -238,6 +273,26 @@ class RayEngine:
         if pending:
             raise VecsearchError(f"The Ray job returned no result for {len(pending)} of {len(names)} files "
                                  f"(e.g. {next(iter(pending))}); run again to embed them.")
+
+
+def _batches(ds) -> Iterator[dict[str, np.ndarray]]:
+    """The dataset's output blocks as they finish; a failure on the cluster becomes one VecsearchError line."""
+    it = iter(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1))
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except VecsearchError:
+            raise
+        except Exception as e:  # noqa: BLE001 - Ray wraps what failed on a worker (actor start-up, a model call)
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, VecsearchError):
+                raise cause from None
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            raise VecsearchError(f"The Ray job failed: {lines[-1] if lines else type(e).__name__} "
+                                 "(the workers' logs are under /tmp/ray/session_latest/logs on each node).") from e
+        yield batch
 
 
 def benchmark(paths: Iterable[str | Path], recipe: ModelRecipe, *, workers: int | None = None,

@@ -10,7 +10,7 @@ import typer
 from ._common import (EngineOpt, GpusPerWorkerOpt, JsonOpt, PrecisionOpt, QuietOpt, RayAddressOpt, WorkersOpt, app, engine_options,
                       errors_to_exit, model_options, print_json, progress_bar, say)
 
-SHARD_SIZE = 100_000  # embed_job.SHARD_SIZE, repeated so --help imports nothing heavy
+SHARD_SIZE = 20_000  # embed_job.SHARD_SIZE, repeated so --help imports nothing heavy
 
 
 @app.command("embed")
