@@ -229,3 +229,19 @@ def test_import_of_another_precision_that_disagrees_is_refused(pics, tmp_path):
     assert result.exit_code != 0 and "agree with the stored vectors only to cosine" in result.output
     with open_index(f32) as ix:
         assert len(ix) == 3
+
+
+def test_explanations_work_on_a_mixed_backbone():
+    """The feature-map check (its mean is the pooled vector) allows bfloat16's rounding, and the maps agree."""
+    from vecsearch.explain import FeatureMaps
+
+    rng = np.random.default_rng(3)
+    from PIL import Image
+
+    pixels = np.stack([np.asarray(Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+                                  .resize((32, 32), Image.BICUBIC)) for _ in range(4)])
+    fmap, pooled = FeatureMaps(load_backbone("tiny", None, precision="mixed"))(pixels)
+    fmap32, pooled32 = FeatureMaps(load_backbone("tiny", None))(pixels)
+    assert fmap.dtype == np.float32
+    assert _cos(pooled, pooled32).min() >= 0.999
+    assert _cos(fmap.reshape(4, -1), fmap32.reshape(4, -1)).min() >= 0.999
