@@ -49,7 +49,7 @@ def resolve_index_dir(explicit: str | os.PathLike | None = None) -> Path:
 
 
 CPU_BATCH_SIZE = 32
-"""Images per model call on a CPU (the default since 0.1; a batch fills the cores already)."""
+"""Images per model call on a CPU (the default before batch sizes followed the device)."""
 GPU_BATCH_SIZES = {"float32": 128, "mixed": 256}
 """...and on a GPU, where a batch must be large to fill the device (mixed halves activations)."""
 
