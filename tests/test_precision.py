@@ -245,3 +245,11 @@ def test_explanations_work_on_a_mixed_backbone():
     assert fmap.dtype == np.float32
     assert _cos(pooled, pooled32).min() >= 0.999
     assert _cos(fmap.reshape(4, -1), fmap32.reshape(4, -1)).min() >= 0.999
+
+
+def test_an_unknown_precision_on_the_command_line_is_a_message(pics, tmp_path):
+    result = run("index", pics, "--index", tmp_path / "ix", "--backbone", "tiny", "--weights", "none",
+                 "--precision", "half", ok=False)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "Unknown precision 'half'; choose one of: float32, mixed." in result.output
+    assert not (tmp_path / "ix" / "index.db").exists()
