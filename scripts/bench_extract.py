@@ -194,7 +194,7 @@ def main() -> None:
             import ray
 
             # Each model actor reserves 1 logical CPU and each decode task 0.5: with cores logical
-            # CPUs, 2 actors on 2 cores would leave decoding none. Threads of the in-process engine
+            # CPUs, 2 actors on 2 cores would leave decoding none (the engine refuses that pool). Threads of the in-process engine
             # share the cores the same way, unreserved; so Ray gets 2 logical CPUs a core.
             ray.init(num_cpus=2 * cores, include_dashboard=False, configure_logging=False, log_to_driver=False)
             print(f"Ray engine (a local Ray on this machine, {2 * cores} logical CPUs), same sets; 'all' includes "
