@@ -207,7 +207,8 @@ def main() -> None:
             for name, paths in sets.items():
                 for workers in (1, 2):
                     seconds = ray_seconds(backbone, paths, args.batch_size, workers)
-                    total, steady = len(paths) / seconds, len(paths) / max(1e-9, seconds - fixed[workers])
+                    rest = seconds - fixed[workers]  # nan when the set took no longer than the start-up alone
+                    total, steady = len(paths) / seconds, (len(paths) / rest if rest > 0.1 * seconds else float("nan"))
                     local = e2e_rates[name]
                     print(f"{name:<18} {workers:>7} {local:>9.1f}/s {total:>7.1f}/s {steady:>9.1f}/s "
                           f"{steady / local:>8.2f} steady, {total / local:.2f} all")
