@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import classes, classifiers, classify, dupes, explain, finetune, images, indexer, labels, vector_files
+from . import classes, classifiers, classify, dupes, embed_job, explain, finetune, images, indexer, labels, ray_engine, vector_files
 from .classes import SEED
 from .classifiers import DEFAULT_TOP as CLASSIFY_TOP
 from .classify import DEFAULT_K as KNN_K
@@ -31,7 +31,8 @@ from .dupes import DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD
 from .finetune import DEFAULT_NAME as HEAD_NAME
 from .finetune import UNFREEZE_EPOCHS, UNFREEZE_LEARNING_RATE
 from .labels import DEFAULT_TOP as LABEL_TOP
-from .backbones import DEFAULT_BACKBONE, Backbone, WeightsSpec, check_fingerprint, get_spec, load_backbone
+from .backbones import (DEFAULT_BACKBONE, DEFAULT_PRECISION, MIXING_MIN_COSINE, Backbone, WeightsSpec, check_fingerprint,
+                        check_precision, get_spec, load_backbone, recorded_precision)
 from .config import DB_NAME, DEFAULT_K, LOCK_NAME, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, VECTORS_NAME, VERSION, resolve_index_dir
 from .errors import BadImageError, IndexCorruptError, IndexMismatchError, IndexNotFoundError, InputNotFoundError, NoImagesError, NotIndexedError, VecsearchError
 from .explain import OVERLAY_SIDE
@@ -48,7 +49,24 @@ log = logging.getLogger(__name__)
 _UNSET: Any = object()
 Progress = Callable[[int, int], None]
 
-__all__ = ["VecIndex", "open_index", "Hit"]
+__all__ = ["VecIndex", "open_index", "Hit", "embed_to_shards"]
+
+
+@dataclass
+class PrecisionCheck:
+    """An index of one precision opened with the other: stored vectors re-embedded and compared."""
+
+    index_precision: str
+    precision: str
+    images: int  # stored vectors compared
+    min_cosine: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRECISION_CHECK_IMAGES = 8
+"""Stored images re-embedded to decide whether another precision may add to an index."""
 
 
 @dataclass
@@ -73,19 +91,25 @@ class VecIndex:
     def __init__(self, directory: Path, store: Store, backbone: Backbone | None = None, *,
                  requested: tuple[str, WeightsSpec] | None = None, batch_size: int | None = None,
                  workers: int | None = None, index_type: str = DEFAULT_TYPE, max_memory: int | None = None,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, precision: str | None = None, engine: str = "local",
+                 ray_address: str | None = None, gpus_per_worker: float | None = None):
         self.directory = Path(directory)
         self.store = store
         self.searcher: Searcher | None = None
         self.read_only = store.read_only
         self.batch_size = batch_size
-        self.workers = workers
+        self.workers = workers  # decode threads in-process; model actors with the Ray engine
+        self.engine = ray_engine.check_engine(engine)
+        self.ray_address, self.gpus_per_worker = ray_address, gpus_per_worker
         # For a new index; an existing one keeps what it records (open_index converts).
         self._index_type, self._max_memory = index_type, max_memory
         self._backbone = backbone
         if requested is None and backbone is not None:
             requested = (backbone.name, backbone.weights)
         self._requested = requested
+        # None: the precision the index records (float32 for a new one).
+        self._precision = check_precision(precision) if precision is not None else None
+        self.precision_check: PrecisionCheck | None = None  # set when another precision was verified
         self._generation = -1  # the database generation the searcher holds
         self._lock = WriterLock(self.directory / LOCK_NAME)
         # Server threads may refresh at once; one reloads, the others then see it current.
@@ -173,22 +197,98 @@ class VecIndex:
 
     # -- the backbone -------------------------------------------------------------------
     @property
+    def precision(self) -> str:
+        """The compute precision new embeddings use: the one asked for, else the one the index records."""
+        if self._precision is not None:
+            return self._precision
+        if self._backbone is not None:
+            return self._backbone.precision
+        info = self.info
+        return recorded_precision(info) if info is not None else DEFAULT_PRECISION
+
+    @property
     def backbone(self) -> Backbone:
         """The frozen feature extractor, built on first use from what the index records."""
         if self._backbone is None:
             info = self.info
             if info is None:
                 name, weights = self._requested or (DEFAULT_BACKBONE, WeightsSpec("imagenet"))
-                self._backbone = load_backbone(name, weights)
+                self._backbone = load_backbone(name, weights, precision=self.precision)
             else:
                 weights = self._requested[1] if self._requested else WeightsSpec.recorded(info)
-                bb = load_backbone(info.backbone, weights)
+                bb = load_backbone(info.backbone, weights, precision=self.precision)
                 check_fingerprint(bb, info, self.directory)
+                self.check_precision(bb)
                 self._backbone = bb
         return self._backbone
 
+    def check_precision(self, bb: Backbone) -> PrecisionCheck | None:
+        """Let a backbone of another precision than the index records add to it only if it agrees.
+
+        Up to PRECISION_CHECK_IMAGES indexed images whose files are unchanged are embedded
+        again with `bb` and compared with their stored vectors: at a minimum cosine of
+        MIXING_MIN_COSINE or more the two precisions share the index (the result is kept in
+        `precision_check`); below it IndexMismatchError. None when the precisions match.
+        """
+        info = self.info
+        if info is None or bb.precision == recorded_precision(info):
+            return None
+        recorded = recorded_precision(info)
+        paths, ids = [], []
+        for chunk_ids, _, _ in self.store.iter_vectors(chunk=256):
+            recs = self.store.images(chunk_ids)
+            for i in chunk_ids:
+                rec = recs.get(int(i))
+                if rec is not None and rec.status == "ok" and indexer.is_unchanged(rec, Path(rec.path)):
+                    paths.append(Path(rec.path))
+                    ids.append(int(i))
+                if len(ids) == PRECISION_CHECK_IMAGES:
+                    break
+            if len(ids) == PRECISION_CHECK_IMAGES:
+                break
+        if not ids:
+            if len(self.store.vector_ids()):
+                raise IndexMismatchError(
+                    f"The index at {self.directory} was built in {recorded} precision, and none of its indexed files "
+                    f"is here unchanged to check that {bb.precision} embeddings agree with it. Use --precision {recorded}.")
+            self.precision_check = PrecisionCheck(recorded, bb.precision, 0, 1.0)
+            return self.precision_check
+        got = {item.path: item.vector for item in Extractor(bb, self.batch_size, self.workers).embed_files(paths)}
+        stored_ids, stored, _ = self.store.vectors(ids, dim=info.dim)
+        stored_by_id = dict(zip((int(i) for i in stored_ids), stored))
+        pairs = [(got[p], stored_by_id[i]) for p, i in zip(paths, ids) if got.get(p) is not None and i in stored_by_id]
+        if not pairs:
+            raise IndexMismatchError(
+                f"The index at {self.directory} was built in {recorded} precision, and its indexed files could not "
+                f"be read again to check that {bb.precision} embeddings agree with it. Use --precision {recorded}.")
+        cosines = np.nan_to_num([float(np.dot(a.astype(np.float64), b.astype(np.float64))) for a, b in pairs], nan=-1.0)
+        check = PrecisionCheck(recorded, bb.precision, len(pairs), round(float(cosines.min()), 6))
+        if not check.min_cosine >= MIXING_MIN_COSINE:
+            raise IndexMismatchError(
+                f"The index at {self.directory} was built in {recorded} precision; {bb.precision} embeddings of "
+                f"{check.images} of its images agree with the stored vectors only to cosine {check.min_cosine:.4f} "
+                f"(at least {MIXING_MIN_COSINE} is needed to share an index). Use --precision {recorded}, "
+                "or build a new index in another folder.")
+        log.info("%s embeddings agree with the %s index (min cosine %.5f over %d images): accepted",
+                 bb.precision, recorded, check.min_cosine, check.images)
+        self.precision_check = check
+        return check
+
     def extractor(self) -> Extractor:
         return Extractor(self.backbone, self.batch_size, self.workers)
+
+    def _embedder(self) -> Extractor | ray_engine.RayEngine:
+        """What `add` embeds with: the in-process extractor, or the Ray engine (queries always stay in-process)."""
+        if self.engine == "local":
+            return self.extractor()
+        info = self._require_info()
+        if self.precision != recorded_precision(info):
+            _ = self.backbone  # builds it here and checks the other precision against stored vectors (or refuses)
+        weights = self._requested[1] if self._requested else WeightsSpec.recorded(info)
+        recipe = ray_engine.ModelRecipe.for_model(info.backbone, weights, batch_size=self.batch_size,
+                                                  fingerprint=info.weights_fingerprint, precision=self.precision)
+        return ray_engine.RayEngine(recipe, address=self.ray_address, workers=self.workers,
+                                    gpus_per_worker=self.gpus_per_worker)
 
     def warm_up(self) -> None:
         """Build the backbone and trace its compiled call now, so the first query doesn't pay for it."""
@@ -203,7 +303,7 @@ class VecIndex:
         self.store.create_info(
             backbone=bb.name, weights_kind=bb.weights.kind, weights_seed=bb.weights.seed,
             weights_path=bb.weights.path, weights_fingerprint=bb.fingerprint, dim=bb.dim,
-            metric="cosine", index_type=self._index_type, max_memory=self._max_memory,
+            metric="cosine", index_type=self._index_type, max_memory=self._max_memory, precision=bb.precision,
         )
 
     # -- indexing -------------------------------------------------------------------------
@@ -247,7 +347,7 @@ class VecIndex:
                 log.warning("%d stored vectors are damaged (checksum mismatch); their images are embedded again",
                             len(damaged))
                 self.store.forget_vectors(damaged)
-            summary = indexer.run(self.store, self.extractor, roots, files, progress=progress,
+            summary = indexer.run(self.store, self._embedder, roots, files, progress=progress,
                                   chunk_size=chunk_size, chunk_seconds=chunk_seconds, rejected=rejected)
             summary.retrained = self._open_searcher(writer=True) and had_structure
             summary.repaired = len(damaged)
@@ -565,6 +665,7 @@ class VecIndex:
             "backbone": info.backbone,
             "weights": WeightsSpec.recorded(info).describe(),
             "weights_fingerprint": info.weights_fingerprint,
+            "precision": recorded_precision(info),
             "dim": info.dim,
             "metric": info.metric,
             "index_type": info.index_type,
@@ -611,7 +712,20 @@ class VecIndex:
     def _model_meta(self, info) -> dict:
         return {"backbone": info.backbone, "weights_kind": info.weights_kind, "weights_seed": info.weights_seed,
                 "weights_path": info.weights_path, "weights_fingerprint": info.weights_fingerprint,
-                "dim": info.dim, "metric": info.metric, "vecsearch": VERSION}
+                "dim": info.dim, "metric": info.metric, "precision": recorded_precision(info), "vecsearch": VERSION}
+
+    def _check_import_precision(self, readers: list, info, model: dict) -> None:
+        """Vectors of another precision than the index's come in only if that precision agrees
+        with the stored vectors (`check_precision`, embedding a few indexed images both ways)."""
+        named = {r.meta.get("precision") or DEFAULT_PRECISION for r in readers if r.meta.get("weights_fingerprint")}
+        if info is None:
+            if len(named) > 1:
+                raise VecsearchError(f"These files hold vectors of {' and '.join(sorted(named))} precision; import one "
+                                     "precision first, then the other (it is checked against the stored vectors).")
+            return
+        for precision in sorted(named - {recorded_precision(info)}):
+            weights = self._requested[1] if self._requested else WeightsSpec.recorded(info)
+            self.check_precision(load_backbone(info.backbone, weights, precision=precision))
 
     def import_vectors(self, source: str | os.PathLike, *, unchecked: bool = False,
                        progress: Progress | None = None) -> vector_files.ImportSummary:
@@ -629,6 +743,7 @@ class VecIndex:
         model = self._model_meta(info) if info is not None else None
         for r in readers:  # every file is checked before anything is written
             model = _check_vector_file(r, model, unchecked, self.directory)
+        self._check_import_precision(readers, info, model)
         summary = vector_files.ImportSummary(files=[str(r.path) for r in readers])
         total = sum(r.rows for r in readers)
         with self._lock.held():
@@ -637,7 +752,8 @@ class VecIndex:
                     backbone=model["backbone"], weights_kind=model.get("weights_kind") or "file",
                     weights_seed=model.get("weights_seed"), weights_path=model.get("weights_path"),
                     weights_fingerprint=model["weights_fingerprint"], dim=int(model["dim"]), metric="cosine",
-                    index_type=self._index_type, max_memory=self._max_memory)
+                    index_type=self._index_type, max_memory=self._max_memory,
+                    precision=model.get("precision") or DEFAULT_PRECISION)
             if progress:
                 progress(0, total)
             for r in readers:
@@ -652,8 +768,11 @@ class VecIndex:
                     _, replaced = self.store.import_rows(rows, vecs, lengths)
                     summary.imported += len(rows)
                     summary.replaced += replaced
+                    if batch.failed:  # `embed` shards: a file that failed is a failed row, as indexing makes it
+                        self.store.apply(upserts=[_failed_row(f) for f in batch.failed])
+                        summary.failed += len(batch.failed)
                     if progress:
-                        progress(summary.imported, total)
+                        progress(summary.imported + summary.failed, total)
             self._open_searcher(writer=True)
         summary.seconds = round(time.perf_counter() - started, 3)
         return summary
@@ -915,6 +1034,13 @@ def _check_vector_file(reader: vector_files.Reader, model: dict | None, unchecke
     return model
 
 
+def _failed_row(f: dict) -> dict:
+    """The image row of a file a shard records as failed (no vector)."""
+    return {"path": f["path"], "size": f.get("size") or 0, "mtime_ns": f.get("mtime_ns") or 0,
+            "sha256": f.get("sha256"), "width": f.get("width"), "height": f.get("height"),
+            "status": "failed", "reason": f["reason"]}
+
+
 def _unit_rows(batch: vector_files.Batch, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(unit vectors, norms) of a batch: raw features are normalised, their length kept as the norm."""
     vecs = np.ascontiguousarray(batch.vectors, np.float32)
@@ -942,7 +1068,9 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
                seed: int | None = None, create: bool = True, batch_size: int | None = None,
                workers: int | None = None, model: Backbone | None = None,
                index_type: str | None = None, max_memory: int | str | None = None,
-               progress: Progress | None = None, read_only: bool | None = None) -> VecIndex:
+               progress: Progress | None = None, read_only: bool | None = None,
+               precision: str | None = None, engine: str = "local",
+               ray_address: str | None = None, gpus_per_worker: float | None = None) -> VecIndex:
     """Open (or create) the index at `path` (else $VECSEARCH_INDEX, else the default folder).
 
     backbone/weights choose the model for a new index (weights: "imagenet", None for the
@@ -956,9 +1084,19 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
     read_only opens an existing index without writing anything (searches, stats, export
     work; changes are refused); None (the default) does so when the folder or its
     database is not writable by this process.
+    precision ("float32" or "mixed") is how new images are embedded; None: what the index
+    records (float32 for a new one). Another precision than an existing index records is
+    accepted only if it agrees with a few stored vectors (`VecIndex.check_precision`).
+    engine chooses where `add` embeds: "local" (this process) or "ray" (a Ray cluster at
+    `ray_address`, else a local Ray; `workers` model actors with `gpus_per_worker` GPUs each).
     """
+    ray_engine.check_engine(engine)
     if index_type is not None:
         check_index_type(index_type)
+    if precision is not None:
+        check_precision(precision)
+    if model is not None and precision is not None and model.precision != precision:
+        raise VecsearchError(f"The model passed is built in {model.precision} precision, not {precision}.")
     budget = parse_memory(max_memory)
     directory = resolve_index_dir(path)
     if directory.exists() and not directory.is_dir():
@@ -994,9 +1132,11 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
             store.set_index_type(index_type or info.index_type, budget)
         index = VecIndex(directory, store, backbone=model, requested=requested, batch_size=batch_size,
                          workers=workers, index_type=index_type or DEFAULT_TYPE, max_memory=budget,
-                         progress=progress)
+                         progress=progress, precision=precision, engine=engine, ray_address=ray_address,
+                         gpus_per_worker=gpus_per_worker)
         if model is not None:
             check_fingerprint(model, info, directory)
+            index.check_precision(model)
         return index
     except BaseException:
         store.close()
@@ -1025,3 +1165,40 @@ def _requested_model(directory: Path, info, backbone: str | None, weights: Any, 
                 f"The index at {directory} was built with weights {stored.describe()}, not {wspec.describe()}. "
                 "Use the weights it records (or none), or another index folder for a new index.")
     return name, wspec
+
+
+def embed_to_shards(paths: Iterable[str | os.PathLike], out: str | os.PathLike, *, backbone: str | None = None,
+                    weights: Any = _UNSET, seed: int | None = None, batch_size: int | None = None,
+                    workers: int | None = None, engine: str = "local", ray_address: str | None = None,
+                    gpus_per_worker: float | None = None, shard_size: int = embed_job.SHARD_SIZE,
+                    progress: Progress | None = None, precision: str = DEFAULT_PRECISION) -> embed_job.EmbedSummary:
+    """Embed image files and folders into Parquet shards in `out`, touching no index (`embed_job`).
+
+    The model flags mean what they mean for a new index (default resnet50, ImageNet
+    weights); `import` loads the shards into an index of that model. A re-run resumes:
+    finished shards are kept, missing ones written. engine="ray" embeds on a Ray cluster.
+    precision "mixed" computes in float16/bfloat16 (recorded in the shards; vectors are float32).
+    """
+    ray_engine.check_engine(engine)
+    roots = [images.absolute(p) for p in paths]
+    for r in roots:  # said before the model loads
+        if not os.path.lexists(r):
+            raise InputNotFoundError(f"No such file or folder: {r}")
+    name = backbone or DEFAULT_BACKBONE
+    get_spec(name)
+    wspec = WeightsSpec.parse(("imagenet" if seed is None else None) if weights is _UNSET else weights, seed)
+    bb = load_backbone(name, wspec, precision=precision)  # here too: the shards record its fingerprint, and workers check theirs
+    meta = {"backbone": bb.name, "weights_kind": wspec.kind, "weights_seed": wspec.seed, "weights_path": wspec.path,
+            "weights_fingerprint": bb.fingerprint, "dim": bb.dim, "metric": "cosine", "precision": bb.precision,
+            "vecsearch": VERSION}
+
+    def embedder():
+        if engine == "local":
+            return Extractor(bb, batch_size, workers)
+        recipe = ray_engine.ModelRecipe.for_model(name, wspec, batch_size=batch_size, fingerprint=bb.fingerprint,
+                                                  precision=bb.precision)
+        return ray_engine.RayEngine(recipe, address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
+                                    ordered=True)
+
+    return embed_job.write_shards(roots, Path(out).expanduser(), meta, embedder, shard_size=shard_size,
+                                  progress=progress)

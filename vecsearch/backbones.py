@@ -18,7 +18,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -28,6 +28,23 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BACKBONE = "resnet50"
 DEFAULT_SEED = 1234
+
+PRECISIONS = ("float32", "mixed")
+"""Compute precision of a backbone: float32, or Keras's mixed policy (float16 on a GPU,
+bfloat16 on a CPU; weights stay float32). Vectors are stored as float32 either way."""
+DEFAULT_PRECISION = "float32"
+MIXING_MIN_COSINE = 0.999
+"""Embeddings of another precision share an index only when they agree with its stored
+vectors to at least this cosine (checked on a few images when such a run starts)."""
+
+
+def recorded_precision(info) -> str:
+    """The precision an index records (its `index_info` row); NULL, from before 0.3, is float32."""
+    return info.precision or DEFAULT_PRECISION
+
+
+BACKEND_MODULES = ("tensorflow", "jax", "torch")
+"""Keras's backends, by the module that must be installed for each."""
 
 
 def import_keras():
@@ -50,11 +67,18 @@ def import_keras():
             os.dup2(captured.fileno(), 2)
         try:
             import keras
-        except BaseException:
-            if saved is not None:
+        except BaseException as e:
+            missing = isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in BACKEND_MODULES
+            if saved is not None and not missing:
                 os.dup2(saved, 2)
                 captured.seek(0)
                 sys.stderr.write(captured.read().decode(errors="replace"))
+            if missing:  # `pip install vecsearch` without an extra: say which line to run
+                raise VecsearchError(
+                    f"Keras has no backend to run on ({e}). Install vecsearch with one: "
+                    "pip install 'vecsearch[cpu]' (TensorFlow for the CPU) or 'vecsearch[gpu]' (TensorFlow with CUDA); "
+                    "or install jax or torch and set KERAS_BACKEND=jax or KERAS_BACKEND=torch."
+                ) from None
             raise
         finally:
             if saved is not None:
@@ -176,12 +200,17 @@ class WeightsSpec:
 
 @dataclass
 class Backbone:
-    """A built, frozen feature extractor and what identifies it."""
+    """A built, frozen feature extractor and what identifies it.
+
+    `precision` is how it computes ("float32" or "mixed"); the fingerprint does not depend
+    on it (mixed precision keeps float32 weights), so an index compares the two apart.
+    """
 
     spec: BackboneSpec
     weights: WeightsSpec
     model: Any
     fingerprint: str
+    precision: str = DEFAULT_PRECISION
 
     @property
     def name(self) -> str:
@@ -313,15 +342,77 @@ def short_error(e: Exception) -> str:
     return msg[:200]
 
 
-def load_backbone(name: str = DEFAULT_BACKBONE, weights: WeightsSpec | Any = "imagenet") -> Backbone:
-    """Build a frozen backbone; raises UnknownBackboneError / WeightsUnavailableError."""
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise VecsearchError(f"Unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}.")
+    return precision
+
+
+def keras_uses_gpu() -> bool:
+    """Whether Keras's backend computes on a GPU here (asks the backend that is loaded)."""
+    keras = import_keras()
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return bool(tf.config.list_physical_devices("GPU"))
+        if backend == "jax":
+            import jax
+
+            return jax.default_backend() == "gpu"
+        if backend == "torch":
+            import torch
+
+            return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - a broken driver means "no GPU", not a crash
+        log.debug("could not ask %s for a GPU", backend, exc_info=True)
+    return False
+
+
+def mixed_policy_name() -> str:
+    """Keras's mixed policy for this machine: float16 on a GPU (tensor cores), bfloat16 on a CPU
+    (float16 has no fast CPU kernels, and bfloat16 keeps float32's range)."""
+    return "mixed_float16" if keras_uses_gpu() else "mixed_bfloat16"
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str) -> Iterator[None]:
+    """Build models under `precision`'s Keras dtype policy, then put the previous policy back.
+
+    Keras's policy is process state (`set_global_policy`) and its applications take no
+    `dtype=`; a layer keeps the policy it was built with, so restoring afterwards leaves
+    the model mixed and everything built later (heads, probes) float32.
+    """
+    check_precision(precision)
+    if precision == "float32":
+        yield
+        return
+    keras = import_keras()
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(mixed_policy_name())
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def load_backbone(name: str = DEFAULT_BACKBONE, weights: WeightsSpec | Any = "imagenet", *,
+                  precision: str = DEFAULT_PRECISION) -> Backbone:
+    """Build a frozen backbone; raises UnknownBackboneError / WeightsUnavailableError.
+
+    precision "mixed" computes in float16 (GPU) or bfloat16 (CPU); the model's output is
+    cast to float32 by the caller (`Extractor.features`) before it is normalised.
+    """
     spec = get_spec(name)
+    check_precision(precision)
     if not isinstance(weights, WeightsSpec):
         weights = WeightsSpec.parse(weights)
-    log.debug("building backbone %s with weights %s", name, weights.describe())
-    model = _build(spec, weights)
+    log.debug("building backbone %s with weights %s, precision %s", name, weights.describe(), precision)
+    with dtype_policy(precision):
+        model = _build(spec, weights)
     model.trainable = False
     out_dim = int(model.outputs[0].shape[-1])
     if out_dim != spec.dim:
         raise VecsearchError(f"Backbone {name} outputs {out_dim} features, registry says {spec.dim}.")
-    return Backbone(spec, weights, model, weights_fingerprint(model))
+    return Backbone(spec, weights, model, weights_fingerprint(model), precision)

@@ -48,9 +48,37 @@ def resolve_index_dir(explicit: str | os.PathLike | None = None) -> Path:
     return default_index_dir()
 
 
-def default_batch_size() -> int:
-    """Images per model call: `$VECSEARCH_BATCH_SIZE`, else 32."""
-    return int(os.environ.get("VECSEARCH_BATCH_SIZE", "32"))
+CPU_BATCH_SIZE = 32
+"""Images per model call on a CPU (the default before batch sizes followed the device)."""
+GPU_BATCH_SIZES = {"float32": 128, "mixed": 256}
+"""...and on a GPU, where a batch must be large to fill the device (mixed halves activations)."""
+
+
+def gpu_present() -> bool:
+    """Whether this machine has a usable NVIDIA or AMD GPU, without importing any ML framework.
+
+    Reads the kernel drivers' device nodes (microseconds); CUDA_VISIBLE_DEVICES="" or "-1"
+    hides them as CUDA does. A GPU that the installed Keras backend cannot use (tensorflow-cpu)
+    still counts: only the batch size follows this, which such a run can override.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    try:
+        with os.scandir("/proc/driver/nvidia/gpus") as entries:
+            if any(entries):
+                return True
+    except OSError:
+        pass
+    return os.path.exists("/dev/nvidia0") or os.path.exists("/dev/kfd")
+
+
+def default_batch_size(precision: str = "float32") -> int:
+    """Images per model call: `$VECSEARCH_BATCH_SIZE`, else by device (GPU_BATCH_SIZES) and precision."""
+    env = os.environ.get("VECSEARCH_BATCH_SIZE")
+    if env:
+        return int(env)
+    return GPU_BATCH_SIZES.get(precision, GPU_BATCH_SIZES["float32"]) if gpu_present() else CPU_BATCH_SIZE
 
 
 def default_workers() -> int:

@@ -48,13 +48,14 @@ class Extractor:
 
     def __init__(self, backbone: Backbone, batch_size: int | None = None, workers: int | None = None):
         self.backbone = backbone
-        self.batch_size = max(1, batch_size or default_batch_size())
+        self.batch_size = max(1, batch_size or default_batch_size(backbone.precision))
         self.workers = workers or default_workers()
 
     def features(self, pixels: np.ndarray) -> np.ndarray:
         """Raw pooled features of a uint8/float batch (n, h, w, 3) of RGB pixels."""
         x = self.backbone.spec.preprocess(np.asarray(pixels, dtype=np.float32))
         out = self.backbone.model.predict_on_batch(x)
+        # A mixed-precision model outputs float16/bfloat16: vectors are float32 from here on.
         return np.asarray(out, dtype=np.float32).reshape(len(pixels), -1)
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:

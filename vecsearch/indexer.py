@@ -135,8 +135,9 @@ def plan(store: Store, roots: list[Path], files: list[Path], summary: IndexSumma
          rejected: list[images.Found] = ()) -> Plan:
     """Decide per file: unchanged, moved, copied, or to embed; and which entries are gone.
 
-    Size + mtime first; only files that differ are hashed, so a re-run of a large
-    unchanged folder reads no image data. `rejected` are things found that cannot be
+    Size + mtime first; only files that differ are hashed, and of those only the ones with
+    the size of a known file (the others are new content), so a re-run of a large unchanged
+    folder reads no image data and new photos are read once. `rejected` are things found that cannot be
     image files (a FIFO, a folder named x.jpg, a broken link): each becomes a failed row.
     Every entry under `roots` is reconciled with what is there now: one whose path the
     walk no longer finds as an image file is dropped, even if something else (a link to
@@ -182,10 +183,15 @@ def plan(store: Store, roots: list[Path], files: list[Path], summary: IndexSumma
     gone = {rec.sha256: rec for rec in gone_all if rec.sha256 and rec.status == "ok"}
     gone_ids = {rec.id for rec in gone_all}
     if candidates and records:
-        shas = dict(zip(candidates, _hash_all(candidates)))
+        # A file can be a touched, moved or copied one only if some record with a hash has its
+        # size; others are new content for sure, so they are read once (hashed while decoding),
+        # not twice. Records of unknown size (imported without file facts) disable the filter.
+        sizes = {rec.size for rec in records.values() if rec.sha256}
+        need = candidates if 0 in sizes else [f for f in candidates if out.stats[f][0] in sizes]
+        shas = dict(zip(need, _hash_all(need)))
         known = store.ok_ids_by_sha([s for s in shas.values() if s])
         for f in candidates:
-            sha = shas[f]
+            sha = shas.get(f)
             rec = records.get(str(f))
             size, mtime_ns = out.stats[f]
             if sha and rec is not None and rec.sha256 == sha:  # touched, not changed

@@ -7,6 +7,10 @@ of another model. Parquet is the format clip-retrieval and autofaiss exchange em
 in (`vector` as a fixed-size list of float32); it needs the `parquet` extra (pyarrow).
 
 Everything streams in batches: exporting or importing a million vectors holds one batch.
+
+The shards `vecsearch embed --out DIR` writes are the same Parquet with one more column,
+`reason`: a file that could not be embedded is a row with its reason and no vector, so
+`import` records it as failed, as indexing would have.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class Batch:
     vectors: np.ndarray  # float32 (n, dim), as stored (unit vectors from vecsearch)
     norms: np.ndarray | None = None  # float32 (n,), NaN where unknown
     facts: dict[str, list] = field(default_factory=dict)  # FACT_COLUMNS present in the file
+    failed: list[dict] = field(default_factory=list)  # rows with a `reason` and no vector: path, reason, facts
 
 
 @dataclass
@@ -44,6 +49,7 @@ class ImportSummary:
     files: list[str] = field(default_factory=list)
     imported: int = 0
     replaced: int = 0  # paths that were in the index already (their new vectors replace the old)
+    failed: int = 0  # rows that carry a failure reason instead of a vector (from `embed` shards)
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -55,6 +61,11 @@ def _pyarrow():
     import pyarrow
 
     return pyarrow
+
+
+def check_parquet() -> None:
+    """Raise the install hint now if pyarrow is missing, before any work is done."""
+    _pyarrow()
 
 
 def check_suffix(path: str | os.PathLike) -> str:
@@ -137,6 +148,39 @@ def _write_parquet(path: Path, meta: dict, dim: int, batches, total: int) -> int
             writer.write_table(pa.table(columns, schema=schema))
             n += len(ids)
     return n
+
+
+def write_shard(path: str | os.PathLike, meta: dict, dim: int, rows: list[dict]) -> int:
+    """Write one shard of `embed --out` atomically: rows of path, vector (None if failed), norm,
+    FACT_COLUMNS and reason. A crash leaves the whole shard or none (a dot-named temp file)."""
+    from .files import atomic_write
+
+    pa = _pyarrow()
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([
+        ("path", pa.string()), ("vector", pa.list_(pa.float32(), dim)), ("norm", pa.float32()),
+        ("size", pa.int64()), ("mtime_ns", pa.int64()), ("sha256", pa.string()), ("width", pa.int32()),
+        ("height", pa.int32()), ("reason", pa.string()),
+    ], metadata={META_KEY: json.dumps(meta)})
+    ok = np.array([r.get("vector") is not None for r in rows], bool)
+    vecs = np.zeros((len(rows), dim), np.float32)
+    for j, r in enumerate(rows):
+        if ok[j]:
+            vecs[j] = r["vector"]
+    norms = np.array([r.get("norm") if ok[j] else np.nan for j, r in enumerate(rows)], np.float32)
+    vector = pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), dim)
+    if not ok.all():  # a failed row has no vector: null, not zeros
+        import pyarrow.compute as pc
+
+        vector = pc.if_else(pa.array(ok), vector, pa.nulls(len(rows), vector.type))
+    columns = {"path": pa.array([r["path"] for r in rows], pa.string()), "vector": vector,
+               "norm": pa.array(norms, pa.float32(), mask=np.isnan(norms))}
+    for col in (*FACT_COLUMNS, "reason"):
+        columns[col] = pa.array([r.get(col) for r in rows], schema.field(col).type)
+    table = pa.table(columns, schema=schema)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp), suffix=".tmp")
+    return len(rows)
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -235,8 +279,16 @@ class Reader:
 
     def _parquet_batches(self, size: int) -> Iterator[Batch]:
         names = self._pq.schema_arrow.names
-        columns = ["path", "vector"] + [c for c in ("norm", *FACT_COLUMNS) if c in names]
+        columns = ["path", "vector"] + [c for c in ("norm", *FACT_COLUMNS, "reason") if c in names]
         for rb in self._pq.iter_batches(batch_size=size, columns=columns):
+            failed: list[dict] = []
+            if "reason" in columns:  # an `embed` shard: rows with a reason have no vector
+                import pyarrow.compute as pc
+
+                reason = rb.column(rb.schema.get_field_index("reason"))
+                bad = rb.filter(pc.is_valid(reason))
+                failed = bad.select(["path", "reason", *(c for c in FACT_COLUMNS if c in columns)]).to_pylist()
+                rb = rb.filter(pc.is_null(reason))
             vcol = rb.column(rb.schema.get_field_index("vector"))
             flat = vcol.flatten() if hasattr(vcol, "flatten") else vcol.values
             vecs = np.asarray(flat.to_numpy(zero_copy_only=False), np.float32)
@@ -247,7 +299,7 @@ class Reader:
             if "norm" in columns:
                 norms = np.asarray(rb.column(rb.schema.get_field_index("norm")).to_numpy(zero_copy_only=False), np.float32)
             facts = {c: rb.column(rb.schema.get_field_index(c)).to_pylist() for c in FACT_COLUMNS if c in columns}
-            yield Batch(rb.column(rb.schema.get_field_index("path")).to_pylist(), vecs, norms, facts)
+            yield Batch(rb.column(rb.schema.get_field_index("path")).to_pylist(), vecs, norms, facts, failed)
 
 
 def _read_header(f, version):

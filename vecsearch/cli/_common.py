@@ -35,6 +35,11 @@ IndexOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 JsonlOpt = Annotated[bool, typer.Option("--jsonl", help="Print JSON lines: one object per line, for streaming and jq.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+PrecisionOpt = Annotated[Optional[str], typer.Option(
+    "--precision", metavar="float32|mixed", show_default=False,
+    help="Compute precision: float32, or mixed (float16 on a GPU, bfloat16 on a CPU; vectors are stored as float32). "
+         "Default: what the index records (float32 for a new one); the other one is accepted only if its vectors "
+         "agree with a few stored ones (cosine >= 0.999).")]
 
 
 # C0 and C1 control characters and the Unicode bidirectional overrides: a file name or a
@@ -289,3 +294,25 @@ class epoch_status:
         if self._status is not None:
             self._status.__exit__(*exc)
         return False
+
+
+# -- where embedding runs (`index`, `embed`) ----------------------------------------------------
+EngineOpt = Annotated[str, typer.Option(
+    "--engine", metavar="local|ray",
+    help="Where images are embedded: local (this process) or ray (a Ray cluster; pip install 'vecsearch[ray]').")]
+RayAddressOpt = Annotated[Optional[str], typer.Option(
+    "--ray-address", metavar="ADDR", show_default=False,
+    help="With --engine ray: the cluster to join (e.g. 10.0.0.5:6379, or auto); default: start a local Ray.")]
+GpusPerWorkerOpt = Annotated[Optional[float], typer.Option(
+    "--gpus-per-worker", min=0, show_default=False,
+    help="With --engine ray: GPUs each model actor reserves (default 1 where the cluster has GPUs, else 0).")]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", min=1, show_default=False,
+    help="With --engine ray: model actors (default one per GPU, else one per 8 CPUs); locally: decode threads.")]
+
+
+def engine_options(engine: str, ray_address: str | None, gpus_per_worker: float | None, workers: int | None) -> dict:
+    """The `open_index` arguments for the engine flags; the Ray flags need --engine ray."""
+    if engine != "ray" and (ray_address is not None or gpus_per_worker is not None):
+        raise VecsearchError("--ray-address and --gpus-per-worker go with --engine ray.")
+    return {"engine": engine, "ray_address": ray_address, "gpus_per_worker": gpus_per_worker, "workers": workers}

@@ -12,8 +12,9 @@ from ..errors import VecsearchError
 from ..extras import require_extra
 from ..labels import DEFAULT_TOP as DEFAULT_LABEL_TOP
 from ..index_types import NAMED_TYPES, format_bytes
-from ._common import (IndexOpt, JsonlOpt, JsonOpt, QuietOpt, app, errors_to_exit, json_mode, model_options, open_index,
-                      print_json, print_rows, print_table, progress_bar, say, warn)
+from ._common import (EngineOpt, GpusPerWorkerOpt, IndexOpt, JsonlOpt, JsonOpt, PrecisionOpt, QuietOpt, RayAddressOpt,
+                      WorkersOpt, app, engine_options, errors_to_exit, json_mode, model_options, open_index, print_json,
+                      print_rows, print_table, progress_bar, say, warn)
 
 
 IndexTypeOpt = Annotated[Optional[str], typer.Option(
@@ -33,27 +34,34 @@ def index_cmd(
     backbone: Annotated[Optional[str], typer.Option(help="resnet50 (default for a new index), xception, inception_v3, vgg16, mobilenet.", show_default=False)] = None,
     weights: Annotated[Optional[str], typer.Option(help="imagenet (default), none (seeded random init), or a Keras weights FILE.", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the random init for --weights none.", show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per model call (default 32).", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per model call (default 32 on a CPU; 128 on a GPU, 256 with --precision mixed).", show_default=False)] = None,
+    precision: PrecisionOpt = None,
     index_type: IndexTypeOpt = None,
     max_memory: MaxMemoryOpt = None,
     label: Annotated[bool, typer.Option("--label", help="Also store the top ImageNet classes of images that have none yet (see `vecsearch label`).")] = False,
     top: Annotated[int, typer.Option("--top", min=1, max=1000, help="With --label: ImageNet classes kept per image.")] = DEFAULT_LABEL_TOP,
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", metavar="GLOB", help="Skip (and drop from the index) files whose name, a folder name on their path, their path relative to PATH or their absolute path matches GLOB (e.g. '*.tmp', 'thumbs', 'raw/*'). Repeatable; remembered by the index for later runs (see `stats`).", show_default=False)] = None,
     clear_exclude: Annotated[bool, typer.Option("--clear-exclude", help="Forget the remembered --exclude globs first (those given now are kept).")] = False,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = None,
+    workers: WorkersOpt = None,
     json_out: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; failed images only as a count.")] = False,
 ) -> None:
     """Embed new and changed images into the index; drop entries whose files are gone (or are excluded)."""
     with errors_to_exit():
+        engine_kw = engine_options(engine, ray_address, gpus_per_worker, workers)
         with progress_bar("Building the search structure", quiet or json_out) as building:
             ix = open_index(index, batch_size=batch_size, index_type=index_type, max_memory=max_memory,
-                            progress=building, **model_options(backbone, weights, seed))
+                            progress=building, precision=precision, **model_options(backbone, weights, seed), **engine_kw)
         with ix:
             if clear_exclude:
                 ix.set_exclude([])
             with progress_bar("Embedding", quiet or json_out) as update:
                 summary = ix.add(paths, exclude=exclude or (), progress=update)
             globs = ix.exclude
+            check = ix.precision_check
             labelled, label_error = None, None
             if label:
                 try:
@@ -62,7 +70,8 @@ def index_cmd(
                     label_error = e
         if json_out:
             print_json(summary.to_dict() | {"index": str(ix.directory), "exclude": globs}
-                       | ({"labelled": labelled} if label else {}))
+                       | ({"labelled": labelled} if label else {})
+                       | ({"precision_check": check.to_dict()} if check is not None else {}))
             if label_error is not None:
                 raise label_error
             return
@@ -71,6 +80,9 @@ def index_cmd(
             f"in {summary.seconds:.1f}s -> {ix.directory}")
         if globs:
             say(f"  excluding (remembered; --clear-exclude forgets): {' '.join(globs)}")
+        if check is not None and check.images:
+            say(f"  {check.precision} precision accepted on this {check.index_precision} index: re-embedded "
+                f"{check.images} indexed images, min cosine {check.min_cosine:.5f} with the stored vectors")
         _report_failures(summary.failed, quiet)
         for p in summary.removed_paths:
             warn(f"  removed: {p}")
@@ -217,7 +229,8 @@ def import_cmd(
         if json_out:
             print_json(summary.to_dict() | {"index": str(ix.directory)})
             return
-        say(f"Imported {summary.imported} vectors ({summary.replaced} replaced) from {len(summary.files)} "
+        failed = f", {summary.failed} failed files" if summary.failed else ""
+        say(f"Imported {summary.imported} vectors ({summary.replaced} replaced){failed} from {len(summary.files)} "
             f"file{'s' if len(summary.files) != 1 else ''} in {summary.seconds:.1f}s -> {ix.directory}")
 
 

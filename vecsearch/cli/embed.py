@@ -1,0 +1,49 @@
+"""`vecsearch embed --out DIR`: vectors as Parquet shards for very large jobs, no index touched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._common import (EngineOpt, GpusPerWorkerOpt, JsonOpt, PrecisionOpt, QuietOpt, RayAddressOpt, WorkersOpt, app, engine_options,
+                      errors_to_exit, model_options, print_json, progress_bar, say)
+
+SHARD_SIZE = 20_000  # embed_job.SHARD_SIZE, repeated so --help imports nothing heavy
+
+
+@app.command("embed")
+def embed_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="Image files and folders (walked recursively).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder for the Parquet shards (created; a re-run resumes).", show_default=False)],
+    backbone: Annotated[Optional[str], typer.Option(help="resnet50 (default), xception, inception_v3, vgg16, mobilenet.", show_default=False)] = None,
+    weights: Annotated[Optional[str], typer.Option(help="imagenet (default), none (seeded random init), or a Keras weights FILE.", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the random init for --weights none.", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per model call (default 32).", show_default=False)] = None,
+    precision: PrecisionOpt = None,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Files per shard; a crash redoes at most one shard.")] = SHARD_SIZE,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = None,
+    workers: WorkersOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Embed images into Parquet shards in DIR (path, file facts, vector or failure reason); load them with `import DIR`."""
+    with errors_to_exit():
+        from ..api import embed_to_shards
+
+        engine_kw = engine_options(engine, ray_address, gpus_per_worker, workers)
+        with progress_bar("Embedding", quiet or json_out) as update:
+            summary = embed_to_shards(paths, out, batch_size=batch_size, shard_size=shard_size, progress=update,
+                                      **({"precision": precision} if precision is not None else {}),
+                                      **model_options(backbone, weights, seed), **engine_kw)
+        if json_out:
+            print_json(summary.to_dict())
+            return
+        say(f"Embedded {summary.embedded}, failed {summary.failed} of {summary.files} files into {summary.shards} "
+            f"shard{'s' if summary.shards != 1 else ''} ({summary.written} written, {summary.kept} already done, "
+            f"{summary.removed} outdated removed) in {summary.seconds:.1f}s -> {summary.out}")
+        if summary.written or summary.kept:
+            say(f"Load them with: vecsearch import {summary.out}")
