@@ -84,6 +84,9 @@ def test_offline_imagenet_says_how_to_supply_a_file(monkeypatch, capsys):
     with pytest.raises(WeightsUnavailableError) as e:
         load_backbone("resnet50", "imagenet")
     msg = str(e.value)
-    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg and "--weights" in msg
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in msg and e.value.option == "weights"
+    from vecsearch.cli._common import cli_message
+
+    assert "--weights FILE" in cli_message(e.value)  # the CLI adds its spelling of the fix
     captured = capsys.readouterr()
     assert captured.out == "" and "Downloading" in captured.err  # stdout stays clean for --json

@@ -326,7 +326,7 @@ def test_library_errors_speak_python_and_the_cli_adds_its_flags(tmp_path, index_
         if "cli" in f.relative_to(pkg).parts:
             continue
         for m in re.finditer(r"raise \w+\((?:[^()]|\([^()]*\))*\)", f.read_text()):
-            if re.search(r"--[a-z]", m.group()):
+            if re.search(r"(?<!ray start )--[a-z]", m.group()):  # Ray's own command may be named
                 offenders.append(f"{f.name}: {m.group()[:80]}")
     assert offenders == []
     with pytest.raises(vecsearch.WeightsUnavailableError) as info:

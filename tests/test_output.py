@@ -334,8 +334,8 @@ def test_help_texts_print_verbatim_under_rich_markup():
     for name, command in group.commands.items():
         shown = squash(CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "4000"}).stdout)
         texts = [command.help.split("\n\n")[0]] + [p.help for p in command.params if getattr(p, "help", None)]
-        for text in texts:
-            assert squash(text).strip() in shown, (name, text)
+        for text in texts:  # `\[` is rich's escape for a literal bracket: shown as `[`
+            assert squash(text.replace("\\[", "[")).strip() in shown, (name, text)
 
 
 @pytest.mark.parametrize("columns, rows, options", [

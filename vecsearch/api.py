@@ -250,7 +250,7 @@ class VecIndex:
             if len(self.store.vector_ids()):
                 raise IndexMismatchError(
                     f"The index at {self.directory} was built in {recorded} precision, and none of its indexed files "
-                    f"is here unchanged to check that {bb.precision} embeddings agree with it. Use --precision {recorded}.")
+                    f"is here unchanged to check that {bb.precision} embeddings agree with it. Embed with precision={recorded!r}.", option="precision")
             self.precision_check = PrecisionCheck(recorded, bb.precision, 0, 1.0)
             return self.precision_check
         got = {item.path: item.vector for item in Extractor(bb, self.batch_size, self.workers).embed_files(paths)}
@@ -260,15 +260,15 @@ class VecIndex:
         if not pairs:
             raise IndexMismatchError(
                 f"The index at {self.directory} was built in {recorded} precision, and its indexed files could not "
-                f"be read again to check that {bb.precision} embeddings agree with it. Use --precision {recorded}.")
+                f"be read again to check that {bb.precision} embeddings agree with it. Embed with precision={recorded!r}.", option="precision")
         cosines = np.nan_to_num([float(np.dot(a.astype(np.float64), b.astype(np.float64))) for a, b in pairs], nan=-1.0)
         check = PrecisionCheck(recorded, bb.precision, len(pairs), round(float(cosines.min()), 6))
         if not check.min_cosine >= MIXING_MIN_COSINE:
             raise IndexMismatchError(
                 f"The index at {self.directory} was built in {recorded} precision; {bb.precision} embeddings of "
                 f"{check.images} of its images agree with the stored vectors only to cosine {check.min_cosine:.4f} "
-                f"(at least {MIXING_MIN_COSINE} is needed to share an index). Use --precision {recorded}, "
-                "or build a new index in another folder.")
+                f"(at least {MIXING_MIN_COSINE} is needed to share an index). Embed with precision={recorded!r}, "
+                "or build a new index in another folder.", option="precision")
         log.info("%s embeddings agree with the %s index (min cosine %.5f over %d images): accepted",
                  bb.precision, recorded, check.min_cosine, check.images)
         self.precision_check = check

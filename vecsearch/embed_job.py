@@ -104,7 +104,7 @@ def _check_manifest(out: Path, meta: dict, roots: list[Path], shard_size: int) -
         try:
             old = json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            raise VecsearchError(f"{path} is unreadable ({e}); move the folder away or give another --out.") from e
+            raise VecsearchError(f"{path} is unreadable ({e}); move the folder away or give another output folder.", option="out") from e
         got = (old.get("model") or {}).get("weights_fingerprint")
         if got != meta["weights_fingerprint"]:
             raise IndexMismatchError(
@@ -127,9 +127,9 @@ def write_shards(roots: list[Path], out: Path, meta: dict, embedder: Callable[[]
     """
     started = time.perf_counter()
     if shard_size < 1:
-        raise VecsearchError(f"--shard-size must be at least 1, got {shard_size}.")
+        raise VecsearchError(f"shard_size must be at least 1, got {shard_size}.", option="shard_size")
     if out.exists() and not out.is_dir():
-        raise VecsearchError(f"{out} is a file; --out takes a folder (new or one `embed` wrote).")
+        raise VecsearchError(f"{out} is a file; the output is a folder (new, or one `embed` wrote).", option="out")
     found = list(images.scan(roots))
     if not found:
         raise NoImagesError(f"No image files found in {', '.join(map(str, roots))}.")

@@ -177,7 +177,7 @@ def connect(address: str | None = None):
             ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as e:
             raise VecsearchError(f"Cannot reach a Ray cluster at {address}: {e}. Start one with `ray start --head` "
-                                 "or leave out --ray-address to run a local one.") from e
+                                 "or give no address to run a local one.", option="ray_address") from e
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the CLI draws its own
     if hasattr(ctx, "print_on_execution_start"):
@@ -200,9 +200,9 @@ class RayEngine:
     def __init__(self, recipe: ModelRecipe, *, address: str | None = None, workers: int | None = None,
                  gpus_per_worker: float | None = None, ordered: bool = False):
         if workers is not None and workers < 1:
-            raise VecsearchError(f"--workers must be at least 1, got {workers}.")
+            raise VecsearchError(f"workers must be at least 1, got {workers}.", option="workers")
         if gpus_per_worker is not None and gpus_per_worker < 0:
-            raise VecsearchError(f"--gpus-per-worker must be 0 or more, got {gpus_per_worker}.")
+            raise VecsearchError(f"gpus_per_worker must be 0 or more, got {gpus_per_worker}.", option="gpus_per_worker")
         self.recipe, self.address = recipe, address
         self.workers, self.gpus_per_worker = workers, gpus_per_worker
         self.ordered = ordered
@@ -220,10 +220,10 @@ class RayEngine:
             actors = max(1, int(cpus // CPUS_PER_CPU_WORKER))
         if per and actors * per > gpus:
             raise VecsearchError(f"{actors} model actors with {per:g} GPU each need {actors * per:g} GPUs; the Ray "
-                                 f"cluster has {gpus:g}. Lower --workers or --gpus-per-worker (0: on CPUs).")
+                                 f"cluster has {gpus:g}. Lower workers or gpus_per_worker (0: on CPUs).", option="workers")
         if actors * ACTOR_CPUS + DECODE_CPUS > cpus:
             raise VecsearchError(f"{actors} model actors take {actors * ACTOR_CPUS:g} CPUs and decoding needs "
-                                 f"{DECODE_CPUS:g} more; the Ray cluster has {cpus:g}. Lower --workers.")
+                                 f"{DECODE_CPUS:g} more; the Ray cluster has {cpus:g}. Lower workers.", option="workers")
         return actors, per
 
     def embed_files(self, paths: Iterable[Path]) -> Iterator[Embedded]:

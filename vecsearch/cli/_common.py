@@ -87,6 +87,12 @@ FLAG_HINTS = {
     "max_memory": "On the command line: --max-memory SIZE (e.g. 8GB).",
     "like": "On the command line: --like IMG2 or --id N.",
     "classifier": "On the command line: --classifier NAME --label L.",
+    "precision": "On the command line: --precision float32 or --precision mixed.",
+    "out": "On the command line: --out DIR, a folder for this job's shards.",
+    "shard_size": "On the command line: --shard-size N.",
+    "ray_address": "On the command line: --ray-address ADDR, or none for a local Ray.",
+    "workers": "On the command line: --workers N (and --gpus-per-worker F).",
+    "gpus_per_worker": "On the command line: --gpus-per-worker F (0: the model on CPUs).",
     "train": "Train one with `vecsearch classify --knn` (or --probe), or `vecsearch finetune` for a head.",
 }
 
@@ -299,7 +305,7 @@ class epoch_status:
 # -- where embedding runs (`index`, `embed`) ----------------------------------------------------
 EngineOpt = Annotated[str, typer.Option(
     "--engine", metavar="local|ray",
-    help="Where images are embedded: local (this process) or ray (a Ray cluster; pip install 'vecsearch[ray]').")]
+    help="Where images are embedded: local (this process) or ray (a Ray cluster; pip install 'vecsearch\\[ray]').")]
 RayAddressOpt = Annotated[Optional[str], typer.Option(
     "--ray-address", metavar="ADDR", show_default=False,
     help="With --engine ray: the cluster to join (e.g. 10.0.0.5:6379, or auto); default: start a local Ray.")]
