@@ -250,6 +250,9 @@ def test_random_weights_warn_on_labels_and_dupes(indexed):
     assert "random weights" in r.stderr and paths[0] in r.stdout
     items = run_json("label", "--missing", "--index", index_dir, "-q")
     assert len(items) == 12 and all("random weights" in i["warning"] for i in items)
+    r = run("index", photos, "--index", index_dir, "--label", "-q")  # labels only the missing ones: none
+    assert "Labelled 0 images" in r.stdout and "random weights" in r.stderr and "random weights" not in r.stdout
+    assert "random weights" in run_json("index", photos, "--index", index_dir, "--label")["warning"]
 
 
 def test_similarity_plot_names_rows_by_their_shortest_unique_suffix(tmp_path, monkeypatch):

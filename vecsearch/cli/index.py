@@ -14,7 +14,7 @@ from ..labels import DEFAULT_TOP as DEFAULT_LABEL_TOP
 from ..index_types import NAMED_TYPES, format_bytes
 from ._common import (EngineOpt, GpusPerWorkerOpt, IndexOpt, JsonlOpt, JsonOpt, PrecisionOpt, QuietOpt, RayAddressOpt,
                       WorkersOpt, app, engine_options, errors_to_exit, json_mode, model_options, open_index, print_json,
-                      print_rows, print_table, progress_bar, say, warn)
+                      print_rows, print_table, progress_bar, random_weights_warning, say, warn)
 
 
 IndexTypeOpt = Annotated[Optional[str], typer.Option(
@@ -62,15 +62,16 @@ def index_cmd(
                 summary = ix.add(paths, exclude=exclude or (), progress=update)
             globs = ix.exclude
             check = ix.precision_check
-            labelled, label_error = None, None
+            labelled, label_error, label_warning = None, None, None
             if label:
                 try:
                     labelled = ix.label(top=top, only_missing=True).labelled
+                    label_warning = random_weights_warning(ix, "the ImageNet labels stored")
                 except VecsearchError as e:  # the index is done: report it, then why labels are not
                     label_error = e
         if json_out:
             print_json(summary.to_dict() | {"index": str(ix.directory), "exclude": globs}
-                       | ({"labelled": labelled} if label else {})
+                       | ({"labelled": labelled} if label else {}) | ({"warning": label_warning} if label_warning else {})
                        | ({"precision_check": check.to_dict()} if check is not None else {}))
             if label_error is not None:
                 raise label_error
@@ -96,6 +97,8 @@ def index_cmd(
             raise label_error
         if labelled is not None:
             say(f"Labelled {labelled} images with their top {top} ImageNet classes")
+        if label_warning:
+            warn(f"Warning: {label_warning}")
 
 
 def _report_failures(failed, quiet: bool) -> None:
