@@ -35,6 +35,15 @@ IndexOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 JsonlOpt = Annotated[bool, typer.Option("--jsonl", help="Print JSON lines: one object per line, for streaming and jq.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+# The model flags of the commands that embed (`index`, `embed`).
+BackboneOpt = Annotated[Optional[str], typer.Option(
+    help="resnet50 (the default; an existing index keeps the one it records), xception, inception_v3, vgg16, mobilenet.", show_default=False)]
+WeightsOpt = Annotated[Optional[str], typer.Option(
+    help="imagenet (default), none (seeded random init), or a Keras weights FILE.", show_default=False)]
+SeedOpt = Annotated[Optional[int], typer.Option(help="Seed of the random init for --weights none.", show_default=False)]
+BatchSizeOpt = Annotated[Optional[int], typer.Option(
+    "--batch-size", min=1, help="Images per model call (default 32 on a CPU; 128 on a GPU, 256 with --precision mixed).",
+    show_default=False)]
 PrecisionOpt = Annotated[Optional[str], typer.Option(
     "--precision", metavar="float32|mixed", show_default=False,
     help="Compute precision: float32, or mixed (float16 on a GPU, bfloat16 on a CPU; vectors are stored as float32). "

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from ._common import (EngineOpt, GpusPerWorkerOpt, JsonOpt, PrecisionOpt, QuietOpt, RayAddressOpt, WorkersOpt, app, engine_options,
-                      errors_to_exit, model_options, print_json, progress_bar, say)
+from ._common import (BackboneOpt, BatchSizeOpt, EngineOpt, GpusPerWorkerOpt, JsonOpt, PrecisionOpt, QuietOpt, RayAddressOpt, WorkersOpt, app, engine_options,
+                      errors_to_exit, model_options, print_json, progress_bar, say, SeedOpt, WeightsOpt)
 
 SHARD_SIZE = 20_000  # embed_job.SHARD_SIZE, repeated so --help imports nothing heavy
 
@@ -17,10 +17,10 @@ SHARD_SIZE = 20_000  # embed_job.SHARD_SIZE, repeated so --help imports nothing 
 def embed_cmd(
     paths: Annotated[list[Path], typer.Argument(help="Image files and folders (walked recursively).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder for the Parquet shards (created; a re-run resumes).", show_default=False)],
-    backbone: Annotated[Optional[str], typer.Option(help="resnet50 (default), xception, inception_v3, vgg16, mobilenet.", show_default=False)] = None,
-    weights: Annotated[Optional[str], typer.Option(help="imagenet (default), none (seeded random init), or a Keras weights FILE.", show_default=False)] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the random init for --weights none.", show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per model call (default 32).", show_default=False)] = None,
+    backbone: BackboneOpt = None,
+    weights: WeightsOpt = None,
+    seed: SeedOpt = None,
+    batch_size: BatchSizeOpt = None,
     precision: PrecisionOpt = None,
     shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Files per shard; a crash redoes at most one shard.")] = SHARD_SIZE,
     engine: EngineOpt = "local",

@@ -12,9 +12,9 @@ from ..errors import VecsearchError
 from ..extras import require_extra
 from ..labels import DEFAULT_TOP as DEFAULT_LABEL_TOP
 from ..index_types import NAMED_TYPES, format_bytes
-from ._common import (EngineOpt, GpusPerWorkerOpt, IndexOpt, JsonlOpt, JsonOpt, PrecisionOpt, QuietOpt, RayAddressOpt,
+from ._common import (BackboneOpt, BatchSizeOpt, EngineOpt, GpusPerWorkerOpt, IndexOpt, JsonlOpt, JsonOpt, PrecisionOpt, QuietOpt, RayAddressOpt,
                       WorkersOpt, app, engine_options, errors_to_exit, json_mode, model_options, open_index, print_json,
-                      print_rows, print_table, progress_bar, random_weights_warning, say, warn)
+                      print_rows, print_table, progress_bar, random_weights_warning, say, SeedOpt, warn, WeightsOpt)
 
 
 IndexTypeOpt = Annotated[Optional[str], typer.Option(
@@ -31,10 +31,10 @@ MaxMemoryOpt = Annotated[Optional[str], typer.Option(
 def index_cmd(
     paths: Annotated[list[Path], typer.Argument(help="Image files and folders (walked recursively).", show_default=False)],
     index: IndexOpt = None,
-    backbone: Annotated[Optional[str], typer.Option(help="resnet50 (default for a new index), xception, inception_v3, vgg16, mobilenet.", show_default=False)] = None,
-    weights: Annotated[Optional[str], typer.Option(help="imagenet (default), none (seeded random init), or a Keras weights FILE.", show_default=False)] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the random init for --weights none.", show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per model call (default 32 on a CPU; 128 on a GPU, 256 with --precision mixed).", show_default=False)] = None,
+    backbone: BackboneOpt = None,
+    weights: WeightsOpt = None,
+    seed: SeedOpt = None,
+    batch_size: BatchSizeOpt = None,
     precision: PrecisionOpt = None,
     index_type: IndexTypeOpt = None,
     max_memory: MaxMemoryOpt = None,
