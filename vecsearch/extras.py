@@ -15,6 +15,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "plot": ("matplotlib",),
     "server": ("fastapi", "uvicorn", "python_multipart|multipart", "fastapi_offline"),
     "parquet": ("pyarrow", "pyarrow.parquet"),
+    "ray": ("ray", "ray.data"),
+    "heif": ("pillow_heif",),
 }
 """The modules each extra of pyproject.toml provides (import names; `a|b`: either will do,
 as python-multipart is `python_multipart` since 0.0.13 and `multipart` before)."""

@@ -31,11 +31,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import DECODE_MEMORY_BUDGET, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_READ_SECONDS
 from .errors import BadImageError, InputNotFoundError, VecsearchError
+from .extras import install_line
 
 logger = logging.getLogger(__name__)
 
 HEIF_EXTENSIONS: frozenset[str] = frozenset({".heic", ".heics", ".heif", ".heifs", ".hif"})
-HEIF_INSTALL = "pip install 'vecsearch[heif]'"
+HEIF_INSTALL = install_line("heif")
 # Registered by Pillow but no image to index here: stubs that identify a file without
 # decoding it (scientific containers, Windows metafiles, video), and PostScript, which
 # Pillow decodes by running Ghostscript on the file -- a program, not an image.

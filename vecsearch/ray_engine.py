@@ -38,6 +38,7 @@ from .backbones import Backbone, WeightsSpec, check_precision, get_spec, load_ba
 from .config import default_batch_size
 from .errors import IndexMismatchError, VecsearchError
 from .extract import RESAMPLE, Embedded
+from .extras import require_extra
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,9 @@ def check_engine(engine: str) -> str:
 
 def import_ray():
     """`ray` and `ray.data`, or a VecsearchError that says how to install them."""
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise VecsearchError("The Ray engine needs Ray Data: pip install 'vecsearch[ray]'.") from None
+    require_extra("ray", needed_for="The Ray engine")
+    import ray
+
     return ray
 
 
