@@ -139,6 +139,33 @@ def wait_until_serving(proc, port: int, timeout: float = 120):
             time.sleep(0.2)
 
 
+def index_in_subprocess(root, index, *extra, env=None):
+    """`vecsearch index ROOT` on the tiny backbone (seed 7, batch 4, quiet) in a subprocess, to be killed."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["index", str(root), "--index", str(index), "--backbone", "tiny", "--weights", "none", "--seed", "7",
+            "--batch-size", "4", "--quiet", *map(str, extra)]
+    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import tiny_backbone; from vecsearch.cli import app; app({args!r})"
+    return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def image_rows(index) -> int:
+    """Rows in an index's images table, read-only while another process writes it (0 before it exists)."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"file:{Path(index) / 'index.db'}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("select count(*) from images").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+
+
 # -- synthetic vectors -------------------------------------------------------------------
 def clustered_vectors(n: int, dim: int, *, clusters: int = 20, spread: float = 0.35, seed: int = 0,
                       centres_seed: int = 1234) -> np.ndarray:

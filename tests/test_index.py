@@ -6,15 +6,12 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TESTS, make_image, run, run_json
+from helpers import image_rows, index_in_subprocess, make_image, run, run_json
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -274,27 +271,6 @@ def test_vector_file_is_repaired_from_the_database(photos, index_dir):
     assert ix.search(photos / "a" / "img01.jpg", k=3)
 
 
-def _index_in_subprocess(root: Path, index: Path, env_extra: dict) -> subprocess.Popen:
-    code = (
-        "import sys; sys.path.insert(0, %r); import tiny_backbone; from vecsearch.cli import app; "
-        "app(['index', %r, '--index', %r, '--backbone', 'tiny', '--weights', 'none', '--seed', '7', "
-        "'--batch-size', '4', '--quiet'])" % (str(TESTS), str(root), str(index))
-    )
-    return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env_extra},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _rows(index: Path) -> int:
-    try:
-        con = sqlite3.connect(f"file:{index / 'index.db'}?mode=ro", uri=True, timeout=5)
-        try:
-            return con.execute("select count(*) from images").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
-
-
 def _snapshot(index: Path) -> dict[str, np.ndarray]:
     ix = open_index(index, create=False)
     try:
@@ -313,19 +289,19 @@ def test_sigkill_then_rerun_gives_the_clean_index(tmp_path, kill_after_rows):
     for i in range(200):
         make_image(root / f"{i // 50}" / f"im{i:03d}.png", seed=i, size=(40, 30))
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    assert _index_in_subprocess(root, clean, {}).wait(timeout=300) == 0
+    assert index_in_subprocess(root, clean).wait(timeout=300) == 0
 
-    proc = _index_in_subprocess(root, killed, {"TINY_BACKBONE_DELAY": "0.03"})
+    proc = index_in_subprocess(root, killed, env={"TINY_BACKBONE_DELAY": "0.03"})
     deadline = time.monotonic() + 120
-    while _rows(killed) < kill_after_rows and proc.poll() is None and time.monotonic() < deadline:
+    while image_rows(killed) < kill_after_rows and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     if kill_after_rows == 0:
         time.sleep(1.5)  # mid start-up or first batches
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert _rows(killed) < 200, "the run finished before it could be killed"
+    assert image_rows(killed) < 200, "the run finished before it could be killed"
 
-    assert _index_in_subprocess(root, killed, {}).wait(timeout=300) == 0
+    assert index_in_subprocess(root, killed).wait(timeout=300) == 0
     a, b = _snapshot(clean), _snapshot(killed)
     assert sorted(a) == sorted(b) and len(a) == 200
     for path in a:

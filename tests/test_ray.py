@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import make_image, run, run_json
+from helpers import image_rows, index_in_subprocess, make_image, run, run_json
 from vecsearch import open_index
 from vecsearch.errors import VecsearchError
 
@@ -144,21 +143,7 @@ def test_engine_flags_are_checked(tmp_path):
 
 def _index_in_subprocess(root: Path, index: Path, address: str | None) -> subprocess.Popen:
     engine = ["--engine", "ray", "--ray-address", address, "--workers", "1"] if address else []
-    args = ["index", str(root), "--index", str(index), *TINY, "--batch-size", "4", "--quiet", *engine]
-    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import tiny_backbone; from vecsearch.cli import app; app({args!r})"
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "TINY_BACKBONE_DELAY": "0"})
-
-
-def _rows(index: Path) -> int:
-    try:
-        con = sqlite3.connect(f"file:{index / 'index.db'}?mode=ro", uri=True, timeout=5)
-        try:
-            return con.execute("select count(*) from images").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
+    return index_in_subprocess(root, index, *engine, env={"TINY_BACKBONE_DELAY": "0"})
 
 
 def test_sigkilled_ray_driver_resumes_to_the_clean_index(cluster, tmp_path):
@@ -168,11 +153,11 @@ def test_sigkilled_ray_driver_resumes_to_the_clean_index(cluster, tmp_path):
     local = _index_in_subprocess(root, clean, None)  # the reference: the in-process engine, never killed
     proc = _index_in_subprocess(root, killed, cluster)
     deadline = time.monotonic() + 120
-    while _rows(killed) < 64 and proc.poll() is None and time.monotonic() < deadline:
+    while image_rows(killed) < 64 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 0 < _rows(killed) < 122, "the run was not killed mid-way"
+    assert 0 < image_rows(killed) < 122, "the run was not killed mid-way"
     assert local.wait(timeout=300) == 0, local.stderr.read().decode()[-2000:]
 
     rerun = _index_in_subprocess(root, killed, cluster)
