@@ -350,6 +350,10 @@ def test_an_excluded_folder_is_not_walked(tmp_path):
     assert {f.path.name for f in found} == {"keep.jpg", "pipe.jpg"}
     found = list(images.scan([tmp_path / "p"], exclude=["thumbs"]))
     assert [f.path.name for f in found] == ["keep.jpg"]
+    # A file given by name is excluded too; a folder given by name is walked whatever its name.
+    assert [f.path.name for f in images.scan([tmp_path / "p" / "keep.jpg"], exclude=["*.jpg"])] == []
+    found = list(images.scan([tmp_path / "p" / "thumbs"], exclude=["thumbs"]))
+    assert [(f.path.name, f.reason is not None) for f in found] == [("pipe.jpg", True)]
 
 
 def test_query_filters_on_the_command_line_with_a_real_classifier(tmp_path, index_dir):

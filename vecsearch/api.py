@@ -332,8 +332,7 @@ class VecIndex:
             for r in gone:
                 if not indexed(r):
                     raise InputNotFoundError(f"No such file or folder: {r}")
-            found = [f for f in images.scan([r for r in roots if r not in gone], exclude=globs)
-                     if not images.is_excluded(f.path, roots, globs)]  # a file given by name, too
+            found = list(images.scan([r for r in roots if r not in gone], exclude=globs))
             files = [f.path for f in found if f.reason is None]
             rejected = [f for f in found if f.reason is not None]
             if not found and not gone and not any(indexed(r) for r in roots):

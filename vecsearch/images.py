@@ -308,8 +308,10 @@ def scan(paths: Iterable[str | os.PathLike], exclude: list[str] = ()) -> Iterato
 def _walk(given: list[Path], skip) -> Iterator[Found]:
     seen: set[str] = set()
 
-    def emit(found: Found) -> Iterator[Found]:
-        if str(found.path) not in seen:
+    def emit(found: Found, checked: bool = False) -> Iterator[Found]:
+        """`found` once; `skip` applies here to what `_walk_dir` has not already checked
+        (a path given by name, or a given folder that cannot be listed)."""
+        if str(found.path) not in seen and (checked or not skip(found.path)):
             seen.add(str(found.path))
             yield found
 
@@ -323,9 +325,9 @@ def _walk(given: list[Path], skip) -> Iterator[Found]:
         except OSError as exc:
             yield from emit(Found(p, os_reason(exc, p)))
             continue
-        if stat.S_ISDIR(st.st_mode):
+        if stat.S_ISDIR(st.st_mode):  # a folder given by name is walked, whatever its name
             for found in _walk_dir(p, [(st.st_dev, st.st_ino)], skip):
-                yield from emit(found)
+                yield from emit(found, checked=found.path != p)
         elif stat.S_ISREG(st.st_mode):
             if is_image_file(p):
                 yield from emit(Found(p))
