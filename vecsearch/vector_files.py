@@ -124,15 +124,18 @@ def _write_npz(path: Path, meta: dict, dim: int, batches, total: int) -> int:
     return n
 
 
+def _row_fields(pa, dim: int) -> list:
+    """The Parquet columns an export and an `embed` shard share: the file, its vector and norm, its facts."""
+    return [("path", pa.string()), ("vector", pa.list_(pa.float32(), dim)), ("norm", pa.float32()),
+            ("size", pa.int64()), ("mtime_ns", pa.int64()), ("sha256", pa.string()), ("width", pa.int32()),
+            ("height", pa.int32())]
+
+
 def _write_parquet(path: Path, meta: dict, dim: int, batches, total: int) -> int:
     pa = _pyarrow()
     import pyarrow.parquet as pq
 
-    schema = pa.schema([
-        ("id", pa.int64()), ("path", pa.string()), ("vector", pa.list_(pa.float32(), dim)), ("norm", pa.float32()),
-        ("size", pa.int64()), ("mtime_ns", pa.int64()), ("sha256", pa.string()), ("width", pa.int32()),
-        ("height", pa.int32()),
-    ], metadata={META_KEY: json.dumps(meta)})
+    schema = pa.schema([("id", pa.int64()), *_row_fields(pa, dim)], metadata={META_KEY: json.dumps(meta)})
     n = 0
     with pq.ParquetWriter(path, schema) as writer:
         for ids, paths, vecs, norms, facts in batches:
@@ -158,11 +161,7 @@ def write_shard(path: str | os.PathLike, meta: dict, dim: int, rows: list[dict])
     pa = _pyarrow()
     import pyarrow.parquet as pq
 
-    schema = pa.schema([
-        ("path", pa.string()), ("vector", pa.list_(pa.float32(), dim)), ("norm", pa.float32()),
-        ("size", pa.int64()), ("mtime_ns", pa.int64()), ("sha256", pa.string()), ("width", pa.int32()),
-        ("height", pa.int32()), ("reason", pa.string()),
-    ], metadata={META_KEY: json.dumps(meta)})
+    schema = pa.schema([*_row_fields(pa, dim), ("reason", pa.string())], metadata={META_KEY: json.dumps(meta)})
     ok = np.array([r.get("vector") is not None for r in rows], bool)
     vecs = np.zeros((len(rows), dim), np.float32)
     for j, r in enumerate(rows):
