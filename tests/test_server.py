@@ -233,17 +233,17 @@ def test_thumbnail_is_the_indexed_file_scaled(client, built):
 
 
 def test_thumbnail_revalidation_decodes_nothing(client, built, monkeypatch):
-    from vecsearch.server import app as server_app
+    from vecsearch import images
 
     root, ix = built
     rec = ix.store.image_by_path(str(root / "photos" / "a" / "img04.jpg"))
     etag = client.get(f"/api/images/{rec.id}/thumbnail", params={"size": 40}).headers["etag"]
-    client.app.state.service._thumbs.clear()
+    client.app.state.service.thumbnails.clear()
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("a matching If-None-Match must not decode the file")
 
-    monkeypatch.setattr(server_app.images, "thumbnail_jpeg", no_decoding)
+    monkeypatch.setattr(images, "thumbnail_jpeg", no_decoding)
     r = client.get(f"/api/images/{rec.id}/thumbnail", params={"size": 40}, headers={"If-None-Match": etag})
     assert r.status_code == 304 and r.headers["etag"] == etag and not r.content
 
@@ -646,10 +646,10 @@ def test_readers_see_a_consistent_index_while_another_process_indexes(tmp_path):
 
 def test_server_side_faults_are_503_not_client_errors():
     from vecsearch.errors import IndexCorruptError, IndexMismatchError, WeightsUnavailableError
-    from vecsearch.server.app import _status
+    from vecsearch.server.errors import status_for
 
     for e in (IndexCorruptError("x"), IndexMismatchError("x"), WeightsUnavailableError("x")):
-        assert _status(e) == 503
+        assert status_for(e) == 503
 
 
 # -- issue 11: FIFOs, thumbnail memory, the Host check, documented statuses ---------------------------
@@ -749,7 +749,7 @@ def test_concurrent_thumbnails_of_a_huge_png_stay_within_a_gigabyte(tmp_path, ma
 
 def test_host_header_must_name_this_server(built):
     from vecsearch.server import create_app
-    from vecsearch.server.app import allowed_hosts
+    from vecsearch.server.guards import allowed_hosts
 
     _, ix = built
     app = create_app(ix, warm=False)

@@ -5,6 +5,7 @@ an optional extra (`pip install 'vecsearch[server]'`), so nothing here is import
 `vecsearch` itself.
 """
 
-from .app import MAX_K, create_app
+from .app import create_app
+from .params import MAX_K
 
 __all__ = ["create_app", "MAX_K"]

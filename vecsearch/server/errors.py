@@ -1,0 +1,103 @@
+"""Errors as JSON: one body shape, the status each library error maps to, the handlers, and the
+OpenAPI entries that declare every error status a route can return (clients and fuzzers rely on them)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import (
+    BadImageError,
+    ClassifierNotFoundError,
+    IndexCorruptError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    NotIndexedError,
+    UploadTooLargeError,
+    VecsearchError,
+    WeightsUnavailableError,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    """Every error response: `error` says what is wrong."""
+
+    error: str
+    type: str | None = None
+    detail: list | None = None
+
+
+ERROR_TEXT = {
+    400: "Bad request: a Host header this server does not answer to, or a malformed header.",
+    401: "Missing or wrong token (only when the server has one).",
+    404: "No such image or classifier, or the image's file is gone.",
+    413: "Upload over the size cap.",
+    422: "Invalid parameters, or an image that cannot be read (not an image, truncated, over the pixel cap).",
+    503: "The server's own index or model is unusable.",
+}
+
+
+def responses(*codes: int, **more: dict) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route can return (400 and 503 always), plus
+    `_200=...`-style entries for its other statuses."""
+    out: dict[int | str, dict[str, Any]] = {
+        code: {"model": ErrorBody, "description": ERROR_TEXT[code]} for code in (400, 503, *codes)}
+    out.update({int(k.lstrip("_")): v for k, v in more.items()})
+    return out
+
+
+def status_for(e: VecsearchError) -> int:
+    """The HTTP status of a library error: the client's fault is 4xx, the server's own state 503."""
+    if isinstance(e, UploadTooLargeError):
+        return 413
+    if isinstance(e, (NotIndexedError, ClassifierNotFoundError)):
+        return 404
+    if isinstance(e, BadImageError):
+        return 422
+    if isinstance(e, (IndexNotFoundError, IndexCorruptError, IndexMismatchError, WeightsUnavailableError)):
+        return 503
+    return 400
+
+
+def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Every error a client can cause becomes a 4xx body with an "error" key; anything else a logged 500."""
+
+    @app.exception_handler(VecsearchError)
+    async def vecsearch_error(request: Request, e: VecsearchError) -> JSONResponse:
+        if isinstance(e, BadImageError):
+            # The path of an upload is meaningless to the client; say only what is wrong.
+            return error_response(422, f"Bad image: {e.reason}", type="BadImageError")
+        return error_response(status_for(e), str(e), type=type(e).__name__)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+        # Never echo the input back (it may be an upload), so it is dropped before encoding.
+        details = jsonable_encoder([{k: v for k, v in d.items() if k != "input"} for d in e.errors()],
+                                   custom_encoder={Exception: str})
+        parts = []
+        for d in details:
+            where = ".".join(str(x) for x in d.get("loc", ()) if x not in ("query", "path", "body"))
+            parts.append(f"{where}: {d.get('msg', 'invalid')}" if where else d.get("msg", "invalid"))
+        return error_response(422, "; ".join(parts) or "Invalid request.", detail=details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, e: Exception) -> JSONResponse:
+        log.exception("unexpected error serving %s %s", request.method, request.url.path)
+        return error_response(500, "Internal error; see the server log.")

@@ -1,0 +1,33 @@
+"""Liveness and counts: what monitors and the page ask first."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from ..errors import responses
+from ..guards import authorised
+from ..service import Svc
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/api/health", summary="Liveness and what is loaded", responses=responses())
+def health(svc: Svc) -> dict:
+    """Cheap check for monitors; needs no token."""
+    ix = svc.current()
+    searcher = ix.searcher
+    return {"status": "ok", "backbone": ix.backbone.name, "vectors": len(searcher) if searcher is not None else 0,
+            "generation": ix.generation, "auth": svc.token is not None}
+
+
+@router.get("/api/stats", summary="Counts, backbone, weights and sizes", dependencies=[Depends(authorised)],
+            responses=responses(401))
+def stats(svc: Svc) -> dict:
+    ix = svc.current()
+    s = ix.stats()
+    s["generation"] = ix.generation
+    s["classifiers"] = [r["name"] for r in ix.classifiers()]
+    s["labels"] = sorted(ix.label_counts())  # the user's classes: what `label` and `predicted` filter on
+    s["max_upload_bytes"] = svc.max_upload_bytes
+    s["max_pixels"] = svc.max_pixels
+    return s

@@ -1,0 +1,51 @@
+"""What every handler shares: the open index, the limits, the token and the thumbnail cache, as one
+`Service` on `app.state`, handed to routes by the `service` dependency (no closures over the index)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, Request, UploadFile
+
+from ..api import VecIndex
+from ..errors import BadImageError, UploadTooLargeError
+from .thumbnails import ThumbnailCache
+
+
+class Service:
+    """One served index and the limits it is served under."""
+
+    def __init__(self, index: VecIndex, *, token: str | None, max_upload_bytes: int, max_pixels: int,
+                 owns_index: bool):
+        self.index = index
+        self.token = token or None
+        self.max_upload_bytes = int(max_upload_bytes)
+        self.max_pixels = int(max_pixels)
+        self.owns_index = owns_index
+        self.thumbnails = ThumbnailCache(index, max_pixels=self.max_pixels)
+
+    def current(self) -> VecIndex:
+        """The index, reloaded first if another process committed to it (one SQLite read when not)."""
+        self.index.refresh()
+        return self.index
+
+    def read_upload(self, file: UploadFile) -> bytes:
+        """An upload's bytes, refused past the cap without reading more than cap + 1 bytes."""
+        data = file.file.read(self.max_upload_bytes + 1)
+        if len(data) > self.max_upload_bytes:
+            raise UploadTooLargeError(f"Upload too large: the cap is {self.max_upload_bytes} bytes.")
+        if not data:
+            raise BadImageError("empty upload")
+        return data
+
+    def embed_upload(self, file: UploadFile) -> np.ndarray:
+        """Unit vector of an uploaded image, under the upload size and pixel caps."""
+        return self.index.embed_bytes(self.read_upload(file), max_pixels=self.max_pixels)
+
+
+def service(request: Request) -> Service:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+Svc = Annotated[Service, Depends(service)]
