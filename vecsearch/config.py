@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+from importlib import metadata
 from pathlib import Path
 
-VERSION = "0.2.0"
+try:
+    VERSION = metadata.version("vecsearch")  # one place: pyproject.toml's version, as installed
+except metadata.PackageNotFoundError:  # a source tree on sys.path that was never installed
+    VERSION = "0+unknown"
 
 ENV_INDEX = "VECSEARCH_INDEX"
 DB_NAME = "index.db"
