@@ -11,11 +11,12 @@ import json
 import struct
 import tracemalloc
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run, run_json, write_vector_file
 
-from helpers import make_image, run, run_json, write_vector_file
 from vecsearch import BadVectorFileError, VecsearchError, config, open_index
 from vecsearch.api import VecIndex
 
@@ -159,7 +160,7 @@ def target(tmp_path, model_meta):
 
 
 def _snapshot(ix):
-    ids, vecs, norms = ix.store.vectors()
+    ids, vecs, _ = ix.store.vectors()
     return ix.store.records(), ids.tolist(), vecs.tolist(), ix.store.generation(), ix.store.next_slot()
 
 
@@ -290,8 +291,7 @@ def test_hostile_parquet_files_are_refused_from_their_metadata(target, tmp_path,
 
 
 def test_the_caps_are_documented():
-    readme = (config.__file__.rsplit("/vecsearch/", 1)[0] + "/README.md")
-    text = open(readme).read()
+    text = (Path(config.__file__).parent.parent / "README.md").read_text()
     for name in ("MAX_IMPORT_PATH_CHARS", "MAX_IMPORT_DIM", "MAX_IMPORT_META_BYTES", "MAX_IMPORT_ROW_GROUP_BYTES"):
         assert name in text, name
         assert ast.literal_eval(str(getattr(config, name))) > 0

@@ -748,12 +748,12 @@ class VecIndex:
         with self._lock.held():
             create = None
             if self.info is None:
-                create = dict(
-                    backbone=model["backbone"], weights_kind=model.get("weights_kind") or "file",
-                    weights_seed=model.get("weights_seed"), weights_path=model.get("weights_path"),
-                    weights_fingerprint=model["weights_fingerprint"], dim=int(model["dim"]), metric="cosine",
-                    index_type=self._index_type, max_memory=self._max_memory,
-                    precision=model.get("precision") or DEFAULT_PRECISION)
+                create = {
+                    "backbone": model["backbone"], "weights_kind": model.get("weights_kind") or "file",
+                    "weights_seed": model.get("weights_seed"), "weights_path": model.get("weights_path"),
+                    "weights_fingerprint": model["weights_fingerprint"], "dim": int(model["dim"]), "metric": "cosine",
+                    "index_type": self._index_type, "max_memory": self._max_memory,
+                    "precision": model.get("precision") or DEFAULT_PRECISION}
             if progress:
                 progress(0, total)
             # One transaction: a file that fails part-way (a repeated path, a bad row) leaves the index as it was.

@@ -275,7 +275,7 @@ class Reader:
         names = set(self._zip.namelist())
         return ["paths", *(c for c in ("norms", *FACT_COLUMNS) if f"{c}.npy" in names)]
 
-    def _member(self, name: str) -> "_NpyMember":
+    def _member(self, name: str) -> _NpyMember:
         """The array `name`, its header checked against the caps and the member's real size."""
         m = _NpyMember(self._zip, f"{name}.npy", self.path)
         try:
@@ -298,7 +298,7 @@ class Reader:
             m.close()
             raise
 
-    def _strings(self, m: "_NpyMember", name: str, cap: int) -> None:
+    def _strings(self, m: _NpyMember, name: str, cap: int) -> None:
         if m.dtype.kind not in "US":
             raise self._bad(f"`{name}` must be an array of strings, not {_describe(m.dtype)}")
         chars = m.dtype.itemsize // (4 if m.dtype.kind == "U" else 1)
@@ -306,7 +306,7 @@ class Reader:
             raise self._bad(f"`{name}` holds strings of up to {chars} characters; at most {cap} are accepted "
                             "(config.MAX_IMPORT_PATH_CHARS for paths)")
 
-    def _numbers(self, m: "_NpyMember") -> None:
+    def _numbers(self, m: _NpyMember) -> None:
         if m.dtype.kind not in "fiu" or m.dtype.itemsize > 8:
             raise self._bad(f"`{m.name[:-4]}` must be an array of numbers, not {_describe(m.dtype)}")
 
@@ -467,7 +467,7 @@ class _NpyMember:
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> "_NpyMember":
+    def __enter__(self) -> _NpyMember:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -541,7 +541,7 @@ def _is_text(t) -> bool:
 def _read_errors() -> tuple[type[BaseException], ...]:
     """What reading a broken file raises: I/O, zip, zlib, NumPy header and pyarrow errors."""
     errors: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile,
-                                               zlib.error, struct.error)
+                                               zlib.error, struct.error, NotImplementedError)  # zip: unknown method
     pyarrow = sys.modules.get("pyarrow")  # not loaded: nothing can have raised its errors
     if pyarrow is not None:
         errors += (pyarrow.ArrowException,)

@@ -526,7 +526,7 @@ class Store:
         return {"set": changed, "unset": dropped}
 
     @contextmanager
-    def importing(self, create_info: dict | None = None) -> Iterator["Importer"]:
+    def importing(self, create_info: dict | None = None) -> Iterator[Importer]:
         """One transaction for a whole `import`: every batch commits together, or none does.
 
         A file that fails part-way (a repeated path, a NaN in its last batch) leaves the index
