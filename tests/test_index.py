@@ -134,6 +134,69 @@ def test_touch_change_move_copy_delete(tiny_index, photos):
     assert tiny_index.searcher.map.ids.tolist() == tiny_index.store.vector_ids().tolist()
 
 
+def _vectors_by_path(ix) -> dict[str, np.ndarray]:
+    ids, vecs, _ = ix.store.vectors()
+    recs = ix.store.images(ids)
+    return {recs[int(i)].path: v for i, v in zip(ids, vecs)}
+
+
+def test_excluded_or_removed_files_that_come_back_reuse_their_vectors(tiny_index, photos, monkeypatch):
+    tiny_index.add([photos])
+    want = _vectors_by_path(tiny_index)
+    monkeypatch.setattr(type(tiny_index), "extractor", lambda self: pytest.fail("embedded again"))
+    s = tiny_index.add([photos], exclude=["b"])
+    assert s.removed == 6 and len(tiny_index) == 6
+    tiny_index.set_exclude([])  # --clear-exclude
+    s = tiny_index.add([photos])
+    assert (s.indexed, s.reused, s.unchanged) == (0, 6, 6)
+    r = tiny_index.remove([photos / "a", photos / "b" / "img07.jpg"])
+    assert r.removed == 7 and len(tiny_index) == 5
+    s = tiny_index.add([photos])
+    assert (s.indexed, s.reused, s.unchanged) == (0, 7, 5)
+    got = _vectors_by_path(tiny_index)
+    assert got.keys() == want.keys()
+    for path, v in want.items():
+        np.testing.assert_array_equal(got[path], v)
+    back = str(photos / "a" / "img03.png")
+    hit = tiny_index.search(want[back], k=1)[0]
+    assert hit.path == back and hit.score == pytest.approx(1.0, abs=1e-5)
+    rec = tiny_index.store.image_by_path(back)
+    assert (rec.width, rec.height) == (64, 48)  # the facts came back with the vector
+    assert tiny_index.searcher.map.ids.tolist() == tiny_index.store.vector_ids().tolist()
+
+
+def test_an_edit_undone_reuses_the_old_vector_and_kept_vectors_expire(tiny_index, photos, monkeypatch):
+    from vecsearch import indexer
+
+    tiny_index.add([photos])
+    f = photos / "a" / "img02.jpg"
+    original = f.read_bytes()
+    make_image(f, seed=999)
+    assert tiny_index.add([photos]).indexed == 1
+    f.write_bytes(original)
+    s = tiny_index.add([photos])
+    assert (s.indexed, s.reused) == (0, 1)
+    # Bounded: a kept vector older than KEEP_DAYS is forgotten, and its file is embedded again.
+    tiny_index.remove([photos / "b"])
+    monkeypatch.setattr(indexer, "KEEP_DAYS", 0)
+    s = tiny_index.add([photos])
+    assert (s.indexed, s.reused) == (6, 0)
+
+
+def test_a_kept_vector_in_damaged_shard_bytes_is_never_reused(tiny_index, photos):
+    tiny_index.add([photos / "a"])
+    victim = tiny_index.store.image_by_path(str(photos / "a" / "img01.jpg"))
+    slot = tiny_index.store.slot_map()[1][tiny_index.store.slot_map()[0].tolist().index(victim.id)]
+    tiny_index.remove([photos / "a" / "img01.jpg"])
+    shard = tiny_index.directory / "vectors" / "shard-000000.f32"
+    with open(shard, "r+b") as fh:
+        fh.seek(int(slot) * 32 * 4)
+        fh.write(np.full(32, 7.0, np.float32).tobytes())
+    s = tiny_index.add([photos / "a"])
+    assert s.repaired == 5 and (s.indexed, s.reused) == (6, 0)  # the whole checksummed run, and the kept one
+    assert not np.allclose(tiny_index.vector(tiny_index.store.image_by_path(str(photos / "a" / "img01.jpg")).id), 7.0)
+
+
 def test_indexing_one_folder_never_drops_another(tiny_index, photos):
     tiny_index.add([photos / "a"])
     tiny_index.add([photos / "b"])

@@ -11,6 +11,7 @@ from .config import VERSION as __version__
 from .errors import (
     BadImageError,
     BadLabelsError,
+    BadVectorFileError,
     ClassifierNotFoundError,
     IndexCorruptError,
     IndexLockedError,
@@ -53,6 +54,7 @@ __all__ = [
     "VecsearchError",
     "BadImageError",
     "BadLabelsError",
+    "BadVectorFileError",
     "ClassifierNotFoundError",
     "IndexCorruptError",
     "IndexLockedError",

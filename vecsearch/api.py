@@ -746,32 +746,35 @@ class VecIndex:
         summary = vector_files.ImportSummary(files=[str(r.path) for r in readers])
         total = sum(r.rows for r in readers)
         with self._lock.held():
+            create = None
             if self.info is None:
-                self.store.create_info(
-                    backbone=model["backbone"], weights_kind=model.get("weights_kind") or "file",
-                    weights_seed=model.get("weights_seed"), weights_path=model.get("weights_path"),
-                    weights_fingerprint=model["weights_fingerprint"], dim=int(model["dim"]), metric="cosine",
-                    index_type=self._index_type, max_memory=self._max_memory,
-                    precision=model.get("precision") or DEFAULT_PRECISION)
+                create = {
+                    "backbone": model["backbone"], "weights_kind": model.get("weights_kind") or "file",
+                    "weights_seed": model.get("weights_seed"), "weights_path": model.get("weights_path"),
+                    "weights_fingerprint": model["weights_fingerprint"], "dim": int(model["dim"]), "metric": "cosine",
+                    "index_type": self._index_type, "max_memory": self._max_memory,
+                    "precision": model.get("precision") or DEFAULT_PRECISION}
             if progress:
                 progress(0, total)
-            for r in readers:
-                for batch in r.batches():
-                    vecs, lengths = _unit_rows(batch, r.path)
-                    rows = [{"path": path, **{c: (batch.facts[c][j] if c in batch.facts else None)
-                                              for c in vector_files.FACT_COLUMNS}}
-                            for j, path in enumerate(batch.paths)]
-                    for row in rows:
-                        row["size"] = row["size"] or 0
-                        row["mtime_ns"] = row["mtime_ns"] or 0
-                    _, replaced = self.store.import_rows(rows, vecs, lengths)
-                    summary.imported += len(rows)
-                    summary.replaced += replaced
-                    if batch.failed:  # `embed` shards: a file that failed is a failed row, as indexing makes it
-                        self.store.apply(upserts=[_failed_row(f) for f in batch.failed])
-                        summary.failed += len(batch.failed)
-                    if progress:
-                        progress(summary.imported + summary.failed, total)
+            # One transaction: a file that fails part-way (a repeated path, a bad row) leaves the index as it was.
+            with self.store.importing(create) as importer:
+                for r in readers:
+                    for batch in r.batches():
+                        vecs, lengths = _unit_rows(batch, r.path)
+                        rows = [{"path": path, **{c: (batch.facts[c][j] if c in batch.facts else None)
+                                                  for c in vector_files.FACT_COLUMNS}}
+                                for j, path in enumerate(batch.paths)]
+                        for row in rows:
+                            row["size"] = row["size"] or 0
+                            row["mtime_ns"] = row["mtime_ns"] or 0
+                        _, replaced = importer.add(rows, vecs, lengths, str(r.path))
+                        summary.imported += len(rows)
+                        summary.replaced += replaced
+                        if batch.failed:  # `embed` shards: a file that failed is a failed row, as indexing makes it
+                            importer.add_failed([_failed_row(f) for f in batch.failed], str(r.path))
+                            summary.failed += len(batch.failed)
+                        if progress:
+                            progress(summary.imported + summary.failed, total)
             self._open_searcher(writer=True)
         summary.seconds = round(time.perf_counter() - started, 3)
         return summary

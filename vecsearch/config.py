@@ -32,6 +32,23 @@ DECODE_MEMORY_BUDGET = 1024 * 1024 * 1024
 """Bytes that image decodes of one process may hold at once (at ~5 bytes a decoded pixel); a
 decode waits for room, so peak memory is predictable however many threads or requests decode."""
 
+# Caps on vector files given to `import`, checked from the file's headers (npz) or metadata
+# (Parquet) before anything is loaded: a hostile or broken file is refused in one line
+# instead of taking the machine's memory. Rows are streamed in batches, so the row count
+# itself needs no cap; what is capped is what one row, one batch or the metadata may hold.
+MAX_IMPORT_PATH_CHARS = 4096
+"""Longest path a vector file may hold, in characters (Linux's PATH_MAX is 4096 bytes)."""
+MAX_IMPORT_DIM = 65536
+"""Widest vector a vector file may hold (the widest backbone here is 2048-d)."""
+MAX_IMPORT_META_BYTES = 1024 * 1024
+"""Largest model metadata (the JSON naming backbone, weights, dimension) a vector file may hold."""
+MAX_IMPORT_BATCH_BYTES = 512 * 1024 * 1024
+"""Bytes of one `.npz` import batch: the rows (vector, path, file facts) read at once."""
+MAX_IMPORT_ROW_GROUP_BYTES = 2 * 1024 * 1024 * 1024
+"""Largest Parquet row group, uncompressed, as its metadata says: pyarrow reads a row group
+whole, so a larger one (or a compression bomb) is refused; rewrite such a file with smaller
+row groups (`row_group_size=` of pyarrow's writer). An export writes ~300 MB ones."""
+
 DEFAULT_K = 10
 """Neighbours a search returns unless told otherwise."""
 

@@ -53,6 +53,11 @@ class IndexCorruptError(VecsearchError):
     """The vector file and the database disagree in a way that cannot be repaired."""
 
 
+class BadVectorFileError(VecsearchError):
+    """A file given to `import` cannot be imported as it is: malformed, over a cap, or repeating
+    a path. The file is at fault, not the index, which is left as it was."""
+
+
 class UnknownBackboneError(VecsearchError):
     """The backbone name is not in the registry."""
 

@@ -17,6 +17,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -43,6 +44,16 @@ ADD_CHUNK = 1 << 14
 """Vectors read from the shards per step when a structure is built or synced."""
 PCA_TRAIN = 1 << 15
 """Vectors a PCA pre-transform learns from (about 16 per dimension at 2048-d)."""
+KEEP_DAYS = 30
+"""Days the vector of a dropped image (removed, excluded, gone, or replaced by an edit) stays
+findable by its content hash, so the same content coming back is not embedded again.
+
+Why days, not "until the next reindex": the vector's row stays in the append-only shards
+either way (nothing compacts them yet), so what is bounded is only its row in `kept_vectors`.
+The cycles users meet -- `--exclude` then `--clear-exclude`, `remove` then `index`, an edit
+undone, a disk unplugged for a while -- come back within days or weeks, and a reindex (which
+only rebuilds the search structure) must not throw them away; a month bounds the table by a
+month of churn. A future shard compaction must drop the kept rows whose slots it reclaims."""
 
 
 @dataclass
@@ -90,6 +101,7 @@ class Plan:
     stats: dict[Path, tuple[int, int]] = field(default_factory=dict)  # path -> (size, mtime_ns)
     moves: list[tuple[int, dict]] = field(default_factory=list)  # (id, new fields): renamed or touched
     copies: list[tuple[int, dict]] = field(default_factory=list)  # (source id, new row): same content elsewhere
+    revives: list[dict] = field(default_factory=list)  # new rows whose content has a kept vector (Store.kept_*)
     deletes: list[int] = field(default_factory=list)  # ids whose files are gone
     to_embed: list[Path] = field(default_factory=list)
     failures: list[dict] = field(default_factory=list)  # failed rows for things found that are no image file
@@ -182,14 +194,17 @@ def plan(store: Store, roots: list[Path], files: list[Path], summary: IndexSumma
                 and (_walked(path, given_roots) or not os.path.lexists(path))]
     gone = {rec.sha256: rec for rec in gone_all if rec.sha256 and rec.status == "ok"}
     gone_ids = {rec.id for rec in gone_all}
-    if candidates and records:
-        # A file can be a touched, moved or copied one only if some record with a hash has its
-        # size; others are new content for sure, so they are read once (hashed while decoding),
-        # not twice. Records of unknown size (imported without file facts) disable the filter.
-        sizes = {rec.size for rec in records.values() if rec.sha256}
+    kept_sizes = store.kept_sizes() if candidates else set()
+    if candidates and (records or kept_sizes):
+        # A file can be a touched, moved, copied or returning one only if some record with a
+        # hash, or a kept vector, has its size; others are new content for sure, so they are
+        # read once (hashed while decoding), not twice. Records of unknown size (imported
+        # without file facts) disable the filter.
+        sizes = {rec.size for rec in records.values() if rec.sha256} | kept_sizes
         need = candidates if 0 in sizes else [f for f in candidates if out.stats[f][0] in sizes]
         shas = dict(zip(need, _hash_all(need)))
         known = store.ok_ids_by_sha([s for s in shas.values() if s])
+        kept = store.kept_shas([s for s in shas.values() if s]) if kept_sizes else set()
         for f in candidates:
             sha = shas.get(f)
             rec = records.get(str(f))
@@ -207,6 +222,10 @@ def plan(store: Store, roots: list[Path], files: list[Path], summary: IndexSumma
             if sha and sha in known and known[sha] not in gone_ids:  # a copy: reuse its vector
                 out.copies.append((known[sha], {"path": str(f), "size": size, "mtime_ns": mtime_ns, "sha256": sha,
                                                 "width": None, "height": None, "status": "ok", "reason": None}))
+                summary.reused += 1
+                continue
+            if sha and sha in kept:  # content indexed before (removed, excluded, edited away): its vector
+                out.revives.append({"path": str(f), "size": size, "mtime_ns": mtime_ns, "sha256": sha})
                 summary.reused += 1
                 continue
             out.to_embed.append(f)
@@ -259,8 +278,10 @@ def run(store: Store, extractor: Callable[[], Extractor], roots: list[Path], fil
     """
     started = time.perf_counter()
     summary = IndexSummary(total=len(files) + len(rejected))
+    store.forget_kept(datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(days=KEEP_DAYS))
     todo = plan(store, roots, files, summary, rejected)
-    commit(store, deletes=todo.deletes, moves=todo.moves, copies=todo.copies, upserts=todo.failures)
+    commit(store, deletes=todo.deletes, moves=todo.moves, copies=todo.copies, revives=todo.revives,
+           upserts=todo.failures)
     total = len(todo.to_embed)
     if progress:
         progress(0, total)

@@ -16,15 +16,20 @@ The shards `vecsearch embed --out DIR` writes are the same Parquet with one more
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
+import sys
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from .errors import InputNotFoundError, VecsearchError
+from . import config
+from .errors import BadVectorFileError, InputNotFoundError, VecsearchError
 from .extras import require_extra
 
 SUFFIXES = (".npz", ".parquet")
@@ -98,27 +103,40 @@ def write(path: str | os.PathLike, meta: dict, dim: int, batches: Iterator[tuple
     return n
 
 
+NPZ_FACTS = {"size": "<i8", "mtime_ns": "<i8", "sha256": "<U64", "width": "<i4", "height": "<i4"}
+"""The file facts as .npz arrays, one value a row. NumPy arrays hold no None: an unknown fact
+is written as 0 ("" for sha256), which is also what the index stores for an unknown size."""
+
+
 def _write_npz(path: Path, meta: dict, dim: int, batches, total: int) -> int:
-    """The arrays np.load gives back (`ids`, `paths`, `vectors`, `norms`, `meta`), the big one streamed."""
+    """The arrays np.load gives back (`ids`, `paths`, `vectors`, `norms`, the FACT_COLUMNS, `meta`),
+    the big one streamed."""
     from numpy.lib import format as npformat
 
     ids_all, paths_all, norms_all = [], [], []
+    facts_all: dict[str, list] = {c: [] for c in FACT_COLUMNS}
     n = 0
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
         with z.open("vectors.npy", "w", force_zip64=True) as f:
             npformat.write_array_header_2_0(f, {"descr": "<f4", "fortran_order": False, "shape": (total, dim)})
-            for ids, paths, vecs, norms, _facts in batches:
+            for ids, paths, vecs, norms, facts in batches:
                 f.write(np.ascontiguousarray(vecs, "<f4").tobytes())
                 ids_all.append(np.asarray(ids, np.int64))
                 paths_all.extend(paths)
                 norms_all.append(np.asarray(norms, np.float32))
+                for c in FACT_COLUMNS:
+                    facts_all[c].extend(facts.get(c) or [None] * len(ids))
                 n += len(ids)
         if n != total:
             raise VecsearchError(f"The index changed during the export ({n} vectors read, {total} expected); export again.")
-        for name, arr in (("ids", np.concatenate(ids_all) if ids_all else np.zeros(0, np.int64)),
-                          ("paths", np.array(paths_all, dtype=str)),
-                          ("norms", np.concatenate(norms_all) if norms_all else np.zeros(0, np.float32)),
-                          ("meta", np.array(json.dumps(meta)))):
+        arrays = {"ids": np.concatenate(ids_all) if ids_all else np.zeros(0, np.int64),
+                  "paths": np.array(paths_all, dtype=str),
+                  "norms": np.concatenate(norms_all) if norms_all else np.zeros(0, np.float32)}
+        for c, dtype in NPZ_FACTS.items():
+            unknown = "" if c == "sha256" else 0
+            arrays[c] = np.array([unknown if v is None else v for v in facts_all[c]], dtype=dtype)
+        arrays["meta"] = np.array(json.dumps(meta))
+        for name, arr in arrays.items():
             with z.open(f"{name}.npy", "w", force_zip64=True) as f:
                 npformat.write_array(f, arr, allow_pickle=False)
     return n
@@ -198,7 +216,13 @@ def files_in(source: str | os.PathLike) -> list[Path]:
 
 
 class Reader:
-    """One vector file: its metadata, dimension and row count, then its rows in batches."""
+    """One vector file: its metadata, dimension and row count, then its rows in batches.
+
+    Everything a batch will hold is checked first, from the file's own headers (the `.npy`
+    headers of an `.npz`, the schema and row-group sizes of a Parquet file), against the
+    caps in `config` (MAX_IMPORT_*): a hostile or broken file is refused with one
+    BadVectorFileError before it costs memory, and no pickled object is ever loaded.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -208,73 +232,158 @@ class Reader:
                 self._open_npz()
             else:
                 self._open_parquet()
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-            raise VecsearchError(f"{self.path} is not a vector file vecsearch can read ({e}).") from e
+        except BadVectorFileError:
+            raise
+        except _read_errors() as e:
+            raise BadVectorFileError(f"{self.path} is not a vector file vecsearch can read ({_reason(e)}).") from e
+        self.meta = _checked_meta(self.meta, self.path)
+        if not 1 <= self.dim <= config.MAX_IMPORT_DIM:
+            raise self._bad(f"its vectors are {self.dim}-d; vecsearch takes 1 to {config.MAX_IMPORT_DIM}")
 
-    # npz: `vectors` is read in row batches straight from the zip member, never whole.
+    def _bad(self, what: str) -> BadVectorFileError:
+        return BadVectorFileError(f"{self.path} cannot be imported: {what}.")
+
+    # npz: every array is read in row batches straight from its zip member, never whole.
     def _open_npz(self) -> None:
-        from numpy.lib import format as npformat
-
         self._zip = zipfile.ZipFile(self.path)
         names = set(self._zip.namelist())
         if "vectors.npy" not in names or "paths.npy" not in names:
             raise KeyError("it needs arrays `paths` and `vectors`")
-        with self._zip.open("vectors.npy") as f:
-            version = npformat.read_magic(f)
-            shape, fortran, dtype = _read_header(f, version)
-        if len(shape) != 2 or fortran:
-            raise ValueError(f"`vectors` must be a C-ordered 2-D array, got shape {shape}")
-        self.rows, self.dim, self._dtype = int(shape[0]), int(shape[1]), np.dtype(dtype)
-        self.meta = json.loads(str(self._load("meta"))) if "meta.npy" in names else {}
+        with self._member("vectors") as vectors:
+            if len(vectors.shape) != 2:
+                raise self._bad(f"`vectors` must be a 2-D array (one row a vector), not of shape {vectors.shape}")
+            self._numbers(vectors)
+            self.rows, self.dim = vectors.shape
+        # The other arrays' headers are checked now too, so a file fails before anything is written.
+        for name in self._npz_columns():
+            with self._member(name):
+                pass
+        self.meta = {}
+        if "meta.npy" in names:
+            with self._member("meta") as m:
+                if m.shape not in ((), (1,)) or m.dtype.kind not in "US" or m.nbytes > config.MAX_IMPORT_META_BYTES:
+                    raise self._bad(f"`meta` must be one JSON string of at most {config.MAX_IMPORT_META_BYTES} "
+                                    f"bytes, not {m.dtype.str} of shape {m.shape}")
+                text = _text(m.read(m.shape[0] if m.shape else None).reshape(-1)[0], self, "meta")
+            try:
+                self.meta = json.loads(text)
+            except (ValueError, RecursionError) as e:
+                raise self._bad(f"`meta` is not JSON ({_reason(e)})") from e
 
-    def _load(self, name: str):
-        with self._zip.open(f"{name}.npy") as f:
-            return np.lib.format.read_array(f, allow_pickle=False)
+    def _npz_columns(self) -> list[str]:
+        """The per-row arrays an import reads besides `vectors`: paths, norms, file facts."""
+        names = set(self._zip.namelist())
+        return ["paths", *(c for c in ("norms", *FACT_COLUMNS) if f"{c}.npy" in names)]
+
+    def _member(self, name: str) -> _NpyMember:
+        """The array `name`, its header checked against the caps and the member's real size."""
+        m = _NpyMember(self._zip, f"{name}.npy", self.path)
+        try:
+            if name == "vectors":
+                return m
+            if name == "meta":
+                return m
+            if len(m.shape) != 1 or m.shape[0] != self.rows:
+                raise self._bad(f"`{name}` must hold one value per vector ({self.rows}), not shape {m.shape}")
+            if name == "paths":
+                self._strings(m, "paths", config.MAX_IMPORT_PATH_CHARS)
+            elif name == "sha256":
+                self._strings(m, name, 64)
+            elif name == "norms":
+                self._numbers(m)
+            elif m.dtype.kind not in "iu":
+                raise self._bad(f"`{name}` must be integers, not {m.dtype.str}")
+            return m
+        except BaseException:
+            m.close()
+            raise
+
+    def _strings(self, m: _NpyMember, name: str, cap: int) -> None:
+        if m.dtype.kind not in "US":
+            raise self._bad(f"`{name}` must be an array of strings, not {_describe(m.dtype)}")
+        chars = m.dtype.itemsize // (4 if m.dtype.kind == "U" else 1)
+        if chars > cap:
+            raise self._bad(f"`{name}` holds strings of up to {chars} characters; at most {cap} are accepted "
+                            "(config.MAX_IMPORT_PATH_CHARS for paths)")
+
+    def _numbers(self, m: _NpyMember) -> None:
+        if m.dtype.kind not in "fiu" or m.dtype.itemsize > 8:
+            raise self._bad(f"`{m.name[:-4]}` must be an array of numbers, not {_describe(m.dtype)}")
 
     def _open_parquet(self) -> None:
-        _pyarrow()
+        pa = _pyarrow()
         import pyarrow.parquet as pq
 
         self._pq = pq.ParquetFile(self.path)
         schema = self._pq.schema_arrow
         if "path" not in schema.names or "vector" not in schema.names:
             raise KeyError("it needs columns `path` and `vector`")
+        kinds = {"path": _is_text, "norm": _is_number, "sha256": _is_text, "reason": _is_text, **{c: pa.types.is_integer for c in ("size", "mtime_ns", "width", "height")}}
+        for name, ok in kinds.items():
+            if name in schema.names and not ok(schema.field(name).type):
+                raise self._bad(f"column `{name}` is {schema.field(name).type}, which vecsearch does not read as {name}")
         vtype = schema.field("vector").type
+        if not (pa.types.is_list(vtype) or pa.types.is_large_list(vtype) or pa.types.is_fixed_size_list(vtype)) \
+                or not _is_number(vtype.value_type):
+            raise self._bad(f"column `vector` is {vtype}, not a list of numbers")
+        meta = self._pq.metadata
+        for i in range(meta.num_row_groups):
+            size = meta.row_group(i).total_byte_size
+            if size > config.MAX_IMPORT_ROW_GROUP_BYTES:
+                raise self._bad(f"its row group {i} holds {size} bytes uncompressed, over the cap of "
+                                f"{config.MAX_IMPORT_ROW_GROUP_BYTES} (config.MAX_IMPORT_ROW_GROUP_BYTES); rewrite "
+                                "it with smaller row groups (row_group_size= of pyarrow's writer)")
         self.dim = getattr(vtype, "list_size", None) or 0
         if not self.dim:  # a variable-size list: read the first row to learn the width
             first = next(self._pq.iter_batches(batch_size=1, columns=["vector"]), None)
-            self.dim = len(first.column(0)[0]) if first is not None and first.num_rows else 0
-        self.rows = self._pq.metadata.num_rows
+            value = first.column(0)[0] if first is not None and first.num_rows else None
+            self.dim = len(value) if value is not None and value.is_valid else 0
+        self.rows = meta.num_rows
         raw = (schema.metadata or {}).get(META_KEY.encode())
-        self.meta = json.loads(raw) if raw else {}
+        if raw is not None and len(raw) > config.MAX_IMPORT_META_BYTES:
+            raise self._bad(f"its `{META_KEY}` metadata is {len(raw)} bytes, over {config.MAX_IMPORT_META_BYTES}")
+        try:
+            self.meta = json.loads(raw) if raw else {}
+        except (ValueError, RecursionError) as e:
+            raise self._bad(f"its `{META_KEY}` metadata is not JSON ({_reason(e)})") from e
 
     def batches(self, size: int = BATCH) -> Iterator[Batch]:
-        if self.suffix == ".npz":
-            yield from self._npz_batches(size)
-        else:
-            yield from self._parquet_batches(size)
+        """The rows in batches; a file that turns out broken part-way raises BadVectorFileError."""
+        try:
+            if self.suffix == ".npz":
+                yield from self._npz_batches(size)
+            else:
+                yield from self._parquet_batches(size)
+        except BadVectorFileError:
+            raise
+        except _read_errors() as e:
+            raise BadVectorFileError(f"{self.path} could not be read to the end ({_reason(e)}).") from e
 
     def _npz_batches(self, size: int) -> Iterator[Batch]:
-        from numpy.lib import format as npformat
+        from contextlib import ExitStack
 
-        paths = [str(p) for p in self._load("paths").tolist()]
-        if len(paths) != self.rows:
-            raise VecsearchError(f"{self.path}: {len(paths)} paths for {self.rows} vectors.")
-        names = set(self._zip.namelist())
-        norms = self._load("norms").astype(np.float32) if "norms.npy" in names else None
-        with self._zip.open("vectors.npy") as f:
-            version = npformat.read_magic(f)
-            _read_header(f, version)
-            row_bytes = self.dim * self._dtype.itemsize
+        with ExitStack() as stack:
+            vectors = stack.enter_context(self._member("vectors"))
+            columns = {name: stack.enter_context(self._member(name)) for name in self._npz_columns()}
+            row_bytes = vectors.row_bytes + sum(m.row_bytes for m in columns.values())
+            size = max(1, min(size, config.MAX_IMPORT_BATCH_BYTES // max(1, row_bytes)))
             for start in range(0, self.rows, size):
                 n = min(size, self.rows - start)
-                buf = f.read(n * row_bytes)
-                if len(buf) != n * row_bytes:
-                    raise VecsearchError(f"{self.path} is truncated.")
-                vecs = np.frombuffer(buf, self._dtype).reshape(n, self.dim)
-                if vecs.dtype != np.float32:
-                    vecs = vecs.astype(np.float32)
-                yield Batch(paths[start : start + n], vecs, None if norms is None else norms[start : start + n])
+                vecs = vectors.read(n)
+                paths = [_text(p, self, "paths") for p in columns["paths"].read(n).tolist()]
+                _check_paths(paths, self)
+                norms = None
+                if "norms" in columns:
+                    norms = _checked_norms(columns["norms"].read(n), self)
+                facts: dict[str, list] = {}
+                for c in FACT_COLUMNS:
+                    if c in columns:
+                        values = columns[c].read(n).tolist()
+                        if c == "sha256":
+                            facts[c] = [_text(v, self, c) or None for v in values]
+                        else:  # 0 is how an .npz says "unknown" (NPZ_FACTS)
+                            facts[c] = [int(v) if v else None for v in values]
+                yield Batch(paths, np.asarray(vecs, np.float32), norms, facts)
 
     def _parquet_batches(self, size: int) -> Iterator[Batch]:
         names = self._pq.schema_arrow.names
@@ -287,23 +396,158 @@ class Reader:
                 reason = rb.column(rb.schema.get_field_index("reason"))
                 bad = rb.filter(pc.is_valid(reason))
                 failed = bad.select(["path", "reason", *(c for c in FACT_COLUMNS if c in columns)]).to_pylist()
+                _check_paths([f["path"] for f in failed], self)
                 rb = rb.filter(pc.is_null(reason))
             vcol = rb.column(rb.schema.get_field_index("vector"))
+            if vcol.null_count:
+                raise self._bad("a row has no vector (and no failure `reason`)")
             flat = vcol.flatten() if hasattr(vcol, "flatten") else vcol.values
             vecs = np.asarray(flat.to_numpy(zero_copy_only=False), np.float32)
             if vecs.size != rb.num_rows * self.dim:
-                raise VecsearchError(f"{self.path}: vectors of unequal length (expected {self.dim} each).")
+                raise BadVectorFileError(f"{self.path}: vectors of unequal length (expected {self.dim} each).")
             vecs = vecs.reshape(rb.num_rows, self.dim)
             norms = None
             if "norm" in columns:
-                norms = np.asarray(rb.column(rb.schema.get_field_index("norm")).to_numpy(zero_copy_only=False), np.float32)
+                raw = rb.column(rb.schema.get_field_index("norm")).to_numpy(zero_copy_only=False)
+                norms = _checked_norms(np.asarray(raw, np.float64), self)
             facts = {c: rb.column(rb.schema.get_field_index(c)).to_pylist() for c in FACT_COLUMNS if c in columns}
-            yield Batch(rb.column(rb.schema.get_field_index("path")).to_pylist(), vecs, norms, facts, failed)
+            paths = rb.column(rb.schema.get_field_index("path")).to_pylist()
+            _check_paths(paths, self)
+            yield Batch(paths, vecs, norms, facts, failed)
 
 
-def _read_header(f, version):
-    from numpy.lib import format as npformat
+class _NpyMember:
+    """One `.npy` member of an `.npz`: its header read and checked, its rows read in order.
 
-    if version == (1, 0):
-        return npformat.read_array_header_1_0(f)
-    return npformat.read_array_header_2_0(f)
+    The header's claim (shape x itemsize) must fit in the member's size the zip directory
+    records, so a forged header cannot make a read allocate more than the file holds.
+    """
+
+    def __init__(self, zf: zipfile.ZipFile, name: str, where: Path):
+        from numpy.lib import format as npformat
+
+        self.name, self.where = name, where
+        info = zf.getinfo(name)
+        self._f = zf.open(info)
+        try:
+            version = npformat.read_magic(self._f)
+            if version == (1, 0):
+                shape, fortran, dtype = npformat.read_array_header_1_0(self._f)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = npformat.read_array_header_2_0(self._f)
+            else:
+                raise ValueError(f"`{name[:-4]}` has an .npy format version {version} vecsearch does not read")
+            self.shape, self.dtype = tuple(int(d) for d in shape), np.dtype(dtype)
+            if self.dtype.hasobject or self.dtype.kind == "V":
+                raise BadVectorFileError(f"{where} cannot be imported: `{name[:-4]}` is an array of "
+                                         f"{_describe(self.dtype)}; vecsearch loads no pickled objects.")
+            if fortran and len(self.shape) > 1:
+                raise BadVectorFileError(f"{where} cannot be imported: `{name[:-4]}` is in Fortran order; "
+                                         "write it C-ordered (np.ascontiguousarray).")
+            self.row_bytes = self.dtype.itemsize * math.prod(self.shape[1:])
+            self.nbytes = self.dtype.itemsize * math.prod(self.shape)
+            held = info.file_size - self._f.tell()
+            if self.nbytes > held:
+                raise BadVectorFileError(
+                    f"{where} cannot be imported: `{name[:-4]}` claims {self.nbytes} bytes ({_describe(self.dtype)}, "
+                    f"shape {self.shape}) but holds {held}: the file is truncated or its header is wrong.")
+        except BaseException:
+            self._f.close()
+            raise
+
+    def read(self, n: int | None) -> np.ndarray:
+        """The next n rows (n None: the one value of a 0-d array)."""
+        want = self.dtype.itemsize if n is None else n * self.row_bytes
+        buf = self._f.read(want)
+        if len(buf) != want:
+            raise BadVectorFileError(f"{self.where} is truncated (`{self.name[:-4]}` ends early).")
+        arr = np.frombuffer(buf, self.dtype)
+        return arr if n is None else arr.reshape((n, *self.shape[1:]))
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> _NpyMember:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_META_TYPES = {"backbone": str, "weights_kind": str, "weights_path": str, "weights_fingerprint": str,
+               "metric": str, "precision": str, "vecsearch": str, "dim": int, "weights_seed": int}
+
+
+def _checked_meta(meta, where: Path) -> dict:
+    """The model metadata, if it is a JSON object whose known fields have the types vecsearch writes."""
+    if not isinstance(meta, dict):
+        raise BadVectorFileError(f"{where} cannot be imported: its model metadata must be a JSON object, "
+                                 f"not a {type(meta).__name__}.")
+    for key, kind in _META_TYPES.items():
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise BadVectorFileError(f"{where} cannot be imported: its model metadata field `{key}` must be "
+                                     f"{'an integer' if kind is int else 'a string'}, not {json.dumps(value)[:40]}.")
+    return meta
+
+
+def _check_paths(paths: list, reader: Reader) -> None:
+    for p in paths:
+        if not isinstance(p, str) or not p or "\x00" in p:
+            raise reader._bad(f"a path is {'empty' if p in ('', None) else repr(p)[:60]}; every row needs a file path")
+        if len(p) > config.MAX_IMPORT_PATH_CHARS:
+            raise reader._bad(f"a path is {len(p)} characters long, over the cap of {config.MAX_IMPORT_PATH_CHARS} "
+                              f"(config.MAX_IMPORT_PATH_CHARS): {p[:60]}...")
+
+
+def _checked_norms(raw: np.ndarray, reader: Reader) -> np.ndarray:
+    """Norms as float32, NaN where unknown; any other value must be a positive, finite length."""
+    norms = np.asarray(raw, np.float64)
+    known = norms[~np.isnan(norms)]
+    if not (np.isfinite(known) & (known > 0)).all():
+        raise reader._bad("`norms` holds values that are no vector length (zero, negative or infinite)")
+    return norms.astype(np.float32)
+
+
+def _text(value, reader: Reader, name: str) -> str:
+    """A string of a U or S array (bytes must be UTF-8)."""
+    if isinstance(value, (bytes, np.bytes_)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise reader._bad(f"`{name}` holds bytes that are not UTF-8 text") from e
+    return str(value)
+
+
+def _describe(dtype: np.dtype) -> str:
+    if dtype.hasobject:
+        return "Python objects (pickled)"
+    return {"U": "strings", "S": "bytes", "V": "records", "b": "booleans", "c": "complex numbers",
+            "M": "dates", "m": "time spans"}.get(dtype.kind, "numbers") + f" ({dtype.str})"
+
+
+def _is_number(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+def _is_text(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a broken file raises: I/O, zip, zlib, NumPy header and pyarrow errors."""
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile,
+                                               zlib.error, struct.error, NotImplementedError)  # zip: unknown method
+    pyarrow = sys.modules.get("pyarrow")  # not loaded: nothing can have raised its errors
+    if pyarrow is not None:
+        errors += (pyarrow.ArrowException,)
+    return errors
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

@@ -10,6 +10,9 @@ import json
 import logging
 import zlib
 import sqlite3
+from bisect import bisect_right
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
@@ -23,14 +26,15 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from ..errors import IndexCorruptError, IndexNotFoundError
+from ..errors import BadVectorFileError, IndexCorruptError, IndexNotFoundError
 from .shards import DIRNAME as SHARDS_DIRNAME
 from .shards import Shards
-from .models import VectorChunk, Classifier, Image, ImagenetLabel, IndexInfo, Prediction, Setting, UserLabel, Vector
+from .models import (VectorChunk, Classifier, Image, ImagenetLabel, IndexInfo, KeptVector, Prediction, Setting,
+                     UserLabel, Vector)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Store", "ImageRecord", "no_annotations", "migrations_dir"]
+__all__ = ["Store", "ImageRecord", "Importer", "no_annotations", "migrations_dir"]
 
 
 _IN_LIMIT = 500  # SQLite caps bound parameters per statement: long id lists go in slices
@@ -235,6 +239,25 @@ class Store:
                 out.update({sha: image_id for sha, image_id in s.execute(q)})
         return out
 
+    # -- vectors kept by content hash after their image was dropped ------------
+    def kept_sizes(self) -> set[int]:
+        """File sizes of the kept vectors' content: only files of these sizes can revive one."""
+        with self.engine.connect() as c:
+            return {r[0] for r in c.execute(select(KeptVector.size).distinct())}
+
+    def kept_shas(self, shas: Iterable[str]) -> set[str]:
+        """Which of these content hashes have a kept vector."""
+        out: set[str] = set()
+        with self.engine.connect() as c:
+            for part in _slices(set(shas)):
+                out.update(r[0] for r in c.execute(select(KeptVector.sha256).where(KeptVector.sha256.in_(part))))
+        return out
+
+    def forget_kept(self, before: datetime) -> int:
+        """Drop the kept vectors kept before `before` (UTC); returns how many."""
+        with self.session() as s, s.begin():
+            return s.execute(delete(KeptVector).where(KeptVector.kept_at < before)).rowcount or 0
+
     def failed(self) -> list[ImageRecord]:
         with self.session() as s:
             return [_record(r) for r in s.scalars(select(Image).where(Image.status == "failed").order_by(Image.path))]
@@ -375,6 +398,11 @@ class Store:
             for start, count in bad:
                 ids += [r[0] for r in c.execute(select(Vector.image_id).where(
                     Vector.slot >= start, Vector.slot < start + count))]
+        if not self.read_only:
+            # A kept vector in a damaged run must never come back: it is forgotten (not re-embeddable).
+            with self.session() as s, s.begin():
+                for start, count in bad:
+                    s.execute(delete(KeptVector).where(KeptVector.slot >= start, KeptVector.slot < start + count))
         return sorted(ids)
 
     def forget_vectors(self, ids: Iterable[int]) -> None:
@@ -421,21 +449,25 @@ class Store:
 
     # -- writes, each one transaction that bumps the generation --------------
     def apply(self, *, upserts: Iterable[dict] = (), moves: Iterable[tuple[int, dict]] = (),
-              copies: Iterable[tuple[int, dict]] = (), deletes: Iterable[int] = ()) -> dict[str, list[int]]:
+              copies: Iterable[tuple[int, dict]] = (), revives: Iterable[dict] = (),
+              deletes: Iterable[int] = ()) -> dict[str, list[int]]:
         """Write one chunk of an indexing run atomically.
 
         upserts: image fields plus `vector`/`norm` (none for a failed file); replace by path.
         moves: (existing id, new fields) -- a renamed file keeps its id and vector.
         copies: (source id, new image fields) -- identical content elsewhere reuses the vector.
-        deletes: image ids to drop.
+        revives: image fields of files whose content (sha256) has a kept vector: it is reused.
+        deletes: image ids to drop (their vectors are kept by content hash, see KeptVector).
         Returns the image ids whose vectors were added/changed ("set") or dropped ("unset").
         """
         changed: list[int] = []
         dropped: list[int] = []
         new_rows: list[np.ndarray] = []  # vectors to write at the commit point, in order
+        deletes = [int(i) for i in deletes]
         with self.session() as s, s.begin():
             info = s.get(IndexInfo, 1)
             slot = info.next_slot if info is not None else 0
+            _keep(s, deletes)
             for image_id in deletes:
                 s.execute(delete(Vector).where(Vector.image_id == image_id))
                 s.execute(delete(Image).where(Image.id == image_id))
@@ -446,9 +478,32 @@ class Store:
                 src = s.get(Vector, src_id)
                 norm = src.norm
                 new_rows.append(self.shards.read([src.slot])[0])  # one slot per image: a copy gets its own row
+                img = s.get(Image, src_id)
+                fields = {**fields, "width": fields.get("width") or img.width, "height": fields.get("height") or img.height}
                 row = self._upsert_image(s, fields, dropped)
                 s.add(Vector(image_id=row.id, slot=slot, norm=norm))
                 slot += 1
+                changed.append(row.id)
+            for fields in revives:
+                kept = s.get(KeptVector, fields["sha256"])
+                if kept is not None:  # the slot passes to the new image, with the vector it holds
+                    s.delete(kept)
+                    s.flush()
+                    row = self._upsert_image(s, {**fields, "width": kept.width, "height": kept.height,
+                                                 "status": "ok", "reason": None}, dropped)
+                    s.add(Vector(image_id=row.id, slot=kept.slot, norm=kept.norm))
+                else:  # a second file of that content in this chunk: a copy of the first
+                    src = s.execute(select(Vector.slot, Vector.norm, Image.width, Image.height)
+                                    .join(Image, Image.id == Vector.image_id)
+                                    .where(Image.sha256 == fields["sha256"], Image.status == "ok").limit(1)).first()
+                    if src is None:
+                        raise IndexCorruptError(f"The kept vector of {fields['path']} vanished during the run; "
+                                                "run `vecsearch index` again.")
+                    new_rows.append(self.shards.read([src.slot])[0])
+                    row = self._upsert_image(s, {**fields, "width": src.width, "height": src.height,
+                                                 "status": "ok", "reason": None}, dropped)
+                    s.add(Vector(image_id=row.id, slot=slot, norm=src.norm))
+                    slot += 1
                 changed.append(row.id)
             for fields in upserts:
                 fields = dict(fields)
@@ -470,58 +525,28 @@ class Store:
                 s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
         return {"set": changed, "unset": dropped}
 
-    def import_rows(self, rows: list[dict], vectors: np.ndarray, norms: np.ndarray) -> tuple[list[int], int]:
-        """Insert or replace images by path, each with a vector, in one bulk transaction.
+    @contextmanager
+    def importing(self, create_info: dict | None = None) -> Iterator[Importer]:
+        """One transaction for a whole `import`: every batch commits together, or none does.
 
-        rows: image fields (path, size, mtime_ns, sha256, width, height); vectors: unit
-        float32 (n, dim); norms: float32, NaN where unknown. A path already indexed gets a
-        new id (its user label carried over). Returns (new ids in row order, how many replaced).
+        A file that fails part-way (a repeated path, a NaN in its last batch) leaves the index
+        as it was; the shard rows written meanwhile are past the commit point, i.e. scratch.
+        `create_info`: the fields of the index info to create in the same transaction (an
+        empty index taking its model from the file), so a failed first import leaves it empty.
         """
-        if not rows:
-            return [], 0
-        now = _now()
         with self.session() as s, s.begin():
+            if create_info is not None:
+                s.add(IndexInfo(id=1, generation=0, created_at=_now(), **create_info))
+                s.flush()
             info = s.get(IndexInfo, 1)
-            start = info.next_slot
-            existing: dict[str, int] = {}
-            for part in _slices(r["path"] for r in rows):
-                existing.update(s.execute(select(Image.path, Image.id).where(Image.path.in_(part))).all())
-            carried: dict[str, tuple] = {}
-            if existing:
-                old_ids = list(existing.values())
-                path_of = {i: p for p, i in existing.items()}
-                for part in _slices(old_ids):
-                    for lab in s.scalars(select(UserLabel).where(UserLabel.image_id.in_(part))):
-                        carried[path_of[lab.image_id]] = (lab.label, lab.split, lab.source)
-                    s.execute(delete(UserLabel).where(UserLabel.image_id.in_(part)))
-                    s.execute(delete(Vector).where(Vector.image_id.in_(part)))
-                    s.execute(delete(Image).where(Image.id.in_(part)))
-            # Bulk rows through the driver in this same transaction (ORM objects cost ~20x more).
-            # Ids continue past every id ever used (AUTOINCREMENT's own rule), so none is reused.
-            cur = s.connection().connection.dbapi_connection.cursor()
-            seq = cur.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone()
-            top = cur.execute("SELECT max(id) FROM images").fetchone()[0]
-            first = max(seq[0] if seq else 0, top or 0) + 1
-            ids = list(range(first, first + len(rows)))
-            when = now.isoformat(sep=" ")
-            cur.executemany(
-                "INSERT INTO images (id, path, size, mtime_ns, sha256, width, height, status, reason, indexed_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 'ok', NULL, ?)",
-                [(i, r["path"], r["size"], r["mtime_ns"], r["sha256"], r["width"], r["height"], when)
-                 for i, r in zip(ids, rows)])
-            cur.executemany("INSERT INTO vectors (image_id, slot, norm) VALUES (?, ?, ?)",
-                            [(i, start + j, None if nm != nm else nm) for j, (i, nm) in enumerate(zip(ids, norms.tolist()))])
-            if carried:
-                id_of = {r["path"]: i for r, i in zip(rows, ids)}
-                s.execute(insert(UserLabel), [{"image_id": id_of[p], "label": lab, "split": split, "source": source}
-                                              for p, (lab, split, source) in carried.items()])
-            # The rows reach the disk before the transaction that points at them commits.
-            block = np.ascontiguousarray(vectors, "<f4")
-            self.shards.write(start, block)
-            s.add(VectorChunk(start_slot=start, count=len(block), crc32=zlib.crc32(memoryview(block).cast("B"))))
-            info.next_slot = start + len(rows)
-            s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
-        return ids, len(existing)
+            shards = self._shards or Shards(self.path.parent / SHARDS_DIRNAME, info.dim)
+            importer = Importer(s, info, shards)
+            yield importer
+            if importer.slot != info.next_slot:
+                info.next_slot = importer.slot
+            if importer.ids_from is not None:
+                s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
+        self._shards = self._shards or shards
 
     @staticmethod
     def _upsert_image(s: Session, fields: dict, dropped: list[int]) -> Image:
@@ -535,6 +560,7 @@ class Store:
         if old is not None:
             if s.get(Vector, old.id) is not None:
                 dropped.append(old.id)
+                _keep(s, [old.id])  # an edit may be undone: the old content's vector stays findable
             # The user's class belongs to the path: it survives the file being re-embedded.
             old_label = s.get(UserLabel, old.id)
             if old_label is not None:
@@ -696,6 +722,126 @@ class Store:
         return out
 
 
+class Importer:
+    """The writes of one `import` inside `Store.importing`'s transaction, batch by batch.
+
+    A path may come once per import: a second row for it, in the same file or another one,
+    is refused with a BadVectorFileError that names the path and the files. A path that was
+    in the index before is replaced (new id, its user label carried over, the old vector kept
+    by content hash).
+    """
+
+    def __init__(self, s: Session, info: IndexInfo, shards: Shards):
+        self._s, self._info, self._shards = s, info, shards
+        self.slot = info.next_slot
+        self.ids_from: int | None = None  # the first id this import gave: ids at or past it are its own
+        self._sources: list[tuple[int, str]] = []  # (first id, file) per batch, to name a repeat's file
+
+    def _cursor(self):
+        return self._s.connection().connection.dbapi_connection.cursor()
+
+    def _next_id(self) -> int:
+        # Ids continue past every id ever used (AUTOINCREMENT's own rule), so none is reused.
+        cur = self._cursor()
+        seq = cur.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone()
+        top = cur.execute("SELECT max(id) FROM images").fetchone()[0]
+        return max(seq[0] if seq else 0, top or 0) + 1
+
+    def _replacing(self, paths: list[str], source: str) -> dict[str, int]:
+        """{path: id} of the rows these paths replace; a path this import already wrote is refused."""
+        twice = [p for p, n in Counter(paths).items() if n > 1]
+        if twice:
+            raise self._repeat(twice[0], source, source)
+        existing: dict[str, int] = {}
+        for part in _slices(paths):
+            existing.update(self._s.execute(select(Image.path, Image.id).where(Image.path.in_(part))).all())
+        if self.ids_from is not None:
+            for path, image_id in existing.items():
+                if image_id >= self.ids_from:
+                    first = self._sources[bisect_right([i for i, _ in self._sources], image_id) - 1][1]
+                    raise self._repeat(path, first, source)
+        return existing
+
+    @staticmethod
+    def _repeat(path: str, first: str, then: str) -> BadVectorFileError:
+        where = f"twice in {first}" if first == then else f"in both {first} and {then}"
+        return BadVectorFileError(f"{path} is {where}; a path may come once per import. Nothing was imported: "
+                                  "the index is as it was. Drop the repeated row (or import the files one "
+                                  "at a time: a later import replaces a path).")
+
+    def _drop(self, existing: dict[str, int]) -> dict[str, tuple]:
+        """Delete the rows being replaced; returns their user labels by path, to carry over."""
+        s = self._s
+        carried: dict[str, tuple] = {}
+        if existing:
+            path_of = {i: p for p, i in existing.items()}
+            old_ids = list(existing.values())
+            _keep(s, old_ids)
+            for part in _slices(old_ids):
+                for lab in s.scalars(select(UserLabel).where(UserLabel.image_id.in_(part))):
+                    carried[path_of[lab.image_id]] = (lab.label, lab.split, lab.source)
+                s.execute(delete(UserLabel).where(UserLabel.image_id.in_(part)))
+                s.execute(delete(Vector).where(Vector.image_id.in_(part)))
+                s.execute(delete(Image).where(Image.id.in_(part)))
+        return carried
+
+    def _begin(self, source: str) -> int:
+        first = self._next_id()
+        if self.ids_from is None:
+            self.ids_from = first
+        self._sources.append((first, source))
+        return first
+
+    def add(self, rows: list[dict], vectors: np.ndarray, norms: np.ndarray, source: str) -> tuple[list[int], int]:
+        """Insert or replace images by path, each with a vector; returns (new ids in row order, how many replaced).
+
+        rows: image fields (path, size, mtime_ns, sha256, width, height); vectors: unit
+        float32 (n, dim); norms: float32, NaN where unknown; source: the file they come from.
+        """
+        if not rows:
+            return [], 0
+        s = self._s
+        existing = self._replacing([r["path"] for r in rows], source)
+        carried = self._drop(existing)
+        first = self._begin(source)
+        ids = list(range(first, first + len(rows)))
+        when = _now().isoformat(sep=" ")
+        # Bulk rows through the driver in this same transaction (ORM objects cost ~20x more).
+        cur = self._cursor()
+        cur.executemany(
+            "INSERT INTO images (id, path, size, mtime_ns, sha256, width, height, status, reason, indexed_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'ok', NULL, ?)",
+            [(i, r["path"], r["size"], r["mtime_ns"], r["sha256"], r["width"], r["height"], when)
+             for i, r in zip(ids, rows)])
+        cur.executemany("INSERT INTO vectors (image_id, slot, norm) VALUES (?, ?, ?)",
+                        [(i, self.slot + j, None if nm != nm else nm) for j, (i, nm) in enumerate(zip(ids, norms.tolist()))])
+        if carried:
+            id_of = {r["path"]: i for r, i in zip(rows, ids)}
+            s.execute(insert(UserLabel), [{"image_id": id_of[p], "label": lab, "split": split, "source": src}
+                                          for p, (lab, split, src) in carried.items()])
+        # The rows reach the disk before the transaction that points at them commits.
+        block = np.ascontiguousarray(vectors, "<f4")
+        self._shards.write(self.slot, block)
+        s.add(VectorChunk(start_slot=self.slot, count=len(block), crc32=zlib.crc32(memoryview(block).cast("B"))))
+        self.slot += len(rows)
+        return ids, len(existing)
+
+    def add_failed(self, rows: list[dict], source: str) -> None:
+        """Rows of files an `embed` shard records as failed (no vector), as indexing would store them."""
+        if not rows:
+            return
+        existing = self._replacing([r["path"] for r in rows], source)
+        carried = self._drop(existing)
+        self._begin(source)
+        for fields in rows:
+            row = Image(**fields, indexed_at=_now())
+            self._s.add(row)
+            self._s.flush()
+            if fields["path"] in carried:
+                label, split, src = carried[fields["path"]]
+                self._s.add(UserLabel(image_id=row.id, label=label, split=split, source=src))
+
+
 def _lock_and_keep_alive(s: Session, ids: list[int], id_column) -> set[int]:
     """Which of `ids` are still images, checked inside a write transaction.
 
@@ -708,6 +854,22 @@ def _lock_and_keep_alive(s: Session, ids: list[int], id_column) -> set[int]:
     for part in _slices(sorted(set(ids))):
         alive.update(s.scalars(select(Image.id).where(Image.id.in_(part))))
     return alive
+
+
+def _keep(s: Session, ids: list[int]) -> None:
+    """Before these images are dropped: keep their vectors findable by content hash (KeptVector).
+
+    Only images with a vector and a known hash; a newer copy of a hash replaces an older one.
+    """
+    when = _now()
+    for part in _slices(ids):
+        q = (select(Image.sha256, Vector.slot, Vector.norm, Image.size, Image.width, Image.height)
+             .join(Vector, Vector.image_id == Image.id)
+             .where(Image.id.in_(part), Image.status == "ok", Image.sha256.is_not(None), Image.size > 0))
+        rows = [{"sha256": r[0], "slot": r[1], "norm": r[2], "size": r[3], "width": r[4], "height": r[5],
+                 "kept_at": when} for r in s.execute(q)]
+        if rows:
+            s.execute(insert(KeptVector).prefix_with("OR REPLACE"), rows)
 
 
 def _path_under(folder: str):

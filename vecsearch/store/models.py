@@ -64,8 +64,28 @@ class Vector(Base):
 
     __tablename__ = "vectors"
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
-    slot: Mapped[int] = mapped_column(Integer)  # row in the shard files; one image per slot, never reused
+    # Row in the shard files; one image per slot at a time. Rows never change, so a slot passes
+    # only with its vector: to the image that brings a kept vector back (KeptVector).
+    slot: Mapped[int] = mapped_column(Integer)
     norm: Mapped[float | None] = mapped_column(Float, nullable=True)  # length before normalising (the ImageNet top needs it); None if imported without
+
+
+class KeptVector(Base):
+    """The vector of content no longer indexed (removed, excluded, or replaced by an edit), kept
+    findable by its content hash so that a file with that content coming back reuses it.
+
+    Its row stays in the append-only shards anyway; this row is what makes it findable, and
+    is dropped after `indexer.KEEP_DAYS` (or when the image revives it).
+    """
+
+    __tablename__ = "kept_vectors"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    slot: Mapped[int] = mapped_column(Integer)
+    norm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    size: Mapped[int] = mapped_column(Integer)  # the file's, so the indexer hashes only files of a known size
+    width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    kept_at: Mapped[datetime] = mapped_column()
 
 
 class VectorChunk(Base):
