@@ -7,6 +7,7 @@ failure reasons whichever engine embeds them.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -139,6 +140,109 @@ def test_engine_flags_are_checked(tmp_path):
     assert r.exit_code == 1 and "Unknown engine 'spark'" in r.output
     r = run("index", tmp_path, "--index", tmp_path / "ix", "--ray-address", "auto", ok=False)
     assert r.exit_code == 1 and "go with --engine ray" in r.output
+
+
+# -- joining a head started with `ray start --head`, as the README's recipe does ------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(*args, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """The CLI in a fresh process (this one may hold a Ray connection), with no RAY_* settings but `env`'s."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import tiny_backbone; from vecsearch.cli import app; app({[str(a) for a in args]!r})"
+    return subprocess.run([sys.executable, "-c", code], check=False, env={**clean, "TINY_BACKBONE_DELAY": "0", **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def token_head(tmp_path_factory):
+    """A head node from `ray start --head --block` with token auth, its token in its own HOME; yields (port, home).
+
+    Its own temp dir and ports, so it meets no other Ray on the machine; stopped by signalling
+    its process group (`ray stop` would stop every Ray here).
+    """
+    import shutil
+    import tempfile
+
+    if not hasattr(ray.exceptions, "AuthenticationError"):
+        pytest.skip(f"Ray {ray.__version__} has no token authentication (2.52+)")
+    home = tmp_path_factory.mktemp("home")
+    (home / ".ray").mkdir()
+    (home / ".ray" / "auth_token").write_text("vecsearch-test-token-" + os.urandom(8).hex())
+    temp = tempfile.mkdtemp(prefix="vsray", dir="/tmp")  # Ray's socket paths must stay under 107 characters
+    port = _free_port()
+    flags = {"--port": port, "--ray-client-server-port": _free_port(), "--dashboard-port": _free_port(),
+             "--dashboard-agent-listen-port": _free_port()}
+    log = home / "head.log"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    pythonpath = os.pathsep.join([str(TESTS), str(TESTS.parent), clean.get("PYTHONPATH", "")])
+    with open(log, "w") as out:
+        head = subprocess.Popen(
+            [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--num-cpus", "2",
+             "--object-store-memory", str(200 * 2**20), "--temp-dir", temp, "--include-dashboard=false",
+             "--disable-usage-stats", *(str(x) for kv in flags.items() for x in kv)],
+            env={**clean, "HOME": str(home), "RAY_AUTH_MODE": "token", "PYTHONPATH": pythonpath, "TINY_BACKBONE_DELAY": "0"},
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "Ray runtime started" not in log.read_text():
+            assert head.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        yield port, home
+    finally:
+        head.send_signal(signal.SIGTERM)  # --block: the head drains and stops what it started
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(head.pid, signal.SIGKILL)  # what outlived the drain (agents)
+        except ProcessLookupError:
+            pass
+        head.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow  # starts its own head node (~15 s) and a model actor on it
+def test_a_head_that_wants_a_token_says_to_set_ray_auth_mode(token_head, tmp_path):
+    port, home = token_head
+    root = tmp_path / "photos"
+    _folder(root, 6)
+    # 127.0.0.1, as one types it on the head: Ray dials this machine's address instead, where the head listens too.
+    ray_flags = ("--engine", "ray", "--ray-address", f"127.0.0.1:{port}", "--workers", "1")
+    r = _cli("index", root, "--index", tmp_path / "ix", *TINY, *ray_flags, env={"HOME": str(home)})
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "requires an auth token" in r.stderr and "Set RAY_AUTH_MODE=token" in r.stderr, r.stderr[-3000:]
+    assert f"this machine has one in {home / '.ray' / 'auth_token'}" in r.stderr  # the token it would send
+    assert "InvalidAuthToken" not in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
+    # A token that is not the head's is named as such.
+    r = _cli("index", root, "--index", tmp_path / "ix", *TINY, *ray_flags,
+             env={"HOME": str(home), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"})
+    assert r.returncode == 1 and "refused the auth token from RAY_AUTH_TOKEN" in r.stderr, r.stderr[-3000:]
+    assert "InvalidAuthToken" not in r.stderr
+    # With RAY_AUTH_MODE=token, Ray sends the token from ~/.ray/auth_token and the job runs on the head.
+    r = _cli("index", root, "--index", tmp_path / "ix", *TINY, *ray_flags, "--batch-size", "4", "--json",
+             env={"HOME": str(home), "RAY_AUTH_MODE": "token"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout)
+    assert (summary["indexed"], len(summary["failed"])) == (6, 2)
+    assert "InvalidAuthToken" not in r.stderr
+
+
+def test_nothing_listening_at_the_address_is_said_at_once(tmp_path):
+    """Where nothing answers, ray.init would retry for minutes; the check before it answers in seconds."""
+    port = _free_port()
+    _folder(tmp_path / "p", 2)
+    r = _cli("index", tmp_path / "p", "--index", tmp_path / "ix", *TINY, "--engine", "ray",
+             "--ray-address", f"127.0.0.1:{port}", env={}, timeout=120)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert f"Nothing answers at 127.0.0.1:{port}" in r.stderr and f"ray start --head --port {port}" in r.stderr
+    assert "--ray-address" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
 
 
 def _index_in_subprocess(root: Path, index: Path, address: str | None) -> subprocess.Popen:

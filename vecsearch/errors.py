@@ -90,6 +90,10 @@ class UploadTooLargeError(VecsearchError):
     """An upload to the HTTP service is over its size cap."""
 
 
+class RayClusterError(VecsearchError):
+    """The Ray cluster at the given address cannot be joined: nothing answers there, or it refuses this process."""
+
+
 class MissingExtraError(VecsearchError):
     """An optional feature's dependency is not installed; the message names the pip extra that brings it."""
 

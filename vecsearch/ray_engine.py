@@ -27,6 +27,7 @@ import importlib
 import importlib.util
 import itertools
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ import numpy as np
 
 from .backbones import Backbone, WeightsSpec, check_precision, get_spec, load_backbone
 from .config import default_batch_size
-from .errors import IndexMismatchError, VecsearchError
+from .errors import IndexMismatchError, RayClusterError, VecsearchError
 from .extract import RESAMPLE, Embedded
 from .extras import require_extra
 
@@ -167,16 +168,30 @@ class _EmbedActor:
 
 
 # -- the driver side ---------------------------------------------------------------------------
+PROBE_SECONDS = 5.0
+"""How long `connect` waits for a head to answer before saying that nothing does. ray.init
+retries 20 times: where nothing listens a try took ~40 s here (so ~13 min), where the head
+refuses the token ~1 s; each try prints a warning from Ray's C++ core that no ray.init option
+(logging_level, log_to_driver, configure_logging) silences."""
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+AUTH_DOCS = "https://docs.ray.io/en/latest/ray-security/token-auth.html"
+
+
 def connect(address: str | None = None):
     """Join the Ray cluster at `address`, or start a local one; reuse a connection this process has."""
     ray = import_ray()
     if not ray.is_initialized():
+        # None and "auto" find a cluster started here, and Ray then picks up its token by itself.
+        if address not in (None, "auto", "local") and "://" not in address:
+            _check_head(address)
         log.info("connecting to Ray at %s", address or "a new local cluster")
         try:
             ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
-        except (ConnectionError, ValueError, RuntimeError) as e:
-            raise VecsearchError(f"Cannot reach a Ray cluster at {address}: {e}. Start one with `ray start --head` "
-                                 "or give no address to run a local one.", option="ray_address") from e
+        except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as e:
+            if _refused_token(e):
+                raise RayClusterError(_auth_advice(address)) from e
+            raise RayClusterError(f"Cannot reach a Ray cluster at {address}: {e}. Start one with `ray start --head` "
+                                  "or give no address to run a local one.", option="ray_address") from e
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the CLI draws its own
     if hasattr(ctx, "print_on_execution_start"):
@@ -184,6 +199,105 @@ def connect(address: str | None = None):
     if hasattr(ctx, "raise_original_map_exception"):
         ctx.raise_original_map_exception = True  # our own errors, not a wrapped RayTaskError
     return ray
+
+
+def _check_head(address: str) -> None:
+    """Ask the head once, within PROBE_SECONDS, what ray.init would learn slowly and noisily.
+
+    A head that wants a token this process does not send, or nothing answering where Ray
+    dials (a loopback host becomes this machine's address), is a RayClusterError saying what
+    to do; any other answer is left to ray.init.
+    """
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # ray.init says what is wrong with the address
+    dialled = address
+    if host.strip("[]") in LOOPBACK:
+        from ray.util import get_node_ip_address
+
+        ip = get_node_ip_address()
+        dialled = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    token = _token()[0] if _token_mode() else None
+    answer = _ask_head(dialled, token)
+    if answer == "refused":
+        raise RayClusterError(_auth_advice(address))
+    if answer != "silent":
+        return
+    rewritten = f" (Ray dials {dialled}: it replaces a loopback address by this machine's)" if dialled != address else ""
+    if rewritten and _ask_head(address, token) != "silent":
+        raise RayClusterError(
+            f"Nothing answers at {dialled}, where Ray dials for {address} (it replaces a loopback address by this "
+            f"machine's), but {address} does: the head listens on loopback only (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0). "
+            "Set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 here too, or start the head without it.", option="ray_address")
+    raise RayClusterError(
+        f"Nothing answers at {address}{rewritten}: no Ray head runs there, or a firewall "
+        f"is in between. Start one with `ray start --head --port {port}`, or give no address to run a local one.",
+        option="ray_address")
+
+
+def _ask_head(target: str, token: str | None) -> str:
+    """"ok", "refused" (wants a token, or another), "silent" (nothing answers) or "other", from one GCS call.
+
+    GetClusterId is the first call ray.init makes, and needs nothing but the token.
+    """
+    try:
+        import grpc
+    except ImportError:  # ray without its gRPC extras: ray.init will tell
+        return "other"
+    channel = grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)])  # as Ray's own channels
+    try:
+        call = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId")  # bytes in, bytes out
+        call(b"", timeout=PROBE_SECONDS, metadata=[("authorization", f"Bearer {token}")] if token else None)
+        return "ok"
+    except grpc.RpcError as e:
+        code = e.code()
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return "refused"
+        return "silent" if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) else "other"
+    finally:
+        channel.close()
+
+
+def _token_mode() -> bool:
+    """Whether Ray sends a token: only with RAY_AUTH_MODE=token when given an address."""
+    return os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "token"
+
+
+def _token() -> tuple[str | None, str]:
+    """(the token Ray sends with RAY_AUTH_MODE=token, where it is read), in the order of Ray's docs."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    try:
+        return Path(path).read_text().strip() or None, path
+    except OSError:
+        return None, path
+
+
+def _auth_advice(address: str | None) -> str:
+    """What to set for a head that wants a token: the mode, or the token itself, and where Ray reads it."""
+    token, source = _token()
+    where = "RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names, or ~/.ray/auth_token"
+    get = "`ray get-auth-token` on the head prints it"
+    if not _token_mode():
+        have = f"this machine has one in {source}" if token else f"this machine has none: {get}"
+        return (f"The Ray cluster at {address} requires an auth token, which Ray sends only with RAY_AUTH_MODE=token "
+                "(`ray start --head` turns token auth on where ~/.ray/auth_token exists). Set RAY_AUTH_MODE=token, "
+                f"with the head's token in {where} ({have}). See {AUTH_DOCS}")
+    if token is None:
+        return f"RAY_AUTH_MODE=token is set, but {source} holds no token: put the head's ({get}) in {where}."
+    return f"The Ray cluster at {address} refused the auth token from {source}: put the head's ({get}) in {where}."
+
+
+def _refused_token(e: BaseException) -> bool:
+    """Whether a failed ray.init, or what caused it, is Ray's refusal of the token."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 class RayEngine:
