@@ -437,6 +437,7 @@ def _loading_status(text: str) -> Iterator[None]:
             yield
         return
     shown["bar"].update(shown["task"], description=clean(text))
+    shown["bar"].refresh()  # drawn now: a load shorter than the refresh interval would never show
     try:
         yield
     finally:  # the rate counts from here: the load is not the images' time
