@@ -5,7 +5,6 @@ Command modules import from here and register on `app`; nothing here imports the
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -86,6 +85,28 @@ def _point_at_devnull(fd: int) -> None:
         os.close(devnull)
     except OSError:
         pass
+
+
+def _has_fd(stream) -> bool:
+    try:
+        stream.fileno()
+        return True
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return False
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (a BrokenPipeError elsewhere is a real fault)."""
+    if not _has_fd(sys.stdout):
+        return False
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def stdout_write(text: str) -> None:
@@ -220,30 +241,6 @@ def errors_to_exit() -> Iterator[None]:
         logging.getLogger("vecsearch.cli").debug("fault", exc_info=True)
         error_line(message)
         raise typer.Exit(1) from None
-
-
-
-
-def _has_fd(stream) -> bool:
-    try:
-        stream.fileno()
-        return True
-    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
-        return False
-
-
-def _stdout_closed() -> bool:
-    """Whether stdout is a pipe whose reader has gone (a BrokenPipeError elsewhere is a real fault)."""
-    if not _has_fd(sys.stdout):
-        return False
-    import select
-
-    try:
-        poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(ev & select.POLLERR for _, ev in poller.poll(0))
-    except (AttributeError, OSError, ValueError):
-        return False
 
 
 def print_json(data) -> None:
