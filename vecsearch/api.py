@@ -424,7 +424,7 @@ class VecIndex:
         (`add` decodes many in threads while the model runs).
         """
         size = self._input_size()
-        pixels = [images.read_image_file(Path(p), size, resample=RESAMPLE).pixels for p in paths]
+        pixels = [self._read_pixels(Path(p), size) for p in paths]
         if not pixels:
             return np.zeros((0, get_spec(self._model_name()).dim), np.float32)
         with self._model_lock:
@@ -435,6 +435,16 @@ class VecIndex:
         pixels, _, _ = images.decode_image(data, self._input_size(), max_pixels=max_pixels, resample=RESAMPLE)
         with self._model_lock:
             return self.extractor().embed_pixels(pixels[None])[0]
+
+    @staticmethod
+    def _read_pixels(path: Path, size: tuple[int, int]) -> np.ndarray:
+        """A file decoded as `Extractor` decodes it, with its reasons (a decoder's own bug too) as BadImageError."""
+        try:
+            return images.read_image_file(path, size, resample=RESAMPLE).pixels
+        except BadImageError as e:
+            raise BadImageError(e.reason, str(path)) from e
+        except Exception as e:  # as Extractor.embed_files: one bad file is a reason, never a traceback
+            raise BadImageError(f"unreadable: {type(e).__name__}: {e}", str(path)) from e
 
     def _model_name(self) -> str:
         """The backbone's name, known without building it: the index's, else the one asked for."""
@@ -818,7 +828,7 @@ class VecIndex:
 
     def imagenet_coverage(self) -> tuple[int, int]:
         """(images with stored ImageNet labels, images with a vector): how much of the index a class listing sees."""
-        return int(len(self.store.imagenet_labelled_ids())), len(self)
+        return len(self.store.imagenet_labelled_ids()), len(self)
 
     def imagenet_probabilities(self, ids: Iterable[int] | None = None, weights: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, probabilities over the 1000 ImageNet classes) of indexed images; nothing is stored."""
