@@ -76,8 +76,10 @@ def test_no_backend_installed_names_the_install_lines():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env=os.environ | {"KERAS_BACKEND": "jax"})
     assert r.returncode != 0
-    assert "VecsearchError" in r.stderr and "pip install 'vecsearch[cpu]'" in r.stderr
-    assert "'vecsearch[gpu]'" in r.stderr and "KERAS_BACKEND=torch" in r.stderr
+    from vecsearch.extras import install_line
+
+    assert "VecsearchError" in r.stderr and install_line("cpu") in r.stderr
+    assert install_line("gpu") in r.stderr and "KERAS_BACKEND=torch" in r.stderr
 
 
 def test_the_cli_says_it_without_a_traceback(tmp_path):
@@ -90,7 +92,7 @@ def test_the_cli_says_it_without_a_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, "index", str(tmp_path), "--index", str(tmp_path / "ix")],
                        capture_output=True, text=True, env=os.environ | {"KERAS_BACKEND": "jax"})
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
-    assert "vecsearch[cpu]" in r.stderr
+    assert f"-e '{ROOT}[cpu]'" in r.stderr  # run from this checkout
 
 
 @pytest.mark.skipif(os.environ.get("VECSEARCH_CHECK_INSTALL") != "1",
@@ -103,3 +105,31 @@ def test_pip_resolves_the_gpu_extra_to_one_tensorflow_with_cuda(tmp_path):
     installed = {canonicalize_name(i["metadata"]["name"]) for i in json.loads(report.read_text())["install"]}
     assert installed & TF_DISTRIBUTIONS == {"tensorflow"}
     assert any(name.startswith("nvidia-cudnn") for name in installed)  # the CUDA libraries come with it
+
+
+# -- the install lines the messages give ------------------------------------------------------------
+def test_install_lines_name_what_works_where_vecsearch_came_from(tmp_path):
+    """`pip install 'vecsearch[plot]'` fails ("No matching distribution": the name is not on the
+    package index) and would install someone else's package if the name were taken."""
+    from vecsearch.extras import install_line, pip_target
+
+    # From this checkout (the tests run from one): editable, by its absolute path.
+    assert install_line("plot") == f"pip install -e '{ROOT}[plot]'"
+    assert pip_target("plot", checkout=Path("/src/my vecsearch")) == "-e '/src/my vecsearch[plot]'"
+    # Installed by path (PEP 610 direct_url.json): that folder or wheel, with the extra.
+    wheel = tmp_path / "vecsearch-0.2.0-py3-none-any.whl"
+    wheel.write_bytes(b"")
+    assert pip_target("parquet", direct_url={"url": wheel.as_uri(), "archive_info": {}}) == f"'{wheel}[parquet]'"
+    assert pip_target("plot", direct_url={"url": tmp_path.as_uri(), "dir_info": {"editable": True}}) == f"-e '{tmp_path}[plot]'"
+    # From a repository: the same commit; from a URL: that URL.
+    vcs = {"url": "https://example.org/vecsearch.git", "vcs_info": {"vcs": "git", "commit_id": "abc123"}}
+    assert pip_target("plot", direct_url=vcs) == "'vecsearch[plot] @ git+https://example.org/vecsearch.git@abc123'"
+    # Anything else (an index, or a wheel deleted since): the extra's own requirements, which always work.
+    gone = {"url": (tmp_path / "gone.whl").as_uri(), "archive_info": {}}
+    for origin in (None, gone):
+        assert pip_target("plot", direct_url=origin) == "'matplotlib>=3.8'"
+        assert pip_target("server", direct_url=origin).split() == ["'fastapi>=0.110'", "'uvicorn>=0.29'",
+                                                                  "'python-multipart>=0.0.9'", "'fastapi-offline>=1.7'"]
+        assert pip_target("cpu", direct_url=origin) in ("'tensorflow-cpu>=2.16'", "'tensorflow>=2.16'")  # by machine
+    for extra in ("plot", "server", "parquet", "heif", "ray", "cpu", "gpu"):
+        assert "'vecsearch[" not in install_line(extra) and extra in install_line(extra)

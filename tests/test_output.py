@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import make_image, run, run_json
+from helpers import TESTS, make_image, run, run_json, write_vector_file
 from vecsearch import open_index
 from vecsearch.config import VERSION
+from vecsearch.extras import install_line
 
 TINY = ["--backbone", "tiny", "--weights", "none", "--seed", "7"]
 
@@ -66,7 +67,7 @@ def test_square_brackets_in_paths_and_messages_survive(indexed, tmp_path, monkey
         with monkeypatch.context() as m:
             m.setitem(sys.modules, module, None)
             r = run("serve", "--index", index_dir, ok=False)
-        assert r.exit_code == 1 and "pip install 'vecsearch[server]'" in r.output and module in r.output
+        assert r.exit_code == 1 and install_line("server") in r.output and module in r.output
 
 
 # -- 2. tables -----------------------------------------------------------------------------------
@@ -141,7 +142,7 @@ def test_plot_without_matplotlib_fails_before_any_work(taught, tmp_path, monkeyp
     for args in (["classify", "--probe", "--name", "p"], ["finetune", "--name", "h", "--epochs", "2", "-q"],
                  ["similarity", one, two]):
         r = run(*args, "--plot", png, "--index", index_dir, ok=False)
-        assert r.exit_code == 1 and "pip install 'vecsearch[plot]'" in r.output, r.output
+        assert r.exit_code == 1 and install_line("plot") in r.output, r.output
         assert "Traceback" not in r.output and not png.exists()
     assert run_json("classifiers", "--index", index_dir)["classifiers"] == []  # nothing was trained and saved
 
@@ -151,10 +152,10 @@ def test_parquet_without_pyarrow_names_the_extra_and_writes_nothing(indexed, tmp
     run("export", tmp_path / "v.npz", "--index", index_dir, "-q")
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     r = run("export", tmp_path / "out.parquet", "--index", index_dir, "-q", ok=False)
-    assert r.exit_code == 1 and "pip install 'vecsearch[parquet]'" in r.output
+    assert r.exit_code == 1 and install_line("parquet") in r.output
     (tmp_path / "in.parquet").write_bytes(b"PAR1")
     r = run("import", tmp_path / "in.parquet", "--index", tmp_path / "fresh", "-q", ok=False)
-    assert r.exit_code == 1 and "pip install 'vecsearch[parquet]'" in r.output
+    assert r.exit_code == 1 and install_line("parquet") in r.output
     assert not (tmp_path / "fresh").exists() and not list(tmp_path.glob("out.parquet*"))
 
 
@@ -206,9 +207,10 @@ def test_imagenet_listing_ranks_results_and_names_the_class_rank(indexed):
     lines = run("search-labels", "tench", "--index", index_dir).stdout.splitlines()
     assert lines[0].split() == ["rank", "class_rank", "prob", "path"]
     assert [ln.split()[:2] for ln in lines[1:]] == [["1", "1"], ["2", "1"], ["3", "2"]]
-    # A real class no image has: one line that says so, not a bare header.
+    # A real class no image has: one line that says so (and that 9 images have no labels), not a bare header.
     r = run("search-labels", "golden_retriever", "--index", index_dir)
-    assert r.stdout.strip() == "No indexed image has golden_retriever in its stored ImageNet top-k."
+    assert r.stdout.strip() == ("No labelled image has golden_retriever in its stored ImageNet top-k; only 3 of 12 "
+                                "indexed images have ImageNet labels: `vecsearch label --missing` labels the other 9.")
     assert run_json("search-labels", "golden_retriever", "--index", index_dir) == []
 
 
@@ -238,18 +240,28 @@ def test_finetune_hint_names_the_head_and_the_index(taught):
     assert run_json("classify", "--head", "--name", "tuned", "--index", index_dir)["kind"] == "head"
 
 
-def test_random_weights_warn_on_labels_and_dupes(indexed):
+def test_random_weights_warn_on_labels_dupes_and_explain(indexed, tmp_path):
     photos, index_dir = indexed
     r = run("dupes", "--index", index_dir, "--threshold", "0.5")
     assert "random weights" in r.stderr and "random weights" not in r.stdout
-    groups = run_json("dupes", "--index", index_dir, "--threshold", "0.5")
-    assert groups and all("random weights" in g["warning"] for g in groups)
+    for mode in ("--json", "--jsonl"):  # once on stderr, never repeated in every object
+        for args in (["--threshold", "0.5"], ["--threshold", "0.5", "--to-remove"]):
+            r = run("dupes", "--index", index_dir, *args, mode)
+            rows = json.loads(r.stdout) if mode == "--json" else [json.loads(ln) for ln in r.stdout.splitlines()]
+            assert rows and not any("warning" in row for row in rows) and "random weights" not in r.stdout
+            assert r.stderr.count("random weights") == 1
     paths = sorted(str(p.resolve()) for p in photos.rglob("*.*"))
     _store_imagenet_labels(index_dir, {p: [(*TENCH, 0.99)] for p in paths})
     r = run("label", "--missing", "--index", index_dir, "-q")  # all labelled already: nothing computed
     assert "random weights" in r.stderr and paths[0] in r.stdout
-    items = run_json("label", "--missing", "--index", index_dir, "-q")
-    assert len(items) == 12 and all("random weights" in i["warning"] for i in items)
+    r = run("label", "--missing", "--index", index_dir, "-q", "--json")
+    items = json.loads(r.stdout)
+    assert len(items) == 12 and not any("warning" in i for i in items) and r.stderr.count("random weights") == 1
+    # explain warns as label and dupes do: its heatmaps come from the same random model
+    out = tmp_path / "why.png"
+    r = run("explain", paths[0], "--like", paths[1], "--out", out, "--index", index_dir)
+    assert "random weights" in r.stderr and "random weights" not in r.stdout and out.exists()
+    assert "random weights" in run_json("explain", paths[0], "--like", paths[1], "--out", out, "--index", index_dir)["warning"]
     r = run("index", photos, "--index", index_dir, "--label", "-q")  # labels only the missing ones: none
     assert "Labelled 0 images" in r.stdout and "random weights" in r.stderr and "random weights" not in r.stdout
     assert "random weights" in run_json("index", photos, "--index", index_dir, "--label")["warning"]
@@ -299,7 +311,7 @@ def _reference_keep(group: list[Path], keep: str) -> Path:
 
     if keep == "largest":
         return max(group, key=lambda p: (pixels(p), p.stat().st_size))
-    return min(group, key=lambda p: p.stat().st_mtime_ns)
+    return min(group, key=lambda p: (p.stat().st_mtime_ns, -p.stat().st_size, len(str(p))))
 
 
 @pytest.mark.parametrize("keep", ["largest", "oldest"])
@@ -314,7 +326,7 @@ def test_dupes_to_remove_keeps_one_per_group(copies, index_dir, keep):
     assert {row["keep"] for row in rows} == kept
     lines = run(*args, "--jsonl").stdout.splitlines()
     assert [json.loads(ln) for ln in lines] == rows
-    if keep == "largest":  # the default
+    if keep == "oldest":  # the default
         assert run("dupes", "--to-remove", "--threshold", "0.995", "--index", index_dir).stdout == r.stdout
     r = run("dupes", "--keep", keep, "--index", index_dir, ok=False)
     assert r.exit_code == 1 and "--keep goes with --to-remove" in r.output
@@ -360,3 +372,187 @@ def test_long_tables_print_the_same_lines_as_rich_table(columns, rows, options, 
         shown[engine] = capsys.readouterr().out
     assert shown["plain"] == shown["rich"]
     assert "\x1b" not in shown["rich"] and all(str(row[-1]).replace("\x1b", "\\x1b") in shown["rich"] for row in rows)
+
+
+# -- 9. a reader that stops early ---------------------------------------------------------------
+@pytest.fixture
+def big_listing(tmp_path):
+    """3,000 imported vectors with 300-character paths, in near-identical threes: every listing below
+    prints far more than a pipe holds (64 KiB), so a reader that stops after one line closes it mid-write."""
+    rng = np.random.default_rng(0)
+    vecs = np.repeat(rng.standard_normal((1000, 32)), 3, axis=0) + 1e-4 * rng.standard_normal((3000, 32))
+    paths = [f"/nowhere/{'x' * 280}/{i:05d}.jpg" for i in range(3000)]
+    meta = {"backbone": "tiny", "weights_kind": "file", "weights_path": "/nowhere/tiny.weights.h5",
+            "weights_fingerprint": "f" * 64, "dim": 32, "metric": "cosine"}  # not random: no warning on stderr
+    npz = write_vector_file(tmp_path / "big.npz", vecs.astype(np.float32), meta, paths=paths)
+    run("import", npz, "--index", tmp_path / "big", "-q")
+    return tmp_path / "big"
+
+
+LISTINGS = [["list"], ["list", "--all"], ["list", "--json"], ["list", "--jsonl"],
+            ["dupes", "-q", "--threshold", "0.99"], ["dupes", "--threshold", "0.99", "--json"],
+            ["dupes", "--threshold", "0.99", "--jsonl"], ["dupes", "--threshold", "0.99", "--to-remove"],
+            ["dupes", "--threshold", "0.99", "--to-remove", "--json"]]  # -q: no progress bar on stderr
+
+
+def test_a_reader_that_stops_early_ends_every_listing_quietly(big_listing):
+    """`vecsearch list | head -1` exits 0 with nothing on stderr (it said "Broken pipe. Check the disk"
+    and exited 1): real processes whose stdout a reader closes after one line, Python's flush at exit included."""
+    import subprocess
+
+    code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import tiny_backbone; from vecsearch.cli import app; "
+            "app(sys.argv[1:], prog_name='vecsearch')")
+    procs = [(args, subprocess.Popen([sys.executable, "-c", code, *args, "--index", str(big_listing)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)) for args in LISTINGS]
+    for args, proc in procs:
+        first = proc.stdout.readline()
+        proc.stdout.close()
+        stderr = proc.stderr.read()
+        assert proc.wait(timeout=300) == 0 and stderr == b"" and first.strip(), (args, proc.returncode, stderr[-2000:])
+
+
+# -- 10. honest counts ---------------------------------------------------------------------------
+def test_stats_shows_the_stored_vectors_and_the_search_structure_apart(indexed):
+    photos, index_dir = indexed
+    shards = sum(p.stat().st_size for p in (index_dir / "vectors").glob("shard-*.f32"))
+    s = run_json("stats", "--index", index_dir)
+    assert s["index_type"] == "flat" and s["vectors_bytes"] == shards >= 12 * 32 * 4 and s["structure_bytes"] == 0
+    run("reindex", "--index-type", "hnsw", "--index", index_dir, "-q")
+    s = run_json("stats", "--index", index_dir)
+    structure = sum((index_dir / name).stat().st_size for name in ("vectors.faiss", "vectors.faiss.json"))
+    assert s["vectors_bytes"] == shards and s["structure_bytes"] == structure > 0
+
+
+def test_index_reports_the_whole_commands_time(photos, index_dir, monkeypatch):
+    """The time printed covers the whole command: on a fake clock, 20 s to open the index and 30 s
+    after the embedding (both outside the embedding phase, which the old line reported alone)."""
+    import time
+
+    import vecsearch.api as api
+
+    clock = [1000.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    real_open, real_add = api.open_index, api.VecIndex.add
+
+    def slow_open(*args, **kwargs):
+        ix = real_open(*args, **kwargs)
+        clock[0] += 20
+        return ix
+
+    def slow_add(self, *args, **kwargs):
+        summary = real_add(self, *args, **kwargs)
+        clock[0] += 30
+        return summary
+
+    monkeypatch.setattr(api, "open_index", slow_open)
+    monkeypatch.setattr(api.VecIndex, "add", slow_add)
+    r = run("index", photos, "--index", index_dir, *TINY, "-q")
+    assert "Indexed 12," in r.stdout and " in 50.0s -> " in r.stdout
+    assert run_json("index", photos, "--index", index_dir, "-q")["seconds"] == 50.0
+
+
+def test_progress_bars_show_no_rate_for_an_instant_step(monkeypatch):
+    """Export's bar said `62138732.1 img/s`: a rate over a few milliseconds is noise (fake clock)."""
+    import io
+    import time
+
+    from rich.console import Console
+
+    from vecsearch.cli import _common
+
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+
+    def shown(steps) -> str:
+        buf = io.StringIO()
+        monkeypatch.setattr(_common, "err", Console(file=buf, force_terminal=True, width=200))
+        with _common.progress_bar("Exporting", quiet=False) as update:
+            for dt, done in steps:
+                clock[0] += dt
+                update(done, 1000)
+        return buf.getvalue()
+
+    assert "img/s" not in shown([(0, 0), (0.003, 1000)])
+    assert "250.0 img/s" in shown([(0, 0), (2.0, 500), (2.0, 1000)])
+
+
+def test_list_shows_indexed_images_and_failed_files_only_when_asked(photos, index_dir):
+    run("index", photos, "--index", index_dir, *TINY, "--quiet")
+    bad = photos / "a" / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    run("index", photos, "--index", index_dir, "--quiet")
+    good = sorted(str(p) for p in photos.rglob("*.*") if p != bad)
+    assert sorted(run("list", "--index", index_dir).stdout.splitlines()) == good
+    assert [r["status"] for r in run_json("list", "--index", index_dir)] == ["ok"] * 12
+    assert run("list", "--failed", "--index", index_dir).stdout.splitlines() == [f"{bad}: not an image (unrecognised format)"]
+    every = run("list", "--all", "--index", index_dir).stdout.splitlines()
+    assert len(every) == 13 and f"{bad}: not an image (unrecognised format)" in every
+    assert len(run_json("list", "--all", "--index", index_dir)) == 13
+    r = run("list", "--all", "--failed", "--index", index_dir, ok=False)
+    assert r.exit_code == 1 and "not both" in r.output
+
+
+# -- 11. messages ---------------------------------------------------------------------------------
+def test_flags_show_no_type_in_help():
+    """`--version <bool>`: a flag takes no value, so --help shows none (typer prints a type for every option)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from vecsearch.cli import app
+
+    main = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).stdout
+    version = next(ln for ln in main.splitlines() if "--version" in ln)
+    assert "<bool>" not in main and "<" not in version and "<int>" not in main
+    for name in typer.main.get_command(app).commands:
+        shown = CliRunner().invoke(app, [name, "--help"], env={"COLUMNS": "200"}).stdout
+        assert "--help" in shown and "<bool>" not in shown, name
+
+
+def test_a_wrong_model_says_to_leave_the_flags_out(indexed):
+    """"(or none)" read as `--weights none`; the fix is to leave the flags out."""
+    photos, index_dir = indexed
+    for args in (["--weights", "imagenet"], ["--backbone", "resnet50"]):
+        r = run("index", photos, "--index", index_dir, *args, ok=False)
+        assert r.exit_code == 1 and "(or none)" not in r.output, r.output
+        assert "leave out --backbone, --weights and --seed" in r.output
+
+
+def test_classify_head_without_a_head_points_at_finetune(taught):
+    index_dir, _ = taught
+    r = run("classify", "--head", "--index", index_dir, ok=False)
+    assert r.exit_code == 1 and "`vecsearch finetune`" in r.output and "classify --knn" not in r.output
+
+
+def test_imagenet_listing_says_how_many_images_are_labelled(indexed):
+    photos, index_dir = indexed
+    paths = sorted(str(p.resolve()) for p in photos.rglob("*.*"))
+    _store_imagenet_labels(index_dir, {paths[0]: [(*TENCH, 0.9)]})
+    r = run("query", "--imagenet", "goldfish", "--index", index_dir)
+    assert "only 1 of 12 indexed images have ImageNet labels" in r.stdout and "`vecsearch label --missing`" in r.stdout
+    r = run("query", "--imagenet", "tench", "--index", index_dir)
+    assert paths[0] in r.stdout and "only 1 of 12" in r.stderr
+    assert [h["path"] for h in run_json("search-labels", "tench", "--index", index_dir)] == [paths[0]]
+    _store_imagenet_labels(index_dir, {p: [(*TENCH, 0.9)] for p in paths})
+    r = run("query", "--imagenet", "goldfish", "--index", index_dir)
+    assert r.stdout.strip() == "No indexed image has goldfish in its stored ImageNet top-k." and "of 12" not in r.stderr
+
+
+def test_dupes_to_remove_marks_an_upscaled_copy_not_the_original(tmp_path, index_dir):
+    """`--keep largest` (most pixels) kept a 2x upscale over its original; the default keeps the oldest."""
+    root = tmp_path / "up"
+    orig = make_image(root / "photo.png", seed=100, size=(96, 72))
+    im = Image.open(orig).convert("RGB")
+    big, half = root / "photo_2x.png", root / "photo_half.png"
+    im.resize((192, 144), Image.BICUBIC).save(big)
+    im.resize((48, 36), Image.BILINEAR).save(half)
+    os.utime(orig, ns=(1_600_000_000_000_000_000,) * 2)  # made first; the copies later
+    for p in (big, half):
+        os.utime(p, ns=(1_700_000_000_000_000_000,) * 2)
+    for i in range(3):
+        make_image(root / f"other{i}.png", seed=300 + i, size=(96, 72))
+    run("index", root, "--index", index_dir, *TINY, "--quiet")
+    args = ["dupes", "--to-remove", "--threshold", "0.995", "--index", index_dir]
+    assert sorted(run(*args).stdout.splitlines()) == sorted([str(big.resolve()), str(half.resolve())])
+    assert {row["keep"] for row in run_json(*args)} == {str(orig.resolve())}
+    assert str(big.resolve()) not in run(*args, "--keep", "largest").stdout.splitlines()  # as its help says
+    assert "upscaled" in run("dupes", "--help", ).stdout

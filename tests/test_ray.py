@@ -22,8 +22,8 @@ from helpers import image_rows, index_in_subprocess, make_image, run, run_json
 from vecsearch import open_index
 from vecsearch.errors import VecsearchError
 
-ray = pytest.importorskip("ray", reason="the Ray engine needs ray[data] (pip install 'vecsearch[ray]')")
-pytest.importorskip("ray.data", reason="the Ray engine needs ray[data] (pip install 'vecsearch[ray]')")
+ray = pytest.importorskip("ray", reason="the Ray engine needs ray[data] (the ray extra)")
+pytest.importorskip("ray.data", reason="the Ray engine needs ray[data] (the ray extra)")
 
 TESTS = Path(__file__).parent
 TINY = ("--backbone", "tiny", "--weights", "none", "--seed", "7")
@@ -81,15 +81,18 @@ def _same_index(a: Path, b: Path) -> None:
 
 
 def test_missing_ray_says_how_to_install(monkeypatch, tmp_path):
+    import re
+
     from vecsearch import ray_engine
+    from vecsearch.extras import install_line
 
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(VecsearchError, match=r"pip install 'vecsearch\[ray\]'"):
+    with pytest.raises(VecsearchError, match=re.escape(install_line("ray"))):
         ray_engine.import_ray()
     # The CLI says so before walking or building anything.
     monkeypatch.setattr(ray_engine.importlib.util, "find_spec", lambda name, *a: None if name == "ray" else object())
     r = run("index", TESTS / "data", "--index", tmp_path / "ix", "--engine", "ray", ok=False)
-    assert r.exit_code == 1 and "pip install 'vecsearch[ray]'" in r.output
+    assert r.exit_code == 1 and install_line("ray") in r.output
     assert not (tmp_path / "ix" / "index.db").exists()
 
 

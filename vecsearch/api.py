@@ -11,6 +11,7 @@ hands its work down to the module that owns the concept (`indexer`, `labels`, `c
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import os
 import threading
@@ -42,7 +43,7 @@ from .indexer import IndexSummary, RemoveSummary
 from .store import ImageRecord, Store, no_annotations
 from .index_types import DEFAULT_TYPE, IndexSpec, check_index_type, parse_memory
 from .search import Searcher
-from .vectors import FaissIndex, normalize
+from .vectors import FaissIndex, normalize, sidecar_path
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ class PrecisionCheck:
     def to_dict(self) -> dict:
         return asdict(self)
 
+
+EMBED_CHUNK = 64
+"""Files `embed` decodes before each model call: a query's few at once, a long list in bounded memory."""
 
 PRECISION_CHECK_IMAGES = 8
 """Stored images re-embedded to decide whether another precision may add to an index."""
@@ -416,20 +420,50 @@ class VecIndex:
 
     # -- embedding ------------------------------------------------------------------------
     def embed(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
-        """Unit vectors (n, dim) for image files, with this index's backbone; a bad file raises BadImageError."""
-        out = []
-        with self._model_lock:
-            for item in self.extractor().embed_files(Path(p) for p in paths):
-                if item.error is not None:
-                    raise BadImageError(item.error, str(item.path))
-                out.append(item.vector)
-        return np.stack(out) if out else np.zeros((0, self.backbone.dim), np.float32)
+        """Unit vectors (n, dim) for image files, with this index's backbone; a bad file raises BadImageError.
+
+        Files are read and decoded (as indexing does) a chunk at a time before the model is
+        called, so a bad query file is refused before the model's start-up, and memory stays
+        at one chunk of pixels however many paths come (`add` decodes in threads instead).
+        """
+        size = self._input_size()
+        out: list[np.ndarray] = []
+        it = iter(paths)
+        while chunk := [self._read_pixels(Path(p), size) for p in itertools.islice(it, EMBED_CHUNK)]:
+            with self._model_lock:
+                out.append(self.extractor().embed_pixels(np.stack(chunk)))
+        if not out:
+            return np.zeros((0, get_spec(self._model_name()).dim), np.float32)
+        return np.concatenate(out)
 
     def embed_bytes(self, data: bytes, *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
-        """Unit vector of an image given as bytes (an upload), decoded exactly as indexing does."""
-        pixels, _, _ = images.decode_image(data, self.backbone.input_size, max_pixels=max_pixels, resample=RESAMPLE)
+        """Unit vector of an image given as bytes (an upload), decoded exactly as indexing does (before the model loads)."""
+        pixels, _, _ = images.decode_image(data, self._input_size(), max_pixels=max_pixels, resample=RESAMPLE)
         with self._model_lock:
             return self.extractor().embed_pixels(pixels[None])[0]
+
+    @staticmethod
+    def _read_pixels(path: Path, size: tuple[int, int]) -> np.ndarray:
+        """A file decoded as `Extractor` decodes it, with its reasons (a decoder's own bug too) as BadImageError."""
+        try:
+            return images.read_image_file(path, size, resample=RESAMPLE).pixels
+        except BadImageError as e:
+            raise BadImageError(e.reason, str(path)) from e
+        except Exception as e:  # as Extractor.embed_files: one bad file is a reason, never a traceback
+            raise BadImageError(f"unreadable: {type(e).__name__}: {e}", str(path)) from e
+
+    def _model_name(self) -> str:
+        """The backbone's name, known without building it: the index's, else the one asked for."""
+        if self._backbone is not None:
+            return self._backbone.name
+        info = self.info
+        if info is not None:
+            return info.backbone
+        return self._requested[0] if self._requested else DEFAULT_BACKBONE
+
+    def _input_size(self) -> tuple[int, int]:
+        """The backbone's input (width, height), from the registry: images are decoded before the model is built."""
+        return get_spec(self._model_name()).input_size
 
     def embed_image(self, image) -> np.ndarray:
         """Unit vector of a PIL image, encoded losslessly and decoded exactly as indexing does."""
@@ -648,7 +682,12 @@ class VecIndex:
         return {i: stored.get(i) or no_annotations() for i in ids}
 
     def stats(self) -> dict:
-        """Counts, model, index_type and sizes."""
+        """Counts, model, index_type and sizes on disk.
+
+        `vectors_bytes` is the stored vectors (the shard files under `vectors/`), whatever the
+        index type; `structure_bytes` the approximate search structure built from them
+        (`vectors.faiss` and its sidecar; 0 for flat, which scans the shards).
+        """
         info = self._require_info()
         self.refresh()
         counts = self.store.counts()
@@ -675,7 +714,8 @@ class VecIndex:
             "recall_at_10": spec.recall,
             "max_memory": info.max_memory,
             "db_bytes": size(db) + size(db.with_name(db.name + "-wal")),
-            "vectors_bytes": size(self.vectors_path),
+            "vectors_bytes": self.store.shards.disk_bytes(),
+            "structure_bytes": size(self.vectors_path) + size(sidecar_path(self.vectors_path)),
             "created_at": info.created_at.isoformat(timespec="seconds") + "Z",
             "exclude": self.exclude,
         }
@@ -795,6 +835,10 @@ class VecIndex:
         """Images whose stored ImageNet top-k holds a class (name or WordNet id), most probable first."""
         return labels.images_with_label(self.store, name, limit)
 
+    def imagenet_coverage(self) -> tuple[int, int]:
+        """(images with stored ImageNet labels, images with a vector): how much of the index a class listing sees."""
+        return len(self.store.imagenet_labelled_ids()), len(self)
+
     def imagenet_probabilities(self, ids: Iterable[int] | None = None, weights: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids, probabilities over the 1000 ImageNet classes) of indexed images; nothing is stored."""
         return labels.probabilities(self.store, self.directory, ids, weights)
@@ -847,8 +891,10 @@ class VecIndex:
         An indexed, unchanged file reuses its stored vector. `model` passes a (row, model)
         from `classifier()` already loaded (the server caches them).
         """
+        if model is None:
+            classifiers.find(self.store, name, kind)  # none saved: said before the query costs a model load
+        vector, path, _ = self._query_vector(query, "classify")  # a missing or bad file: refused before any model
         row, clf = model or self.classifier(name, kind)
-        vector, path, _ = self._query_vector(query, "classify")
         with self._model_lock:  # a fine-tuned head is a Keras model too
             return classifiers.classification(clf, row, vector, top=top, path=None if path is None else str(path))
 
@@ -896,13 +942,19 @@ class VecIndex:
         is where the ImageNet top comes from, as for `label`. `side` is the overlay's
         longest side in pixels.
         """
+        # Every check that needs no model comes first: an unknown class, a k-NN classifier,
+        # a missing file or one that is not an image are refused before seconds of loading.
         target = explain.as_target(like, imagenet_class, classifier, label)
+        if imagenet_class is not None:
+            labels.find_classes(imagenet_class)
+        if target == "classifier":
+            explain.kind_of(classifiers.find(self.store, classifier))
+        data, path = self._image_data(image)
+        pixels = self._model_pixels(data, path, max_pixels)
         model = self.classifier(classifier) if target == "classifier" else None
-        if model is not None:
-            explain.kind_of(model[0])  # a k-NN is refused before any model call
         top = labels.load_top(self.store, self.directory, weights) if target == "imagenet" else None
         other, like_name = self._like_vector(like) if target == "similar" else (None, None)
-        seen = self._look(image, side=side, max_pixels=max_pixels)
+        seen = self._seen(data, path, side=side, max_pixels=max_pixels, pixels=pixels)
         layer = self._maps().layer
         if target == "similar":
             return explain.explain_similar(seen, other, layer, like=like_name)
@@ -948,6 +1000,25 @@ class VecIndex:
 
     def _look(self, image, *, side: int, max_pixels: int | None) -> explain.Seen:
         """An image (path, bytes, PIL image or indexed id) as the model sees it, with its feature map."""
+        data, path = self._image_data(image)
+        return self._seen(data, path, side=side, max_pixels=max_pixels)
+
+    def _seen(self, data: bytes, path: str | None, *, side: int, max_pixels: int | None,
+              pixels: np.ndarray | None = None) -> explain.Seen:
+        with self._model_lock:  # building the two-output model is a Keras call too
+            maps = self._maps()
+        return explain.look(maps, data, path=path, max_pixels=max_pixels, side=side, lock=self._model_lock,
+                            pixels=pixels)
+
+    def _model_pixels(self, data: bytes, path: str | None, max_pixels: int | None) -> np.ndarray:
+        """The image decoded at the model's input size, as `explain.look` does: a bad file fails before the model loads."""
+        try:
+            return images.decode_image(data, self._input_size(), max_pixels=max_pixels, resample=RESAMPLE)[0]
+        except BadImageError as e:
+            raise BadImageError(e.reason, path=path) from e
+
+    def _image_data(self, image) -> tuple[bytes, str | None]:
+        """(bytes, path or None) of an image given as a path, bytes, a PIL image or an indexed id."""
         path = None
         if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
             path = self.image(int(image)).path
@@ -969,9 +1040,7 @@ class VecIndex:
         else:
             raise VecsearchError(f"Cannot explain a {type(image).__name__}: give an image path, image bytes, "
                                  "a PIL image or an indexed image's id.")
-        with self._model_lock:  # building the two-output model is a Keras call too
-            maps = self._maps()
-        return explain.look(maps, data, path=path, max_pixels=max_pixels, side=side, lock=self._model_lock)
+        return data, path
 
     def _like_vector(self, like) -> tuple[np.ndarray, str]:
         """The unit vector of the image to compare with, and how to name it."""
@@ -994,8 +1063,8 @@ class VecIndex:
                    keep: str | None = None, progress: Progress | None = None) -> list[dupes.DupeGroup]:
         """Groups of near-duplicate images (cosine similarity >= threshold), largest first.
 
-        With `keep` ("largest" or "oldest") each group also says which image to keep and
-        which to remove (`DupeGroup.keep`, `.remove`).
+        With `keep` ("oldest" or "largest", see `dupes.KEEP_RULES`) each group also says which
+        image to keep and which to remove (`DupeGroup.keep`, `.remove`).
         """
         dupes.check_keep(keep)
         self._require_info()
@@ -1161,11 +1230,13 @@ def _requested_model(directory: Path, info, backbone: str | None, weights: Any, 
         if name != info.backbone:
             raise IndexMismatchError(
                 f"The index at {directory} was built with backbone {info.backbone}, not {name}. "
-                "Use the backbone it records (or none), or another index folder for a new index.")
+                "Give no backbone (the index uses the one it records), or another index folder for a new index.",
+                option="recorded_model")
         if wspec.kind != stored.kind or (wspec.kind == "random" and wspec.seed != stored.seed):
             raise IndexMismatchError(
                 f"The index at {directory} was built with weights {stored.describe()}, not {wspec.describe()}. "
-                "Use the weights it records (or none), or another index folder for a new index.")
+                "Give no weights (the index uses the ones it records), or another index folder for a new index.",
+                option="recorded_model")
     return name, wspec
 
 
@@ -1188,13 +1259,21 @@ def embed_to_shards(paths: Iterable[str | os.PathLike], out: str | os.PathLike, 
             raise InputNotFoundError(f"No such file or folder: {r}")
     name = backbone or DEFAULT_BACKBONE
     get_spec(name)
+    check_precision(precision)
     wspec = WeightsSpec.parse(("imagenet" if seed is None else None) if weights is _UNSET else weights, seed)
-    bb = load_backbone(name, wspec, precision=precision)  # here too: the shards record its fingerprint, and workers check theirs
-    meta = {"backbone": bb.name, "weights_kind": wspec.kind, "weights_seed": wspec.seed, "weights_path": wspec.path,
-            "weights_fingerprint": bb.fingerprint, "dim": bb.dim, "metric": "cosine", "precision": bb.precision,
-            "vecsearch": VERSION}
+    asked = {"backbone": name, "weights_kind": wspec.kind, "weights_seed": wspec.seed, "weights_path": wspec.path,
+             "precision": precision}
+    built: list[Backbone] = []
+
+    def model() -> dict:
+        """The model's meta, the backbone built on the first call: a re-run whose shards are all done builds none."""
+        if not built:  # here too for Ray: the shards record its fingerprint, and workers check theirs
+            built.append(load_backbone(name, wspec, precision=precision))
+        bb = built[0]
+        return asked | {"weights_fingerprint": bb.fingerprint, "dim": bb.dim, "metric": "cosine", "vecsearch": VERSION}
 
     def embedder():
+        bb = built[0]
         if engine == "local":
             return Extractor(bb, batch_size, workers)
         recipe = ray_engine.ModelRecipe.for_model(name, wspec, batch_size=batch_size, fingerprint=bb.fingerprint,
@@ -1202,5 +1281,5 @@ def embed_to_shards(paths: Iterable[str | os.PathLike], out: str | os.PathLike, 
         return ray_engine.RayEngine(recipe, address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
                                     ordered=True)
 
-    return embed_job.write_shards(roots, Path(out).expanduser(), meta, embedder, shard_size=shard_size,
+    return embed_job.write_shards(roots, Path(out).expanduser(), model, embedder, asked=asked, shard_size=shard_size,
                                   progress=progress)

@@ -10,6 +10,7 @@ weight values, so an index can refuse a model that is not the one that built it.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import logging
 import os
@@ -18,7 +19,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import numpy as np
 
@@ -73,10 +74,12 @@ def import_keras():
                 os.dup2(saved, 2)
                 captured.seek(0)
                 sys.stderr.write(captured.read().decode(errors="replace"))
-            if missing:  # `pip install vecsearch` without an extra: say which line to run
+            if missing:  # installed without a backend extra: say which line to run
+                from .extras import install_line
+
                 raise VecsearchError(
-                    f"Keras has no backend to run on ({e}). Install vecsearch with one: "
-                    "pip install 'vecsearch[cpu]' (TensorFlow for the CPU) or 'vecsearch[gpu]' (TensorFlow with CUDA); "
+                    f"Keras has no backend to run on ({e}). Install one: {install_line('cpu')} (TensorFlow for "
+                    f"the CPU) or {install_line('gpu')} (TensorFlow with CUDA); "
                     "or install jax or torch and set KERAS_BACKEND=jax or KERAS_BACKEND=torch."
                 ) from None
             raise
@@ -397,6 +400,32 @@ def dtype_policy(precision: str) -> Iterator[None]:
         keras.mixed_precision.set_global_policy(previous)
 
 
+_LOAD_NOTICE: contextvars.ContextVar[Callable[[str], ContextManager] | None] = contextvars.ContextVar(
+    "vecsearch_load_notice", default=None)
+
+
+@contextlib.contextmanager
+def loading_notice(notice: Callable[[str], ContextManager]) -> Iterator[None]:
+    """While inside, every model build runs inside `notice(text)`, text being e.g.
+    "Loading resnet50 (ImageNet weights)...": how a front end shows a status line for the
+    seconds to a minute a model takes to load (the library itself prints nothing)."""
+    token = _LOAD_NOTICE.set(notice)
+    try:
+        yield
+    finally:
+        _LOAD_NOTICE.reset(token)
+
+
+def model_loading(name: str, weights: WeightsSpec, what: str = "") -> ContextManager:
+    """The block that builds a model, announced through `loading_notice` if a front end set one."""
+    notice = _LOAD_NOTICE.get()
+    if notice is None:
+        return contextlib.nullcontext()
+    source = {"random": f"random init, seed {weights.seed}", "imagenet": "ImageNet weights"}.get(
+        weights.kind, f"weights {Path(weights.path or '').name}")
+    return notice(f"Loading {name}{what} ({source})\u2026")
+
+
 def load_backbone(name: str = DEFAULT_BACKBONE, weights: WeightsSpec | Any = "imagenet", *,
                   precision: str = DEFAULT_PRECISION) -> Backbone:
     """Build a frozen backbone; raises UnknownBackboneError / WeightsUnavailableError.
@@ -409,10 +438,11 @@ def load_backbone(name: str = DEFAULT_BACKBONE, weights: WeightsSpec | Any = "im
     if not isinstance(weights, WeightsSpec):
         weights = WeightsSpec.parse(weights)
     log.debug("building backbone %s with weights %s, precision %s", name, weights.describe(), precision)
-    with dtype_policy(precision):
-        model = _build(spec, weights)
-    model.trainable = False
-    out_dim = int(model.outputs[0].shape[-1])
-    if out_dim != spec.dim:
-        raise VecsearchError(f"Backbone {name} outputs {out_dim} features, registry says {spec.dim}.")
-    return Backbone(spec, weights, model, weights_fingerprint(model), precision)
+    with model_loading(name, weights):
+        with dtype_policy(precision):
+            model = _build(spec, weights)
+        model.trainable = False
+        out_dim = int(model.outputs[0].shape[-1])
+        if out_dim != spec.dim:
+            raise VecsearchError(f"Backbone {name} outputs {out_dim} features, registry says {spec.dim}.")
+        return Backbone(spec, weights, model, weights_fingerprint(model), precision)

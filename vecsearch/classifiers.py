@@ -104,7 +104,7 @@ def find(store: Store, name: str | None = None, kind: str | None = None) -> dict
     if not rows:
         what = {"head": "fine-tuned head; fine-tune one", None: "classifier; train one (knn or probe)"}.get(
             kind, f"{kind} classifier; train one")
-        raise ClassifierNotFoundError(f"No trained {what} first.", option="train")
+        raise ClassifierNotFoundError(f"No trained {what} first.", option="finetune" if kind == "head" else "train")
     return rows[0]
 
 

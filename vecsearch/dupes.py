@@ -24,8 +24,12 @@ log = logging.getLogger(__name__)
 DEFAULT_THRESHOLD = 0.95
 DEFAULT_NEIGHBOURS = 10
 BATCH_SIZE = 1024
-KEEP_RULES = ("largest", "oldest")
-"""Which image of a group to keep: the most pixels (then bytes), or the earliest modified."""
+KEEP_RULES = ("oldest", "largest")
+"""Which image of a group to keep. "oldest" (the default): the earliest modification time,
+then the most bytes, then the shortest path -- the original, as copies are made after it,
+and an upscaled copy, however many pixels it has, is not preferred. "largest": the most
+pixels, then bytes -- which keeps an upscaled copy over its original."""
+DEFAULT_KEEP = "oldest"
 
 
 @dataclass
@@ -55,9 +59,12 @@ def check_keep(keep: str | None) -> None:
         raise VecsearchError(f"keep must be one of {', '.join(KEEP_RULES)}, not {keep!r}.")
 
 
-def choose_keepers(store: Store, groups: list[DupeGroup], keep: str) -> None:
-    """Set each group's `keep` and `remove` by the rule: "largest" keeps the most pixels, then
-    the most bytes; "oldest" the earliest modification time. Ties go to the first path."""
+def choose_keepers(store: Store, groups: list[DupeGroup], keep: str = DEFAULT_KEEP) -> None:
+    """Set each group's `keep` and `remove` by the rule (KEEP_RULES); ties go to the first path.
+
+    An image whose modification time is unknown (imported without file facts) is kept by
+    "oldest" only when no image of its group has one.
+    """
     check_keep(keep)
     recs = store.images(i for g in groups for i in g.ids)
     for g in groups:
@@ -65,10 +72,10 @@ def choose_keepers(store: Store, groups: list[DupeGroup], keep: str) -> None:
             i, path = pair
             r = recs.get(i)
             if r is None:  # deleted meanwhile: never the one kept
-                return (1, 0, 0, path)
+                return (2, 0, 0, 0, path)
             if keep == "largest":
-                return (0, -((r.width or 0) * (r.height or 0)), -(r.size or 0), path)
-            return (0, r.mtime_ns or 0, 0, path)
+                return (0, -((r.width or 0) * (r.height or 0)), -(r.size or 0), 0, path)
+            return (0 if r.mtime_ns else 1, r.mtime_ns or 0, -(r.size or 0), len(path), path)
 
         kept = min(zip(g.ids, g.paths), key=order)[1]
         g.keep = kept

@@ -92,19 +92,42 @@ def plan_shards(found: list[images.Found], shard_size: int) -> list[_Shard]:
     return shards
 
 
-def _check_manifest(out: Path, meta: dict, roots: list[Path], shard_size: int) -> None:
-    """Write the manifest, or check that the one there is of the same job: model and folders.
+MODEL_KEYS = ("backbone", "weights_kind", "weights_seed", "weights_path", "precision")
+"""What a job asks for, known before its model is built (the fingerprint is known only after)."""
+
+
+def _read_manifest(out: Path) -> dict | None:
+    path = out / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise VecsearchError(f"{path} is unreadable ({e}); move the folder away or give another output folder.", option="out") from e
+    if not isinstance(old, dict):
+        raise VecsearchError(f"{path} is not an embed manifest; move the folder away or give another output folder.", option="out")
+    return old
+
+
+def _same_job(old: dict | None, asked: dict | None, roots: list[Path]) -> bool:
+    """Whether the manifest there is of this very job as asked (model by name, weights and precision; folders)."""
+    if old is None or asked is None or old.get("roots") != sorted(str(r) for r in roots):
+        return False
+    if asked.get("weights_kind") == "file":  # the file may have changed since: only its fingerprint tells
+        return False
+    model = {"precision": "float32"} | (old.get("model") or {})  # manifests before 0.3 name no precision
+    return all(model.get(k) == asked.get(k) for k in MODEL_KEYS)
+
+
+def _check_manifest(out: Path, old: dict | None, meta: dict, roots: list[Path], shard_size: int) -> None:
+    """Write the manifest, or check that the one there (`old`) is of the same job: model and folders.
 
     Another job's shards would collide by number, and a re-run deletes shards it does not
     expect; so one folder holds one job.
     """
     given = sorted(str(r) for r in roots)
     path = out / MANIFEST
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise VecsearchError(f"{path} is unreadable ({e}); move the folder away or give another output folder.", option="out") from e
+    if old is not None:
         got = (old.get("model") or {}).get("weights_fingerprint")
         if got != meta["weights_fingerprint"]:
             raise IndexMismatchError(
@@ -118,12 +141,16 @@ def _check_manifest(out: Path, meta: dict, roots: list[Path], shard_size: int) -
         {"vecsearch": VERSION, "model": meta, "roots": given, "shard_size": shard_size}, indent=2) + "\n"))
 
 
-def write_shards(roots: list[Path], out: Path, meta: dict, embedder: Callable[[], Embedder], *,
-                 shard_size: int = SHARD_SIZE, progress: Progress | None = None) -> EmbedSummary:
+def write_shards(roots: list[Path], out: Path, model: Callable[[], dict], embedder: Callable[[], Embedder], *,
+                 asked: dict | None = None, shard_size: int = SHARD_SIZE,
+                 progress: Progress | None = None) -> EmbedSummary:
     """Embed every image file under `roots` into Parquet shards in `out`, resuming shard by shard.
 
-    `meta` is the model (as `export` records it); `embedder()` is called only when a shard
-    is missing, and must yield one `Embedded` per path, in input order or not.
+    `model()` builds the model and returns its meta (as `export` records it); `embedder()`
+    is called after it, only when a shard is missing, and must yield one `Embedded` per
+    path, in input order or not. `asked` (MODEL_KEYS: what the job asks for) lets a re-run
+    whose shards are all current, for the same model by name and folders, finish without
+    building the model at all.
     """
     started = time.perf_counter()
     if shard_size < 1:
@@ -134,11 +161,18 @@ def write_shards(roots: list[Path], out: Path, meta: dict, embedder: Callable[[]
     if not found:
         raise NoImagesError(f"No image files found in {', '.join(map(str, roots))}.")
     vector_files.check_parquet()
-    out.mkdir(parents=True, exist_ok=True)
-    _check_manifest(out, meta, roots, shard_size)
     shards = plan_shards(found, shard_size)
     current = {s.name for s in shards}
     summary = EmbedSummary(out=str(out), files=len(found), shards=len(shards))
+    old = _read_manifest(out) if out.is_dir() else None
+    if _same_job(old, asked, roots) and all((out / name).is_file() for name in current) and not any(
+            _SHARD_NAME.match(f.name) and f.name not in current for f in out.iterdir()):
+        summary.kept = len(shards)  # nothing to write nor remove: the model is not needed
+        summary.seconds = round(time.perf_counter() - started, 3)
+        return summary
+    meta = model()
+    out.mkdir(parents=True, exist_ok=True)
+    _check_manifest(out, old, meta, roots, shard_size)
     for f in out.iterdir():
         if _SHARD_NAME.match(f.name) and f.name not in current:
             log.info("removing %s: its files changed since it was written", f)

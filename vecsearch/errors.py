@@ -120,6 +120,8 @@ def fault_message(e: BaseException) -> str | None:
             return f"{what} A folder is where a file should be: move it away and run again."
         if e.errno in (errno.ENOENT, errno.ENOTDIR):
             return f"{what} Check the path (does the folder exist?)."
+        if e.errno == errno.EPIPE:  # not the disk: the reader of a pipe or a connection went away
+            return f"{what} The program or connection at the other end went away; run again when it is back."
         return f"{what} Check the disk and the path, then run again."
     module = type(e).__module__ or ""
     if module.startswith(("sqlalchemy", "sqlite3")):

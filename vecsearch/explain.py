@@ -121,14 +121,16 @@ class Seen:
 
 
 def look(maps: FeatureMaps, data: bytes, *, path: str | None = None, max_pixels: int | None = MAX_IMAGE_PIXELS,
-         side: int = OVERLAY_SIDE, lock=contextlib.nullcontext()) -> Seen:
+         side: int = OVERLAY_SIDE, lock=contextlib.nullcontext(), pixels: np.ndarray | None = None) -> Seen:
     """Decode image bytes exactly as indexing does, run the feature-map model, and keep pixels to draw on.
 
     The bytes are decoded twice, at the model's input size and at the overlay's (each
     with JPEG draft scaling), rather than once at full size; only the model call holds `lock`.
+    `pixels` passes the first decode when the caller made it already (before the model loaded).
     """
     try:
-        pixels, _, _ = images.decode_image(data, maps.backbone.input_size, max_pixels=max_pixels, resample=RESAMPLE)
+        if pixels is None:
+            pixels, _, _ = images.decode_image(data, maps.backbone.input_size, max_pixels=max_pixels, resample=RESAMPLE)
         display = display_pixels(data, side, max_pixels)
     except BadImageError as e:
         raise BadImageError(e.reason, path=path) from e

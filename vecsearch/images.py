@@ -36,7 +36,6 @@ from .extras import install_line
 logger = logging.getLogger(__name__)
 
 HEIF_EXTENSIONS: frozenset[str] = frozenset({".heic", ".heics", ".heif", ".heifs", ".hif"})
-HEIF_INSTALL = install_line("heif")
 # Registered by Pillow but no image to index here: stubs that identify a file without
 # decoding it (scientific containers, Windows metafiles, video), and PostScript, which
 # Pillow decodes by running Ghostscript on the file -- a program, not an image.
@@ -564,7 +563,7 @@ def decode_image(
         img = _open_unchecked(data)
     except UnidentifiedImageError as exc:
         if _iso_brand(data[:16]) == "heif" and not heif_available():
-            raise BadImageError(f"a HEIC/HEIF image, which needs the heif extra: {HEIF_INSTALL}") from exc
+            raise BadImageError(f"a HEIC/HEIF image, which needs the heif extra: {install_line('heif')}") from exc
         raise BadImageError("not an image (unrecognised format)") from exc
     except Image.DecompressionBombError as exc:
         raise BadImageError(_bomb_reason(exc, max_pixels)) from exc

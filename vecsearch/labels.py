@@ -33,6 +33,7 @@ import numpy as np
 
 from .backbones import (
     BackboneSpec,
+    model_loading,
     WeightsSpec,
     short_error,
     build_seeded_or_imagenet,
@@ -217,8 +218,9 @@ def load_top(store: Store, directory: Path, weights: Any = None) -> ImagenetTop:
     else:
         ws = WeightsSpec.parse(weights)
     t0 = time.perf_counter()
-    full = _full_model(spec, ws)
-    fingerprint = weights_fingerprint(pooled_submodel(full))
+    with model_loading(spec.name, ws, " with its ImageNet top"):
+        full = _full_model(spec, ws)
+        fingerprint = weights_fingerprint(pooled_submodel(full))
     if fingerprint != info.weights_fingerprint:
         raise IndexMismatchError(
             f"The with-top model from {ws.describe()} does not have the convolutional weights that built the "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -19,14 +20,105 @@ from rich.console import Console
 
 from ..errors import VecsearchError, fault_message
 
-app = typer.Typer(
+
+def _bare_flags(params: list) -> list:
+    """Flags (`--json`, `--help`, `-v`) with an empty metavar: Typer's rich help prints a type
+    (`<bool>`, `<int>`) for every option, though a flag takes no value."""
+    for p in params:
+        if getattr(p, "metavar", "") is None and (getattr(p, "is_flag", False) or getattr(p, "count", False)):
+            p.metavar = ""
+    return params
+
+
+class BareFlagsCommand(typer.core.TyperCommand):
+    def get_params(self, ctx):
+        return _bare_flags(super().get_params(ctx))
+
+
+class BareFlagsGroup(typer.core.TyperGroup):
+    def get_params(self, ctx):
+        return _bare_flags(super().get_params(ctx))
+
+
+class App(typer.Typer):
+    """`typer.Typer` whose commands show flags without a type in `--help` (`BareFlagsCommand`)."""
+
+    def command(self, *args, **kwargs):
+        kwargs.setdefault("cls", BareFlagsCommand)
+        return super().command(*args, **kwargs)
+
+
+app = App(
+    cls=BareFlagsGroup,
     help="Index photo folders with a frozen ImageNet CNN and find images that look alike.",
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+
+
+class StdoutClosed(Exception):
+    """The reader of stdout went away (`vecsearch list | head -1`): the command ends quietly."""
+
+
+class OutConsole(Console):
+    """The stdout console: a closed pipe raises StdoutClosed (rich's own default exits with 1)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise StdoutClosed()
+
+
+class ErrConsole(Console):
+    """The stderr console: when stderr is a closed pipe, messages and progress are dropped and the work goes on."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _point_at_devnull(2)
+
+
+def _point_at_devnull(fd: int) -> None:
+    """Make `fd` write to /dev/null, so Python's flush of its buffer at exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except OSError:
+        pass
+
+
+def _has_fd(stream) -> bool:
+    try:
+        stream.fileno()
+        return True
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return False
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (a BrokenPipeError elsewhere is a real fault)."""
+    if not _has_fd(sys.stdout):
+        return False
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def stdout_write(text: str) -> None:
+    """Write to stdout; a closed pipe becomes StdoutClosed (never "check the disk")."""
+    try:
+        sys.stdout.write(text)
+    except BrokenPipeError:
+        raise StdoutClosed() from None
+
+
+out = OutConsole(soft_wrap=True)
+err = ErrConsole(stderr=True, soft_wrap=True)
 
 IndexOpt = Annotated[
     Optional[Path],
@@ -103,6 +195,8 @@ FLAG_HINTS = {
     "workers": "On the command line: --workers N (and --gpus-per-worker F).",
     "gpus_per_worker": "On the command line: --gpus-per-worker F (0: the model on CPUs).",
     "train": "Train one with `vecsearch classify --knn` (or --probe), or `vecsearch finetune` for a head.",
+    "finetune": "Train one with `vecsearch finetune` (a head over your `teach` labels); then `vecsearch classify --head`.",
+    "recorded_model": "On the command line: leave out --backbone, --weights and --seed; the index uses what it records.",
 }
 
 
@@ -115,9 +209,22 @@ def cli_message(e: VecsearchError) -> str:
 @contextmanager
 def errors_to_exit() -> Iterator[None]:
     """Library errors, and faults of the disk, the database or the vector file, become one
-    line on stderr that says what to do, and exit code 1; no traceback for any of them."""
+    line on stderr that says what to do, and exit code 1; no traceback for any of them.
+
+    A closed stdout (`vecsearch list | head -1`) ends the command quietly with exit code 0:
+    the reader has what it wanted, and `set -o pipefail` scripts keep working. What was
+    committed is kept, as after any other stop.
+    """
     try:
         yield
+        try:  # flushed here, not at exit, so a closed pipe is caught below
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise StdoutClosed() from None
+    except StdoutClosed:
+        if _has_fd(sys.stdout):
+            _point_at_devnull(sys.stdout.fileno())
+        raise typer.Exit(0) from None
     except VecsearchError as e:
         error_line(cli_message(e))
         raise typer.Exit(1) from None
@@ -125,6 +232,9 @@ def errors_to_exit() -> Iterator[None]:
         warn("Interrupted; what was committed is kept, run the same command again to resume.")
         raise typer.Exit(130) from None
     except Exception as e:  # noqa: BLE001 - only the faults fault_message knows; others keep their traceback
+        if isinstance(e, BrokenPipeError) and _stdout_closed():
+            _point_at_devnull(sys.stdout.fileno())
+            raise typer.Exit(0) from None
         message = fault_message(e)
         if message is None:
             raise
@@ -133,10 +243,8 @@ def errors_to_exit() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-
-
 def print_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    stdout_write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def print_jsonl(rows: Iterable) -> None:
@@ -145,7 +253,7 @@ def print_jsonl(rows: Iterable) -> None:
     `json.dumps` escapes control characters (and non-ASCII), so a row is always one line.
     """
     for row in rows:
-        sys.stdout.write(json.dumps(row, default=str) + "\n")
+        stdout_write(json.dumps(row, default=str) + "\n")
 
 
 def json_mode(json_out: bool, jsonl: bool) -> str | None:
@@ -186,9 +294,12 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[object]], *, rig
     widths = list(min_widths) if min_widths else [0] * len(columns)
     engine = engine or ("rich" if len(cells) <= RICH_TABLE_ROWS else "plain")
     lines = (_rich_table if engine == "rich" else _plain_table)(list(columns), cells, right, header, widths)
-    file = (console or out).file
+    console = console or out
     for line in lines:
-        file.write(line.rstrip() + "\n")
+        if console is out:
+            stdout_write(line.rstrip() + "\n")
+        else:
+            console.file.write(line.rstrip() + "\n")
 
 
 def _rich_table(columns: list[str], cells: list[list[str]], right: set[str], header: bool, widths: list[int]) -> list[str]:
@@ -247,13 +358,21 @@ def model_options(backbone: str | None, weights: str | None, seed: int | None) -
     return {k: v for k, v in (("backbone", backbone), ("weights", weights), ("seed", seed)) if v is not None}
 
 
+RATE_AFTER_SECONDS = 1.0
+"""A bar shows images/s only once its step has run this long: a rate over a few milliseconds
+(an export of vectors already in memory) is noise, not a speed."""
+
+_bars: list[dict] = []  # the progress bar on screen now, if any: where a model-loading status goes
+
+
 @contextmanager
 def progress_bar(description: str, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
     """A rich bar with images/s, or None (no callback) under --quiet.
 
-    The bar appears on the first update with work to show, so a run that fails while
-    the model loads, or has nothing to do, leaves no empty bar behind; the rate counts
-    from that first update, not from model start-up.
+    The bar appears on the first update with work to show, so a run that fails early,
+    or has nothing to do, leaves no empty bar behind. The rate counts from the first
+    update, or from the end of a model load shown on the bar (`model_status`), and shows
+    only after RATE_AFTER_SECONDS.
     """
     if quiet:
         yield None
@@ -264,7 +383,7 @@ def progress_bar(description: str, quiet: bool) -> Iterator[Callable[[int, int],
     columns = [TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                TextColumn("{task.fields[rate]}", markup=False), TimeElapsedColumn(), TimeRemainingColumn()]
     bar = Progress(*columns, console=err, transient=False)
-    state: dict = {}
+    state: dict = {"bar": bar, "description": description, "done": 0}
 
     def update(done: int, total: int) -> None:
         if not total:
@@ -272,16 +391,55 @@ def progress_bar(description: str, quiet: bool) -> Iterator[Callable[[int, int],
         if "task" not in state:
             bar.start()
             state["task"] = bar.add_task(description, total=total, rate="")
-            state["t0"] = time.perf_counter()
+            state["t0"], state["done0"] = time.perf_counter(), done
+        state["done"] = done
         dt = time.perf_counter() - state["t0"]
-        rate = f"{done / dt:.1f} img/s" if done and dt > 0 else ""
+        n = done - state["done0"]
+        rate = f"{n / dt:.1f} img/s" if n > 0 and dt >= RATE_AFTER_SECONDS else ""
         bar.update(state["task"], completed=done, total=total, rate=rate)
 
+    _bars.append(state)
     try:
         yield update
     finally:
+        _bars.remove(state)
         if "task" in state:
             bar.stop()
+
+
+@contextmanager
+def model_status(show: bool = True) -> Iterator[None]:
+    """"Loading resnet50 (ImageNet weights)..." on stderr while a model loads (seconds to a minute
+    of silence otherwise): only where stderr is a terminal, and not with `show` False (--json).
+
+    On a progress bar already showing, the bar's description says it; else a spinner line
+    that disappears when the model is ready.
+    """
+    if not show or not err.is_terminal:
+        yield
+        return
+    from ..backbones import loading_notice
+
+    with loading_notice(_loading_status):
+        yield
+
+
+@contextmanager
+def _loading_status(text: str) -> Iterator[None]:
+    from rich.text import Text
+
+    shown = next((b for b in reversed(_bars) if "task" in b), None)
+    if shown is None:
+        with err.status(Text(clean(text))):
+            yield
+        return
+    shown["bar"].update(shown["task"], description=clean(text))
+    shown["bar"].refresh()  # drawn now: a load shorter than the refresh interval would never show
+    try:
+        yield
+    finally:  # the rate counts from here: the load is not the images' time
+        shown["bar"].update(shown["task"], description=shown["description"])
+        shown["t0"], shown["done0"] = time.perf_counter(), shown["done"]
 
 
 class epoch_status:
@@ -314,7 +472,7 @@ class epoch_status:
 # -- where embedding runs (`index`, `embed`) ----------------------------------------------------
 EngineOpt = Annotated[str, typer.Option(
     "--engine", metavar="local|ray",
-    help="Where images are embedded: local (this process) or ray (a Ray cluster; pip install 'vecsearch\\[ray]').")]
+    help="Where images are embedded: local (this process) or ray (a Ray cluster; needs the ray extra, and says how to install it).")]
 RayAddressOpt = Annotated[Optional[str], typer.Option(
     "--ray-address", metavar="ADDR", show_default=False,
     help="With --engine ray: the cluster to join (e.g. 10.0.0.5:6379, or auto); default: start a local Ray.")]

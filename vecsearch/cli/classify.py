@@ -11,7 +11,7 @@ from ..classifiers import DEFAULT_TOP
 from ..classify import DEFAULT_K
 from ..errors import VecsearchError
 from ..extras import require_extra
-from ._common import (IndexOpt, JsonOpt, QuietOpt, app, errors_to_exit, json_mode, model_options, open_index,
+from ._common import (IndexOpt, JsonOpt, QuietOpt, app, errors_to_exit, json_mode, model_options, model_status, open_index,
                       print_json, print_jsonl, print_table, progress_bar, say, warn)
 
 SHOWN_PREDICTIONS = 20
@@ -32,7 +32,7 @@ def teach(
     quiet: QuietOpt = False,
 ) -> None:
     """Label images with classes of your own, from class folders or a CSV; unindexed files are indexed first."""
-    with errors_to_exit():
+    with errors_to_exit(), model_status(not json_out):
         with open_index(index, **model_options(backbone, weights, seed)) as ix:
             with progress_bar("Embedding", quiet or json_out) as update:
                 summary = ix.teach(source, replace=replace, progress=update)
@@ -67,7 +67,7 @@ def classify(
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Print the predictions as JSON lines, one image a line.")] = False,
 ) -> None:
     """Train, evaluate and apply classifiers on your labels; or classify one IMAGE."""
-    with errors_to_exit():
+    with errors_to_exit(), model_status(not (json_out or jsonl)):
         json_mode(json_out, jsonl)
         chosen = [kind for kind, flag in (("knn", knn), ("probe", probe), ("head", head)) if flag]
         if len(chosen) > 1:

@@ -11,13 +11,13 @@ import typer
 from ..dupes import DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD
 from ..errors import VecsearchError
 from ..extras import require_extra
-from ._common import (IndexOpt, JsonlOpt, JsonOpt, QuietOpt, app, errors_to_exit, json_mode, open_index, print_json,
+from ._common import (IndexOpt, JsonlOpt, JsonOpt, QuietOpt, app, errors_to_exit, json_mode, model_status, open_index, print_json,
                       print_rows, print_table, progress_bar, random_weights_warning, say, warn)
 
 
 class Keep(str, Enum):
-    largest = "largest"
     oldest = "oldest"
+    largest = "largest"
 
 
 @app.command()
@@ -26,7 +26,7 @@ def dupes(
     threshold: Annotated[float, typer.Option(min=-1.0, max=1.0, help="Cosine similarity at or above which two images count as near-duplicates.")] = DEFAULT_THRESHOLD,
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="Neighbours looked at per image (the graph's fan-out).")] = DEFAULT_NEIGHBOURS,
     to_remove: Annotated[bool, typer.Option("--to-remove", help="Print only the copies to delete, one path a line: every group's images but the one --keep chooses.")] = False,
-    keep: Annotated[Optional[Keep], typer.Option("--keep", show_default=False, help="With --to-remove: keep the largest image of a group (pixels, then bytes; the default) or the oldest (modification time).")] = None,
+    keep: Annotated[Optional[Keep], typer.Option("--keep", show_default=False, help="With --to-remove, the image of a group to keep: oldest (the default: the earliest modification time, then the most bytes, then the shortest path; the original, never an upscaled copy made later) or largest (the most pixels, then bytes; an upscaled copy wins over its original).")] = None,
     json_out: JsonOpt = False,
     jsonl: JsonlOpt = False,
     quiet: QuietOpt = False,
@@ -38,19 +38,18 @@ def dupes(
             raise VecsearchError("--keep goes with --to-remove.")
         with open_index(index, create=False) as ix:
             with progress_bar("Comparing", quiet or mode is not None or to_remove) as update:
-                groups = ix.duplicates(threshold, k=k, keep=(keep or Keep.largest).value if to_remove else None,
+                groups = ix.duplicates(threshold, k=k, keep=(keep or Keep.oldest).value if to_remove else None,
                                        progress=update)
             warning = random_weights_warning(ix, "its near-duplicate groups")
-        if warning:
+        if warning:  # once, on stderr, in every mode: not a copy in each JSON object
             warn(f"Warning: {warning}")
-        extra = {"warning": warning} if warning else {}
         if to_remove:
-            rows = [{"path": p, "keep": g.keep, "group": i} | extra for i, g in enumerate(groups, 1) for p in g.remove]
+            rows = [{"path": p, "keep": g.keep, "group": i} for i, g in enumerate(groups, 1) for p in g.remove]
             if not print_rows(rows, mode):
                 for row in rows:
                     say(row["path"])
             return
-        if print_rows([g.to_dict() | extra for g in groups], mode):
+        if print_rows([g.to_dict() for g in groups], mode):
             return
         if not groups:
             say(f"No near-duplicates at similarity >= {threshold}.")
@@ -72,7 +71,7 @@ def similarity(
     json_out: JsonOpt = False,
 ) -> None:
     """Print the cosine-similarity matrix of a few images, with the index's backbone."""
-    with errors_to_exit():
+    with errors_to_exit(), model_status(not json_out):
         if plot is not None:
             require_extra("plot", needed_for="--plot")
         with open_index(index, create=False) as ix:

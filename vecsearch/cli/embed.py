@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ._common import (BackboneOpt, BatchSizeOpt, EngineOpt, GpusPerWorkerOpt, JsonOpt, PrecisionOpt, QuietOpt, RayAddressOpt, WorkersOpt, app, engine_options,
-                      errors_to_exit, model_options, print_json, progress_bar, say, SeedOpt, WeightsOpt)
+                      errors_to_exit, model_options, model_status, print_json, progress_bar, say, SeedOpt, WeightsOpt)
 
 SHARD_SIZE = 20_000  # embed_job.SHARD_SIZE, repeated so --help imports nothing heavy
 
@@ -31,7 +32,8 @@ def embed_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Embed images into Parquet shards in DIR (path, file facts, vector or failure reason); load them with `import DIR`."""
-    with errors_to_exit():
+    started = time.perf_counter()  # the time reported is the whole command's, model load included
+    with errors_to_exit(), model_status(not json_out):
         from ..api import embed_to_shards
 
         engine_kw = engine_options(engine, ray_address, gpus_per_worker, workers)
@@ -39,6 +41,7 @@ def embed_cmd(
             summary = embed_to_shards(paths, out, batch_size=batch_size, shard_size=shard_size, progress=update,
                                       **({"precision": precision} if precision is not None else {}),
                                       **model_options(backbone, weights, seed), **engine_kw)
+        summary.seconds = round(time.perf_counter() - started, 3)
         if json_out:
             print_json(summary.to_dict())
             return

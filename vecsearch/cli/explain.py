@@ -9,7 +9,7 @@ import typer
 
 from ..errors import VecsearchError
 from ..explain import OVERLAY_SIDE, describe
-from ._common import IndexOpt, app, errors_to_exit, open_index, print_json, say
+from ._common import IndexOpt, app, errors_to_exit, model_status, open_index, print_json, random_weights_warning, say, warn
 
 
 @app.command()
@@ -28,7 +28,7 @@ def explain(
 ) -> None:
     """Overlay a heatmap on IMAGE: where the evidence for an ImageNet class, a classifier's class,
     or the similarity to another image lies (CAM; Grad-CAM for a fine-tuned head)."""
-    with errors_to_exit():
+    with errors_to_exit(), model_status(not json_out):
         if like is not None and image_id is not None:
             raise VecsearchError("Give --like IMG2 or --id N, not both.")
         other = like if like is not None else image_id
@@ -36,9 +36,12 @@ def explain(
         with open_index(index, create=False) as ix:
             result = ix.explain(image, like=other, imagenet_class=imagenet_class, classifier=classifier, label=label,
                                 weights=weights, side=side)
+            warning = random_weights_warning(ix, "its heatmaps")
         result.save(target)
+        if warning:
+            warn(f"Warning: {warning}")
         if json_out:
-            print_json(result.to_dict() | {"out": str(target)})
+            print_json(result.to_dict() | {"out": str(target)} | ({"warning": warning} if warning else {}))
             return
         say(describe(result))
         say(f"overlay written to {target}")

@@ -11,7 +11,7 @@ import typer
 from ..errors import VecsearchError
 from ..extras import require_extra
 from ..finetune import DEFAULT_NAME, UNFREEZE_EPOCHS, UNFREEZE_LEARNING_RATE, HeadParams
-from ._common import IndexOpt, JsonOpt, QuietOpt, app, epoch_status, errors_to_exit, open_index, print_json, progress_bar, say
+from ._common import IndexOpt, JsonOpt, QuietOpt, app, epoch_status, errors_to_exit, model_status, open_index, print_json, progress_bar, say
 
 
 _HEAD = HeadParams()  # the library's defaults, shown by every flag below
@@ -37,7 +37,7 @@ def finetune(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a Keras head (dropout, dense+ReLU, batch norm, softmax) on the labelled vectors; save it for `classify --head`."""
-    with errors_to_exit():
+    with errors_to_exit(), model_status(not json_out):
         if reembed_into is not None and not unfreeze:
             raise VecsearchError("--reembed-into needs --unfreeze N: without it the backbone is unchanged.")
         if plot is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,7 +14,7 @@ from ..extras import require_extra
 from ..labels import DEFAULT_TOP as DEFAULT_LABEL_TOP
 from ..index_types import NAMED_TYPES, format_bytes
 from ._common import (BackboneOpt, BatchSizeOpt, EngineOpt, GpusPerWorkerOpt, IndexOpt, JsonlOpt, JsonOpt, PrecisionOpt, QuietOpt, RayAddressOpt,
-                      WorkersOpt, app, engine_options, errors_to_exit, json_mode, model_options, open_index, print_json,
+                      WorkersOpt, app, engine_options, errors_to_exit, json_mode, model_options, model_status, open_index, print_json,
                       print_rows, print_table, progress_bar, random_weights_warning, say, SeedOpt, warn, WeightsOpt)
 
 
@@ -50,7 +51,8 @@ def index_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; failed images only as a count.")] = False,
 ) -> None:
     """Embed new and changed images into the index; drop entries whose files are gone (or are excluded)."""
-    with errors_to_exit():
+    started = time.perf_counter()  # the time reported is the whole command's: opening, the model, labels
+    with errors_to_exit(), model_status(not json_out):
         engine_kw = engine_options(engine, ray_address, gpus_per_worker, workers)
         with progress_bar("Building the search structure", quiet or json_out) as building:
             ix = open_index(index, batch_size=batch_size, index_type=index_type, max_memory=max_memory,
@@ -69,8 +71,9 @@ def index_cmd(
                     label_warning = random_weights_warning(ix, "the ImageNet labels stored")
                 except VecsearchError as e:  # the index is done: report it, then why labels are not
                     label_error = e
+        seconds = round(time.perf_counter() - started, 3)
         if json_out:
-            print_json(summary.to_dict() | {"index": str(ix.directory), "exclude": globs}
+            print_json(summary.to_dict() | {"seconds": seconds, "index": str(ix.directory), "exclude": globs}
                        | ({"labelled": labelled} if label else {}) | ({"warning": label_warning} if label_warning else {})
                        | ({"precision_check": check.to_dict()} if check is not None else {}))
             if label_error is not None:
@@ -78,7 +81,7 @@ def index_cmd(
             return
         say(f"Indexed {summary.indexed}, unchanged {summary.unchanged}, reused {summary.reused}, "
             f"removed {summary.removed}, failed {len(summary.failed)} of {summary.total} images "
-            f"in {summary.seconds:.1f}s -> {ix.directory}")
+            f"in {seconds:.1f}s -> {ix.directory}")
         if globs:
             say(f"  excluding (remembered; --clear-exclude forgets): {' '.join(globs)}")
         if check is not None and check.images:
@@ -133,7 +136,7 @@ def query(
 ) -> None:
     """Show the k indexed images most similar to IMAGE (cosine similarity), optionally filtered; or, with
     --imagenet NAME, those whose ImageNet labels hold a class."""
-    with errors_to_exit():
+    with errors_to_exit(), model_status(not (json_out or jsonl)):
         mode = json_mode(json_out, jsonl)
         if k is not None and k < 1:
             raise VecsearchError(f"--k must be at least 1, got {k}.")
@@ -154,7 +157,8 @@ def query(
             from .labels import print_label_hits  # imported here: labels' commands register after these
 
             with open_index(index, create=False) as ix:
-                print_label_hits(ix.search_labels(imagenet, limit=k), json_out, jsonl=jsonl, name=imagenet)
+                print_label_hits(ix.search_labels(imagenet, limit=k), json_out, jsonl=jsonl, name=imagenet,
+                                 coverage=ix.imagenet_coverage())
             return
         if image is None:
             raise VecsearchError("Give an IMAGE to search with, or --imagenet NAME.")
@@ -224,11 +228,13 @@ def import_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Add precomputed vectors to the index; paths are taken as given (the next `index` run reconciles them)."""
-    with errors_to_exit():
+    started = time.perf_counter()
+    with errors_to_exit(), model_status(not json_out):
         _require_parquet(source)
         with open_index(index, index_type=index_type, max_memory=max_memory) as ix:
             with progress_bar("Importing", quiet or json_out) as update:
                 summary = ix.import_vectors(source, unchecked=unchecked, progress=update)
+        summary.seconds = round(time.perf_counter() - started, 3)  # the whole command's, as `index` says
         if json_out:
             print_json(summary.to_dict() | {"index": str(ix.directory)})
             return

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..labels import DEFAULT_TOP, NUM_CLASSES
-from ._common import (IndexOpt, JsonlOpt, JsonOpt, QuietOpt, app, errors_to_exit, json_mode, open_index, print_rows,
+from ._common import (IndexOpt, JsonlOpt, JsonOpt, QuietOpt, app, errors_to_exit, json_mode, model_status, open_index, print_rows,
                       print_table, progress_bar, random_weights_warning, say, warn)
 
 TopOpt = Annotated[int, typer.Option("--top", min=1, max=NUM_CLASSES, help="How many ImageNet classes to keep per image.")]
@@ -17,12 +17,12 @@ TopOpt = Annotated[int, typer.Option("--top", min=1, max=NUM_CLASSES, help="How 
 def print_labels(items, json_out: bool, *, jsonl: bool = False, warning: str | None = None) -> None:
     """Per image its path, then `rank wnid name prob` rows, aligned across images; or JSON (lines).
 
-    A `warning` (random weights) goes to stderr, and into every JSON row as `warning`.
+    A `warning` (random weights) goes to stderr once, in every mode (not into each JSON row).
     """
     mode = json_mode(json_out, jsonl)
     if warning:
         warn(f"Warning: {warning}")
-    if print_rows([item.to_dict() | ({"warning": warning} if warning else {}) for item in items], mode):
+    if print_rows([item.to_dict() for item in items], mode):
         return
     every = [lb for item in items for lb in item.labels]
     widths = [0, max((len(str(lb.rank)) for lb in every), default=1), 9, max((len(lb.name) for lb in every), default=4), 6]
@@ -33,14 +33,28 @@ def print_labels(items, json_out: bool, *, jsonl: bool = False, warning: str | N
                     right=["rank"], header=False, min_widths=widths)
 
 
-def print_label_hits(hits, json_out: bool, *, jsonl: bool = False, name: str | None = None) -> None:
+def print_label_hits(hits, json_out: bool, *, jsonl: bool = False, name: str | None = None,
+                     coverage: tuple[int, int] | None = None) -> None:
     """The images of an ImageNet class: `rank` is the place in this listing, `class_rank` the
-    class's place in that image's own top-k; a line saying so when no image has the class."""
+    class's place in that image's own top-k; a line saying so when no image has the class.
+
+    `coverage` (labelled, indexed): when only some images are labelled, the listing says how
+    many, and how to label the rest, since the others cannot be found by class.
+    """
     mode = json_mode(json_out, jsonl)
+    labelled, indexed = coverage or (0, 0)
+    partial = labelled < indexed
+    unlabelled = (f"only {labelled} of {indexed} indexed images have ImageNet labels: `vecsearch label --missing` "
+                  f"labels the other {indexed - labelled}")
+    if partial and (hits or mode is not None):
+        warn(f"Note: {unlabelled}.")
     if print_rows([h.to_dict() for h in hits], mode):
         return
     if not hits:
-        say(f"No indexed image has {name or 'this class'} in its stored ImageNet top-k.")
+        if partial:
+            say(f"No labelled image has {name or 'this class'} in its stored ImageNet top-k; {unlabelled}.")
+        else:
+            say(f"No indexed image has {name or 'this class'} in its stored ImageNet top-k.")
         return
     print_table(["rank", "class_rank", "prob", "path"],
                 ((h.rank, h.class_rank, f"{h.prob:.4f}", h.path) for h in hits), right=["rank", "class_rank", "prob"])
@@ -64,7 +78,7 @@ def label_cmd(
     Computed from the stored vectors with the backbone's ImageNet top (no second pass over
     the images). Needs weights that include the top: --weights imagenet, or a with-top file.
     """
-    with errors_to_exit():
+    with errors_to_exit(), model_status(not (json_out or jsonl)):
         json_mode(json_out, jsonl)
         with open_index(index, create=False) as ix:
             with progress_bar("Labelling", quiet or json_out or jsonl) as update:
@@ -87,4 +101,5 @@ def search_labels(
         json_mode(json_out, jsonl)
         with open_index(index, create=False) as ix:
             hits = ix.search_labels(name, limit=k)
-        print_label_hits(hits, json_out, jsonl=jsonl, name=name)
+            coverage = ix.imagenet_coverage()
+        print_label_hits(hits, json_out, jsonl=jsonl, name=name, coverage=coverage)

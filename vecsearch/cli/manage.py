@@ -39,17 +39,21 @@ def remove(
 @app.command("list")
 def list_cmd(
     index: IndexOpt = None,
-    failed: Annotated[bool, typer.Option("--failed", help="Only images that could not be read, with the reason.")] = False,
+    failed: Annotated[bool, typer.Option("--failed", help="Only the files that could not be read, with the reason (`path: reason`).")] = False,
+    all_files: Annotated[bool, typer.Option("--all", help="Indexed images and failed files both (failed ones as `path: reason`).")] = False,
     label: Annotated[Optional[str], typer.Option("--label", metavar="L", help="Only images taught class L (see `teach`).", show_default=False)] = None,
     under: Annotated[Optional[Path], typer.Option("--under", metavar="DIR", help="Only images inside this folder.", show_default=False)] = None,
     json_out: JsonOpt = False,
     jsonl: JsonlOpt = False,
 ) -> None:
-    """List the indexed images by id: one path per line (with --failed: `path: reason`), or JSON."""
+    """List the indexed images by id, one path per line, or JSON; failed files only with --failed or --all."""
     with errors_to_exit():
         mode = json_mode(json_out, jsonl)
+        if failed and all_files:
+            raise VecsearchError("Give --failed (failed files only) or --all (everything), not both.")
+        status = "failed" if failed else None if all_files else "ok"
         with open_index(index, create=False) as ix:
-            records = ix.iter_images(status="failed" if failed else None, under=under, label=label)
+            records = ix.iter_images(status=status, under=under, label=label)
             if mode == "json":
                 print_json([_row(r) for r in records])
                 return
@@ -60,12 +64,12 @@ def list_cmd(
             n = 0
             for r in records:
                 n += 1
-                if failed:
+                if r.status == "failed":
                     say(f"{r.path}: {r.reason}")
                 else:
                     say(r.path)  # paths only, so the list pipes into other tools
         if not n and (failed or label is not None or under is not None):
-            warn("No indexed image matches.")
+            warn("No indexed image matches." if not failed else "No failed files.")
 
 
 def _row(r) -> dict:

@@ -11,7 +11,7 @@ import typer
 from ..config import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS
 from ..errors import VecsearchError
 from ..extras import require_extra
-from ._common import IndexOpt, app, errors_to_exit, open_index, warn
+from ._common import IndexOpt, app, errors_to_exit, model_status, open_index, warn
 
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -71,8 +71,9 @@ def serve(
         from ..server import create_app
         ix = open_index(index, create=False)
         try:
-            web = create_app(ix, token=token, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
-                             host=host, allow_hosts=allow_host or ())
+            with model_status():  # the model loads here, once; not around the server's own threads
+                web = create_app(ix, token=token, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
+                                 host=host, allow_hosts=allow_host or ())
             url = page_url(host, port, token)
             warn(f"Serving {ix.directory} ({len(ix)} images, {ix.backbone.name}). Open {url} "
                  f"-- API docs at /docs{' (the API needs the token as `Authorization: Bearer TOKEN`)' if token else ''}. "

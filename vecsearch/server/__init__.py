@@ -1,7 +1,7 @@
 """The HTTP service: similarity search over a running index, without paying model start-up per call.
 
 `create_app(index)` returns a FastAPI app; `vecsearch serve` runs it with uvicorn. FastAPI is
-an optional extra (`pip install 'vecsearch[server]'`), so nothing here is imported by
+an optional extra (`server`; the message when it is missing says the pip line), so nothing here is imported by
 `vecsearch` itself.
 """
 
