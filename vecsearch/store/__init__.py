@@ -12,7 +12,6 @@ import zlib
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import resources
 from pathlib import Path
 from typing import Iterable, Iterator
 from urllib.parse import quote
@@ -23,7 +22,9 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from ..errors import IndexCorruptError, IndexNotFoundError
+from ..errors import DatabaseDamagedError, IndexCorruptError, IndexNotFoundError
+from . import database
+from .database import migrations_dir
 from .shards import DIRNAME as SHARDS_DIRNAME
 from .shards import Shards
 from .models import VectorChunk, Classifier, Image, ImagenetLabel, IndexInfo, Prediction, Setting, UserLabel, Vector
@@ -44,11 +45,6 @@ def _slices(values: Iterable) -> Iterator[list]:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def migrations_dir() -> Path:
-    """Alembic scripts: top-level `migrations/` in a checkout, `vecsearch/migrations` in a wheel."""
-    return Path(str(resources.files("vecsearch.migrations")))
 
 
 @dataclass(frozen=True)
@@ -104,43 +100,26 @@ class Store:
     def _engine(self, *, immutable: bool):
         if not self.read_only:
             engine = create_engine(f"sqlite:///{self.path}", connect_args={"timeout": 60})
-            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "connect", database.write_pragmas)
             return engine
         mode = "immutable=1" if immutable else "mode=ro"
         uri = f"file:{quote(str(self.path.absolute()))}?{mode}"
         engine = create_engine("sqlite://", poolclass=NullPool,
                                creator=lambda: sqlite3.connect(uri, uri=True, timeout=60, check_same_thread=False))
-        event.listen(engine, "connect", _sqlite_read_pragmas)
+        event.listen(engine, "connect", database.read_pragmas)
         return engine
 
-    def _alembic(self):
-        from alembic.config import Config
-
-        cfg = Config()
-        cfg.set_main_option("script_location", str(migrations_dir()))
-        return cfg
-
     def migrate(self) -> None:
-        from alembic import command
-        from alembic.runtime.migration import MigrationContext
-
-        cfg = self._alembic()
-        with self.engine.begin() as conn:
-            before = MigrationContext.configure(conn).get_current_revision()
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        """Apply the migrations this database lacks, all in one transaction (`database.upgrade`)."""
+        before = database.upgrade(self.path)
         if before is not None and before < "0005":
-            # The vector BLOBs moved to shard files: give their pages back to the file system.
-            with self.engine.connect() as conn:
-                conn.exec_driver_sql("VACUUM")
             log.info("moved the vectors of %s into shard files", self.path)
 
     def check_current(self) -> None:
         """Refuse (read-only) an index whose database needs a migration."""
         from alembic.runtime.migration import MigrationContext
-        from alembic.script import ScriptDirectory
 
-        head = ScriptDirectory.from_config(self._alembic()).get_current_head()
+        head = database.head_revision()
         with self.engine.connect() as conn:
             current = MigrationContext.configure(conn).get_current_revision()
         if current != head:
@@ -728,24 +707,5 @@ def _database_error(path: Path, e: DatabaseError) -> Exception:
     text = str(getattr(e, "orig", None) or e)
     low = text.lower()
     if "not a database" in low or "malformed" in low or "encrypted" in low:
-        return IndexCorruptError(
-            f"The index database {path} is damaged ({text}). Restore the index folder from a backup, "
-            "or move it away and build it again with `vecsearch index`.")
+        return DatabaseDamagedError(path, [text])
     return e
-
-
-def _sqlite_read_pragmas(dbapi_conn, _record) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=60000")
-    cur.close()
-
-
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=60000")
-    cur.close()
-
