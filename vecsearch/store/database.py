@@ -30,6 +30,8 @@ BUSY_TIMEOUT_S = 60
 """How long a connection waits for another one's write lock (a migration waits for another's)."""
 TMP_PREFIX = "_alembic_tmp_"
 """Alembic's batch mode builds `<prefix><table>`, copies the rows, drops `<table>`, renames."""
+VACUUM_PENDING = "_vacuum_pending"
+"""The `settings` key a migration that freed many pages leaves until its VACUUM has run."""
 QUICK_CHECK_ON_OPEN_BYTES = 16 * 1024 * 1024
 """Every open of an index.db up to this size runs `PRAGMA quick_check` (measured here: 32 ms on
 8 MB, 10k images with their labels; 0.2 s on 84 MB, 100k). Larger ones are checked by each
@@ -101,10 +103,23 @@ def _tmp_tables(conn) -> list[str]:
     return [r[0] for r in rows]
 
 
-def needs_upgrade(engine) -> bool:
-    """Whether the database is behind the scripts' head or holds an interrupted batch's table (one cheap read)."""
-    with engine.connect() as conn:
-        return current_revision(conn) != head_revision() or bool(_tmp_tables(conn))
+def _needs(engine) -> tuple[bool, bool]:
+    """(a migration is due, a VACUUM is due): behind the head, an interrupted batch's table left,
+    or the marker a committed migration leaves until its VACUUM is done.
+
+    Read on the driver's connection in autocommit, so the check takes no write lock: it runs on
+    every open, beside other processes that search and index.
+    """
+    raw = engine.raw_connection()
+    try:
+        db = raw.driver_connection
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        row = db.execute("SELECT version_num FROM alembic_version").fetchone() if "alembic_version" in tables else None
+        if (row[0] if row else None) != head_revision() or any(t.startswith(TMP_PREFIX) for t in tables):
+            return True, False
+        return False, db.execute("SELECT 1 FROM settings WHERE key = ?", (VACUUM_PENDING,)).fetchone() is not None
+    finally:
+        raw.close()
 
 
 def clear_interrupted_batches(conn) -> list[str]:
@@ -138,26 +153,33 @@ def upgrade(db_path: Path) -> str | None:
 
     engine = transactional_engine(f"sqlite:///{db_path}")
     try:
-        if not needs_upgrade(engine):
-            return head_revision()
-        with engine.connect() as conn, conn.begin():
-            # Read under the write lock: another process may have migrated meanwhile.
-            before = current_revision(conn)
-            clear_interrupted_batches(conn)
-            cfg = _alembic_config()
-            cfg.attributes["connection"] = conn  # in a transaction: alembic runs every step inside it
-            command.upgrade(cfg, "head")
+        migrate, vacuum = _needs(engine)
+        before = head_revision()
+        if migrate:
+            with engine.connect() as conn, conn.begin():
+                # Read under the write lock: another process may have migrated meanwhile.
+                before = current_revision(conn)
+                clear_interrupted_batches(conn)
+                cfg = _alembic_config()
+                cfg.attributes["connection"] = conn  # in a transaction: alembic runs every step inside it
+                command.upgrade(cfg, "head")
+                if before is not None and before < "0005":
+                    # The vector BLOBs moved to shard files: their pages go back to the file system
+                    # by a VACUUM, which cannot run inside a transaction. The marker commits with
+                    # the migration, so a kill before the VACUUM ends leaves it due, not forgotten.
+                    conn.exec_driver_sql("INSERT OR REPLACE INTO settings (key, value) VALUES (?, 'true')",
+                                         (VACUUM_PENDING,))
+                    vacuum = True
+        if vacuum:
+            raw = engine.raw_connection()
+            try:
+                raw.driver_connection.execute("VACUUM")  # the driver's autocommit: no BEGIN around it
+            finally:
+                raw.close()
+            with engine.begin() as conn:
+                conn.exec_driver_sql("DELETE FROM settings WHERE key = ?", (VACUUM_PENDING,))
     finally:
         engine.dispose()
-    if before is not None and before < "0005":
-        # The vector BLOBs moved to shard files: give their pages back to the file system.
-        # (VACUUM is atomic by itself; a kill before it only leaves free pages behind.)
-        engine = create_engine(f"sqlite:///{db_path}", connect_args={"timeout": BUSY_TIMEOUT_S})
-        try:
-            with engine.connect() as conn:
-                conn.exec_driver_sql("VACUUM")
-        finally:
-            engine.dispose()
     return before
 
 
