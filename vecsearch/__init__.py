@@ -12,6 +12,7 @@ from .errors import (
     BadImageError,
     BadLabelsError,
     ClassifierNotFoundError,
+    DatabaseDamagedError,
     IndexCorruptError,
     IndexLockedError,
     IndexMismatchError,
@@ -29,12 +30,15 @@ from .errors import (
 )
 from .explain import Explanation
 from .finetune import HeadParams
+from .health import IndexCheck, check_index
 from .indexer import FailedImage, IndexSummary, RemoveSummary
 
 __all__ = [
     # the index object
     "open_index",
     "VecIndex",
+    "check_index",
+    "IndexCheck",
     "Hit",
     "IndexSummary",
     "RemoveSummary",
@@ -53,6 +57,7 @@ __all__ = [
     "VecsearchError",
     "BadImageError",
     "BadLabelsError",
+    "DatabaseDamagedError",
     "ClassifierNotFoundError",
     "IndexCorruptError",
     "IndexLockedError",

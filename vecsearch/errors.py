@@ -137,7 +137,7 @@ def fault_message(e: BaseException) -> str | None:
             return f"Database error: {text}. {_DISK_FULL}"
         if "readonly" in low or "read-only" in low or "unable to open" in low or "permission" in low:
             return f"The index database cannot be written or opened ({text}). {_PERMISSIONS}"
-        if "not a database" in low or "malformed" in low or "disk i/o" in low or "encrypted" in low:
+        if any(w in low for w in ("not a database", "malformed", "disk i/o", "encrypted", "could not decode")):
             return f"index.db is damaged: {text}. {RESTORE_DATABASE}"
         if "locked" in low or "busy" in low:
             return f"The index database is busy ({text}): another process holds it; try again."

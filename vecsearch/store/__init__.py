@@ -27,7 +27,7 @@ from . import database
 from .database import migrations_dir
 from .shards import DIRNAME as SHARDS_DIRNAME
 from .shards import Shards
-from .models import VectorChunk, Classifier, Image, ImagenetLabel, IndexInfo, Prediction, Setting, UserLabel, Vector
+from .models import Base, VectorChunk, Classifier, Image, ImagenetLabel, IndexInfo, Prediction, Setting, UserLabel, Vector
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,17 @@ class Store:
                     self.engine.dispose()
                     self.engine = self._engine(immutable=True)
                     self.check_current()
+                self._check_on_open()
             else:
+                self._check_on_open(sqlite_only=True)  # before a migration writes into a damaged file
                 self.migrate()
-        except DatabaseError as e:
+                self._check_on_open(sqlite_only=False)
+        except (DatabaseError, sqlite3.DatabaseError) as e:
             self.engine.dispose()
             raise _database_error(self.path, e) from None
+        except UnicodeDecodeError as e:  # SQLite's error quoting a damaged schema
+            self.engine.dispose()
+            raise DatabaseDamagedError(self.path, [database.undecodable(e)]) from None
         except BaseException:
             self.engine.dispose()
             raise
@@ -108,6 +114,57 @@ class Store:
                                creator=lambda: sqlite3.connect(uri, uri=True, timeout=60, check_same_thread=False))
         event.listen(engine, "connect", database.read_pragmas)
         return engine
+
+    def _check_on_open(self, sqlite_only: bool | None = None) -> None:
+        """The full check, or the quick one, when the file is small enough for it to cost little
+        (`database.FULL_CHECK_ON_OPEN_BYTES`, `QUICK_CHECK_ON_OPEN_BYTES`): damage is then
+        reported by every command, not answered from. In two halves around a migration:
+        SQLite's own check first, vecsearch's (which needs the current schema) after;
+        None: both."""
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return  # no file yet (a new index), or one SQLite reports on its own
+        full = size <= database.FULL_CHECK_ON_OPEN_BYTES
+        if sqlite_only is False:
+            if full:
+                self._raise_if(self.database_problems(sqlite=False))
+        elif size <= database.QUICK_CHECK_ON_OPEN_BYTES:
+            self._raise_if(self.database_problems(full=full, consistency=sqlite_only is None))
+
+    def database_problems(self, *, full: bool = True, sqlite: bool = True, consistency: bool = True) -> list[str]:
+        """What is wrong with index.db (empty: nothing found).
+
+        full: SQLite's `integrity_check` (every index agrees with its table: a changed path or
+        hash is caught by its index), then vecsearch's consistency (foreign keys, and every
+        vector's slot its own and below the commit point: a changed slot would serve another
+        image's vector); otherwise `quick_check` (pages and b-trees only). Neither sees a
+        changed digit in a column no index covers (a file's size or time): SQLite keeps no
+        checksum of row contents. `sqlite`/`consistency` turn either half off.
+        """
+        try:
+            with self.engine.connect() as c:
+                problems = []
+                if sqlite:
+                    problems = database.pragma_problems(c.connection.dbapi_connection,
+                                                        "integrity_check" if full else "quick_check")
+                if full and consistency and not problems:
+                    problems = _consistency_problems(c)
+        except (DatabaseError, sqlite3.DatabaseError) as e:
+            if not database.is_damage(e):
+                raise  # busy, locked, unwritable: not the file's fault
+            return [str(getattr(e, "orig", None) or e).splitlines()[0]]
+        except UnicodeDecodeError as e:
+            return [database.undecodable(e)]
+        return problems
+
+    def require_sound(self, *, full: bool = True) -> None:
+        """Raise DatabaseDamagedError when `database_problems` finds anything."""
+        self._raise_if(self.database_problems(full=full))
+
+    def _raise_if(self, problems: list[str]) -> None:
+        if problems:
+            raise DatabaseDamagedError(self.path, problems)
 
     def migrate(self) -> None:
         """Apply the migrations this database lacks, all in one transaction (`database.upgrade`)."""
@@ -702,10 +759,43 @@ def no_annotations() -> dict:
     return {"imagenet_labels": [], "user_label": None, "predictions": []}
 
 
-def _database_error(path: Path, e: DatabaseError) -> Exception:
+def _consistency_problems(c) -> list[str]:
+    """What SQLite's own check cannot know: the tables have the columns vecsearch reads (a changed
+    byte in the schema's text can rename one), rows point at rows that exist, and every vector's
+    slot is its own and below the commit point."""
+    problems = []
+    for table in Base.metadata.sorted_tables:
+        have = {r[1] for r in c.exec_driver_sql(f'PRAGMA table_info("{table.name}")')}
+        missing = [col.name for col in table.columns if col.name not in have]
+        if missing:
+            problems.append(f"table {table.name} lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    if problems:
+        return problems
+    for table in Base.metadata.sorted_tables:
+        # Every row read back through the types the app reads it with: a changed byte in a
+        # text or a time (no index covers them) fails here, not later in a listing.
+        try:
+            for _ in c.execution_options(yield_per=2000).execute(select(table)):
+                pass
+        except (ValueError, UnicodeDecodeError, OperationalError) as e:
+            text = str(getattr(e, "orig", None) or e).splitlines()[0]
+            problems.append(f"a row of {table.name} cannot be read ({text})")
+    if problems:
+        return problems
+    problems = [f"row {rowid} of {table} points at a missing row of {parent}"
+                for table, rowid, parent, _ in c.exec_driver_sql("PRAGMA foreign_key_check").fetchall()[:10]]
+    next_slot = c.execute(select(IndexInfo.next_slot)).scalar() or 0
+    outside = c.execute(select(func.count()).select_from(Vector).where(or_(Vector.slot < 0, Vector.slot >= next_slot))).scalar()
+    if outside:
+        problems.append(f"{outside} vectors point at shard rows outside 0..{next_slot - 1}")
+    shared = c.execute(select(Vector.slot).group_by(Vector.slot).having(func.count() > 1).limit(1)).scalar()
+    if shared is not None:
+        problems.append(f"several images point at the vector in shard row {shared}")
+    return problems
+
+
+def _database_error(path: Path, e: Exception) -> Exception:
     """A VecsearchError that says what is wrong with the database file, or `e` itself."""
-    text = str(getattr(e, "orig", None) or e)
-    low = text.lower()
-    if "not a database" in low or "malformed" in low or "encrypted" in low:
-        return DatabaseDamagedError(path, [text])
+    if database.is_damage(e):
+        return DatabaseDamagedError(path, [str(getattr(e, "orig", None) or e).splitlines()[0]])
     return e
