@@ -33,14 +33,14 @@ TMP_PREFIX = "_alembic_tmp_"
 """Alembic's batch mode builds `<prefix><table>`, copies the rows, drops `<table>`, renames."""
 VACUUM_PENDING = "_vacuum_pending"
 """The `settings` key a migration that freed many pages leaves until its VACUUM has run."""
-FULL_CHECK_ON_OPEN_BYTES = 2 * 1024 * 1024
+FULL_CHECK_ON_OPEN_BYTES = 1024 * 1024
 """Every open of an index.db up to this size runs the full check (`Store.database_problems`):
-15-30 ms measured on 0.9 MB (1,000 images with 5 labels each), on a busy 2-core machine."""
+47 ms measured on 0.9 MB (1,000 images with 5 ImageNet labels each; 0.43 s on 8.3 MB), on a
+busy 2-core machine. The indexes of a first day are this small."""
 QUICK_CHECK_ON_OPEN_BYTES = 16 * 1024 * 1024
 """Every open of a larger index.db up to this size runs `PRAGMA quick_check` (pages and b-trees):
-32-65 ms measured on 8.3 MB (10,000 images; the full check took 0.1-0.24 s), 0.2 s on 84 MB.
-Larger ones are checked in full by each `vecsearch index` run and by `vecsearch check`, not on
-every query."""
+55 ms measured on 8.3 MB (10,000 images), 0.5 s on 84 MB (100,000). Larger ones are checked
+in full by each `vecsearch index` run and by `vecsearch check`, not on every query."""
 
 
 def migrations_dir() -> Path:
