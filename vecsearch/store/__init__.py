@@ -144,12 +144,20 @@ class Store:
         """
         try:
             with self.engine.connect() as c:
-                problems = []
-                if sqlite:
-                    problems = database.pragma_problems(c.connection.dbapi_connection,
-                                                        "integrity_check" if full else "quick_check")
-                if full and consistency and not problems:
-                    problems = _consistency_problems(c)
+                raw = c.connection.dbapi_connection
+                # One read snapshot for every query (pysqlite sends no BEGIN before a SELECT):
+                # a concurrent indexer's commit between reading the commit point and the slots
+                # would look like slots past it.
+                raw.execute("BEGIN")
+                try:
+                    problems = []
+                    if sqlite:
+                        problems = database.pragma_problems(raw, "integrity_check" if full else "quick_check")
+                    if full and consistency and not problems:
+                        problems = _consistency_problems(c)
+                finally:
+                    if raw.in_transaction:
+                        raw.execute("ROLLBACK")
         except (DatabaseError, sqlite3.DatabaseError) as e:
             if not database.is_damage(e):
                 raise  # busy, locked, unwritable: not the file's fault

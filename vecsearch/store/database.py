@@ -176,16 +176,28 @@ def upgrade(db_path: Path) -> str | None:
                                          (VACUUM_PENDING,))
                     vacuum = True
         if vacuum:
-            raw = engine.raw_connection()
-            try:
-                raw.driver_connection.execute("VACUUM")  # the driver's autocommit: no BEGIN around it
-            finally:
-                raw.close()
-            with engine.begin() as conn:
-                conn.exec_driver_sql("DELETE FROM settings WHERE key = ?", (VACUUM_PENDING,))
+            _vacuum(engine, db_path)
     finally:
         engine.dispose()
     return before
+
+
+def _vacuum(engine, db_path: Path) -> None:
+    """VACUUM, then clear the marker. A VACUUM that fails (it needs room for a copy of the
+    database, and no other writer) is only a warning: the index works without it, and the
+    marker makes the next open try again."""
+    import sqlite3
+
+    raw = engine.raw_connection()
+    try:
+        raw.driver_connection.execute("VACUUM")  # the driver's autocommit: no BEGIN around it
+    except sqlite3.OperationalError as e:
+        log.warning("could not VACUUM %s (%s); the next open tries again", db_path, e)
+        return
+    finally:
+        raw.close()
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM settings WHERE key = ?", (VACUUM_PENDING,))
 
 
 def pragma_problems(dbapi_conn, pragma: str, limit: int = 20) -> list[str]:
