@@ -90,9 +90,9 @@ class Store:
                     self.check_current()
                 self._check_on_open()
             else:
-                self._check_on_open(sqlite_only=True)  # before a migration writes into a damaged file
+                self._check_on_open(consistency=False)  # before a migration writes into a damaged file
                 self.migrate()
-                self._check_on_open(sqlite_only=False)
+                self._check_on_open(sqlite=False)
         except (DatabaseError, sqlite3.DatabaseError) as e:
             self.engine.dispose()
             raise _database_error(self.path, e) from None
@@ -115,22 +115,18 @@ class Store:
         event.listen(engine, "connect", database.read_pragmas)
         return engine
 
-    def _check_on_open(self, sqlite_only: bool | None = None) -> None:
+    def _check_on_open(self, *, sqlite: bool = True, consistency: bool = True) -> None:
         """The full check, or the quick one, when the file is small enough for it to cost little
         (`database.FULL_CHECK_ON_OPEN_BYTES`, `QUICK_CHECK_ON_OPEN_BYTES`): damage is then
-        reported by every command, not answered from. In two halves around a migration:
-        SQLite's own check first, vecsearch's (which needs the current schema) after;
-        None: both."""
+        reported by every command, not answered from. Around a migration in two halves:
+        SQLite's own check before it, vecsearch's (which needs the current schema) after."""
         try:
             size = self.path.stat().st_size
         except OSError:
             return  # no file yet (a new index), or one SQLite reports on its own
         full = size <= database.FULL_CHECK_ON_OPEN_BYTES
-        if sqlite_only is False:
-            if full:
-                self._raise_if(self.database_problems(sqlite=False))
-        elif size <= database.QUICK_CHECK_ON_OPEN_BYTES:
-            self._raise_if(self.database_problems(full=full, consistency=sqlite_only is None))
+        if size <= database.QUICK_CHECK_ON_OPEN_BYTES and (full or sqlite):
+            self._raise_if(self.database_problems(full=full, sqlite=sqlite, consistency=consistency))
 
     def database_problems(self, *, full: bool = True, sqlite: bool = True, consistency: bool = True) -> list[str]:
         """What is wrong with index.db (empty: nothing found).
