@@ -118,3 +118,196 @@ def test_flipped_bytes_in_the_search_structure_make_it_rebuild(photos, index_dir
     assert any("checksum" in r.getMessage() for r in caplog.records)
     assert [[h.id for h in ix.search(v, k=5)] for v in vecs] == want
     ix.close()
+
+
+# -- migrations killed at any point --------------------------------------------------------------
+# A helper process imports vecsearch once, then forks one child per open (a fresh process in
+# all that matters: no connection, nothing read yet; the fork saves ~1 s of imports a trial).
+# A child SIGKILLs itself at its KILL_AT-th step, the start of an SQL statement or a shard
+# write (then after writing half of it: a torn write), or the helper kills it after a delay.
+# Steps and seconds are counted in an uninterrupted open first, so the kill points cover the
+# whole migration whatever the machine's speed.
+_OPENER = r"""
+import json, os, signal, sys, time
+kill_at, steps = 0, 0
+
+def step(torn=None):
+    global steps
+    steps += 1
+    if steps == kill_at:
+        if torn is not None:
+            torn()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+@event.listens_for(Engine, "connect")
+def _trace(dbapi_conn, _record):
+    dbapi_conn.set_trace_callback(lambda _sql: step())
+
+real_pwrite = os.pwrite
+def pwrite(fd, data, offset):
+    half = bytes(memoryview(data).cast("B"))[: len(memoryview(data).cast("B")) // 2]
+    step(lambda: real_pwrite(fd, half, offset))
+    return real_pwrite(fd, data, offset)
+os.pwrite = pwrite
+
+import alembic.command, alembic.runtime.migration, alembic.script, numpy
+from vecsearch import open_index
+print("ready", flush=True)
+for line in sys.stdin:
+    index, kill_at, kill_after = json.loads(line)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        t0 = time.perf_counter()
+        with open_index(index, create=False) as ix:
+            ix.stats()
+        os.write(w, json.dumps([steps, time.perf_counter() - t0]).encode())
+        os._exit(0)
+    os.close(w)
+    if kill_after is not None:
+        time.sleep(kill_after)
+        os.kill(pid, signal.SIGKILL)  # a zombie if it finished: still there to kill, to no effect
+    status = os.waitpid(pid, 0)[1]
+    with os.fdopen(r) as f:
+        told = f.read()
+    code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    print(json.dumps([code, json.loads(told) if told else None]), flush=True)
+"""
+
+
+class _Opener:
+    """The helper process: `open(index, kill_at=N | kill_after=S)` -> (exit code, [steps, seconds] or None)."""
+
+    def __init__(self, tmp_path):
+        import subprocess
+        import sys
+
+        self.log = open(tmp_path / "opener.log", "w")
+        self.proc = subprocess.Popen([sys.executable, "-c", _OPENER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log, text=True)
+        assert self.proc.stdout.readline().strip() == "ready", (tmp_path / "opener.log").read_text()
+
+    def open(self, index, *, kill_at: int = 0, kill_after: float | None = None):
+        import json
+
+        self.proc.stdin.write(json.dumps([str(index), kill_at, kill_after]) + "\n")
+        self.proc.stdin.flush()
+        code, told = json.loads(self.proc.stdout.readline())
+        assert code in (0, -9), self.log.name  # finished, or killed: never an error of its own
+        return code, told
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        self.log.close()
+
+
+def _on_disk(index) -> dict:
+    """What the files hold, read without vecsearch: schema, version, tables, shard bytes."""
+    with sqlite3.connect(index / "index.db") as c:
+        tables = sorted(r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+        version = c.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+        schema = sorted(r[0] for r in c.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL"))
+    shards = {p.name: p.read_bytes() for p in sorted((index / "vectors").glob("*"))} if (index / "vectors").exists() else {}
+    return {"tables": tables, "version": version, "schema": schema, "shards": shards}
+
+
+def _everything(index, tmp_path) -> dict:
+    """Everything a user can see of an index, after opening it (which finishes any migration)."""
+    with open_index(index, create=False) as ix:
+        stats = ix.stats()
+        del stats["db_bytes"], stats["index"]  # the WAL's size and the folder's name are not the index
+        ids, mat, norms = ix.store.vectors()
+        seen = {
+            "stats": stats,
+            "images": sorted(ix.store.records().values(), key=lambda r: r.id),
+            "vectors": (ids.tolist(), mat.tobytes(), norms.tobytes()),
+            "user_labels": ix.store.user_labels(),
+            "imagenet_labels": ix.store.imagenet_labels(),
+            "predictions": ix.store.predictions(),
+            "classifiers": [(c.name, c.kind, c.params, c.metrics) for c in ix.store.classifier_rows()],
+            "search": [[(h.id, round(h.score, 6)) for h in ix.search(v, k=4)] for v in mat],
+            "damaged_vectors": ix.store.damaged_vectors(),
+        }
+        out = tmp_path / f"export-{index.name}.npz"
+        ix.export(out)
+    with np.load(out) as z:
+        seen["export"] = {k: z[k].tobytes() for k in z.files}
+    with sqlite3.connect(index / "index.db") as c:
+        seen["integrity"] = c.execute("PRAGMA integrity_check").fetchall()
+        seen["free_pages"] = c.execute("PRAGMA freelist_count").fetchone()[0]  # the VACUUM ran
+    return seen | _on_disk(index)
+
+
+@pytest.mark.slow
+def test_a_migration_killed_at_any_point_ends_as_an_uninterrupted_one(tmp_path):
+    """24+ SIGKILLs spread over the first open (the migration) of a 0.1.0 index: after one more
+    open, each index is the one an uninterrupted migration makes, to the byte and the search hit."""
+    import random
+
+    def copy(name):
+        shutil.copytree(TESTS / "data" / "index-0.1.0", tmp_path / name)
+        return tmp_path / name
+
+    want = _everything(copy("reference"), tmp_path)
+    assert want["version"] >= "0007" and not any(t.startswith("_alembic_tmp") for t in want["tables"])
+    opener = _Opener(tmp_path)
+    try:
+        rc, (steps, seconds) = opener.open(copy("measured"))
+        assert rc == 0 and steps > 50
+        rng = random.Random(16)
+        trials = [dict(kill_at=int(k)) for k in np.unique(np.linspace(1, steps, 16).round())]
+        trials += [dict(kill_after=rng.uniform(0, seconds)) for _ in range(12)]
+        killed, states = 0, set()
+        for n, trial in enumerate(trials):
+            index = copy(f"trial-{n}")
+            rc, _ = opener.open(index, **trial)
+            killed += rc == -9
+            if rc == -9:
+                disk = _on_disk(index)
+                states.add((disk["version"], bool(disk["shards"])))
+                if n % 4 == 1:  # killed again while the next open repairs it
+                    again, _ = opener.open(index, kill_at=max(1, trial.get("kill_at", steps) // 2))
+                    killed += again == -9
+            got = _everything(index, tmp_path)
+            for key in want:
+                assert got[key] == want[key], (trial, key)
+    finally:
+        opener.close()
+    assert killed >= 20
+    # The kills hit before the migration, in the middle of moving the vectors (shard rows written,
+    # nothing committed) and after it committed.
+    assert {("0003", False), ("0003", True), (want["version"], True)} <= states, states
+
+
+def test_an_index_bricked_by_an_interrupted_batch_migration_opens_again(tmp_path):
+    """What older versions left when killed mid-migration (`_alembic_tmp_index_info` committed on
+    its own, version 0003): the next open drops it and migrates, as if never interrupted."""
+    from helpers import run
+
+    want = _everything(shutil.copytree(TESTS / "data" / "index-0.1.0", tmp_path / "reference"), tmp_path)
+    bricked = shutil.copytree(TESTS / "data" / "index-0.1.0", tmp_path / "bricked")
+    with sqlite3.connect(bricked / "index.db") as c:
+        sql = c.execute("SELECT sql FROM sqlite_master WHERE name = 'index_info'").fetchone()[0]
+        c.execute(sql.replace("index_info", "_alembic_tmp_index_info").replace("index_kind", "index_type"))
+    assert run("stats", "--index", bricked).exit_code == 0
+    assert _everything(bricked, tmp_path) == want
+
+
+def test_shard_rows_an_interrupted_migration_left_are_reconciled(tmp_path):
+    """Shard files from a killed 0.1.0 migration: a wrong row, rows and a file past the end. The
+    re-run keeps what is right, rewrites what is not, drops the rest; every CRC then matches."""
+    want = _everything(shutil.copytree(TESTS / "data" / "index-0.1.0", tmp_path / "reference"), tmp_path)
+    index = shutil.copytree(TESTS / "data" / "index-0.1.0", tmp_path / "left")
+    blobs = _blob_vectors(index / "index.db")
+    rows = np.stack([blobs[i] for i in sorted(blobs)])
+    rows[3, 5] = np.nan  # a row written wrong (or torn)
+    (index / "vectors").mkdir()
+    (index / "vectors" / "shard-000000.f32").write_bytes(rows.tobytes() + np.ones((5, 32), "<f4").tobytes())
+    (index / "vectors" / "shard-000001.f32").write_bytes(b"\0" * 128)
+    got = _everything(index, tmp_path)
+    assert got == want and got["damaged_vectors"] == [] and list(got["shards"]) == ["shard-000000.f32"]

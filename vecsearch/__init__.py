@@ -13,6 +13,7 @@ from .errors import (
     BadLabelsError,
     BadVectorFileError,
     ClassifierNotFoundError,
+    DatabaseDamagedError,
     IndexCorruptError,
     IndexLockedError,
     IndexMismatchError,
@@ -31,12 +32,15 @@ from .errors import (
 )
 from .explain import Explanation
 from .finetune import HeadParams
+from .health import IndexCheck, check_index
 from .indexer import FailedImage, IndexSummary, RemoveSummary
 
 __all__ = [
     # the index object
     "open_index",
     "VecIndex",
+    "check_index",
+    "IndexCheck",
     "Hit",
     "IndexSummary",
     "RemoveSummary",
@@ -56,6 +60,7 @@ __all__ = [
     "BadImageError",
     "BadLabelsError",
     "BadVectorFileError",
+    "DatabaseDamagedError",
     "ClassifierNotFoundError",
     "IndexCorruptError",
     "IndexLockedError",

@@ -6,6 +6,9 @@ database file, the vector file), which arrive as OSError, SQLite or FAISS errors
 
 import errno
 
+RESTORE_DATABASE = "Restore the index folder from a backup, or move it away and index again."
+"""What to do about a damaged index.db: it is the source of truth, nothing rebuilds it."""
+
 
 class VecsearchError(Exception):
     """Base class of every error vecsearch raises on purpose.
@@ -56,6 +59,20 @@ class IndexCorruptError(VecsearchError):
 class BadVectorFileError(VecsearchError):
     """A file given to `import` cannot be imported as it is: malformed, over a cap, or repeating
     a path. The file is at fault, not the index, which is left as it was."""
+
+
+class DatabaseDamagedError(IndexCorruptError):
+    """index.db fails SQLite's integrity check or cannot be read as a database: answers from it could be wrong.
+
+    `problems` are SQLite's own lines (the first few).
+    """
+
+    def __init__(self, path, problems: list[str]):
+        self.path = path
+        self.problems = list(problems)
+        more = f" (and {len(self.problems) - 1} more problems)" if len(self.problems) > 1 else ""
+        super().__init__(f"{path} is damaged: {self.problems[0] if self.problems else 'unknown damage'}{more}. "
+                         f"{RESTORE_DATABASE}")
 
 
 class UnknownBackboneError(VecsearchError):
@@ -131,9 +148,8 @@ def fault_message(e: BaseException) -> str | None:
             return f"Database error: {text}. {_DISK_FULL}"
         if "readonly" in low or "read-only" in low or "unable to open" in low or "permission" in low:
             return f"The index database cannot be written or opened ({text}). {_PERMISSIONS}"
-        if "not a database" in low or "malformed" in low or "disk i/o" in low or "encrypted" in low:
-            return (f"The index database is damaged ({text}). Restore the index folder from a backup, "
-                    "or move it away and build it again with `vecsearch index`.")
+        if any(w in low for w in ("not a database", "malformed", "disk i/o", "encrypted", "could not decode")):
+            return f"index.db is damaged: {text}. {RESTORE_DATABASE}"
         if "locked" in low or "busy" in low:
             return f"The index database is busy ({text}): another process holds it; try again."
         return f"Database error: {text}. Restore the index folder from a backup if this persists."

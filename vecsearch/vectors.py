@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import zlib
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -492,6 +493,25 @@ class FaissIndex:
         if not isinstance(meta, dict):
             raise IndexCorruptError(f"index sidecar {side} does not hold a JSON object")
         return meta
+
+
+def check_file(path: Path) -> str | None:
+    """What is wrong with a saved structure file by its sidecar (its checksum), read once and not
+    loaded; None when it is sound or there is none (flat)."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return None
+    if not path.is_file():
+        return f"{path} is not a file"
+    try:
+        meta = FaissIndex.read_meta(path)
+    except IndexCorruptError as exc:
+        return str(exc)
+    if meta is None:
+        return f"{path} has no sidecar {sidecar_path(path).name}"
+    if "crc32" in meta and _crc32(path) != meta["crc32"]:
+        return f"{path} does not match the checksum in its sidecar"
+    return None
 
 
 def _native_ids(index) -> bool:

@@ -2,8 +2,11 @@
 
 Moves every vector BLOB, streaming in id order, into append-only shard files
 (`vectors/shard-NNNNNN.f32`, see vecsearch.store.shards) and records its slot; then drops
-the BLOB column. All in the migration's transaction: a crash part-way leaves the old
-schema, and the next open starts again (the shard rows it wrote are past any commit point).
+the BLOB column. All in the upgrade's one transaction (vecsearch.store.database): a kill
+part-way leaves the old schema, and the next open runs this again. Shard files are outside
+the transaction, so the re-run reconciles what the killed one wrote: rows it finds already
+right (the same bytes) are kept, short or different ones written again, rows and files past
+the last vector dropped; the CRC-32s are those of the BLOBs, the source.
 
 Revision ID: 0005
 Revises: 0004
@@ -55,13 +58,16 @@ def upgrade() -> None:
             if not rows:
                 break
             mat = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
-            shards.write(slot, mat)
+            if not shards.holds(slot, mat):  # written already by a run that was killed later
+                shards.write(slot, mat)
             conn.execute(sa.text("INSERT INTO vector_chunks (start_slot, count, crc32) VALUES (:s, :n, :c)"),
                          {"s": slot, "n": len(rows), "c": zlib.crc32(mat.tobytes())})
             conn.execute(sa.text("UPDATE vectors SET slot = :slot WHERE image_id = :id"),
                          [{"slot": slot + i, "id": r[0]} for i, r in enumerate(rows)])
             slot += len(rows)
             last = rows[-1][0]
+        shards.truncate(slot)  # what an earlier, killed run left past the end
+        shards.sync()  # rows it left and this run kept reach the disk before the commit points at them
         conn.execute(sa.text("UPDATE index_info SET next_slot = :n"), {"n": slot})
     with op.batch_alter_table("vectors", recreate="always") as batch:
         batch.drop_column("data")

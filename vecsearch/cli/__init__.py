@@ -35,10 +35,11 @@ def main(
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
-# Registration order is --help order: the core, remove and list, shards for large jobs, ImageNet labels,
+# Registration order is --help order: the core, remove and list, check, shards for large jobs, ImageNet labels,
 # classes of your own, fine-tuning, duplicates and similarity, explanations, the service.
 from . import index  # noqa: E402,F401
 from . import manage  # noqa: E402,F401
+from . import check  # noqa: E402,F401
 from . import embed  # noqa: E402,F401
 from . import labels  # noqa: E402,F401
 from . import classify  # noqa: E402,F401

@@ -80,6 +80,46 @@ class Shards:
                 os.close(fd)
             slot, done = slot + n, done + n
 
+    def holds(self, start: int, rows: np.ndarray) -> bool:
+        """Whether the files hold exactly these rows at slots start, start+1, ... already.
+
+        What a re-run of an interrupted migration asks before writing a run of rows again.
+        """
+        rows = np.ascontiguousarray(rows, dtype="<f4")
+        slot, done = int(start), 0
+        while done < len(rows):
+            shard, row = divmod(slot, SHARD_ROWS)
+            n = min(len(rows) - done, SHARD_ROWS - row)
+            want = memoryview(rows[done : done + n]).cast("B")
+            try:
+                fd = os.open(self.path(shard), os.O_RDONLY)
+            except FileNotFoundError:
+                return False
+            try:
+                if os.pread(fd, len(want), row * self.row_bytes) != want:  # short or different
+                    return False
+            finally:
+                os.close(fd)
+            slot, done = slot + n, done + n
+        return True
+
+    def sync(self) -> None:
+        """fsync every shard file and the folder: rows kept from an earlier process may not be on disk yet."""
+        if not self.directory.exists():
+            return
+        for p in self.directory.glob("shard-*.f32"):
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if hasattr(os, "O_DIRECTORY"):  # POSIX: the folder's entries (new files) are durable too
+            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
     def read(self, slots) -> np.ndarray:
         """Rows at the given slots (any order, repeats allowed), as a new (n, dim) float32 array."""
         slots = np.asarray(slots, dtype=np.int64).reshape(-1)
