@@ -1195,11 +1195,11 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
                          workers=workers, index_type=index_type, max_memory=budget,
                          progress=progress, precision=precision, engine=engine, ray_address=ray_address,
                          gpus_per_worker=gpus_per_worker)
-        if info is not None:
-            index._convert_wanted(progress)
         if model is not None:
             check_fingerprint(model, info, directory)
             index.check_precision(model)
+        if info is not None:
+            index._convert_wanted(progress)
         return index
     except BaseException:
         store.close()

@@ -308,8 +308,8 @@ def structure_for(index_type: str, n: int, dim: int, max_memory: int | None) -> 
     if n < need:
         named = spec.factory if spec.index_type == spec.factory else f"{spec.index_type} ({spec.factory})"
         raise StructureError(f"The {named} search structure cannot be trained on {n} vectors: {what} needs at least "
-                             f"{need}. Use flat (exact search) or hnsw, which train nothing, or add vectors until "
-                             f"the index holds {need}.", option="index_type", needed=need)
+                             f"{need}. Use flat (exact search) or hnsw (no training) until the index holds {need}.",
+                             option="index_type", needed=need)
     return spec
 
 
@@ -433,8 +433,8 @@ def open_searcher(store: Store, path: Path, current: Searcher | None, *, can_sav
                 log.warning("%s Keeping the structure built for %d vectors.", e, spec.built_for)
                 faiss, rebuild, changed = kept, False, False
             else:
-                note = (f"{e} Searching exactly meanwhile (a scan of the stored vectors); "
-                        "`vecsearch reindex --index-type flat` records that and ends this warning.")
+                note = (f"The index records a structure it cannot build. {e} Meanwhile it searches exactly (a scan "
+                        "of the stored vectors); `vecsearch reindex --index-type flat` records that and ends this warning.")
                 if current is None or current.note != note:
                     log.warning("%s", note)
                 built = Searcher(store.shards, smap, choose("flat", len(smap), info.dim))
