@@ -208,3 +208,23 @@ def test_a_faiss_error_that_is_not_the_disk_does_not_blame_the_disk():
     io = RuntimeError("Error in faiss::FileIOReader::FileIOReader(const char*) at /project/faiss/impl/io.cpp:68: Error: "
                       "'f' failed: could not open vectors.faiss for reading: Permission denied")
     assert "vector file could not be read" in fault_message(io)
+
+
+def test_a_rebuild_for_growth_that_fails_keeps_the_structure_it_had(tmp_path, model_meta, monkeypatch):
+    from vecsearch import indexer
+
+    dim = model_meta["dim"]
+    ix = open_index(tmp_path / "ix", index_type="ivf-pq")
+    ix.import_vectors(write_vector_file(tmp_path / "a.npz", clustered_vectors(1000, dim), model_meta))
+    assert ix.searcher.spec.built_for == 1000
+
+    def fails(*args, **kwargs):
+        raise StructureError("no room today")
+
+    monkeypatch.setattr(indexer, "build", fails)
+    more = clustered_vectors(3000, dim, seed=2)
+    ix.import_vectors(write_vector_file(tmp_path / "b.npz", more, model_meta,
+                                        paths=[f"/b/{i}.jpg" for i in range(3000)]))  # 4x: a rebuild is due
+    assert ix.info.index_type == "ivf-pq" and ix.searcher.spec.built_for == 1000 and len(ix.faiss) == 4000
+    assert [h.id for h in ix.search(more[7], k=5)] == _exact_top(ix, more[7])
+    ix.close()

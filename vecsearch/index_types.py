@@ -70,7 +70,8 @@ def format_bytes(n: float) -> str:
 
 
 def check_index_type(index_type: str) -> str:
-    """A named type, or something that looks like a FAISS factory string (FAISS judges it at build)."""
+    """A named type, or something that looks like a FAISS factory string (FAISS judges it once the
+    dimension is known, before anything is built: `indexer.structure_for`)."""
     if index_type in NAMED_TYPES:
         return index_type
     if isinstance(index_type, str) and re.match(r"^[A-Za-z][A-Za-z0-9_,.+=x()-]*$", index_type) and any(
@@ -150,9 +151,9 @@ def ivf_pq_params(n: int, dim: int) -> tuple[int, int, int, int]:
 
 def ivf_pq_minimum(n: int, dim: int) -> int:
     """Fewest vectors FAISS trains the ivf-pq structure for n on (`vectors.training_minimum`'s
-    rules, which a test holds this to): the PCA one per output dimension, IVF one a list, PQ
-    2**bits. ~n/39 lists and codes are within reach of any n >= 2; the PCA to 256 dims is not
-    below 256 vectors, so a small collection of wide vectors cannot have this structure yet."""
+    rules, which a test holds this to): its PCA one per output dimension, IVF one a list, PQ
+    2**bits. The lists and codes are sized from n, so they fit it; the PCA to 256 dimensions
+    does not below 256 vectors: a small collection of wide vectors cannot have this structure yet."""
     p, nlist, m, nbits = ivf_pq_params(n, dim)
     return max(nlist, 2**nbits, p if p < dim else 0)
 
