@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 from helpers import brute_force, clustered_vectors, make_image, run, run_json, write_vector_file
-from vecsearch import StructureError, open_index
-from vecsearch import index_types
+from vecsearch import StructureError, index_types, open_index
 from vecsearch.backbones import REGISTRY, BackboneSpec, import_keras
 from vecsearch.errors import fault_message
 from vecsearch.indexer import structure_for

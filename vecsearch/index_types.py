@@ -154,7 +154,7 @@ def ivf_pq_minimum(n: int, dim: int) -> int:
     rules, which a test holds this to): its PCA one per output dimension, IVF one a list, PQ
     2**bits. The lists and codes are sized from n, so they fit it; the PCA to 256 dimensions
     does not below 256 vectors: a small collection of wide vectors cannot have this structure yet."""
-    p, nlist, m, nbits = ivf_pq_params(n, dim)
+    p, nlist, _, nbits = ivf_pq_params(n, dim)
     return max(nlist, 2**nbits, p if p < dim else 0)
 
 
