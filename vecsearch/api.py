@@ -35,7 +35,7 @@ from .labels import DEFAULT_TOP as LABEL_TOP
 from .backbones import (DEFAULT_BACKBONE, DEFAULT_PRECISION, MIXING_MIN_COSINE, Backbone, WeightsSpec, check_fingerprint,
                         check_precision, get_spec, load_backbone, recorded_precision)
 from .config import DB_NAME, DEFAULT_K, LOCK_NAME, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, VECTORS_NAME, VERSION, resolve_index_dir
-from .errors import BadImageError, IndexCorruptError, IndexMismatchError, IndexNotFoundError, InputNotFoundError, NoImagesError, NotIndexedError, VecsearchError
+from .errors import BadImageError, IndexCorruptError, IndexMismatchError, IndexNotFoundError, InputNotFoundError, NoImagesError, NotIndexedError, StructureError, VecsearchError
 from .explain import OVERLAY_SIDE
 from .extract import RESAMPLE, Extractor
 from .files import WriterLock
@@ -94,7 +94,7 @@ class VecIndex:
 
     def __init__(self, directory: Path, store: Store, backbone: Backbone | None = None, *,
                  requested: tuple[str, WeightsSpec] | None = None, batch_size: int | None = None,
-                 workers: int | None = None, index_type: str = DEFAULT_TYPE, max_memory: int | None = None,
+                 workers: int | None = None, index_type: str | None = None, max_memory: int | None = None,
                  progress: Progress | None = None, precision: str | None = None, engine: str = "local",
                  ray_address: str | None = None, gpus_per_worker: float | None = None):
         self.directory = Path(directory)
@@ -105,8 +105,11 @@ class VecIndex:
         self.workers = workers  # decode threads in-process; model actors with the Ray engine
         self.engine = ray_engine.check_engine(engine)
         self.ray_address, self.gpus_per_worker = ray_address, gpus_per_worker
-        # For a new index; an existing one keeps what it records (open_index converts).
-        self._index_type, self._max_memory = index_type, max_memory
+        # The search structure asked for, built and recorded by the first write that can train
+        # it (or at once by open_index when the vectors are there): a type is recorded only once
+        # its structure exists. None: keep what the index records (flat for a new one).
+        self._wanted: tuple[str, int | None] | None = (
+            (index_type or DEFAULT_TYPE, max_memory) if index_type is not None or max_memory is not None else None)
         self._backbone = backbone
         if requested is None and backbone is not None:
             requested = (backbone.name, backbone.weights)
@@ -307,7 +310,7 @@ class VecIndex:
         self.store.create_info(
             backbone=bb.name, weights_kind=bb.weights.kind, weights_seed=bb.weights.seed,
             weights_path=bb.weights.path, weights_fingerprint=bb.fingerprint, dim=bb.dim,
-            metric="cosine", index_type=self._index_type, max_memory=self._max_memory, precision=bb.precision,
+            metric="cosine", index_type=DEFAULT_TYPE, max_memory=None, precision=bb.precision,
         )
 
     # -- indexing -------------------------------------------------------------------------
@@ -345,6 +348,8 @@ class VecIndex:
             rejected = [f for f in found if f.reason is not None]
             if not found and not gone and not any(indexed(r) for r in roots):
                 raise NoImagesError(f"No image files found in {', '.join(map(str, roots))}.")
+            if self._wanted_differs():  # refused before anything is embedded
+                self._check_wanted(len(self) + len(files), self.info.dim if self.info else self.backbone.dim)
             self._ensure_info()
             self.refresh()
             had_structure = indexer.current_spec(self.store) is not None
@@ -356,7 +361,7 @@ class VecIndex:
                 self.store.forget_vectors(damaged)
             summary = indexer.run(self.store, self._embedder, roots, files, progress=progress,
                                   chunk_size=chunk_size, chunk_seconds=chunk_seconds, rejected=rejected)
-            summary.retrained = self._open_searcher(writer=True) and had_structure
+            summary.retrained = self._after_write() and had_structure
             summary.repaired = len(damaged)
         return summary
 
@@ -404,7 +409,7 @@ class VecIndex:
             records.sort(key=lambda r: r.id)
             indexer.remove(self.store, records, summary)
             if records:
-                self._open_searcher(writer=True)
+                self._after_write()
         return summary
 
     def reindex(self, *, index_type: str | None = None, max_memory: int | str | None = None,
@@ -416,11 +421,66 @@ class VecIndex:
             check_index_type(index_type)
         budget = parse_memory(max_memory)
         with self._lock.held():
-            info = self.info
-            self.store.set_index_type(index_type or info.index_type, budget)
-            self.store.set_index_spec(None)
-            self._open_searcher(writer=True, progress=progress)
+            self._convert(index_type or self.info.index_type, budget, progress=progress)
         return self.searcher.spec
+
+    # -- the search structure: built first, recorded only then -------------------------------
+    def _convert(self, index_type: str, max_memory: int | None, *, progress: Progress | None = None) -> None:
+        """Build `index_type` from the stored vectors, record it and publish it; the writer lock
+        is held. StructureError (before any work where it can tell) leaves the index as it was."""
+        searcher, generation = indexer.convert(self.store, self.vectors_path, index_type, max_memory,
+                                               progress=progress)
+        self.searcher, self._generation = searcher, generation
+        self._wanted = None
+
+    def _wanted_differs(self) -> bool:
+        info = self.info
+        return self._wanted is not None and (info is None or self._wanted[0] != info.index_type or (
+            self._wanted[1] is not None and self._wanted[1] != info.max_memory))
+
+    def _check_wanted(self, n: int, dim: int) -> None:
+        """Refuse, before a write's work, a structure asked for that could not be trained even on
+        the `n` vectors the index would hold at most afterwards."""
+        if self._wanted_differs():
+            index_type, budget = self._wanted
+            indexer.structure_for(index_type, n, dim, budget if budget is not None else
+                                  (self.info.max_memory if self.info else None))
+
+    def _convert_wanted(self, progress: Progress | None = None) -> None:
+        """open_index's conversion: at once when the vectors there can train it; else left to the
+        next write (`add`, `import_vectors`), which refuses before its work if it cannot either."""
+        if not self._wanted_differs():
+            self._wanted = None
+            return
+        index_type, budget = self._wanted
+        try:
+            self._check_wanted(len(self), self.info.dim)
+        except StructureError as e:
+            if e.needed is None:
+                raise  # a factory string FAISS rejects, a budget too small: no write changes that
+            log.info("%s; it is built by the next write that brings enough vectors", e)
+            return
+        log.info("converting %s from %s to %s", self.directory, self.info.index_type, index_type)
+        with self._lock.held():
+            self._convert(index_type, budget, progress=progress)
+
+    def _after_write(self) -> bool:
+        """Bring the search structure in step after a write (the writer lock is held), as the
+        structure asked for when one is pending; True if it was rebuilt because it was outgrown."""
+        if self._wanted_differs():
+            index_type, budget = self._wanted
+            try:
+                self._convert(index_type, budget)
+                return False
+            except StructureError as e:
+                # The vectors are committed; the structure the index had keeps answering.
+                log.warning("%s The index keeps its %s search structure.", e, self.info.index_type)
+        return self._open_searcher(writer=True)
+
+    @property
+    def structure_note(self) -> str | None:
+        """Why the index scans exactly instead of the structure it records (and how to fix it), or None."""
+        return self.searcher.note if self.searcher is not None else None
 
     # -- embedding ------------------------------------------------------------------------
     def embed(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
@@ -722,7 +782,7 @@ class VecIndex:
             "structure_bytes": size(self.vectors_path) + size(sidecar_path(self.vectors_path)),
             "created_at": info.created_at.isoformat(timespec="seconds") + "Z",
             "exclude": self.exclude,
-        }
+        } | ({"index_warning": self.structure_note} if self.structure_note else {})
 
     def export(self, out: str | os.PathLike, *, progress: Progress | None = None) -> int:
         """Write every indexed vector with its path, norm, file facts and model to .npz or .parquet.
@@ -789,6 +849,7 @@ class VecIndex:
         self._check_import_precision(readers, info, model)
         summary = vector_files.ImportSummary(files=[str(r.path) for r in readers])
         total = sum(r.rows for r in readers)
+        self._check_wanted((len(self) if info is not None else 0) + total, int(model["dim"]))
         with self._lock.held():
             create = None
             if self.info is None:
@@ -796,7 +857,7 @@ class VecIndex:
                     "backbone": model["backbone"], "weights_kind": model.get("weights_kind") or "file",
                     "weights_seed": model.get("weights_seed"), "weights_path": model.get("weights_path"),
                     "weights_fingerprint": model["weights_fingerprint"], "dim": int(model["dim"]), "metric": "cosine",
-                    "index_type": self._index_type, "max_memory": self._max_memory,
+                    "index_type": DEFAULT_TYPE, "max_memory": None,
                     "precision": model.get("precision") or DEFAULT_PRECISION}
             if progress:
                 progress(0, total)
@@ -819,7 +880,7 @@ class VecIndex:
                             summary.failed += len(batch.failed)
                         if progress:
                             progress(summary.imported + summary.failed, total)
-            self._open_searcher(writer=True)
+            self._after_write()
         summary.seconds = round(time.perf_counter() - started, 3)
         return summary
 
@@ -1155,7 +1216,10 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
     index_type picks the search structure (`index_types`): "flat" (exact, the default),
     "hnsw", "ivf-pq", "auto" (chosen from the collection's size and `max_memory`, e.g.
     "4GB") or a FAISS factory string. Giving another type or budget than an index records
-    converts it, rebuilt from the stored vectors (`progress` reports that build).
+    converts it: the structure is built from the stored vectors (`progress` reports that
+    build) and recorded only once built, at once, or by the next `add`/`import_vectors` when
+    there are too few vectors to train it yet. One that cannot be built raises StructureError
+    and the index keeps the structure it had.
     read_only opens an existing index without writing anything (searches, stats, export
     work; changes are refused); None (the default) does so when the folder or its
     database is not writable by this process.
@@ -1201,17 +1265,17 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
         requested = None
         if backbone is not None or weights is not _UNSET or seed is not None or model is not None:
             requested = _requested_model(directory, info, backbone, weights, seed, model)
-        if info is not None and ((index_type is not None and index_type != info.index_type)
-                                 or (budget is not None and budget != info.max_memory)):
-            log.info("converting %s from %s to %s", directory, info.index_type, index_type or info.index_type)
-            store.set_index_type(index_type or info.index_type, budget)
+        if info is not None and index_type is None and budget is not None:
+            index_type = info.index_type  # a new budget for the type it has
         index = VecIndex(directory, store, backbone=model, requested=requested, batch_size=batch_size,
-                         workers=workers, index_type=index_type or DEFAULT_TYPE, max_memory=budget,
+                         workers=workers, index_type=index_type, max_memory=budget,
                          progress=progress, precision=precision, engine=engine, ray_address=ray_address,
                          gpus_per_worker=gpus_per_worker)
         if model is not None:
             check_fingerprint(model, info, directory)
             index.check_precision(model)
+        if info is not None:
+            index._convert_wanted(progress)
         return index
     except BaseException:
         store.close()

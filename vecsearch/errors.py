@@ -75,6 +75,17 @@ class DatabaseDamagedError(IndexCorruptError):
                          f"{RESTORE_DATABASE}")
 
 
+class StructureError(VecsearchError):
+    """The search structure asked for cannot be built: FAISS rejects its factory string, it
+    cannot be trained on the vectors there are, or it does not fit the memory budget. Nothing
+    was changed: the index keeps the structure it had. `needed`: the vectors it would train on
+    (None when more vectors would not help)."""
+
+    def __init__(self, *args, option: str | None = None, needed: int | None = None):
+        super().__init__(*args, option=option)
+        self.needed = needed
+
+
 class UnknownBackboneError(VecsearchError):
     """The backbone name is not in the registry."""
 
@@ -159,8 +170,14 @@ def fault_message(e: BaseException) -> str | None:
     if isinstance(e, RuntimeError) and ("faiss" in str(e).lower()):
         text = str(e)
         reason = text.rsplit("Error: ", 1)[-1].strip().splitlines()[0] if "Error: " in text else text.splitlines()[0]
-        if "no space" in text.lower():
+        low = text.lower()
+        if "no space" in low:
             return f"The vector file could not be written ({reason}). {_DISK_FULL}"
-        return (f"The vector file could not be read or written ({reason}). Move vectors.faiss away and run again "
-                "(it is rebuilt from the database); free disk space or fix permissions if that is the cause.")
+        if any(w in low for w in ("fileio", "could not open", "read error", "write error", "fread", "fwrite")):
+            return (f"The vector file could not be read or written ({reason}). Move vectors.faiss away and run "
+                    "again (it is rebuilt from the database); free disk space or fix permissions if that is the cause.")
+        # Not the disk: FAISS refused the structure itself (vecsearch turns the known cases into
+        # StructureError; this is the net under the rest).
+        return (f"FAISS failed on the search structure ({reason}). The stored vectors are intact: "
+                "`vecsearch reindex --index-type flat` searches them exactly.")
     return None

@@ -22,7 +22,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 
-from .errors import VecsearchError
+from .errors import StructureError, VecsearchError
 
 NAMED_TYPES = ("auto", "flat", "hnsw", "ivf-pq")
 DEFAULT_TYPE = "flat"
@@ -70,7 +70,8 @@ def format_bytes(n: float) -> str:
 
 
 def check_index_type(index_type: str) -> str:
-    """A named type, or something that looks like a FAISS factory string (FAISS judges it at build)."""
+    """A named type, or something that looks like a FAISS factory string (FAISS judges it once the
+    dimension is known, before anything is built: `indexer.structure_for`)."""
     if index_type in NAMED_TYPES:
         return index_type
     if isinstance(index_type, str) and re.match(r"^[A-Za-z][A-Za-z0-9_,.+=x()-]*$", index_type) and any(
@@ -148,6 +149,15 @@ def ivf_pq_params(n: int, dim: int) -> tuple[int, int, int, int]:
     return p, nlist, m, nbits
 
 
+def ivf_pq_minimum(n: int, dim: int) -> int:
+    """Fewest vectors FAISS trains the ivf-pq structure for n on (`vectors.training_minimum`'s
+    rules, which a test holds this to): its PCA one per output dimension, IVF one a list, PQ
+    2**bits. The lists and codes are sized from n, so they fit it; the PCA to 256 dimensions
+    does not below 256 vectors: a small collection of wide vectors cannot have this structure yet."""
+    p, nlist, _, nbits = ivf_pq_params(n, dim)
+    return max(nlist, 2**nbits, p if p < dim else 0)
+
+
 def ivf_pq_factory(n: int, dim: int, refine: bool = False) -> str:
     p, nlist, m, nbits = ivf_pq_params(n, dim)
     return (f"PCA{p}," if p < dim else "") + f"IVF{nlist},PQ{m}x{nbits}" + (",Refine(SQ8)" if refine else "")
@@ -215,10 +225,14 @@ def choose(index_type: str, n: int, dim: int, max_memory: int | None = None) -> 
         spec = choose("flat", n, dim)
     elif n <= HNSW_MAX and hnsw_bytes(n, dim) <= budget:
         spec = choose("hnsw", n, dim)
+    elif ivf_pq_minimum(n, dim) > n:
+        # Too few vectors to train compressed codes (and too few for their size to matter):
+        # the exact scan of the stored vectors until the collection grows (needs_rebuild).
+        spec = choose("flat", n, dim)
     else:
         spec = choose("ivf-pq", n, dim, budget)
         if spec.memory_bytes > budget:
-            raise VecsearchError(f"{n} vectors of {dim} dimensions need about {format_bytes(spec.memory_bytes)} even "
+            raise StructureError(f"{n} vectors of {dim} dimensions need about {format_bytes(spec.memory_bytes)} even "
                                  f"compressed; the budget is {format_bytes(budget)}. Raise the memory budget.",
                                  option="max_memory")
     spec.index_type = "auto"

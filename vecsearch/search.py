@@ -106,6 +106,8 @@ class Searcher:
         self.spec = spec
         self.faiss = faiss
         self.lock = RWLock()
+        # Why this scans exactly where the index records a structure it cannot build; else None.
+        self.note: str | None = None
 
     @property
     def dim(self) -> int:

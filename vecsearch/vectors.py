@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import zlib
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import IndexCorruptError, VecsearchError
+from .errors import IndexCorruptError, StructureError, VecsearchError
 from .files import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class FaissIndex:
             try:
                 inner = faiss.index_factory(self.dim, self.factory, metric)
             except RuntimeError as e:
-                raise VecsearchError(f"FAISS cannot build {self.factory!r}: {_faiss_message(e)}") from None
+                raise StructureError(f"FAISS cannot build {self.factory!r}: {_faiss_message(e)}") from None
         if _native_ids(inner):
             return inner
         # The Python wrapper keeps a reference to `inner`, so it outlives this scope.
@@ -193,7 +194,7 @@ class FaissIndex:
         try:
             self._index.train(x)
         except RuntimeError as e:
-            raise VecsearchError(f"Training {self.factory} on {len(x)} vectors failed: {_faiss_message(e)}") from None
+            raise StructureError(f"Training {self.factory} on {len(x)} vectors failed: {_faiss_message(e)}") from None
         self.set_params(self.params)
 
     def train_staged(self, transform_sample: np.ndarray, chunks: Iterable[np.ndarray]) -> bool:
@@ -215,21 +216,21 @@ class FaissIndex:
         if refine is not None:  # the 8-bit refinement learns each dimension's range from the small sample
             faiss.downcast_index(refine.refine_index).train(x)
         chain = [faiss.downcast_VectorTransform(outer.chain.at(i)) for i in range(outer.chain.size())]
-        for vt in chain:
-            if not vt.is_trained:
-                vt.train(x)
-            x = vt.apply(x)
-        parts = []
-        for chunk in chunks:
-            y = self._as_matrix(chunk, "training vectors")
-            for vt in chain:
-                y = vt.apply(y)
-            parts.append(y)
-        inner = faiss.downcast_index(outer.index)
         try:
+            for vt in chain:
+                if not vt.is_trained:
+                    vt.train(x)
+                x = vt.apply(x)
+            parts = []
+            for chunk in chunks:
+                y = self._as_matrix(chunk, "training vectors")
+                for vt in chain:
+                    y = vt.apply(y)
+                parts.append(y)
+            inner = faiss.downcast_index(outer.index)
             inner.train(np.ascontiguousarray(np.concatenate(parts)))
         except RuntimeError as e:
-            raise VecsearchError(f"Training {self.factory} failed: {_faiss_message(e)}") from None
+            raise StructureError(f"Training {self.factory} failed: {_faiss_message(e)}") from None
         outer.is_trained = True
         if refine is not None:
             refine.is_trained = True
@@ -257,7 +258,10 @@ class FaissIndex:
         existing = id_arr[np.isin(id_arr, self._ids)]
         if len(existing):
             self.remove(existing, force=True)
-        self._index.add_with_ids(vecs, id_arr)
+        try:
+            self._index.add_with_ids(vecs, id_arr)
+        except RuntimeError as e:
+            raise StructureError(f"Adding {len(vecs)} vectors to {self.factory} failed: {_faiss_message(e)}") from None
         self._ids = np.union1d(self._ids, id_arr)
 
     def remove(self, ids, *, force: bool = False) -> int:
@@ -514,6 +518,75 @@ def check_file(path: Path) -> str | None:
     return None
 
 
+def training_minimum(factory: str, dim: int, metric: str = "l2") -> tuple[int, str]:
+    """(fewest vectors FAISS can train `factory` on at `dim`, the part that needs them); (0, "")
+    when nothing is trained. StructureError when FAISS cannot build the string at this dimension.
+
+    Read off the empty structure FAISS builds (cheap: nothing is trained or allocated per
+    vector), by the rules FAISS enforces at training (tests/test_index_types.py checks each
+    against FAISS itself): k-means refuses fewer points than centroids, so an IVF needs one
+    vector a list, PQ codes of b bits 2**b, an OPQ rotation 256 (its PQ is 8-bit); a PCA or
+    ITQ to d' dimensions needs d' vectors; a residual quantizer max(2**b, its dimension).
+    """
+    faiss = _faiss()
+    try:
+        root = faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
+    except RuntimeError as e:
+        raise StructureError(f"FAISS cannot build {factory!r} for {dim}-d vectors: {_faiss_message(e)}. Check the "
+                             "factory string, or use flat, hnsw, ivf-pq or auto.", option="index_type") from None
+    # `root` owns the C++ objects the downcast views below point into: it stays referenced here.
+    needs = _training_needs(root, factory, dim)
+    return max(needs, default=(0, ""), key=lambda need: need[0])
+
+
+def _training_needs(index, factory: str, dim: int) -> list[tuple[int, str]]:
+    faiss = _faiss()
+    index = faiss.downcast_index(index)
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return _training_needs(index.index, factory, dim)
+    if isinstance(index, faiss.IndexPreTransform):
+        out = []
+        for i in range(index.chain.size()):
+            vt = faiss.downcast_VectorTransform(index.chain.at(i))
+            if isinstance(vt, (faiss.PCAMatrix, faiss.ITQTransform)) and vt.d_out > vt.d_in:
+                raise StructureError(f"{factory!r} asks a {type(vt).__name__} for {vt.d_out} dimensions out of "
+                                     f"{vt.d_in}; it can only reduce them.", option="index_type")
+            if isinstance(vt, faiss.PCAMatrix):
+                out.append((vt.d_out, f"its PCA to {vt.d_out} dimensions"))
+            elif isinstance(vt, faiss.ITQTransform):
+                out.append((vt.d_out, f"its ITQ to {vt.d_out} dimensions"))
+            elif isinstance(vt, faiss.OPQMatrix):
+                out.append((256, "its OPQ rotation (256 centroids a sub-quantizer)"))
+            elif not vt.is_trained and not isinstance(vt, faiss.RandomRotationMatrix):
+                out.append((1, f"its {type(vt).__name__}"))
+        return out + _training_needs(index.index, factory, dim)
+    if isinstance(index, faiss.IndexRefine):
+        return _training_needs(index.base_index, factory, dim) + _training_needs(index.refine_index, factory, dim)
+    if isinstance(index, faiss.IndexHNSW):
+        return _training_needs(index.storage, factory, dim)
+    out = []
+    if isinstance(index, faiss.IndexIVF):
+        if index.nlist < 1:
+            raise StructureError(f"{factory!r} has an inverted file of {index.nlist} lists; give it at least one.",
+                                 option="index_type")
+        out.append((int(index.nlist), f"its IVF{index.nlist} ({index.nlist} lists, one vector each at least)"))
+        out += _training_needs(index.quantizer, factory, dim)
+    if index.is_trained:
+        return out
+    pq = getattr(index, "pq", None)
+    rq = getattr(index, "rq", None)
+    prq = getattr(index, "prq", None)
+    if pq is not None:
+        out.append((int(pq.ksub), f"its PQ{pq.M}x{pq.nbits} codes ({pq.ksub} centroids a sub-quantizer)"))
+    elif rq is not None or prq is not None:
+        sub = rq if rq is not None else prq.subquantizer(0)
+        k = 2 ** int(faiss.vector_to_array(sub.nbits).max())
+        out.append((max(k, int(sub.d)), f"its residual quantizer ({k} centroids a step over {sub.d} dimensions)"))
+    elif not out:
+        out.append((1, f"its {type(index).__name__}"))
+    return out
+
+
 def _native_ids(index) -> bool:
     """Whether a FAISS index adds with ids itself (the IVF family, also behind a pre-transform)."""
     faiss = _faiss()
@@ -561,6 +634,10 @@ def _crc32(path: Path) -> int:
 
 
 def _faiss_message(exc: Exception) -> str:
+    """FAISS's reason without the C++ function, file and assertion it names before it."""
     text = str(exc).strip()
     lines = [ln for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    if not lines:
+        return type(exc).__name__
+    reason = re.sub(r"^Error in .*? at \S+:\d+:\s*", "", lines[-1].strip())
+    return re.sub(r"^Error: '.*?' failed:\s*", "", reason) or lines[-1]

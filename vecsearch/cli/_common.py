@@ -186,6 +186,7 @@ FLAG_HINTS = {
     "index": "--index DIR (or $VECSEARCH_INDEX) picks the index folder; `vecsearch index PHOTOS` builds one.",
     "unchecked": "On the command line: --unchecked.",
     "max_memory": "On the command line: --max-memory SIZE (e.g. 8GB).",
+    "index_type": "On the command line: --index-type flat or --index-type hnsw.",
     "like": "On the command line: --like IMG2 or --id N.",
     "classifier": "On the command line: --classifier NAME --label L.",
     "precision": "On the command line: --precision float32 or --precision mixed.",

@@ -218,9 +218,11 @@ class Store:
             s.add(info)
         return info
 
-    def set_index_type(self, index_type: str, max_memory: int | None = None) -> None:
-        """Switch the search structure (and budget); the new generation makes every reader rebuild it."""
-        values = {"index_type": index_type, "generation": IndexInfo.generation + 1}
+    def set_index_type(self, index_type: str, max_memory: int | None = None, spec_json: str | None = None) -> None:
+        """Record a search structure built (its spec), with the type and budget that chose it, in one
+        transaction: a type is recorded only with a structure that exists, so a build that fails
+        leaves the previous one in force. The new generation makes every reader reload it."""
+        values = {"index_type": index_type, "index_spec": spec_json, "generation": IndexInfo.generation + 1}
         if max_memory is not None:
             values["max_memory"] = int(max_memory)
         with self.session() as s, s.begin():
