@@ -244,7 +244,7 @@ def test_nothing_listening_at_the_address_is_said_at_once(tmp_path):
     r = _cli("index", tmp_path / "p", "--index", tmp_path / "ix", *TINY, "--engine", "ray",
              "--ray-address", f"127.0.0.1:{port}", env={}, timeout=120)
     assert r.returncode == 1, r.stderr[-3000:]
-    assert f"Nothing answers at 127.0.0.1:{port}" in r.stderr and f"ray start --head --port {port}" in r.stderr
+    assert f"Nothing answers at 127.0.0.1:{port}" in r.stderr and f"`ray start --head`, on port {port}" in r.stderr
     assert "--ray-address" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
 
 

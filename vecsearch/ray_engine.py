@@ -231,7 +231,7 @@ def _check_head(address: str) -> None:
             "Set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 here too, or start the head without it.", option="ray_address")
     raise RayClusterError(
         f"Nothing answers at {address}{rewritten}: no Ray head runs there, or a firewall "
-        f"is in between. Start one with `ray start --head --port {port}`, or give no address to run a local one.",
+        f"is in between. Start one there (`ray start --head`, on port {port}), or give no address to run a local one.",
         option="ray_address")
 
 
