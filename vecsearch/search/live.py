@@ -303,8 +303,9 @@ def convert(store: Store, path: Path, index_type: str, max_memory: int | None, *
     return searcher, store.generation()
 
 
-def open_searcher(store: Store, path: Path, current: Searcher | None, *, can_save: Callable[[], object],
-                  writer: bool = False, progress: Progress | None = None) -> tuple[Searcher, int, bool]:
+def open_searcher(store: Store, path: Path, current: Searcher | None, *,
+                  can_save: Callable[[], AbstractContextManager[bool]], writer: bool = False,
+                  progress: Progress | None = None) -> tuple[Searcher, int, bool]:
     """The searcher for the database's current state: (searcher, generation, rebuilt).
 
     `current` (already in memory) is brought up to date by adding and removing only what
