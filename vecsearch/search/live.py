@@ -46,6 +46,8 @@ PCA_TRAIN = 1 << 15
 
 @dataclass
 class Hit:
+    """One search result: its rank (from 1), the image's id and path, and the exact cosine."""
+
     rank: int
     id: int
     path: str
