@@ -8,16 +8,26 @@ refreshes and rebuilds). The rest of the package imports from here.
 
 from __future__ import annotations
 
-from .exact import RWLock, Searcher, SlotMap, recall_at, tune
+from .exact import Searcher, SlotMap
 from .filters import allowed_ids, check_limits
-from .index_types import (DEFAULT_MAX_MEMORY, DEFAULT_TYPE, NAMED_TYPES, TARGET_RECALL, IndexSpec, check_index_type,
-                          choose, estimate_bytes, format_bytes, parse_memory)
-from .live import Hit, LiveSearch, current_spec, structure_for
-from .structure import FaissIndex, check_file, sidecar_path, training_minimum
+from .index_types import DEFAULT_TYPE, NAMED_TYPES, IndexSpec, check_index_type, format_bytes, parse_memory
+from .live import Hit, LiveSearch
+from .structure import FaissIndex, check_file, sidecar_path
 
 __all__ = [
-    "DEFAULT_MAX_MEMORY", "DEFAULT_TYPE", "NAMED_TYPES", "TARGET_RECALL", "FaissIndex", "Hit", "IndexSpec",
-    "LiveSearch", "RWLock", "Searcher", "SlotMap", "allowed_ids", "check_file", "check_index_type", "check_limits",
-    "choose", "current_spec", "estimate_bytes", "format_bytes", "parse_memory", "recall_at", "sidecar_path",
-    "structure_for", "training_minimum", "tune",
+    "DEFAULT_TYPE",
+    "NAMED_TYPES",
+    "FaissIndex",
+    "Hit",
+    "IndexSpec",
+    "LiveSearch",
+    "Searcher",
+    "SlotMap",
+    "allowed_ids",
+    "check_file",
+    "check_index_type",
+    "check_limits",
+    "format_bytes",
+    "parse_memory",
+    "sidecar_path",
 ]

@@ -19,13 +19,15 @@ def check_limits(k: object, min_score: object) -> None:
     """Refuse a k or a min_score no search could honour, before any work."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise VecsearchError(f"k must be at least 1, got {k}.")
-    if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float, np.floating))
-                                  or not -1.0 <= float(min_score) <= 1.0):
+    if min_score is not None and (
+        isinstance(min_score, bool) or not isinstance(min_score, (int, float, np.floating)) or not -1.0 <= float(min_score) <= 1.0
+    ):
         raise VecsearchError(f"min_score must be a number from -1 to 1 (a cosine similarity), got {min_score!r}.")
 
 
-def allowed_ids(store: Store, under: str | os.PathLike | None, label: str | None, predicted: str | None,
-                classifier: str | None) -> np.ndarray | None:
+def allowed_ids(
+    store: Store, under: str | os.PathLike | None, label: str | None, predicted: str | None, classifier: str | None
+) -> np.ndarray | None:
     """Ids that pass the search filters (ascending), or None when no filter is given."""
     if predicted is None and classifier is not None:
         raise VecsearchError("classifier= names whose predictions `predicted` filters by; give predicted= too.")
@@ -39,8 +41,10 @@ def allowed_ids(store: Store, under: str | os.PathLike | None, label: str | None
         ids = store.ids_with_user_label(label)
         if not len(ids):
             known = sorted(store.label_counts())
-            raise VecsearchError(f"No image is taught the class {label!r}; the classes taught are: "
-                                 f"{', '.join(map(repr, known)) if known else 'none (see teach)'}.")
+            raise VecsearchError(
+                f"No image is taught the class {label!r}; the classes taught are: "
+                f"{', '.join(map(repr, known)) if known else 'none (see teach)'}."
+            )
         sets.append(ids)
     if predicted is not None:
         row = classifiers.find(store, classifier)

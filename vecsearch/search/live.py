@@ -28,8 +28,17 @@ from ..errors import IndexCorruptError, StructureError, VecsearchError
 from ..files import WriterLock
 from ..store import Store
 from .exact import Searcher, SlotMap, tune
-from .index_types import (DEFAULT_MAX_MEMORY, DEFAULT_TYPE, HNSW_M, TARGET_RECALL, IndexSpec, check_index_type, choose,
-                          parse_memory, train_size)
+from .index_types import (
+    DEFAULT_MAX_MEMORY,
+    DEFAULT_TYPE,
+    HNSW_M,
+    TARGET_RECALL,
+    IndexSpec,
+    check_index_type,
+    choose,
+    parse_memory,
+    train_size,
+)
 from .structure import FaissIndex, training_minimum
 
 log = logging.getLogger(__name__)
@@ -200,7 +209,7 @@ class LiveSearch:
             return []
         assert self.searcher is not None
         scores, ids = self.searcher.search(q.reshape(1, -1), k, exclude=exclude, allowed=allowed)
-        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0])
+        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True)
                  if i >= 0 and (min_score is None or s >= float(min_score))]
         recs = self.store.images(i for i, _ in pairs)
         hits = [(i, s) for i, s in pairs if i in recs]  # one deleted in between is skipped
