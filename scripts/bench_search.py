@@ -84,8 +84,7 @@ def child(args) -> dict:
             ix.import_vectors(args.file)
         return {"seconds": time.perf_counter() - t0, "rss_mb": rss_mb()}
     if args.child == "truth":
-        from vecsearch.index_types import IndexSpec
-        from vecsearch.search import Searcher
+        from vecsearch.search import IndexSpec, Searcher
 
         with open_index(args.index, create=False) as ix:
             exact = Searcher(ix.store.shards, ix.searcher.map, IndexSpec("flat", ""))

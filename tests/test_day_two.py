@@ -16,7 +16,7 @@ from PIL import Image
 from helpers import brute_force, clustered_vectors, make_image, run, run_json, write_vector_file
 from vecsearch import VecsearchError, open_index
 from vecsearch.extras import install_line
-from vecsearch import search as search_mod
+from vecsearch.search import exact as search_mod
 
 DIM = 32
 

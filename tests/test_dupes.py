@@ -185,8 +185,7 @@ def test_a_group_is_not_cut_at_k(tmp_path):
     vecs = [v / np.linalg.norm(v) for v in vecs]
     # The concept module on its own, with a store and a FAISS index passed in.
     from vecsearch import dupes
-    from vecsearch.index_types import IndexSpec
-    from vecsearch.search import Searcher, SlotMap
+    from vecsearch.search import IndexSpec, Searcher, SlotMap
     from vecsearch.store import Store
 
     store = Store(tmp_path / "index.db")

@@ -420,7 +420,8 @@ def _faiss_no_space(*args, **kwargs):
 
 @pytest.mark.parametrize("where", ["database commit", "vector file", "search structure", "classifier file", "export"])
 def test_a_full_disk_is_one_line_at_every_write(built, tmp_path, monkeypatch, where):
-    from vecsearch import files, store, vectors
+    from vecsearch import files, store
+    from vecsearch.search import structure
 
     photos, index_dir = built
     make_image(photos / "c" / "new.png", 77)
@@ -434,7 +435,7 @@ def test_a_full_disk_is_one_line_at_every_write(built, tmp_path, monkeypatch, wh
         args = ["index", photos, "--index", index_dir, "--quiet"]
     elif where == "search structure":
         run("reindex", "--index", index_dir, "--index-type", "hnsw", "--quiet")
-        monkeypatch.setattr(vectors.FaissIndex, "save", _faiss_no_space)
+        monkeypatch.setattr(structure.FaissIndex, "save", _faiss_no_space)
         args = ["index", photos, "--index", index_dir, "--quiet"]
     elif where == "classifier file":
         write_digits(tmp_path / "digits", per_class=3, classes=[0, 1])

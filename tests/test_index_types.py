@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 from helpers import brute_force, clustered_vectors, make_image, run, run_json, write_vector_file
-from vecsearch import StructureError, index_types, open_index
+from vecsearch import StructureError, open_index
 from vecsearch.backbones import REGISTRY, BackboneSpec, import_keras
 from vecsearch.errors import fault_message
-from vecsearch.indexer import structure_for
-from vecsearch.vectors import training_minimum
+from vecsearch.search import index_types
+from vecsearch.search.live import structure_for
+from vecsearch.search.structure import training_minimum
 
 WIDE = 2048
 N = 86
@@ -210,7 +211,7 @@ def test_a_faiss_error_that_is_not_the_disk_does_not_blame_the_disk():
 
 
 def test_a_rebuild_for_growth_that_fails_keeps_the_structure_it_had(tmp_path, model_meta, monkeypatch):
-    from vecsearch import indexer
+    from vecsearch.search import live
 
     dim = model_meta["dim"]
     ix = open_index(tmp_path / "ix", index_type="ivf-pq")
@@ -220,7 +221,7 @@ def test_a_rebuild_for_growth_that_fails_keeps_the_structure_it_had(tmp_path, mo
     def fails(*args, **kwargs):
         raise StructureError("no room today")
 
-    monkeypatch.setattr(indexer, "build", fails)
+    monkeypatch.setattr(live, "build", fails)
     more = clustered_vectors(3000, dim, seed=2)
     ix.import_vectors(write_vector_file(tmp_path / "b.npz", more, model_meta,
                                         paths=[f"/b/{i}.jpg" for i in range(3000)]))  # 4x: a rebuild is due

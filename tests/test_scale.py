@@ -11,7 +11,7 @@ import pytest
 
 from helpers import brute_force, clustered_vectors, run, run_json, write_vector_file
 from vecsearch import IndexMismatchError, VecsearchError, open_index
-from vecsearch import index_types
+from vecsearch.search import index_types
 
 DIM = 32
 

@@ -1,4 +1,4 @@
-"""Tests for vecsearch.vectors against exact numpy brute force on seeded synthetic data."""
+"""Tests for the FAISS wrapper (vecsearch.search.structure) and normalize against exact numpy brute force on seeded synthetic data."""
 
 import json
 import os
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from vecsearch.errors import IndexCorruptError, VecsearchError
-from vecsearch.vectors import FaissIndex, normalize, sidecar_path
+from vecsearch.search.structure import FaissIndex, sidecar_path
+from vecsearch.vectors import normalize
 
 DIM = 64
 N = 2000
@@ -57,7 +58,7 @@ def hnsw(data):
 
 
 def test_import_does_not_load_faiss():
-    code = "import sys, vecsearch.vectors; assert 'faiss' not in sys.modules"
+    code = "import sys, vecsearch.vectors, vecsearch.search.structure; assert 'faiss' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
 
 

@@ -17,7 +17,6 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -35,15 +34,15 @@ from .labels import DEFAULT_TOP as LABEL_TOP
 from .backbones import (DEFAULT_BACKBONE, DEFAULT_PRECISION, MIXING_MIN_COSINE, Backbone, WeightsSpec, check_fingerprint,
                         check_precision, get_spec, load_backbone, recorded_precision)
 from .config import DB_NAME, DEFAULT_K, LOCK_NAME, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, VECTORS_NAME, VERSION, resolve_index_dir
-from .errors import BadImageError, IndexCorruptError, IndexMismatchError, IndexNotFoundError, InputNotFoundError, NoImagesError, NotIndexedError, StructureError, VecsearchError
+from .errors import BadImageError, IndexCorruptError, IndexMismatchError, IndexNotFoundError, InputNotFoundError, NoImagesError, NotIndexedError, VecsearchError
 from .explain import OVERLAY_SIDE
 from .extract import RESAMPLE, Extractor
 from .files import WriterLock
 from .indexer import IndexSummary, RemoveSummary
 from .store import ImageRecord, Store, no_annotations
-from .index_types import DEFAULT_TYPE, IndexSpec, check_index_type, parse_memory
-from .search import Searcher
-from .vectors import FaissIndex, normalize, sidecar_path
+from .search import (DEFAULT_TYPE, FaissIndex, Hit, IndexSpec, LiveSearch, Searcher, allowed_ids, check_index_type,
+                     check_limits, parse_memory, sidecar_path)
+from .vectors import normalize
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +72,6 @@ PRECISION_CHECK_IMAGES = 8
 """Stored images re-embedded to decide whether another precision may add to an index."""
 
 
-@dataclass
-class Hit:
-    rank: int
-    id: int
-    path: str
-    score: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 class VecIndex:
     """One index: add images, search, label, classify, fine-tune, find duplicates, report.
 
@@ -99,17 +87,11 @@ class VecIndex:
                  ray_address: str | None = None, gpus_per_worker: float | None = None):
         self.directory = Path(directory)
         self.store = store
-        self.searcher: Searcher | None = None
         self.read_only = store.read_only
         self.batch_size = batch_size
         self.workers = workers  # decode threads in-process; model actors with the Ray engine
         self.engine = ray_engine.check_engine(engine)
         self.ray_address, self.gpus_per_worker = ray_address, gpus_per_worker
-        # The search structure asked for, built and recorded by the first write that can train
-        # it (or at once by open_index when the vectors are there): a type is recorded only once
-        # its structure exists. None: keep what the index records (flat for a new one).
-        self._wanted: tuple[str, int | None] | None = (
-            (index_type or DEFAULT_TYPE, max_memory) if index_type is not None or max_memory is not None else None)
         self._backbone = backbone
         if requested is None and backbone is not None:
             requested = (backbone.name, backbone.weights)
@@ -117,17 +99,17 @@ class VecIndex:
         # None: the precision the index records (float32 for a new one).
         self._precision = check_precision(precision) if precision is not None else None
         self.precision_check: PrecisionCheck | None = None  # set when another precision was verified
-        self._generation = -1  # the database generation the searcher holds
         self._lock = WriterLock(self.directory / LOCK_NAME)
-        # Server threads may refresh at once; one reloads, the others then see it current.
-        self._refresh_lock = threading.Lock()
         # One model call at a time: a Keras model is not safe to call from several threads.
         self._model_lock = threading.Lock()
         self._loaded: OrderedDict[tuple[str, str], Any] = OrderedDict()  # (name, created_at) -> classifier
         self._loaded_lock = threading.Lock()
         self._feature_maps: explain.FeatureMaps | None = None  # built on the first explanation
-        if self.store.info() is not None:
-            self._open_searcher(progress=progress)
+        # The search structure asked for is built and recorded by the first write that can train
+        # it (or at once by open_index when the vectors are there): a type is recorded only once
+        # its structure exists.
+        self.live = LiveSearch(self.directory, store, self._lock, read_only=self.read_only, index_type=index_type,
+                               max_memory=max_memory, progress=progress)
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -166,41 +148,23 @@ class VecIndex:
         return self.store.require_info()
 
     @property
+    def searcher(self) -> Searcher | None:
+        """The searcher answering now (None before the first image), replaced whole by a refresh."""
+        return self.live.searcher
+
+    @property
     def faiss(self) -> FaissIndex | None:
         """The approximate FAISS structure, or None for exact (flat) search."""
-        return self.searcher.faiss if self.searcher is not None else None
+        return self.live.faiss
 
     def _check_writable(self) -> None:
         if self.read_only:
             raise VecsearchError(f"The index at {self.directory} is open read-only (the folder is not writable): "
                                  "searching and reading work; to change it, fix the folder's permissions.")
 
-    def _open_searcher(self, *, writer: bool = False, progress: Progress | None = None) -> bool:
-        """Bring the searcher up to date with the database; True if its structure was rebuilt."""
-        if os.path.lexists(self.vectors_path) and not self.vectors_path.is_file():
-            raise IndexCorruptError(f"{self.vectors_path} is not a file: move it away and run again "
-                                    "(the search structure is rebuilt from the stored vectors).")
-        if writer:
-            can_save = lambda: nullcontext(True)  # noqa: E731  (the writer holds the lock)
-        else:
-            can_save = _never if self.read_only else self._lock.if_free
-        searcher, generation, rebuilt = indexer.open_searcher(
-            self.store, self.vectors_path, self.searcher, can_save=can_save, writer=writer, progress=progress)
-        # Publish only the finished searcher: concurrent searches hold the old one until here.
-        self.searcher, self._generation = searcher, generation
-        return rebuilt
-
     def refresh(self) -> bool:
         """Reload the vectors if another process changed the index; True if it did."""
-        if self.searcher is None and self.info is None:
-            return False
-        if self.store.generation() == self._generation:
-            return False
-        with self._refresh_lock:
-            if self.store.generation() == self._generation:
-                return False
-            self._open_searcher()
-            return True
+        return self.live.refresh()
 
     # -- the backbone -------------------------------------------------------------------
     @property
@@ -352,7 +316,7 @@ class VecIndex:
                 self._check_wanted(len(self) + len(files), self.info.dim if self.info else self.backbone.dim)
             self._ensure_info()
             self.refresh()
-            had_structure = indexer.current_spec(self.store) is not None
+            had_structure = self.live.recorded_spec() is not None
             damaged = self.store.damaged_vectors()
             if damaged:
                 # Their bytes changed on disk since they were written: embed them anew.
@@ -417,65 +381,17 @@ class VecIndex:
         """Rebuild (retrain and re-tune) the search structure from the stored vectors, as `index_type`."""
         self._require_info()
         self._check_writable()
-        if index_type is not None:
-            check_index_type(index_type)
-        budget = parse_memory(max_memory)
-        with self._lock.held():
-            self._convert(index_type or self.info.index_type, budget, progress=progress)
-        return self.searcher.spec
+        return self.live.reindex(index_type, max_memory, progress=progress)
 
-    # -- the search structure: built first, recorded only then -------------------------------
-    def _convert(self, index_type: str, max_memory: int | None, *, progress: Progress | None = None) -> None:
-        """Build `index_type` from the stored vectors, record it and publish it; the writer lock
-        is held. StructureError (before any work where it can tell) leaves the index as it was."""
-        searcher, generation = indexer.convert(self.store, self.vectors_path, index_type, max_memory,
-                                               progress=progress)
-        self.searcher, self._generation = searcher, generation
-        self._wanted = None
-
+    # -- the search structure: built first, recorded only then (`search.live`) ----------------
     def _wanted_differs(self) -> bool:
-        info = self.info
-        return self._wanted is not None and (info is None or self._wanted[0] != info.index_type or (
-            self._wanted[1] is not None and self._wanted[1] != info.max_memory))
+        return self.live.wanted_differs()
 
     def _check_wanted(self, n: int, dim: int) -> None:
-        """Refuse, before a write's work, a structure asked for that could not be trained even on
-        the `n` vectors the index would hold at most afterwards."""
-        if self._wanted_differs():
-            index_type, budget = self._wanted
-            indexer.structure_for(index_type, n, dim, budget if budget is not None else
-                                  (self.info.max_memory if self.info else None))
-
-    def _convert_wanted(self, progress: Progress | None = None) -> None:
-        """open_index's conversion: at once when the vectors there can train it; else left to the
-        next write (`add`, `import_vectors`), which refuses before its work if it cannot either."""
-        if not self._wanted_differs():
-            self._wanted = None
-            return
-        index_type, budget = self._wanted
-        try:
-            self._check_wanted(len(self), self.info.dim)
-        except StructureError as e:
-            if e.needed is None:
-                raise  # a factory string FAISS rejects, a budget too small: no write changes that
-            log.info("%s; it is built by the next write that brings enough vectors", e)
-            return
-        log.info("converting %s from %s to %s", self.directory, self.info.index_type, index_type)
-        with self._lock.held():
-            self._convert(index_type, budget, progress=progress)
+        self.live.check_wanted(n, dim)
 
     def _after_write(self) -> bool:
-        """Bring the search structure in step after a write (the writer lock is held), as the
-        structure asked for when one is pending; True if it was rebuilt because it was outgrown."""
-        if self._wanted_differs():
-            index_type, budget = self._wanted
-            try:
-                self._convert(index_type, budget)
-                return False
-            except StructureError as e:
-                # The vectors are committed; the structure the index had keeps answering.
-                log.warning("%s The index keeps its %s search structure.", e, self.info.index_type)
-        return self._open_searcher(writer=True)
+        return self.live.after_write()
 
     @property
     def structure_note(self) -> str | None:
@@ -628,52 +544,10 @@ class VecIndex:
         min_score: only hits at least this similar (cosine, -1..1), so fewer than k may come back.
         A filtered search is still exact: the k best of the images that pass (see `Searcher`).
         """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise VecsearchError(f"k must be at least 1, got {k}.")
-        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float, np.floating))
-                                      or not -1.0 <= float(min_score) <= 1.0):
-            raise VecsearchError(f"min_score must be a number from -1 to 1 (a cosine similarity), got {min_score!r}.")
-        self.refresh()
-        q = np.asarray(q, np.float32)
-        if q.shape[-1] != self.searcher.dim:
-            raise VecsearchError(f"Query vector has {q.shape[-1]} dimensions; the index has {self.searcher.dim}.")
-        allowed = self._filter_ids(under, label, predicted, classifier)
-        if allowed is not None and not len(allowed):
-            return []
-        scores, ids = self.searcher.search(q.reshape(1, -1), k, exclude=exclude, allowed=allowed)
-        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0])
-                 if i >= 0 and (min_score is None or s >= float(min_score))]
-        recs = self.store.images(i for i, _ in pairs)
-        hits = [(i, s) for i, s in pairs if i in recs]  # one deleted in between is skipped
-        return [Hit(rank=n + 1, id=i, path=recs[i].path, score=s) for n, (i, s) in enumerate(hits)]
-
-    def _filter_ids(self, under, label: str | None, predicted: str | None,
-                    classifier: str | None) -> np.ndarray | None:
-        """Ids that pass the search filters (ascending), or None when no filter is given."""
-        if predicted is None and classifier is not None:
-            raise VecsearchError("classifier= names whose predictions `predicted` filters by; give predicted= too.")
-        sets: list[np.ndarray] = []
-        if under is not None:
-            if not isinstance(under, (str, os.PathLike)) or not os.fspath(under):
-                raise VecsearchError(f"under must be a folder path, got {under!r}.")
-            sets.append(self.store.ids_under([str(images.absolute(under))]))
-        if label is not None:
-            label = str(label)
-            ids = self.store.ids_with_user_label(label)
-            if not len(ids):
-                known = sorted(self.store.label_counts())
-                raise VecsearchError(f"No image is taught the class {label!r}; the classes taught are: "
-                                     f"{', '.join(map(repr, known)) if known else 'none (see teach)'}.")
-            sets.append(ids)
-        if predicted is not None:
-            row = classifiers.find(self.store, classifier)
-            sets.append(self.store.ids_predicted(row["name"], str(predicted)))
-        if not sets:
-            return None
-        out = sets[0]
-        for other in sets[1:]:
-            out = np.intersect1d(out, other, assume_unique=True)
-        return out
+        check_limits(k, min_score)
+        q = self.live.query(q)
+        allowed = allowed_ids(self.store, under, label, predicted, classifier)
+        return self.live.search(q, k, exclude=exclude, allowed=allowed, min_score=min_score)
 
     def similar(self, image_id: int, k: int = DEFAULT_K, *, under: str | os.PathLike | None = None,
                 label: str | None = None, predicted: str | None = None, classifier: str | None = None,
@@ -1194,12 +1068,6 @@ def _unit_rows(batch: vector_files.Batch, path: Path) -> tuple[np.ndarray, np.nd
     return vecs, norms
 
 
-@contextmanager
-def _never() -> Iterator[bool]:
-    """`can_save` of a read-only index: the repaired vector file is kept in memory only."""
-    yield False
-
-
 def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = None, weights: Any = _UNSET,
                seed: int | None = None, create: bool = True, batch_size: int | None = None,
                workers: int | None = None, model: Backbone | None = None,
@@ -1275,7 +1143,7 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
             check_fingerprint(model, info, directory)
             index.check_precision(model)
         if info is not None:
-            index._convert_wanted(progress)
+            index.live.convert_wanted(progress)
         return index
     except BaseException:
         store.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 from .config import DB_NAME, VECTORS_NAME, resolve_index_dir
 from .errors import RESTORE_DATABASE, DatabaseDamagedError, IndexNotFoundError
 from .store import Store
-from .vectors import check_file
+from .search import check_file
 
 __all__ = ["IndexCheck", "check_index"]
 

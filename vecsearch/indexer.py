@@ -1,36 +1,26 @@
-"""Writing to an index: the incremental plan, chunked commits, and keeping FAISS in step.
+"""Writing to an index: the incremental plan and chunked commits.
 
-The database is the source of truth, vectors included; `vectors.faiss` is a search
-structure derived from it. Every commit bumps the database's generation, and the FAISS
-sidecar records the generation it holds, so a reader (or the next run after a crash) can
-tell whether the file is current and, if not, repair it from id sets alone: new content
-always gets a new id, so no id ever changes its vector.
+The database is the source of truth, vectors included. Every commit bumps its generation,
+so a killed run loses at most one chunk and the next run resumes there; the search
+structure derived from the vectors is brought in step afterwards (`search.live`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Iterator
-
-import numpy as np
+from typing import Callable
 
 from . import images
 from .config import default_workers
-from .errors import BadImageError, IndexCorruptError, StructureError
+from .errors import BadImageError
 from .extract import Extractor
-from .index_types import DEFAULT_MAX_MEMORY, HNSW_M, TARGET_RECALL, IndexSpec, choose, train_size
-from .search import Searcher, SlotMap, tune
 from .store import ImageRecord, Store
-from .vectors import FaissIndex, training_minimum
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +30,6 @@ CHUNK_SIZE = 64
 """Images per commit: a killed run loses at most this many, and the next run resumes there."""
 CHUNK_SECONDS = 10.0
 """...or this long, whichever comes first, so slow images still commit often."""
-ADD_CHUNK = 1 << 14
-"""Vectors read from the shards per step when a structure is built or synced."""
-PCA_TRAIN = 1 << 15
-"""Vectors a PCA pre-transform learns from (about 16 per dimension at 2048-d)."""
 KEEP_DAYS = 30
 """Days the vector of a dropped image (removed, excluded, gone, or replaced by an edit) stays
 findable by its content hash, so the same content coming back is not embedded again.
@@ -310,229 +296,3 @@ def run(store: Store, extractor: Callable[[], Extractor], roots: list[Path], fil
     summary.failed.sort(key=lambda f: f.path)
     summary.seconds = round(time.perf_counter() - started, 3)
     return summary
-
-
-# -- the search structure, kept in step with the database -------------------------------
-def current_spec(store: Store) -> IndexSpec | None:
-    """The structure the index records as built (None before the first build)."""
-    info = store.require_info()
-    return IndexSpec.from_dict(json.loads(info.index_spec)) if info.index_spec else None
-
-
-def structure_for(index_type: str, n: int, dim: int, max_memory: int | None) -> IndexSpec:
-    """What `build` builds for n vectors, refused before any work (StructureError) when FAISS
-    cannot build it or cannot train it on n vectors: the message says how many it needs."""
-    spec = choose(index_type, n, dim, max_memory)
-    if spec.exact:
-        return spec
-    need, what = training_minimum(spec.factory, dim, spec.metric)
-    if n < need:
-        named = spec.factory if spec.index_type == spec.factory else f"{spec.index_type} ({spec.factory})"
-        raise StructureError(f"The {named} search structure cannot be trained on {n} vectors: {what} needs at least "
-                             f"{need}. Use flat (exact search) or hnsw (no training) until the index holds {need}.",
-                             option="index_type", needed=need)
-    return spec
-
-
-def build(store: Store, slot_map: SlotMap, index_type: str, max_memory: int | None, *,
-          progress: Progress | None = None) -> tuple[FaissIndex | None, IndexSpec]:
-    """Choose and build the structure for the current vectors: train on a sample, add in chunks, tune.
-
-    Memory stays at the structure plus one chunk of vectors plus the training sample. A
-    structure that cannot be built raises StructureError, before any work where that can
-    be known (`structure_for`), and writes nothing either way.
-    """
-    info = store.require_info()
-    n, dim = len(slot_map), info.dim
-    spec = structure_for(index_type, n, dim, max_memory)
-    spec.build_id = uuid.uuid4().hex
-    if spec.exact:
-        return None, spec
-    t0 = time.perf_counter()
-    faiss = FaissIndex(dim, "hnsw" if spec.factory == f"HNSW{HNSW_M}" and spec.metric == "ip" else spec.factory,
-                       metric=spec.metric, params=spec.params)
-    if not faiss.is_trained:
-        need, _ = training_minimum(spec.factory, dim, spec.metric)
-        # The budget may cap the sample below what the structure's k-means must see at least.
-        size = max(train_size(spec.factory, n, dim, max_memory or DEFAULT_MAX_MEMORY), min(n, need))
-        rng = np.random.default_rng(0)
-        sample = np.sort(rng.choice(slot_map.slots, size=size, replace=False)) if size < n else np.sort(slot_map.slots)
-        log.info("training %s on %d of %d vectors", spec.factory, len(sample), n)
-        # A PCA in front trains on a small part; what follows sees the whole sample, read in
-        # chunks and kept only after PCA has shrunk it, so memory stays near the structure's.
-        small = sample[:: max(1, len(sample) // PCA_TRAIN)]
-        staged = faiss.train_staged(store.shards.read(small),
-                                    (store.shards.read(sample[i : i + ADD_CHUNK // 4])
-                                     for i in range(0, len(sample), ADD_CHUNK // 4)))
-        if not staged:
-            faiss.train(store.shards.read(sample))
-    done = 0
-    if progress:
-        progress(0, n)
-    for ids, vecs, _ in store.iter_vectors(chunk=ADD_CHUNK):
-        faiss.add(ids, vecs)
-        done += len(ids)
-        if progress:
-            progress(done, n)
-    spec.memory_bytes = faiss.memory_bytes()
-    log.info("built %s over %d vectors in %.1fs", spec.factory, n, time.perf_counter() - t0)
-    return faiss, spec
-
-
-def _tuned(searcher: Searcher) -> None:
-    """Tune a just-built structure's search parameters to TARGET_RECALL (into its spec)."""
-    try:
-        searcher.spec.params, searcher.spec.recall = tune(searcher, TARGET_RECALL)
-    except RuntimeError as e:  # FAISS refusing a search parameter or a search
-        raise StructureError(f"Tuning {searcher.spec.factory} failed in FAISS: {e}") from None
-
-
-def convert(store: Store, path: Path, index_type: str, max_memory: int | None, *,
-            progress: Progress | None = None) -> tuple[Searcher, int]:
-    """Build `index_type` from the stored vectors and record it only then: (searcher, generation).
-
-    The caller holds the writer lock. A structure that cannot be built raises StructureError
-    with the database and the saved structure as they were, so the index keeps searching
-    with what it had. The file is saved before the database names it: a crash between the two
-    leaves the database's structure (a build_id the file no longer has), rebuilt on the next open.
-    """
-    info = store.require_info()
-    ids, slots, next_slot = store.slot_map()
-    smap = SlotMap(ids, slots, next_slot)
-    budget = max_memory if max_memory is not None else info.max_memory
-    faiss, spec = build(store, smap, index_type, budget, progress=progress)
-    searcher = Searcher(store.shards, smap, spec, faiss)
-    _tuned(searcher)
-    if faiss is not None:
-        save(store, path, faiss, spec)
-    store.set_index_type(index_type, max_memory, json.dumps(spec.to_dict()))
-    if faiss is None and path.exists():
-        path.unlink()  # flat: the stored vectors are the structure
-    return searcher, store.generation()
-
-
-def open_searcher(store: Store, path: Path, current: Searcher | None, *, can_save: Callable[[], object],
-                  writer: bool = False, progress: Progress | None = None) -> tuple[Searcher, int, bool]:
-    """The searcher for the database's current state: (searcher, generation, rebuilt).
-
-    `current` (already in memory) is brought up to date by adding and removing only what
-    changed; otherwise the saved structure is loaded and synced the same way. It is
-    rebuilt from the stored vectors when missing, damaged, of another type than the index
-    records, or (by a `writer`, i.e. `vecsearch index`) when the collection outgrew what
-    it was trained for. Repairs are saved when `can_save()` says the writer lock is free.
-
-    A recorded structure that cannot be built (too few vectors to train it, e.g. recorded by
-    an older vecsearch before its build failed) never makes the index unusable: the searcher
-    scans the stored vectors exactly, records nothing, and says why in `Searcher.note`.
-    """
-    info = store.require_info()
-    generation = store.generation()
-    ids, slots, next_slot = store.slot_map()
-    smap = SlotMap(ids, slots, next_slot)
-    spec = current_spec(store)
-    faiss = current.faiss if current is not None and current.spec == spec else None
-    stale = spec is None or spec.index_type != info.index_type
-    grown = not stale and writer and spec.needs_rebuild(len(smap))
-    rebuild = stale or grown
-    if not rebuild and not spec.exact and faiss is None:
-        faiss = _load_structure(path, spec)
-        rebuild = faiss is None
-    changed = rebuild
-    built, note = None, None
-    if rebuild:
-        if spec is not None and spec.index_type == info.index_type:
-            log.warning("rebuilding the %s search structure of %s (%s)", info.index_type, path.parent,
-                        "the collection outgrew it" if grown else "missing or damaged")
-        try:
-            new_faiss, new_spec = build(store, smap, info.index_type, info.max_memory, progress=progress)
-            built = Searcher(store.shards, smap, new_spec, new_faiss)
-            _tuned(built)
-        except StructureError as e:
-            kept = _load_structure(path, spec) if grown and not spec.exact and faiss is None else faiss
-            if grown and (spec.exact or kept is not None):
-                # The collection outgrew it, but it still answers: keep it, kept in step.
-                log.warning("%s Keeping the structure built for %d vectors.", e, spec.built_for)
-                faiss, rebuild, changed = kept, False, False
-            else:
-                note = (f"The index records a structure it cannot build. {e} Meanwhile it searches exactly (a scan "
-                        "of the stored vectors); `vecsearch reindex --index-type flat` records that and ends this warning.")
-                if current is None or current.note != note:
-                    log.warning("%s", note)
-                built = Searcher(store.shards, smap, choose("flat", len(smap), info.dim))
-                built.note = note
-                faiss, rebuild, changed = None, False, False
-    if built is not None:
-        searcher, faiss, spec = built, built.faiss, built.spec
-    else:
-        if faiss is not None:
-            lock = current.lock.writing() if current is not None and current.faiss is faiss else _no_lock()
-            with lock:
-                changed = _sync(store, faiss, smap)
-        searcher = current if current is not None and current.faiss is faiss and current.note is None else None
-        if searcher is None:
-            searcher = Searcher(store.shards, smap, spec, faiss)
-        else:
-            with searcher.lock.writing():
-                searcher.map = smap
-    if changed:
-        with can_save() as free:
-            if free:
-                if faiss is not None:
-                    save(store, path, faiss, spec)
-                elif path.exists():
-                    path.unlink()  # flat: the stored vectors are the structure
-                store.set_index_spec(json.dumps(spec.to_dict()))
-    return searcher, generation, rebuild
-
-
-def _sync(store: Store, faiss: FaissIndex, smap: SlotMap) -> bool:
-    """Add vectors the structure lacks and drop those the database no longer has; True if any."""
-    have = faiss.ids()
-    missing = np.setdiff1d(smap.ids, have)
-    extra = np.setdiff1d(have, smap.ids)
-    if len(extra):
-        faiss.remove(extra)
-    for i in range(0, len(missing), ADD_CHUNK):
-        part = missing[i : i + ADD_CHUNK]
-        faiss.add(part, store.shards.read(smap.slots_of(part)))
-    if len(missing) or len(extra):
-        log.info("synced the search structure with the database: +%d -%d", len(missing), len(extra))
-    return bool(len(missing) or len(extra))
-
-
-def _load_structure(path: Path, spec: IndexSpec) -> FaissIndex | None:
-    """The saved structure if it is the one the database records, else None (it gets rebuilt)."""
-    for attempt in range(2):
-        try:
-            faiss, meta = FaissIndex.load(path)
-        except FileNotFoundError:
-            return None
-        except IndexCorruptError as e:
-            # Maybe a save was between its two renames; look once more, then rebuild.
-            if attempt == 0:
-                time.sleep(0.2)
-                continue
-            log.warning("rebuilding the search structure: %s", e)
-            return None
-        if (meta.get("spec") or {}).get("build_id") != spec.build_id:
-            log.info("the saved search structure is not the one the database records; rebuilding")
-            return None
-        return faiss
-    return None
-
-
-@contextmanager
-def _no_lock() -> Iterator[None]:
-    yield
-
-
-def save(store: Store, path: Path, faiss: FaissIndex, spec: IndexSpec) -> None:
-    """Write the structure with a sidecar naming the generation, model and spec it holds."""
-    info = store.require_info()
-    faiss.save(path, {
-        "generation": store.generation(),
-        "backbone": info.backbone,
-        "weights_fingerprint": info.weights_fingerprint,
-        "metric": info.metric,
-        "spec": spec.to_dict(),
-    })

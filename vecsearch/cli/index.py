@@ -12,7 +12,7 @@ from ..config import DEFAULT_K
 from ..errors import VecsearchError
 from ..extras import require_extra
 from ..labels import DEFAULT_TOP as DEFAULT_LABEL_TOP
-from ..index_types import NAMED_TYPES, format_bytes
+from ..search import NAMED_TYPES, format_bytes
 from ._common import (BackboneOpt, BatchSizeOpt, EngineOpt, GpusPerWorkerOpt, IndexOpt, JsonlOpt, JsonOpt, PrecisionOpt, QuietOpt, RayAddressOpt,
                       WorkersOpt, app, engine_options, errors_to_exit, json_mode, model_options, model_status, open_index, print_json,
                       print_rows, print_table, progress_bar, random_weights_warning, say, SeedOpt, warn, WeightsOpt)

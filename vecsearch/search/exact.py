@@ -14,10 +14,11 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .errors import VecsearchError
+from ..errors import VecsearchError
+from ..store.shards import Shards
+from ..vectors import normalize
 from .index_types import IndexSpec
-from .store.shards import Shards
-from .vectors import FaissIndex, normalize
+from .structure import FaissIndex
 
 SCAN_ROWS = 1 << 13
 """Rows scored per step of an exact scan: 64 MiB of 2048-d float32 mapped at a time."""

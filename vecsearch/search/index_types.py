@@ -22,7 +22,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 
-from .errors import StructureError, VecsearchError
+from ..errors import StructureError, VecsearchError
 
 NAMED_TYPES = ("auto", "flat", "hnsw", "ivf-pq")
 DEFAULT_TYPE = "flat"
@@ -71,7 +71,7 @@ def format_bytes(n: float) -> str:
 
 def check_index_type(index_type: str) -> str:
     """A named type, or something that looks like a FAISS factory string (FAISS judges it once the
-    dimension is known, before anything is built: `indexer.structure_for`)."""
+    dimension is known, before anything is built: `live.structure_for`)."""
     if index_type in NAMED_TYPES:
         return index_type
     if isinstance(index_type, str) and re.match(r"^[A-Za-z][A-Za-z0-9_,.+=x()-]*$", index_type) and any(
