@@ -21,7 +21,7 @@ import pytest
 from digits import write_digits
 from helpers import TESTS, big_png, make_image, png_header_only, run
 
-from vecsearch import images, indexer, open_index
+from vecsearch import files, images, indexer, open_index
 from vecsearch.errors import BadImageError
 
 TINY = ["--backbone", "tiny", "--weights", "none", "--seed", "7"]
@@ -128,7 +128,7 @@ def test_a_file_swapped_for_a_fifo_mid_run_is_listed_and_the_run_ends(tmp_path, 
 def test_the_guarded_reader_never_waits_on_a_fifo(tmp_path):
     pipe = tmp_path / "pipe"
     os.mkfifo(pipe)
-    for fn, args in [(images.read_file, (pipe,)), (images.file_sha256, (pipe,)), (images.read_image_file, (pipe, (8, 8))),
+    for fn, args in [(files.read_file, (pipe,)), (files.file_sha256, (pipe,)), (images.read_image_file, (pipe, (8, 8))),
                      (images.thumbnail_jpeg, (pipe, 64))]:
         with pytest.raises(BadImageError, match="FIFO"):
             _within(10, fn, *args, unblock=[pipe])

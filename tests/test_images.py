@@ -13,12 +13,12 @@ from PIL import Image
 from helpers import png_header_only
 from vecsearch import images
 from vecsearch.errors import BadImageError, InputNotFoundError
+from vecsearch.files import file_sha256
 from vecsearch.config import MAX_IMAGE_PIXELS
 from vecsearch.images import (
     image_extensions,
     LoadedImage,
     decode_image,
-    file_sha256,
     is_image_file,
     iter_image_files,
     read_image_file,

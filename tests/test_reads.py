@@ -7,7 +7,7 @@ import shutil
 
 from helpers import make_image
 
-from vecsearch import images
+from vecsearch import files
 
 
 def test_a_rerun_hashes_only_files_that_may_be_known_content(tiny_index, photos, monkeypatch):
@@ -21,8 +21,8 @@ def test_a_rerun_hashes_only_files_that_may_be_known_content(tiny_index, photos,
     os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
 
     hashed = []
-    real = images.file_sha256
-    monkeypatch.setattr(images, "file_sha256", lambda p, **kw: hashed.append(os.fspath(p)) or real(p, **kw))
+    real = files.file_sha256
+    monkeypatch.setattr(files, "file_sha256", lambda p, **kw: hashed.append(os.fspath(p)) or real(p, **kw))
     summary = tiny_index.add([photos])
 
     assert sorted(hashed) == sorted([os.fspath(copy), os.fspath(touched)])

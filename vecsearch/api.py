@@ -37,7 +37,7 @@ from .config import DB_NAME, DEFAULT_K, LOCK_NAME, MAX_IMAGE_BYTES, MAX_IMAGE_PI
 from .errors import BadImageError, IndexCorruptError, IndexMismatchError, IndexNotFoundError, InputNotFoundError, NoImagesError, NotIndexedError, VecsearchError
 from .explain import OVERLAY_SIDE
 from .extract import RESAMPLE, Extractor
-from .files import WriterLock
+from .files import FileStream, WriterLock, absolute, open_stream, read_bytes
 from .indexer import IndexSummary, RemoveSummary
 from .store import ImageRecord, Store, no_annotations
 from .search import (DEFAULT_TYPE, FaissIndex, Hit, IndexSpec, LiveSearch, Searcher, allowed_ids, check_index_type,
@@ -289,7 +289,7 @@ class VecIndex:
         those the index remembers (`exclude`); files they match are skipped, and dropped
         from the index if they were in it.
         """
-        roots = [images.absolute(p) for p in paths]
+        roots = [absolute(p) for p in paths]
         new_globs = images.check_globs(exclude)
         self._check_writable()
         with self._lock.held():
@@ -351,7 +351,7 @@ class VecIndex:
         `search` no longer finds what was removed. A path still on disk is indexed again by
         the next `add` over a folder holding it (see `exclude=` for keeping it out).
         """
-        roots = [images.absolute(p) for p in paths]
+        roots = [absolute(p) for p in paths]
         if not roots and not missing:
             raise VecsearchError("Nothing to remove: give files or folders, or missing=True for every entry "
                                  "whose file is gone.")
@@ -463,7 +463,7 @@ class VecIndex:
 
     def vectors_for(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
         """Unit vectors of image files: an indexed, unchanged file reuses its stored vector."""
-        paths = [images.absolute(p) for p in paths]
+        paths = [absolute(p) for p in paths]
         for p in paths:
             if not os.path.lexists(p):
                 raise InputNotFoundError(f"No such file: {p}")
@@ -478,7 +478,7 @@ class VecIndex:
         """(id, vector) of an indexed file that is unchanged since, else (None, None)."""
         if self.info is None or not images.storable(path):
             return None, None
-        rec = self.store.image_by_path(str(images.absolute(path)))
+        rec = self.store.image_by_path(str(absolute(path)))
         if rec is not None and rec.status == "ok" and indexer.is_unchanged(rec, path):
             return rec.id, self.vector(rec.id)
         return None, None
@@ -515,7 +515,7 @@ class VecIndex:
         if isinstance(query, (bytes, bytearray, memoryview)):
             return self.embed_bytes(bytes(query)), None, None
         if isinstance(query, (str, os.PathLike)):
-            p = images.absolute(query)
+            p = absolute(query)
             if not os.path.lexists(p):
                 raise InputNotFoundError(f"No such file: {p}")
             found, vector = self._stored_vector(p)
@@ -569,7 +569,7 @@ class VecIndex:
             raise NotIndexedError(f"No indexed image with id {image_id}.")
         return rec
 
-    def original(self, image_id: int, *, max_bytes: int = MAX_IMAGE_BYTES) -> images.FileStream:
+    def original(self, image_id: int, *, max_bytes: int = MAX_IMAGE_BYTES) -> FileStream:
         """The file of an indexed image, opened to be read once in chunks (iterate it, or close it).
 
         Found by id only, and only when it is still the file that was indexed: status ok, the
@@ -580,7 +580,7 @@ class VecIndex:
         if rec.status != "ok":
             raise NotIndexedError(f"Image {image_id} was not indexed: {rec.reason}.")
         try:
-            f = images.open_stream(rec.path, max_bytes=max_bytes)
+            f = open_stream(rec.path, max_bytes=max_bytes)
         except BadImageError as e:
             raise NotIndexedError(f"The file of image {image_id} cannot be read at {rec.path}: {e.reason}.") from None
         if (f.size, f.mtime_ns) != (rec.size, rec.mtime_ns) or f.media_type is None:
@@ -605,7 +605,7 @@ class VecIndex:
         ("ok" / "failed"), inside the folder `under`, or taught the class `label`."""
         if status not in (None, "ok", "failed"):
             raise VecsearchError(f"status must be ok or failed, not {status!r}.")
-        folders = [str(images.absolute(under))] if under is not None else []
+        folders = [str(absolute(under))] if under is not None else []
         ids = self.store.ids_with_user_label(str(label)) if label is not None else None
         return self.store.iter_images(status=status, under=folders, ids=ids)
 
@@ -663,44 +663,17 @@ class VecIndex:
 
         The suffix decides the format; `import` reads either back. Streams in batches.
         """
-        info = self._require_info()
-        out = Path(out).expanduser()
-        if not out.parent.is_dir():
-            raise InputNotFoundError(f"Cannot write {out}: the folder {out.parent} does not exist; create it first.")
-        if out.is_dir():
-            raise VecsearchError(f"Cannot write {out}: it is a folder; give a file name such as {out / 'vectors.npz'}.")
-        vector_files.check_suffix(out)
-        total = len(self)
-
-        def batches():
-            done = 0
-            for ids, mat, norms in self.store.iter_vectors(chunk=vector_files.BATCH):
-                recs = self.store.images(ids)
-                keep = [j for j, i in enumerate(ids) if int(i) in recs]  # one deleted meanwhile is left out
-                rows = [recs[int(ids[j])] for j in keep]
-                facts = {c: [getattr(r, c) for r in rows] for c in vector_files.FACT_COLUMNS}
-                yield ids[keep], [r.path for r in rows], mat[keep], norms[keep], facts
-                done += len(ids)
-                if progress:
-                    progress(done, total)
-
-        return vector_files.write(out, self._model_meta(info), info.dim, batches(), total)
+        return vector_files.export_index(self.store, out, self._model_meta(self._require_info()), progress)
 
     def _model_meta(self, info) -> dict:
         return {"backbone": info.backbone, "weights_kind": info.weights_kind, "weights_seed": info.weights_seed,
                 "weights_path": info.weights_path, "weights_fingerprint": info.weights_fingerprint,
                 "dim": info.dim, "metric": info.metric, "precision": recorded_precision(info), "vecsearch": VERSION}
 
-    def _check_import_precision(self, readers: list, info, model: dict) -> None:
+    def _check_import_precision(self, info, precisions: set[str]) -> None:
         """Vectors of another precision than the index's come in only if that precision agrees
         with the stored vectors (`check_precision`, embedding a few indexed images both ways)."""
-        named = {r.meta.get("precision") or DEFAULT_PRECISION for r in readers if r.meta.get("weights_fingerprint")}
-        if info is None:
-            if len(named) > 1:
-                raise VecsearchError(f"These files hold vectors of {' and '.join(sorted(named))} precision; import one "
-                                     "precision first, then the other (it is checked against the stored vectors).")
-            return
-        for precision in sorted(named - {recorded_precision(info)}):
+        for precision in sorted(precisions - {recorded_precision(info)}):
             weights = self._requested[1] if self._requested else WeightsSpec.recorded(info)
             self.check_precision(load_backbone(info.backbone, weights, precision=precision))
 
@@ -715,45 +688,14 @@ class VecIndex:
         """
         self._check_writable()
         started = time.perf_counter()
-        readers = [vector_files.Reader(f) for f in vector_files.files_in(source)]
         info = self.info
-        model = self._model_meta(info) if info is not None else None
-        for r in readers:  # every file is checked before anything is written
-            model = _check_vector_file(r, model, unchecked, self.directory)
-        self._check_import_precision(readers, info, model)
-        summary = vector_files.ImportSummary(files=[str(r.path) for r in readers])
-        total = sum(r.rows for r in readers)
-        self._check_wanted((len(self) if info is not None else 0) + total, int(model["dim"]))
+        checked = vector_files.check_import(source, self._model_meta(info) if info is not None else None,
+                                            unchecked, self.directory)  # every file, before anything is written
+        if info is not None:
+            self._check_import_precision(info, checked.precisions)
+        self._check_wanted((len(self) if info is not None else 0) + checked.rows, int(checked.model["dim"]))
         with self._lock.held():
-            create = None
-            if self.info is None:
-                create = {
-                    "backbone": model["backbone"], "weights_kind": model.get("weights_kind") or "file",
-                    "weights_seed": model.get("weights_seed"), "weights_path": model.get("weights_path"),
-                    "weights_fingerprint": model["weights_fingerprint"], "dim": int(model["dim"]), "metric": "cosine",
-                    "index_type": DEFAULT_TYPE, "max_memory": None,
-                    "precision": model.get("precision") or DEFAULT_PRECISION}
-            if progress:
-                progress(0, total)
-            # One transaction: a file that fails part-way (a repeated path, a bad row) leaves the index as it was.
-            with self.store.importing(create) as importer:
-                for r in readers:
-                    for batch in r.batches():
-                        vecs, lengths = _unit_rows(batch, r.path)
-                        rows = [{"path": path, **{c: (batch.facts[c][j] if c in batch.facts else None)
-                                                  for c in vector_files.FACT_COLUMNS}}
-                                for j, path in enumerate(batch.paths)]
-                        for row in rows:
-                            row["size"] = row["size"] or 0
-                            row["mtime_ns"] = row["mtime_ns"] or 0
-                        _, replaced = importer.add(rows, vecs, lengths, str(r.path))
-                        summary.imported += len(rows)
-                        summary.replaced += replaced
-                        if batch.failed:  # `embed` shards: a file that failed is a failed row, as indexing makes it
-                            importer.add_failed([_failed_row(f) for f in batch.failed], str(r.path))
-                            summary.failed += len(batch.failed)
-                        if progress:
-                            progress(summary.imported + summary.failed, total)
+            summary = vector_files.import_files(self.store, checked, create=self.info is None, progress=progress)
             self._after_write()
         summary.seconds = round(time.perf_counter() - started, 3)
         return summary
@@ -961,14 +903,14 @@ class VecIndex:
         path = None
         if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
             path = self.image(int(image)).path
-            data = images.read_bytes(path)
+            data = read_bytes(path)
         elif isinstance(image, (bytes, bytearray, memoryview)):
             data = bytes(image)
         elif isinstance(image, (str, os.PathLike)):
             p = Path(image).expanduser()
             if not p.is_file():
                 raise InputNotFoundError(f"No such file: {p}")
-            path, data = str(p.resolve()), images.read_bytes(p)
+            path, data = str(p.resolve()), read_bytes(p)
         elif hasattr(image, "save") and hasattr(image, "mode"):  # a PIL image, encoded losslessly
             buf = io.BytesIO()
             try:
@@ -1021,51 +963,6 @@ class VecIndex:
         return dupes.similarity_matrix(self.vectors_for(paths))
 
 
-def _check_vector_file(reader: vector_files.Reader, model: dict | None, unchecked: bool, where: Path) -> dict:
-    """The model the file's vectors come from, if the index can take them; else VecsearchError."""
-    meta = reader.meta
-    if model is None:
-        if not meta.get("weights_fingerprint") or not meta.get("backbone"):
-            raise VecsearchError(f"{reader.path} names no model (backbone and weights fingerprint), so an empty index "
-                                 "cannot take its model from it. Index a few images first, or import a vecsearch export.")
-        return {**meta, "dim": reader.dim}
-    if reader.dim != int(model["dim"]):
-        raise IndexMismatchError(f"{reader.path} holds {reader.dim}-d vectors; the index at {where} holds {model['dim']}-d.")
-    got = meta.get("weights_fingerprint")
-    if got is None and not unchecked:
-        raise IndexMismatchError(f"{reader.path} names no model, so its vectors may come from another one than the "
-                                 f"index's ({model['backbone']}). Import it unchecked if you know they match.",
-                                 option="unchecked")
-    if got is not None and got != model["weights_fingerprint"]:
-        raise IndexMismatchError(
-            f"{reader.path} holds vectors of another model ({meta.get('backbone')}, weights fingerprint "
-            f"{got[:12]}...) than the index at {where} ({model['backbone']}, {model['weights_fingerprint'][:12]}...); "
-            "they cannot be compared. Import into an index of that model.")
-    return model
-
-
-def _failed_row(f: dict) -> dict:
-    """The image row of a file a shard records as failed (no vector)."""
-    return {"path": f["path"], "size": f.get("size") or 0, "mtime_ns": f.get("mtime_ns") or 0,
-            "sha256": f.get("sha256"), "width": f.get("width"), "height": f.get("height"),
-            "status": "failed", "reason": f["reason"]}
-
-
-def _unit_rows(batch: vector_files.Batch, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(unit vectors, norms) of a batch: raw features are normalised, their length kept as the norm."""
-    vecs = np.ascontiguousarray(batch.vectors, np.float32)
-    if not np.isfinite(vecs).all():
-        raise VecsearchError(f"{path} holds NaN or infinite vectors.")
-    lengths = np.sqrt(np.einsum("ij,ij->i", vecs, vecs))
-    if (lengths == 0).any():
-        raise VecsearchError(f"{path} holds all-zero vectors, which have no direction to compare.")
-    norms = np.full(len(vecs), np.nan, np.float32) if batch.norms is None else np.asarray(batch.norms, np.float32).copy()
-    raw = np.abs(lengths - 1.0) > 1e-3
-    if raw.any():  # unit rows are kept bit for bit, so an export imports back unchanged
-        norms[raw & np.isnan(norms)] = lengths[raw & np.isnan(norms)]
-        vecs = vecs.copy()
-        vecs[raw] = normalize(vecs[raw])
-    return vecs, norms
 
 
 def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = None, weights: Any = _UNSET,
@@ -1189,7 +1086,7 @@ def embed_to_shards(paths: Iterable[str | os.PathLike], out: str | os.PathLike, 
     precision "mixed" computes in float16/bfloat16 (recorded in the shards; vectors are float32).
     """
     ray_engine.check_engine(engine)
-    roots = [images.absolute(p) for p in paths]
+    roots = [absolute(p) for p in paths]
     for r in roots:  # said before the model loads
         if not os.path.lexists(r):
             raise InputNotFoundError(f"No such file or folder: {r}")

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import images
+from . import files, images
 from .errors import BadImageError, BadLabelsError, InputNotFoundError, NoImagesError, NoLabelsError, VecsearchError
 from .indexer import IndexSummary, is_unchanged
 from .store import Store
@@ -40,7 +40,7 @@ MAX_CSV_BYTES = 256 * 1024 * 1024
 class LabelRow:
     """One labelled file, before it is matched to an indexed image."""
 
-    path: Path  # absolute, links kept as given (images.absolute)
+    path: Path  # absolute, links kept as given (files.absolute)
     label: str
     split: str | None  # "train" | "test" | None
 
@@ -120,11 +120,11 @@ def rows_from_csv(csv_path: str | os.PathLike) -> list[LabelRow]:
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
         raise InputNotFoundError(f"No such file: {csv_path}")
-    base = images.absolute(csv_path).parent
+    base = files.absolute(csv_path).parent
     rows: list[LabelRow] = []
     missing: list[str] = []
     try:
-        text = images.read_file(csv_path, MAX_CSV_BYTES).decode("utf-8-sig")
+        text = files.read_file(csv_path, MAX_CSV_BYTES).decode("utf-8-sig")
     except BadImageError as e:
         raise VecsearchError(f"Cannot read {csv_path}: {e.reason}.") from None
     except UnicodeDecodeError as e:
@@ -144,7 +144,7 @@ def rows_from_csv(csv_path: str | os.PathLike) -> list[LabelRow]:
         if split is not None and split not in SPLITS:
             raise VecsearchError(f"{csv_path}, line {lineno}: split must be train or test, got {rec[2]!r}.")
         p = Path(rec[0]).expanduser()
-        p = images.absolute(p if p.is_absolute() else base / p)
+        p = files.absolute(p if p.is_absolute() else base / p)
         if not p.is_file():
             missing.append(rec[0])
             continue
@@ -189,7 +189,7 @@ def teach(store: Store, source: str | os.PathLike, *, add: Callable[..., IndexSu
         if prev is not None and (prev.label, prev.split) != (r.label, r.split):
             raise VecsearchError(f"{r.path} is given two classes: {prev.label!r} and {r.label!r}.")
         by_path[str(r.path)] = r
-    summary = TeachSummary(source=str(images.absolute(source)), kind=kind)
+    summary = TeachSummary(source=str(files.absolute(source)), kind=kind)
     records = store.records()
     todo = [Path(p) for p in by_path if p not in records or not is_unchanged(records[p], Path(p))]
     if todo:

@@ -1,15 +1,13 @@
-"""Finding image files, reading them safely, and turning their bytes into RGB pixel arrays.
+"""Finding image files and turning their bytes into RGB pixel arrays.
 
 Everything that can go wrong with one image becomes a BadImageError with a short
 reason, so that indexing a folder lists bad files instead of stopping. Every file is
-read through one guarded reader (`read_file`): regular files only, checked before and
-after opening without blocking, a byte cap before reading and a time limit while
-reading, so a FIFO, a socket or a device is reported, never waited on.
+read through the guarded reader of `files.py` (regular files only, a byte cap, a time
+limit), so a FIFO, a socket or a device is reported, never waited on.
 """
 
 from __future__ import annotations
 
-import errno
 import functools
 import hashlib
 import io
@@ -20,7 +18,6 @@ import re
 import stat
 import struct
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +26,10 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import DECODE_MEMORY_BUDGET, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_READ_SECONDS
+from .config import DECODE_MEMORY_BUDGET, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from .errors import BadImageError, InputNotFoundError, VecsearchError
 from .extras import install_line
+from .files import absolute, file_kind, os_reason, read_file, read_head
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +78,6 @@ _RESAMPLE = {
 
 _EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
-_CHUNK = 1024 * 1024
 # BMP info-header sizes; checking one keeps text files that start with "BM" out.
 _BMP_DIB_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 
@@ -111,117 +108,6 @@ def _iso_brand(head: bytes) -> str | None:
         return None
     brand = head[8:12]
     return "avif" if brand in _AVIF_BRANDS else "heif" if brand in _HEIF_BRANDS else None
-
-
-# -- the guarded reader ----------------------------------------------------------------
-def absolute(path: str | os.PathLike) -> Path:
-    """`path` made absolute and normalised, symbolic links kept as given (never resolved).
-
-    An index stores paths as they are under the folder it was given: a link inside the
-    folder is recorded under its own name, so it is reconciled when the link changes or goes.
-    """
-    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
-
-
-def _kind(mode: int) -> str:
-    """What a non-regular file is, in words."""
-    if stat.S_ISDIR(mode):
-        return "a folder, not a file"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe), not a regular file"
-    if stat.S_ISSOCK(mode):
-        return "a socket, not a regular file"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device, not a regular file"
-    return "not a regular file"
-
-
-def os_reason(exc: OSError, path: str | os.PathLike | None = None) -> str:
-    """A short reason for an OSError met while looking at one file."""
-    if exc.errno == errno.ELOOP:
-        return "unreadable: a symbolic link loop"
-    if exc.errno == errno.ENOENT and path is not None and os.path.islink(path):
-        return "unreadable: a broken symbolic link (its target does not exist)"
-    if exc.errno == errno.ENOENT:
-        return "unreadable: no longer there"
-    return f"unreadable: {exc.strerror or exc}"
-
-
-@contextmanager
-def _open_regular(path: Path) -> Iterator[tuple[int, os.stat_result]]:
-    """(fd, fstat) of a regular file, or BadImageError; never blocks on a FIFO or a device.
-
-    `stat` first so nothing else is opened at all; `O_NONBLOCK` so a FIFO swapped in
-    between cannot block the open; `fstat` after, on what was really opened.
-    """
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise BadImageError(os_reason(exc, path), path=str(path)) from exc
-    if not stat.S_ISREG(st.st_mode):
-        raise BadImageError(f"unreadable: {_kind(st.st_mode)}", path=str(path))
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        raise BadImageError(os_reason(exc, path), path=str(path)) from exc
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise BadImageError(f"unreadable: {_kind(st.st_mode)}", path=str(path))
-        yield fd, st
-    finally:
-        os.close(fd)
-
-
-def _chunks(fd: int, path: Path, limit: int, timeout: float) -> Iterator[bytes]:
-    """The file's bytes in chunks, at most `limit` + 1 of them, within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    left = limit + 1
-    while left > 0:
-        if time.monotonic() > deadline:
-            raise BadImageError(f"unreadable: reading took more than {timeout:g} s", path=str(path))
-        try:
-            chunk = os.read(fd, min(_CHUNK, left))
-        except OSError as exc:
-            raise BadImageError(os_reason(exc), path=str(path)) from exc
-        if not chunk:
-            return
-        left -= len(chunk)
-        yield chunk
-
-
-def read_file(path: str | os.PathLike, max_bytes: int = MAX_IMAGE_BYTES, *,
-              timeout: float = MAX_READ_SECONDS) -> bytes:
-    """All bytes of a regular file under the byte cap, read within the time limit; else BadImageError."""
-    path = Path(path)
-    with _open_regular(path) as (fd, st):
-        if st.st_size > max_bytes:
-            raise BadImageError(f"file too large: {st.st_size} bytes exceeds the cap of {max_bytes}", path=str(path))
-        data = b"".join(_chunks(fd, path, max_bytes, timeout))
-    if len(data) > max_bytes:  # the file grew after the stat
-        raise BadImageError(f"file too large: more than {max_bytes} bytes exceeds the cap of {max_bytes}",
-                            path=str(path))
-    return data
-
-
-def read_head(path: str | os.PathLike, n: int) -> bytes:
-    """The first `n` bytes of a regular file (b"" when it is anything else)."""
-    try:
-        with _open_regular(Path(path)) as (fd, _):
-            return os.read(fd, n)
-    except (BadImageError, OSError):
-        return b""
-
-
-def file_sha256(path: str | os.PathLike, *, timeout: float = MAX_READ_SECONDS) -> str:
-    """SHA-256 hex digest of a regular file without holding it in memory; BadImageError otherwise."""
-    path = Path(path)
-    h = hashlib.sha256()
-    with _open_regular(path) as (fd, _):
-        for chunk in _chunks(fd, path, 2**62, timeout):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # -- finding image files -------------------------------------------------------------------
@@ -333,7 +219,7 @@ def _walk(given: list[Path], skip) -> Iterator[Found]:
             else:
                 logger.debug("skipping %s: not an image file", p)
         else:
-            yield from emit(Found(p, f"unreadable: {_kind(st.st_mode)}"))
+            yield from emit(Found(p, f"unreadable: {file_kind(st.st_mode)}"))
 
 
 def storable(name: str | os.PathLike) -> bool:
@@ -382,7 +268,7 @@ def _walk_dir(folder: Path, above: list[tuple[int, int]], skip=lambda path: Fals
             if is_image_file(path):
                 yield Found(path)
         else:
-            yield Found(path, f"unreadable: {_kind(st.st_mode)}")
+            yield Found(path, f"unreadable: {file_kind(st.st_mode)}")
     for path, st in subfolders:
         yield from _walk_dir(path, [*above, (st.st_dev, st.st_ino)], skip)
 
@@ -750,87 +636,3 @@ def thumbnail_jpeg(
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "JPEG", quality=quality)
     return buf.getvalue()
-
-
-def read_bytes(path: str | os.PathLike, *, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
-    """An image file's bytes through the guarded reader (regular files only, byte cap, time limit)."""
-    return read_file(path, max_bytes)
-
-
-# -- serving an original file ----------------------------------------------------------------
-class FileStream:
-    """A regular file opened through the guarded checks, read once in chunks (`for chunk in f`).
-
-    The reading stops at the size seen when opened, so a Content-Length sent from `size`
-    holds even if the file grows. The file closes when the chunks run out, or on `close()`.
-    """
-
-    def __init__(self, path: Path, stack, fd: int, st: os.stat_result, head: bytes):
-        self.path = path
-        self.size = st.st_size
-        self.mtime_ns = st.st_mtime_ns
-        self.media_type = media_type(head)
-        self._stack = stack
-        self._fd = fd
-        self._head = head
-
-    def __iter__(self) -> Iterator[bytes]:
-        try:
-            if self._fd < 0:
-                return
-            left = self.size - len(self._head)
-            if self._head:
-                yield self._head
-            while left > 0:
-                try:
-                    chunk = os.read(self._fd, min(_CHUNK, left))
-                except OSError as exc:
-                    raise BadImageError(os_reason(exc), path=str(self.path)) from exc
-                if not chunk:
-                    return  # it shrank since the stat: the client sees a short body
-                left -= len(chunk)
-                yield chunk
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        self._fd = -1
-        self._stack.close()
-
-    def __del__(self):  # a response never sent still closes its file
-        self._stack.close()
-
-
-def open_stream(path: str | os.PathLike, *, max_bytes: int = MAX_IMAGE_BYTES) -> FileStream:
-    """An image file opened for streaming: regular files only, under the byte cap; else BadImageError.
-
-    Its `media_type` is read from the first bytes (Pillow's own identification), never from
-    the name, and is None for anything Pillow does not recognise as an image.
-    """
-    from contextlib import ExitStack
-
-    path = Path(path)
-    stack = ExitStack()
-    try:
-        fd, st = stack.enter_context(_open_regular(path))
-        if st.st_size > max_bytes:
-            raise BadImageError(f"file too large: {st.st_size} bytes exceeds the cap of {max_bytes}", path=str(path))
-        try:
-            head = os.read(fd, min(_CHUNK, st.st_size))
-        except OSError as exc:
-            raise BadImageError(os_reason(exc), path=str(path)) from exc
-        return FileStream(path, stack, fd, st, head)
-    except BaseException:
-        stack.close()
-        raise
-
-
-def media_type(head: bytes) -> str | None:
-    """The image/* MIME type of a file's first bytes as Pillow identifies them, else None."""
-    try:
-        with Image.open(io.BytesIO(head)) as im:
-            fmt = im.format
-    except Exception:  # noqa: BLE001 -- any failure to identify means "not known as an image"
-        return None
-    mime = Image.MIME.get(fmt or "")
-    return mime if mime and mime.startswith("image/") else None

@@ -16,10 +16,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
-from . import images
+from . import files, images
 from .config import default_workers
 from .errors import BadImageError
 from .extract import Extractor
+from .files import absolute
 from .store import ImageRecord, Store
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def _walked(path: str, roots: list[Path]) -> bool:
 def _hash_all(paths: list[Path]) -> list[str | None]:
     def one(p: Path) -> str | None:
         try:
-            return images.file_sha256(p)
+            return files.file_sha256(p)
         except (OSError, BadImageError):
             return None  # the decoder will report why
 
@@ -171,7 +172,7 @@ def plan(store: Store, roots: list[Path], files: list[Path], summary: IndexSumma
             _count_existing(rec, summary)
         else:
             candidates.append(f)
-    given_roots = [images.absolute(r) for r in roots]
+    given_roots = [absolute(r) for r in roots]
     unseen = [r.path for r in rejected if r.unseen_below]
     # Not found but still there: only under a hidden folder the walk skips (or given itself),
     # or under a folder that could not be listed this time.

@@ -51,7 +51,7 @@ from .errors import (
     VecsearchError,
     WeightsUnavailableError,
 )
-from . import images
+from . import files
 from .files import atomic_write
 from .store import Store
 
@@ -332,7 +332,7 @@ def ids_for_paths(store: Store, paths: Iterable[str | os.PathLike]) -> list[int]
         path = Path(p).expanduser()
         if not path.exists():
             raise InputNotFoundError(f"No such file or folder: {path}")
-        given = images.absolute(path)
+        given = files.absolute(path)
         if given.is_dir():
             prefix = str(given).rstrip(os.sep) + os.sep
             found = [r.id for k, r in records.items() if k.startswith(prefix)]

@@ -24,13 +24,18 @@ import zipfile
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
 from . import config
-from .errors import BadVectorFileError, InputNotFoundError, VecsearchError
+from .backbones import DEFAULT_PRECISION
+from .errors import BadVectorFileError, IndexMismatchError, InputNotFoundError, VecsearchError
 from .extras import require_extra
+from .vectors import normalize
+
+if TYPE_CHECKING:  # the store (SQLAlchemy) is only passed in; `embed` writes shards without it
+    from .store import Store
 
 SUFFIXES = (".npz", ".parquet")
 BATCH = 1 << 15
@@ -551,3 +556,147 @@ def _read_errors() -> tuple[type[BaseException], ...]:
 def _reason(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+# -- an index's vectors out and in -----------------------------------------------------------
+def export_index(store: Store, out: str | os.PathLike, meta: dict,
+                 progress: Callable[[int, int], None] | None = None) -> int:
+    """Write every vector of `store` with its path, norm, file facts and `meta` (the model) to `out`.
+
+    The suffix decides the format. Streams in batches; an image deleted meanwhile is left out.
+    """
+    out = Path(out).expanduser()
+    if not out.parent.is_dir():
+        raise InputNotFoundError(f"Cannot write {out}: the folder {out.parent} does not exist; create it first.")
+    if out.is_dir():
+        raise VecsearchError(f"Cannot write {out}: it is a folder; give a file name such as {out / 'vectors.npz'}.")
+    check_suffix(out)
+    total = store.counts()["vectors"]
+
+    def batches() -> Iterator[tuple[np.ndarray, list, np.ndarray, np.ndarray, dict]]:
+        done = 0
+        for ids, mat, norms in store.iter_vectors(chunk=BATCH):
+            recs = store.images(ids)
+            keep = [j for j, i in enumerate(ids) if int(i) in recs]  # one deleted meanwhile is left out
+            rows = [recs[int(ids[j])] for j in keep]
+            facts = {c: [getattr(r, c) for r in rows] for c in FACT_COLUMNS}
+            yield ids[keep], [r.path for r in rows], mat[keep], norms[keep], facts
+            done += len(ids)
+            if progress:
+                progress(done, total)
+
+    return write(out, meta, int(meta["dim"]), batches(), total)
+
+
+@dataclass
+class CheckedImport:
+    """Vector files checked against an index before anything is written (`check_import`)."""
+
+    readers: list[Reader]
+    model: dict  # the index's model, or the first file's for an empty index
+    precisions: set[str]  # the precisions the files that name a model were embedded in
+    rows: int
+
+
+def check_import(source: str | os.PathLike, model: dict | None, unchecked: bool, where: Path) -> CheckedImport:
+    """Open the vector files `source` names and check each against `model` (None: an empty index).
+
+    Every file is checked before anything is written; what `check_precision` needs to say
+    about another precision is left to the caller, which holds the model.
+    """
+    readers = [Reader(f) for f in files_in(source)]
+    empty = model is None
+    for r in readers:
+        model = check_vector_file(r, model, unchecked, where)
+    assert model is not None  # files_in finds at least one file
+    precisions = {r.meta.get("precision") or DEFAULT_PRECISION for r in readers if r.meta.get("weights_fingerprint")}
+    if empty and len(precisions) > 1:
+        raise VecsearchError(f"These files hold vectors of {' and '.join(sorted(precisions))} precision; import one "
+                             "precision first, then the other (it is checked against the stored vectors).")
+    return CheckedImport(readers, model, precisions, sum(r.rows for r in readers))
+
+
+def import_files(store: Store, checked: CheckedImport, *, create: bool,
+                 progress: Callable[[int, int], None] | None = None) -> ImportSummary:
+    """Add the checked files' vectors to `store` in one transaction; the caller holds the writer lock.
+
+    `create`: the index is empty, so its info is made from the files' model in the same
+    transaction, and a failed first import leaves it empty.
+    """
+    summary = ImportSummary(files=[str(r.path) for r in checked.readers])
+    if progress:
+        progress(0, checked.rows)
+    # One transaction: a file that fails part-way (a repeated path, a bad row) leaves the index as it was.
+    with store.importing(_index_info(checked.model) if create else None) as importer:
+        for r in checked.readers:
+            for batch in r.batches():
+                vecs, lengths = unit_rows(batch, r.path)
+                rows = [{"path": path, **{c: (batch.facts[c][j] if c in batch.facts else None) for c in FACT_COLUMNS}}
+                        for j, path in enumerate(batch.paths)]
+                for row in rows:
+                    row["size"] = row["size"] or 0
+                    row["mtime_ns"] = row["mtime_ns"] or 0
+                _, replaced = importer.add(rows, vecs, lengths, str(r.path))
+                summary.imported += len(rows)
+                summary.replaced += replaced
+                if batch.failed:  # `embed` shards: a file that failed is a failed row, as indexing makes it
+                    importer.add_failed([failed_row(f) for f in batch.failed], str(r.path))
+                    summary.failed += len(batch.failed)
+                if progress:
+                    progress(summary.imported + summary.failed, checked.rows)
+    return summary
+
+
+def _index_info(model: dict) -> dict:
+    """The index info an empty index takes from the model its first imported file names."""
+    return {"backbone": model["backbone"], "weights_kind": model.get("weights_kind") or "file",
+            "weights_seed": model.get("weights_seed"), "weights_path": model.get("weights_path"),
+            "weights_fingerprint": model["weights_fingerprint"], "dim": int(model["dim"]), "metric": "cosine",
+            "index_type": "flat", "max_memory": None,  # recorded as built: flat until a structure is "precision": model.get("precision") or DEFAULT_PRECISION}
+
+
+def check_vector_file(reader: Reader, model: dict | None, unchecked: bool, where: Path) -> dict:
+    """The model the file's vectors come from, if the index can take them; else VecsearchError."""
+    meta = reader.meta
+    if model is None:
+        if not meta.get("weights_fingerprint") or not meta.get("backbone"):
+            raise VecsearchError(f"{reader.path} names no model (backbone and weights fingerprint), so an empty index "
+                                 "cannot take its model from it. Index a few images first, or import a vecsearch export.")
+        return {**meta, "dim": reader.dim}
+    if reader.dim != int(model["dim"]):
+        raise IndexMismatchError(f"{reader.path} holds {reader.dim}-d vectors; the index at {where} holds {model['dim']}-d.")
+    got = meta.get("weights_fingerprint")
+    if got is None and not unchecked:
+        raise IndexMismatchError(f"{reader.path} names no model, so its vectors may come from another one than the "
+                                 f"index's ({model['backbone']}). Import it unchecked if you know they match.",
+                                 option="unchecked")
+    if got is not None and got != model["weights_fingerprint"]:
+        raise IndexMismatchError(
+            f"{reader.path} holds vectors of another model ({meta.get('backbone')}, weights fingerprint "
+            f"{got[:12]}...) than the index at {where} ({model['backbone']}, {model['weights_fingerprint'][:12]}...); "
+            "they cannot be compared. Import into an index of that model.")
+    return model
+
+
+def failed_row(f: dict) -> dict:
+    """The image row of a file a shard records as failed (no vector)."""
+    return {"path": f["path"], "size": f.get("size") or 0, "mtime_ns": f.get("mtime_ns") or 0,
+            "sha256": f.get("sha256"), "width": f.get("width"), "height": f.get("height"),
+            "status": "failed", "reason": f["reason"]}
+
+
+def unit_rows(batch: Batch, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(unit vectors, norms) of a batch: raw features are normalised, their length kept as the norm."""
+    vecs = np.ascontiguousarray(batch.vectors, np.float32)
+    if not np.isfinite(vecs).all():
+        raise VecsearchError(f"{path} holds NaN or infinite vectors.")
+    lengths = np.sqrt(np.einsum("ij,ij->i", vecs, vecs))
+    if (lengths == 0).any():
+        raise VecsearchError(f"{path} holds all-zero vectors, which have no direction to compare.")
+    norms = np.full(len(vecs), np.nan, np.float32) if batch.norms is None else np.asarray(batch.norms, np.float32).copy()
+    raw = np.abs(lengths - 1.0) > 1e-3
+    if raw.any():  # unit rows are kept bit for bit, so an export imports back unchanged
+        norms[raw & np.isnan(norms)] = lengths[raw & np.isnan(norms)]
+        vecs = vecs.copy()
+        vecs[raw] = normalize(vecs[raw])
+    return vecs, norms

@@ -10,7 +10,8 @@ import os
 
 import numpy as np
 
-from .. import classifiers, images
+from .. import classifiers
+from ..files import absolute
 from ..errors import VecsearchError
 from ..store import Store
 
@@ -35,7 +36,7 @@ def allowed_ids(
     if under is not None:
         if not isinstance(under, (str, os.PathLike)) or not os.fspath(under):
             raise VecsearchError(f"under must be a folder path, got {under!r}.")
-        sets.append(store.ids_under([str(images.absolute(under))]))
+        sets.append(store.ids_under([str(absolute(under))]))
     if label is not None:
         label = str(label)
         ids = store.ids_with_user_label(label)
