@@ -652,7 +652,8 @@ def _index_info(model: dict) -> dict:
     return {"backbone": model["backbone"], "weights_kind": model.get("weights_kind") or "file",
             "weights_seed": model.get("weights_seed"), "weights_path": model.get("weights_path"),
             "weights_fingerprint": model["weights_fingerprint"], "dim": int(model["dim"]), "metric": "cosine",
-            "index_type": "flat", "max_memory": None,  # recorded as built: flat until a structure is "precision": model.get("precision") or DEFAULT_PRECISION}
+            # Flat until a structure is built: a type is recorded only once its structure exists.
+            "index_type": "flat", "max_memory": None, "precision": model.get("precision") or DEFAULT_PRECISION}
 
 
 def check_vector_file(reader: Reader, model: dict | None, unchecked: bool, where: Path) -> dict:
