@@ -712,7 +712,10 @@ class VecIndex:
     def teach(self, source: str | os.PathLike, *, replace: bool = False,
               progress: Progress | None = None) -> classes.TeachSummary:
         """Label images with classes of your own from class folders or a CSV; unindexed files are indexed first."""
-        return classes.teach(self.store, source, add=self.add, replace=replace, progress=progress)
+        plan = classes.plan_teach(self.store, source)
+        if plan.to_index:
+            plan.summary.indexed = self.add(plan.to_index, progress=progress).indexed
+        return classes.apply_teach(self.store, plan, replace=replace)
 
     def label_counts(self) -> dict[str, dict[str, int]]:
         """{class: {split or "": images}} of the user's labels."""
@@ -784,8 +787,11 @@ class VecIndex:
                 head_path: str | os.PathLike | None = None, name: str = HEAD_NAME,
                 metrics: dict | None = None, progress: Progress | None = None) -> IndexSummary:
         """Build a new index at `into` with tuned weights over the same images, labels and head copied."""
-        return finetune.reembed(self.store, self.directory, weights_path, into, open_index=open_index,
-                                head_path=head_path, name=name, metrics=metrics, progress=progress)
+        plan = finetune.plan_reembed(self.store, self.directory, weights_path, into)
+        with open_index(plan.into, backbone=plan.backbone, weights=str(plan.weights)) as new:
+            summary = new.add(plan.paths, progress=progress)
+            finetune.carry_over(plan, new.store, new.directory, head_path=head_path, name=name, metrics=metrics)
+        return summary
 
     # -- explanations -----------------------------------------------------------------------
     def explain(self, image, *, like=None, imagenet_class: str | None = None, classifier: str | None = None,

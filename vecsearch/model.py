@@ -184,7 +184,7 @@ class IndexModel:
         got = {item.path: item.vector for item in Extractor(bb, self.batch_size, self.workers).embed_files(paths)}
         stored_ids, stored, _ = self.store.vectors(ids, dim=info.dim)
         stored_by_id = dict(zip((int(i) for i in stored_ids), stored))
-        pairs = [(got[p], stored_by_id[i]) for p, i in zip(paths, ids) if got.get(p) is not None and i in stored_by_id]
+        pairs = [(v, stored_by_id[i]) for p, i in zip(paths, ids) if (v := got.get(p)) is not None and i in stored_by_id]
         if not pairs:
             raise IndexMismatchError(
                 f"The index at {self.directory} was built in {recorded} precision, and its indexed files could not "

@@ -121,16 +121,16 @@ def stored_for(store: Store, path: Path) -> tuple[int | None, np.ndarray | None]
 
 def vectors_for(store: Store, model: IndexModel, paths: Iterable[str | os.PathLike]) -> np.ndarray:
     """Unit vectors of image files: an indexed, unchanged file reuses its stored vector."""
-    paths = [images.absolute(p) for p in paths]
-    for p in paths:
+    files = [images.absolute(p) for p in paths]
+    for p in files:
         if not os.path.lexists(p):
             raise InputNotFoundError(f"No such file: {p}")
-    out: list[np.ndarray | None] = [stored_for(store, p)[1] for p in paths]
+    out: list[np.ndarray | None] = [stored_for(store, p)[1] for p in files]
     todo = [i for i, v in enumerate(out) if v is None]
     if todo:
-        for i, vec in zip(todo, model.embed([paths[i] for i in todo])):
+        for i, vec in zip(todo, model.embed([files[i] for i in todo])):
             out[i] = vec
-    return np.stack(out).astype(np.float32)
+    return np.stack([v for v in out if v is not None]).astype(np.float32)
 
 
 # -- the three uses ---------------------------------------------------------------------------
