@@ -30,15 +30,14 @@ from .dupes import DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD
 from .finetune import DEFAULT_NAME as HEAD_NAME
 from .finetune import UNFREEZE_EPOCHS, UNFREEZE_LEARNING_RATE
 from .labels import DEFAULT_TOP as LABEL_TOP
-from .backbones import (DEFAULT_BACKBONE, DEFAULT_PRECISION, Backbone, WeightsSpec, check_fingerprint, check_precision,
-                        get_spec, recorded_precision)
+from .backbones import DEFAULT_PRECISION, Backbone, WeightsSpec, check_fingerprint, check_precision, recorded_precision
 from .config import DB_NAME, DEFAULT_K, LOCK_NAME, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, VECTORS_NAME, resolve_index_dir
 from .errors import BadImageError, IndexCorruptError, IndexMismatchError, IndexNotFoundError, InputNotFoundError, NoImagesError, NotIndexedError, StructureError, VecsearchError
 from .explain import OVERLAY_SIDE
 from .extract import Extractor
 from .files import WriterLock
 from .indexer import IndexSummary, RemoveSummary
-from .model import IndexModel, PrecisionCheck
+from .model import UNSET, IndexModel, PrecisionCheck, requested_model
 from .store import ImageRecord, Store, no_annotations
 from .index_types import DEFAULT_TYPE, IndexSpec, check_index_type, parse_memory
 from .search import Searcher
@@ -46,7 +45,7 @@ from .vectors import FaissIndex, normalize, sidecar_path
 
 log = logging.getLogger(__name__)
 
-_UNSET: Any = object()
+_UNSET: Any = UNSET
 Progress = Callable[[int, int], None]
 
 __all__ = ["VecIndex", "open_index", "Hit", "embed_to_shards"]
@@ -496,10 +495,7 @@ class VecIndex:
     # -- images ---------------------------------------------------------------------------
     def image(self, image_id: int) -> ImageRecord:
         """The record of one image (ok or failed)."""
-        rec = self.store.image(image_id)
-        if rec is None:
-            raise NotIndexedError(f"No indexed image with id {image_id}.")
-        return rec
+        return queries.record(self.store, image_id)
 
     def original(self, image_id: int, *, max_bytes: int = MAX_IMAGE_BYTES) -> images.FileStream:
         """The file of an indexed image, opened to be read once in chunks (iterate it, or close it).
@@ -937,6 +933,30 @@ def _never() -> Iterator[bool]:
     yield False
 
 
+def _open_store(directory: Path, *, create: bool, read_only: bool | None, restructure: bool) -> Store:
+    """The store of the index folder `directory`, created when allowed; read-only (None: when not writable here)."""
+    if directory.exists() and not directory.is_dir():
+        raise VecsearchError(f"{directory} is a file, not an index folder: open a folder (new or existing).",
+                             option="index")
+    db = directory / DB_NAME
+    if db.exists() and not db.is_file():
+        raise IndexCorruptError(f"{db} is not a file: move it away (the index is then empty) or restore it from a backup.")
+    if not db.exists():
+        if not create:
+            raise IndexNotFoundError(f"No index at {directory}: add images to build one, or open the folder that holds it.",
+                                     option="index")
+        if read_only:
+            raise IndexNotFoundError(f"No index at {directory} to open read-only.")
+        directory.mkdir(parents=True, exist_ok=True)
+    if read_only is None:
+        read_only = db.exists() and not (os.access(directory, os.W_OK) and os.access(db, os.W_OK))
+        if read_only:
+            log.info("%s is not writable: opening the index read-only", directory)
+    if read_only and restructure:
+        raise VecsearchError(f"The index at {directory} is read-only here; its search structure cannot be changed.")
+    return Store(db, read_only=read_only)
+
+
 def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = None, weights: Any = _UNSET,
                seed: int | None = None, create: bool = True, batch_size: int | None = None,
                workers: int | None = None, model: Backbone | None = None,
@@ -975,33 +995,15 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
         raise VecsearchError(f"The model passed is built in {model.precision} precision, not {precision}.")
     budget = parse_memory(max_memory)
     directory = resolve_index_dir(path)
-    if directory.exists() and not directory.is_dir():
-        raise VecsearchError(f"{directory} is a file, not an index folder: open a folder (new or existing).",
-                             option="index")
-    db = directory / DB_NAME
-    if db.exists() and not db.is_file():
-        raise IndexCorruptError(f"{db} is not a file: move it away (the index is then empty) or restore it from a backup.")
-    if not db.exists():
-        if not create:
-            raise IndexNotFoundError(f"No index at {directory}: add images to build one, or open the folder that holds it.",
-                                     option="index")
-        if read_only:
-            raise IndexNotFoundError(f"No index at {directory} to open read-only.")
-        directory.mkdir(parents=True, exist_ok=True)
-    if read_only is None:
-        read_only = db.exists() and not (os.access(directory, os.W_OK) and os.access(db, os.W_OK))
-        if read_only:
-            log.info("%s is not writable: opening the index read-only", directory)
-    if read_only and (index_type is not None or budget is not None):
-        raise VecsearchError(f"The index at {directory} is read-only here; its search structure cannot be changed.")
-    store = Store(db, read_only=read_only)
+    store = _open_store(directory, create=create, read_only=read_only,
+                        restructure=index_type is not None or budget is not None)
     try:
         info = store.info()
         if info is None and not create:
             store.require_info()
         requested = None
         if backbone is not None or weights is not _UNSET or seed is not None or model is not None:
-            requested = _requested_model(directory, info, backbone, weights, seed, model)
+            requested = requested_model(directory, info, backbone, weights, seed, model)
         if info is not None and index_type is None and budget is not None:
             index_type = info.index_type  # a new budget for the type it has
         embeds = IndexModel(directory, store, model, requested=requested, batch_size=batch_size, workers=workers,
@@ -1016,32 +1018,6 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
     except BaseException:
         store.close()
         raise
-
-
-def _requested_model(directory: Path, info, backbone: str | None, weights: Any, seed: int | None,
-                     model: Backbone | None) -> tuple[str, WeightsSpec]:
-    """(backbone name, WeightsSpec) asked for; for an existing index it must be what built it."""
-    name = model.name if model else (backbone or (info.backbone if info else DEFAULT_BACKBONE))
-    get_spec(name)
-    if model is not None:
-        wspec = model.weights
-    elif weights is _UNSET:
-        wspec = WeightsSpec.recorded(info) if info else WeightsSpec.parse("imagenet" if seed is None else None, seed)
-    else:
-        wspec = WeightsSpec.parse(weights, seed)
-    if info is not None:
-        stored = WeightsSpec.recorded(info)
-        if name != info.backbone:
-            raise IndexMismatchError(
-                f"The index at {directory} was built with backbone {info.backbone}, not {name}. "
-                "Give no backbone (the index uses the one it records), or another index folder for a new index.",
-                option="recorded_model")
-        if wspec.kind != stored.kind or (wspec.kind == "random" and wspec.seed != stored.seed):
-            raise IndexMismatchError(
-                f"The index at {directory} was built with weights {stored.describe()}, not {wspec.describe()}. "
-                "Give no weights (the index uses the ones it records), or another index folder for a new index.",
-                option="recorded_model")
-    return name, wspec
 
 
 def embed_to_shards(paths: Iterable[str | os.PathLike], out: str | os.PathLike, *, backbone: str | None = None,
@@ -1061,10 +1037,8 @@ def embed_to_shards(paths: Iterable[str | os.PathLike], out: str | os.PathLike, 
     for r in roots:  # said before the model loads
         if not os.path.lexists(r):
             raise InputNotFoundError(f"No such file or folder: {r}")
-    name = backbone or DEFAULT_BACKBONE
-    get_spec(name)
     check_precision(precision)
-    wspec = WeightsSpec.parse(("imagenet" if seed is None else None) if weights is _UNSET else weights, seed)
+    name, wspec = requested_model(Path(out), None, backbone, weights, seed, None)  # what a new index would take
     asked = {"backbone": name, "weights_kind": wspec.kind, "weights_seed": wspec.seed, "weights_path": wspec.path,
              "precision": precision}
     out = Path(out).expanduser()

@@ -39,6 +39,9 @@ EMBED_CHUNK = 64
 PRECISION_CHECK_IMAGES = 8
 """Stored images re-embedded to decide whether another precision may add to an index."""
 
+UNSET: Any = object()
+"""Weights not given: a new index takes ImageNet (the seeded random init with a seed), an existing one its own."""
+
 
 @dataclass
 class PrecisionCheck:
@@ -71,6 +74,32 @@ def png_bytes(image: Any) -> bytes:
     except (AttributeError, OSError, ValueError) as e:
         raise BadImageError(f"cannot encode this image: {e}") from e
     return buf.getvalue()
+
+
+def requested_model(directory: Path, info: Any, backbone: str | None, weights: Any, seed: int | None,
+                    model: Backbone | None) -> tuple[str, WeightsSpec]:
+    """(backbone name, WeightsSpec) asked for; for an existing index it must be what built it."""
+    name = model.name if model else (backbone or (info.backbone if info else DEFAULT_BACKBONE))
+    get_spec(name)
+    if model is not None:
+        wspec = model.weights
+    elif weights is UNSET:
+        wspec = WeightsSpec.recorded(info) if info else WeightsSpec.parse("imagenet" if seed is None else None, seed)
+    else:
+        wspec = WeightsSpec.parse(weights, seed)
+    if info is not None:
+        stored = WeightsSpec.recorded(info)
+        if name != info.backbone:
+            raise IndexMismatchError(
+                f"The index at {directory} was built with backbone {info.backbone}, not {name}. "
+                "Give no backbone (the index uses the one it records), or another index folder for a new index.",
+                option="recorded_model")
+        if wspec.kind != stored.kind or (wspec.kind == "random" and wspec.seed != stored.seed):
+            raise IndexMismatchError(
+                f"The index at {directory} was built with weights {stored.describe()}, not {wspec.describe()}. "
+                "Give no weights (the index uses the ones it records), or another index folder for a new index.",
+                option="recorded_model")
+    return name, wspec
 
 
 class IndexModel:
