@@ -4,8 +4,9 @@ An index is a folder holding `index.db` (SQLite: images, labels, classifiers, wh
 vector lives; the source of truth), `vectors/` (the unit vectors, stored once, in shard
 files) and, for approximate index types, `vectors.faiss` (+ JSON sidecar), a search
 structure derived from them. The CLI, the HTTP service and Python users all call the methods below; each one
-hands its work down to the module that owns the concept (`indexer`, `labels`, `classes`,
-`classify`, `finetune`, `dupes`, `explain`), passing the store, the FAISS index and the backbone in.
+hands its work down to the module that owns the concept (`model` embeds, `queries` reads what a caller
+passes, `indexer`, `labels`, `classes`, `classify`, `finetune`, `dupes`, `explain`), passing the store,
+the search structure and the model in.
 """
 
 from __future__ import annotations
@@ -1038,10 +1039,10 @@ def embed_to_shards(paths: Iterable[str | os.PathLike], out: str | os.PathLike, 
         if not os.path.lexists(r):
             raise InputNotFoundError(f"No such file or folder: {r}")
     check_precision(precision)
-    name, wspec = requested_model(Path(out), None, backbone, weights, seed, None)  # what a new index would take
+    out = Path(out).expanduser()
+    name, wspec = requested_model(out, None, backbone, weights, seed, None)  # what a new index would take
     asked = {"backbone": name, "weights_kind": wspec.kind, "weights_seed": wspec.seed, "weights_path": wspec.path,
              "precision": precision}
-    out = Path(out).expanduser()
     # The backbone is built by the first meta() (a re-run whose shards are all done builds none),
     # for Ray too: the shards record its fingerprint, and workers check theirs.
     job = IndexModel(out, None, requested=(name, wspec), batch_size=batch_size, workers=workers, precision=precision,
