@@ -18,7 +18,7 @@ import pytest
 from helpers import run, run_json, write_vector_file
 
 from vecsearch import BadVectorFileError, VecsearchError, config, open_index
-from vecsearch.api import VecIndex
+from vecsearch.model import IndexModel
 
 TINY = ["--backbone", "tiny", "--weights", "none", "--seed", "7"]
 DIM = 32
@@ -52,7 +52,7 @@ def test_an_npz_export_keeps_the_file_facts_so_an_import_then_index_embeds_nothi
     def no_model(*a, **k):
         raise AssertionError("the model ran for a query of an indexed, unchanged file")
 
-    monkeypatch.setattr(VecIndex, "embed", no_model)
+    monkeypatch.setattr(IndexModel, "embed", no_model)
     query = photos / "a" / "img01.jpg"
     hits = run_json("query", query, "--index", dst, "--k", 11)
     assert len(hits) == 11 and str(query.resolve()) not in [h["path"] for h in hits]

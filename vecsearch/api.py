@@ -4,26 +4,23 @@ An index is a folder holding `index.db` (SQLite: images, labels, classifiers, wh
 vector lives; the source of truth), `vectors/` (the unit vectors, stored once, in shard
 files) and, for approximate index types, `vectors.faiss` (+ JSON sidecar), a search
 structure derived from them. The CLI, the HTTP service and Python users all call the methods below; each one
-hands its work down to the module that owns the concept (`indexer`, `labels`, `classes`,
-`classify`, `finetune`, `dupes`, `explain`), passing the store, the FAISS index and the backbone in.
+hands its work down to the module that owns the concept (`model` embeds, `queries` reads what a caller
+passes, `indexer`, `labels`, `classes`, `classify`, `finetune`, `dupes`, `explain`), passing the store,
+the search structure and the model in.
 """
 
 from __future__ import annotations
 
-import io
-import itertools
+import functools
 import logging
 import os
-import threading
 import time
-from collections import OrderedDict
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import classes, classifiers, classify, dupes, embed_job, explain, finetune, images, indexer, labels, ray_engine, vector_files
+from . import classes, classifiers, classify, dupes, embed_job, explain, finetune, images, indexer, labels, queries, ray_engine, vector_files
 from .classes import SEED
 from .classifiers import DEFAULT_TOP as CLASSIFY_TOP
 from .classify import DEFAULT_K as KNN_K
@@ -31,80 +28,41 @@ from .dupes import DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD
 from .finetune import DEFAULT_NAME as HEAD_NAME
 from .finetune import UNFREEZE_EPOCHS, UNFREEZE_LEARNING_RATE
 from .labels import DEFAULT_TOP as LABEL_TOP
-from .backbones import (DEFAULT_BACKBONE, DEFAULT_PRECISION, MIXING_MIN_COSINE, Backbone, WeightsSpec, check_fingerprint,
-                        check_precision, get_spec, load_backbone, recorded_precision)
-from .config import DB_NAME, DEFAULT_K, LOCK_NAME, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, VECTORS_NAME, VERSION, resolve_index_dir
-from .errors import BadImageError, IndexCorruptError, IndexMismatchError, IndexNotFoundError, InputNotFoundError, NoImagesError, NotIndexedError, VecsearchError
+from .backbones import DEFAULT_PRECISION, Backbone, WeightsSpec, check_fingerprint, check_precision, recorded_precision
+from .config import DB_NAME, DEFAULT_K, LOCK_NAME, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, VECTORS_NAME, resolve_index_dir
+from .errors import BadImageError, IndexCorruptError, IndexNotFoundError, InputNotFoundError, NoImagesError, NotIndexedError, VecsearchError
 from .explain import OVERLAY_SIDE
-from .extract import RESAMPLE, Extractor
-from .files import FileStream, WriterLock, absolute, open_stream, read_bytes
+from .extract import Extractor
+from .files import FileStream, WriterLock, absolute, open_stream
 from .indexer import IndexSummary, RemoveSummary
+from .model import UNSET, IndexModel, PrecisionCheck, requested_model
 from .store import ImageRecord, Store, no_annotations
 from .search import (DEFAULT_TYPE, FaissIndex, Hit, IndexSpec, LiveSearch, Searcher, allowed_ids, check_index_type,
                      check_limits, parse_memory, sidecar_path)
-from .vectors import normalize
 
 log = logging.getLogger(__name__)
 
-_UNSET: Any = object()
+_UNSET: Any = UNSET
 Progress = Callable[[int, int], None]
 
 __all__ = ["VecIndex", "open_index", "Hit", "embed_to_shards"]
 
 
-@dataclass
-class PrecisionCheck:
-    """An index of one precision opened with the other: stored vectors re-embedded and compared."""
-
-    index_precision: str
-    precision: str
-    images: int  # stored vectors compared
-    min_cosine: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-EMBED_CHUNK = 64
-"""Files `embed` decodes before each model call: a query's few at once, a long list in bounded memory."""
-
-PRECISION_CHECK_IMAGES = 8
-"""Stored images re-embedded to decide whether another precision may add to an index."""
-
-
 class VecIndex:
     """One index: add images, search, label, classify, fine-tune, find duplicates, report.
 
-    The store, the FAISS index and (optionally) a built backbone are passed in; the
-    backbone is otherwise built on first need from what the index records. Open one with
-    `open_index`.
+    The store and the model (`IndexModel`: what embeds, its backbone built on first need
+    from what the index records) are passed in. Open one with `open_index`.
     """
 
-    def __init__(self, directory: Path, store: Store, backbone: Backbone | None = None, *,
-                 requested: tuple[str, WeightsSpec] | None = None, batch_size: int | None = None,
-                 workers: int | None = None, index_type: str | None = None, max_memory: int | None = None,
-                 progress: Progress | None = None, precision: str | None = None, engine: str = "local",
-                 ray_address: str | None = None, gpus_per_worker: float | None = None):
+    def __init__(self, directory: Path, store: Store, model: IndexModel | None = None, *,
+                 index_type: str | None = None, max_memory: int | None = None, progress: Progress | None = None):
         self.directory = Path(directory)
         self.store = store
         self.read_only = store.read_only
-        self.batch_size = batch_size
-        self.workers = workers  # decode threads in-process; model actors with the Ray engine
-        self.engine = ray_engine.check_engine(engine)
-        self.ray_address, self.gpus_per_worker = ray_address, gpus_per_worker
-        self._backbone = backbone
-        if requested is None and backbone is not None:
-            requested = (backbone.name, backbone.weights)
-        self._requested = requested
-        # None: the precision the index records (float32 for a new one).
-        self._precision = check_precision(precision) if precision is not None else None
-        self.precision_check: PrecisionCheck | None = None  # set when another precision was verified
+        self.model = model if model is not None else IndexModel(self.directory, store)
         self._lock = WriterLock(self.directory / LOCK_NAME)
-        # One model call at a time: a Keras model is not safe to call from several threads.
-        self._model_lock = threading.Lock()
-        self._loaded: OrderedDict[tuple[str, str], Any] = OrderedDict()  # (name, created_at) -> classifier
-        self._loaded_lock = threading.Lock()
-        self._feature_maps: explain.FeatureMaps | None = None  # built on the first explanation
+        self._loaded = classifiers.LoadedClassifiers(self.directory)  # the server asks for the same ones often
         # The search structure asked for is built and recorded by the first write that can train
         # it (or at once by open_index when the vectors are there): a type is recorded only once
         # its structure exists.
@@ -166,116 +124,49 @@ class VecIndex:
         """Reload the vectors if another process changed the index; True if it did."""
         return self.live.refresh()
 
-    # -- the backbone -------------------------------------------------------------------
+    # -- the model (`IndexModel`) -------------------------------------------------------------
     @property
     def precision(self) -> str:
         """The compute precision new embeddings use: the one asked for, else the one the index records."""
-        if self._precision is not None:
-            return self._precision
-        if self._backbone is not None:
-            return self._backbone.precision
-        info = self.info
-        return recorded_precision(info) if info is not None else DEFAULT_PRECISION
+        return self.model.precision
 
     @property
     def backbone(self) -> Backbone:
         """The frozen feature extractor, built on first use from what the index records."""
-        if self._backbone is None:
-            info = self.info
-            if info is None:
-                name, weights = self._requested or (DEFAULT_BACKBONE, WeightsSpec("imagenet"))
-                self._backbone = load_backbone(name, weights, precision=self.precision)
-            else:
-                weights = self._requested[1] if self._requested else WeightsSpec.recorded(info)
-                bb = load_backbone(info.backbone, weights, precision=self.precision)
-                check_fingerprint(bb, info, self.directory)
-                self.check_precision(bb)
-                self._backbone = bb
-        return self._backbone
+        return self.model.backbone
+
+    @property
+    def precision_check(self) -> PrecisionCheck | None:
+        """Set when another precision than the index records was verified against its stored vectors."""
+        return self.model.precision_check
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.model.batch_size
+
+    @property
+    def workers(self) -> int | None:
+        return self.model.workers
+
+    @property
+    def engine(self) -> str:
+        return self.model.engine
 
     def check_precision(self, bb: Backbone) -> PrecisionCheck | None:
-        """Let a backbone of another precision than the index records add to it only if it agrees.
-
-        Up to PRECISION_CHECK_IMAGES indexed images whose files are unchanged are embedded
-        again with `bb` and compared with their stored vectors: at a minimum cosine of
-        MIXING_MIN_COSINE or more the two precisions share the index (the result is kept in
-        `precision_check`); below it IndexMismatchError. None when the precisions match.
-        """
-        info = self.info
-        if info is None or bb.precision == recorded_precision(info):
-            return None
-        recorded = recorded_precision(info)
-        paths, ids = [], []
-        for chunk_ids, _, _ in self.store.iter_vectors(chunk=256):
-            recs = self.store.images(chunk_ids)
-            for i in chunk_ids:
-                rec = recs.get(int(i))
-                if rec is not None and rec.status == "ok" and indexer.is_unchanged(rec, Path(rec.path)):
-                    paths.append(Path(rec.path))
-                    ids.append(int(i))
-                if len(ids) == PRECISION_CHECK_IMAGES:
-                    break
-            if len(ids) == PRECISION_CHECK_IMAGES:
-                break
-        if not ids:
-            if len(self.store.vector_ids()):
-                raise IndexMismatchError(
-                    f"The index at {self.directory} was built in {recorded} precision, and none of its indexed files "
-                    f"is here unchanged to check that {bb.precision} embeddings agree with it. Embed with precision={recorded!r}.", option="precision")
-            self.precision_check = PrecisionCheck(recorded, bb.precision, 0, 1.0)
-            return self.precision_check
-        got = {item.path: item.vector for item in Extractor(bb, self.batch_size, self.workers).embed_files(paths)}
-        stored_ids, stored, _ = self.store.vectors(ids, dim=info.dim)
-        stored_by_id = dict(zip((int(i) for i in stored_ids), stored))
-        pairs = [(got[p], stored_by_id[i]) for p, i in zip(paths, ids) if got.get(p) is not None and i in stored_by_id]
-        if not pairs:
-            raise IndexMismatchError(
-                f"The index at {self.directory} was built in {recorded} precision, and its indexed files could not "
-                f"be read again to check that {bb.precision} embeddings agree with it. Embed with precision={recorded!r}.", option="precision")
-        cosines = np.nan_to_num([float(np.dot(a.astype(np.float64), b.astype(np.float64))) for a, b in pairs], nan=-1.0)
-        check = PrecisionCheck(recorded, bb.precision, len(pairs), round(float(cosines.min()), 6))
-        if not check.min_cosine >= MIXING_MIN_COSINE:
-            raise IndexMismatchError(
-                f"The index at {self.directory} was built in {recorded} precision; {bb.precision} embeddings of "
-                f"{check.images} of its images agree with the stored vectors only to cosine {check.min_cosine:.4f} "
-                f"(at least {MIXING_MIN_COSINE} is needed to share an index). Embed with precision={recorded!r}, "
-                "or build a new index in another folder.", option="precision")
-        log.info("%s embeddings agree with the %s index (min cosine %.5f over %d images): accepted",
-                 bb.precision, recorded, check.min_cosine, check.images)
-        self.precision_check = check
-        return check
+        """Let a backbone of another precision add to the index only if it agrees (`IndexModel.check_precision`)."""
+        return self.model.check_precision(bb)
 
     def extractor(self) -> Extractor:
-        return Extractor(self.backbone, self.batch_size, self.workers)
-
-    def _embedder(self) -> Extractor | ray_engine.RayEngine:
-        """What `add` embeds with: the in-process extractor, or the Ray engine (queries always stay in-process)."""
-        if self.engine == "local":
-            return self.extractor()
-        info = self._require_info()
-        if self.precision != recorded_precision(info):
-            _ = self.backbone  # builds it here and checks the other precision against stored vectors (or refuses)
-        weights = self._requested[1] if self._requested else WeightsSpec.recorded(info)
-        recipe = ray_engine.ModelRecipe.for_model(info.backbone, weights, batch_size=self.batch_size,
-                                                  fingerprint=info.weights_fingerprint, precision=self.precision)
-        return ray_engine.RayEngine(recipe, address=self.ray_address, workers=self.workers,
-                                    gpus_per_worker=self.gpus_per_worker)
+        return self.model.extractor()
 
     def warm_up(self) -> None:
         """Build the backbone and trace its compiled call now, so the first query doesn't pay for it."""
-        w, h = self.backbone.input_size
-        with self._model_lock:
-            self.extractor().embed_pixels(np.zeros((1, h, w, 3), np.uint8))
+        self.model.warm_up()
 
     def _ensure_info(self) -> None:
-        if self.info is not None:
-            return
-        bb = self.backbone
-        self.store.create_info(
-            backbone=bb.name, weights_kind=bb.weights.kind, weights_seed=bb.weights.seed,
-            weights_path=bb.weights.path, weights_fingerprint=bb.fingerprint, dim=bb.dim,
-            metric="cosine", index_type=DEFAULT_TYPE, max_memory=None, precision=bb.precision,
-        )
+        if self.info is None:
+            fields = {k: v for k, v in self.model.meta().items() if k != "vecsearch"}
+            self.store.create_info(**fields, index_type=DEFAULT_TYPE, max_memory=None)
 
     # -- indexing -------------------------------------------------------------------------
     def add(self, paths: Iterable[str | os.PathLike], *, exclude: Iterable[str] = (), progress: Progress | None = None,
@@ -323,7 +214,7 @@ class VecIndex:
                 log.warning("%d stored vectors are damaged (checksum mismatch); their images are embedded again",
                             len(damaged))
                 self.store.forget_vectors(damaged)
-            summary = indexer.run(self.store, self._embedder, roots, files, progress=progress,
+            summary = indexer.run(self.store, self.model.embedder, roots, files, progress=progress,
                                   chunk_size=chunk_size, chunk_seconds=chunk_seconds, rejected=rejected)
             summary.retrained = self._after_write() and had_structure
             summary.repaired = len(damaged)
@@ -400,88 +291,24 @@ class VecIndex:
 
     # -- embedding ------------------------------------------------------------------------
     def embed(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
-        """Unit vectors (n, dim) for image files, with this index's backbone; a bad file raises BadImageError.
-
-        Files are read and decoded (as indexing does) a chunk at a time before the model is
-        called, so a bad query file is refused before the model's start-up, and memory stays
-        at one chunk of pixels however many paths come (`add` decodes in threads instead).
-        """
-        size = self._input_size()
-        out: list[np.ndarray] = []
-        it = iter(paths)
-        while chunk := [self._read_pixels(Path(p), size) for p in itertools.islice(it, EMBED_CHUNK)]:
-            with self._model_lock:
-                out.append(self.extractor().embed_pixels(np.stack(chunk)))
-        if not out:
-            return np.zeros((0, get_spec(self._model_name()).dim), np.float32)
-        return np.concatenate(out)
+        """Unit vectors (n, dim) for image files, with this index's backbone; a bad file raises BadImageError."""
+        return self.model.embed(paths)
 
     def embed_bytes(self, data: bytes, *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
         """Unit vector of an image given as bytes (an upload), decoded exactly as indexing does (before the model loads)."""
-        pixels, _, _ = images.decode_image(data, self._input_size(), max_pixels=max_pixels, resample=RESAMPLE)
-        with self._model_lock:
-            return self.extractor().embed_pixels(pixels[None])[0]
-
-    @staticmethod
-    def _read_pixels(path: Path, size: tuple[int, int]) -> np.ndarray:
-        """A file decoded as `Extractor` decodes it, with its reasons (a decoder's own bug too) as BadImageError."""
-        try:
-            return images.read_image_file(path, size, resample=RESAMPLE).pixels
-        except BadImageError as e:
-            raise BadImageError(e.reason, str(path)) from e
-        except Exception as e:  # as Extractor.embed_files: one bad file is a reason, never a traceback
-            raise BadImageError(f"unreadable: {type(e).__name__}: {e}", str(path)) from e
-
-    def _model_name(self) -> str:
-        """The backbone's name, known without building it: the index's, else the one asked for."""
-        if self._backbone is not None:
-            return self._backbone.name
-        info = self.info
-        if info is not None:
-            return info.backbone
-        return self._requested[0] if self._requested else DEFAULT_BACKBONE
-
-    def _input_size(self) -> tuple[int, int]:
-        """The backbone's input (width, height), from the registry: images are decoded before the model is built."""
-        return get_spec(self._model_name()).input_size
+        return self.model.embed_bytes(data, max_pixels=max_pixels)
 
     def embed_image(self, image) -> np.ndarray:
         """Unit vector of a PIL image, encoded losslessly and decoded exactly as indexing does."""
-        buf = io.BytesIO()
-        try:
-            image.save(buf, format="PNG")
-        except (AttributeError, OSError, ValueError) as e:
-            raise BadImageError(f"cannot encode this image: {e}") from e
-        return self.embed_bytes(buf.getvalue())
+        return self.model.embed_image(image)
 
     def vector(self, image_id: int) -> np.ndarray:
         """The stored unit vector of an indexed image."""
-        ids, mat, _ = self.store.vectors([image_id], dim=self._require_info().dim)
-        if not len(ids):
-            raise NotIndexedError(f"No indexed image with id {image_id}.")
-        return mat[0]
+        return queries.stored_vector(self.store, image_id)
 
     def vectors_for(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
         """Unit vectors of image files: an indexed, unchanged file reuses its stored vector."""
-        paths = [absolute(p) for p in paths]
-        for p in paths:
-            if not os.path.lexists(p):
-                raise InputNotFoundError(f"No such file: {p}")
-        out: list[np.ndarray | None] = [self._stored_vector(p)[1] for p in paths]
-        todo = [i for i, v in enumerate(out) if v is None]
-        if todo:
-            for i, vec in zip(todo, self.embed([paths[i] for i in todo])):
-                out[i] = vec
-        return np.stack(out).astype(np.float32)
-
-    def _stored_vector(self, path: Path) -> tuple[int | None, np.ndarray | None]:
-        """(id, vector) of an indexed file that is unchanged since, else (None, None)."""
-        if self.info is None or not images.storable(path):
-            return None, None
-        rec = self.store.image_by_path(str(absolute(path)))
-        if rec is not None and rec.status == "ok" and indexer.is_unchanged(rec, path):
-            return rec.id, self.vector(rec.id)
-        return None, None
+        return queries.vectors_for(self.store, self.model, paths)
 
     # -- search ---------------------------------------------------------------------------
     def search(self, query, k: int = DEFAULT_K, *, include_self: bool = False,
@@ -502,32 +329,8 @@ class VecIndex:
                                   classifier=classifier, min_score=min_score)
 
     def _query_vector(self, query, what: str) -> tuple[np.ndarray, Path | None, int | None]:
-        """(unit vector, file path or None, id of the indexed file whose vector it reuses or None).
-
-        One place turns every query form -- a vector, image bytes, an image file, a PIL
-        image -- into a vector, for search and classification alike.
-        """
-        if isinstance(query, np.ndarray):
-            if query.dtype.kind not in "fiu" or query.size == 0:
-                raise VecsearchError(f"Cannot {what} an array of {query.dtype} with {query.size} values: "
-                                     "a vector is a non-empty array of numbers.")
-            return normalize(query.astype(np.float32).reshape(-1)), None, None
-        if isinstance(query, (bytes, bytearray, memoryview)):
-            return self.embed_bytes(bytes(query)), None, None
-        if isinstance(query, (str, os.PathLike)):
-            p = absolute(query)
-            if not os.path.lexists(p):
-                raise InputNotFoundError(f"No such file: {p}")
-            found, vector = self._stored_vector(p)
-            return (self.embed([p])[0] if vector is None else vector), p, found
-        if hasattr(query, "save") and hasattr(query, "mode"):  # a PIL image
-            return self.embed_image(query), None, None
-        if isinstance(query, (list, tuple)) and query and all(
-                isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in query):
-            return normalize(np.asarray(query, np.float32)), None, None
-        also = " (for an indexed image's id, use similar(id))" if isinstance(query, (int, np.integer)) else ""
-        raise VecsearchError(f"Cannot {what} a {type(query).__name__}{also}: give an image path (str or Path), "
-                             "a vector (numpy array or list of numbers), image bytes or a PIL image.")
+        """(unit vector, file path or None, id of the indexed file whose vector it reuses or None): `queries`."""
+        return queries.query_vector(self.store, self.model, query, what)
 
     def search_vector(self, q: np.ndarray, k: int = DEFAULT_K, *, exclude: set[int] | None = None,
                       under: str | os.PathLike | None = None, label: str | None = None,
@@ -564,10 +367,7 @@ class VecIndex:
     # -- images ---------------------------------------------------------------------------
     def image(self, image_id: int) -> ImageRecord:
         """The record of one image (ok or failed)."""
-        rec = self.store.image(image_id)
-        if rec is None:
-            raise NotIndexedError(f"No indexed image with id {image_id}.")
-        return rec
+        return queries.record(self.store, image_id)
 
     def original(self, image_id: int, *, max_bytes: int = MAX_IMAGE_BYTES) -> FileStream:
         """The file of an indexed image, opened to be read once in chunks (iterate it, or close it).
@@ -663,19 +463,14 @@ class VecIndex:
 
         The suffix decides the format; `import` reads either back. Streams in batches.
         """
-        return vector_files.export_index(self.store, out, self._model_meta(self._require_info()), progress)
+        return vector_files.export_index(self.store, out, self.model.meta(self._require_info()), progress)
 
-    def _model_meta(self, info) -> dict:
-        return {"backbone": info.backbone, "weights_kind": info.weights_kind, "weights_seed": info.weights_seed,
-                "weights_path": info.weights_path, "weights_fingerprint": info.weights_fingerprint,
-                "dim": info.dim, "metric": info.metric, "precision": recorded_precision(info), "vecsearch": VERSION}
 
     def _check_import_precision(self, info, precisions: set[str]) -> None:
         """Vectors of another precision than the index's come in only if that precision agrees
         with the stored vectors (`check_precision`, embedding a few indexed images both ways)."""
         for precision in sorted(precisions - {recorded_precision(info)}):
-            weights = self._requested[1] if self._requested else WeightsSpec.recorded(info)
-            self.check_precision(load_backbone(info.backbone, weights, precision=precision))
+            self.model.check_other_precision(precision)
 
     def import_vectors(self, source: str | os.PathLike, *, unchecked: bool = False,
                        progress: Progress | None = None) -> vector_files.ImportSummary:
@@ -689,7 +484,7 @@ class VecIndex:
         self._check_writable()
         started = time.perf_counter()
         info = self.info
-        checked = vector_files.check_import(source, self._model_meta(info) if info is not None else None,
+        checked = vector_files.check_import(source, self.model.meta(info) if info is not None else None,
                                             unchecked, self.directory)  # every file, before anything is written
         if info is not None:
             self._check_import_precision(info, checked.precisions)
@@ -728,7 +523,10 @@ class VecIndex:
     def teach(self, source: str | os.PathLike, *, replace: bool = False,
               progress: Progress | None = None) -> classes.TeachSummary:
         """Label images with classes of your own from class folders or a CSV; unindexed files are indexed first."""
-        return classes.teach(self.store, source, add=self.add, replace=replace, progress=progress)
+        plan = classes.plan_teach(self.store, source)
+        if plan.to_index:
+            plan.summary.indexed = self.add(plan.to_index, progress=progress).indexed
+        return classes.apply_teach(self.store, plan, replace=replace)
 
     def label_counts(self) -> dict[str, dict[str, int]]:
         """{class: {split or "": images}} of the user's labels."""
@@ -756,14 +554,7 @@ class VecIndex:
         classifier is picked up and a server does not unpickle one per request.
         """
         row = classifiers.find(self.store, name, kind)
-        key = (row["name"], row["created_at"])
-        with self._loaded_lock:
-            if key not in self._loaded:
-                self._loaded[key] = classifiers.load(self.directory, row)
-                while len(self._loaded) > 8:
-                    self._loaded.popitem(last=False)
-            self._loaded.move_to_end(key)
-            return row, self._loaded[key]
+        return row, self._loaded.get(row)
 
     def classify(self, query, *, name: str | None = None, kind: str | None = None,
                  top: int = CLASSIFY_TOP, model: tuple[dict, Any] | None = None) -> classifiers.Classification:
@@ -776,8 +567,8 @@ class VecIndex:
             classifiers.find(self.store, name, kind)  # none saved: said before the query costs a model load
         vector, path, _ = self._query_vector(query, "classify")  # a missing or bad file: refused before any model
         row, clf = model or self.classifier(name, kind)
-        with self._model_lock:  # a fine-tuned head is a Keras model too
-            return classifiers.classification(clf, row, vector, top=top, path=None if path is None else str(path))
+        return self.model.run(classifiers.classification, clf, row, vector, top=top,  # a head is a Keras model too
+                              path=None if path is None else str(path))
 
     # -- fine-tuning ----------------------------------------------------------------------
     def finetune(self, *, name: str = HEAD_NAME, params: finetune.HeadParams | None = None,
@@ -807,8 +598,11 @@ class VecIndex:
                 head_path: str | os.PathLike | None = None, name: str = HEAD_NAME,
                 metrics: dict | None = None, progress: Progress | None = None) -> IndexSummary:
         """Build a new index at `into` with tuned weights over the same images, labels and head copied."""
-        return finetune.reembed(self.store, self.directory, weights_path, into, open_index=open_index,
-                                head_path=head_path, name=name, metrics=metrics, progress=progress)
+        plan = finetune.plan_reembed(self.store, self.directory, weights_path, into)
+        with open_index(plan.into, backbone=plan.backbone, weights=str(plan.weights)) as new:
+            summary = new.add(plan.paths, progress=progress)
+            finetune.carry_over(plan, new.store, new.directory, head_path=head_path, name=name, metrics=metrics)
+        return summary
 
     # -- explanations -----------------------------------------------------------------------
     def explain(self, image, *, like=None, imagenet_class: str | None = None, classifier: str | None = None,
@@ -830,21 +624,20 @@ class VecIndex:
             labels.find_classes(imagenet_class)
         if target == "classifier":
             explain.kind_of(classifiers.find(self.store, classifier))
-        data, path = self._image_data(image)
-        pixels = self._model_pixels(data, path, max_pixels)
+        data, path = queries.image_data(self.store, image)
+        pixels = self.model.decode(data, path, max_pixels)
         model = self.classifier(classifier) if target == "classifier" else None
         top = labels.load_top(self.store, self.directory, weights) if target == "imagenet" else None
-        other, like_name = self._like_vector(like) if target == "similar" else (None, None)
-        seen = self._seen(data, path, side=side, max_pixels=max_pixels, pixels=pixels)
-        layer = self._maps().layer
+        other, like_name = queries.like_vector(self.store, self.model, like) if target == "similar" else (None, None)
+        seen = self.model.look(data, path, side=side, max_pixels=max_pixels, pixels=pixels)
+        layer = self.model.maps().layer
         if target == "similar":
             return explain.explain_similar(seen, other, layer, like=like_name)
         if target == "imagenet":
             return explain.explain_imagenet(seen, top, layer, imagenet_class)
         row, clf = model
         if row["kind"] == "head":
-            with self._model_lock:  # the head is a Keras model too
-                return explain.explain_head(seen, clf, row, layer, label)
+            return self.model.run(explain.explain_head, seen, clf, row, layer, label)  # a Keras model too
         return explain.explain_probe(seen, clf, row, layer, label)
 
     def explain_hits(self, query, hits: Iterable[Hit], *, side: int = OVERLAY_SIDE,
@@ -858,7 +651,7 @@ class VecIndex:
         out = []
         for h in hits:
             seen_h = self._look(h.id, side=side, max_pixels=max_pixels)
-            layer = self._maps().layer
+            layer = self.model.maps().layer
             out.append((explain.explain_similar(seen_q, seen_h.unit, layer, like=f"#{h.id} {h.path}"),
                         explain.explain_similar(seen_h, seen_q.unit, layer, like=q_name)))
         return out
@@ -874,70 +667,9 @@ class VecIndex:
                                              [f"query vs #{h.rank}", f"#{h.rank} vs query: {h.score:.4f}"]))
         return written
 
-    def _maps(self) -> explain.FeatureMaps:
-        if self._feature_maps is None or self._feature_maps.backbone is not self.backbone:
-            self._feature_maps = explain.FeatureMaps(self.backbone)
-        return self._feature_maps
-
     def _look(self, image, *, side: int, max_pixels: int | None) -> explain.Seen:
         """An image (path, bytes, PIL image or indexed id) as the model sees it, with its feature map."""
-        data, path = self._image_data(image)
-        return self._seen(data, path, side=side, max_pixels=max_pixels)
-
-    def _seen(self, data: bytes, path: str | None, *, side: int, max_pixels: int | None,
-              pixels: np.ndarray | None = None) -> explain.Seen:
-        with self._model_lock:  # building the two-output model is a Keras call too
-            maps = self._maps()
-        return explain.look(maps, data, path=path, max_pixels=max_pixels, side=side, lock=self._model_lock,
-                            pixels=pixels)
-
-    def _model_pixels(self, data: bytes, path: str | None, max_pixels: int | None) -> np.ndarray:
-        """The image decoded at the model's input size, as `explain.look` does: a bad file fails before the model loads."""
-        try:
-            return images.decode_image(data, self._input_size(), max_pixels=max_pixels, resample=RESAMPLE)[0]
-        except BadImageError as e:
-            raise BadImageError(e.reason, path=path) from e
-
-    def _image_data(self, image) -> tuple[bytes, str | None]:
-        """(bytes, path or None) of an image given as a path, bytes, a PIL image or an indexed id."""
-        path = None
-        if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
-            path = self.image(int(image)).path
-            data = read_bytes(path)
-        elif isinstance(image, (bytes, bytearray, memoryview)):
-            data = bytes(image)
-        elif isinstance(image, (str, os.PathLike)):
-            p = Path(image).expanduser()
-            if not p.is_file():
-                raise InputNotFoundError(f"No such file: {p}")
-            path, data = str(p.resolve()), read_bytes(p)
-        elif hasattr(image, "save") and hasattr(image, "mode"):  # a PIL image, encoded losslessly
-            buf = io.BytesIO()
-            try:
-                image.save(buf, format="PNG")
-            except (AttributeError, OSError, ValueError) as e:
-                raise BadImageError(f"cannot encode this image: {e}") from e
-            data = buf.getvalue()
-        else:
-            raise VecsearchError(f"Cannot explain a {type(image).__name__}: give an image path, image bytes, "
-                                 "a PIL image or an indexed image's id.")
-        return data, path
-
-    def _like_vector(self, like) -> tuple[np.ndarray, str]:
-        """The unit vector of the image to compare with, and how to name it."""
-        if isinstance(like, (int, np.integer)) and not isinstance(like, bool):
-            return self.vector(int(like)), f"#{int(like)} {self.image(int(like)).path}"
-        if isinstance(like, np.ndarray):
-            return normalize(like.astype(np.float32).reshape(-1)), "a vector"
-        if isinstance(like, (bytes, bytearray, memoryview)):
-            return self.embed_bytes(bytes(like)), "the upload"
-        if isinstance(like, (str, os.PathLike)):
-            p = Path(like).expanduser()
-            return self.vectors_for([p])[0], str(p.resolve())
-        if hasattr(like, "save") and hasattr(like, "mode"):
-            return self.embed_image(like), "an image"
-        raise VecsearchError(f"Cannot compare with a {type(like).__name__}: give an image path, image bytes, "
-                             "a PIL image, an indexed image's id or a vector.")
+        return self.model.look(*queries.image_data(self.store, image), side=side, max_pixels=max_pixels)
 
     # -- duplicates and similarity ----------------------------------------------------------
     def duplicates(self, threshold: float = DEFAULT_THRESHOLD, *, k: int = DEFAULT_NEIGHBOURS,
@@ -963,6 +695,30 @@ class VecIndex:
         return dupes.similarity_matrix(self.vectors_for(paths))
 
 
+
+
+def _open_store(directory: Path, *, create: bool, read_only: bool | None, restructure: bool) -> Store:
+    """The store of the index folder `directory`, created when allowed; read-only (None: when not writable here)."""
+    if directory.exists() and not directory.is_dir():
+        raise VecsearchError(f"{directory} is a file, not an index folder: open a folder (new or existing).",
+                             option="index")
+    db = directory / DB_NAME
+    if db.exists() and not db.is_file():
+        raise IndexCorruptError(f"{db} is not a file: move it away (the index is then empty) or restore it from a backup.")
+    if not db.exists():
+        if not create:
+            raise IndexNotFoundError(f"No index at {directory}: add images to build one, or open the folder that holds it.",
+                                     option="index")
+        if read_only:
+            raise IndexNotFoundError(f"No index at {directory} to open read-only.")
+        directory.mkdir(parents=True, exist_ok=True)
+    if read_only is None:
+        read_only = db.exists() and not (os.access(directory, os.W_OK) and os.access(db, os.W_OK))
+        if read_only:
+            log.info("%s is not writable: opening the index read-only", directory)
+    if read_only and restructure:
+        raise VecsearchError(f"The index at {directory} is read-only here; its search structure cannot be changed.")
+    return Store(db, read_only=read_only)
 
 
 def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = None, weights: Any = _UNSET,
@@ -1003,39 +759,20 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
         raise VecsearchError(f"The model passed is built in {model.precision} precision, not {precision}.")
     budget = parse_memory(max_memory)
     directory = resolve_index_dir(path)
-    if directory.exists() and not directory.is_dir():
-        raise VecsearchError(f"{directory} is a file, not an index folder: open a folder (new or existing).",
-                             option="index")
-    db = directory / DB_NAME
-    if db.exists() and not db.is_file():
-        raise IndexCorruptError(f"{db} is not a file: move it away (the index is then empty) or restore it from a backup.")
-    if not db.exists():
-        if not create:
-            raise IndexNotFoundError(f"No index at {directory}: add images to build one, or open the folder that holds it.",
-                                     option="index")
-        if read_only:
-            raise IndexNotFoundError(f"No index at {directory} to open read-only.")
-        directory.mkdir(parents=True, exist_ok=True)
-    if read_only is None:
-        read_only = db.exists() and not (os.access(directory, os.W_OK) and os.access(db, os.W_OK))
-        if read_only:
-            log.info("%s is not writable: opening the index read-only", directory)
-    if read_only and (index_type is not None or budget is not None):
-        raise VecsearchError(f"The index at {directory} is read-only here; its search structure cannot be changed.")
-    store = Store(db, read_only=read_only)
+    store = _open_store(directory, create=create, read_only=read_only,
+                        restructure=index_type is not None or budget is not None)
     try:
         info = store.info()
         if info is None and not create:
             store.require_info()
         requested = None
         if backbone is not None or weights is not _UNSET or seed is not None or model is not None:
-            requested = _requested_model(directory, info, backbone, weights, seed, model)
+            requested = requested_model(directory, info, backbone, weights, seed, model)
         if info is not None and index_type is None and budget is not None:
             index_type = info.index_type  # a new budget for the type it has
-        index = VecIndex(directory, store, backbone=model, requested=requested, batch_size=batch_size,
-                         workers=workers, index_type=index_type, max_memory=budget,
-                         progress=progress, precision=precision, engine=engine, ray_address=ray_address,
-                         gpus_per_worker=gpus_per_worker)
+        embeds = IndexModel(directory, store, model, requested=requested, batch_size=batch_size, workers=workers,
+                            precision=precision, engine=engine, ray_address=ray_address, gpus_per_worker=gpus_per_worker)
+        index = VecIndex(directory, store, embeds, index_type=index_type, max_memory=budget, progress=progress)
         if model is not None:
             check_fingerprint(model, info, directory)
             index.check_precision(model)
@@ -1045,32 +782,6 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
     except BaseException:
         store.close()
         raise
-
-
-def _requested_model(directory: Path, info, backbone: str | None, weights: Any, seed: int | None,
-                     model: Backbone | None) -> tuple[str, WeightsSpec]:
-    """(backbone name, WeightsSpec) asked for; for an existing index it must be what built it."""
-    name = model.name if model else (backbone or (info.backbone if info else DEFAULT_BACKBONE))
-    get_spec(name)
-    if model is not None:
-        wspec = model.weights
-    elif weights is _UNSET:
-        wspec = WeightsSpec.recorded(info) if info else WeightsSpec.parse("imagenet" if seed is None else None, seed)
-    else:
-        wspec = WeightsSpec.parse(weights, seed)
-    if info is not None:
-        stored = WeightsSpec.recorded(info)
-        if name != info.backbone:
-            raise IndexMismatchError(
-                f"The index at {directory} was built with backbone {info.backbone}, not {name}. "
-                "Give no backbone (the index uses the one it records), or another index folder for a new index.",
-                option="recorded_model")
-        if wspec.kind != stored.kind or (wspec.kind == "random" and wspec.seed != stored.seed):
-            raise IndexMismatchError(
-                f"The index at {directory} was built with weights {stored.describe()}, not {wspec.describe()}. "
-                "Give no weights (the index uses the ones it records), or another index folder for a new index.",
-                option="recorded_model")
-    return name, wspec
 
 
 def embed_to_shards(paths: Iterable[str | os.PathLike], out: str | os.PathLike, *, backbone: str | None = None,
@@ -1090,29 +801,14 @@ def embed_to_shards(paths: Iterable[str | os.PathLike], out: str | os.PathLike, 
     for r in roots:  # said before the model loads
         if not os.path.lexists(r):
             raise InputNotFoundError(f"No such file or folder: {r}")
-    name = backbone or DEFAULT_BACKBONE
-    get_spec(name)
     check_precision(precision)
-    wspec = WeightsSpec.parse(("imagenet" if seed is None else None) if weights is _UNSET else weights, seed)
+    out = Path(out).expanduser()
+    name, wspec = requested_model(out, None, backbone, weights, seed, None)  # what a new index would take
     asked = {"backbone": name, "weights_kind": wspec.kind, "weights_seed": wspec.seed, "weights_path": wspec.path,
              "precision": precision}
-    built: list[Backbone] = []
-
-    def model() -> dict:
-        """The model's meta, the backbone built on the first call: a re-run whose shards are all done builds none."""
-        if not built:  # here too for Ray: the shards record its fingerprint, and workers check theirs
-            built.append(load_backbone(name, wspec, precision=precision))
-        bb = built[0]
-        return asked | {"weights_fingerprint": bb.fingerprint, "dim": bb.dim, "metric": "cosine", "vecsearch": VERSION}
-
-    def embedder():
-        bb = built[0]
-        if engine == "local":
-            return Extractor(bb, batch_size, workers)
-        recipe = ray_engine.ModelRecipe.for_model(name, wspec, batch_size=batch_size, fingerprint=bb.fingerprint,
-                                                  precision=bb.precision)
-        return ray_engine.RayEngine(recipe, address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
-                                    ordered=True)
-
-    return embed_job.write_shards(roots, Path(out).expanduser(), model, embedder, asked=asked, shard_size=shard_size,
-                                  progress=progress)
+    # The backbone is built by the first meta() (a re-run whose shards are all done builds none),
+    # for Ray too: the shards record its fingerprint, and workers check theirs.
+    job = IndexModel(out, None, requested=(name, wspec), batch_size=batch_size, workers=workers, precision=precision,
+                     engine=engine, ray_address=ray_address, gpus_per_worker=gpus_per_worker)
+    return embed_job.write_shards(roots, out, job.meta, functools.partial(job.embedder, ordered=True), asked=asked,
+                                  shard_size=shard_size, progress=progress)

@@ -15,14 +15,13 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from . import files, images
 from .errors import BadImageError, BadLabelsError, InputNotFoundError, NoImagesError, NoLabelsError, VecsearchError
-from .indexer import IndexSummary, is_unchanged
-from .store import Store
+from .indexer import is_unchanged
+from .store import ImageRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -174,13 +173,20 @@ def read_label_rows(source: str | os.PathLike) -> tuple[str, list[LabelRow]]:
 
 
 # -- storing them -------------------------------------------------------------------
-def teach(store: Store, source: str | os.PathLike, *, add: Callable[..., IndexSummary], replace: bool = False,
-          progress: Callable[[int, int], None] | None = None) -> TeachSummary:
-    """Import labels from class folders or a CSV, embedding unindexed files first with `add`.
+@dataclass
+class TeachPlan:
+    """A label import read and checked: what to index first (`to_index`), then what to label."""
 
-    `add(paths, progress=...)` is the index's own indexing (passed in, so this module
-    stays below the index object). Files that cannot be embedded are reported in
-    `failed` and stay unlabelled. With replace, every earlier label is dropped first.
+    summary: TeachSummary
+    rows: dict[str, LabelRow]  # by path
+    records: dict[str, ImageRecord]  # the index's records when planned
+    to_index: list[Path]  # roots to pass to the index's `add` first; empty when every file is indexed
+
+
+def plan_teach(store: Store, source: str | os.PathLike) -> TeachPlan:
+    """Read labels from class folders or a CSV, and find the files to index before they are stored.
+
+    The index object indexes `to_index` (its own `add`), then calls `apply_teach`.
     """
     kind, rows = read_label_rows(source)
     by_path: dict[str, LabelRow] = {}
@@ -192,13 +198,18 @@ def teach(store: Store, source: str | os.PathLike, *, add: Callable[..., IndexSu
     summary = TeachSummary(source=str(files.absolute(source)), kind=kind)
     records = store.records()
     todo = [Path(p) for p in by_path if p not in records or not is_unchanged(records[p], Path(p))]
-    if todo:
-        # A folder root is passed whole so the indexer also notices files gone from it.
-        roots = [Path(summary.source), *todo] if kind == "folder" else todo
-        summary.indexed = add(roots, progress=progress).indexed
-        records = store.records()
+    # A folder root is passed whole so the indexer also notices files gone from it.
+    roots = ([Path(summary.source), *todo] if kind == "folder" else todo) if todo else []
+    return TeachPlan(summary, by_path, records, roots)
+
+
+def apply_teach(store: Store, plan: TeachPlan, *, replace: bool = False) -> TeachSummary:
+    """Store the planned labels of the files now indexed; files that could not be embedded are reported
+    in `failed` and stay unlabelled. With replace, every earlier label is dropped first."""
+    summary, kind = plan.summary, plan.summary.kind
+    records = store.records() if plan.to_index else plan.records
     label_rows = []
-    for p, r in by_path.items():
+    for p, r in plan.rows.items():
         rec = records.get(p)
         if rec is None or rec.status != "ok":
             summary.failed.append({"path": p, "reason": rec.reason if rec is not None and rec.reason else "not indexed"})

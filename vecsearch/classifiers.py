@@ -15,8 +15,11 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -171,3 +174,28 @@ def classification(clf, row: dict, vector: np.ndarray, *, top: int = DEFAULT_TOP
         top=[{"label": str(classes[j]), "confidence": round(float(proba[j]), 6)} for j in order],
         path=path,
     )
+
+
+class LoadedClassifiers:
+    """Saved classifiers kept loaded (the last `keep`) while their row is unchanged.
+
+    A retrained classifier is picked up (its row's created_at changes), and a server does
+    not unpickle one per request.
+    """
+
+    def __init__(self, directory: Path, keep: int = 8):
+        self.directory = directory
+        self.keep = keep
+        self._models: OrderedDict[tuple[str, str], Any] = OrderedDict()  # (name, created_at) -> model
+        self._lock = threading.Lock()
+
+    def get(self, row: dict) -> Any:
+        """The loaded model of a classifier row (`find`)."""
+        key = (row["name"], row["created_at"])
+        with self._lock:
+            if key not in self._models:
+                self._models[key] = load(self.directory, row)
+                while len(self._models) > self.keep:
+                    self._models.popitem(last=False)
+            self._models.move_to_end(key)
+            return self._models[key]

@@ -29,7 +29,6 @@ from .backbones import WeightsSpec, check_fingerprint, import_keras, keras_seede
 from .classes import check_labels, labelled_vectors, split_parts
 from .errors import BadLabelsError, VecsearchError
 from .head import HeadClassifier, build_head, load_head
-from .indexer import IndexSummary
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -278,15 +277,23 @@ def reembed_target(directory: Path, into: str | os.PathLike) -> Path:
     return into
 
 
-def reembed(store: Store, directory: Path, weights_path: str | os.PathLike, into: str | os.PathLike, *,
-            open_index: Callable[..., object], head_path: str | os.PathLike | None = None,
-            name: str = DEFAULT_NAME, metrics: dict | None = None,
-            progress: Callable[[int, int], None] | None = None) -> IndexSummary:
-    """Build a new index at `into` with the tuned weights over the same images; copy labels and the tuned head.
+@dataclass
+class ReembedPlan:
+    """A re-embedding prepared: the new index's folder and its own copy of the weights, the files and labels to carry over."""
 
-    The source index is left as it is: an index never mixes vectors of two weight sets.
-    `open_index` is vecsearch's own (passed in: this module sits below the index object).
-    Returns the new index's IndexSummary.
+    source: Path  # the index being tuned
+    into: Path
+    backbone: str
+    weights: Path
+    paths: list[str]
+    labels: list[tuple[str, str, str | None, str]]  # (path, label, split, source)
+
+
+def plan_reembed(store: Store, directory: Path, weights_path: str | os.PathLike, into: str | os.PathLike) -> ReembedPlan:
+    """Check and prepare a new index at `into` with the tuned weights over the same images.
+
+    The source index is left as it is: an index never mixes vectors of two weight sets. The
+    index object then opens the new index, adds `paths` and calls `carry_over`.
     """
     info = store.require_info()
     into = reembed_target(directory, into)
@@ -301,13 +308,15 @@ def reembed(store: Store, directory: Path, weights_path: str | os.PathLike, into
     own = into / f"{info.backbone}.tuned.weights.h5"
     if not own.exists() or not filecmp.cmp(own, weights_path, shallow=False):
         shutil.copyfile(weights_path, own)
-    with open_index(into, backbone=info.backbone, weights=str(own)) as new:
-        summary = new.add(paths, progress=progress)
-        by_path = {r.path: r.id for r in new.store.records().values() if r.status == "ok"}
-        new.store.set_user_labels((by_path[path], label, split, source)
-                                  for path, label, split, source in labels if path in by_path)
-        if head_path is not None:
-            classifiers.save(new.store, new.directory, name, "head", load_head(head_path),
-                             {"tuned_from": str(directory)}, metrics or {})
-    return summary
+    return ReembedPlan(Path(directory), into, info.backbone, own, paths, labels)
 
+
+def carry_over(plan: ReembedPlan, store: Store, directory: Path, *, head_path: str | os.PathLike | None = None,
+               name: str = DEFAULT_NAME, metrics: dict | None = None) -> None:
+    """Copy the labels (of the files the new index holds) and the tuned head into the re-embedded index."""
+    by_path = {r.path: r.id for r in store.records().values() if r.status == "ok"}
+    store.set_user_labels((by_path[path], label, split, source)
+                          for path, label, split, source in plan.labels if path in by_path)
+    if head_path is not None:
+        classifiers.save(store, directory, name, "head", load_head(head_path),
+                         {"tuned_from": str(plan.source)}, metrics or {})

@@ -1,0 +1,334 @@
+"""What embeds for one index: the weights asked for or recorded, the precision, the lazy backbone.
+
+`IndexModel` is the one place the index's model is resolved, built, checked and called:
+`embedder()` chooses between the in-process extractor and the Ray engine (for `add` and
+for `embed --out` shards), `embed*` turn files, bytes and pixels into unit vectors, and
+`meta()` is the model dict that export, shards and a new index's info record. Every call
+into a Keras model goes through here, under one lock: a Keras model is not safe to call from
+several threads (and a micro-batcher in front of it will live here).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, TypeVar
+
+import numpy as np
+
+from . import explain, images, indexer, ray_engine
+from .backbones import (DEFAULT_BACKBONE, DEFAULT_PRECISION, MIXING_MIN_COSINE, Backbone, WeightsSpec, check_fingerprint,
+                        check_precision, get_spec, load_backbone, recorded_precision)
+from .config import MAX_IMAGE_PIXELS, VERSION
+from .errors import BadImageError, IndexMismatchError
+from .extract import RESAMPLE, Extractor
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+EMBED_CHUNK = 64
+"""Files `embed` decodes before each model call: a query's few at once, a long list in bounded memory."""
+
+PRECISION_CHECK_IMAGES = 8
+"""Stored images re-embedded to decide whether another precision may add to an index."""
+
+UNSET: Any = object()
+"""Weights not given: a new index takes ImageNet (the seeded random init with a seed), an existing one its own."""
+
+
+@dataclass
+class PrecisionCheck:
+    """An index of one precision opened with the other: stored vectors re-embedded and compared."""
+
+    index_precision: str
+    precision: str
+    images: int  # stored vectors compared
+    min_cosine: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_pixels(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A file decoded as `Extractor` decodes it, with its reasons (a decoder's own bug too) as BadImageError."""
+    try:
+        return images.read_image_file(path, size, resample=RESAMPLE).pixels
+    except BadImageError as e:
+        raise BadImageError(e.reason, str(path)) from e
+    except Exception as e:  # as Extractor.embed_files: one bad file is a reason, never a traceback
+        raise BadImageError(f"unreadable: {type(e).__name__}: {e}", str(path)) from e
+
+
+def png_bytes(image: Any) -> bytes:
+    """A PIL image encoded losslessly, so it is decoded exactly as indexing decodes a file."""
+    buf = io.BytesIO()
+    try:
+        image.save(buf, format="PNG")
+    except (AttributeError, OSError, ValueError) as e:
+        raise BadImageError(f"cannot encode this image: {e}") from e
+    return buf.getvalue()
+
+
+def requested_model(directory: Path, info: Any, backbone: str | None, weights: Any, seed: int | None,
+                    model: Backbone | None) -> tuple[str, WeightsSpec]:
+    """(backbone name, WeightsSpec) asked for; for an existing index it must be what built it."""
+    name = model.name if model else (backbone or (info.backbone if info else DEFAULT_BACKBONE))
+    get_spec(name)
+    if model is not None:
+        wspec = model.weights
+    elif weights is UNSET:
+        wspec = WeightsSpec.recorded(info) if info else WeightsSpec.parse("imagenet" if seed is None else None, seed)
+    else:
+        wspec = WeightsSpec.parse(weights, seed)
+    if info is not None:
+        stored = WeightsSpec.recorded(info)
+        if name != info.backbone:
+            raise IndexMismatchError(
+                f"The index at {directory} was built with backbone {info.backbone}, not {name}. "
+                "Give no backbone (the index uses the one it records), or another index folder for a new index.",
+                option="recorded_model")
+        if wspec.kind != stored.kind or (wspec.kind == "random" and wspec.seed != stored.seed):
+            raise IndexMismatchError(
+                f"The index at {directory} was built with weights {stored.describe()}, not {wspec.describe()}. "
+                "Give no weights (the index uses the ones it records), or another index folder for a new index.",
+                option="recorded_model")
+    return name, wspec
+
+
+class IndexModel:
+    """The model of one index (or of an `embed --out` job, `store` None): built on first need.
+
+    `requested` is the (backbone, weights) asked for; None: what the index records (the
+    default backbone with ImageNet weights for a new one). `precision` None: the recorded one.
+    """
+
+    def __init__(self, directory: Path, store: Store | None, backbone: Backbone | None = None, *,
+                 requested: tuple[str, WeightsSpec] | None = None, batch_size: int | None = None,
+                 workers: int | None = None, precision: str | None = None, engine: str = "local",
+                 ray_address: str | None = None, gpus_per_worker: float | None = None):
+        self.directory = Path(directory)
+        self.store = store
+        self.batch_size = batch_size
+        self.workers = workers  # decode threads in-process; model actors with the Ray engine
+        self.engine = ray_engine.check_engine(engine)
+        self.ray_address, self.gpus_per_worker = ray_address, gpus_per_worker
+        self._backbone = backbone
+        if requested is None and backbone is not None:
+            requested = (backbone.name, backbone.weights)
+        self._requested = requested
+        # None: the precision the index records (float32 for a new one).
+        self._precision = check_precision(precision) if precision is not None else None
+        self.precision_check: PrecisionCheck | None = None  # set when another precision was verified
+        # One model call at a time: a Keras model is not safe to call from several threads.
+        self._lock = threading.Lock()
+        self._feature_maps: explain.FeatureMaps | None = None  # built on the first explanation
+
+    @property
+    def info(self) -> Any:
+        return self.store.info() if self.store is not None else None
+
+    # -- what to build ----------------------------------------------------------------------
+    def weights(self, info: Any) -> WeightsSpec:
+        """The weights to build: those asked for, else those `info` records (ImageNet for a new index)."""
+        if self._requested:
+            return self._requested[1]
+        return WeightsSpec.recorded(info) if info is not None else WeightsSpec("imagenet")
+
+    @property
+    def name(self) -> str:
+        """The backbone's name, known without building it: the built one's, the index's, else the one asked for."""
+        if self._backbone is not None:
+            return self._backbone.name
+        info = self.info
+        if info is not None:
+            return info.backbone
+        return self._requested[0] if self._requested else DEFAULT_BACKBONE
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """The backbone's input (width, height), from the registry: images are decoded before the model is built."""
+        return get_spec(self.name).input_size
+
+    @property
+    def precision(self) -> str:
+        """The compute precision new embeddings use: the one asked for, else the one the index records."""
+        if self._precision is not None:
+            return self._precision
+        if self._backbone is not None:
+            return self._backbone.precision
+        info = self.info
+        return recorded_precision(info) if info is not None else DEFAULT_PRECISION
+
+    @property
+    def backbone(self) -> Backbone:
+        """The frozen feature extractor, built on first use from what the index records."""
+        if self._backbone is None:
+            info = self.info
+            bb = load_backbone(self.name, self.weights(info), precision=self.precision)
+            if info is not None:
+                check_fingerprint(bb, info, self.directory)
+                self.check_precision(bb)
+            self._backbone = bb
+        return self._backbone
+
+    def meta(self, info: Any = None) -> dict:
+        """The model dict vectors are recorded with: `info`'s, else the built backbone's (a new index, shards)."""
+        if info is not None:
+            return {"backbone": info.backbone, "weights_kind": info.weights_kind, "weights_seed": info.weights_seed,
+                    "weights_path": info.weights_path, "weights_fingerprint": info.weights_fingerprint,
+                    "dim": info.dim, "metric": info.metric, "precision": recorded_precision(info), "vecsearch": VERSION}
+        bb = self.backbone
+        return {"backbone": bb.name, "weights_kind": bb.weights.kind, "weights_seed": bb.weights.seed,
+                "weights_path": bb.weights.path, "weights_fingerprint": bb.fingerprint, "dim": bb.dim,
+                "metric": "cosine", "precision": bb.precision, "vecsearch": VERSION}
+
+    def check_precision(self, bb: Backbone) -> PrecisionCheck | None:
+        """Let a backbone of another precision than the index records add to it only if it agrees.
+
+        Up to PRECISION_CHECK_IMAGES indexed images whose files are unchanged are embedded
+        again with `bb` and compared with their stored vectors: at a minimum cosine of
+        MIXING_MIN_COSINE or more the two precisions share the index (the result is kept in
+        `precision_check`); below it IndexMismatchError. None when the precisions match.
+        """
+        info = self.info
+        if info is None or bb.precision == recorded_precision(info):
+            return None
+        assert self.store is not None  # an index's info comes from its store
+        recorded = recorded_precision(info)
+        paths, ids = self._unchanged_sample()
+        if not ids:
+            if len(self.store.vector_ids()):
+                raise IndexMismatchError(
+                    f"The index at {self.directory} was built in {recorded} precision, and none of its indexed files "
+                    f"is here unchanged to check that {bb.precision} embeddings agree with it. Embed with precision={recorded!r}.", option="precision")
+            self.precision_check = PrecisionCheck(recorded, bb.precision, 0, 1.0)
+            return self.precision_check
+        got = {item.path: item.vector for item in Extractor(bb, self.batch_size, self.workers).embed_files(paths)}
+        stored_ids, stored, _ = self.store.vectors(ids, dim=info.dim)
+        stored_by_id = dict(zip((int(i) for i in stored_ids), stored))
+        pairs = [(v, stored_by_id[i]) for p, i in zip(paths, ids) if (v := got.get(p)) is not None and i in stored_by_id]
+        if not pairs:
+            raise IndexMismatchError(
+                f"The index at {self.directory} was built in {recorded} precision, and its indexed files could not "
+                f"be read again to check that {bb.precision} embeddings agree with it. Embed with precision={recorded!r}.", option="precision")
+        cosines = np.nan_to_num([float(np.dot(a.astype(np.float64), b.astype(np.float64))) for a, b in pairs], nan=-1.0)
+        check = PrecisionCheck(recorded, bb.precision, len(pairs), round(float(cosines.min()), 6))
+        if not check.min_cosine >= MIXING_MIN_COSINE:
+            raise IndexMismatchError(
+                f"The index at {self.directory} was built in {recorded} precision; {bb.precision} embeddings of "
+                f"{check.images} of its images agree with the stored vectors only to cosine {check.min_cosine:.4f} "
+                f"(at least {MIXING_MIN_COSINE} is needed to share an index). Embed with precision={recorded!r}, "
+                "or build a new index in another folder.", option="precision")
+        log.info("%s embeddings agree with the %s index (min cosine %.5f over %d images): accepted",
+                 bb.precision, recorded, check.min_cosine, check.images)
+        self.precision_check = check
+        return check
+
+    def check_other_precision(self, precision: str) -> PrecisionCheck | None:
+        """`check_precision` for vectors of `precision` made elsewhere (an import): a backbone built to compare."""
+        info = self.info
+        return self.check_precision(load_backbone(info.backbone, self.weights(info), precision=precision))
+
+    def _unchanged_sample(self) -> tuple[list[Path], list[int]]:
+        """(paths, ids) of up to PRECISION_CHECK_IMAGES indexed images whose files are unchanged."""
+        assert self.store is not None
+        paths: list[Path] = []
+        ids: list[int] = []
+        for chunk_ids, _, _ in self.store.iter_vectors(chunk=256):
+            recs = self.store.images(chunk_ids)
+            for i in chunk_ids:
+                rec = recs.get(int(i))
+                if rec is not None and rec.status == "ok" and indexer.is_unchanged(rec, Path(rec.path)):
+                    paths.append(Path(rec.path))
+                    ids.append(int(i))
+                if len(ids) == PRECISION_CHECK_IMAGES:
+                    return paths, ids
+        return paths, ids
+
+    # -- what embeds ------------------------------------------------------------------------
+    def extractor(self) -> Extractor:
+        return Extractor(self.backbone, self.batch_size, self.workers)
+
+    def embedder(self, *, ordered: bool = False) -> Extractor | ray_engine.RayEngine:
+        """What `add` and `embed --out` embed with: the in-process extractor, or the Ray engine
+        (`ordered`: results in input order). Queries always stay in-process."""
+        if self.engine == "local":
+            return self.extractor()
+        info = self.info
+        if info is None or self.precision != recorded_precision(info):
+            # Shards record the built model's fingerprint; another precision than an index
+            # records is checked against its stored vectors here (or refused).
+            _ = self.backbone
+        meta = self.meta(info)
+        recipe = ray_engine.ModelRecipe.for_model(meta["backbone"], self.weights(info), batch_size=self.batch_size,
+                                                  fingerprint=meta["weights_fingerprint"], precision=self.precision)
+        return ray_engine.RayEngine(recipe, address=self.ray_address, workers=self.workers,
+                                    gpus_per_worker=self.gpus_per_worker, ordered=ordered)
+
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` holding the model lock: a fine-tuned head is a Keras model too."""
+        with self._lock:
+            return fn(*args, **kwargs)
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Unit vectors of decoded images (n, height, width, 3), one model call at a time."""
+        with self._lock:
+            return self.extractor().embed_pixels(pixels)
+
+    def warm_up(self) -> None:
+        """Build the backbone and trace its compiled call now, so the first query doesn't pay for it."""
+        w, h = self.backbone.input_size
+        self.embed_pixels(np.zeros((1, h, w, 3), np.uint8))
+
+    def embed(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
+        """Unit vectors (n, dim) for image files; a bad file raises BadImageError.
+
+        Files are read and decoded (as indexing does) a chunk at a time before the model is
+        called, so a bad query file is refused before the model's start-up, and memory stays
+        at one chunk of pixels however many paths come (`add` decodes in threads instead).
+        """
+        size = self.input_size
+        out: list[np.ndarray] = []
+        it = iter(paths)
+        while chunk := [read_pixels(Path(p), size) for p in itertools.islice(it, EMBED_CHUNK)]:
+            out.append(self.embed_pixels(np.stack(chunk)))
+        if not out:
+            return np.zeros((0, get_spec(self.name).dim), np.float32)
+        return np.concatenate(out)
+
+    def embed_bytes(self, data: bytes, *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
+        """Unit vector of an image given as bytes (an upload), decoded exactly as indexing does (before the model loads)."""
+        pixels, _, _ = images.decode_image(data, self.input_size, max_pixels=max_pixels, resample=RESAMPLE)
+        return self.embed_pixels(pixels[None])[0]
+
+    def embed_image(self, image: Any) -> np.ndarray:
+        """Unit vector of a PIL image, encoded losslessly and decoded exactly as indexing does."""
+        return self.embed_bytes(png_bytes(image))
+
+    # -- explanations ---------------------------------------------------------------------------
+    def maps(self) -> explain.FeatureMaps:
+        """The backbone's feature-map model, built on the first explanation (under the lock: a Keras call too)."""
+        with self._lock:
+            if self._feature_maps is None or self._feature_maps.backbone is not self.backbone:
+                self._feature_maps = explain.FeatureMaps(self.backbone)
+            return self._feature_maps
+
+    def decode(self, data: bytes, path: str | None, max_pixels: int | None) -> np.ndarray:
+        """The image decoded at the model's input size, as `explain.look` does: a bad file fails before the model loads."""
+        try:
+            return images.decode_image(data, self.input_size, max_pixels=max_pixels, resample=RESAMPLE)[0]
+        except BadImageError as e:
+            raise BadImageError(e.reason, path=path) from e
+
+    def look(self, data: bytes, path: str | None, *, side: int, max_pixels: int | None,
+             pixels: np.ndarray | None = None) -> explain.Seen:
+        """An image as the model sees it, with its feature map (`explain.look`)."""
+        return explain.look(self.maps(), data, path=path, max_pixels=max_pixels, side=side, lock=self._lock,
+                            pixels=pixels)
