@@ -11,7 +11,7 @@ TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
 
 import tiny_backbone  # noqa: E402,F401  (registers "tiny")
-from helpers import make_image  # noqa: E402
+from helpers import TINY, make_image, run  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +36,28 @@ def photos(tmp_path) -> Path:
 @pytest.fixture
 def index_dir(tmp_path) -> Path:
     return tmp_path / "index"
+
+
+@pytest.fixture
+def indexed_photos(photos, index_dir):
+    """`photos` indexed by the CLI on the tiny backbone: (photos, index_dir). Tests may change both."""
+    run("index", photos, "--index", index_dir, *TINY, "--quiet")
+    return photos, index_dir
+
+
+@pytest.fixture
+def taught(tmp_path, index_dir):
+    """Two classes of very different name lengths (8 images each) and 4 unlabelled images."""
+    classes = tmp_path / "classes"
+    for name, base in (("a", 0), ("a_much_longer_class_name", 50)):
+        for i in range(8):
+            make_image(classes / name / f"{name}{i}.png", seed=base + i)
+    unlabelled = tmp_path / "new"
+    for i in range(4):
+        make_image(unlabelled / f"new{i}.png", seed=200 + i)
+    run("teach", classes, "--index", index_dir, *TINY, "--quiet")
+    run("index", unlabelled, "--index", index_dir, "--quiet")
+    return index_dir, unlabelled
 
 
 @pytest.fixture

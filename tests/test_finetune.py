@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from digits import write_digits
+from helpers import run, run_json
 from vecsearch import open_index
 from vecsearch.cli import app
 from vecsearch.errors import BadLabelsError, NoLabelsError, VecsearchError
@@ -206,3 +207,10 @@ def test_cli_unfreeze_and_reembed(tmp_path):
     r = runner.invoke(app, ["finetune", "--index", str(tmp_path / "index"), "--epochs", "2", "--unfreeze", "2",
                             "--unfreeze-epochs", "1", "-q"])
     assert r.exit_code == 0 and "the index is unchanged" in r.stdout
+
+
+def test_finetune_hint_names_the_head_and_the_index(taught):
+    index_dir, _ = taught
+    r = run("finetune", "--name", "tuned", "--epochs", "2", "--index", index_dir, "-q")
+    assert f"`vecsearch classify --head --name tuned --index {index_dir}`" in r.stdout
+    assert run_json("classify", "--head", "--name", "tuned", "--index", index_dir)["kind"] == "head"

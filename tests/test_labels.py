@@ -4,7 +4,8 @@ The reference side is the tutorial recipe on a model Keras builds from the with-
 weights file (load_img bilinear, preprocess_input, predict, decode_predictions), so
 nothing of ours is on it. Keras's decode_predictions reads the class index from its own
 cache folder and checks its md5; we point that folder at our bundled file, so the test
-also proves the bundled file is Keras's.
+also proves the bundled file is Keras's. Listings by class (`search-labels`, `query --imagenet`)
+are checked on labels written straight into the store.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import keras_recipe, make_image, run, run_json
+from helpers import GOLDFISH, TENCH, keras_recipe, make_image, run, run_json, store_imagenet_labels
 
 from vecsearch import labels, open_index
 from vecsearch.backbones import WeightsSpec, get_spec, import_keras
@@ -246,3 +247,38 @@ def test_offline_imagenet_top_names_the_file_to_download():
 
     with pytest.raises(WeightsUnavailableError, match="resnet50_weights_tf_dim_ordering_tf_kernels.h5"):
         labels._full_model(dataclasses.replace(spec, build=offline), WeightsSpec("imagenet"))
+
+
+# -- listing by ImageNet class, from stored labels --------------------------------------------
+def test_imagenet_listing_ranks_results_and_names_the_class_rank(indexed_photos):
+    photos, index_dir = indexed_photos
+    paths = sorted(str(p.resolve()) for p in photos.rglob("*.*"))[:3]
+    store_imagenet_labels(index_dir, {
+        paths[0]: [(*TENCH, 0.9), (*GOLDFISH, 0.1)],
+        paths[1]: [(*GOLDFISH, 0.6), (*TENCH, 0.4)],
+        paths[2]: [(*TENCH, 0.7), (*GOLDFISH, 0.3)],
+    })
+    hits = run_json("search-labels", "tench", "--index", index_dir)
+    assert [(h["path"], h["rank"], h["class_rank"]) for h in hits] == [(paths[0], 1, 1), (paths[2], 2, 1), (paths[1], 3, 2)]
+    lines = run("search-labels", "tench", "--index", index_dir).stdout.splitlines()
+    assert lines[0].split() == ["rank", "class_rank", "prob", "path"]
+    assert [ln.split()[:2] for ln in lines[1:]] == [["1", "1"], ["2", "1"], ["3", "2"]]
+    # A real class no image has: one line that says so (and that 9 images have no labels), not a bare header.
+    r = run("search-labels", "golden_retriever", "--index", index_dir)
+    assert r.stdout.strip() == ("No labelled image has golden_retriever in its stored ImageNet top-k; only 3 of 12 "
+                                "indexed images have ImageNet labels: `vecsearch label --missing` labels the other 9.")
+    assert run_json("search-labels", "golden_retriever", "--index", index_dir) == []
+
+
+def test_imagenet_listing_says_how_many_images_are_labelled(indexed_photos):
+    photos, index_dir = indexed_photos
+    paths = sorted(str(p.resolve()) for p in photos.rglob("*.*"))
+    store_imagenet_labels(index_dir, {paths[0]: [(*TENCH, 0.9)]})
+    r = run("query", "--imagenet", "goldfish", "--index", index_dir)
+    assert "only 1 of 12 indexed images have ImageNet labels" in r.stdout and "`vecsearch label --missing`" in r.stdout
+    r = run("query", "--imagenet", "tench", "--index", index_dir)
+    assert paths[0] in r.stdout and "only 1 of 12" in r.stderr
+    assert [h["path"] for h in run_json("search-labels", "tench", "--index", index_dir)] == [paths[0]]
+    store_imagenet_labels(index_dir, {p: [(*TENCH, 0.9)] for p in paths})
+    r = run("query", "--imagenet", "goldfish", "--index", index_dir)
+    assert r.stdout.strip() == "No indexed image has goldfish in its stored ImageNet top-k." and "of 12" not in r.stderr
