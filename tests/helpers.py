@@ -100,6 +100,11 @@ def keras_recipe(model, paths, target_size: tuple[int, int], preprocess_input, *
 
 
 # -- a live server ---------------------------------------------------------------------
+PAGE_TAUGHT = {"a/img00.jpg": "cat", "a/img01.jpg": "cat", "a/img02.jpg": "cat",
+               "b/img06.jpg": "dog", "b/img07.jpg": "dog", "b/img08.jpg": "dog"}
+"""The labels conftest's `labelled_served_index` is taught, by path under its photos/."""
+
+
 @contextmanager
 def live_server(app):
     """uvicorn on a free loopback port in a thread: real sockets, real HTTP."""

@@ -72,18 +72,16 @@ def test_registry_names_the_layer_the_global_pool_reads(name):
 
 # -- ImageNet classes, against the Keras Grad-CAM example ------------------------------------
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A ResNet50 index built from a with-top weights file the test writes, and Keras's own with-top model."""
+def world(tmp_path_factory, resnet50_top_weights):
+    """A ResNet50 index built from the with-top weights file conftest writes once, and Keras's own with-top model."""
     keras = import_keras()
     d = tmp_path_factory.mktemp("explain")
-    keras.utils.set_random_seed(3)
-    keras.applications.ResNet50(weights=None, include_top=True).save_weights(d / "full.weights.h5")
     a = _patch_scene(d / "photos" / "a.png", (70, 110, 170), (16, 16))
     b = _patch_scene(d / "photos" / "b.png", (230, 210, 160), (140, 130))
     photo = make_image(d / "photos" / "photo.png", seed=11, size=(120, 80))
-    ix = open_index(d / "index", backbone="resnet50", weights=str(d / "full.weights.h5"))
+    ix = open_index(d / "index", backbone="resnet50", weights=str(resnet50_top_weights))
     ix.add([d / "photos"])
-    reference = keras.applications.ResNet50(weights=str(d / "full.weights.h5"), include_top=True)
+    reference = keras.applications.ResNet50(weights=str(resnet50_top_weights), include_top=True)
     yield SimpleNamespace(dir=d, ix=ix, a=a, b=b, photo=photo, paths=[a, b, photo], reference=reference)
     ix.close()
 

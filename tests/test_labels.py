@@ -29,22 +29,20 @@ TOP = 5
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A ResNet50 index built from a with-top weights file, labelled, and Keras's own predictions."""
+def world(tmp_path_factory, resnet50_top_weights):
+    """A ResNet50 index built from the with-top weights file conftest writes once, labelled, and Keras's own predictions."""
     keras = import_keras()
     d = tmp_path_factory.mktemp("labels")
-    keras.utils.set_random_seed(3)
-    keras.applications.ResNet50(weights=None, include_top=True).save_weights(d / "full.weights.h5")
     photos = d / "photos"
     paths = [make_image(photos / f"img{i}.png", seed=100 + i, size=(80, 60)) for i in range(4)]
     index_dir = d / "index"
-    with open_index(index_dir, backbone="resnet50", weights=str(d / "full.weights.h5")) as ix:
+    with open_index(index_dir, backbone="resnet50", weights=str(resnet50_top_weights)) as ix:
         summary = ix.add([photos])
         assert summary.indexed == 4
         ix.label(top=TOP)
-    reference = keras.applications.ResNet50(weights=str(d / "full.weights.h5"), include_top=True)
+    reference = keras.applications.ResNet50(weights=str(resnet50_top_weights), include_top=True)
     ref_probs = keras_recipe(reference, paths, (224, 224), keras.applications.resnet50.preprocess_input, normalise=False)
-    return SimpleNamespace(dir=d, photos=photos, paths=paths, index=index_dir, full=d / "full.weights.h5",
+    return SimpleNamespace(dir=d, photos=photos, paths=paths, index=index_dir, full=resnet50_top_weights,
                            reference=reference, ref_probs=np.asarray(ref_probs, np.float64))
 
 

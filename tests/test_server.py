@@ -37,20 +37,9 @@ TESTS = Path(__file__).parent
 
 # -- fixtures and helpers -------------------------------------------------------------
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """12 photos (a/, b/) plus one corrupt file, indexed with the tiny backbone; shared read-only."""
-    from vecsearch import open_index
-
-    root = tmp_path_factory.mktemp("served")
-    for i in range(12):
-        make_image(root / "photos" / ("a" if i < 6 else "b") / f"img{i:02d}.jpg", seed=i)
-    (root / "photos" / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    for i in range(3):  # never indexed: query images
-        make_image(root / "queries" / f"q{i}.png", seed=100 + i, size=(50, 70))
-    ix = open_index(root / "index", backbone="tiny", weights=None, seed=7)
-    ix.add([root / "photos"])
-    yield root, ix
-    ix.close()
+def built(served_index):
+    """conftest's served_index (12 photos, a corrupt file, 3 query images): shared read-only."""
+    return served_index
 
 
 @pytest.fixture(scope="module")
