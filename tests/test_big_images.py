@@ -40,6 +40,7 @@ def _indexing_peak(folder: Path, index: Path) -> tuple[int, int, int]:
     return indexed, failed, peak
 
 
+@pytest.mark.slow
 def test_indexing_four_huge_rgba_pngs_stays_within_the_memory_budget(tmp_path):
     make_image(tmp_path / "small" / "a.png", 0)
     for i in range(4):  # 110 MP RGBA each, ~430 KB on disk
@@ -116,6 +117,7 @@ def test_large_decodes_share_one_memory_budget(monkeypatch):
 
 
 # -- the pixel cap, the same in every thread and every run ------------------------------------
+@pytest.mark.slow
 def test_the_pixel_cap_gives_the_same_answer_in_every_thread_and_run(tmp_path):
     """Pillow's own check (a process-wide limit, a warning through process-wide filters) once
     decided images between 89.5 and 120 MP at random when threads decoded side by side."""

@@ -45,6 +45,8 @@ def _write_unlabelled(root, first=200, n=10, size=32):
     return root
 
 
+# Its tests are all marked slow: a ResNet50 index takes 10-25 s to build here, and an unmarked test
+# would pay for it in the fast loop (`-m "not slow"`).
 @pytest.fixture(scope="module")
 def resnet_digits(tmp_path_factory):
     """ResNet50 (seeded random init) index of 10 digits x 10 (3 of each in test/) + 10 unlabelled."""
@@ -71,6 +73,7 @@ def test_folder_labels_follow_image_dataset_from_directory(tmp_path):
                                                         ("7", "test"), ("7", "train"), ("7", "train")]
 
 
+@pytest.mark.slow
 def test_labelled_vectors_match_the_stored_vectors(resnet_digits):
     ix, root = resnet_digits
     ls = labelled_vectors(ix.store)
@@ -86,6 +89,7 @@ def test_labelled_vectors_match_the_stored_vectors(resnet_digits):
 
 
 # -- k-NN -------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 5])
 def test_knn_equals_sklearn_on_resnet_digits(resnet_digits, k):
     ix, _ = resnet_digits
@@ -134,6 +138,7 @@ def _sk_probe(C_, X, y):
         return make_pipeline(StandardScaler(), LogisticRegression(C=C_, max_iter=5000)).fit(X, y)
 
 
+@pytest.mark.slow
 def test_probe_accuracy_close_to_sklearn_logistic_regression_on_resnet_digits(resnet_digits):
     ix, _ = resnet_digits
     result = ix.train_classifier("probe")

@@ -302,6 +302,7 @@ LISTINGS = [["list"], ["list", "--all"], ["list", "--json"], ["list", "--jsonl"]
             ["dupes", "--threshold", "0.99", "--to-remove", "--json"]]  # -q: no progress bar on stderr
 
 
+@pytest.mark.slow  # nine CLI processes at once, each importing vecsearch: ~30 s on 2 cores
 def test_a_reader_that_stops_early_ends_every_listing_quietly(big_listing):
     """`vecsearch list | head -1` exits 0 with nothing on stderr (it said "Broken pipe. Check the disk"
     and exited 1): real processes whose stdout a reader closes after one line, Python's flush at exit included."""

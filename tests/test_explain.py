@@ -71,6 +71,8 @@ def test_registry_names_the_layer_the_global_pool_reads(name):
 
 
 # -- ImageNet classes, against the Keras Grad-CAM example ------------------------------------
+# Its tests are all marked slow: a ResNet50 index takes 10-25 s to build here, and an unmarked test
+# would pay for it in the fast loop (`-m "not slow"`).
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, resnet50_top_weights):
     """A ResNet50 index built from the with-top weights file conftest writes once, and Keras's own with-top model."""
@@ -108,6 +110,7 @@ def _keras_example_grad_cam(model, path: Path, conv_layer: str):
     return heatmap.numpy(), shown.numpy(), int(pred_index)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_backend() != "tensorflow", reason="the Keras example uses tf.GradientTape")
 def test_top1_imagenet_map_equals_the_keras_grad_cam_example(world):
     from vecsearch.labels import imagenet_classes
@@ -121,6 +124,7 @@ def test_top1_imagenet_map_equals_the_keras_grad_cam_example(world):
         assert _cosine(ours.heat(), shown) >= 0.99
 
 
+@pytest.mark.slow
 def test_linear_maps_sum_to_the_scores_feature_part(world):
     keras = import_keras()
     pooled_model = keras.Model(world.reference.inputs, world.reference.get_layer("avg_pool").output)
@@ -154,6 +158,7 @@ def test_linear_maps_sum_to_the_scores_feature_part(world):
     assert e.score == pytest.approx(float(va @ vb), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_why_similar_peaks_on_the_shared_patch(world):
     """The same textured patch on two plain backgrounds: each image's map against the other peaks on it."""
     for img, other, xy in ((world.a, world.b, (16, 16)), (world.b, world.a, (140, 130))):

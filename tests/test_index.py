@@ -332,6 +332,7 @@ def _snapshot(index: Path) -> dict[str, np.ndarray]:
         ix.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_after_rows", [0, 64, 128])
 def test_sigkill_then_rerun_gives_the_clean_index(tmp_path, kill_after_rows):
     root = tmp_path / "many"

@@ -28,6 +28,8 @@ from vecsearch.errors import UnknownClassError, VecsearchError, WeightsUnavailab
 TOP = 5
 
 
+# Its tests are all marked slow: a ResNet50 index takes 10-25 s to build here, and an unmarked test
+# would pay for it in the fast loop (`-m "not slow"`).
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, resnet50_top_weights):
     """A ResNet50 index built from the with-top weights file conftest writes once, labelled, and Keras's own predictions."""
@@ -66,6 +68,7 @@ def keras_decode(tmp_path, monkeypatch):
     return keras.applications.resnet50.decode_predictions
 
 
+@pytest.mark.slow
 def test_labels_equal_keras_full_model_and_decode_predictions(world, keras_decode):
     stored = _stored(world.index)
     expected = keras_decode(world.ref_probs, top=TOP)  # a different file would fail Keras's md5 check
@@ -82,6 +85,7 @@ def test_labels_equal_keras_full_model_and_decode_predictions(world, keras_decod
         assert len(set(by_wnid) & {lb.wnid for lb in ours}) >= TOP - 1
 
 
+@pytest.mark.slow
 def test_probabilities_sum_to_one_over_1000_classes_without_a_second_pass(world, tmp_path, monkeypatch):
     index = tmp_path / "index"
     shutil.copytree(world.index, index)
@@ -121,6 +125,7 @@ def test_the_bundled_class_index():
         labels.find_classes("golden retreiver")
 
 
+@pytest.mark.slow
 def test_query_label_lists_exactly_the_images_whose_topk_holds_it(world):
     stored = _stored(world.index)
     holders: dict[str, set[str]] = {}
@@ -150,6 +155,7 @@ def test_query_label_lists_exactly_the_images_whose_topk_holds_it(world):
     assert r.exit_code == 1 and "taught" in r.output
 
 
+@pytest.mark.slow
 def test_label_command_json_and_text(world, tmp_path):
     index = tmp_path / "index"
     shutil.copytree(world.index, index)
@@ -174,6 +180,7 @@ def test_label_command_json_and_text(world, tmp_path):
     assert r.exit_code == 1 and "Traceback" not in r.output
 
 
+@pytest.mark.slow
 def test_index_label_labels_new_images(world, tmp_path):
     index = tmp_path / "index"
     shutil.copytree(world.index, index)
@@ -191,6 +198,7 @@ def test_index_label_labels_new_images(world, tmp_path):
     assert run_json("index", new.parent, "--index", index, "--label")["labelled"] == 0
 
 
+@pytest.mark.slow
 def test_no_top_weights_file_gets_a_clear_message(world, tmp_path):
     keras = import_keras()
     keras.utils.set_random_seed(4)

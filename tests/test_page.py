@@ -330,6 +330,7 @@ def test_page_url_is_what_a_browser_can_open():
     assert page_url("photos.local", 9000, "t") == "http://photos.local:9000/?token=t"
 
 
+@pytest.mark.slow
 def test_serve_prints_the_token_url_and_it_opens_the_page(built):
     _, ix = built
     proc, port = start_serve(ix.directory, env={"VECSEARCH_TOKEN": "tok/en 1"})

@@ -541,6 +541,7 @@ def test_serve_refuses_a_public_host_without_a_token(built):
     assert r.exit_code == 0 and "--token" in r.output and "--max-upload-mb" in r.output
 
 
+@pytest.mark.slow
 def test_serve_command_serves_over_http(built):
     """The real command in a subprocess: starts, answers, stops on SIGTERM."""
     _, ix = built
@@ -565,6 +566,7 @@ def _index_in_subprocess(root: Path, index: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 def test_readers_see_a_consistent_index_while_another_process_indexes(tmp_path):
     from vecsearch import open_index
     from vecsearch.server import create_app
@@ -696,6 +698,7 @@ def _rss(pid: int, field: str) -> int:
     raise AssertionError(field)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads peak RSS from /proc")
 @pytest.mark.parametrize("max_pixels", [None, 200_000_000])
 def test_concurrent_thumbnails_of_a_huge_png_stay_within_a_gigabyte(tmp_path, max_pixels):
