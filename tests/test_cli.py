@@ -104,7 +104,7 @@ def test_tables_never_fold_or_cut_a_long_path(indexed_photos, index_dir, tmp_pat
 ])
 def test_long_tables_print_the_same_lines_as_rich_table(columns, rows, options, capsys):
     """Past RICH_TABLE_ROWS the table is laid out without rich (measured 100x faster); the lines must not change."""
-    from vecsearch.cli._common import print_table
+    from vecsearch.cli.output import print_table
 
     shown = {}
     for engine in ("rich", "plain"):
@@ -263,15 +263,15 @@ def test_progress_bars_show_no_rate_for_an_instant_step(monkeypatch):
 
     from rich.console import Console
 
-    from vecsearch.cli import _common
+    from vecsearch.cli import output
 
     clock = [0.0]
     monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
 
     def shown(steps) -> str:
         buf = io.StringIO()
-        monkeypatch.setattr(_common, "err", Console(file=buf, force_terminal=True, width=200))
-        with _common.progress_bar("Exporting", quiet=False) as update:
+        monkeypatch.setattr(output, "err", Console(file=buf, force_terminal=True, width=200))
+        with output.progress_bar("Exporting", quiet=False) as update:
             for dt, done in steps:
                 clock[0] += dt
                 update(done, 1000)
