@@ -146,7 +146,7 @@ def test_engine_flags_are_checked(tmp_path):
     assert r.exit_code == 1 and "go with --engine ray" in r.output
 
 
-# -- joining a head started with `ray start --head`, as the README's recipe does ------------------
+# -- joining a head started with `ray start --head`, as docs/service.md's recipe does ------------------
 def _free_port() -> int:
     import socket
 
