@@ -1,4 +1,5 @@
-"""Helpers shared by the test modules: images made on the spot, the CLI, the Keras recipe, a live server.
+"""Helpers shared by the test modules: images made on the spot, the CLI, the Keras recipe, a live server,
+synthetic vectors and indexes of them, stored ImageNet labels.
 
 Imported as `helpers` (conftest puts this folder on sys.path); fixtures stay in conftest.
 """
@@ -18,6 +19,8 @@ import numpy as np
 from PIL import Image
 
 TESTS = Path(__file__).parent
+TINY = ["--backbone", "tiny", "--weights", "none", "--seed", "7"]
+"""The CLI flags of the registered tiny test backbone with its seeded random init."""
 
 
 # -- images ----------------------------------------------------------------------------
@@ -64,6 +67,17 @@ def run_json(*args):
     return json.loads(run(*args, "--json").stdout)
 
 
+def one_line_error(result, *words: str) -> str:
+    """The CLI failed with exit 1 and one `Error:` line (holding `words`), no traceback."""
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert "Traceback" not in result.output, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, result.output
+    for w in words:
+        assert w.lower() in lines[0].lower(), lines[0]
+    return lines[0]
+
+
 # -- the reference no one here wrote -----------------------------------------------------
 def unit(x) -> np.ndarray:
     x = np.asarray(x, np.float64)
@@ -86,6 +100,11 @@ def keras_recipe(model, paths, target_size: tuple[int, int], preprocess_input, *
 
 
 # -- a live server ---------------------------------------------------------------------
+PAGE_TAUGHT = {"a/img00.jpg": "cat", "a/img01.jpg": "cat", "a/img02.jpg": "cat",
+               "b/img06.jpg": "dog", "b/img07.jpg": "dog", "b/img08.jpg": "dog"}
+"""The labels conftest's `labelled_served_index` is taught, by path under its photos/."""
+
+
 @contextmanager
 def live_server(app):
     """uvicorn on a free loopback port in a thread: real sockets, real HTTP."""
@@ -167,6 +186,10 @@ def image_rows(index) -> int:
 
 
 # -- synthetic vectors -------------------------------------------------------------------
+DIM = 32
+"""The tiny backbone's dimension: synthetic vectors imported into a tiny-model index have it."""
+
+
 def clustered_vectors(n: int, dim: int, *, clusters: int = 20, spread: float = 0.35, seed: int = 0,
                       centres_seed: int = 1234) -> np.ndarray:
     """Unit vectors like pooled CNN features: non-negative, in clusters around sparse centres.
@@ -194,6 +217,27 @@ def write_vector_file(path: Path, vectors: np.ndarray, meta: dict, *, paths=None
     return path
 
 
+def filtered_index(tmp_path, model_meta, index_type, n=3000):
+    """n synthetic vectors in folders /data/f0../data/f9 (f1_x is a sibling whose name starts like f1),
+    a tenth taught "cat", a tenth predicted "dog" by the newest classifier."""
+    from vecsearch import open_index
+
+    vecs = clustered_vectors(n, DIM, seed=0)
+    folders = [f"/data/f{i % 10}" if i % 10 != 9 else "/data/f1_x" for i in range(n)]
+    paths = [f"{d}/{i:06d}.jpg" for i, d in enumerate(folders)]
+    f = write_vector_file(tmp_path / "v.npz", vecs, model_meta, paths=paths)
+    ix = open_index(tmp_path / f"ix-{index_type}", index_type=index_type)
+    ix.import_vectors(f)
+    ids, base, _ = ix.store.vectors()
+    path_of = {r.id: r.path for r in ix.store.iter_images()}
+    ix.store.set_user_labels((int(i), "cat", None, "test") for i in ids[::10])
+    ix.store.save_classifier_row("old", "knn", None, "{}", "{}")
+    ix.store.set_predictions("old", ((int(i), "dog", 0.9) for i in ids[1::7]))
+    ix.store.save_classifier_row("new", "knn", None, "{}", "{}")
+    ix.store.set_predictions("new", ((int(i), "dog", 0.9) for i in ids[3::10]))
+    return ix, ids, base, path_of
+
+
 def brute_force(base_ids: np.ndarray, base: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by cosine (float64), ties by id: the reference for every index type."""
     scores = np.asarray(queries, np.float64) @ np.asarray(base, np.float64).T
@@ -216,3 +260,21 @@ def big_png(path: Path, width: int, height: int, channels: int = 4) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
     return path
+
+
+# -- stored ImageNet labels ----------------------------------------------------------------
+TENCH = ("n01440764", "tench")
+GOLDFISH = ("n01443537", "goldfish")
+
+
+def store_imagenet_labels(index_dir, table: dict[str, list[tuple[str, str, float]]]) -> dict[str, int]:
+    """Write ImageNet top-k rows ({path: [(wnid, name, prob), ...] best first}) straight into the store."""
+    from vecsearch import open_index
+    from vecsearch.labels import find_classes
+
+    with open_index(index_dir, create=False) as ix:
+        ids = {rec.path: rec.id for rec in ix.images(0, 1000)[1]}
+        rows = [(ids[p], rank, find_classes(wnid)[0].index, wnid, name, prob)
+                for p, labels in table.items() for rank, (wnid, name, prob) in enumerate(labels, 1)]
+        ix.store.set_imagenet_labels([ids[p] for p in table], rows)
+    return ids

@@ -1,5 +1,6 @@
 """The shape of the code: no import cycles, no private names across modules, the server and
-CLI above the store, the README's module map true to the tree.
+CLI above the store; the module map (docs/development.md) true to the tree, and every command
+in the command reference (docs/commands.md).
 
 The import graph is read with `ast`, so it covers imports inside functions too (the lazy
 ones), which a runtime check would miss.
@@ -167,17 +168,30 @@ def test_server_and_cli_reach_the_database_only_through_the_index_and_store():
             assert "sqlalchemy" not in path.read_text().lower(), path
 
 
-def _readme_module_map() -> dict[str, str]:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("### Module map", 1)[1].split("\n#", 1)[0]
+def _module_map() -> dict[str, str]:
+    """The rows `| `vecsearch/x.py` | what it holds |` of the "Module map" section of docs/development.md."""
+    text = (ROOT / "docs" / "development.md").read_text()
+    section = re.split(r"^#+ Module map\n", text, maxsplit=1, flags=re.M)[1].split("\n#", 1)[0]
     return dict(re.findall(r"^\| `(vecsearch/[^`]+)` \| (.+?) \|$", section, re.M))
 
 
-def test_readme_module_map_matches_the_tree():
-    documented = _readme_module_map()
+def test_module_map_matches_the_tree():
+    documented = _module_map()
     actual = {str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")}
     assert set(documented) == actual
     assert all(what.strip() for what in documented.values())
+
+
+def test_every_command_is_in_the_command_reference():
+    """Each command the Typer app registers has a row in docs/commands.md (`vecsearch NAME ...`)."""
+    import typer
+
+    from vecsearch.cli import app
+
+    text = (ROOT / "docs" / "commands.md").read_text()
+    commands = list(typer.main.get_command(app).commands)
+    missing = [name for name in commands if not re.search(rf"`vecsearch {re.escape(name)}[ `]", text)]
+    assert len(commands) >= 20 and missing == []
 
 
 def test_building_a_random_init_backbone_leaves_global_rngs_alone():

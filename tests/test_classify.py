@@ -17,6 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from digits import digit_images, write_digits
+from helpers import make_image, run
 from vecsearch import open_index
 from vecsearch.classes import labelled_vectors, rows_from_folder, unlabelled_ids
 from vecsearch import classify as C
@@ -44,6 +45,8 @@ def _write_unlabelled(root, first=200, n=10, size=32):
     return root
 
 
+# Its tests are all marked slow: a ResNet50 index takes 10-25 s to build here, and an unmarked test
+# would pay for it in the fast loop (`-m "not slow"`).
 @pytest.fixture(scope="module")
 def resnet_digits(tmp_path_factory):
     """ResNet50 (seeded random init) index of 10 digits x 10 (3 of each in test/) + 10 unlabelled."""
@@ -70,6 +73,7 @@ def test_folder_labels_follow_image_dataset_from_directory(tmp_path):
                                                         ("7", "test"), ("7", "train"), ("7", "train")]
 
 
+@pytest.mark.slow
 def test_labelled_vectors_match_the_stored_vectors(resnet_digits):
     ix, root = resnet_digits
     ls = labelled_vectors(ix.store)
@@ -85,6 +89,7 @@ def test_labelled_vectors_match_the_stored_vectors(resnet_digits):
 
 
 # -- k-NN -------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 5])
 def test_knn_equals_sklearn_on_resnet_digits(resnet_digits, k):
     ix, _ = resnet_digits
@@ -133,6 +138,7 @@ def _sk_probe(C_, X, y):
         return make_pipeline(StandardScaler(), LogisticRegression(C=C_, max_iter=5000)).fit(X, y)
 
 
+@pytest.mark.slow
 def test_probe_accuracy_close_to_sklearn_logistic_regression_on_resnet_digits(resnet_digits):
     ix, _ = resnet_digits
     result = ix.train_classifier("probe")
@@ -413,3 +419,33 @@ def test_classify_head_applies_the_saved_fine_tuned_head(tmp_path):
     got = [(p["label"], p["confidence"]) for p in sorted(data["predictions"], key=lambda p: p["id"])]
     assert [g[0] for g in got] == [e[0] for e in expected]
     np.testing.assert_allclose([g[1] for g in got], [e[1] for e in expected], atol=1e-5)
+
+
+# -- writes racing a concurrent indexer -------------------------------------------------------
+def test_predictions_and_labels_skip_images_an_indexer_removed_meanwhile(tmp_path, tiny_index, monkeypatch):
+    from vecsearch import classifiers
+
+    write_digits(tmp_path / "digits", per_class=4, classes=[0, 1])
+    tiny_index.teach(tmp_path / "digits")
+    for i in range(3):
+        make_image(tmp_path / "new" / f"n{i}.png", 100 + i)
+    tiny_index.add([tmp_path / "new"])
+    gone = tiny_index.store.image_by_path(str(tmp_path / "new" / "n1.png")).id
+    real_predict = classifiers.predict
+
+    def predict_while_an_indexer_deletes(clf, X, dim=None):
+        out = real_predict(clf, X, dim)
+        tiny_index.store.apply(deletes=[gone])  # what a concurrent `vecsearch index` does
+        return out
+
+    monkeypatch.setattr(classifiers, "predict", predict_while_an_indexer_deletes)
+    result = tiny_index.train_classifier("knn", k=3)
+    assert result.skipped == 1 and len(result.predictions) == 2
+    assert gone not in {i for i, *_ in tiny_index.store.predictions("knn")}
+    assert tiny_index.store.set_user_labels([(gone, "x", None, "csv")]) == 0
+
+
+def test_classify_head_without_a_head_points_at_finetune(taught):
+    index_dir, _ = taught
+    r = run("classify", "--head", "--index", index_dir, ok=False)
+    assert r.exit_code == 1 and "`vecsearch finetune`" in r.output and "classify --knn" not in r.output

@@ -1,8 +1,10 @@
-"""Near-duplicate groups and the similarity matrix, against numpy brute force."""
+"""Near-duplicate groups and the similarity matrix, against numpy brute force; `dupes --to-remove`
+keeps one image per group (the oldest, or the largest) and marks the rest."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import make_image
+from helpers import TINY, make_image, run, run_json
 from vecsearch.cli import app
 from vecsearch.errors import InputNotFoundError, VecsearchError
 
@@ -201,3 +203,89 @@ def test_a_group_is_not_cut_at_k(tmp_path):
     groups = dupes.duplicate_groups(store, searcher, threshold, k=1)
     store.close()
     assert [len(g.ids) for g in groups] == [4]
+
+
+def test_similarity_plot_names_rows_by_their_shortest_unique_suffix(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from vecsearch import plots
+
+    seen = {}
+
+    def capture(plt, fig, path):
+        seen["labels"] = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        plt.close(fig)
+
+    monkeypatch.setattr(plots, "_save", capture)
+    paths = ["/photos/2023/img.jpg", "/photos/2024/img.jpg", "/photos/2024/cat$1$.jpg"]
+    plots.similarity_matrix(paths, np.eye(3), tmp_path / "m.png")
+    assert seen["labels"] == ["2023/img.jpg", "2024/img.jpg", r"cat\$1\$.jpg"]
+
+
+# -- dupes --to-remove ------------------------------------------------------------------------
+@pytest.fixture
+def copies(tmp_path, index_dir):
+    """Two originals, each with a half-size PNG and a JPEG copy; mtimes set so the JPEG is oldest."""
+    root = tmp_path / "dupes"
+    groups = []
+    for i in range(2):
+        orig = make_image(root / f"img{i}.png", seed=100 + i, size=(96, 72))
+        im = Image.open(orig).convert("RGB")
+        half, jpeg = root / f"img{i}_half.png", root / f"img{i}_q60.jpg"
+        im.resize((48, 36), Image.BILINEAR).save(half)
+        im.save(jpeg, quality=60)
+        for age, p in enumerate((orig, half, jpeg)):
+            os.utime(p, ns=(1_700_000_000_000_000_000 - age * 10**12,) * 2)
+        groups.append([orig, half, jpeg])
+    for i in range(4):
+        make_image(root / f"other{i}.png", seed=300 + i, size=(96, 72))
+    run("index", root, "--index", index_dir, *TINY, "--quiet")
+    return groups
+
+
+def _reference_keep(group: list[Path], keep: str) -> Path:
+    def pixels(p):
+        with Image.open(p) as im:
+            return im.width * im.height
+
+    if keep == "largest":
+        return max(group, key=lambda p: (pixels(p), p.stat().st_size))
+    return min(group, key=lambda p: (p.stat().st_mtime_ns, -p.stat().st_size, len(str(p))))
+
+
+@pytest.mark.parametrize("keep", ["largest", "oldest"])
+def test_dupes_to_remove_keeps_one_per_group(copies, index_dir, keep):
+    expected = sorted(str(p.resolve()) for g in copies for p in g if p != _reference_keep(g, keep))
+    args = ["dupes", "--to-remove", "--keep", keep, "--threshold", "0.995", "--index", index_dir]
+    r = run(*args)
+    assert sorted(r.stdout.splitlines()) == expected
+    rows = run_json(*args)
+    assert sorted(row["path"] for row in rows) == expected
+    kept = {str(_reference_keep(g, keep).resolve()) for g in copies}
+    assert {row["keep"] for row in rows} == kept
+    lines = run(*args, "--jsonl").stdout.splitlines()
+    assert [json.loads(ln) for ln in lines] == rows
+    if keep == "oldest":  # the default
+        assert run("dupes", "--to-remove", "--threshold", "0.995", "--index", index_dir).stdout == r.stdout
+    r = run("dupes", "--keep", keep, "--index", index_dir, ok=False)
+    assert r.exit_code == 1 and "--keep goes with --to-remove" in r.output
+
+
+def test_dupes_to_remove_marks_an_upscaled_copy_not_the_original(tmp_path, index_dir):
+    """`--keep largest` (most pixels) kept a 2x upscale over its original; the default keeps the oldest."""
+    root = tmp_path / "up"
+    orig = make_image(root / "photo.png", seed=100, size=(96, 72))
+    im = Image.open(orig).convert("RGB")
+    big, half = root / "photo_2x.png", root / "photo_half.png"
+    im.resize((192, 144), Image.BICUBIC).save(big)
+    im.resize((48, 36), Image.BILINEAR).save(half)
+    os.utime(orig, ns=(1_600_000_000_000_000_000,) * 2)  # made first; the copies later
+    for p in (big, half):
+        os.utime(p, ns=(1_700_000_000_000_000_000,) * 2)
+    for i in range(3):
+        make_image(root / f"other{i}.png", seed=300 + i, size=(96, 72))
+    run("index", root, "--index", index_dir, *TINY, "--quiet")
+    args = ["dupes", "--to-remove", "--threshold", "0.995", "--index", index_dir]
+    assert sorted(run(*args).stdout.splitlines()) == sorted([str(big.resolve()), str(half.resolve())])
+    assert {row["keep"] for row in run_json(*args)} == {str(orig.resolve())}
+    assert str(big.resolve()) not in run(*args, "--keep", "largest").stdout.splitlines()  # as its help says
+    assert "upscaled" in run("dupes", "--help", ).stdout

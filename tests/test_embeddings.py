@@ -47,6 +47,8 @@ def resnet_file(tmp_path_factory):
     return path
 
 
+# Its tests are all marked slow: a ResNet50 index takes 10-25 s to build here, and an unmarked test
+# would pay for it in the fast loop (`-m "not slow"`).
 @pytest.fixture(scope="module")
 def resnet_case(tmp_path_factory, resnet_file):
     root = tmp_path_factory.mktemp("emb")
@@ -61,6 +63,7 @@ def resnet_case(tmp_path_factory, resnet_file):
     ix.close()
 
 
+@pytest.mark.slow
 def test_png_vectors_equal_the_keras_recipe(resnet_case):
     ix, pngs, jpgs, ref = resnet_case
     ours = _ours(ix, pngs)
@@ -70,6 +73,7 @@ def test_png_vectors_equal_the_keras_recipe(resnet_case):
     assert _centred_cos(ours, ref[: len(pngs)], mean).min() >= 0.999
 
 
+@pytest.mark.slow
 def test_large_jpeg_vectors_match_the_keras_recipe_despite_draft_decoding(resnet_case):
     ix, pngs, jpgs, ref = resnet_case
     ours = _ours(ix, jpgs)
@@ -82,6 +86,7 @@ def test_large_jpeg_vectors_match_the_keras_recipe_despite_draft_decoding(resnet
     assert np.diag(sims).min() >= 0.9
 
 
+@pytest.mark.slow
 def test_query_by_new_file_embeds_like_the_recipe(resnet_case, tmp_path):
     ix, pngs, jpgs, ref = resnet_case
     copy = tmp_path / "copy.png"
@@ -92,6 +97,7 @@ def test_query_by_new_file_embeds_like_the_recipe(resnet_case, tmp_path):
     assert hits[0].path == str(pngs[1].resolve()) and hits[0].score >= 0.9999
 
 
+@pytest.mark.slow
 def test_xception_matches_its_own_recipe(tmp_path):
     keras = import_keras()
     keras.utils.set_random_seed(3)

@@ -71,19 +71,19 @@ def test_registry_names_the_layer_the_global_pool_reads(name):
 
 
 # -- ImageNet classes, against the Keras Grad-CAM example ------------------------------------
+# Its tests are all marked slow: a ResNet50 index takes 10-25 s to build here, and an unmarked test
+# would pay for it in the fast loop (`-m "not slow"`).
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A ResNet50 index built from a with-top weights file the test writes, and Keras's own with-top model."""
+def world(tmp_path_factory, resnet50_top_weights):
+    """A ResNet50 index built from the with-top weights file conftest writes once, and Keras's own with-top model."""
     keras = import_keras()
     d = tmp_path_factory.mktemp("explain")
-    keras.utils.set_random_seed(3)
-    keras.applications.ResNet50(weights=None, include_top=True).save_weights(d / "full.weights.h5")
     a = _patch_scene(d / "photos" / "a.png", (70, 110, 170), (16, 16))
     b = _patch_scene(d / "photos" / "b.png", (230, 210, 160), (140, 130))
     photo = make_image(d / "photos" / "photo.png", seed=11, size=(120, 80))
-    ix = open_index(d / "index", backbone="resnet50", weights=str(d / "full.weights.h5"))
+    ix = open_index(d / "index", backbone="resnet50", weights=str(resnet50_top_weights))
     ix.add([d / "photos"])
-    reference = keras.applications.ResNet50(weights=str(d / "full.weights.h5"), include_top=True)
+    reference = keras.applications.ResNet50(weights=str(resnet50_top_weights), include_top=True)
     yield SimpleNamespace(dir=d, ix=ix, a=a, b=b, photo=photo, paths=[a, b, photo], reference=reference)
     ix.close()
 
@@ -110,6 +110,7 @@ def _keras_example_grad_cam(model, path: Path, conv_layer: str):
     return heatmap.numpy(), shown.numpy(), int(pred_index)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_backend() != "tensorflow", reason="the Keras example uses tf.GradientTape")
 def test_top1_imagenet_map_equals_the_keras_grad_cam_example(world):
     from vecsearch.labels import imagenet_classes
@@ -123,6 +124,7 @@ def test_top1_imagenet_map_equals_the_keras_grad_cam_example(world):
         assert _cosine(ours.heat(), shown) >= 0.99
 
 
+@pytest.mark.slow
 def test_linear_maps_sum_to_the_scores_feature_part(world):
     keras = import_keras()
     pooled_model = keras.Model(world.reference.inputs, world.reference.get_layer("avg_pool").output)
@@ -156,6 +158,7 @@ def test_linear_maps_sum_to_the_scores_feature_part(world):
     assert e.score == pytest.approx(float(va @ vb), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_why_similar_peaks_on_the_shared_patch(world):
     """The same textured patch on two plain backgrounds: each image's map against the other peaks on it."""
     for img, other, xy in ((world.a, world.b, (16, 16)), (world.b, world.a, (140, 130))):

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from digits import write_digits
+from helpers import run, run_json
 from vecsearch import open_index
 from vecsearch.cli import app
 from vecsearch.errors import BadLabelsError, NoLabelsError, VecsearchError
@@ -42,6 +43,7 @@ def digits_index(tmp_path_factory):
     return base / "index"
 
 
+@pytest.mark.slow
 def test_head_reaches_probe_accuracy_on_real_features():
     """sklearn's digits as unit vectors: the head must be within 5 points of the probe."""
     from sklearn.datasets import load_digits
@@ -76,6 +78,7 @@ def test_head_architecture_is_the_tutorials():
         head.predict_proba(X[:2, :4])
 
 
+@pytest.mark.slow
 def test_finetune_index_saves_a_head_classify_can_use(digits_index, tmp_path):
     from vecsearch.classes import labelled_vectors
     with open_index(digits_index, create=False) as ix:
@@ -119,6 +122,7 @@ def test_finetune_refuses_missing_or_bad_labels(tiny_index, photos):
         tiny_index.finetune(name="no/slash", params=FAST)
 
 
+@pytest.mark.slow
 def test_cli_finetune_plot_json_and_classify_head(digits_index, tmp_path):
     png = tmp_path / "curves.png"
     r = runner.invoke(app, ["finetune", "--index", str(digits_index), "--name", "cli_head", "--epochs", "15",
@@ -153,6 +157,7 @@ def test_cli_finetune_without_labels(tiny_index, photos, index_dir):
     assert r.exit_code == 1 and "No labelled images" in r.output and "Traceback" not in r.output
 
 
+@pytest.mark.slow
 def test_unfreeze_changes_weights_and_reembeds_into_a_new_index(tmp_path):
     """Tiny backbone, 24 images, 1 epoch: it runs, the weights move, the file builds a usable index."""
     from vecsearch.backbones import load_backbone
@@ -192,6 +197,7 @@ def test_unfreeze_changes_weights_and_reembeds_into_a_new_index(tmp_path):
         assert list(new.classifier("head")[1].classes_) == ["0", "1", "2"]
 
 
+@pytest.mark.slow
 def test_cli_unfreeze_and_reembed(tmp_path):
     write_digits(tmp_path / "digits", per_class=6, classes=range(2))
     with open_index(tmp_path / "index", backbone="tiny", weights=None, seed=7) as ix:
@@ -206,3 +212,10 @@ def test_cli_unfreeze_and_reembed(tmp_path):
     r = runner.invoke(app, ["finetune", "--index", str(tmp_path / "index"), "--epochs", "2", "--unfreeze", "2",
                             "--unfreeze-epochs", "1", "-q"])
     assert r.exit_code == 0 and "the index is unchanged" in r.stdout
+
+
+def test_finetune_hint_names_the_head_and_the_index(taught):
+    index_dir, _ = taught
+    r = run("finetune", "--name", "tuned", "--epochs", "2", "--index", index_dir, "-q")
+    assert f"`vecsearch classify --head --name tuned --index {index_dir}`" in r.stdout
+    assert run_json("classify", "--head", "--name", "tuned", "--index", index_dir)["kind"] == "head"

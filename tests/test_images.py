@@ -56,7 +56,7 @@ def _reason(data: bytes, size=(16, 16), **kw) -> str:
 
 
 def test_extensions():
-    # From Pillow's registry (what it can open), not a hand-written list; see test_day_two for AVIF/HEIC.
+    # From Pillow's registry (what it can open), not a hand-written list; see test_formats.py for AVIF/HEIC.
     exts = image_extensions()
     assert {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif", ".heic", ".heif"} <= exts
     assert not {".h5", ".eps", ".ps", ".pdf", ".mpg", ".wmf", ".txt"} & exts  # stubs, PostScript, save-only

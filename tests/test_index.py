@@ -1,4 +1,6 @@
-"""Indexing: incremental runs, moves and copies, bad files, the CLI contract, repair and resume."""
+"""Indexing: incremental runs, moves and copies, bad files, the CLI contract, what a run reports, repair and resume.
+
+Search results against brute force are in test_search.py."""
 
 from __future__ import annotations
 
@@ -71,22 +73,6 @@ def test_every_command_has_help():
         for param in cmd.params:
             if param.name != "help" and getattr(param, "help", None) is None and param.param_type_name == "option":
                 pytest.fail(f"{name} --{param.name} has no help text")
-
-
-# -- search against brute force -------------------------------------------------------------
-def test_search_equals_numpy_brute_force(tiny_index, photos):
-    tiny_index.add([photos])
-    ids, mat, _ = tiny_index.store.vectors()
-    paths = tiny_index.store.images(ids)
-    for qi in range(len(ids)):
-        scores = mat @ mat[qi]
-        order = sorted((j for j in range(len(ids)) if j != qi), key=lambda j: (-scores[j], ids[j]))[:5]
-        hits = tiny_index.search(paths[int(ids[qi])].path, k=5)
-        assert [h.id for h in hits] == [int(ids[j]) for j in order]
-        np.testing.assert_allclose([h.score for h in hits], [scores[j] for j in order], atol=1e-5)
-    # A raw vector query includes everything.
-    hits = tiny_index.search(mat[0], k=3)
-    assert hits[0].id == ids[0] and hits[0].score == pytest.approx(1.0, abs=1e-5)
 
 
 # -- incremental -----------------------------------------------------------------------------
@@ -346,6 +332,7 @@ def _snapshot(index: Path) -> dict[str, np.ndarray]:
         ix.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_after_rows", [0, 64, 128])
 def test_sigkill_then_rerun_gives_the_clean_index(tmp_path, kill_after_rows):
     root = tmp_path / "many"
@@ -393,3 +380,60 @@ def test_hnsw_index_type_and_conversion(photos, index_dir):
     assert not (index_dir / "vectors.faiss").exists()  # flat searches the stored vectors themselves
     r = run("index", photos, "--index", index_dir, "--index-type", "ivf", ok=False)
     assert r.exit_code == 1 and "Unknown index type" in r.output
+
+
+# -- what a run reports -----------------------------------------------------------------------
+def test_index_lists_only_this_runs_new_failures(tmp_path, index_dir):
+    root = tmp_path / "p"
+    for i in range(3):
+        make_image(root / f"ok{i}.png", seed=i)
+    (root / "bad1.jpg").write_bytes(b"not an image")
+    first = run("index", root, "--index", index_dir, *TINY)
+    assert "failed: " in first.output and "bad1.jpg" in first.output
+    again = run("index", root, "--index", index_dir)
+    assert "bad1.jpg" not in again.output
+    assert "1 more image failed in earlier runs" in again.output and "vecsearch list --failed" in again.output
+    (root / "bad2.jpg").write_bytes(b"neither")
+    third = run("index", root, "--index", index_dir)
+    assert "bad2.jpg" in third.output and "bad1.jpg" not in third.output
+    quiet = run("index", root, "--index", index_dir, "-q")
+    assert "bad" not in quiet.output and "2 images failed (0 new in this run)" in quiet.output
+    s = run_json("index", root, "--index", index_dir)
+    assert sorted((Path(f["path"]).name, f["new"]) for f in s["failed"]) == [("bad1.jpg", False), ("bad2.jpg", False)]
+
+
+def test_index_reports_the_whole_commands_time(photos, index_dir, monkeypatch):
+    """The time printed covers the whole command: on a fake clock, 20 s to open the index and 30 s
+    after the embedding (both outside the embedding phase, which the old line reported alone)."""
+    import time
+
+    import vecsearch.api as api
+
+    clock = [1000.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    real_open, real_add = api.open_index, api.VecIndex.add
+
+    def slow_open(*args, **kwargs):
+        ix = real_open(*args, **kwargs)
+        clock[0] += 20
+        return ix
+
+    def slow_add(self, *args, **kwargs):
+        summary = real_add(self, *args, **kwargs)
+        clock[0] += 30
+        return summary
+
+    monkeypatch.setattr(api, "open_index", slow_open)
+    monkeypatch.setattr(api.VecIndex, "add", slow_add)
+    r = run("index", photos, "--index", index_dir, *TINY, "-q")
+    assert "Indexed 12," in r.stdout and " in 50.0s -> " in r.stdout
+    assert run_json("index", photos, "--index", index_dir, "-q")["seconds"] == 50.0
+
+
+def test_a_wrong_model_says_to_leave_the_flags_out(indexed_photos):
+    """"(or none)" read as `--weights none`; the fix is to leave the flags out."""
+    photos, index_dir = indexed_photos
+    for args in (["--weights", "imagenet"], ["--backbone", "resnet50"]):
+        r = run("index", photos, "--index", index_dir, *args, ok=False)
+        assert r.exit_code == 1 and "(or none)" not in r.output, r.output
+        assert "leave out --backbone, --weights and --seed" in r.output

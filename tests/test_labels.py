@@ -4,7 +4,8 @@ The reference side is the tutorial recipe on a model Keras builds from the with-
 weights file (load_img bilinear, preprocess_input, predict, decode_predictions), so
 nothing of ours is on it. Keras's decode_predictions reads the class index from its own
 cache folder and checks its md5; we point that folder at our bundled file, so the test
-also proves the bundled file is Keras's.
+also proves the bundled file is Keras's. Listings by class (`search-labels`, `query --imagenet`)
+are checked on labels written straight into the store.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import keras_recipe, make_image, run, run_json
+from helpers import GOLDFISH, TENCH, keras_recipe, make_image, run, run_json, store_imagenet_labels
 
 from vecsearch import labels, open_index
 from vecsearch.backbones import WeightsSpec, get_spec, import_keras
@@ -27,23 +28,23 @@ from vecsearch.errors import UnknownClassError, VecsearchError, WeightsUnavailab
 TOP = 5
 
 
+# Its tests are all marked slow: a ResNet50 index takes 10-25 s to build here, and an unmarked test
+# would pay for it in the fast loop (`-m "not slow"`).
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A ResNet50 index built from a with-top weights file, labelled, and Keras's own predictions."""
+def world(tmp_path_factory, resnet50_top_weights):
+    """A ResNet50 index built from the with-top weights file conftest writes once, labelled, and Keras's own predictions."""
     keras = import_keras()
     d = tmp_path_factory.mktemp("labels")
-    keras.utils.set_random_seed(3)
-    keras.applications.ResNet50(weights=None, include_top=True).save_weights(d / "full.weights.h5")
     photos = d / "photos"
     paths = [make_image(photos / f"img{i}.png", seed=100 + i, size=(80, 60)) for i in range(4)]
     index_dir = d / "index"
-    with open_index(index_dir, backbone="resnet50", weights=str(d / "full.weights.h5")) as ix:
+    with open_index(index_dir, backbone="resnet50", weights=str(resnet50_top_weights)) as ix:
         summary = ix.add([photos])
         assert summary.indexed == 4
         ix.label(top=TOP)
-    reference = keras.applications.ResNet50(weights=str(d / "full.weights.h5"), include_top=True)
+    reference = keras.applications.ResNet50(weights=str(resnet50_top_weights), include_top=True)
     ref_probs = keras_recipe(reference, paths, (224, 224), keras.applications.resnet50.preprocess_input, normalise=False)
-    return SimpleNamespace(dir=d, photos=photos, paths=paths, index=index_dir, full=d / "full.weights.h5",
+    return SimpleNamespace(dir=d, photos=photos, paths=paths, index=index_dir, full=resnet50_top_weights,
                            reference=reference, ref_probs=np.asarray(ref_probs, np.float64))
 
 
@@ -67,6 +68,7 @@ def keras_decode(tmp_path, monkeypatch):
     return keras.applications.resnet50.decode_predictions
 
 
+@pytest.mark.slow
 def test_labels_equal_keras_full_model_and_decode_predictions(world, keras_decode):
     stored = _stored(world.index)
     expected = keras_decode(world.ref_probs, top=TOP)  # a different file would fail Keras's md5 check
@@ -83,6 +85,7 @@ def test_labels_equal_keras_full_model_and_decode_predictions(world, keras_decod
         assert len(set(by_wnid) & {lb.wnid for lb in ours}) >= TOP - 1
 
 
+@pytest.mark.slow
 def test_probabilities_sum_to_one_over_1000_classes_without_a_second_pass(world, tmp_path, monkeypatch):
     index = tmp_path / "index"
     shutil.copytree(world.index, index)
@@ -122,6 +125,7 @@ def test_the_bundled_class_index():
         labels.find_classes("golden retreiver")
 
 
+@pytest.mark.slow
 def test_query_label_lists_exactly_the_images_whose_topk_holds_it(world):
     stored = _stored(world.index)
     holders: dict[str, set[str]] = {}
@@ -151,6 +155,7 @@ def test_query_label_lists_exactly_the_images_whose_topk_holds_it(world):
     assert r.exit_code == 1 and "taught" in r.output
 
 
+@pytest.mark.slow
 def test_label_command_json_and_text(world, tmp_path):
     index = tmp_path / "index"
     shutil.copytree(world.index, index)
@@ -175,6 +180,7 @@ def test_label_command_json_and_text(world, tmp_path):
     assert r.exit_code == 1 and "Traceback" not in r.output
 
 
+@pytest.mark.slow
 def test_index_label_labels_new_images(world, tmp_path):
     index = tmp_path / "index"
     shutil.copytree(world.index, index)
@@ -192,6 +198,7 @@ def test_index_label_labels_new_images(world, tmp_path):
     assert run_json("index", new.parent, "--index", index, "--label")["labelled"] == 0
 
 
+@pytest.mark.slow
 def test_no_top_weights_file_gets_a_clear_message(world, tmp_path):
     keras = import_keras()
     keras.utils.set_random_seed(4)
@@ -246,3 +253,38 @@ def test_offline_imagenet_top_names_the_file_to_download():
 
     with pytest.raises(WeightsUnavailableError, match="resnet50_weights_tf_dim_ordering_tf_kernels.h5"):
         labels._full_model(dataclasses.replace(spec, build=offline), WeightsSpec("imagenet"))
+
+
+# -- listing by ImageNet class, from stored labels --------------------------------------------
+def test_imagenet_listing_ranks_results_and_names_the_class_rank(indexed_photos):
+    photos, index_dir = indexed_photos
+    paths = sorted(str(p.resolve()) for p in photos.rglob("*.*"))[:3]
+    store_imagenet_labels(index_dir, {
+        paths[0]: [(*TENCH, 0.9), (*GOLDFISH, 0.1)],
+        paths[1]: [(*GOLDFISH, 0.6), (*TENCH, 0.4)],
+        paths[2]: [(*TENCH, 0.7), (*GOLDFISH, 0.3)],
+    })
+    hits = run_json("search-labels", "tench", "--index", index_dir)
+    assert [(h["path"], h["rank"], h["class_rank"]) for h in hits] == [(paths[0], 1, 1), (paths[2], 2, 1), (paths[1], 3, 2)]
+    lines = run("search-labels", "tench", "--index", index_dir).stdout.splitlines()
+    assert lines[0].split() == ["rank", "class_rank", "prob", "path"]
+    assert [ln.split()[:2] for ln in lines[1:]] == [["1", "1"], ["2", "1"], ["3", "2"]]
+    # A real class no image has: one line that says so (and that 9 images have no labels), not a bare header.
+    r = run("search-labels", "golden_retriever", "--index", index_dir)
+    assert r.stdout.strip() == ("No labelled image has golden_retriever in its stored ImageNet top-k; only 3 of 12 "
+                                "indexed images have ImageNet labels: `vecsearch label --missing` labels the other 9.")
+    assert run_json("search-labels", "golden_retriever", "--index", index_dir) == []
+
+
+def test_imagenet_listing_says_how_many_images_are_labelled(indexed_photos):
+    photos, index_dir = indexed_photos
+    paths = sorted(str(p.resolve()) for p in photos.rglob("*.*"))
+    store_imagenet_labels(index_dir, {paths[0]: [(*TENCH, 0.9)]})
+    r = run("query", "--imagenet", "goldfish", "--index", index_dir)
+    assert "only 1 of 12 indexed images have ImageNet labels" in r.stdout and "`vecsearch label --missing`" in r.stdout
+    r = run("query", "--imagenet", "tench", "--index", index_dir)
+    assert paths[0] in r.stdout and "only 1 of 12" in r.stderr
+    assert [h["path"] for h in run_json("search-labels", "tench", "--index", index_dir)] == [paths[0]]
+    store_imagenet_labels(index_dir, {p: [(*TENCH, 0.9)] for p in paths})
+    r = run("query", "--imagenet", "goldfish", "--index", index_dir)
+    assert r.stdout.strip() == "No indexed image has goldfish in its stored ImageNet top-k." and "of 12" not in r.stderr

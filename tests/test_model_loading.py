@@ -95,10 +95,10 @@ def test_embed_with_every_shard_done_loads_no_model(photos, tmp_path, loads):
 @pytest.fixture
 def terminal(monkeypatch):
     """stderr as a terminal: what the CLI writes there, rich's control codes included."""
-    from vecsearch.cli import _common
+    from vecsearch.cli import output
 
     buf = io.StringIO()
-    monkeypatch.setattr(_common, "err", Console(file=buf, force_terminal=True, width=200))
+    monkeypatch.setattr(output, "err", Console(file=buf, force_terminal=True, width=200))
     return buf
 
 

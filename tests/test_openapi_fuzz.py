@@ -14,7 +14,7 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 pytest.importorskip("fastapi")
 
-from helpers import live_server, make_image  # noqa: E402
+from helpers import live_server  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
@@ -27,22 +27,13 @@ EXAMPLES = int(os.environ.get("VECSEARCH_FUZZ_EXAMPLES", "15"))
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    """A served index of 6 images, 2 of them labelled per class, a k-NN classifier, one bad file."""
-    from vecsearch import open_index
+def live(labelled_served_index):
+    """conftest's labelled_served_index (taught labels, a k-NN classifier, a bad file) served over loopback HTTP."""
     from vecsearch.server import create_app
 
-    root = tmp_path_factory.mktemp("fuzz")
-    for i in range(6):
-        make_image(root / "photos" / ("a" if i < 3 else "b") / f"img{i}.png", seed=i)
-    (root / "photos" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
-    ix = open_index(root / "index", backbone="tiny", weights=None, seed=7)
-    ix.add([root / "photos"])
-    ix.teach(root / "photos")
-    ix.train_classifier("knn", k=1)
+    _, ix = labelled_served_index
     with live_server(create_app(ix, warm=False)) as base:
         yield base
-    ix.close()
 
 
 def test_no_server_error_and_no_undocumented_status(live):

@@ -26,31 +26,17 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient  # noqa: E402
 
-from helpers import make_image, start_serve, wait_until_serving  # noqa: E402
+from helpers import PAGE_TAUGHT, make_image, start_serve, wait_until_serving  # noqa: E402
 
 TESTS = Path(__file__).parent
-TAUGHT = {"a/img00.jpg": "cat", "a/img01.jpg": "cat", "a/img02.jpg": "cat",
-          "b/img06.jpg": "dog", "b/img07.jpg": "dog", "b/img08.jpg": "dog"}
+TAUGHT = PAGE_TAUGHT
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """12 JPEGs in a/ and b/, a PNG in c/, a corrupt file; 6 taught labels and a 1-NN classifier's predictions."""
-    from vecsearch import open_index
-
-    root = tmp_path_factory.mktemp("page")
-    photos = root / "photos"
-    for i in range(12):
-        make_image(photos / ("a" if i < 6 else "b") / f"img{i:02d}.jpg", seed=i)
-    make_image(photos / "c" / "plain.png", seed=50, size=(40, 30))
-    (photos / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    (root / "labels.csv").write_text("".join(f"photos/{p},{label}\n" for p, label in TAUGHT.items()))
-    ix = open_index(root / "index", backbone="tiny", weights=None, seed=7)
-    ix.add([photos])
-    ix.teach(root / "labels.csv")
-    ix.train_classifier("knn", k=1, name="nn1")
-    yield root, ix
-    ix.close()
+def built(labelled_served_index):
+    """conftest's labelled_served_index: 12 JPEGs in a/ and b/, a PNG in c/, a corrupt file; 6 taught
+    labels (TAUGHT) and a 1-NN classifier's predictions. Shared read-only."""
+    return labelled_served_index
 
 
 @pytest.fixture(scope="module")
@@ -344,6 +330,7 @@ def test_page_url_is_what_a_browser_can_open():
     assert page_url("photos.local", 9000, "t") == "http://photos.local:9000/?token=t"
 
 
+@pytest.mark.slow
 def test_serve_prints_the_token_url_and_it_opens_the_page(built):
     _, ix = built
     proc, port = start_serve(ix.directory, env={"VECSEARCH_TOKEN": "tok/en 1"})

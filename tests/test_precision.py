@@ -99,6 +99,7 @@ def test_tiny_bfloat16_vectors_agree_with_keras_float32(pics):
     assert between.max() < 0.999
 
 
+@pytest.mark.slow
 def test_resnet50_bfloat16_agrees_with_float32_and_tells_images_apart():
     rng = np.random.default_rng(0)
     from PIL import Image

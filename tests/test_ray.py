@@ -96,6 +96,7 @@ def test_missing_ray_says_how_to_install(monkeypatch, tmp_path):
     assert not (tmp_path / "ix" / "index.db").exists()
 
 
+@pytest.mark.slow
 def test_ray_engine_gives_the_local_vectors_and_reasons(cluster, tmp_path):
     from vecsearch.backbones import load_backbone
 
@@ -145,7 +146,7 @@ def test_engine_flags_are_checked(tmp_path):
     assert r.exit_code == 1 and "go with --engine ray" in r.output
 
 
-# -- joining a head started with `ray start --head`, as the README's recipe does ------------------
+# -- joining a head started with `ray start --head`, as docs/service.md's recipe does ------------------
 def _free_port() -> int:
     import socket
 
@@ -253,6 +254,7 @@ def _index_in_subprocess(root: Path, index: Path, address: str | None) -> subpro
     return index_in_subprocess(root, index, *engine, env={"TINY_BACKBONE_DELAY": "0"})
 
 
+@pytest.mark.slow
 def test_sigkilled_ray_driver_resumes_to_the_clean_index(cluster, tmp_path):
     root = tmp_path / "many"
     _folder(root, 120)
@@ -274,6 +276,7 @@ def test_sigkilled_ray_driver_resumes_to_the_clean_index(cluster, tmp_path):
 
 
 # -- embed --out DIR: shards, then import ---------------------------------------------------------
+@pytest.mark.slow
 def test_ray_shards_round_trip_through_import(cluster, tmp_path, monkeypatch):
     from vecsearch import ray_engine
 
@@ -369,6 +372,7 @@ def test_a_worker_that_cannot_build_the_model_is_one_clear_error(cluster, tmp_pa
         list(RayEngine(recipe, address=cluster, workers=1).embed_files(paths))
 
 
+@pytest.mark.slow
 def test_sigkilled_embed_resumes_to_the_clean_shards(tmp_path):
     import pyarrow.parquet as pq
 

@@ -26,7 +26,10 @@ def _imported(tmp_path, model_meta, n, index_type, *, seed=0, max_memory=None, n
     return ix, vecs
 
 
-@pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivf-pq", "IVF32,SQ8", "PCA16,IVF32,PQ8x6", "PCA16,IVF32,PQ4x6,Refine(SQ8)"])
+# The product-quantised types (PQ codebooks to train) were among the slowest tests measured on main.
+@pytest.mark.parametrize("index_type", ["flat", "hnsw", pytest.param("ivf-pq", marks=pytest.mark.slow), "IVF32,SQ8",
+                                        pytest.param("PCA16,IVF32,PQ8x6", marks=pytest.mark.slow),
+                                        pytest.param("PCA16,IVF32,PQ4x6,Refine(SQ8)", marks=pytest.mark.slow)])
 def test_every_index_type_matches_exact_search(tmp_path, model_meta, index_type):
     ix, _ = _imported(tmp_path, model_meta, 3000, index_type)
     ids, base, _ = ix.store.vectors()
@@ -66,6 +69,7 @@ def test_auto_chooses_by_size_and_budget():
         index_types.check_index_type("fast")
 
 
+@pytest.mark.slow
 def test_auto_with_a_small_budget_compresses_and_still_finds_the_neighbours(tmp_path, model_meta):
     ix, _ = _imported(tmp_path, model_meta, 3000, "auto", max_memory="200KB")  # flat would take 384 KiB
     assert "PQ" in ix.searcher.spec.factory and ix.searcher.spec.memory_bytes <= 200 * 2**10
@@ -75,6 +79,7 @@ def test_auto_with_a_small_budget_compresses_and_still_finds_the_neighbours(tmp_
     ix.close()
 
 
+@pytest.mark.slow
 def test_adding_after_training_keeps_the_trained_structure_and_exact_results(tmp_path, model_meta):
     ix, _ = _imported(tmp_path, model_meta, 3000, "ivf-pq")
     structure, built = ix.faiss, ix.searcher.spec.build_id
@@ -98,6 +103,7 @@ def test_adding_after_training_keeps_the_trained_structure_and_exact_results(tmp
     ix.close()
 
 
+@pytest.mark.slow
 def test_a_collection_four_times_larger_retrains(tmp_path, model_meta):
     ix, _ = _imported(tmp_path, model_meta, 1000, "ivf-pq")
     first = ix.searcher.spec

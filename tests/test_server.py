@@ -37,20 +37,9 @@ TESTS = Path(__file__).parent
 
 # -- fixtures and helpers -------------------------------------------------------------
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """12 photos (a/, b/) plus one corrupt file, indexed with the tiny backbone; shared read-only."""
-    from vecsearch import open_index
-
-    root = tmp_path_factory.mktemp("served")
-    for i in range(12):
-        make_image(root / "photos" / ("a" if i < 6 else "b") / f"img{i:02d}.jpg", seed=i)
-    (root / "photos" / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    for i in range(3):  # never indexed: query images
-        make_image(root / "queries" / f"q{i}.png", seed=100 + i, size=(50, 70))
-    ix = open_index(root / "index", backbone="tiny", weights=None, seed=7)
-    ix.add([root / "photos"])
-    yield root, ix
-    ix.close()
+def built(served_index):
+    """conftest's served_index (12 photos, a corrupt file, 3 query images): shared read-only."""
+    return served_index
 
 
 @pytest.fixture(scope="module")
@@ -552,6 +541,7 @@ def test_serve_refuses_a_public_host_without_a_token(built):
     assert r.exit_code == 0 and "--token" in r.output and "--max-upload-mb" in r.output
 
 
+@pytest.mark.slow
 def test_serve_command_serves_over_http(built):
     """The real command in a subprocess: starts, answers, stops on SIGTERM."""
     _, ix = built
@@ -576,6 +566,7 @@ def _index_in_subprocess(root: Path, index: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 def test_readers_see_a_consistent_index_while_another_process_indexes(tmp_path):
     from vecsearch import open_index
     from vecsearch.server import create_app
@@ -707,6 +698,7 @@ def _rss(pid: int, field: str) -> int:
     raise AssertionError(field)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads peak RSS from /proc")
 @pytest.mark.parametrize("max_pixels", [None, 200_000_000])
 def test_concurrent_thumbnails_of_a_huge_png_stay_within_a_gigabyte(tmp_path, max_pixels):

@@ -1,4 +1,5 @@
-"""Vectors stored once, in shard files the database points into; migration of older indexes."""
+"""Vectors stored once, in shard files the database points into (and counted apart from the search
+structure by `stats`); migration of older indexes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from helpers import TESTS
+from helpers import TESTS, run, run_json
 from vecsearch import open_index
 
 
@@ -311,3 +312,14 @@ def test_shard_rows_an_interrupted_migration_left_are_reconciled(tmp_path):
     (index / "vectors" / "shard-000001.f32").write_bytes(b"\0" * 128)
     got = _everything(index, tmp_path)
     assert got == want and got["damaged_vectors"] == [] and list(got["shards"]) == ["shard-000000.f32"]
+
+
+def test_stats_shows_the_stored_vectors_and_the_search_structure_apart(indexed_photos):
+    photos, index_dir = indexed_photos
+    shards = sum(p.stat().st_size for p in (index_dir / "vectors").glob("shard-*.f32"))
+    s = run_json("stats", "--index", index_dir)
+    assert s["index_type"] == "flat" and s["vectors_bytes"] == shards >= 12 * 32 * 4 and s["structure_bytes"] == 0
+    run("reindex", "--index-type", "hnsw", "--index", index_dir, "-q")
+    s = run_json("stats", "--index", index_dir)
+    structure = sum((index_dir / name).stat().st_size for name in ("vectors.faiss", "vectors.faiss.json"))
+    assert s["vectors_bytes"] == shards and s["structure_bytes"] == structure > 0

@@ -1,14 +1,17 @@
 """Vector files (`export` / `import`): the file facts they carry, and files that must be refused.
 
 Hostile files are refused with one BadVectorFileError (one `Error:` line in the CLI) from
-what their headers say, before they cost memory, and the index is left as it was.
+what their headers say, before they cost memory, and the index is left as it was. Parquet needs the
+parquet extra, which is named before anything is written.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import os
 import struct
+import sys
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -19,6 +22,7 @@ from helpers import run, run_json, write_vector_file
 
 from vecsearch import BadVectorFileError, VecsearchError, config, open_index
 from vecsearch.model import IndexModel
+from vecsearch.extras import install_line
 
 TINY = ["--backbone", "tiny", "--weights", "none", "--seed", "7"]
 DIM = 32
@@ -295,3 +299,33 @@ def test_the_caps_are_documented():
     for name in ("MAX_IMPORT_PATH_CHARS", "MAX_IMPORT_DIM", "MAX_IMPORT_META_BYTES", "MAX_IMPORT_ROW_GROUP_BYTES"):
         assert name in text, name
         assert ast.literal_eval(str(getattr(config, name))) > 0
+
+
+# -- the Parquet extra, and the file export writes --------------------------------------------
+def test_parquet_without_pyarrow_names_the_extra_and_writes_nothing(indexed_photos, tmp_path, monkeypatch):
+    photos, index_dir = indexed_photos
+    run("export", tmp_path / "v.npz", "--index", index_dir, "-q")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    r = run("export", tmp_path / "out.parquet", "--index", index_dir, "-q", ok=False)
+    assert r.exit_code == 1 and install_line("parquet") in r.output
+    (tmp_path / "in.parquet").write_bytes(b"PAR1")
+    r = run("import", tmp_path / "in.parquet", "--index", tmp_path / "fresh", "-q", ok=False)
+    assert r.exit_code == 1 and install_line("parquet") in r.output
+    assert not (tmp_path / "fresh").exists() and not list(tmp_path.glob("out.parquet*"))
+
+
+def test_export_writes_exactly_the_named_file(indexed_photos, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    photos, index_dir = indexed_photos
+    out = tmp_path / "out" / "vectors.parquet"
+    out.parent.mkdir()
+    reported = run_json("export", out, "--index", index_dir, "-q")
+    assert reported == {"exported": 12, "file": str(out)}
+    assert sorted(os.listdir(out.parent)) == ["vectors.parquet"]
+    data = out.read_bytes()
+    assert data[:4] == b"PAR1" and data[-4:] == b"PAR1"
+    table = pq.read_table(out)
+    assert table.num_rows == 12 and {"path", "vector"} <= set(table.column_names)
+    npz = tmp_path / "out" / "vectors.npz"
+    assert run_json("export", npz, "--index", index_dir, "-q")["file"] == str(npz)
+    assert sorted(os.listdir(out.parent)) == ["vectors.npz", "vectors.parquet"] and len(np.load(npz)["ids"]) == 12

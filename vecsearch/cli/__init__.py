@@ -1,7 +1,8 @@
 """The `vecsearch` command: parse, show progress, print, map errors to exit codes. No logic.
 
 One module per concept registers its commands on the shared app (`_common.app`); they are
-imported here in the order `--help` lists them.
+imported here in the order `--help` lists them. The options they share are in options.py, what
+they print (and how) in output.py.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main(
 
 # Registration order is --help order: the core, remove and list, check, shards for large jobs, ImageNet labels,
 # classes of your own, fine-tuning, duplicates and similarity, explanations, the service.
+# isort: off
 from . import index  # noqa: E402,F401
 from . import manage  # noqa: E402,F401
 from . import check  # noqa: E402,F401
@@ -47,6 +49,7 @@ from . import finetune  # noqa: E402,F401
 from . import dupes  # noqa: E402,F401
 from . import explain  # noqa: E402,F401
 from . import serve  # noqa: E402,F401
+# isort: on
 
 if __name__ == "__main__":  # pragma: no cover
     app()

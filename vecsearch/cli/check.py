@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from ._common import IndexOpt, JsonOpt, app, error_line, errors_to_exit, print_json, say
+from ._common import app, errors_to_exit
+from .options import IndexOpt, JsonOpt
+from .output import error_line, print_json, say
 
 
 @app.command()

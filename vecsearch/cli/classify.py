@@ -11,8 +11,9 @@ from ..classifiers import DEFAULT_TOP
 from ..classify import DEFAULT_K
 from ..errors import VecsearchError
 from ..extras import require_extra
-from ._common import (IndexOpt, JsonOpt, QuietOpt, app, errors_to_exit, json_mode, model_options, model_status, open_index,
-                      print_json, print_jsonl, print_table, progress_bar, say, warn)
+from ._common import app, errors_to_exit, open_index
+from .options import IndexOpt, JsonOpt, QuietOpt, model_options
+from .output import json_mode, model_status, print_json, print_jsonl, print_table, progress_bar, say, warn
 
 SHOWN_PREDICTIONS = 20
 

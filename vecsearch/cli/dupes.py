@@ -11,8 +11,9 @@ import typer
 from ..dupes import DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD
 from ..errors import VecsearchError
 from ..extras import require_extra
-from ._common import (IndexOpt, JsonlOpt, JsonOpt, QuietOpt, app, errors_to_exit, json_mode, model_status, open_index, print_json,
-                      print_rows, print_table, progress_bar, random_weights_warning, say, warn)
+from ._common import app, errors_to_exit, open_index, random_weights_warning
+from .options import IndexOpt, JsonlOpt, JsonOpt, QuietOpt
+from .output import json_mode, model_status, print_json, print_rows, print_table, progress_bar, say, warn
 
 
 class Keep(str, Enum):

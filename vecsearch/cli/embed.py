@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from ._common import (BackboneOpt, BatchSizeOpt, EngineOpt, GpusPerWorkerOpt, JsonOpt, PrecisionOpt, QuietOpt, RayAddressOpt, WorkersOpt, app, engine_options,
-                      errors_to_exit, model_options, model_status, print_json, progress_bar, say, SeedOpt, WeightsOpt)
+from ._common import app, errors_to_exit
+from .options import (
+    BackboneOpt,
+    BatchSizeOpt,
+    EngineOpt,
+    GpusPerWorkerOpt,
+    JsonOpt,
+    PrecisionOpt,
+    QuietOpt,
+    RayAddressOpt,
+    SeedOpt,
+    WeightsOpt,
+    WorkersOpt,
+    engine_options,
+    model_options,
+)
+from .output import model_status, print_json, progress_bar, say
 
 SHARD_SIZE = 20_000  # embed_job.SHARD_SIZE, repeated so --help imports nothing heavy
 
@@ -37,10 +52,10 @@ def embed_cmd(
         from ..api import embed_to_shards
 
         engine_kw = engine_options(engine, ray_address, gpus_per_worker, workers)
+        precision_kw: dict[str, Any] = {"precision": precision} if precision is not None else {}  # none: the default
         with progress_bar("Embedding", quiet or json_out) as update:
             summary = embed_to_shards(paths, out, batch_size=batch_size, shard_size=shard_size, progress=update,
-                                      **({"precision": precision} if precision is not None else {}),
-                                      **model_options(backbone, weights, seed), **engine_kw)
+                                      **precision_kw, **model_options(backbone, weights, seed), **engine_kw)
         summary.seconds = round(time.perf_counter() - started, 3)
         if json_out:
             print_json(summary.to_dict())

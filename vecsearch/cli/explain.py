@@ -9,7 +9,9 @@ import typer
 
 from ..errors import VecsearchError
 from ..explain import OVERLAY_SIDE, describe
-from ._common import IndexOpt, app, errors_to_exit, model_status, open_index, print_json, random_weights_warning, say, warn
+from ._common import app, errors_to_exit, open_index, random_weights_warning
+from .options import IndexOpt
+from .output import model_status, print_json, say, warn
 
 
 @app.command()

@@ -11,8 +11,9 @@ import typer
 from ..errors import VecsearchError
 from ..extras import require_extra
 from ..finetune import DEFAULT_NAME, UNFREEZE_EPOCHS, UNFREEZE_LEARNING_RATE, HeadParams
-from ._common import IndexOpt, JsonOpt, QuietOpt, app, epoch_status, errors_to_exit, model_status, open_index, print_json, progress_bar, say
-
+from ._common import app, errors_to_exit, open_index
+from .options import IndexOpt, JsonOpt, QuietOpt
+from .output import epoch_status, model_status, print_json, progress_bar, say
 
 _HEAD = HeadParams()  # the library's defaults, shown by every flag below
 

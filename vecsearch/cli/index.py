@@ -12,20 +12,28 @@ from ..config import DEFAULT_K
 from ..errors import VecsearchError
 from ..extras import require_extra
 from ..labels import DEFAULT_TOP as DEFAULT_LABEL_TOP
-from ..search import NAMED_TYPES, format_bytes
-from ._common import (BackboneOpt, BatchSizeOpt, EngineOpt, GpusPerWorkerOpt, IndexOpt, JsonlOpt, JsonOpt, PrecisionOpt, QuietOpt, RayAddressOpt,
-                      WorkersOpt, app, engine_options, errors_to_exit, json_mode, model_options, model_status, open_index, print_json,
-                      print_rows, print_table, progress_bar, random_weights_warning, say, SeedOpt, warn, WeightsOpt)
-
-
-IndexTypeOpt = Annotated[Optional[str], typer.Option(
-    "--index-type", show_default=False,
-    help=f"Search structure: {', '.join(NAMED_TYPES)}, or a FAISS factory string (e.g. IVF1024,PQ32x8). "
-         "flat (the default for a new index) is exact; auto picks by size and --max-memory; another type "
-         "than the index has converts it.")]
-MaxMemoryOpt = Annotated[Optional[str], typer.Option(
-    "--max-memory", metavar="SIZE", show_default=False,
-    help="RAM budget for the search structure, e.g. 4GB (default 4GB); auto chooses within it.")]
+from ..search import format_bytes
+from ._common import app, errors_to_exit, open_index, random_weights_warning
+from .options import (
+    BackboneOpt,
+    BatchSizeOpt,
+    EngineOpt,
+    GpusPerWorkerOpt,
+    IndexOpt,
+    IndexTypeOpt,
+    JsonlOpt,
+    JsonOpt,
+    MaxMemoryOpt,
+    PrecisionOpt,
+    QuietOpt,
+    RayAddressOpt,
+    SeedOpt,
+    WeightsOpt,
+    WorkersOpt,
+    engine_options,
+    model_options,
+)
+from .output import json_mode, model_status, print_json, print_rows, print_table, progress_bar, say, warn
 
 
 @app.command("index")

@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from ..labels import DEFAULT_TOP, NUM_CLASSES
-from ._common import (IndexOpt, JsonlOpt, JsonOpt, QuietOpt, app, errors_to_exit, json_mode, model_status, open_index, print_rows,
-                      print_table, progress_bar, random_weights_warning, say, warn)
+from ._common import app, errors_to_exit, open_index, random_weights_warning
+from .options import IndexOpt, JsonlOpt, JsonOpt, QuietOpt
+from .output import json_mode, model_status, print_rows, print_table, progress_bar, say, warn
 
 TopOpt = Annotated[int, typer.Option("--top", min=1, max=NUM_CLASSES, help="How many ImageNet classes to keep per image.")]
 

@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import VecsearchError
-from ._common import IndexOpt, JsonlOpt, JsonOpt, app, errors_to_exit, json_mode, open_index, print_json, print_jsonl, say, warn
+from ._common import app, errors_to_exit, open_index
+from .options import IndexOpt, JsonlOpt, JsonOpt
+from .output import json_mode, print_json, print_jsonl, say, warn
 
 
 @app.command()

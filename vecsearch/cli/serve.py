@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
-from urllib.parse import quote
 from typing import Annotated, Optional
+from urllib.parse import quote
 
 import typer
 
 from ..config import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS
 from ..errors import VecsearchError
 from ..extras import require_extra
-from ._common import IndexOpt, app, errors_to_exit, model_status, open_index, warn
-
+from ._common import app, errors_to_exit, open_index
+from .options import IndexOpt
+from .output import model_status, warn
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
