@@ -11,7 +11,6 @@ the search structure and the model in.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
@@ -20,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import classes, classifiers, classify, dupes, embed_job, explain, finetune, images, indexer, labels, queries, ray_engine, vector_files
+from . import classes, classifiers, classify, dupes, explain, explainer, finetune, images, indexer, labels, queries, report, vector_files
 from .classes import SEED
 from .classifiers import DEFAULT_TOP as CLASSIFY_TOP
 from .classify import DEFAULT_K as KNN_K
@@ -28,17 +27,17 @@ from .dupes import DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD
 from .finetune import DEFAULT_NAME as HEAD_NAME
 from .finetune import UNFREEZE_EPOCHS, UNFREEZE_LEARNING_RATE
 from .labels import DEFAULT_TOP as LABEL_TOP
-from .backbones import DEFAULT_PRECISION, Backbone, WeightsSpec, check_fingerprint, check_precision, recorded_precision
-from .config import DB_NAME, DEFAULT_K, LOCK_NAME, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, VECTORS_NAME, resolve_index_dir
-from .errors import BadImageError, IndexCorruptError, IndexNotFoundError, InputNotFoundError, NoImagesError, NotIndexedError, VecsearchError
+from .backbones import Backbone, check_fingerprint
+from .config import DEFAULT_K, LOCK_NAME, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, VECTORS_NAME, resolve_index_dir
+from .errors import VecsearchError
 from .explain import OVERLAY_SIDE
 from .extract import Extractor
-from .files import FileStream, WriterLock, absolute, open_stream
+from .files import FileStream, WriterLock, absolute
 from .indexer import IndexSummary, RemoveSummary
-from .model import UNSET, IndexModel, PrecisionCheck, requested_model
-from .store import ImageRecord, Store, no_annotations
+from .model import UNSET, IndexModel, PrecisionCheck, embed_to_shards, requested_model
+from .store import ImageRecord, Store, no_annotations, open_folder
 from .search import (DEFAULT_TYPE, FaissIndex, Hit, IndexSpec, LiveSearch, Searcher, allowed_ids, check_index_type,
-                     check_limits, parse_memory, sidecar_path)
+                     check_limits, parse_memory)
 
 log = logging.getLogger(__name__)
 
@@ -190,34 +189,17 @@ class VecIndex:
             self.store.require_sound(full=True)
             if new_globs:
                 self.store.set_setting("exclude", images.check_globs([*self.exclude, *new_globs]))
-            globs = self.exclude
-            # A folder (or file) that is gone but has entries is reconciled like any other:
-            # its entries are dropped. Only a path that is neither there nor indexed is a mistake.
-            gone = [r for r in roots if not os.path.lexists(r)]
-            indexed = lambda r: self.info is not None and self.store.has_under(str(r))  # noqa: E731
-            for r in gone:
-                if not indexed(r):
-                    raise InputNotFoundError(f"No such file or folder: {r}")
-            found = list(images.scan([r for r in roots if r not in gone], exclude=globs))
-            files = [f.path for f in found if f.reason is None]
-            rejected = [f for f in found if f.reason is not None]
-            if not found and not gone and not any(indexed(r) for r in roots):
-                raise NoImagesError(f"No image files found in {', '.join(map(str, roots))}.")
-            if self._wanted_differs():  # refused before anything is embedded
-                self._check_wanted(len(self) + len(files), self.info.dim if self.info else self.backbone.dim)
+            files, rejected = indexer.inputs(self.store, roots, self.exclude)
+            if self.live.wanted_differs():  # refused before anything is embedded
+                self.live.check_wanted(len(self) + len(files), self.info.dim if self.info else self.backbone.dim)
             self._ensure_info()
             self.refresh()
             had_structure = self.live.recorded_spec() is not None
-            damaged = self.store.damaged_vectors()
-            if damaged:
-                # Their bytes changed on disk since they were written: embed them anew.
-                log.warning("%d stored vectors are damaged (checksum mismatch); their images are embedded again",
-                            len(damaged))
-                self.store.forget_vectors(damaged)
+            repaired = indexer.forget_damaged(self.store)
             summary = indexer.run(self.store, self.model.embedder, roots, files, progress=progress,
                                   chunk_size=chunk_size, chunk_seconds=chunk_seconds, rejected=rejected)
-            summary.retrained = self._after_write() and had_structure
-            summary.repaired = len(damaged)
+            summary.retrained = self.live.after_write() and had_structure
+            summary.repaired = repaired
         return summary
 
     @property
@@ -251,20 +233,10 @@ class VecIndex:
         summary = RemoveSummary()
         with self._lock.held():
             self.refresh()
-            ids: set[int] = set()
-            for r in roots:
-                under = self.store.ids_under([str(r)])
-                if not len(under):
-                    summary.not_indexed.append(str(r))
-                ids.update(under.tolist())
-            records = list(self.store.iter_images(ids=np.array(sorted(ids), np.int64))) if ids else []
-            if missing:
-                chosen = {r.id for r in records}
-                records += [r for r in self.store.iter_images() if r.id not in chosen and not os.path.lexists(r.path)]
-            records.sort(key=lambda r: r.id)
+            records = indexer.records_to_remove(self.store, roots, missing, summary)
             indexer.remove(self.store, records, summary)
             if records:
-                self._after_write()
+                self.live.after_write()
         return summary
 
     def reindex(self, *, index_type: str | None = None, max_memory: int | str | None = None,
@@ -275,15 +247,6 @@ class VecIndex:
         return self.live.reindex(index_type, max_memory, progress=progress)
 
     # -- the search structure: built first, recorded only then (`search.live`) ----------------
-    def _wanted_differs(self) -> bool:
-        return self.live.wanted_differs()
-
-    def _check_wanted(self, n: int, dim: int) -> None:
-        self.live.check_wanted(n, dim)
-
-    def _after_write(self) -> bool:
-        return self.live.after_write()
-
     @property
     def structure_note(self) -> str | None:
         """Why the index scans exactly instead of the structure it records (and how to fix it), or None."""
@@ -376,23 +339,11 @@ class VecIndex:
         size and mtime recorded, and bytes Pillow knows as an image. What a path holds now may
         be something else (a link repointed, a file replaced); that is refused as not indexed.
         """
-        rec = self.image(image_id)
-        if rec.status != "ok":
-            raise NotIndexedError(f"Image {image_id} was not indexed: {rec.reason}.")
-        try:
-            f = open_stream(rec.path, max_bytes=max_bytes)
-        except BadImageError as e:
-            raise NotIndexedError(f"The file of image {image_id} cannot be read at {rec.path}: {e.reason}.") from None
-        if (f.size, f.mtime_ns) != (rec.size, rec.mtime_ns) or f.media_type is None:
-            f.close()
-            raise NotIndexedError(f"The file of image {image_id} at {rec.path} has changed since it was indexed: "
-                                  "index its folder again.")
-        return f
+        return queries.original(self.store, image_id, max_bytes=max_bytes)
 
     def images(self, offset: int = 0, limit: int = 100, status: str | None = None) -> tuple[int, list[ImageRecord]]:
         """(total, one page of image records by id), all or only "ok" / "failed" ones."""
-        if status not in (None, "ok", "failed"):
-            raise VecsearchError(f"status must be ok or failed, not {status!r}.")
+        queries.check_status(status)
         return self.store.page_images(offset, limit, status)
 
     def __iter__(self) -> Iterator[ImageRecord]:
@@ -403,8 +354,7 @@ class VecIndex:
                     label: str | None = None) -> Iterator[ImageRecord]:
         """Image records by id, streamed a page at a time: all, or only those of a `status`
         ("ok" / "failed"), inside the folder `under`, or taught the class `label`."""
-        if status not in (None, "ok", "failed"):
-            raise VecsearchError(f"status must be ok or failed, not {status!r}.")
+        queries.check_status(status)
         folders = [str(absolute(under))] if under is not None else []
         ids = self.store.ids_with_user_label(str(label)) if label is not None else None
         return self.store.iter_images(status=status, under=folders, ids=ids)
@@ -420,43 +370,10 @@ class VecIndex:
         return {i: stored.get(i) or no_annotations() for i in ids}
 
     def stats(self) -> dict:
-        """Counts, model, index_type and sizes on disk.
-
-        `vectors_bytes` is the stored vectors (the shard files under `vectors/`), whatever the
-        index type; `structure_bytes` the approximate search structure built from them
-        (`vectors.faiss` and its sidecar; 0 for flat, which scans the shards).
-        """
+        """Counts, model, index_type and sizes on disk (`report.stats`)."""
         info = self._require_info()
         self.refresh()
-        counts = self.store.counts()
-        spec = self.searcher.spec
-        size = lambda p: p.stat().st_size if p.exists() else 0  # noqa: E731
-        db = self.directory / DB_NAME
-        return {
-            "index": str(self.directory),
-            "images": counts["images"],
-            "vectors": len(self.searcher),
-            "ok": counts["ok"],
-            "failed": counts["failed"],
-            "backbone": info.backbone,
-            "weights": WeightsSpec.recorded(info).describe(),
-            "weights_fingerprint": info.weights_fingerprint,
-            "precision": recorded_precision(info),
-            "dim": info.dim,
-            "metric": info.metric,
-            "index_type": info.index_type,
-            "faiss_index": self.faiss.describe() if self.faiss is not None else "none (exact scan of the stored vectors)",
-            "index_params": spec.params,
-            "index_memory_bytes": spec.memory_bytes,
-            "index_built_for": spec.built_for,
-            "recall_at_10": spec.recall,
-            "max_memory": info.max_memory,
-            "db_bytes": size(db) + size(db.with_name(db.name + "-wal")),
-            "vectors_bytes": self.store.shards.disk_bytes(),
-            "structure_bytes": size(self.vectors_path) + size(sidecar_path(self.vectors_path)),
-            "created_at": info.created_at.isoformat(timespec="seconds") + "Z",
-            "exclude": self.exclude,
-        } | ({"index_warning": self.structure_note} if self.structure_note else {})
+        return report.stats(self.directory, self.store, info, self.live, self.exclude)
 
     def export(self, out: str | os.PathLike, *, progress: Progress | None = None) -> int:
         """Write every indexed vector with its path, norm, file facts and model to .npz or .parquet.
@@ -464,13 +381,6 @@ class VecIndex:
         The suffix decides the format; `import` reads either back. Streams in batches.
         """
         return vector_files.export_index(self.store, out, self.model.meta(self._require_info()), progress)
-
-
-    def _check_import_precision(self, info, precisions: set[str]) -> None:
-        """Vectors of another precision than the index's come in only if that precision agrees
-        with the stored vectors (`check_precision`, embedding a few indexed images both ways)."""
-        for precision in sorted(precisions - {recorded_precision(info)}):
-            self.model.check_other_precision(precision)
 
     def import_vectors(self, source: str | os.PathLike, *, unchecked: bool = False,
                        progress: Progress | None = None) -> vector_files.ImportSummary:
@@ -487,11 +397,11 @@ class VecIndex:
         checked = vector_files.check_import(source, self.model.meta(info) if info is not None else None,
                                             unchecked, self.directory)  # every file, before anything is written
         if info is not None:
-            self._check_import_precision(info, checked.precisions)
-        self._check_wanted((len(self) if info is not None else 0) + checked.rows, int(checked.model["dim"]))
+            self.model.check_imported_precisions(checked.precisions)
+        self.live.check_wanted((len(self) if info is not None else 0) + checked.rows, int(checked.model["dim"]))
         with self._lock.held():
             summary = vector_files.import_files(self.store, checked, create=self.info is None, progress=progress)
-            self._after_write()
+            self.live.after_write()
         summary.seconds = round(time.perf_counter() - started, 3)
         return summary
 
@@ -604,7 +514,7 @@ class VecIndex:
             finetune.carry_over(plan, new.store, new.directory, head_path=head_path, name=name, metrics=metrics)
         return summary
 
-    # -- explanations -----------------------------------------------------------------------
+    # -- explanations (`explainer`) -----------------------------------------------------------
     def explain(self, image, *, like=None, imagenet_class: str | None = None, classifier: str | None = None,
                 label: str | None = None, weights: Any = None, side: int = OVERLAY_SIDE,
                 max_pixels: int | None = MAX_IMAGE_PIXELS) -> explain.Explanation:
@@ -617,28 +527,8 @@ class VecIndex:
         is where the ImageNet top comes from, as for `label`. `side` is the overlay's
         longest side in pixels.
         """
-        # Every check that needs no model comes first: an unknown class, a k-NN classifier,
-        # a missing file or one that is not an image are refused before seconds of loading.
-        target = explain.as_target(like, imagenet_class, classifier, label)
-        if imagenet_class is not None:
-            labels.find_classes(imagenet_class)
-        if target == "classifier":
-            explain.kind_of(classifiers.find(self.store, classifier))
-        data, path = queries.image_data(self.store, image)
-        pixels = self.model.decode(data, path, max_pixels)
-        model = self.classifier(classifier) if target == "classifier" else None
-        top = labels.load_top(self.store, self.directory, weights) if target == "imagenet" else None
-        other, like_name = queries.like_vector(self.store, self.model, like) if target == "similar" else (None, None)
-        seen = self.model.look(data, path, side=side, max_pixels=max_pixels, pixels=pixels)
-        layer = self.model.maps().layer
-        if target == "similar":
-            return explain.explain_similar(seen, other, layer, like=like_name)
-        if target == "imagenet":
-            return explain.explain_imagenet(seen, top, layer, imagenet_class)
-        row, clf = model
-        if row["kind"] == "head":
-            return self.model.run(explain.explain_head, seen, clf, row, layer, label)  # a Keras model too
-        return explain.explain_probe(seen, clf, row, layer, label)
+        return explainer.explain(self._explainer(), image, like=like, imagenet_class=imagenet_class,
+                                 classifier=classifier, label=label, weights=weights, side=side, max_pixels=max_pixels)
 
     def explain_hits(self, query, hits: Iterable[Hit], *, side: int = OVERLAY_SIDE,
                      max_pixels: int | None = MAX_IMAGE_PIXELS) -> list[tuple[explain.Explanation, explain.Explanation]]:
@@ -646,30 +536,15 @@ class VecIndex:
 
         The query is read and run through the model once; each hit's file once.
         """
-        seen_q = self._look(query, side=side, max_pixels=max_pixels)
-        q_name = seen_q.path or "the query"
-        out = []
-        for h in hits:
-            seen_h = self._look(h.id, side=side, max_pixels=max_pixels)
-            layer = self.model.maps().layer
-            out.append((explain.explain_similar(seen_q, seen_h.unit, layer, like=f"#{h.id} {h.path}"),
-                        explain.explain_similar(seen_h, seen_q.unit, layer, like=q_name)))
-        return out
+        return explainer.explain_hits(self._explainer(), query, hits, side=side, max_pixels=max_pixels)
 
     def explain_hits_to(self, query, hits: list[Hit], out_dir: str | os.PathLike, *,
                         side: int = OVERLAY_SIDE) -> list[Path]:
         """Write one PNG per hit into `out_dir`: the query's "why similar" map beside the hit's."""
-        out_dir = Path(out_dir)
-        written = []
-        for h, (q, r) in zip(hits, self.explain_hits(query, hits, side=side)):
-            name = f"{h.rank:02d}-{Path(h.path).stem}.png"
-            written.append(explain.save_pair(q, r, out_dir / name,
-                                             [f"query vs #{h.rank}", f"#{h.rank} vs query: {h.score:.4f}"]))
-        return written
+        return explainer.save_pairs(hits, self.explain_hits(query, hits, side=side), Path(out_dir))
 
-    def _look(self, image, *, side: int, max_pixels: int | None) -> explain.Seen:
-        """An image (path, bytes, PIL image or indexed id) as the model sees it, with its feature map."""
-        return self.model.look(*queries.image_data(self.store, image), side=side, max_pixels=max_pixels)
+    def _explainer(self) -> explainer.Parts:
+        return explainer.Parts(self.store, self.directory, self.model, self._loaded)
 
     # -- duplicates and similarity ----------------------------------------------------------
     def duplicates(self, threshold: float = DEFAULT_THRESHOLD, *, k: int = DEFAULT_NEIGHBOURS,
@@ -693,32 +568,6 @@ class VecIndex:
         if len(paths) < 2:
             raise VecsearchError(f"A similarity matrix needs at least 2 images, got {len(paths)}.")
         return dupes.similarity_matrix(self.vectors_for(paths))
-
-
-
-
-def _open_store(directory: Path, *, create: bool, read_only: bool | None, restructure: bool) -> Store:
-    """The store of the index folder `directory`, created when allowed; read-only (None: when not writable here)."""
-    if directory.exists() and not directory.is_dir():
-        raise VecsearchError(f"{directory} is a file, not an index folder: open a folder (new or existing).",
-                             option="index")
-    db = directory / DB_NAME
-    if db.exists() and not db.is_file():
-        raise IndexCorruptError(f"{db} is not a file: move it away (the index is then empty) or restore it from a backup.")
-    if not db.exists():
-        if not create:
-            raise IndexNotFoundError(f"No index at {directory}: add images to build one, or open the folder that holds it.",
-                                     option="index")
-        if read_only:
-            raise IndexNotFoundError(f"No index at {directory} to open read-only.")
-        directory.mkdir(parents=True, exist_ok=True)
-    if read_only is None:
-        read_only = db.exists() and not (os.access(directory, os.W_OK) and os.access(db, os.W_OK))
-        if read_only:
-            log.info("%s is not writable: opening the index read-only", directory)
-    if read_only and restructure:
-        raise VecsearchError(f"The index at {directory} is read-only here; its search structure cannot be changed.")
-    return Store(db, read_only=read_only)
 
 
 def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = None, weights: Any = _UNSET,
@@ -750,16 +599,12 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
     engine chooses where `add` embeds: "local" (this process) or "ray" (a Ray cluster at
     `ray_address`, else a local Ray; `workers` model actors with `gpus_per_worker` GPUs each).
     """
-    ray_engine.check_engine(engine)
+    IndexModel.check_options(engine=engine, precision=precision, model=model)
     if index_type is not None:
         check_index_type(index_type)
-    if precision is not None:
-        check_precision(precision)
-    if model is not None and precision is not None and model.precision != precision:
-        raise VecsearchError(f"The model passed is built in {model.precision} precision, not {precision}.")
     budget = parse_memory(max_memory)
     directory = resolve_index_dir(path)
-    store = _open_store(directory, create=create, read_only=read_only,
+    store = open_folder(directory, create=create, read_only=read_only,
                         restructure=index_type is not None or budget is not None)
     try:
         info = store.info()
@@ -782,33 +627,3 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
     except BaseException:
         store.close()
         raise
-
-
-def embed_to_shards(paths: Iterable[str | os.PathLike], out: str | os.PathLike, *, backbone: str | None = None,
-                    weights: Any = _UNSET, seed: int | None = None, batch_size: int | None = None,
-                    workers: int | None = None, engine: str = "local", ray_address: str | None = None,
-                    gpus_per_worker: float | None = None, shard_size: int = embed_job.SHARD_SIZE,
-                    progress: Progress | None = None, precision: str = DEFAULT_PRECISION) -> embed_job.EmbedSummary:
-    """Embed image files and folders into Parquet shards in `out`, touching no index (`embed_job`).
-
-    The model flags mean what they mean for a new index (default resnet50, ImageNet
-    weights); `import` loads the shards into an index of that model. A re-run resumes:
-    finished shards are kept, missing ones written. engine="ray" embeds on a Ray cluster.
-    precision "mixed" computes in float16/bfloat16 (recorded in the shards; vectors are float32).
-    """
-    ray_engine.check_engine(engine)
-    roots = [absolute(p) for p in paths]
-    for r in roots:  # said before the model loads
-        if not os.path.lexists(r):
-            raise InputNotFoundError(f"No such file or folder: {r}")
-    check_precision(precision)
-    out = Path(out).expanduser()
-    name, wspec = requested_model(out, None, backbone, weights, seed, None)  # what a new index would take
-    asked = {"backbone": name, "weights_kind": wspec.kind, "weights_seed": wspec.seed, "weights_path": wspec.path,
-             "precision": precision}
-    # The backbone is built by the first meta() (a re-run whose shards are all done builds none),
-    # for Ray too: the shards record its fingerprint, and workers check theirs.
-    job = IndexModel(out, None, requested=(name, wspec), batch_size=batch_size, workers=workers, precision=precision,
-                     engine=engine, ray_address=ray_address, gpus_per_worker=gpus_per_worker)
-    return embed_job.write_shards(roots, out, job.meta, functools.partial(job.embedder, ordered=True), asked=asked,
-                                  shard_size=shard_size, progress=progress)

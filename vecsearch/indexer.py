@@ -16,9 +16,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from . import files, images
 from .config import default_workers
-from .errors import BadImageError
+from .errors import BadImageError, InputNotFoundError, NoImagesError
 from .extract import Extractor
 from .files import absolute
 from .store import ImageRecord, Store
@@ -297,3 +299,46 @@ def run(store: Store, extractor: Callable[[], Extractor], roots: list[Path], fil
     summary.failed.sort(key=lambda f: f.path)
     summary.seconds = round(time.perf_counter() - started, 3)
     return summary
+
+
+def inputs(store: Store, roots: list[Path], globs: list[str]) -> tuple[list[Path], list[images.Found]]:
+    """(image files to index, files found that are not images) under `roots`, minus `globs`.
+
+    A folder (or file) that is gone but has entries is reconciled like any other: its entries
+    are dropped. Only a path that is neither there nor indexed is a mistake.
+    """
+    gone = [r for r in roots if not os.path.lexists(r)]
+    indexed = lambda r: store.info() is not None and store.has_under(str(r))  # noqa: E731
+    for r in gone:
+        if not indexed(r):
+            raise InputNotFoundError(f"No such file or folder: {r}")
+    found = list(images.scan([r for r in roots if r not in gone], exclude=globs))
+    if not found and not gone and not any(indexed(r) for r in roots):
+        raise NoImagesError(f"No image files found in {', '.join(map(str, roots))}.")
+    return [f.path for f in found if f.reason is None], [f for f in found if f.reason is not None]
+
+
+def forget_damaged(store: Store) -> int:
+    """Forget stored vectors whose bytes changed on disk since written (CRC mismatch), so their
+    images are embedded anew; how many."""
+    damaged = store.damaged_vectors()
+    if damaged:
+        log.warning("%d stored vectors are damaged (checksum mismatch); their images are embedded again", len(damaged))
+        store.forget_vectors(damaged)
+    return len(damaged)
+
+
+def records_to_remove(store: Store, roots: list[Path], missing: bool, summary: RemoveSummary) -> list[ImageRecord]:
+    """The records under `roots` (and, with `missing`, every one whose file is gone), by id;
+    roots with no entries are noted in `summary.not_indexed`."""
+    ids: set[int] = set()
+    for r in roots:
+        under = store.ids_under([str(r)])
+        if not len(under):
+            summary.not_indexed.append(str(r))
+        ids.update(under.tolist())
+    records = list(store.iter_images(ids=np.array(sorted(ids), np.int64))) if ids else []
+    if missing:
+        chosen = {r.id for r in records}
+        records += [r for r in store.iter_images() if r.id not in chosen and not os.path.lexists(r.path)]
+    return sorted(records, key=lambda r: r.id)

@@ -10,6 +10,7 @@ several threads (and a micro-batcher in front of it will live here).
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import logging
@@ -21,11 +22,12 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import numpy as np
 
-from . import explain, images, indexer, ray_engine
+from . import embed_job, explain, images, indexer, ray_engine
 from .backbones import (DEFAULT_BACKBONE, DEFAULT_PRECISION, MIXING_MIN_COSINE, Backbone, WeightsSpec, check_fingerprint,
                         check_precision, get_spec, load_backbone, recorded_precision)
 from .config import MAX_IMAGE_PIXELS, VERSION
-from .errors import BadImageError, IndexMismatchError
+from .errors import BadImageError, IndexMismatchError, InputNotFoundError, VecsearchError
+from .files import absolute
 from .extract import RESAMPLE, Extractor
 from .store import Store
 
@@ -231,10 +233,26 @@ class IndexModel:
         self.precision_check = check
         return check
 
+    @staticmethod
+    def check_options(*, engine: str, precision: str | None, model: Backbone | None) -> None:
+        """The model options of `open_index`, refused before anything is opened."""
+        ray_engine.check_engine(engine)
+        if precision is not None:
+            check_precision(precision)
+        if model is not None and precision is not None and model.precision != precision:
+            raise VecsearchError(f"The model passed is built in {model.precision} precision, not {precision}.")
+
     def check_other_precision(self, precision: str) -> PrecisionCheck | None:
         """`check_precision` for vectors of `precision` made elsewhere (an import): a backbone built to compare."""
         info = self.info
         return self.check_precision(load_backbone(info.backbone, self.weights(info), precision=precision))
+
+    def check_imported_precisions(self, precisions: set[str]) -> None:
+        """Vectors of another precision than the index's come in only if that precision agrees
+        with the stored vectors (`check_precision`, embedding a few indexed images both ways)."""
+        info = self.info
+        for precision in sorted(precisions - {recorded_precision(info)}):
+            self.check_other_precision(precision)
 
     def _unchanged_sample(self) -> tuple[list[Path], list[int]]:
         """(paths, ids) of up to PRECISION_CHECK_IMAGES indexed images whose files are unchanged."""
@@ -332,3 +350,34 @@ class IndexModel:
         """An image as the model sees it, with its feature map (`explain.look`)."""
         return explain.look(self.maps(), data, path=path, max_pixels=max_pixels, side=side, lock=self._lock,
                             pixels=pixels)
+
+
+def embed_to_shards(paths: Iterable[str | os.PathLike], out: str | os.PathLike, *, backbone: str | None = None,
+                    weights: Any = UNSET, seed: int | None = None, batch_size: int | None = None,
+                    workers: int | None = None, engine: str = "local", ray_address: str | None = None,
+                    gpus_per_worker: float | None = None, shard_size: int = embed_job.SHARD_SIZE,
+                    progress: Callable[[int, int], None] | None = None,
+                    precision: str = DEFAULT_PRECISION) -> embed_job.EmbedSummary:
+    """Embed image files and folders into Parquet shards in `out`, touching no index (`embed_job`).
+
+    The model flags mean what they mean for a new index (default resnet50, ImageNet
+    weights); `import` loads the shards into an index of that model. A re-run resumes:
+    finished shards are kept, missing ones written. engine="ray" embeds on a Ray cluster.
+    precision "mixed" computes in float16/bfloat16 (recorded in the shards; vectors are float32).
+    """
+    ray_engine.check_engine(engine)
+    roots = [absolute(p) for p in paths]
+    for r in roots:  # said before the model loads
+        if not os.path.lexists(r):
+            raise InputNotFoundError(f"No such file or folder: {r}")
+    check_precision(precision)
+    out = Path(out).expanduser()
+    name, wspec = requested_model(out, None, backbone, weights, seed, None)  # what a new index would take
+    asked = {"backbone": name, "weights_kind": wspec.kind, "weights_seed": wspec.seed, "weights_path": wspec.path,
+             "precision": precision}
+    # The backbone is built by the first meta() (a re-run whose shards are all done builds none),
+    # for Ray too: the shards record its fingerprint, and workers check theirs.
+    job = IndexModel(out, None, requested=(name, wspec), batch_size=batch_size, workers=workers, precision=precision,
+                     engine=engine, ray_address=ray_address, gpus_per_worker=gpus_per_worker)
+    return embed_job.write_shards(roots, out, job.meta, functools.partial(job.embedder, ordered=True), asked=asked,
+                                  shard_size=shard_size, progress=progress)

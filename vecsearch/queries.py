@@ -17,8 +17,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import images, indexer
-from .errors import InputNotFoundError, NotIndexedError, VecsearchError
-from .files import absolute, read_bytes
+from .errors import BadImageError, InputNotFoundError, NotIndexedError, VecsearchError
+from .files import FileStream, absolute, open_stream, read_bytes
 from .model import IndexModel, png_bytes
 from .store import ImageRecord, Store
 from .vectors import normalize
@@ -177,3 +177,26 @@ def image_data(store: Store, image: Any) -> tuple[bytes, str | None]:
     if not p.is_file():
         raise InputNotFoundError(f"No such file: {p}")
     return read_bytes(p), str(p.resolve())
+
+
+def original(store: Store, image_id: int, *, max_bytes: int) -> FileStream:
+    """The file of an indexed image, opened to be read once, only while it is the file indexed
+    (status ok, size and mtime as recorded, bytes Pillow knows as an image)."""
+    rec = record(store, image_id)
+    if rec.status != "ok":
+        raise NotIndexedError(f"Image {image_id} was not indexed: {rec.reason}.")
+    try:
+        f = open_stream(rec.path, max_bytes=max_bytes)
+    except BadImageError as e:
+        raise NotIndexedError(f"The file of image {image_id} cannot be read at {rec.path}: {e.reason}.") from None
+    if (f.size, f.mtime_ns) != (rec.size, rec.mtime_ns) or f.media_type is None:
+        f.close()
+        raise NotIndexedError(f"The file of image {image_id} at {rec.path} has changed since it was indexed: "
+                              "index its folder again.")
+    return f
+
+
+def check_status(status: str | None) -> None:
+    """A listing's status filter: None (all), "ok" or "failed"."""
+    if status not in (None, "ok", "failed"):
+        raise VecsearchError(f"status must be ok or failed, not {status!r}.")

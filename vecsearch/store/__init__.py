@@ -7,6 +7,6 @@ The repository itself (`Store`, every query) lives in `store.py`; the SQLite fil
 from __future__ import annotations
 
 from .database import migrations_dir
-from .store import ImageRecord, Importer, Store, no_annotations
+from .store import ImageRecord, Importer, Store, no_annotations, open_folder
 
-__all__ = ["Store", "ImageRecord", "Importer", "no_annotations", "migrations_dir"]
+__all__ = ["Store", "ImageRecord", "Importer", "no_annotations", "migrations_dir", "open_folder"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import zlib
 import sqlite3
 from bisect import bisect_right
@@ -25,7 +26,8 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from ..errors import BadVectorFileError, DatabaseDamagedError, IndexCorruptError, IndexNotFoundError
+from ..config import DB_NAME
+from ..errors import BadVectorFileError, DatabaseDamagedError, IndexCorruptError, IndexNotFoundError, VecsearchError
 from . import database
 from .shards import DIRNAME as SHARDS_DIRNAME
 from .shards import Shards
@@ -977,3 +979,27 @@ def _database_error(path: Path, e: Exception) -> Exception:
     if database.is_damage(e):
         return DatabaseDamagedError(path, [str(getattr(e, "orig", None) or e).splitlines()[0]])
     return e
+
+
+def open_folder(directory: Path, *, create: bool, read_only: bool | None, restructure: bool) -> Store:
+    """The store of the index folder `directory`, created when allowed; read-only (None: when not writable here)."""
+    if directory.exists() and not directory.is_dir():
+        raise VecsearchError(f"{directory} is a file, not an index folder: open a folder (new or existing).",
+                             option="index")
+    db = directory / DB_NAME
+    if db.exists() and not db.is_file():
+        raise IndexCorruptError(f"{db} is not a file: move it away (the index is then empty) or restore it from a backup.")
+    if not db.exists():
+        if not create:
+            raise IndexNotFoundError(f"No index at {directory}: add images to build one, or open the folder that holds it.",
+                                     option="index")
+        if read_only:
+            raise IndexNotFoundError(f"No index at {directory} to open read-only.")
+        directory.mkdir(parents=True, exist_ok=True)
+    if read_only is None:
+        read_only = db.exists() and not (os.access(directory, os.W_OK) and os.access(db, os.W_OK))
+        if read_only:
+            log.info("%s is not writable: opening the index read-only", directory)
+    if read_only and restructure:
+        raise VecsearchError(f"The index at {directory} is read-only here; its search structure cannot be changed.")
+    return Store(db, read_only=read_only)
