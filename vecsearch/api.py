@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import classes, classifiers, classify, dupes, explain, explainer, finetune, images, indexer, labels, queries, report, vector_files
+from . import classes, classifiers, classify, dupes, explainer, finetune, images, indexer, labels, queries, report, vector_files
 from .classes import SEED
 from .classifiers import DEFAULT_TOP as CLASSIFY_TOP
 from .classify import DEFAULT_K as KNN_K
@@ -30,7 +30,8 @@ from .labels import DEFAULT_TOP as LABEL_TOP
 from .backbones import Backbone, check_fingerprint
 from .config import DEFAULT_K, LOCK_NAME, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, VECTORS_NAME, resolve_index_dir
 from .errors import VecsearchError
-from .explain import OVERLAY_SIDE
+from .classifiers import Classification
+from .explain import OVERLAY_SIDE, Explanation
 from .extract import Extractor
 from .files import FileStream, WriterLock, absolute
 from .indexer import IndexSummary, RemoveSummary
@@ -113,6 +114,14 @@ class VecIndex:
     def faiss(self) -> FaissIndex | None:
         """The approximate FAISS structure, or None for exact (flat) search."""
         return self.live.faiss
+
+    def _current(self) -> Searcher:
+        """The searcher, brought up to date with the database (an index with info always has one)."""
+        self._require_info()
+        self.refresh()
+        searcher = self.searcher
+        assert searcher is not None
+        return searcher
 
     def _check_writable(self) -> None:
         if self.read_only:
@@ -467,7 +476,7 @@ class VecIndex:
         return row, self._loaded.get(row)
 
     def classify(self, query, *, name: str | None = None, kind: str | None = None,
-                 top: int = CLASSIFY_TOP, model: tuple[dict, Any] | None = None) -> classifiers.Classification:
+                 top: int = CLASSIFY_TOP, model: tuple[dict, Any] | None = None) -> Classification:
         """Classify one image (a file path, image bytes, a PIL image or a vector) with a saved classifier.
 
         An indexed, unchanged file reuses its stored vector. `model` passes a (row, model)
@@ -517,7 +526,7 @@ class VecIndex:
     # -- explanations (`explainer`) -----------------------------------------------------------
     def explain(self, image, *, like=None, imagenet_class: str | None = None, classifier: str | None = None,
                 label: str | None = None, weights: Any = None, side: int = OVERLAY_SIDE,
-                max_pixels: int | None = MAX_IMAGE_PIXELS) -> explain.Explanation:
+                max_pixels: int | None = MAX_IMAGE_PIXELS) -> Explanation:
         """A heatmap of where in `image` the evidence for a score lies (see `explain`).
 
         The score is the ImageNet class `imagenet_class` (name or WordNet id; default: the
@@ -531,7 +540,7 @@ class VecIndex:
                                  classifier=classifier, label=label, weights=weights, side=side, max_pixels=max_pixels)
 
     def explain_hits(self, query, hits: Iterable[Hit], *, side: int = OVERLAY_SIDE,
-                     max_pixels: int | None = MAX_IMAGE_PIXELS) -> list[tuple[explain.Explanation, explain.Explanation]]:
+                     max_pixels: int | None = MAX_IMAGE_PIXELS) -> list[tuple[Explanation, Explanation]]:
         """For each search hit, (the query's map against it, its map against the query): why they are similar.
 
         The query is read and run through the model once; each hit's file once.
@@ -555,9 +564,7 @@ class VecIndex:
         image to keep and which to remove (`DupeGroup.keep`, `.remove`).
         """
         dupes.check_keep(keep)
-        self._require_info()
-        self.refresh()
-        groups = dupes.duplicate_groups(self.store, self.searcher, threshold, k=k, progress=progress)
+        groups = dupes.duplicate_groups(self.store, self._current(), threshold, k=k, progress=progress)
         if keep is not None:
             dupes.choose_keepers(self.store, groups, keep)
         return groups
