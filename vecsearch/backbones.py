@@ -290,6 +290,7 @@ def build_seeded_or_imagenet(spec: BackboneSpec, weights: WeightsSpec, include_t
     if weights.kind == "random":
         # Seeding here makes two indexes built with the same seed agree (tested); the same
         # seed and layer order also give a with-top model the same convolutional weights.
+        assert weights.seed is not None, "a random init is always seeded (WeightsSpec.parse)"
         with keras_seeded(weights.seed):
             return spec.build(None, include_top)
     if weights.kind != "imagenet":

@@ -99,7 +99,7 @@ def rows_from_folder(root: str | os.PathLike) -> list[LabelRow]:
         others = [d.name for d in subdirs if d.name not in SPLITS]
         if others:
             log.warning("ignoring %s next to the split folders in %s", ", ".join(others), root)
-        roots = [(d, d.name) for d in split_dirs]
+        roots: list[tuple[Path, str | None]] = [(d, d.name) for d in split_dirs]
     else:
         roots = [(root, None)]
     rows: list[LabelRow] = []

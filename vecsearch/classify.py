@@ -271,7 +271,7 @@ def predict_unlabelled(store: Store, name: str, clf) -> tuple[list[dict], int]:
     ids = unlabelled_ids(store)
     rows: list[tuple[int, str, float]] = []
     if len(ids):
-        dim = store.info().dim
+        dim = store.require_info().dim
         ids, X, _ = store.vectors(ids, dim=dim)
         rows = [(int(i), label, conf) for i, (label, conf) in zip(ids, classifiers.predict(clf, X, dim))]
     written = store.set_predictions(name, rows)

@@ -51,7 +51,8 @@ def pip_target(extra: str, *, checkout: Path | None = None, direct_url: dict | N
     """
     if checkout is not None:
         return "-e " + shlex.quote(f"{checkout}[{extra}]")
-    url = (direct_url or {}).get("url")
+    direct_url = direct_url or {}
+    url = direct_url.get("url")
     if isinstance(url, str) and url.startswith("file://"):
         from urllib.request import url2pathname  # imported here: urllib.request pulls in http and ssl
 
@@ -91,7 +92,7 @@ def extra_requirements(extra: str) -> list[str]:
         lines = metadata.requires("vecsearch") or []
     except metadata.PackageNotFoundError:
         lines = []
-    out = []
+    out: list[str] = []
     for line in lines:
         req, _, marker = line.partition(";")
         if f'extra == "{extra}"' not in marker and f"extra == '{extra}'" not in marker:
@@ -124,6 +125,7 @@ def require_extra(extra: str, modules: tuple[str, ...] | None = None, *, needed_
             except ImportError as e:
                 error = error or e
         else:
+            assert error is not None  # no break: every name (at least one) raised
             missing = error.name or names.split("|")[0]
             what = needed_for or f"the {extra} extra"
             raise MissingExtraError(f"{what} needs {missing}, which is not installed: {install_line(extra)}",

@@ -46,7 +46,7 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, write_tmp: Callable[[Path], None], suffix: str = ".tmp") -> None:
+def atomic_write(path: str | os.PathLike, write_tmp: Callable[[Path], object], suffix: str = ".tmp") -> None:
     """Write via `write_tmp(tmp_path)` to a temp file beside `path`, fsync, then rename over it.
 
     Readers see either the old file or the complete new one, never a partial write, and a

@@ -23,7 +23,7 @@ CLASSES_ENTRY = "vecsearch.json"  # extra member of the .keras zip: the class na
 class HeadClassifier:
     """A trained Keras head with the classifier protocol: `classes_`, `predict_proba`, `predict`."""
 
-    def __init__(self, model, classes: Sequence[str]):
+    def __init__(self, model, classes: Sequence[str] | np.ndarray):
         self.model = model
         self.classes_ = np.asarray([str(c) for c in classes])
         self.best_epoch: int | None = None

@@ -21,7 +21,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -172,7 +172,7 @@ def iter_image_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
     return (f.path for f in found if f.reason is None)
 
 
-def scan(paths: Iterable[str | os.PathLike], exclude: list[str] = ()) -> Iterator[Found]:
+def scan(paths: Iterable[str | os.PathLike], exclude: Sequence[str] = ()) -> Iterator[Found]:
     """Everything `iter_image_files` finds, plus what cannot be read as an image file, with why.
 
     Under a folder, FIFOs, sockets, devices, broken links, link loops, unlistable folders
@@ -563,6 +563,7 @@ def _decode_in_strips(img: Image.Image, size: tuple[int, int] | None, resample: 
     scale_down = None
     if img.mode in ("I", "F"):  # whether to scale grey values down is decided once, over the whole image
         _, hi = img.getextrema()
+        assert not isinstance(hi, tuple)  # one band ("I", "F"): (min, max), not a pair a band
         scale_down = bool(hi is not None and not math.isnan(hi) and hi > 255)
     rows = max(1, _STRIP_BYTES // (W * 4))
     if (ow, oh) == (W, H):

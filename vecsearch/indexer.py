@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -133,7 +133,7 @@ def _hash_all(paths: list[Path]) -> list[str | None]:
 
 
 def plan(store: Store, roots: list[Path], files: list[Path], summary: IndexSummary,
-         rejected: list[images.Found] = ()) -> Plan:
+         rejected: Sequence[images.Found] = ()) -> Plan:
     """Decide per file: unchanged, moved, copied, or to embed; and which entries are gone.
 
     Size + mtime first; only files that differ are hashed, and of those only the ones with
@@ -148,6 +148,7 @@ def plan(store: Store, roots: list[Path], files: list[Path], summary: IndexSumma
     out = Plan()
     found = {str(f) for f in files} | {str(r.path) for r in rejected}
     for r in rejected:
+        assert r.reason is not None, "rejected: what was found with why it cannot be an image file"
         rec = records.get(str(r.path))
         if rec is not None and rec.status == "failed" and rec.reason == r.reason:
             _count_existing(rec, summary)
@@ -203,7 +204,7 @@ def plan(store: Store, roots: list[Path], files: list[Path], summary: IndexSumma
                 _count_existing(rec, summary)
                 continue
             src = gone.get(sha) if sha else None
-            if src is not None and rec is None:  # renamed or moved
+            if sha and src is not None and rec is None:  # renamed or moved (src: only with a sha)
                 del gone[sha]
                 out.moves.append((src.id, {"path": str(f), "size": size, "mtime_ns": mtime_ns}))
                 summary.reused += 1
@@ -258,7 +259,7 @@ def remove(store: Store, records: list[ImageRecord], summary: RemoveSummary, *,
 
 def run(store: Store, extractor: Callable[[], Extractor], roots: list[Path], files: list[Path], *,
         progress: Progress | None = None, chunk_size: int = CHUNK_SIZE,
-        chunk_seconds: float = CHUNK_SECONDS, rejected: list[images.Found] = ()) -> IndexSummary:
+        chunk_seconds: float = CHUNK_SECONDS, rejected: Sequence[images.Found] = ()) -> IndexSummary:
     """Bring the index up to date with `files` (found under `roots`); the caller holds the writer lock.
 
     `rejected` (found, but no readable image file) are stored as failed rows with their

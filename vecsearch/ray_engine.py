@@ -289,7 +289,7 @@ def _auth_advice(address: str | None) -> str:
     return f"The Ray cluster at {address} refused the auth token from {source}: put the head's ({get}) in {where}."
 
 
-def _refused_token(e: BaseException) -> bool:
+def _refused_token(e: BaseException | None) -> bool:
     """Whether a failed ray.init, or what caused it, is Ray's refusal of the token."""
     seen = set()
     while e is not None and id(e) not in seen:
@@ -411,14 +411,14 @@ def _batches(ds) -> Iterator[dict[str, np.ndarray]]:
 def benchmark(paths: Iterable[str | Path], recipe: ModelRecipe, *, workers: int | None = None,
               address: str | None = None, gpus_per_worker: float | None = None) -> dict:
     """Embed `paths` with the Ray engine and time it: images, failed, seconds, images_per_second, workers."""
-    paths = [Path(p) for p in paths]
+    files = [Path(p) for p in paths]
     engine = RayEngine(recipe, address=address, workers=workers, gpus_per_worker=gpus_per_worker)
     t0 = time.perf_counter()
-    failed = sum(1 for item in engine.embed_files(paths) if item.error is not None)
+    failed = sum(1 for item in engine.embed_files(files) if item.error is not None)
     seconds = time.perf_counter() - t0
     ray = import_ray()
-    return {"images": len(paths), "failed": failed, "seconds": round(seconds, 3),
-            "images_per_second": round(len(paths) / seconds, 2) if seconds > 0 else None,
+    return {"images": len(files), "failed": failed, "seconds": round(seconds, 3),
+            "images_per_second": round(len(files) / seconds, 2) if seconds > 0 else None,
             "workers": engine._pool(ray)[0]}
 
 

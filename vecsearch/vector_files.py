@@ -229,6 +229,8 @@ class Reader:
     BadVectorFileError before it costs memory, and no pickled object is ever loaded.
     """
 
+    meta: dict  # read by _open_npz or _open_parquet, then checked
+
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.suffix = check_suffix(self.path)

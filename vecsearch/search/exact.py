@@ -220,6 +220,7 @@ class Searcher:
         with `within`, the structure itself keeps to them (a FAISS selector,
         `FaissIndex.search_within`).
         """
+        assert self.faiss is not None, "only a structure's candidates are re-ranked; callers scan without one"
         fetch = min(len(self.faiss), count + len(excluded))
         if fetch == 0:
             return np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64)
@@ -232,7 +233,10 @@ class Searcher:
             return (np.concatenate([pad(s_, -np.inf) for s_, _ in parts]).astype(np.float32),
                     np.concatenate([pad(i_, -1) for _, i_ in parts]))
         if within:
-            cand = self.faiss.search_within(q, fetch, allowed)
+            assert allowed is not None, "a search within is asked only with the allowed ids"
+            kept = self.faiss.search_within(q, fetch, allowed)
+            assert kept is not None, "a search within is asked only of a structure that takes_selector"
+            cand = kept
         else:
             _, cand = self.faiss.search(q, fetch)
         slots = self.map.slots_of(cand.reshape(-1)).reshape(cand.shape)
@@ -313,6 +317,7 @@ def tune(searcher: Searcher, target: float, *, queries: int = TUNE_QUERIES, k: i
         if got >= target:
             best = (params, got)
             break
+    assert best is not None, "the parameter grid is never empty"
     faiss.set_params(best[0])
     return best[0], round(best[1], 4)
 
@@ -323,7 +328,9 @@ def _param_grid(faiss: FaissIndex) -> list[dict]:
     if "IVF" in factory:
         import re
 
-        nlist = int(re.search(r"IVF(\d+)", factory).group(1))
+        match = re.search(r"IVF(\d+)", factory)
+        assert match is not None, f"an IVF factory names its list count: {factory}"
+        nlist = int(match.group(1))
         probes = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if p <= nlist] or [1]
         # With a refinement stage, more candidates go through it before the exact re-ranking:
         # cheap (8-bit codes in RAM), and what decides recall where PQ ranks poorly.

@@ -171,7 +171,11 @@ def ivf_pq_bytes(n: int, dim: int, refine: bool = False) -> int:
 
 def train_size(factory: str, n: int, dim: int, budget: int) -> int:
     """Vectors to train a structure on: enough for its k-means (39-256 a centroid), within a quarter of the budget."""
-    nlist = int(re.search(r"IVF(\d+)", factory).group(1)) if "IVF" in factory else 0
+    nlist = 0
+    if "IVF" in factory:
+        ivf = re.search(r"IVF(\d+)", factory)
+        assert ivf is not None, f"an IVF factory names its list count: {factory}"
+        nlist = int(ivf.group(1))
     pq = re.search(r"PQ(\d+)(?:x(\d+))?", factory)
     ksub = 2 ** int(pq.group(2) or 8) if pq else 0
     wanted = max(64 * nlist, 64 * ksub, 10_000)
@@ -187,7 +191,9 @@ def estimate_bytes(factory: str, n: int, dim: int) -> int:
     if not factory:
         return flat_bytes(n, dim)
     if factory.startswith("HNSW") and "," not in factory:
-        m = int(re.match(r"HNSW(\d*)", factory).group(1) or HNSW_M)
+        hnsw = re.match(r"HNSW(\d*)", factory)
+        assert hnsw is not None  # the factory starts with HNSW, and the digits may be none
+        m = int(hnsw.group(1) or HNSW_M)
         return hnsw_bytes(n, dim, m)
     pq = re.search(r"PQ(\d+)(?:x(\d+))?", factory)
     if pq:

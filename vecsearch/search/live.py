@@ -336,9 +336,10 @@ def open_searcher(store: Store, path: Path, current: Searcher | None, *,
     spec = current_spec(store)
     faiss = current.faiss if current is not None and current.spec == spec else None
     stale = spec is None or spec.index_type != info.index_type
-    grown = not stale and writer and spec.needs_rebuild(len(smap))
+    # `stale` holds whenever spec is None; the `spec is not None` tests below only say so to mypy.
+    grown = spec is not None and not stale and writer and spec.needs_rebuild(len(smap))
     rebuild = stale or grown
-    if not rebuild and not spec.exact and faiss is None:
+    if not rebuild and spec is not None and not spec.exact and faiss is None:
         faiss = _load_structure(path, spec)
         rebuild = faiss is None
     changed = rebuild
@@ -352,8 +353,8 @@ def open_searcher(store: Store, path: Path, current: Searcher | None, *,
             built = Searcher(store.shards, smap, new_spec, new_faiss)
             _tuned(built)
         except StructureError as e:
-            kept = _load_structure(path, spec) if grown and not spec.exact and faiss is None else faiss
-            if grown and (spec.exact or kept is not None):
+            kept = _load_structure(path, spec) if grown and spec is not None and not spec.exact and faiss is None else faiss
+            if grown and spec is not None and (spec.exact or kept is not None):
                 # The collection outgrew it, but it still answers: keep it, kept in step.
                 log.warning("%s Keeping the structure built for %d vectors.", e, spec.built_for)
                 faiss, rebuild, changed = kept, False, False
@@ -368,16 +369,17 @@ def open_searcher(store: Store, path: Path, current: Searcher | None, *,
     if built is not None:
         searcher, faiss, spec = built, built.faiss, built.spec
     else:
+        assert spec is not None, "without a new build the recorded spec was kept, so there is one"
         if faiss is not None:
             lock = current.lock.writing() if current is not None and current.faiss is faiss else _no_lock()
             with lock:
                 changed = _sync(store, faiss, smap)
-        searcher = current if current is not None and current.faiss is faiss and current.note is None else None
-        if searcher is None:
-            searcher = Searcher(store.shards, smap, spec, faiss)
-        else:
+        if current is not None and current.faiss is faiss and current.note is None:
+            searcher = current
             with searcher.lock.writing():
                 searcher.map = smap
+        else:
+            searcher = Searcher(store.shards, smap, spec, faiss)
     if changed:
         with can_save() as free:
             if free:

@@ -432,7 +432,7 @@ class FaissIndex:
             raw = faiss.read_index(str(path))
         except RuntimeError as exc:
             raise IndexCorruptError(f"vector index {path} is unreadable: {_faiss_message(exc)}") from exc
-        index_type = meta.get("index_type")
+        index_type: str = meta.get("index_type") or ""  # none: refused below, with the other problems
         factory = meta.get("factory") or {"flat": "Flat", "hnsw": f"HNSW{HNSW_M}"}.get(index_type, "")
         inner = faiss.downcast_index(raw.index) if isinstance(raw, faiss.IndexIDMap2) else raw
         problems = []
@@ -558,7 +558,11 @@ def _training_needs(index, factory: str, dim: int) -> list[tuple[int, str]]:
     if pq is not None:
         out.append((int(pq.ksub), f"its PQ{pq.M}x{pq.nbits} codes ({pq.ksub} centroids a sub-quantizer)"))
     elif rq is not None or prq is not None:
-        sub = rq if rq is not None else prq.subquantizer(0)
+        if rq is not None:
+            sub = rq
+        else:
+            assert prq is not None  # one of the two, by the test above
+            sub = prq.subquantizer(0)
         k = 2 ** int(faiss.vector_to_array(sub.nbits).max())
         out.append((max(k, int(sub.d)), f"its residual quantizer ({k} centroids a step over {sub.d} dimensions)"))
     elif not out:

@@ -45,7 +45,7 @@ class Service:
 
 
 def service(request: Request) -> Service:
-    return request.app.state.service  # type: ignore[no-any-return]
+    return request.app.state.service
 
 
 Svc = Annotated[Service, Depends(service)]

@@ -74,7 +74,7 @@ class Shards:
             n = min(len(rows) - done, SHARD_ROWS - row)
             fd = os.open(self.path(shard), os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                os.pwrite(fd, memoryview(rows[done : done + n]).cast("B"), row * self.row_bytes)  # no copy
+                os.pwrite(fd, rows[done : done + n].data.cast("B"), row * self.row_bytes)  # no copy
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -90,7 +90,7 @@ class Shards:
         while done < len(rows):
             shard, row = divmod(slot, SHARD_ROWS)
             n = min(len(rows) - done, SHARD_ROWS - row)
-            want = memoryview(rows[done : done + n]).cast("B")
+            want = rows[done : done + n].data.cast("B")
             try:
                 fd = os.open(self.path(shard), os.O_RDONLY)
             except FileNotFoundError:

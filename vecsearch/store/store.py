@@ -17,11 +17,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, cast
 from urllib.parse import quote
 
 import numpy as np
 from sqlalchemy import DateTime, String, and_, create_engine, delete, event, func, insert, or_, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
@@ -223,7 +224,7 @@ class Store:
         """Record a search structure built (its spec), with the type and budget that chose it, in one
         transaction: a type is recorded only with a structure that exists, so a build that fails
         leaves the previous one in force. The new generation makes every reader reload it."""
-        values = {"index_type": index_type, "index_spec": spec_json, "generation": IndexInfo.generation + 1}
+        values: dict[str, Any] = {"index_type": index_type, "index_spec": spec_json, "generation": IndexInfo.generation + 1}
         if max_memory is not None:
             values["max_memory"] = int(max_memory)
         with self.session() as s, s.begin():
@@ -279,7 +280,8 @@ class Store:
         with self.session() as s:
             for part in _slices(shas):
                 q = select(Image.sha256, func.min(Image.id)).where(Image.sha256.in_(part), Image.status == "ok").group_by(Image.sha256)
-                out.update({sha: image_id for sha, image_id in s.execute(q)})
+                # sha256.in_() never matches NULL: the check only tells the type checker so.
+                out.update({sha: image_id for sha, image_id in s.execute(q) if sha is not None})
         return out
 
     # -- vectors kept by content hash after their image was dropped ------------
@@ -299,7 +301,9 @@ class Store:
     def forget_kept(self, before: datetime) -> int:
         """Drop the kept vectors kept before `before` (UTC); returns how many."""
         with self.session() as s, s.begin():
-            return s.execute(delete(KeptVector).where(KeptVector.kept_at < before)).rowcount or 0
+            # A DML statement's result is a CursorResult; Session.execute is typed as returning a plain Result.
+            result = cast("CursorResult[Any]", s.execute(delete(KeptVector).where(KeptVector.kept_at < before)))
+            return result.rowcount or 0
 
     def failed(self) -> list[ImageRecord]:
         with self.session() as s:
@@ -519,9 +523,11 @@ class Store:
                 s.execute(update(Image).where(Image.id == image_id).values(**fields))
             for src_id, fields in copies:
                 src = s.get(Vector, src_id)
+                img = s.get(Image, src_id)
+                if src is None or img is None:
+                    raise IndexCorruptError(f"Image {src_id} to copy vanished during the run; run `vecsearch index` again.")
                 norm = src.norm
                 new_rows.append(self.shards.read([src.slot])[0])  # one slot per image: a copy gets its own row
-                img = s.get(Image, src_id)
                 fields = {**fields, "width": fields.get("width") or img.width, "height": fields.get("height") or img.height}
                 row = self._upsert_image(s, fields, dropped)
                 s.add(Vector(image_id=row.id, slot=slot, norm=norm))
@@ -536,16 +542,16 @@ class Store:
                                                  "status": "ok", "reason": None}, dropped)
                     s.add(Vector(image_id=row.id, slot=kept.slot, norm=kept.norm))
                 else:  # a second file of that content in this chunk: a copy of the first
-                    src = s.execute(select(Vector.slot, Vector.norm, Image.width, Image.height)
-                                    .join(Image, Image.id == Vector.image_id)
-                                    .where(Image.sha256 == fields["sha256"], Image.status == "ok").limit(1)).first()
-                    if src is None:
+                    first = s.execute(select(Vector.slot, Vector.norm, Image.width, Image.height)
+                                      .join(Image, Image.id == Vector.image_id)
+                                      .where(Image.sha256 == fields["sha256"], Image.status == "ok").limit(1)).first()
+                    if first is None:
                         raise IndexCorruptError(f"The kept vector of {fields['path']} vanished during the run; "
                                                 "run `vecsearch index` again.")
-                    new_rows.append(self.shards.read([src.slot])[0])
-                    row = self._upsert_image(s, {**fields, "width": src.width, "height": src.height,
+                    new_rows.append(self.shards.read([first.slot])[0])
+                    row = self._upsert_image(s, {**fields, "width": first.width, "height": first.height,
                                                  "status": "ok", "reason": None}, dropped)
-                    s.add(Vector(image_id=row.id, slot=slot, norm=src.norm))
+                    s.add(Vector(image_id=row.id, slot=slot, norm=first.norm))
                     slot += 1
                 changed.append(row.id)
             for fields in upserts:
@@ -559,10 +565,12 @@ class Store:
                     slot += 1
                     changed.append(row.id)
             if new_rows:
+                if info is None:
+                    raise IndexNotFoundError(f"No index at {self.path.parent}: add images first.", option="index")
                 # The rows reach the disk before the transaction that points at them commits.
                 block = np.stack(new_rows).astype("<f4")
                 self.shards.write(info.next_slot, block)
-                s.add(VectorChunk(start_slot=info.next_slot, count=len(block), crc32=zlib.crc32(memoryview(block).cast("B"))))
+                s.add(VectorChunk(start_slot=info.next_slot, count=len(block), crc32=zlib.crc32(block.data.cast("B"))))
                 info.next_slot = slot
             if changed or dropped:
                 s.execute(update(IndexInfo).values(generation=IndexInfo.generation + 1))
@@ -582,6 +590,8 @@ class Store:
                 s.add(IndexInfo(id=1, generation=0, created_at=_now(), **create_info))
                 s.flush()
             info = s.get(IndexInfo, 1)
+            if info is None:
+                raise IndexNotFoundError(f"No index at {self.path.parent}: add images first.", option="index")
             shards = self._shards or Shards(self.path.parent / SHARDS_DIRNAME, info.dim)
             importer = Importer(s, info, shards)
             yield importer
@@ -756,12 +766,12 @@ class Store:
                                    .order_by(ImagenetLabel.image_id, ImagenetLabel.rank)):
                     out.setdefault(r.image_id, no_annotations())["imagenet_labels"].append(
                         {"rank": r.rank, "class_index": r.class_index, "wnid": r.wnid, "name": r.name, "prob": r.prob})
-                for r in s.scalars(select(UserLabel).where(UserLabel.image_id.in_(part))):
-                    out.setdefault(r.image_id, no_annotations())["user_label"] = {
-                        "label": r.label, "split": r.split, "source": r.source}
-                for r in s.scalars(select(Prediction).where(Prediction.image_id.in_(part)).order_by(Prediction.classifier)):
-                    out.setdefault(r.image_id, no_annotations())["predictions"].append(
-                        {"classifier": r.classifier, "label": r.label, "confidence": r.confidence})
+                for u in s.scalars(select(UserLabel).where(UserLabel.image_id.in_(part))):
+                    out.setdefault(u.image_id, no_annotations())["user_label"] = {
+                        "label": u.label, "split": u.split, "source": u.source}
+                for p in s.scalars(select(Prediction).where(Prediction.image_id.in_(part)).order_by(Prediction.classifier)):
+                    out.setdefault(p.image_id, no_annotations())["predictions"].append(
+                        {"classifier": p.classifier, "label": p.label, "confidence": p.confidence})
         return out
 
 
@@ -865,7 +875,7 @@ class Importer:
         # The rows reach the disk before the transaction that points at them commits.
         block = np.ascontiguousarray(vectors, "<f4")
         self._shards.write(self.slot, block)
-        s.add(VectorChunk(start_slot=self.slot, count=len(block), crc32=zlib.crc32(memoryview(block).cast("B"))))
+        s.add(VectorChunk(start_slot=self.slot, count=len(block), crc32=zlib.crc32(block.data.cast("B"))))
         self.slot += len(rows)
         return ids, len(existing)
 
