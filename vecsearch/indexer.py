@@ -21,7 +21,7 @@ import numpy as np
 from . import files, images
 from .config import default_workers
 from .errors import BadImageError, InputNotFoundError, NoImagesError
-from .extract import Extractor
+from .embed_job import Embedder
 from .files import absolute
 from .store import ImageRecord, Store
 
@@ -257,7 +257,7 @@ def remove(store: Store, records: list[ImageRecord], summary: RemoveSummary, *,
     summary.removed_paths.sort()
 
 
-def run(store: Store, extractor: Callable[[], Extractor], roots: list[Path], files: list[Path], *,
+def run(store: Store, extractor: Callable[[], Embedder], roots: list[Path], files: list[Path], *,
         progress: Progress | None = None, chunk_size: int = CHUNK_SIZE,
         chunk_seconds: float = CHUNK_SECONDS, rejected: Sequence[images.Found] = ()) -> IndexSummary:
     """Bring the index up to date with `files` (found under `roots`); the caller holds the writer lock.
