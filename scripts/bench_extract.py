@@ -103,8 +103,7 @@ def ray_seconds(backbone, paths: list[Path], batch: int, workers: int) -> float:
     (each call starts its actors and builds their models)."""
     from vecsearch.ray_engine import ModelRecipe, RayEngine
 
-    recipe = ModelRecipe.for_model(backbone.name, backbone.weights, batch_size=batch,
-                                   fingerprint=backbone.fingerprint)
+    recipe = ModelRecipe.for_model(backbone.name, backbone.weights, batch_size=batch, fingerprint=backbone.fingerprint)
     engine = RayEngine(_with_precision(recipe, backbone.precision), workers=workers)
     t0 = time.perf_counter()
     for item in engine.embed_files(paths):
@@ -145,8 +144,12 @@ def main() -> None:
     ap.add_argument("--weights", default="none", help="none (seeded random), imagenet, or a file")
     ap.add_argument("--naive-n", type=int, default=None, help="images for the naive loop (default: --n)")
     ap.add_argument("--precision", default="float32", choices=["float32", "mixed"])
-    ap.add_argument("--engine", default="local", choices=["local", "ray"],
-                    help="ray: also Ray with 1 and 2 model workers on the same sets (a local Ray)")
+    ap.add_argument(
+        "--engine",
+        default="local",
+        choices=["local", "ray"],
+        help="ray: also Ray with 1 and 2 model workers on the same sets (a local Ray)",
+    )
     ap.add_argument("--skip-naive", action="store_true", help="leave out the naive loop (slow on 12 MP)")
     ap.add_argument("--repeat", type=int, default=2, help="runs of bare and end-to-end per set; the best counts")
     args = ap.parse_args()
@@ -161,9 +164,11 @@ def main() -> None:
     cores = os.cpu_count() or 1
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     sys.stdout.reconfigure(line_buffering=True)
-    print(f"backbone {args.backbone} ({backbone.weights.describe()}), {args.precision}, batch {args.batch_size}, "
-          f"{args.n} images a set, {cores} CPU cores, load average {load}, "
-          f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}; import+build {build_s:.1f}s")
+    print(
+        f"backbone {args.backbone} ({backbone.weights.describe()}), {args.precision}, batch {args.batch_size}, "
+        f"{args.n} images a set, {cores} CPU cores, load average {load}, "
+        f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}; import+build {build_s:.1f}s"
+    )
     with tempfile.TemporaryDirectory() as d:
         sets = {
             "12MP (4000x3000)": make_jpegs(Path(d) / "large", args.n, (4000, 3000), 1),
@@ -173,9 +178,11 @@ def main() -> None:
         # set's end-to-end runs, and each rate is the best of --repeat runs. CPU seconds per
         # image do not depend on how much of the machine others take: end-to-end's against the
         # model's plus the decode's says whether any CPU goes elsewhere (threads, hashing, commits).
-        print(f"{'set':<18} {'decode 1 thread':>15} {'bare':>8} {'CPU bound':>10} {'end-to-end':>11} "
-              f"{'e2e/bound':>9} {'naive loop':>11} {'e2e/bare':>9} {'e2e/naive':>10}   "
-              f"CPU ms/img: model + decode = sum vs end-to-end")
+        print(
+            f"{'set':<18} {'decode 1 thread':>15} {'bare':>8} {'CPU bound':>10} {'end-to-end':>11} "
+            f"{'e2e/bound':>9} {'naive loop':>11} {'e2e/bare':>9} {'e2e/naive':>10}   "
+            f"CPU ms/img: model + decode = sum vs end-to-end"
+        )
         e2e_rates = {}
         for name, paths in sets.items():
             dec, dec_cpu = decode_only(backbone, paths[: min(len(paths), 32)])
@@ -187,9 +194,11 @@ def main() -> None:
             bound = cpu_bound(bare, dec_cpu, cores)
             e2e_rates[name] = e2e
             naive = float("nan") if args.skip_naive else naive_loop(backbone, paths[:naive_n])
-            print(f"{name:<18} {dec:>13.1f}/s {bare:>6.1f}/s {bound:>8.1f}/s {e2e:>8.1f}/s "
-                  f"{e2e / bound:>9.2f} {naive:>8.1f}/s {e2e / bare:>9.2f} {e2e / naive:>10.2f}   "
-                  f"{bare_cpu * 1e3:.0f} + {dec_cpu * 1e3:.0f} = {(bare_cpu + dec_cpu) * 1e3:.0f} vs {e2e_cpu * 1e3:.0f}")
+            print(
+                f"{name:<18} {dec:>13.1f}/s {bare:>6.1f}/s {bound:>8.1f}/s {e2e:>8.1f}/s "
+                f"{e2e / bound:>9.2f} {naive:>8.1f}/s {e2e / bare:>9.2f} {e2e / naive:>10.2f}   "
+                f"{bare_cpu * 1e3:.0f} + {dec_cpu * 1e3:.0f} = {(bare_cpu + dec_cpu) * 1e3:.0f} vs {e2e_cpu * 1e3:.0f}"
+            )
         if args.engine == "ray":
             import ray
 
@@ -197,21 +206,25 @@ def main() -> None:
             # CPUs, 2 actors on 2 cores would leave decoding none (the engine refuses that pool). Threads of the in-process engine
             # share the cores the same way, unreserved; so Ray gets 2 logical CPUs a core.
             ray.init(num_cpus=2 * cores, include_dashboard=False, configure_logging=False, log_to_driver=False)
-            print(f"Ray engine (a local Ray on this machine, {2 * cores} logical CPUs), same sets; 'all' includes "
-                  "Ray's start-up (actors, model builds), 'steady' takes out its start-up on 2 images")
-            print(f"{'set':<18} {'workers':>7} {'in-process':>11} {'Ray all':>9} {'Ray steady':>11} "
-                  f"{'Ray/in-process':>15}")
+            print(
+                f"Ray engine (a local Ray on this machine, {2 * cores} logical CPUs), same sets; 'all' includes "
+                "Ray's start-up (actors, model builds), 'steady' takes out its start-up on 2 images"
+            )
+            print(f"{'set':<18} {'workers':>7} {'in-process':>11} {'Ray all':>9} {'Ray steady':>11} {'Ray/in-process':>15}")
             fixed = {w: ray_seconds(backbone, sets["small (640x480)"][:2], args.batch_size, w) for w in (1, 2)}
-            print("start-up (2 small images): " + ", ".join(f"{w} worker{'s' if w > 1 else ''} {t:.1f}s"
-                                                         for w, t in fixed.items()))
+            print(
+                "start-up (2 small images): " + ", ".join(f"{w} worker{'s' if w > 1 else ''} {t:.1f}s" for w, t in fixed.items())
+            )
             for name, paths in sets.items():
                 for workers in (1, 2):
                     seconds = ray_seconds(backbone, paths, args.batch_size, workers)
                     rest = seconds - fixed[workers]  # nan when the set took no longer than the start-up alone
                     total, steady = len(paths) / seconds, (len(paths) / rest if rest > 0.1 * seconds else float("nan"))
                     local = e2e_rates[name]
-                    print(f"{name:<18} {workers:>7} {local:>9.1f}/s {total:>7.1f}/s {steady:>9.1f}/s "
-                          f"{steady / local:>8.2f} steady, {total / local:.2f} all")
+                    print(
+                        f"{name:<18} {workers:>7} {local:>9.1f}/s {total:>7.1f}/s {steady:>9.1f}/s "
+                        f"{steady / local:>8.2f} steady, {total / local:.2f} all"
+                    )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process: {peak:.0f} MB" + ("; Ray's workers are other processes" if args.engine == "ray" else ""))
 

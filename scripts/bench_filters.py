@@ -42,13 +42,14 @@ def main() -> None:
     queries = normalize(draw(c, args.q, seed=2))
     folder = np.arange(args.n) % 100
     paths = [f"/bench/g{f // 10}/f{f % 10}/{i:07d}.jpg" for i, f in enumerate(folder)]
-    filters = [("none", None, np.ones(args.n, bool)),
-               ("under=/bench/g0", "/bench/g0", folder < 10),
-               ("under=/bench/g0/f0", "/bench/g0/f0", folder == 0)]
+    filters = [
+        ("none", None, np.ones(args.n, bool)),
+        ("under=/bench/g0", "/bench/g0", folder < 10),
+        ("under=/bench/g0/f0", "/bench/g0/f0", folder == 0),
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         export = Path(tmp) / "v.npz"
-        np.savez(export, ids=np.arange(1, args.n + 1), paths=np.array(paths), vectors=base,
-                 meta=np.array(json.dumps(META)))
+        np.savez(export, ids=np.arange(1, args.n + 1), paths=np.array(paths), vectors=base, meta=np.array(json.dumps(META)))
         print(f"{args.n} vectors of {base.shape[1]} dimensions, {args.q} queries, k=10")
         print(f"{'type':<6} {'filter':<20} {'kept':>5} {'ms/query':>9} {'recall@10':>10}")
         for index_type in args.types.split(";"):
@@ -64,7 +65,7 @@ def main() -> None:
                 got = [ix.search(q, k=10, **kw) for q in queries]
                 ms = (time.perf_counter() - t0) / len(queries) * 1000
                 found = [{int(Path(h.path).stem) for h in hits} for hits in got]
-                recall = np.mean([len(f & set(t.tolist())) / 10 for f, t in zip(found, truth)])
+                recall = np.mean([len(f & set(t.tolist())) / 10 for f, t in zip(found, truth, strict=False)])
                 print(f"{index_type:<6} {what:<20} {keep.mean():>5.0%} {ms:>9.1f} {recall:>10.3f}")
             ix.close()
 

@@ -37,14 +37,22 @@ ROOT = Path(__file__).resolve().parents[1]
 DIM = 2048
 CENTRES = 1000
 CHUNK = 1 << 16
-META = {"backbone": "resnet50", "weights_kind": "random", "weights_seed": 1234, "weights_path": None,
-        "weights_fingerprint": "synthetic-bench-search", "dim": DIM, "metric": "cosine"}
+META = {
+    "backbone": "resnet50",
+    "weights_kind": "random",
+    "weights_seed": 1234,
+    "weights_path": None,
+    "weights_fingerprint": "synthetic-bench-search",
+    "dim": DIM,
+    "metric": "cosine",
+}
 
 
 def centres(seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return (np.maximum(rng.standard_normal((CENTRES, DIM), np.float32), 0)
-            * (rng.random((CENTRES, DIM)) < 0.3)).astype(np.float32)
+    return (np.maximum(rng.standard_normal((CENTRES, DIM), np.float32), 0) * (rng.random((CENTRES, DIM)) < 0.3)).astype(
+        np.float32
+    )
 
 
 def draw(c: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -73,8 +81,13 @@ def child(args) -> dict:
             for i, start in enumerate(range(0, args.n, CHUNK)):
                 n = min(CHUNK, args.n - start)
                 vecs = draw(c, n, 1000 + i)
-                yield (np.arange(start, start + n), [f"/photos/{j // 1000:04d}/{j:08d}.jpg" for j in range(start, start + n)],
-                       vecs, np.full(n, np.nan, np.float32), {})
+                yield (
+                    np.arange(start, start + n),
+                    [f"/photos/{j // 1000:04d}/{j:08d}.jpg" for j in range(start, start + n)],
+                    vecs,
+                    np.full(n, np.nan, np.float32),
+                    {},
+                )
 
         vector_files.write(args.file, META, DIM, batches(), args.n)
         np.save(args.queries, draw(c, args.q, 7))
@@ -110,9 +123,14 @@ def child(args) -> dict:
                 hits = ix.search(q, k=10)
                 lat.append(time.perf_counter() - t)
                 found.append([h.id for h in hits])
-        recall = float(np.mean([len(set(f) & set(t.tolist())) / 10 for f, t in zip(found, truth)]))
-        return {"p50_ms": 1000 * float(np.median(lat)), "p95_ms": 1000 * float(np.percentile(lat, 95)),
-                "recall": recall, "rss_mb": rss_mb(), "queries": len(queries)}
+        recall = float(np.mean([len(set(f) & set(t.tolist())) / 10 for f, t in zip(found, truth, strict=False)]))
+        return {
+            "p50_ms": 1000 * float(np.median(lat)),
+            "p95_ms": 1000 * float(np.percentile(lat, 95)),
+            "recall": recall,
+            "rss_mb": rss_mb(),
+            "queries": len(queries),
+        }
     raise SystemExit(f"unknown child {args.child}")
 
 
@@ -154,8 +172,11 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="vecsearch-bench-search-"))
     work.mkdir(parents=True, exist_ok=True)
     file, queries, truth, index = work / "vectors.npz", work / "queries.npy", work / "truth.npy", work / "index"
-    print(f"bench_search: N={args.n:,} vectors of {DIM}-d (synthetic, clustered, non-negative), k=10, "
-          f"{os.cpu_count()} CPUs, workdir {work}", flush=True)
+    print(
+        f"bench_search: N={args.n:,} vectors of {DIM}-d (synthetic, clustered, non-negative), k=10, "
+        f"{os.cpu_count()} CPUs, workdir {work}",
+        flush=True,
+    )
     try:
         if args.reuse and (index / "index.db").exists() and truth.exists():
             imp = {"seconds": float("nan")}
@@ -164,8 +185,10 @@ def main() -> None:
             g = run_child("generate", n=args.n, q=args.q, file=file, queries=queries)
             print(f"generated in {g['seconds']:.0f}s ({file.stat().st_size / 2**30:.1f} GiB .npz)", flush=True)
             imp = run_child("import", n=args.n, q=args.q, file=file, index=index)
-            print(f"imported in {imp['seconds']:.0f}s ({args.n / imp['seconds']:,.0f} vectors/s), "
-                  f"peak RSS {imp['rss_mb']:.0f} MB", flush=True)
+            print(
+                f"imported in {imp['seconds']:.0f}s ({args.n / imp['seconds']:,.0f} vectors/s), peak RSS {imp['rss_mb']:.0f} MB",
+                flush=True,
+            )
             file.unlink()
             tr = run_child("truth", n=args.n, q=args.q, index=index, queries=queries, truth=truth)
             print(f"exact ground truth for {args.q} queries in {tr['seconds']:.0f}s", flush=True)
@@ -173,26 +196,48 @@ def main() -> None:
         for t in types:
             b = run_child("build", n=args.n, q=args.q, index=index, type=t, max_memory=args.max_memory)
             o = run_child("open", n=args.n, q=args.q, index=index)
-            s = run_child("search", n=args.n, q=args.flat_q if b["spec"]["factory"] == "" else args.q,
-                          index=index, queries=queries, truth=truth)
+            s = run_child(
+                "search",
+                n=args.n,
+                q=args.flat_q if b["spec"]["factory"] == "" else args.q,
+                index=index,
+                queries=queries,
+                truth=truth,
+            )
             spec = b["spec"]
             disk = du(index)
             built = imp["seconds"] if t == "flat" else b["seconds"]
-            row = {"type": t if t != "auto" else f"auto ({args.max_memory})", "structure": spec["factory"] or "exact scan",
-                   "params": spec["params"], "build_s": built, "build_rss_mb": b["rss_mb"], "open_rss_mb": o["rss_mb"],
-                   "search_rss_mb": s["rss_mb"], "disk_gb": disk / 2**30, "p50_ms": s["p50_ms"], "p95_ms": s["p95_ms"],
-                   "recall": s["recall"], "structure_mb": spec["memory_bytes"] / 2**20}
+            row = {
+                "type": t if t != "auto" else f"auto ({args.max_memory})",
+                "structure": spec["factory"] or "exact scan",
+                "params": spec["params"],
+                "build_s": built,
+                "build_rss_mb": b["rss_mb"],
+                "open_rss_mb": o["rss_mb"],
+                "search_rss_mb": s["rss_mb"],
+                "disk_gb": disk / 2**30,
+                "p50_ms": s["p50_ms"],
+                "p95_ms": s["p95_ms"],
+                "recall": s["recall"],
+                "structure_mb": spec["memory_bytes"] / 2**20,
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
         print()
-        print(f"{'type':<24} {'structure':<26} {'build s':>8} {'RSS build':>10} {'RSS open':>9} {'RSS search':>11} "
-              f"{'disk GB':>8} {'p50 ms':>8} {'p95 ms':>8} {'recall@10':>10}")
+        print(
+            f"{'type':<24} {'structure':<26} {'build s':>8} {'RSS build':>10} {'RSS open':>9} {'RSS search':>11} "
+            f"{'disk GB':>8} {'p50 ms':>8} {'p95 ms':>8} {'recall@10':>10}"
+        )
         for r in rows:
-            print(f"{r['type']:<24} {r['structure']:<26} {r['build_s']:>8.0f} {r['build_rss_mb']:>8.0f}MB "
-                  f"{r['open_rss_mb']:>7.0f}MB {r['search_rss_mb']:>9.0f}MB {r['disk_gb']:>8.2f} {r['p50_ms']:>8.2f} "
-                  f"{r['p95_ms']:>8.2f} {r['recall']:>10.3f}")
-        print("(flat's build time is the import; others are built from the stored vectors after it. "
-              "Disk: shards + index.db + the structure file.)")
+            print(
+                f"{r['type']:<24} {r['structure']:<26} {r['build_s']:>8.0f} {r['build_rss_mb']:>8.0f}MB "
+                f"{r['open_rss_mb']:>7.0f}MB {r['search_rss_mb']:>9.0f}MB {r['disk_gb']:>8.2f} {r['p50_ms']:>8.2f} "
+                f"{r['p95_ms']:>8.2f} {r['recall']:>10.3f}"
+            )
+        print(
+            "(flat's build time is the import; others are built from the stored vectors after it. "
+            "Disk: shards + index.db + the structure file.)"
+        )
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

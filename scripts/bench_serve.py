@@ -70,16 +70,31 @@ def build_index(directory: Path, backbone: str, n_vectors: int, n_real: int, see
                 shutil.copyfile(recs[int(ids[src])].path, path)
             st = path.stat()
             v = real_vecs[src] + rng.normal(0, 0.02, real_vecs.shape[1]).astype(np.float32)
-            rows.append({"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": recs[int(ids[src])].sha256,
-                         "width": 640, "height": 480, "status": "ok", "reason": None,
-                         "vector": v / np.linalg.norm(v), "norm": float(norms[src])})
+            rows.append(
+                {
+                    "path": str(path),
+                    "size": st.st_size,
+                    "mtime_ns": st.st_mtime_ns,
+                    "sha256": recs[int(ids[src])].sha256,
+                    "width": 640,
+                    "height": 480,
+                    "status": "ok",
+                    "reason": None,
+                    "vector": v / np.linalg.norm(v),
+                    "norm": float(norms[src]),
+                }
+            )
         ix.store.apply(upserts=rows)
     ix.close()
     ix = open_index(directory / "index", create=False)  # brings vectors.faiss up to date, saved
     total = len(ix)
     ix.close()
-    return {"vectors": total, "real": summary.indexed, "embed_seconds": round(embed_s, 1),
-            "synthetic_seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "vectors": total,
+        "real": summary.indexed,
+        "embed_seconds": round(embed_s, 1),
+        "synthetic_seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def _free_port() -> int:
@@ -90,7 +105,10 @@ def _free_port() -> int:
 
 def start_server(index: Path, port: int, backbone: str) -> subprocess.Popen:
     pre = f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import tiny_backbone; " if backbone == "tiny" else ""
-    code = pre + f"from vecsearch.cli import app; app(['serve', '--index', {str(index)!r}, '--port', '{port}', '--log-level', 'warning'])"
+    code = (
+        pre
+        + f"from vecsearch.cli import app; app(['serve', '--index', {str(index)!r}, '--port', '{port}', '--log-level', 'warning'])"
+    )
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -142,10 +160,16 @@ def run(base: str, make_request, n: int, seconds: float, concurrency: int) -> di
         t.join()
     wall = time.perf_counter() - t0
     q = np.percentile(latencies, [50, 95]) if latencies else [float("nan")] * 2
-    return {"requests": len(latencies), "errors": len(errors), "first_error": errors[0] if errors else None,
-            "p50_ms": round(float(q[0]), 2), "p95_ms": round(float(q[1]), 2),
-            "mean_ms": round(statistics.fmean(latencies), 2) if latencies else None,
-            "req_per_s": round(len(latencies) / wall, 1) if wall else None, "concurrency": concurrency}
+    return {
+        "requests": len(latencies),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "p50_ms": round(float(q[0]), 2),
+        "p95_ms": round(float(q[1]), 2),
+        "mean_ms": round(statistics.fmean(latencies), 2) if latencies else None,
+        "req_per_s": round(len(latencies) / wall, 1) if wall else None,
+        "concurrency": concurrency,
+    }
 
 
 def main() -> None:
@@ -185,7 +209,9 @@ def main() -> None:
             return client.get(f"/api/images/{ids[i % len(ids)]}/similar", params={"k": args.k})
 
         def by_upload(client, i):
-            return client.post("/api/search", params={"k": args.k}, files={"file": ("q.jpg", uploads[i % len(uploads)], "image/jpeg")})
+            return client.post(
+                "/api/search", params={"k": args.k}, files={"file": ("q.jpg", uploads[i % len(uploads)], "image/jpeg")}
+            )
 
         run(base, by_id, 20, 30, 1)  # warm-up: connections, caches, the model's first calls
         run(base, by_upload, 5, 60, 1)
@@ -195,17 +221,28 @@ def main() -> None:
             "search_by_upload": run(base, by_upload, args.upload_requests, args.seconds, 1),
             "search_by_upload_concurrent": run(base, by_upload, args.upload_requests, args.seconds, args.concurrency),
         }
-        report = {"backbone": f"{args.backbone} (random init, seed {args.seed})", "index": built, "k": args.k,
-                  "upload": "800x600 JPEG", "server_startup_s": round(startup, 1), "cpus": os.cpu_count(), "results": results}
+        report = {
+            "backbone": f"{args.backbone} (random init, seed {args.seed})",
+            "index": built,
+            "k": args.k,
+            "upload": "800x600 JPEG",
+            "server_startup_s": round(startup, 1),
+            "cpus": os.cpu_count(),
+            "results": results,
+        }
         if args.json:
             print(json.dumps(report, indent=2))
         else:
-            print(f"vecsearch serve: {built['vectors']} vectors ({built['real']} embedded, rest synthetic), backbone {report['backbone']}, "
-                  f"k={args.k}, uploads {report['upload']}, {os.cpu_count()} CPUs; server ready {startup:.1f}s after launch")
+            print(
+                f"vecsearch serve: {built['vectors']} vectors ({built['real']} embedded, rest synthetic), backbone {report['backbone']}, "
+                f"k={args.k}, uploads {report['upload']}, {os.cpu_count()} CPUs; server ready {startup:.1f}s after launch"
+            )
             print(f"{'endpoint':<30} {'clients':>7} {'requests':>8} {'p50 ms':>8} {'p95 ms':>8} {'req/s':>7} {'errors':>6}")
             for name, r in results.items():
-                print(f"{name:<30} {r['concurrency']:>7} {r['requests']:>8} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} "
-                      f"{r['req_per_s']:>7.1f} {r['errors']:>6}")
+                print(
+                    f"{name:<30} {r['concurrency']:>7} {r['requests']:>8} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} "
+                    f"{r['req_per_s']:>7.1f} {r['errors']:>6}"
+                )
             if any(r["errors"] for r in results.values()):
                 print("first error:", next(r["first_error"] for r in results.values() if r["errors"]))
     finally:

@@ -28,13 +28,15 @@ def ball(path: Path, size=(640, 480), centre=(220, 250), radius=110, background=
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     dx, dy = (xx - centre[0]) / radius, (yy - centre[1]) / radius
     inside = dx**2 + dy**2 <= 1.0
-    stripes = (np.floor((dx + dy) * 4) % 2 == 0)
+    stripes = np.floor((dx + dy) * 4) % 2 == 0
     shade = np.clip(1.15 - 0.55 * np.sqrt((dx + 0.35) ** 2 + (dy + 0.35) ** 2), 0.3, 1.0)
     colour = np.where(stripes[..., None], np.array([40, 90, 200.0]), np.array([240, 240, 240.0])) * shade[..., None]
     img = np.where(inside[..., None], colour, np.array(background, np.float64))
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
-    ImageDraw.Draw(out).ellipse([centre[0] - 90, centre[1] + radius - 8, centre[0] + 90, centre[1] + radius + 12],
-                                fill=tuple(int(c * 0.8) for c in background))  # its shadow
+    ImageDraw.Draw(out).ellipse(
+        [centre[0] - 90, centre[1] + radius - 8, centre[0] + 90, centre[1] + radius + 12],
+        fill=tuple(int(c * 0.8) for c in background),
+    )  # its shadow
     path.parent.mkdir(parents=True, exist_ok=True)
     out.save(path)
     return path
@@ -46,10 +48,12 @@ def main(out_dir: str) -> None:
     b = ball(out / "photos" / "ball2.png", centre=(450, 200), radius=90, background=(70, 95, 140))
     vs = [str(Path(sys.executable).parent / "vecsearch")]  # the installed command
     index = ["--index", str(out / "index")]
-    for cmd in (["index", str(out / "photos"), "--weights", "none", "-q"],
-                ["explain", str(a), "--out", str(out / "ball.class.png")],
-                ["explain", str(a), "--like", str(b), "--out", str(out / "ball.like.png")],
-                ["explain", str(b), "--like", str(a), "--out", str(out / "ball2.like.png")]):
+    for cmd in (
+        ["index", str(out / "photos"), "--weights", "none", "-q"],
+        ["explain", str(a), "--out", str(out / "ball.class.png")],
+        ["explain", str(a), "--like", str(b), "--out", str(out / "ball.like.png")],
+        ["explain", str(b), "--like", str(a), "--out", str(out / "ball2.like.png")],
+    ):
         print("$ vecsearch " + " ".join(c.replace(str(out) + "/", "") for c in cmd + index))
         r = subprocess.run(vs + cmd + index, capture_output=True, text=True, cwd=ROOT)
         sys.stdout.write(r.stdout.replace(str(out) + "/", ""))

@@ -29,8 +29,9 @@ def digit_images(per_class: int, classes=range(10)) -> list[tuple[int, int, np.n
     return out
 
 
-def write_digits(root: Path, per_class: int = 10, *, test_per_class: int = 0, classes=range(10),
-                 size: int = 32) -> dict[Path, str]:
+def write_digits(
+    root: Path, per_class: int = 10, *, test_per_class: int = 0, classes=range(10), size: int = 32
+) -> dict[Path, str]:
     """Write root/<digit>/NNNN.png (or root/train|test/<digit>/...) and return {path: label}."""
     root = Path(root)
     labels: dict[Path, str] = {}

@@ -40,13 +40,13 @@ def png_header_only(width: int, height: int, colour_type: int = 2, padding: int 
 
     colour_type 2 is RGB, 0 grey (a quarter of the memory when Pillow allocates it);
     `padding` private chunks before the data make opening it take a while."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     pad = chunk(b"vsPd", b"") * padding
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + pad + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + pad + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
 # -- the CLI ---------------------------------------------------------------------------
@@ -93,15 +93,22 @@ def keras_recipe(model, paths, target_size: tuple[int, int], preprocess_input, *
     """
     import keras
 
-    x = np.stack([keras.utils.img_to_array(keras.utils.load_img(str(p), target_size=target_size, interpolation="bilinear"))
-                  for p in paths])
+    x = np.stack(
+        [keras.utils.img_to_array(keras.utils.load_img(str(p), target_size=target_size, interpolation="bilinear")) for p in paths]
+    )
     out = np.asarray(model.predict(preprocess_input(x), verbose=0), np.float64)
     return unit(out) if normalise else out
 
 
 # -- a live server ---------------------------------------------------------------------
-PAGE_TAUGHT = {"a/img00.jpg": "cat", "a/img01.jpg": "cat", "a/img02.jpg": "cat",
-               "b/img06.jpg": "dog", "b/img07.jpg": "dog", "b/img08.jpg": "dog"}
+PAGE_TAUGHT = {
+    "a/img00.jpg": "cat",
+    "a/img01.jpg": "cat",
+    "a/img02.jpg": "cat",
+    "b/img06.jpg": "dog",
+    "b/img07.jpg": "dog",
+    "b/img08.jpg": "dog",
+}
 """The labels conftest's `labelled_served_index` is taught, by path under its photos/."""
 
 
@@ -137,10 +144,13 @@ def start_serve(index_dir, env=None):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = ("import sys; sys.path.insert(0, %r); import tiny_backbone; from vecsearch.cli import app; "
-            "app(['serve', '--index', %r, '--port', %r, '--log-level', 'warning'])" % (str(TESTS), str(index_dir), str(port)))
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+    code = (
+        "import sys; sys.path.insert(0, %r); import tiny_backbone; from vecsearch.cli import app; "
+        "app(['serve', '--index', %r, '--port', %r, '--log-level', 'warning'])" % (str(TESTS), str(index_dir), str(port))
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    )
     return proc, port
 
 
@@ -164,11 +174,26 @@ def index_in_subprocess(root, index, *extra, env=None):
     import subprocess
     import sys
 
-    args = ["index", str(root), "--index", str(index), "--backbone", "tiny", "--weights", "none", "--seed", "7",
-            "--batch-size", "4", "--quiet", *map(str, extra)]
+    args = [
+        "index",
+        str(root),
+        "--index",
+        str(index),
+        "--backbone",
+        "tiny",
+        "--weights",
+        "none",
+        "--seed",
+        "7",
+        "--batch-size",
+        "4",
+        "--quiet",
+        *map(str, extra),
+    ]
     code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import tiny_backbone; from vecsearch.cli import app; app({args!r})"
-    return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", code], env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def image_rows(index) -> int:
@@ -190,8 +215,9 @@ DIM = 32
 """The tiny backbone's dimension: synthetic vectors imported into a tiny-model index have it."""
 
 
-def clustered_vectors(n: int, dim: int, *, clusters: int = 20, spread: float = 0.35, seed: int = 0,
-                      centres_seed: int = 1234) -> np.ndarray:
+def clustered_vectors(
+    n: int, dim: int, *, clusters: int = 20, spread: float = 0.35, seed: int = 0, centres_seed: int = 1234
+) -> np.ndarray:
     """Unit vectors like pooled CNN features: non-negative, in clusters around sparse centres.
 
     The centres depend on `centres_seed` only, so draws with other `seed`s (queries) come
@@ -209,8 +235,12 @@ def write_vector_file(path: Path, vectors: np.ndarray, meta: dict, *, paths=None
     """A .npz as `vecsearch export` writes it, made without vecsearch (np.savez)."""
     n = len(vectors)
     paths = paths if paths is not None else [f"/nowhere/synthetic/{i:07d}.jpg" for i in range(n)]
-    arrays = {"ids": np.arange(1, n + 1), "paths": np.array(paths, dtype=str), "vectors": np.asarray(vectors, np.float32),
-              "meta": np.array(json.dumps(meta))}
+    arrays = {
+        "ids": np.arange(1, n + 1),
+        "paths": np.array(paths, dtype=str),
+        "vectors": np.asarray(vectors, np.float32),
+        "meta": np.array(json.dumps(meta)),
+    }
     if norms is not None:
         arrays["norms"] = np.asarray(norms, np.float32)
     np.savez(path, **arrays)
@@ -248,6 +278,7 @@ def brute_force(base_ids: np.ndarray, base: np.ndarray, queries: np.ndarray, k: 
 def big_png(path: Path, width: int, height: int, channels: int = 4) -> Path:
     """A width x height PNG of transparent black (RGBA; RGB with channels=3), written a row at a
     time: a 110 MP one is ~430 KB on disk and never held whole in this process's memory."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -274,7 +305,10 @@ def store_imagenet_labels(index_dir, table: dict[str, list[tuple[str, str, float
 
     with open_index(index_dir, create=False) as ix:
         ids = {rec.path: rec.id for rec in ix.images(0, 1000)[1]}
-        rows = [(ids[p], rank, find_classes(wnid)[0].index, wnid, name, prob)
-                for p, labels in table.items() for rank, (wnid, name, prob) in enumerate(labels, 1)]
+        rows = [
+            (ids[p], rank, find_classes(wnid)[0].index, wnid, name, prob)
+            for p, labels in table.items()
+            for rank, (wnid, name, prob) in enumerate(labels, 1)
+        ]
         ix.store.set_imagenet_labels([ids[p] for p in table], rows)
     return ids

@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 import pytest
+from helpers import make_image
 from PIL import Image
 
-from helpers import make_image
 from vecsearch import IndexLockedError, VecsearchError
 
 

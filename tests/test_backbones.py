@@ -10,8 +10,13 @@ from vecsearch.backbones import REGISTRY, get_spec, import_keras
 
 
 def test_registry_has_the_documented_backbones():
-    for name, size, dim in [("resnet50", 224, 2048), ("xception", 299, 2048), ("inception_v3", 299, 2048),
-                            ("vgg16", 224, 512), ("mobilenet", 224, 1024)]:
+    for name, size, dim in [
+        ("resnet50", 224, 2048),
+        ("xception", 299, 2048),
+        ("inception_v3", 299, 2048),
+        ("vgg16", 224, 512),
+        ("mobilenet", 224, 1024),
+    ]:
         spec = REGISTRY[name]
         assert spec.input_size == (size, size) and spec.dim == dim
 

@@ -33,8 +33,12 @@ print(s.indexed, len(s.failed), resource.getrusage(resource.RUSAGE_SELF).ru_maxr
 
 def _indexing_peak(folder: Path, index: Path) -> tuple[int, int, int]:
     """(indexed, failed, peak RSS in bytes) of indexing `folder` in a fresh process."""
-    out = subprocess.run([sys.executable, "-c", _PEAK.format(tests=str(TESTS), index=str(index), folder=str(folder))],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK.format(tests=str(TESTS), index=str(index), folder=str(folder))],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     indexed, failed, peak = map(int, out.stdout.split()[-3:])
     return indexed, failed, peak
@@ -48,8 +52,10 @@ def test_indexing_four_huge_rgba_pngs_stays_within_the_memory_budget(tmp_path):
     _, _, base = _indexing_peak(tmp_path / "small", tmp_path / "ix1")
     indexed, failed, peak = _indexing_peak(tmp_path / "big", tmp_path / "ix2")
     assert (indexed, failed) == (4, 0)
-    print(f"peak RSS: one small image {base / 2**20:.0f} MiB, four 110 MP RGBA PNGs {peak / 2**20:.0f} MiB "
-          f"(+{(peak - base) / 2**20:.0f} MiB)")
+    print(
+        f"peak RSS: one small image {base / 2**20:.0f} MiB, four 110 MP RGBA PNGs {peak / 2**20:.0f} MiB "
+        f"(+{(peak - base) / 2**20:.0f} MiB)"
+    )
     assert peak - base < 1.5 * GiB
 
 
@@ -69,8 +75,9 @@ def _mode_image(mode: str):
     return rgba.convert(mode)
 
 
-@pytest.mark.parametrize("mode,fmt", [("RGBA", "PNG"), ("LA", "PNG"), ("P", "PNG"), ("I;16", "PNG"), ("F", "TIFF"),
-                                      ("CMYK", "TIFF"), ("L", "PNG")])
+@pytest.mark.parametrize(
+    "mode,fmt", [("RGBA", "PNG"), ("LA", "PNG"), ("P", "PNG"), ("I;16", "PNG"), ("F", "TIFF"), ("CMYK", "TIFF"), ("L", "PNG")]
+)
 def test_a_large_decode_in_strips_gives_the_same_pixels(monkeypatch, mode, fmt):
     import io
 

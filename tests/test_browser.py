@@ -16,7 +16,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from helpers import live_server, make_image
 
 pytest.importorskip("fastapi")
@@ -54,20 +53,28 @@ def test_page_uploads_an_image_and_shows_a_grid_of_neighbours(tmp_path):
     from vecsearch.store.models import ImagenetLabel
 
     with ix.store.session() as s, s.begin():  # as the ImageNet labelling step stores them
-        s.add_all(ImagenetLabel(image_id=int(i), rank=1, class_index=int(i), wnid=f"n{i:08d}", name=f"class_{i}", prob=0.5)
-                  for i in ix.store.vector_ids())
+        s.add_all(
+            ImagenetLabel(image_id=int(i), rank=1, class_index=int(i), wnid=f"n{i:08d}", name=f"class_{i}", prob=0.5)
+            for i in ix.store.vector_ids()
+        )
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "browser_search.png"
     shot.unlink(missing_ok=True)
 
     with live_server(create_app(ix)) as base:
-        r = subprocess.run(["node", str(BROWSER_DIR / "search_page.mjs"), base + "/", str(query), str(shot), "12"],
-                           cwd=BROWSER_DIR, capture_output=True, text=True, timeout=240)
+        r = subprocess.run(
+            ["node", str(BROWSER_DIR / "search_page.mjs"), base + "/", str(query), str(shot), "12"],
+            cwd=BROWSER_DIR,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         seen = json.loads(r.stdout.strip().splitlines()[-1])
         # What the API says for the same requests: the page must show exactly that.
-        api_upload = httpx.post(f"{base}/api/search", params={"k": 12},
-                                files={"file": ("query.png", query.read_bytes(), "image/png")}).json()["results"]
+        api_upload = httpx.post(
+            f"{base}/api/search", params={"k": 12}, files={"file": ("query.png", query.read_bytes(), "image/png")}
+        ).json()["results"]
         api_similar = httpx.get(f"{base}/api/images/{seen['clicked']}/similar", params={"k": 12}).json()["results"]
     ix.close()
 
@@ -94,8 +101,10 @@ def test_page_uploads_an_image_and_shows_a_grid_of_neighbours(tmp_path):
     assert why1["captions"] == ["the query (query.png)", f"#1 {api_upload[0]['name']}"]
     assert seen["panelHiddenAfterSearch"] is True
     first = api_similar[0]["id"]
-    assert [i["src"] for i in why2["images"]] == [f"/api/images/{seen['clicked']}/explain?like={first}",
-                                                 f"/api/images/{first}/explain?like={seen['clicked']}"]
+    assert [i["src"] for i in why2["images"]] == [
+        f"/api/images/{seen['clicked']}/explain?like={first}",
+        f"/api/images/{first}/explain?like={seen['clicked']}",
+    ]
     assert all((i["width"], i["height"]) == (384, 256) for i in why2["images"])
 
 
@@ -108,7 +117,9 @@ def test_page_with_a_token_filters_clears_on_error_and_goes_back(tmp_path):
     photos = tmp_path / "photos"
     for i in range(10):
         make_image(photos / ("a" if i < 5 else "b") / f"p{i:02d}.jpg", seed=i, size=(96, 64))
-    (tmp_path / "labels.csv").write_text("photos/a/p00.jpg,cat\nphotos/a/p01.jpg,cat\nphotos/b/p05.jpg,dog\nphotos/b/p06.jpg,dog\n")
+    (tmp_path / "labels.csv").write_text(
+        "photos/a/p00.jpg,cat\nphotos/a/p01.jpg,cat\nphotos/b/p05.jpg,dog\nphotos/b/p06.jpg,dog\n"
+    )
     query = make_image(tmp_path / "query.png", seed=500, size=(80, 80))
     bad = tmp_path / "not-an-image.png"
     bad.write_bytes(b"this is text, not a PNG")
@@ -124,15 +135,21 @@ def test_page_with_a_token_filters_clears_on_error_and_goes_back(tmp_path):
     auth = {"Authorization": f"Bearer {token}"}
 
     with live_server(create_app(ix, token=token)) as base:
-        r = subprocess.run(["node", str(BROWSER_DIR / "page_flows.mjs"), base, token, str(query), str(bad), folder, str(shot)],
-                           cwd=BROWSER_DIR, capture_output=True, text=True, timeout=240)
+        r = subprocess.run(
+            ["node", str(BROWSER_DIR / "page_flows.mjs"), base, token, str(query), str(bad), folder, str(shot)],
+            cwd=BROWSER_DIR,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         seen = json.loads(r.stdout.strip().splitlines()[-1])
         files = {"file": ("query.png", query.read_bytes(), "image/png")}
         api_all = httpx.post(f"{base}/api/search", params={"k": 48}, files=files, headers=auth).json()["results"]
         api_a = httpx.post(f"{base}/api/search", params={"k": 48, "under": folder}, files=files, headers=auth).json()["results"]
-        api_from = httpx.get(f"{base}/api/images/{seen['clicked']}/similar", params={"k": 48, "under": folder},
-                             headers=auth).json()["results"]
+        api_from = httpx.get(
+            f"{base}/api/images/{seen['clicked']}/similar", params={"k": 48, "under": folder}, headers=auth
+        ).json()["results"]
     ix.close()
 
     assert seen["consoleErrors"] == [] and seen["external"] == []
@@ -160,8 +177,7 @@ def test_page_with_a_token_filters_clears_on_error_and_goes_back(tmp_path):
     assert seen["afterError"] == {"cards": 0, "moreHidden": True, "query": 0}
     # Back: the unfiltered search; Forward: the filtered one, filters back in the form.
     assert seen["back"] == {"ids": seen["unfiltered"], "under": "", "address": seen["addressUnfiltered"]}
-    assert seen["forward"] == {"ids": [c["id"] for c in seen["filtered"]], "under": folder,
-                               "address": seen["addressFiltered"]}
+    assert seen["forward"] == {"ids": [c["id"] for c in seen["filtered"]], "under": folder, "address": seen["addressFiltered"]}
     # From a result, with the filter kept; a reload of that address shows the same.
     assert seen["fromResult"]["ids"] == [h["id"] for h in api_from]
     assert f"similar={seen['clicked']}" in seen["fromResult"]["address"]

@@ -13,14 +13,14 @@ import pickle
 
 import numpy as np
 import pytest
+from digits import digit_images, write_digits
+from helpers import make_image, run
 from PIL import Image
 from typer.testing import CliRunner
 
-from digits import digit_images, write_digits
-from helpers import make_image, run
+from vecsearch import classify as C
 from vecsearch import open_index
 from vecsearch.classes import labelled_vectors, rows_from_folder, unlabelled_ids
-from vecsearch import classify as C
 from vecsearch.cli import app
 from vecsearch.errors import BadLabelsError, ClassifierNotFoundError, InputNotFoundError, NoLabelsError
 
@@ -69,8 +69,14 @@ def test_folder_labels_follow_image_dataset_from_directory(tmp_path):
     assert all(r.path.parent.name == r.label for r in rows) and len(rows) == 4
     write_digits(tmp_path / "split", per_class=3, test_per_class=1, classes=[3, 7])
     rows = rows_from_folder(tmp_path / "split")
-    assert sorted((r.label, r.split) for r in rows) == [("3", "test"), ("3", "train"), ("3", "train"),
-                                                        ("7", "test"), ("7", "train"), ("7", "train")]
+    assert sorted((r.label, r.split) for r in rows) == [
+        ("3", "test"),
+        ("3", "train"),
+        ("3", "train"),
+        ("7", "test"),
+        ("7", "train"),
+        ("7", "train"),
+    ]
 
 
 @pytest.mark.slow
@@ -81,7 +87,7 @@ def test_labelled_vectors_match_the_stored_vectors(resnet_digits):
     assert np.all(np.diff(ls.ids) > 0)
     assert sorted(set(ls.y)) == [str(c) for c in range(10)]
     assert (ls.split == "test").sum() == 30 and (ls.split == "train").sum() == 70
-    for path, label, split, i in zip(ls.paths, ls.y, ls.split, ls.ids):
+    for path, label, split, i in zip(ls.paths, ls.y, ls.split, ls.ids, strict=False):
         assert os.path.basename(os.path.dirname(path)) == label
         assert os.path.basename(os.path.dirname(os.path.dirname(path))) == split
         np.testing.assert_array_equal(ls.X[list(ls.ids).index(i)], ix.vector(int(i)))
@@ -168,8 +174,12 @@ def test_probe_chooses_C_like_gridsearch_and_matches_logistic_regression(tmp_pat
         result = ix.train_classifier("probe")
         ls = labelled_vectors(ix.store)
     tr, te = ls.split != "test", ls.split == "test"
-    grid = GridSearchCV(_sk_probe(1.0, ls.X[:20], ls.y[:20]), {"logisticregression__C": list(C.PROBE_CS)},
-                        cv=StratifiedKFold(5, shuffle=True, random_state=0), scoring="accuracy")
+    grid = GridSearchCV(
+        _sk_probe(1.0, ls.X[:20], ls.y[:20]),
+        {"logisticregression__C": list(C.PROBE_CS)},
+        cv=StratifiedKFold(5, shuffle=True, random_state=0),
+        scoring="accuracy",
+    )
     with C._one_blas_thread():
         grid.fit(ls.X[tr], ls.y[tr])
     assert result.evaluation.fit_params[0]["C"] == grid.best_params_["logisticregression__C"]
@@ -220,9 +230,17 @@ def test_folder_and_csv_labels_give_the_same_model(tmp_path, splits):
             knn = ix.train_classifier("knn", k=3)
             probe = ix.train_classifier("probe")
             Q = np.random.default_rng(0).normal(size=(5, 32)).astype(np.float32)
-            results[source] = (ls.paths, ls.y.tolist(), ls.split.tolist(), ls.X, knn.evaluation.test_pred,
-                               ix.classifier("knn")[1].predict_proba(Q), probe.evaluation.test_pred,
-                               ix.classifier("probe")[1].predict_proba(Q), knn.metrics["method"])
+            results[source] = (
+                ls.paths,
+                ls.y.tolist(),
+                ls.split.tolist(),
+                ls.X,
+                knn.evaluation.test_pred,
+                ix.classifier("knn")[1].predict_proba(Q),
+                probe.evaluation.test_pred,
+                ix.classifier("probe")[1].predict_proba(Q),
+                knn.metrics["method"],
+            )
     a, b = results["folder"], results["csv"]
     assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2]
     np.testing.assert_array_equal(a[3], b[3])
@@ -390,7 +408,7 @@ def test_every_new_command_has_help():
 def test_digits_helper_is_deterministic(tmp_path):
     a = write_digits(tmp_path / "a", per_class=2, classes=[8])
     b = write_digits(tmp_path / "b", per_class=2, classes=[8])
-    for (pa, la), (pb, lb) in zip(sorted(a.items()), sorted(b.items())):
+    for (pa, la), (pb, lb) in zip(sorted(a.items()), sorted(b.items()), strict=False):
         assert pa.name == pb.name and la == lb == "8"
         assert np.array_equal(np.asarray(Image.open(pa)), np.asarray(Image.open(pb)))
     img = np.asarray(Image.open(sorted(a)[0]))
@@ -411,7 +429,10 @@ def test_classify_head_applies_the_saved_fine_tuned_head(tmp_path):
         ix.finetune(params=HeadParams(epochs=2))
         ids, X, _ = ix.store.vectors(unlabelled_ids(ix.store), dim=32)
         head = ix.classifier()[1]
-        expected = [(str(head.classes_[j]), float(p[j])) for p, j in zip(head.predict_proba(X), head.predict_proba(X).argmax(1))]
+        expected = [
+            (str(head.classes_[j]), float(p[j]))
+            for p, j in zip(head.predict_proba(X), head.predict_proba(X).argmax(1), strict=False)
+        ]
     r = _cli("classify", "--head", "--json", "--plot", tmp_path / "cm.png", "--index", index)
     assert r.exit_code == 0, r.output
     data = json.loads(r.output)

@@ -93,15 +93,23 @@ def test_tables_never_fold_or_cut_a_long_path(indexed_photos, index_dir, tmp_pat
     assert ranks == list(range(1, 13))
 
 
-@pytest.mark.parametrize("columns, rows, options", [
-    (["rank", "class_rank", "prob", "path"],
-     [(1, 1, "0.4503", "/a/b.jpg"), (10, 2, None, "/日本/画像.jpg"), (3, 1, "0.1", "x\x1b[1m[bold]y")],
-     {"right": ["rank", "class_rank", "prob"]}),
-    (["", "rank", "wnid", "name", "prob"], [("", 1, "n03908618", "pencil_box", "0.2574"), ("", 22, "n02012849", "crane", "0.19")],
-     {"right": ["rank"], "header": False, "min_widths": [0, 2, 9, 25, 6]}),
-    (["", "1", "2", "path"], [("1", "1.0000", "0.5000", "p"), ("2", "0.5000", "1.0000", "q q")], {"right": ["", "1", "2"]}),
-    (["label", "confidence", "path"], [], {"right": ["confidence"]}),
-])
+@pytest.mark.parametrize(
+    "columns, rows, options",
+    [
+        (
+            ["rank", "class_rank", "prob", "path"],
+            [(1, 1, "0.4503", "/a/b.jpg"), (10, 2, None, "/日本/画像.jpg"), (3, 1, "0.1", "x\x1b[1m[bold]y")],
+            {"right": ["rank", "class_rank", "prob"]},
+        ),
+        (
+            ["", "rank", "wnid", "name", "prob"],
+            [("", 1, "n03908618", "pencil_box", "0.2574"), ("", 22, "n02012849", "crane", "0.19")],
+            {"right": ["rank"], "header": False, "min_widths": [0, 2, 9, 25, 6]},
+        ),
+        (["", "1", "2", "path"], [("1", "1.0000", "0.5000", "p"), ("2", "0.5000", "1.0000", "q q")], {"right": ["", "1", "2"]}),
+        (["label", "confidence", "path"], [], {"right": ["confidence"]}),
+    ],
+)
 def test_long_tables_print_the_same_lines_as_rich_table(columns, rows, options, capsys):
     """Past RICH_TABLE_ROWS the table is laid out without rich (measured 100x faster); the lines must not change."""
     from vecsearch.cli.output import print_table
@@ -147,8 +155,12 @@ def test_version_and_shell_completion():
     script = CliRunner().invoke(app, ["--show-completion", "bash"], prog_name="vecsearch")
     assert script.exit_code == 0 and "_VECSEARCH_COMPLETE=complete_bash" in script.stdout
     assert "--install-completion" in run("--help").stdout
-    words = CliRunner().invoke(app, [], prog_name="vecsearch",
-                               env={"_VECSEARCH_COMPLETE": "complete_bash", "COMP_WORDS": "vecsearch que", "COMP_CWORD": "1"})
+    words = CliRunner().invoke(
+        app,
+        [],
+        prog_name="vecsearch",
+        env={"_VECSEARCH_COMPLETE": "complete_bash", "COMP_WORDS": "vecsearch que", "COMP_CWORD": "1"},
+    )
     assert words.stdout.split() == ["query"]
 
 
@@ -194,8 +206,11 @@ def test_plot_without_matplotlib_fails_before_any_work(taught, tmp_path, monkeyp
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     png = tmp_path / "plot.png"
     one, two = sorted(unlabelled.iterdir())[:2]
-    for args in (["classify", "--probe", "--name", "p"], ["finetune", "--name", "h", "--epochs", "2", "-q"],
-                 ["similarity", one, two]):
+    for args in (
+        ["classify", "--probe", "--name", "p"],
+        ["finetune", "--name", "h", "--epochs", "2", "-q"],
+        ["similarity", one, two],
+    ):
         r = run(*args, "--plot", png, "--index", index_dir, ok=False)
         assert r.exit_code == 1 and install_line("plot") in r.output, r.output
         assert "Traceback" not in r.output and not png.exists()
@@ -289,17 +304,30 @@ def big_listing(tmp_path):
     rng = np.random.default_rng(0)
     vecs = np.repeat(rng.standard_normal((1000, 32)), 3, axis=0) + 1e-4 * rng.standard_normal((3000, 32))
     paths = [f"/nowhere/{'x' * 280}/{i:05d}.jpg" for i in range(3000)]
-    meta = {"backbone": "tiny", "weights_kind": "file", "weights_path": "/nowhere/tiny.weights.h5",
-            "weights_fingerprint": "f" * 64, "dim": 32, "metric": "cosine"}  # not random: no warning on stderr
+    meta = {
+        "backbone": "tiny",
+        "weights_kind": "file",
+        "weights_path": "/nowhere/tiny.weights.h5",
+        "weights_fingerprint": "f" * 64,
+        "dim": 32,
+        "metric": "cosine",
+    }  # not random: no warning on stderr
     npz = write_vector_file(tmp_path / "big.npz", vecs.astype(np.float32), meta, paths=paths)
     run("import", npz, "--index", tmp_path / "big", "-q")
     return tmp_path / "big"
 
 
-LISTINGS = [["list"], ["list", "--all"], ["list", "--json"], ["list", "--jsonl"],
-            ["dupes", "-q", "--threshold", "0.99"], ["dupes", "--threshold", "0.99", "--json"],
-            ["dupes", "--threshold", "0.99", "--jsonl"], ["dupes", "--threshold", "0.99", "--to-remove"],
-            ["dupes", "--threshold", "0.99", "--to-remove", "--json"]]  # -q: no progress bar on stderr
+LISTINGS = [
+    ["list"],
+    ["list", "--all"],
+    ["list", "--json"],
+    ["list", "--jsonl"],
+    ["dupes", "-q", "--threshold", "0.99"],
+    ["dupes", "--threshold", "0.99", "--json"],
+    ["dupes", "--threshold", "0.99", "--jsonl"],
+    ["dupes", "--threshold", "0.99", "--to-remove"],
+    ["dupes", "--threshold", "0.99", "--to-remove", "--json"],
+]  # -q: no progress bar on stderr
 
 
 @pytest.mark.slow  # nine CLI processes at once, each importing vecsearch: ~30 s on 2 cores
@@ -308,10 +336,19 @@ def test_a_reader_that_stops_early_ends_every_listing_quietly(big_listing):
     and exited 1): real processes whose stdout a reader closes after one line, Python's flush at exit included."""
     import subprocess
 
-    code = (f"import sys; sys.path.insert(0, {str(TESTS)!r}); import tiny_backbone; from vecsearch.cli import app; "
-            "app(sys.argv[1:], prog_name='vecsearch')")
-    procs = [(args, subprocess.Popen([sys.executable, "-c", code, *args, "--index", str(big_listing)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)) for args in LISTINGS]
+    code = (
+        f"import sys; sys.path.insert(0, {str(TESTS)!r}); import tiny_backbone; from vecsearch.cli import app; "
+        "app(sys.argv[1:], prog_name='vecsearch')"
+    )
+    procs = [
+        (
+            args,
+            subprocess.Popen(
+                [sys.executable, "-c", code, *args, "--index", str(big_listing)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            ),
+        )
+        for args in LISTINGS
+    ]
     for args, proc in procs:
         first = proc.stdout.readline()
         proc.stdout.close()

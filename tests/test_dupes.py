@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TINY, make_image, run, run_json
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import TINY, make_image, run, run_json
 from vecsearch.cli import app
 from vecsearch.errors import InputNotFoundError, VecsearchError
 
@@ -156,12 +156,15 @@ def test_cli_dupes_and_similarity(tiny_index, dupe_folder, index_dir, tmp_path):
     assert r.exit_code == 0 and files[1] in r.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["similarity", "{one}"], "at least 2 images"),
-    (["similarity", "{one}", "{missing}"], "No such file"),
-    (["similarity", "{one}", "{one}", "--plot", "{missing}/sim.png"], "Cannot write the plot"),
-    (["dupes", "--threshold", "2"], "Invalid value"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["similarity", "{one}"], "at least 2 images"),
+        (["similarity", "{one}", "{missing}"], "No such file"),
+        (["similarity", "{one}", "{one}", "--plot", "{missing}/sim.png"], "Cannot write the plot"),
+        (["dupes", "--threshold", "2"], "Invalid value"),
+    ],
+)
 def test_cli_bad_input_is_a_message(tiny_index, photos, index_dir, tmp_path, args, message):
     tiny_index.add([photos])
     tiny_index.close()
@@ -191,10 +194,31 @@ def test_a_group_is_not_cut_at_k(tmp_path):
     from vecsearch.store import Store
 
     store = Store(tmp_path / "index.db")
-    store.create_info(backbone="tiny", weights_kind="random", weights_seed=7, weights_path=None,
-                      weights_fingerprint="x", dim=32, metric="cosine", index_type="flat")
-    rows = [{"path": str(tmp_path / f"v{i}.png"), "size": 1, "mtime_ns": 1, "sha256": None, "width": 1, "height": 1,
-             "status": "ok", "reason": None, "vector": v, "norm": 1.0} for i, v in enumerate(vecs)]
+    store.create_info(
+        backbone="tiny",
+        weights_kind="random",
+        weights_seed=7,
+        weights_path=None,
+        weights_fingerprint="x",
+        dim=32,
+        metric="cosine",
+        index_type="flat",
+    )
+    rows = [
+        {
+            "path": str(tmp_path / f"v{i}.png"),
+            "size": 1,
+            "mtime_ns": 1,
+            "sha256": None,
+            "width": 1,
+            "height": 1,
+            "status": "ok",
+            "reason": None,
+            "vector": v,
+            "norm": 1.0,
+        }
+        for i, v in enumerate(vecs)
+    ]
     store.apply(upserts=rows)
     searcher = Searcher(store.shards, SlotMap(*store.slot_map()), IndexSpec("flat", ""))
     sims = np.array(vecs) @ np.array(vecs).T
@@ -288,4 +312,10 @@ def test_dupes_to_remove_marks_an_upscaled_copy_not_the_original(tmp_path, index
     assert sorted(run(*args).stdout.splitlines()) == sorted([str(big.resolve()), str(half.resolve())])
     assert {row["keep"] for row in run_json(*args)} == {str(orig.resolve())}
     assert str(big.resolve()) not in run(*args, "--keep", "largest").stdout.splitlines()  # as its help says
-    assert "upscaled" in run("dupes", "--help", ).stdout
+    assert (
+        "upscaled"
+        in run(
+            "dupes",
+            "--help",
+        ).stdout
+    )

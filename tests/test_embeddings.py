@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import keras_recipe, make_image, unit as _unit
+from helpers import keras_recipe, make_image
+from helpers import unit as _unit
 
 from vecsearch import open_index
 from vecsearch.backbones import import_keras
@@ -77,7 +78,7 @@ def test_png_vectors_equal_the_keras_recipe(resnet_case):
 def test_large_jpeg_vectors_match_the_keras_recipe_despite_draft_decoding(resnet_case):
     ix, pngs, jpgs, ref = resnet_case
     ours = _ours(ix, jpgs)
-    refj = ref[len(pngs):]
+    refj = ref[len(pngs) :]
     assert np.sum(ours * refj, axis=1).min() >= 0.99
     # Each image's vector is far closer to its own reference than to any other image's.
     mean = ref.mean(axis=0)

@@ -16,9 +16,10 @@ def test_exclude_is_remembered_and_drops_what_it_matches(photos, index_dir):
         assert len(ix) == 15
     s = run_json("index", photos, "--index", index_dir, "--exclude", "thumbs", "--exclude", "*.tmp.*")
     assert s["exclude"] == ["thumbs", "*.tmp.*"] and s["removed"] == 3
-    assert s["removed_paths"] == sorted(str(p) for p in (photos / "a" / "thumbs" / "t1.jpg",
-                                                          photos / "b" / "deep" / "thumbs" / "t2.png",
-                                                          photos / "b" / "scan.tmp.png"))
+    assert s["removed_paths"] == sorted(
+        str(p)
+        for p in (photos / "a" / "thumbs" / "t1.jpg", photos / "b" / "deep" / "thumbs" / "t2.png", photos / "b" / "scan.tmp.png")
+    )
     # Remembered: a later run without --exclude keeps them out, and stats shows them.
     make_image(photos / "a" / "thumbs" / "t3.jpg", seed=33)
     s = run_json("index", photos, "--index", index_dir)

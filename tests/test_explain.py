@@ -15,10 +15,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from digits import write_digits
 from helpers import keras_recipe, make_image, run, run_json
+from PIL import Image
+
 from vecsearch import open_index
 from vecsearch.backbones import REGISTRY, BackboneSpec, get_spec, import_keras, register
 from vecsearch.errors import VecsearchError
@@ -43,7 +43,7 @@ def _patch_scene(path: Path, background, xy, size: int = 224) -> Path:
     rng = np.random.default_rng(0)
     patch = np.asarray(Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((PATCH, PATCH), Image.NEAREST))
     img = np.zeros((size, size, 3), np.uint8) + np.asarray(background, np.uint8)
-    img[xy[1]:xy[1] + PATCH, xy[0]:xy[0] + PATCH] = patch
+    img[xy[1] : xy[1] + PATCH, xy[0] : xy[0] + PATCH] = patch
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(img).save(path)
     return path
@@ -52,8 +52,11 @@ def _patch_scene(path: Path, background, xy, size: int = 224) -> Path:
 def _cells(xy, n: int, size: int = 224, side: int = PATCH) -> set[tuple[int, int]]:
     """The (row, column) cells of an n x n map that the patch at `xy` touches."""
     x, y = xy
-    return {(i, j) for i in range(y * n // size, (y + side - 1) * n // size + 1)
-            for j in range(x * n // size, (x + side - 1) * n // size + 1)}
+    return {
+        (i, j)
+        for i in range(y * n // size, (y + side - 1) * n // size + 1)
+        for j in range(x * n // size, (x + side - 1) * n // size + 1)
+    }
 
 
 def _peak(m) -> tuple[int, int]:
@@ -133,7 +136,7 @@ def test_linear_maps_sum_to_the_scores_feature_part(world):
     pooled = keras_recipe(pooled_model, world.paths, (224, 224), keras.applications.resnet50.preprocess_input, normalise=False)
     from vecsearch.labels import find_classes
 
-    for path, p in zip(world.paths, pooled):
+    for path, p in zip(world.paths, pooled, strict=False):
         top1 = world.ix.explain(path)
         other = world.ix.explain(path, imagenet_class="golden retriever")
         for e in (top1, other):
@@ -193,7 +196,7 @@ def colour_backbone():
 def _squares(path: Path, squares) -> Path:
     img = np.zeros((32, 32, 3), np.uint8)
     for colour, (x, y) in squares:
-        img[y:y + 8, x:x + 8] = colour
+        img[y : y + 8, x : x + 8] = colour
     Image.fromarray(img).save(path)
     return path
 
@@ -209,14 +212,13 @@ def test_why_similar_follows_what_the_images_share(colour_backbone, tmp_path):
         by_red, by_green = ix.explain(both, like=only_red), ix.explain(both, like=only_green)
     assert by_red.map.shape == (8, 8)
     # Only the red square's cells hold the similarity to the red image, only the green one's to the green.
-    assert set(zip(*np.nonzero(by_red.map > 1e-9))) == {(0, 0), (0, 1), (1, 0), (1, 1)}
-    assert set(zip(*np.nonzero(by_green.map > 1e-9))) == {(6, 6), (6, 7), (7, 6), (7, 7)}
+    assert set(zip(*np.nonzero(by_red.map > 1e-9), strict=False)) == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    assert set(zip(*np.nonzero(by_green.map > 1e-9), strict=False)) == {(6, 6), (6, 7), (7, 6), (7, 7)}
     assert by_red.map.sum() == pytest.approx(1 / np.sqrt(2), rel=1e-6)  # cos(red + green, red)
 
 
 def test_a_wrong_last_layer_is_refused(colour_backbone, tmp_path):
-    register(BackboneSpec("colours", (32, 32), 3, _colour_build, lambda x: x / 255.0, has_imagenet=False,
-                          last_conv_layer="nope"))
+    register(BackboneSpec("colours", (32, 32), 3, _colour_build, lambda x: x / 255.0, has_imagenet=False, last_conv_layer="nope"))
     img = _squares(tmp_path / "x.png", [((255, 0, 0), (0, 0))])
     with open_index(tmp_path / "index", backbone="colours", weights=None) as ix:
         ix.add([img])
@@ -310,7 +312,9 @@ def test_head_grad_cam_equals_the_keras_example_through_the_whole_model(digits):
     grad_model = keras.Model(bb.inputs, [bb.get_layer("conv2").output, logits_head(keras.layers.UnitNormalization()(bb.output))])
     for path in digits.paths[::9]:
         e = digits.ix.explain(path, classifier="head", label="1")
-        x = get_spec("tiny").preprocess(keras.utils.img_to_array(keras.utils.load_img(str(path), target_size=(32, 32), interpolation="bilinear"))[None])
+        x = get_spec("tiny").preprocess(
+            keras.utils.img_to_array(keras.utils.load_img(str(path), target_size=(32, 32), interpolation="bilinear"))[None]
+        )
         with tf.GradientTape() as tape, warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # as above: the bare array the example passes
             conv_out, preds = grad_model(x)
@@ -363,7 +367,7 @@ def test_query_explain_writes_one_pair_per_result(tiny_index, photos, tmp_path):
         with Image.open(path) as im:
             assert im.format == "PNG" and im.width > 2 * 500  # the query's map beside the result's
     pairs = tiny_index.explain_hits(query, tiny_index.search(query, 3))
-    for h, (q, r) in zip(hits, pairs):
+    for h, (q, r) in zip(hits, pairs, strict=False):
         assert q.map.sum() == pytest.approx(h["score"], rel=1e-4) and r.map.sum() == pytest.approx(h["score"], rel=1e-4)
     text = run("query", query, "--k", 2, "--explain", tmp_path / "why2", "--index", tiny_index.directory)
     assert "why similar: 2 heatmaps" in text.stdout and len(list((tmp_path / "why2").glob("*.png"))) == 2

@@ -70,8 +70,10 @@ def _no_space(*args, **kwargs):
 
 
 def _faiss_no_space(*args, **kwargs):
-    raise RuntimeError("Error in faiss::FileIOWriter::FileIOWriter(const char*) at /project/faiss/impl/io.cpp:98: "
-                       "Error: 'f' failed: could not open /full/vectors.faiss for writing: No space left on device")
+    raise RuntimeError(
+        "Error in faiss::FileIOWriter::FileIOWriter(const char*) at /project/faiss/impl/io.cpp:98: "
+        "Error: 'f' failed: could not open /full/vectors.faiss for writing: No space left on device"
+    )
 
 
 @pytest.mark.parametrize("where", ["database commit", "vector file", "search structure", "classifier file", "export"])
@@ -117,8 +119,15 @@ def _read_only_runner(folder: Path):
     probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip("root without mount namespaces: cannot make a folder read-only for root")
-    return ["unshare", "-m", "sh", "-c", 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && shift && exec "$@"',
-            str(folder), "sh"]
+    return [
+        "unshare",
+        "-m",
+        "sh",
+        "-c",
+        'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && shift && exec "$@"',
+        str(folder),
+        "sh",
+    ]
 
 
 def test_read_only_commands_work_on_a_read_only_index(tmp_path):
@@ -129,11 +138,12 @@ def test_read_only_commands_work_on_a_read_only_index(tmp_path):
         ix.add([photos])
     before = sorted(os.listdir(tmp_path / "ix"))
     prefix = _read_only_runner(tmp_path / "ix")
-    code = "import sys; sys.path.insert(0, %r); import tiny_backbone; from vecsearch.cli import app; app(sys.argv[1:])" % str(TESTS)
+    code = "import sys; sys.path.insert(0, %r); import tiny_backbone; from vecsearch.cli import app; app(sys.argv[1:])" % str(
+        TESTS
+    )
 
     def cli(*args):
-        return subprocess.run([*prefix, sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                              timeout=300)
+        return subprocess.run([*prefix, sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300)
 
     try:
         stats = cli("stats", "--index", tmp_path / "ix", "--json")

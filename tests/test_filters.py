@@ -26,8 +26,7 @@ def test_filters_match_brute_force_over_the_subset(tmp_path, model_meta, monkeyp
     exact_calls = []
     if index_type in ("hnsw", "IVF32,SQ8") and subset_exact == 8:  # a FAISS selector: every answer from it
         real = search_mod.Searcher._exact_within
-        monkeypatch.setattr(search_mod.Searcher, "_exact_within",
-                            lambda self, *a: exact_calls.append(1) or real(self, *a))
+        monkeypatch.setattr(search_mod.Searcher, "_exact_within", lambda self, *a: exact_calls.append(1) or real(self, *a))
     queries = clustered_vectors(15, DIM, seed=99)
     cats = set(ids[::10].tolist())
     dogs_new = set(ids[3::10].tolist())
@@ -42,7 +41,7 @@ def test_filters_match_brute_force_over_the_subset(tmp_path, model_meta, monkeyp
         mask = np.array([keep(int(i)) for i in ids])
         assert mask.sum() >= 20, kw
         want_ids, want_scores = brute_force(ids[mask], base[mask], queries, 20)
-        for q, w_ids, w_scores in zip(queries, want_ids, want_scores):
+        for q, w_ids, w_scores in zip(queries, want_ids, want_scores, strict=False):
             hits = ix.search(q, k=20, **kw)
             assert len(hits) == 20, (kw, len(hits))
             got = [h.id for h in hits]
@@ -69,8 +68,9 @@ def test_min_score_and_filter_errors(tmp_path, model_meta):
         ix.search(q, label="kat")
     with pytest.raises(VecsearchError, match="min_score"):
         ix.search(q, min_score=2)
-    assert [h.id for h in ix.search(q, k=50, predicted="dog", classifier="old")] == \
-        [h.id for h in all_hits if h.id in set(ids[1::7].tolist())][:50]
+    assert [h.id for h in ix.search(q, k=50, predicted="dog", classifier="old")] == [
+        h.id for h in all_hits if h.id in set(ids[1::7].tolist())
+    ][:50]
     ix.close()
 
 
@@ -99,8 +99,7 @@ def test_query_filters_on_the_command_line_with_a_real_classifier(tmp_path, inde
     assert {h["path"] for h in hits} == {str(p) for p in (tmp_path / "new" / "0").iterdir()}
     all_hits = run_json("query", q, "--index", index_dir, "--k", 50)
     cut = all_hits[4]["score"]
-    assert run_json("query", q, "--index", index_dir, "--k", 50, "--min-score", cut) == \
-        [h for h in all_hits if h["score"] >= cut]
+    assert run_json("query", q, "--index", index_dir, "--k", 50, "--min-score", cut) == [h for h in all_hits if h["score"] >= cut]
     r = run("query", q, "--index", index_dir, "--label", "7", ok=False)
     assert r.exit_code == 1 and "'0', '1', '2'" in r.output
     # The ImageNet listing is --imagenet; --label without an IMAGE is its old spelling, with a note.

@@ -7,10 +7,10 @@ import zipfile
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
 from digits import write_digits
 from helpers import run, run_json
+from typer.testing import CliRunner
+
 from vecsearch import open_index
 from vecsearch.cli import app
 from vecsearch.errors import BadLabelsError, NoLabelsError, VecsearchError
@@ -81,6 +81,7 @@ def test_head_architecture_is_the_tutorials():
 @pytest.mark.slow
 def test_finetune_index_saves_a_head_classify_can_use(digits_index, tmp_path):
     from vecsearch.classes import labelled_vectors
+
     with open_index(digits_index, create=False) as ix:
         result = ix.finetune(params=FAST)
         ls = labelled_vectors(ix.store)
@@ -125,8 +126,23 @@ def test_finetune_refuses_missing_or_bad_labels(tiny_index, photos):
 @pytest.mark.slow
 def test_cli_finetune_plot_json_and_classify_head(digits_index, tmp_path):
     png = tmp_path / "curves.png"
-    r = runner.invoke(app, ["finetune", "--index", str(digits_index), "--name", "cli_head", "--epochs", "15",
-                            "--patience", "3", "--plot", str(png), "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--index",
+            str(digits_index),
+            "--name",
+            "cli_head",
+            "--epochs",
+            "15",
+            "--patience",
+            "3",
+            "--plot",
+            str(png),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["name"] == "cli_head" and data["plot"] == str(png)
@@ -137,11 +153,14 @@ def test_cli_finetune_plot_json_and_classify_head(digits_index, tmp_path):
     assert json.loads(r.stdout)["kind"] == "head"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--reembed-into", "{tmp}/new"], "needs --unfreeze"),
-    (["--epochs", "0"], "Invalid value"),
-    (["--name", "refused", "--unfreeze", "1", "--reembed-into", "{index}"], "must be a new folder"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--reembed-into", "{tmp}/new"], "needs --unfreeze"),
+        (["--epochs", "0"], "Invalid value"),
+        (["--name", "refused", "--unfreeze", "1", "--reembed-into", "{index}"], "must be a new folder"),
+    ],
+)
 def test_cli_finetune_bad_input(digits_index, tmp_path, args, message):
     args = [a.format(tmp=tmp_path, index=digits_index) for a in args]
     r = runner.invoke(app, ["finetune", "--index", str(digits_index), *args])
@@ -161,6 +180,7 @@ def test_cli_finetune_without_labels(tiny_index, photos, index_dir):
 def test_unfreeze_changes_weights_and_reembeds_into_a_new_index(tmp_path):
     """Tiny backbone, 24 images, 1 epoch: it runs, the weights move, the file builds a usable index."""
     from vecsearch.backbones import load_backbone
+
     write_digits(tmp_path / "digits", per_class=8, classes=range(3))
     with open_index(tmp_path / "index", backbone="tiny", weights=None, seed=7) as ix:
         ix.teach(tmp_path / "digits")
@@ -191,7 +211,7 @@ def test_unfreeze_changes_weights_and_reembeds_into_a_new_index(tmp_path):
         ref = bb.model.predict(pix / 127.5 - 1.0, verbose=0)
         ref /= np.linalg.norm(ref, axis=1, keepdims=True)
         np.testing.assert_allclose(vecs, ref, atol=1e-5)
-        old = dict(zip(orig_paths, orig_vecs))
+        old = dict(zip(orig_paths, orig_vecs, strict=False))
         assert not np.allclose(vecs, np.stack([old[p] for p in paths]), atol=1e-4)
         assert sum(1 for _ in new.store.user_labels()) == len(ids)  # labels came along
         assert list(new.classifier("head")[1].classes_) == ["0", "1", "2"]
@@ -202,15 +222,33 @@ def test_cli_unfreeze_and_reembed(tmp_path):
     write_digits(tmp_path / "digits", per_class=6, classes=range(2))
     with open_index(tmp_path / "index", backbone="tiny", weights=None, seed=7) as ix:
         ix.teach(tmp_path / "digits")
-    r = runner.invoke(app, ["finetune", "--index", str(tmp_path / "index"), "--epochs", "2", "--unfreeze", "2",
-                            "--unfreeze-epochs", "1", "--unfreeze-lr", "0.01", "--reembed-into", str(tmp_path / "tuned"), "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--index",
+            str(tmp_path / "index"),
+            "--epochs",
+            "2",
+            "--unfreeze",
+            "2",
+            "--unfreeze-epochs",
+            "1",
+            "--unfreeze-lr",
+            "0.01",
+            "--reembed-into",
+            str(tmp_path / "tuned"),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     t = json.loads(r.stdout)["tuned"]
     assert t["weights_changed"] and t["reembedded"]["indexed"] == 12
     r = runner.invoke(app, ["stats", "--index", str(tmp_path / "tuned"), "--json"])
     assert json.loads(r.stdout)["weights"].startswith("file ") and json.loads(r.stdout)["vectors"] == 12
-    r = runner.invoke(app, ["finetune", "--index", str(tmp_path / "index"), "--epochs", "2", "--unfreeze", "2",
-                            "--unfreeze-epochs", "1", "-q"])
+    r = runner.invoke(
+        app, ["finetune", "--index", str(tmp_path / "index"), "--epochs", "2", "--unfreeze", "2", "--unfreeze-epochs", "1", "-q"]
+    )
     assert r.exit_code == 0 and "the index is unchanged" in r.stdout
 
 

@@ -66,13 +66,17 @@ def test_heic_without_the_extra_names_the_install_line(tmp_path, index_dir):
         "print('EXIT', q.exit_code); print(q.output)"
     )
     tests = str(__import__("pathlib").Path(__file__).parent)
-    out = subprocess.run([sys.executable, "-c", script, tests, str(tmp_path / "phone"), str(index_dir)],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", script, tests, str(tmp_path / "phone"), str(index_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     summary = json.loads(out.stdout[: out.stdout.index("EXIT")])
     assert summary["indexed"] == 1
     (failed,) = summary["failed"]
     assert failed["path"].endswith("IMG_0.heic") and install_line("heif") in failed["reason"]
-    tail = out.stdout[out.stdout.index("EXIT"):]
+    tail = out.stdout[out.stdout.index("EXIT") :]
     assert tail.startswith("EXIT 1") and install_line("heif") in tail, tail
 
 

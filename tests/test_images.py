@@ -8,17 +8,17 @@ import zlib
 
 import numpy as np
 import pytest
+from helpers import png_header_only
 from PIL import Image
 
-from helpers import png_header_only
 from vecsearch import images
+from vecsearch.config import MAX_IMAGE_PIXELS
 from vecsearch.errors import BadImageError, InputNotFoundError
 from vecsearch.files import file_sha256
-from vecsearch.config import MAX_IMAGE_PIXELS
 from vecsearch.images import (
-    image_extensions,
     LoadedImage,
     decode_image,
+    image_extensions,
     is_image_file,
     iter_image_files,
     read_image_file,
@@ -135,9 +135,7 @@ def test_png_matches_keras_load_img_exactly(tmp_path):
     path = tmp_path / "noise.png"
     _noise(97, 61, seed=3).save(path)
     target_hw = (37, 53)  # keras wants (height, width); non-square catches a swap
-    expected = keras_utils.img_to_array(
-        keras_utils.load_img(path, target_size=target_hw, interpolation="bilinear")
-    )
+    expected = keras_utils.img_to_array(keras_utils.load_img(path, target_size=target_hw, interpolation="bilinear"))
     pixels, w, h = decode_image(path.read_bytes(), (53, 37), resample="bilinear")
     assert (w, h) == (97, 61)
     assert pixels.shape == (37, 53, 3) and pixels.dtype == np.uint8
@@ -154,9 +152,7 @@ def test_full_size_when_size_is_none():
 
 def test_jpeg_uses_draft_and_stays_close_to_full_decode(monkeypatch):
     data = _encode(_gradient(800, 600), "JPEG", quality=95)
-    full = np.asarray(
-        Image.open(io.BytesIO(data)).convert("RGB").resize((100, 100), Image.Resampling.BILINEAR)
-    )
+    full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((100, 100), Image.Resampling.BILINEAR))
     cls = type(Image.open(io.BytesIO(data)))
     real = cls.draft
     calls = []

@@ -110,7 +110,9 @@ def test_touch_change_move_copy_delete(tiny_index, photos):
     s = tiny_index.add([photos])
     assert (s.indexed, s.reused) == (0, 1)
     c = tiny_index.store.image_by_path(str(photos / "copy.jpg"))
-    np.testing.assert_array_equal(tiny_index.vector(c.id), tiny_index.vector(tiny_index.store.image_by_path(str(a / "img05.jpg")).id))
+    np.testing.assert_array_equal(
+        tiny_index.vector(c.id), tiny_index.vector(tiny_index.store.image_by_path(str(a / "img05.jpg")).id)
+    )
     # deleted -> removed, and reported
     (a / "img00.png").unlink()
     s = tiny_index.add([photos])
@@ -123,7 +125,7 @@ def test_touch_change_move_copy_delete(tiny_index, photos):
 def _vectors_by_path(ix) -> dict[str, np.ndarray]:
     ids, vecs, _ = ix.store.vectors()
     recs = ix.store.images(ids)
-    return {recs[int(i)].path: v for i, v in zip(ids, vecs)}
+    return {recs[int(i)].path: v for i, v in zip(ids, vecs, strict=False)}
 
 
 def test_excluded_or_removed_files_that_come_back_reuse_their_vectors(tiny_index, photos, monkeypatch):
@@ -327,7 +329,7 @@ def _snapshot(index: Path) -> dict[str, np.ndarray]:
         recs = ix.store.images(ids)
         assert ix.searcher.map.ids.tolist() == ids.tolist(), "the searcher and SQLite disagree"
         assert ix.stats()["images"] == len(ids)
-        return {recs[int(i)].path: v for i, v in zip(ids, mat)}
+        return {recs[int(i)].path: v for i, v in zip(ids, mat, strict=False)}
     finally:
         ix.close()
 
@@ -431,7 +433,7 @@ def test_index_reports_the_whole_commands_time(photos, index_dir, monkeypatch):
 
 
 def test_a_wrong_model_says_to_leave_the_flags_out(indexed_photos):
-    """"(or none)" read as `--weights none`; the fix is to leave the flags out."""
+    """ "(or none)" read as `--weights none`; the fix is to leave the flags out."""
     photos, index_dir = indexed_photos
     for args in (["--weights", "imagenet"], ["--backbone", "resnet50"]):
         r = run("index", photos, "--index", index_dir, *args, ok=False)

@@ -14,8 +14,8 @@ import sqlite3
 
 import numpy as np
 import pytest
-
 from helpers import brute_force, clustered_vectors, make_image, run, run_json, write_vector_file
+
 from vecsearch import StructureError, open_index
 from vecsearch.backbones import REGISTRY, BackboneSpec, import_keras
 from vecsearch.errors import fault_message
@@ -41,8 +41,11 @@ def _build_wide(weights, include_top):
 def wide(tmp_path, monkeypatch):
     """(index folder, photo folder, the 2048-d model's meta): 6 photos indexed, then 80 synthetic
     vectors imported, 86 in all, on the flat structure."""
-    monkeypatch.setitem(REGISTRY, "wide", BackboneSpec("wide", (32, 32), WIDE, _build_wide, lambda x: x / 127.5 - 1.0,
-                                                       has_imagenet=False, last_conv_layer="conv"))
+    monkeypatch.setitem(
+        REGISTRY,
+        "wide",
+        BackboneSpec("wide", (32, 32), WIDE, _build_wide, lambda x: x / 127.5 - 1.0, has_imagenet=False, last_conv_layer="conv"),
+    )
     photos = tmp_path / "photos"
     for i in range(6):
         make_image(photos / f"p{i}.png", seed=i)
@@ -99,8 +102,16 @@ def test_import_into_a_new_index_with_a_structure_it_cannot_train_is_refused_bef
     run("import", tmp_path / "all.npz", "--index", new, "--quiet")  # not bricked: flat takes it
     assert run_json("stats", "--index", new)["index_type"] == "flat"
     # ...and into an existing index: refused before the rows come in, the index as it was.
-    r = run("import", write_vector_file(tmp_path / "x.npz", clustered_vectors(5, WIDE, seed=4), meta),
-            "--index", index, "--index-type", "IVF1024,PQ32x8", "--quiet", ok=False)
+    r = run(
+        "import",
+        write_vector_file(tmp_path / "x.npz", clustered_vectors(5, WIDE, seed=4), meta),
+        "--index",
+        index,
+        "--index-type",
+        "IVF1024,PQ32x8",
+        "--quiet",
+        ok=False,
+    )
     assert r.exit_code == 1 and "1024" in r.output
     _answers(index, photos, "flat")
 
@@ -108,8 +119,9 @@ def test_import_into_a_new_index_with_a_structure_it_cannot_train_is_refused_bef
 def test_indexing_a_new_folder_with_a_structure_it_cannot_train_is_refused_before_embedding(wide, tmp_path):
     _, photos, _ = wide
     new = tmp_path / "new"
-    r = run("index", photos, "--index", new, "--backbone", "wide", "--weights", "none", "--index-type", "ivf-pq",
-            "--quiet", ok=False)
+    r = run(
+        "index", photos, "--index", new, "--backbone", "wide", "--weights", "none", "--index-type", "ivf-pq", "--quiet", ok=False
+    )
     assert r.exit_code == 1 and "256" in r.output
     with open_index(new) as ix:
         assert ix.info is None  # nothing embedded or recorded
@@ -148,11 +160,23 @@ def test_a_conversion_with_too_few_vectors_waits_for_the_write_that_brings_them(
     assert run_json("stats", "--index", index)["index_type"] == "ivf-pq"
 
 
-@pytest.mark.parametrize("factory, dim", [
-    ("PCA256,IVF2,PQ64x1", 2048), ("PCA24,Flat", 32), ("PCA16,IVF32,PQ8x6", 32), ("IVF32,SQ8", 32),
-    ("HNSW32,PQ8x4", 32), ("IVF16,PQ4x4,Refine(SQ8)", 32), ("OPQ4_16,IVF8,PQ4x4", 32), ("IVF8_HNSW32,Flat", 32),
-    ("ITQ16,LSH", 32), ("RQ1x3", 32), ("SQ8", 32), ("HNSW32", 32),
-])
+@pytest.mark.parametrize(
+    "factory, dim",
+    [
+        ("PCA256,IVF2,PQ64x1", 2048),
+        ("PCA24,Flat", 32),
+        ("PCA16,IVF32,PQ8x6", 32),
+        ("IVF32,SQ8", 32),
+        ("HNSW32,PQ8x4", 32),
+        ("IVF16,PQ4x4,Refine(SQ8)", 32),
+        ("OPQ4_16,IVF8,PQ4x4", 32),
+        ("IVF8_HNSW32,Flat", 32),
+        ("ITQ16,LSH", 32),
+        ("RQ1x3", 32),
+        ("SQ8", 32),
+        ("HNSW32", 32),
+    ],
+)
 def test_training_minimum_is_what_faiss_enforces(factory, dim):
     """One vector fewer than `training_minimum` and FAISS refuses to train; that many and it trains."""
     import faiss
@@ -169,8 +193,12 @@ def test_training_minimum_is_what_faiss_enforces(factory, dim):
 
 
 def test_factory_strings_faiss_rejects_are_refused_with_its_reason():
-    for factory, words in [("IVF1024,PQ33x8", "multiple"), ("Foo12", "parse"), ("PCA4096,Flat", "reduce"),
-                           ("IVF0,Flat", "at least one")]:
+    for factory, words in [
+        ("IVF1024,PQ33x8", "multiple"),
+        ("Foo12", "parse"),
+        ("PCA4096,Flat", "reduce"),
+        ("IVF0,Flat", "at least one"),
+    ]:
         with pytest.raises(StructureError, match=words) as e:
             training_minimum(factory, WIDE)
         assert "Error in" not in str(e.value) and ".cpp" not in str(e.value)
@@ -200,13 +228,17 @@ def test_auto_on_few_wide_vectors_under_a_small_budget_builds_and_searches(wide)
 
 
 def test_a_faiss_error_that_is_not_the_disk_does_not_blame_the_disk():
-    e = RuntimeError("Error in void faiss::PCAMatrix::prepare_Ab() at /project/faiss/VectorTransform.cpp:846: Error: "
-                     "'static_cast<size_t>(d_out) * d_in <= PCAMat.size()' failed: PCA matrix cannot output 256 "
-                     "dimensions from 2048")
+    e = RuntimeError(
+        "Error in void faiss::PCAMatrix::prepare_Ab() at /project/faiss/VectorTransform.cpp:846: Error: "
+        "'static_cast<size_t>(d_out) * d_in <= PCAMat.size()' failed: PCA matrix cannot output 256 "
+        "dimensions from 2048"
+    )
     message = fault_message(e)
     assert "disk" not in message and "Move vectors.faiss" not in message and "reindex --index-type flat" in message
-    io = RuntimeError("Error in faiss::FileIOReader::FileIOReader(const char*) at /project/faiss/impl/io.cpp:68: Error: "
-                      "'f' failed: could not open vectors.faiss for reading: Permission denied")
+    io = RuntimeError(
+        "Error in faiss::FileIOReader::FileIOReader(const char*) at /project/faiss/impl/io.cpp:68: Error: "
+        "'f' failed: could not open vectors.faiss for reading: Permission denied"
+    )
     assert "vector file could not be read" in fault_message(io)
 
 
@@ -223,8 +255,9 @@ def test_a_rebuild_for_growth_that_fails_keeps_the_structure_it_had(tmp_path, mo
 
     monkeypatch.setattr(live, "build", fails)
     more = clustered_vectors(3000, dim, seed=2)
-    ix.import_vectors(write_vector_file(tmp_path / "b.npz", more, model_meta,
-                                        paths=[f"/b/{i}.jpg" for i in range(3000)]))  # 4x: a rebuild is due
+    ix.import_vectors(
+        write_vector_file(tmp_path / "b.npz", more, model_meta, paths=[f"/b/{i}.jpg" for i in range(3000)])
+    )  # 4x: a rebuild is due
     assert ix.info.index_type == "ivf-pq" and ix.searcher.spec.built_for == 1000 and len(ix.faiss) == 4000
     assert [h.id for h in ix.search(more[7], k=5)] == _exact_top(ix, more[7])
     ix.close()

@@ -22,8 +22,15 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
-TF_DISTRIBUTIONS = {"tensorflow", "tensorflow-cpu", "tensorflow-intel", "tensorflow-macos", "tensorflow-aarch64",
-                    "tf-nightly", "tf-nightly-cpu"}
+TF_DISTRIBUTIONS = {
+    "tensorflow",
+    "tensorflow-cpu",
+    "tensorflow-intel",
+    "tensorflow-macos",
+    "tensorflow-aarch64",
+    "tf-nightly",
+    "tf-nightly-cpu",
+}
 
 
 def _project() -> dict:
@@ -33,16 +40,18 @@ def _project() -> dict:
 def _requirements(extras: set[str], machine: str, system: str = "Linux") -> list[Requirement]:
     """What pip would install for `vecsearch[extras]` on that machine: base plus the extras' lines whose markers hold."""
     project = _project()
-    env = default_environment() | {"platform_machine": machine, "platform_system": system,
-                                   "sys_platform": system.lower()}
+    env = default_environment() | {"platform_machine": machine, "platform_system": system, "sys_platform": system.lower()}
     lines = list(project["dependencies"]) + [r for e in sorted(extras) for r in project["optional-dependencies"][e]]
     reqs = [Requirement(line) for line in lines]
     return [r for r in reqs if r.marker is None or r.marker.evaluate(env | {"extra": ""})]
 
 
 def _tensorflows(extras: set[str], machine: str) -> list[str]:
-    return sorted(f"{canonicalize_name(r.name)}{sorted(r.extras) or ''}" for r in _requirements(extras, machine)
-                  if canonicalize_name(r.name) in TF_DISTRIBUTIONS)
+    return sorted(
+        f"{canonicalize_name(r.name)}{sorted(r.extras) or ''}"
+        for r in _requirements(extras, machine)
+        if canonicalize_name(r.name) in TF_DISTRIBUTIONS
+    )
 
 
 @pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
@@ -73,8 +82,7 @@ def test_no_backend_installed_names_the_install_lines():
     if importlib.util.find_spec("jax") is not None:
         pytest.skip("jax is installed here")
     code = "from vecsearch.backbones import import_keras; import_keras()"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env=os.environ | {"KERAS_BACKEND": "jax"})
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ | {"KERAS_BACKEND": "jax"})
     assert r.returncode != 0
     from vecsearch.extras import install_line
 
@@ -89,18 +97,39 @@ def test_the_cli_says_it_without_a_traceback(tmp_path):
         pytest.skip("jax is installed here")
     (tmp_path / "a.png").write_bytes(b"")  # anything: the backend is missing before a file is read
     code = "from vecsearch.cli import app; app(prog_name='vecsearch')"
-    r = subprocess.run([sys.executable, "-c", code, "index", str(tmp_path), "--index", str(tmp_path / "ix")],
-                       capture_output=True, text=True, env=os.environ | {"KERAS_BACKEND": "jax"})
+    r = subprocess.run(
+        [sys.executable, "-c", code, "index", str(tmp_path), "--index", str(tmp_path / "ix")],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"KERAS_BACKEND": "jax"},
+    )
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     assert f"-e '{ROOT}[cpu]'" in r.stderr  # run from this checkout
 
 
-@pytest.mark.skipif(os.environ.get("VECSEARCH_CHECK_INSTALL") != "1",
-                    reason="asks the package registry (15-35 s); .ci/run sets VECSEARCH_CHECK_INSTALL=1")
+@pytest.mark.skipif(
+    os.environ.get("VECSEARCH_CHECK_INSTALL") != "1",
+    reason="asks the package registry (15-35 s); .ci/run sets VECSEARCH_CHECK_INSTALL=1",
+)
 def test_pip_resolves_the_gpu_extra_to_one_tensorflow_with_cuda(tmp_path):
     report = tmp_path / "report.json"
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--no-build-isolation",
-                        "-q", "--report", str(report), f"{ROOT}[gpu]"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--no-build-isolation",
+            "-q",
+            "--report",
+            str(report),
+            f"{ROOT}[gpu]",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     installed = {canonicalize_name(i["metadata"]["name"]) for i in json.loads(report.read_text())["install"]}
     assert installed & TF_DISTRIBUTIONS == {"tensorflow"}
@@ -128,8 +157,12 @@ def test_install_lines_name_what_works_where_vecsearch_came_from(tmp_path):
     gone = {"url": (tmp_path / "gone.whl").as_uri(), "archive_info": {}}
     for origin in (None, gone):
         assert pip_target("plot", direct_url=origin) == "'matplotlib>=3.8'"
-        assert pip_target("server", direct_url=origin).split() == ["'fastapi>=0.110'", "'uvicorn>=0.29'",
-                                                                  "'python-multipart>=0.0.9'", "'fastapi-offline>=1.7'"]
+        assert pip_target("server", direct_url=origin).split() == [
+            "'fastapi>=0.110'",
+            "'uvicorn>=0.29'",
+            "'python-multipart>=0.0.9'",
+            "'fastapi-offline>=1.7'",
+        ]
         assert pip_target("cpu", direct_url=origin) in ("'tensorflow-cpu>=2.16'", "'tensorflow>=2.16'")  # by machine
     for extra in ("plot", "server", "parquet", "heif", "ray", "cpu", "gpu"):
         assert "'vecsearch[" not in install_line(extra) and extra in install_line(extra)

@@ -8,8 +8,8 @@ import sqlite3
 
 import numpy as np
 import pytest
-
 from helpers import run, run_json
+
 from vecsearch import DatabaseDamagedError, check_index, open_index
 
 TINY = ["--backbone", "tiny", "--weights", "none", "--seed", "7"]

@@ -44,8 +44,15 @@ def world(tmp_path_factory, resnet50_top_weights):
         ix.label(top=TOP)
     reference = keras.applications.ResNet50(weights=str(resnet50_top_weights), include_top=True)
     ref_probs = keras_recipe(reference, paths, (224, 224), keras.applications.resnet50.preprocess_input, normalise=False)
-    return SimpleNamespace(dir=d, photos=photos, paths=paths, index=index_dir, full=resnet50_top_weights,
-                           reference=reference, ref_probs=np.asarray(ref_probs, np.float64))
+    return SimpleNamespace(
+        dir=d,
+        photos=photos,
+        paths=paths,
+        index=index_dir,
+        full=resnet50_top_weights,
+        reference=reference,
+        ref_probs=np.asarray(ref_probs, np.float64),
+    )
 
 
 def _stored(index_dir):
@@ -61,8 +68,10 @@ def keras_decode(tmp_path, monkeypatch):
     from keras.src.backend import config
 
     (tmp_path / "keras" / "models").mkdir(parents=True)
-    shutil.copy(resources.files("vecsearch").joinpath("imagenet_class_index.json"),
-                tmp_path / "keras" / "models" / "imagenet_class_index.json")
+    shutil.copy(
+        resources.files("vecsearch").joinpath("imagenet_class_index.json"),
+        tmp_path / "keras" / "models" / "imagenet_class_index.json",
+    )
     monkeypatch.setattr(config, "_KERAS_DIR", str(tmp_path / "keras"))
     monkeypatch.setattr(imagenet_utils, "CLASS_INDEX", None)
     return keras.applications.resnet50.decode_predictions
@@ -72,7 +81,7 @@ def keras_decode(tmp_path, monkeypatch):
 def test_labels_equal_keras_full_model_and_decode_predictions(world, keras_decode):
     stored = _stored(world.index)
     expected = keras_decode(world.ref_probs, top=TOP)  # a different file would fail Keras's md5 check
-    for path, ref in zip(world.paths, expected):
+    for path, ref in zip(world.paths, expected, strict=False):
         ours = stored[path.resolve()].labels
         assert [lb.rank for lb in ours] == list(range(1, TOP + 1))
         # The top class is clear-cut; lower ranks may be near-ties, so compare by probability.
@@ -146,7 +155,9 @@ def test_query_label_lists_exactly_the_images_whose_topk_holds_it(world):
     assert run_json("query", "--label", absent.wnid, "--index", world.index) == []
 
     text = run("query", "--label", name, "--index", world.index).stdout
-    assert text.splitlines()[0].split() == ["rank", "class_rank", "prob", "path"] and len(text.splitlines()) == 1 + len(holders[wnid])
+    assert text.splitlines()[0].split() == ["rank", "class_rank", "prob", "path"] and len(text.splitlines()) == 1 + len(
+        holders[wnid]
+    )
     r = run("query", "--label", "golden retreiver", "--index", world.index, ok=False)
     assert r.exit_code == 1 and "not an ImageNet class" in r.output and "golden_retriever" in r.output
     assert "Traceback" not in r.output
@@ -259,11 +270,14 @@ def test_offline_imagenet_top_names_the_file_to_download():
 def test_imagenet_listing_ranks_results_and_names_the_class_rank(indexed_photos):
     photos, index_dir = indexed_photos
     paths = sorted(str(p.resolve()) for p in photos.rglob("*.*"))[:3]
-    store_imagenet_labels(index_dir, {
-        paths[0]: [(*TENCH, 0.9), (*GOLDFISH, 0.1)],
-        paths[1]: [(*GOLDFISH, 0.6), (*TENCH, 0.4)],
-        paths[2]: [(*TENCH, 0.7), (*GOLDFISH, 0.3)],
-    })
+    store_imagenet_labels(
+        index_dir,
+        {
+            paths[0]: [(*TENCH, 0.9), (*GOLDFISH, 0.1)],
+            paths[1]: [(*GOLDFISH, 0.6), (*TENCH, 0.4)],
+            paths[2]: [(*TENCH, 0.7), (*GOLDFISH, 0.3)],
+        },
+    )
     hits = run_json("search-labels", "tench", "--index", index_dir)
     assert [(h["path"], h["rank"], h["class_rank"]) for h in hits] == [(paths[0], 1, 1), (paths[2], 2, 1), (paths[1], 3, 2)]
     lines = run("search-labels", "tench", "--index", index_dir).stdout.splitlines()
@@ -271,8 +285,10 @@ def test_imagenet_listing_ranks_results_and_names_the_class_rank(indexed_photos)
     assert [ln.split()[:2] for ln in lines[1:]] == [["1", "1"], ["2", "1"], ["3", "2"]]
     # A real class no image has: one line that says so (and that 9 images have no labels), not a bare header.
     r = run("search-labels", "golden_retriever", "--index", index_dir)
-    assert r.stdout.strip() == ("No labelled image has golden_retriever in its stored ImageNet top-k; only 3 of 12 "
-                                "indexed images have ImageNet labels: `vecsearch label --missing` labels the other 9.")
+    assert r.stdout.strip() == (
+        "No labelled image has golden_retriever in its stored ImageNet top-k; only 3 of 12 "
+        "indexed images have ImageNet labels: `vecsearch label --missing` labels the other 9."
+    )
     assert run_json("search-labels", "golden_retriever", "--index", index_dir) == []
 
 

@@ -11,9 +11,8 @@ import io
 import json
 
 import pytest
-from rich.console import Console
-
 from helpers import make_image, run
+from rich.console import Console
 from tiny_backbone import TINY as TINY_SPEC
 
 TINY = ["--backbone", "tiny", "--weights", "none", "--seed", "7"]

@@ -42,11 +42,14 @@ def test_no_server_error_and_no_undocumented_status(live):
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) == 13  # every route, the explain ones and the original included
     for op in operations:
+
         @given(case=op.as_strategy())
-        @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
         def fuzz(case):
-            case.call_and_validate(base_url=live, timeout=60, checks=[
-                not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance])
+            case.call_and_validate(
+                base_url=live,
+                timeout=60,
+                checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance],
+            )
 
         fuzz()

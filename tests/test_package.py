@@ -18,8 +18,9 @@ def test_all_is_exactly_the_public_surface():
     """
     import types
 
-    public = {name for name, value in vars(vecsearch).items()
-              if not name.startswith("_") and not isinstance(value, types.ModuleType)}
+    public = {
+        name for name, value in vars(vecsearch).items() if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
     assert len(vecsearch.__all__) == len(set(vecsearch.__all__))
     assert set(vecsearch.__all__) == public
 
@@ -29,8 +30,7 @@ def test_every_error_class_is_exported():
 
     from vecsearch import errors
 
-    classes = {name for name, obj in vars(errors).items()
-               if inspect.isclass(obj) and issubclass(obj, errors.VecsearchError)}
+    classes = {name for name, obj in vars(errors).items() if inspect.isclass(obj) and issubclass(obj, errors.VecsearchError)}
     assert len(classes) >= 16 and classes <= set(vecsearch.__all__)
 
 
@@ -59,8 +59,11 @@ def test_library_configures_no_logging_handlers():
 def test_wheel_ships_the_migrations(tmp_path):
     pytest.importorskip("setuptools")
     root = vecsearch.__file__.rsplit("/vecsearch/", 1)[0]
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), root],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), root],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot build a wheel here: {r.stderr.strip()[-200:]}")
     (wheel,) = tmp_path.glob("vecsearch-*.whl")

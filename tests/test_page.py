@@ -137,7 +137,11 @@ def test_results_carry_folder_taught_label_predictions_and_original(client, buil
     one = body["results"][0]
     rec = client.get(f"/api/images/{one['id']}").json()
     assert (rec["folder"], rec["user_label"], rec["predictions"], rec["original"]) == (
-        one["folder"], one["user_label"], one["predictions"], one["original"])
+        one["folder"],
+        one["user_label"],
+        one["predictions"],
+        one["original"],
+    )
     listed = {i["id"]: i for i in client.get("/api/images", params={"limit": 100}).json()["items"]}
     assert listed[one["id"]]["folder"] == one["folder"] and listed[one["id"]]["predictions"] == one["predictions"]
     assert client.get("/api/stats").json()["labels"] == ["cat", "dog"]  # the page's suggestions for the filters
@@ -166,12 +170,15 @@ def test_original_refuses_unknown_ids_failed_files_and_paths(client, built):
     root, ix = built
     by_path = _ids_by_path(ix)
     secret = b"root:x:0:0"
-    for url, status in [("/api/images/999999/original", 404),
-                        (f"/api/images/{by_path[str(root / 'photos' / 'b' / 'broken.jpg')]}/original", 404),
-                        ("/api/images/0/original", 422), ("/api/images/-1/original", 422),
-                        ("/api/images/..%2F..%2F..%2Fetc%2Fpasswd/original", (404, 422)),
-                        ("/api/images/1%2F..%2F..%2Fetc%2Fpasswd/original", (404, 422)),
-                        ("/api/images/%2Fetc%2Fpasswd/original", (404, 422))]:
+    for url, status in [
+        ("/api/images/999999/original", 404),
+        (f"/api/images/{by_path[str(root / 'photos' / 'b' / 'broken.jpg')]}/original", 404),
+        ("/api/images/0/original", 422),
+        ("/api/images/-1/original", 422),
+        ("/api/images/..%2F..%2F..%2Fetc%2Fpasswd/original", (404, 422)),
+        ("/api/images/1%2F..%2F..%2Fetc%2Fpasswd/original", (404, 422)),
+        ("/api/images/%2Fetc%2Fpasswd/original", (404, 422)),
+    ]:
         r = client.get(url)
         assert r.status_code in (status if isinstance(status, tuple) else (status,)), (url, r.status_code, r.text)
         assert r.headers["content-type"].startswith("application/json") and secret not in r.content
@@ -232,10 +239,21 @@ def test_a_text_file_with_the_recorded_size_and_mtime_is_not_served(tmp_path):
 
 
 # -- filters ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("params", [{"min_score": "1.5"}, {"min_score": "-1.01"}, {"min_score": "nan"},
-                                    {"min_score": "inf"}, {"min_score": "high"}, {"label": ""},
-                                    {"label": "x" * 201}, {"predicted": "a\nb"}, {"under": "/tmp/\x00"},
-                                    {"under": "x" * 4097}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"min_score": "1.5"},
+        {"min_score": "-1.01"},
+        {"min_score": "nan"},
+        {"min_score": "inf"},
+        {"min_score": "high"},
+        {"label": ""},
+        {"label": "x" * 201},
+        {"predicted": "a\nb"},
+        {"under": "/tmp/\x00"},
+        {"under": "x" * 4097},
+    ],
+)
 def test_bad_filter_values_are_422(client, built, params):
     root, _ = built
     r = client.get("/api/images/1/similar", params=params)
@@ -258,10 +276,11 @@ def test_filters_keep_exactly_the_images_that_pass(client, built):
         ({"label": "cat"}, lambda i, s: taught.get(i) == "cat"),
         ({"predicted": "dog"}, lambda i, s: predicted.get(i) == "dog"),
         ({"min_score": 0.5}, lambda i, s: s >= 0.5),
-        ({"under": folder_a, "predicted": "cat"}, lambda i, s: path_of[i].startswith(folder_a + os.sep)
-         and predicted.get(i) == "cat"),
-        ({"predicted": "dog", "classifier": "nn1", "min_score": 0.2},
-         lambda i, s: predicted.get(i) == "dog" and s >= 0.2),
+        (
+            {"under": folder_a, "predicted": "cat"},
+            lambda i, s: path_of[i].startswith(folder_a + os.sep) and predicted.get(i) == "cat",
+        ),
+        ({"predicted": "dog", "classifier": "nn1", "min_score": 0.2}, lambda i, s: predicted.get(i) == "dog" and s >= 0.2),
     ]
     for params, keep in cases:
         want = _brute_force(ix, q, 20, keep)
@@ -313,7 +332,10 @@ def test_the_page_loads_without_a_token_and_401_tells_a_browser_to_open_the_toke
 def test_openapi_declares_the_bearer_token_so_docs_can_authorize(client):
     spec = client.get("/openapi.json").json()
     assert spec["components"]["securitySchemes"]["HTTPBearer"] == {
-        "type": "http", "scheme": "bearer", "description": "The server's --token (only when it has one)."}
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The server's --token (only when it has one).",
+    }
     ops = {(path, method): op for path, item in spec["paths"].items() for method, op in item.items()}
     assert ops[("/api/images/{image_id}/original", "get")]["security"] == [{"HTTPBearer": []}]
     assert ops[("/api/search", "post")]["security"] == [{"HTTPBearer": []}]
@@ -346,8 +368,10 @@ def test_serve_prints_the_token_url_and_it_opens_the_page(built):
 
 
 def test_serve_without_the_docs_package_names_the_extra(tmp_path):
-    code = ("import sys; sys.modules['fastapi_offline'] = None; from vecsearch.cli import app; "
-            "app(['serve', '--index', %r])" % str(tmp_path / "index"))
+    code = (
+        "import sys; sys.modules['fastapi_offline'] = None; from vecsearch.cli import app; "
+        "app(['serve', '--index', %r])" % str(tmp_path / "index")
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     # (After the `out` branch: EXTRAS["server"] in vecsearch/extras.py must list fastapi_offline.)

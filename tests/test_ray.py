@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import image_rows, index_in_subprocess, make_image, run, run_json
+
 from vecsearch import open_index
 from vecsearch.errors import VecsearchError
 
@@ -37,8 +37,14 @@ def cluster():
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "TINY_BACKBONE_DELAY")}
     os.environ["PYTHONPATH"] = os.pathsep.join([str(TESTS)] + ([saved["PYTHONPATH"]] if saved["PYTHONPATH"] else []))
     os.environ["TINY_BACKBONE_DELAY"] = DELAY  # read by the model actors only (the driver's env has it too)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, configure_logging=False,
-             log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=200 * 2**20,
+        configure_logging=False,
+        log_to_driver=False,
+    )
     os.environ["TINY_BACKBONE_DELAY"] = saved["TINY_BACKBONE_DELAY"] or "0"
     try:
         yield ray.get_runtime_context().gcs_address
@@ -67,7 +73,7 @@ def _snapshot(index: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         ids, mat, _ = ix.store.vectors()
         recs = ix.store.images(ids)
         assert ix.searcher.map.ids.tolist() == ids.tolist(), "the searcher and SQLite disagree"
-        return ({recs[int(i)].path: v for i, v in zip(ids, mat)}, {r.path: r.reason for r in ix.failed()})
+        return ({recs[int(i)].path: v for i, v in zip(ids, mat, strict=False)}, {r.path: r.reason for r in ix.failed()})
     finally:
         ix.close()
 
@@ -108,8 +114,21 @@ def test_ray_engine_gives_the_local_vectors_and_reasons(cluster, tmp_path):
     model = ("--backbone", "tiny", "--weights", weights)
     local, remote = tmp_path / "local", tmp_path / "remote"
     a = run_json("index", root, "--index", local, *model, "--batch-size", "4")
-    b = run_json("index", root, "--index", remote, *model, "--batch-size", "4", "--engine", "ray",
-                 "--ray-address", cluster, "--workers", "1")
+    b = run_json(
+        "index",
+        root,
+        "--index",
+        remote,
+        *model,
+        "--batch-size",
+        "4",
+        "--engine",
+        "ray",
+        "--ray-address",
+        cluster,
+        "--workers",
+        "1",
+    )
     assert (b["indexed"], len(b["failed"]), b["total"]) == (24, 2, 26)
     assert sorted((f["path"], f["reason"]) for f in b["failed"]) == sorted((f["path"], f["reason"]) for f in a["failed"])
     assert {Path(f["path"]).name for f in b["failed"]} == {"bad.jpg", "cut.png"}
@@ -159,8 +178,14 @@ def _cli(*args, env: dict[str, str], timeout: float = 300) -> subprocess.Complet
     """The CLI in a fresh process (this one may hold a Ray connection), with no RAY_* settings but `env`'s."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import tiny_backbone; from vecsearch.cli import app; app({[str(a) for a in args]!r})"
-    return subprocess.run([sys.executable, "-c", code], check=False, env={**clean, "TINY_BACKBONE_DELAY": "0", **env},
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        env={**clean, "TINY_BACKBONE_DELAY": "0", **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -180,18 +205,39 @@ def token_head(tmp_path_factory):
     (home / ".ray" / "auth_token").write_text("vecsearch-test-token-" + os.urandom(8).hex())
     temp = tempfile.mkdtemp(prefix="vsray", dir="/tmp")  # Ray's socket paths must stay under 107 characters
     port = _free_port()
-    flags = {"--port": port, "--ray-client-server-port": _free_port(), "--dashboard-port": _free_port(),
-             "--dashboard-agent-listen-port": _free_port()}
+    flags = {
+        "--port": port,
+        "--ray-client-server-port": _free_port(),
+        "--dashboard-port": _free_port(),
+        "--dashboard-agent-listen-port": _free_port(),
+    }
     log = home / "head.log"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     pythonpath = os.pathsep.join([str(TESTS), str(TESTS.parent), clean.get("PYTHONPATH", "")])
     with open(log, "w") as out:
         head = subprocess.Popen(
-            [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--num-cpus", "2",
-             "--object-store-memory", str(200 * 2**20), "--temp-dir", temp, "--include-dashboard=false",
-             "--disable-usage-stats", *(str(x) for kv in flags.items() for x in kv)],
+            [
+                sys.executable,
+                "-m",
+                "ray.scripts.scripts",
+                "start",
+                "--head",
+                "--block",
+                "--num-cpus",
+                "2",
+                "--object-store-memory",
+                str(200 * 2**20),
+                "--temp-dir",
+                temp,
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+                *(str(x) for kv in flags.items() for x in kv),
+            ],
             env={**clean, "HOME": str(home), "RAY_AUTH_MODE": "token", "PYTHONPATH": pythonpath, "TINY_BACKBONE_DELAY": "0"},
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 180
         while "Ray runtime started" not in log.read_text():
@@ -225,13 +271,30 @@ def test_a_head_that_wants_a_token_says_to_set_ray_auth_mode(token_head, tmp_pat
     assert f"this machine has one in {home / '.ray' / 'auth_token'}" in r.stderr  # the token it would send
     assert "InvalidAuthToken" not in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
     # A token that is not the head's is named as such.
-    r = _cli("index", root, "--index", tmp_path / "ix", *TINY, *ray_flags,
-             env={"HOME": str(home), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"})
+    r = _cli(
+        "index",
+        root,
+        "--index",
+        tmp_path / "ix",
+        *TINY,
+        *ray_flags,
+        env={"HOME": str(home), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"},
+    )
     assert r.returncode == 1 and "refused the auth token from RAY_AUTH_TOKEN" in r.stderr, r.stderr[-3000:]
     assert "InvalidAuthToken" not in r.stderr
     # With RAY_AUTH_MODE=token, Ray sends the token from ~/.ray/auth_token and the job runs on the head.
-    r = _cli("index", root, "--index", tmp_path / "ix", *TINY, *ray_flags, "--batch-size", "4", "--json",
-             env={"HOME": str(home), "RAY_AUTH_MODE": "token"})
+    r = _cli(
+        "index",
+        root,
+        "--index",
+        tmp_path / "ix",
+        *TINY,
+        *ray_flags,
+        "--batch-size",
+        "4",
+        "--json",
+        env={"HOME": str(home), "RAY_AUTH_MODE": "token"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout)
     assert (summary["indexed"], len(summary["failed"])) == (6, 2)
@@ -242,8 +305,19 @@ def test_nothing_listening_at_the_address_is_said_at_once(tmp_path):
     """Where nothing answers, ray.init would retry for minutes; the check before it answers in seconds."""
     port = _free_port()
     _folder(tmp_path / "p", 2)
-    r = _cli("index", tmp_path / "p", "--index", tmp_path / "ix", *TINY, "--engine", "ray",
-             "--ray-address", f"127.0.0.1:{port}", env={}, timeout=120)
+    r = _cli(
+        "index",
+        tmp_path / "p",
+        "--index",
+        tmp_path / "ix",
+        *TINY,
+        "--engine",
+        "ray",
+        "--ray-address",
+        f"127.0.0.1:{port}",
+        env={},
+        timeout=120,
+    )
     assert r.returncode == 1, r.stderr[-3000:]
     assert f"Nothing answers at 127.0.0.1:{port}" in r.stderr and f"`ray start --head`, on port {port}" in r.stderr
     assert "--ray-address" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
@@ -284,8 +358,23 @@ def test_ray_shards_round_trip_through_import(cluster, tmp_path, monkeypatch):
     root = tmp_path / "photos"
     _folder(root, 30)
     shards, direct, imported = tmp_path / "shards", tmp_path / "direct", tmp_path / "imported"
-    s = run_json("embed", root, "--out", shards, *TINY, "--batch-size", "4", "--shard-size", "8",
-                 "--engine", "ray", "--ray-address", cluster, "--workers", "1")
+    s = run_json(
+        "embed",
+        root,
+        "--out",
+        shards,
+        *TINY,
+        "--batch-size",
+        "4",
+        "--shard-size",
+        "8",
+        "--engine",
+        "ray",
+        "--ray-address",
+        cluster,
+        "--workers",
+        "1",
+    )
     assert (s["files"], s["shards"], s["written"], s["embedded"], s["failed"]) == (32, 4, 4, 30, 2)
     assert len(list(shards.glob("shard-*.parquet"))) == 4
     run_json("index", root, "--index", direct, *TINY, "--batch-size", "4")
@@ -381,8 +470,12 @@ def test_sigkilled_embed_resumes_to_the_clean_shards(tmp_path):
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     args = ["embed", str(root), "--out", str(killed), *TINY, "--batch-size", "4", "--shard-size", "10", "--quiet"]
     code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import tiny_backbone; from vecsearch.cli import app; app({args!r})"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "TINY_BACKBONE_DELAY": "0.1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "TINY_BACKBONE_DELAY": "0.1"},
+    )
     deadline = time.monotonic() + 120
     while len(list(killed.glob("shard-*.parquet"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -398,7 +491,7 @@ def test_sigkilled_embed_resumes_to_the_clean_shards(tmp_path):
     for n in names:
         a, b = pq.read_table(clean / n), pq.read_table(killed / n)
         assert a.drop(["vector"]).equals(b.drop(["vector"]))
-        for x, y in zip(a["vector"].to_pylist(), b["vector"].to_pylist()):
+        for x, y in zip(a["vector"].to_pylist(), b["vector"].to_pylist(), strict=False):
             assert (x is None) == (y is None)  # a failed file has no vector in either
             if x is not None:
                 np.testing.assert_allclose(x, y, atol=1e-6)

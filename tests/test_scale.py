@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers import brute_force, clustered_vectors, run, run_json, write_vector_file
+
 from vecsearch import IndexMismatchError, VecsearchError, open_index
 from vecsearch.search import index_types
 
@@ -18,8 +18,9 @@ DIM = 32
 
 def _imported(tmp_path, model_meta, n, index_type, *, seed=0, max_memory=None, name="ix"):
     vecs = clustered_vectors(n, DIM, seed=seed)
-    f = write_vector_file(tmp_path / f"{name}-{seed}.npz", vecs, model_meta,
-                          paths=[f"/elsewhere/{seed}/{i:06d}.jpg" for i in range(n)])
+    f = write_vector_file(
+        tmp_path / f"{name}-{seed}.npz", vecs, model_meta, paths=[f"/elsewhere/{seed}/{i:06d}.jpg" for i in range(n)]
+    )
     ix = open_index(tmp_path / name, index_type=index_type, max_memory=max_memory)
     summary = ix.import_vectors(f)
     assert summary.imported == n
@@ -27,9 +28,17 @@ def _imported(tmp_path, model_meta, n, index_type, *, seed=0, max_memory=None, n
 
 
 # The product-quantised types (PQ codebooks to train) were among the slowest tests measured on main.
-@pytest.mark.parametrize("index_type", ["flat", "hnsw", pytest.param("ivf-pq", marks=pytest.mark.slow), "IVF32,SQ8",
-                                        pytest.param("PCA16,IVF32,PQ8x6", marks=pytest.mark.slow),
-                                        pytest.param("PCA16,IVF32,PQ4x6,Refine(SQ8)", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "index_type",
+    [
+        "flat",
+        "hnsw",
+        pytest.param("ivf-pq", marks=pytest.mark.slow),
+        "IVF32,SQ8",
+        pytest.param("PCA16,IVF32,PQ8x6", marks=pytest.mark.slow),
+        pytest.param("PCA16,IVF32,PQ4x6,Refine(SQ8)", marks=pytest.mark.slow),
+    ],
+)
 def test_every_index_type_matches_exact_search(tmp_path, model_meta, index_type):
     ix, _ = _imported(tmp_path, model_meta, 3000, index_type)
     ids, base, _ = ix.store.vectors()
@@ -37,13 +46,13 @@ def test_every_index_type_matches_exact_search(tmp_path, model_meta, index_type)
     want_ids, want_scores = brute_force(ids, base, queries, 10)
     got = [ix.search(q, k=10) for q in queries]
     found = np.array([[h.id for h in hits] for hits in got])
-    recall = np.mean([len(set(f) & set(w)) / 10 for f, w in zip(found, want_ids)])
+    recall = np.mean([len(set(f) & set(w)) / 10 for f, w in zip(found, want_ids, strict=False)])
     assert recall >= 0.95, (index_type, recall)
     # Re-ranking makes every score the exact cosine of the stored vectors, in exact order.
-    for hits, q in zip(got, queries):
+    for hits, q in zip(got, queries, strict=False):
         exact = base[np.searchsorted(ids, [h.id for h in hits])].astype(np.float64) @ q.astype(np.float64)
         np.testing.assert_allclose([h.score for h in hits], exact, atol=1e-5)
-        assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+        assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
     spec = ix.searcher.spec
     assert spec.index_type == index_type and spec.built_for == 3000
     if index_type == "flat":
@@ -84,8 +93,7 @@ def test_adding_after_training_keeps_the_trained_structure_and_exact_results(tmp
     ix, _ = _imported(tmp_path, model_meta, 3000, "ivf-pq")
     structure, built = ix.faiss, ix.searcher.spec.build_id
     more = clustered_vectors(500, DIM, seed=5)
-    ix.import_vectors(write_vector_file(tmp_path / "more.npz", more, model_meta,
-                                        paths=[f"/more/{i}.jpg" for i in range(500)]))
+    ix.import_vectors(write_vector_file(tmp_path / "more.npz", more, model_meta, paths=[f"/more/{i}.jpg" for i in range(500)]))
     assert ix.searcher.spec.build_id == built and ix.faiss is structure  # added, not retrained
     assert len(ix.faiss) == 3500 and len(ix) == 3500
     new = ix.store.image_by_path("/more/7.jpg")
@@ -99,7 +107,7 @@ def test_adding_after_training_keeps_the_trained_structure_and_exact_results(tmp
     ids, base, _ = ix.store.vectors()
     want, _ = brute_force(ids, base, more[5:10], 5)
     got = np.array([[h.id for h in ix.search(q, k=5)] for q in more[5:10]])
-    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(got, want)]) >= 0.95
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(got, want, strict=False)]) >= 0.95
     ix.close()
 
 
@@ -108,8 +116,11 @@ def test_a_collection_four_times_larger_retrains(tmp_path, model_meta):
     ix, _ = _imported(tmp_path, model_meta, 1000, "ivf-pq")
     first = ix.searcher.spec
     assert first.built_for == 1000
-    ix.import_vectors(write_vector_file(tmp_path / "big.npz", clustered_vectors(3200, DIM, seed=3), model_meta,
-                                        paths=[f"/big/{i}.jpg" for i in range(3200)]))
+    ix.import_vectors(
+        write_vector_file(
+            tmp_path / "big.npz", clustered_vectors(3200, DIM, seed=3), model_meta, paths=[f"/big/{i}.jpg" for i in range(3200)]
+        )
+    )
     spec = ix.searcher.spec
     assert spec.built_for == 4200 and spec.build_id != first.build_id and spec.factory != first.factory
     ix.close()
@@ -177,13 +188,13 @@ def test_imported_paths_are_reconciled_by_the_next_index_run(tmp_path, model_met
     with open_index(tmp_path / "src", backbone="tiny", weights=None, seed=7) as src:
         src.add([photos])
         src.export(tmp_path / "src.parquet")
-        want = dict(zip(*[[src.store.image(int(i)).path for i in src.store.vector_ids()], src.store.vectors()[1]]))
+        want = dict(zip(*[[src.store.image(int(i)).path for i in src.store.vector_ids()], src.store.vectors()[1]], strict=False))
     run("import", tmp_path / "src.parquet", "--index", tmp_path / "dst")
     s = run_json("index", photos, "--index", tmp_path / "dst")
     assert (s["indexed"], s["unchanged"], s["removed"]) == (0, 12, 0)  # same content hash: kept
     with open_index(tmp_path / "dst", create=False) as dst:
         ids, vecs, _ = dst.store.vectors()
-        for i, v in zip(ids, vecs):
+        for i, v in zip(ids, vecs, strict=False):
             np.testing.assert_array_equal(v, want[dst.store.image(int(i)).path])
 
 
@@ -191,8 +202,11 @@ def test_a_reader_picks_up_a_writers_additions_without_rebuilding(tmp_path, mode
     reader, _ = _imported(tmp_path, model_meta, 2000, "hnsw")
     structure = reader.faiss
     with open_index(tmp_path / "ix", create=False) as writer:
-        writer.import_vectors(write_vector_file(tmp_path / "w.npz", clustered_vectors(100, DIM, seed=11), model_meta,
-                                                paths=[f"/w/{i}.jpg" for i in range(100)]))
+        writer.import_vectors(
+            write_vector_file(
+                tmp_path / "w.npz", clustered_vectors(100, DIM, seed=11), model_meta, paths=[f"/w/{i}.jpg" for i in range(100)]
+            )
+        )
     assert reader.refresh()
     assert reader.faiss is structure and len(structure) == 2100  # the same structure, 100 added
     reader.close()

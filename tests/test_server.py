@@ -59,7 +59,6 @@ def _upload(path: Path | bytes, name="q.png", mime="image/png"):
 def _keras_unit_vector(path: Path) -> np.ndarray:
     """The reference embedding: the plain Keras recipe on a freshly built seeded tiny model."""
     import keras
-
     import tiny_backbone
 
     keras.utils.set_random_seed(7)
@@ -95,8 +94,17 @@ def test_health_stats_and_openapi(client, built):
     assert s["weights"] == "none (random init, seed 7)" and s["max_upload_bytes"] > 0
     spec = client.get("/openapi.json").json()
     paths = spec["paths"]
-    for p in ("/api/search", "/api/images/{image_id}/similar", "/api/images/{image_id}", "/api/images/{image_id}/thumbnail",
-              "/api/images", "/api/classify", "/api/classifiers", "/api/stats", "/api/health"):
+    for p in (
+        "/api/search",
+        "/api/images/{image_id}/similar",
+        "/api/images/{image_id}",
+        "/api/images/{image_id}/thumbnail",
+        "/api/images",
+        "/api/classify",
+        "/api/classifiers",
+        "/api/stats",
+        "/api/health",
+    ):
         assert p in paths, p
         for op in paths[p].values():
             assert op.get("summary"), (p, op)
@@ -165,8 +173,12 @@ def test_image_metadata_with_labels_and_predictions(client, built):
     path = root / "photos" / "b" / "img07.jpg"
     rec = ix.store.image_by_path(str(path))
     with ix.store.session() as s, s.begin():
-        s.add_all([ImagenetLabel(image_id=rec.id, rank=1, class_index=281, wnid="n02123045", name="tabby", prob=0.6),
-                   ImagenetLabel(image_id=rec.id, rank=2, class_index=285, wnid="n02124075", name="Egyptian_cat", prob=0.3)])
+        s.add_all(
+            [
+                ImagenetLabel(image_id=rec.id, rank=1, class_index=281, wnid="n02123045", name="tabby", prob=0.6),
+                ImagenetLabel(image_id=rec.id, rank=2, class_index=285, wnid="n02124075", name="Egyptian_cat", prob=0.3),
+            ]
+        )
     ix.store.set_user_labels([(rec.id, "cats", "train", "folder")])
     ix.store.save_classifier_row("knn", "knn", None, "{}", "{}")
     ix.store.set_predictions("knn", [(rec.id, "cats", 0.75)])
@@ -412,7 +424,7 @@ def test_upload_over_the_cap_is_413(built):
 
         # Chunked (no Content-Length): refused once the stream passes the cap.
         def chunks():
-            yield b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n\r\n"
+            yield b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
             for _ in range(50):
                 yield b"\0" * 10_000
 
@@ -429,8 +441,12 @@ def test_upload_over_the_cap_over_real_http(built):
     with live_server(create_app(ix, max_upload_bytes=10_000)) as base:
         r = httpx.post(f"{base}/api/search", files={"file": ("big.jpg", b"\0" * 3_000_000, "image/jpeg")}, timeout=60)
         assert _assert_json_error(r, 413)["error"] == "Upload too large: the cap is 10000 bytes."
-        chunked = httpx.post(f"{base}/api/search", content=(b"\0" * 100_000 for _ in range(30)), timeout=60,
-                             headers={"content-type": "multipart/form-data; boundary=x"})
+        chunked = httpx.post(
+            f"{base}/api/search",
+            content=(b"\0" * 100_000 for _ in range(30)),
+            timeout=60,
+            headers={"content-type": "multipart/form-data; boundary=x"},
+        )
         _assert_json_error(chunked, 413)
         assert httpx.get(f"{base}/api/health").json()["status"] == "ok"
 
@@ -439,8 +455,10 @@ def test_malformed_requests_are_4xx_json(client):
     _assert_json_error(client.post("/api/search"), 422)  # no file field
     _assert_json_error(client.post("/api/search", data={"k": "3"}), 422)
     _assert_json_error(client.post("/api/search", files=_upload(b"", "empty.png")), 422)
-    _assert_json_error(client.post("/api/search", content=b"--nope\r\ngarbage",
-                                   headers={"content-type": "multipart/form-data; boundary=nope"}), (400, 422))
+    _assert_json_error(
+        client.post("/api/search", content=b"--nope\r\ngarbage", headers={"content-type": "multipart/form-data; boundary=nope"}),
+        (400, 422),
+    )
     _assert_json_error(client.post("/api/search", json={"file": "x"}), 422)
     _assert_json_error(client.get("/api/search"), 405)
     _assert_json_error(client.get("/api/no-such-endpoint"), 404)
@@ -461,16 +479,19 @@ def test_unknown_or_bad_ids(client, bad_id):
         _assert_json_error(r, 404 if bad_id in ("999999", "9223372036854775807") else 422)
 
 
-@pytest.mark.parametrize("url", [
-    "/api/images/..%2F..%2F..%2Fetc%2Fpasswd/thumbnail",
-    "/api/images/%2Fetc%2Fpasswd/thumbnail",
-    "/api/images/1/../../../../etc/passwd",
-    "/api/thumbnail?path=/etc/passwd",
-    "/api/images/thumbnail?path=/etc/passwd",
-    "/../../../../etc/passwd",
-    "/static/../../etc/passwd",
-    "/api/images/1%00/thumbnail",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/images/..%2F..%2F..%2Fetc%2Fpasswd/thumbnail",
+        "/api/images/%2Fetc%2Fpasswd/thumbnail",
+        "/api/images/1/../../../../etc/passwd",
+        "/api/thumbnail?path=/etc/passwd",
+        "/api/images/thumbnail?path=/etc/passwd",
+        "/../../../../etc/passwd",
+        "/static/../../etc/passwd",
+        "/api/images/1%00/thumbnail",
+    ],
+)
 def test_paths_cannot_escape(client, url):
     r = client.get(url)
     assert 400 <= r.status_code < 500, (url, r.status_code)
@@ -499,12 +520,18 @@ def test_token_guards_everything_but_health_and_page(built):
     with TestClient(create_app(ix, token="s3cret"), base_url="http://127.0.0.1") as c:
         assert c.get("/api/health").json()["auth"] is True
         assert c.get("/").status_code == 200
-        for method, url, kw in [("get", "/api/stats", {}), ("get", "/api/images/1", {}), ("get", "/api/images/1/similar", {}),
-                                ("get", "/api/images/1/thumbnail", {}), ("get", "/api/images", {}), ("get", "/api/classifiers", {}),
-                                ("post", "/api/search", {"files": _upload(root / "queries" / "q0.png")}),
-                                ("get", "/api/images/1/explain?like=2", {}),
-                                ("post", "/api/explain?like=2", {"files": _upload(root / "queries" / "q0.png")}),
-                                ("post", "/api/images/1/explain", {"files": _upload(root / "queries" / "q0.png")})]:
+        for method, url, kw in [
+            ("get", "/api/stats", {}),
+            ("get", "/api/images/1", {}),
+            ("get", "/api/images/1/similar", {}),
+            ("get", "/api/images/1/thumbnail", {}),
+            ("get", "/api/images", {}),
+            ("get", "/api/classifiers", {}),
+            ("post", "/api/search", {"files": _upload(root / "queries" / "q0.png")}),
+            ("get", "/api/images/1/explain?like=2", {}),
+            ("post", "/api/explain?like=2", {"files": _upload(root / "queries" / "q0.png")}),
+            ("post", "/api/images/1/explain", {"files": _upload(root / "queries" / "q0.png")}),
+        ]:
             r = getattr(c, method)(url, **kw)
             _assert_json_error(r, 401)
             assert r.headers["www-authenticate"] == "Bearer"
@@ -562,8 +589,12 @@ def _index_in_subprocess(root: Path, index: Path) -> subprocess.Popen:
         "import sys; sys.path.insert(0, %r); import tiny_backbone; from vecsearch.cli import app; "
         "app(['index', %r, '--index', %r, '--batch-size', '4', '--quiet'])" % (str(TESTS), str(root), str(index))
     )
-    return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "TINY_BACKBONE_DELAY": "0.05"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, "TINY_BACKBONE_DELAY": "0.05"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 @pytest.mark.slow
@@ -604,8 +635,11 @@ def test_readers_see_a_consistent_index_while_another_process_indexes(tmp_path):
                 names = [h["name"] for h in hits]
                 got_new = sorted(set(names) - old_names)
                 # A committed state: every old image, and the new ones of whole committed chunks.
-                if len(names) != len(set(names)) or set(names) & old_names != expected_old \
-                        or got_new != new_names[:len(got_new)]:
+                if (
+                    len(names) != len(set(names))
+                    or set(names) & old_names != expected_old
+                    or got_new != new_names[: len(got_new)]
+                ):
                     problems.append(f"{kind}: inconsistent {names}")
                 seen_sizes.add(len(got_new))
 
@@ -670,6 +704,7 @@ def test_thumbnails_of_a_fifo_fail_at_once_and_the_server_keeps_answering(tmp_pa
     os.mkfifo(victim)
     try:
         with live_server(create_app(ix, warm=False)) as base:
+
             def thumb(_):
                 try:
                     return httpx.get(f"{base}/api/images/{vid}/thumbnail", timeout=10).status_code
@@ -687,8 +722,10 @@ def test_thumbnails_of_a_fifo_fail_at_once_and_the_server_keeps_answering(tmp_pa
         ix.close()
 
 
-_SERVE = ("import sys; sys.path.insert(0, %r); import tiny_backbone; from vecsearch.cli import app; "
-          "app(['serve', '--index', %r, '--port', %r, '--log-level', 'warning', '--max-pixels', %r])")
+_SERVE = (
+    "import sys; sys.path.insert(0, %r); import tiny_backbone; from vecsearch.cli import app; "
+    "app(['serve', '--index', %r, '--port', %r, '--log-level', 'warning', '--max-pixels', %r])"
+)
 
 
 def _rss(pid: int, field: str) -> int:
@@ -717,8 +754,12 @@ def test_concurrent_thumbnails_of_a_huge_png_stay_within_a_gigabyte(tmp_path, ma
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cap = str(max_pixels or 40_000_000)
-    proc = subprocess.Popen([sys.executable, "-c", _SERVE % (str(TESTS), str(tmp_path / "index"), str(port), cap)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVE % (str(TESTS), str(tmp_path / "index"), str(port), cap)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until_serving(proc, port)
         idle = _rss(proc.pid, "VmRSS")
@@ -727,15 +768,21 @@ def test_concurrent_thumbnails_of_a_huge_png_stay_within_a_gigabyte(tmp_path, ma
         except OSError:
             pass
         with ThreadPoolExecutor(4) as pool:
-            codes = list(pool.map(lambda _: httpx.get(f"http://127.0.0.1:{port}/api/images/{big_id}/thumbnail",
-                                                      timeout=120).status_code, range(4)))
+            codes = list(
+                pool.map(
+                    lambda _: httpx.get(f"http://127.0.0.1:{port}/api/images/{big_id}/thumbnail", timeout=120).status_code,
+                    range(4),
+                )
+            )
         peak = _rss(proc.pid, "VmHWM")
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
     assert codes == ([422] * 4 if max_pixels is None else [200] * 4)
-    print(f"server idle RSS {idle / 2**20:.0f} MiB, peak with 4 thumbnail requests {peak / 2**20:.0f} MiB "
-          f"(+{(peak - idle) / 2**20:.0f} MiB)")
+    print(
+        f"server idle RSS {idle / 2**20:.0f} MiB, peak with 4 thumbnail requests {peak / 2**20:.0f} MiB "
+        f"(+{(peak - idle) / 2**20:.0f} MiB)"
+    )
     assert peak - idle < 2**30
 
 
@@ -784,8 +831,9 @@ def test_serve_allow_host_flag(built):
 
 def test_openapi_declares_every_status_the_api_returns(client):
     spec = client.get("/openapi.json").json()
-    declared = {(path, method): set(map(int, op["responses"])) for path, ops in spec["paths"].items()
-                for method, op in ops.items()}
+    declared = {
+        (path, method): set(map(int, op["responses"])) for path, ops in spec["paths"].items() for method, op in ops.items()
+    }
     for key, codes in declared.items():
         assert {200, 400, 503} <= codes, key
         assert 500 not in codes
@@ -796,8 +844,10 @@ def test_openapi_declares_every_status_the_api_returns(client):
     err = spec["paths"]["/api/images/{image_id}"]["get"]["responses"]["404"]["content"]["application/json"]["schema"]
     assert err == {"$ref": "#/components/schemas/ErrorBody"}
     # what the API really answers, each declared for the route that answered it
-    seen = {("/api/images/{image_id}", "get"): client.get("/api/images/999999").status_code,
-            ("/api/images/{image_id}/thumbnail", "get"): client.get("/api/images/1/thumbnail?size=3").status_code,
-            ("/api/search", "post"): client.post("/api/search", files=_upload(b"not an image")).status_code}
+    seen = {
+        ("/api/images/{image_id}", "get"): client.get("/api/images/999999").status_code,
+        ("/api/images/{image_id}/thumbnail", "get"): client.get("/api/images/1/thumbnail?size=3").status_code,
+        ("/api/search", "post"): client.post("/api/search", files=_upload(b"not an image")).status_code,
+    }
     for key, code in seen.items():
         assert code in declared[key], (key, code)

@@ -111,8 +111,12 @@ def test_a_file_swapped_for_a_fifo_mid_run_is_listed_and_the_run_ends(tmp_path, 
 def test_the_guarded_reader_never_waits_on_a_fifo(tmp_path):
     pipe = tmp_path / "pipe"
     os.mkfifo(pipe)
-    for fn, args in [(files.read_file, (pipe,)), (files.file_sha256, (pipe,)), (images.read_image_file, (pipe, (8, 8))),
-                     (images.thumbnail_jpeg, (pipe, 64))]:
+    for fn, args in [
+        (files.read_file, (pipe,)),
+        (files.file_sha256, (pipe,)),
+        (images.read_image_file, (pipe, (8, 8))),
+        (images.thumbnail_jpeg, (pipe, 64)),
+    ]:
         with pytest.raises(BadImageError, match="FIFO"):
             _within(10, fn, *args, unblock=[pipe])
     assert _within(10, images.is_image_file, pipe, unblock=[pipe])[0] is False
@@ -190,4 +194,5 @@ def test_entries_under_a_folder_that_cannot_be_listed_are_kept(tmp_path, tiny_in
     summary = tiny_index.add([root])
     assert summary.removed == 0 and len(tiny_index) == 4
     assert [(f.path, f.reason) for f in summary.failed] == [
-        (str(root / "b"), "unreadable: cannot list this folder: Permission denied")]
+        (str(root / "b"), "unreadable: cannot list this folder: Permission denied")
+    ]

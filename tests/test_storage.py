@@ -8,8 +8,8 @@ import sqlite3
 
 import numpy as np
 import pytest
-
 from helpers import TESTS, run, run_json
+
 from vecsearch import open_index
 
 
@@ -61,7 +61,7 @@ def test_vectors_live_once_in_shards_and_scratch_rows_are_overwritten(tiny_index
     assert np.isfinite(mat).all() and len(ids) == 12
     assert tiny_index.store.next_slot() == 12 and shard.stat().st_size == 12 * 32 * 4  # overwritten, not appended
     # Each id reads back the vector that was embedded for its file.
-    for i, v in zip(ids, mat):
+    for i, v in zip(ids, mat, strict=False):
         rec = tiny_index.store.image(int(i))
         np.testing.assert_allclose(tiny_index.embed([rec.path])[0], v, atol=1e-6)
 
@@ -82,7 +82,7 @@ def test_damaged_vector_bytes_are_found_and_embedded_again(tiny_index, photos):
     """Random bytes written into the stored vectors: the next run notices (checksums) and re-embeds them."""
     tiny_index.add([photos])
     ids, clean, _ = tiny_index.store.vectors()
-    paths = {tiny_index.store.image(int(i)).path: v for i, v in zip(ids, clean)}
+    paths = {tiny_index.store.image(int(i)).path: v for i, v in zip(ids, clean, strict=False)}
     shard = tiny_index.directory / "vectors" / "shard-000000.f32"
     raw = bytearray(shard.read_bytes())
     raw[5 * 128 + 8 : 5 * 128 + 16] = b"\xff" * 8  # inside row 5: a NaN and garbage
@@ -96,7 +96,7 @@ def test_damaged_vector_bytes_are_found_and_embedded_again(tiny_index, photos):
     assert s.repaired == len(damaged) and s.indexed == len(damaged)
     assert tiny_index.store.damaged_vectors() == []
     new_ids, new, _ = tiny_index.store.vectors()
-    for i, v in zip(new_ids, new):  # every vector is again the one its file embeds to
+    for i, v in zip(new_ids, new, strict=False):  # every vector is again the one its file embeds to
         np.testing.assert_allclose(v, paths[tiny_index.store.image(int(i)).path], atol=1e-6)
     hit = tiny_index.search(clean[5], k=1)[0]
     assert hit.score == pytest.approx(1.0, abs=1e-5)
@@ -188,8 +188,9 @@ class _Opener:
         import sys
 
         self.log = open(tmp_path / "opener.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "-c", _OPENER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.log, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _OPENER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True
+        )
         assert self.proc.stdout.readline().strip() == "ready", (tmp_path / "opener.log").read_text()
 
     def open(self, index, *, kill_at: int = 0, kill_after: float | None = None):

@@ -21,8 +21,8 @@ import pytest
 from helpers import run, run_json, write_vector_file
 
 from vecsearch import BadVectorFileError, VecsearchError, config, open_index
-from vecsearch.model import IndexModel
 from vecsearch.extras import install_line
+from vecsearch.model import IndexModel
 
 TINY = ["--backbone", "tiny", "--weights", "none", "--seed", "7"]
 DIM = 32
@@ -35,16 +35,15 @@ def source(photos, tmp_path):
     with open_index(tmp_path / "src", create=False) as src:
         ids, vecs, _ = src.store.vectors()
         records = src.store.images(ids)
-        return {records[int(i)].path: (records[int(i)], v) for i, v in zip(ids, vecs)}
+        return {records[int(i)].path: (records[int(i)], v) for i, v in zip(ids, vecs, strict=False)}
 
 
 # -- 3. an .npz keeps the file facts ------------------------------------------------------------
-def test_an_npz_export_keeps_the_file_facts_so_an_import_then_index_embeds_nothing(source, photos, tmp_path,
-                                                                                  monkeypatch):
+def test_an_npz_export_keeps_the_file_facts_so_an_import_then_index_embeds_nothing(source, photos, tmp_path, monkeypatch):
     out = tmp_path / "all.npz"
     run("export", out, "--index", tmp_path / "src", "--quiet")
     with np.load(out) as z:
-        by_path = dict(zip(z["paths"].tolist(), range(len(z["paths"]))))
+        by_path = dict(zip(z["paths"].tolist(), range(len(z["paths"])), strict=False))
         for path, (rec, _) in source.items():
             j = by_path[path]
             assert (int(z["size"][j]), int(z["mtime_ns"][j]), str(z["sha256"][j])) == (rec.size, rec.mtime_ns, rec.sha256)
@@ -66,15 +65,17 @@ def test_an_npz_export_keeps_the_file_facts_so_an_import_then_index_embeds_nothi
     assert (s["indexed"], s["unchanged"], s["reused"], s["removed"]) == (0, 12, 0, 0)
     with open_index(dst, create=False) as ix:
         ids, vecs, _ = ix.store.vectors()
-        for i, v in zip(ids, vecs):
+        for i, v in zip(ids, vecs, strict=False):
             rec = ix.store.image(int(i))
             np.testing.assert_array_equal(v, source[rec.path][1])
-            assert (rec.size, rec.sha256, rec.width) == (source[rec.path][0].size, source[rec.path][0].sha256,
-                                                         source[rec.path][0].width)
+            assert (rec.size, rec.sha256, rec.width) == (
+                source[rec.path][0].size,
+                source[rec.path][0].sha256,
+                source[rec.path][0].width,
+            )
 
 
-def test_an_old_npz_without_file_facts_still_imports_and_the_next_index_run_reconciles_it(source, photos, tmp_path,
-                                                                                          model_meta):
+def test_an_old_npz_without_file_facts_still_imports_and_the_next_index_run_reconciles_it(source, photos, tmp_path, model_meta):
     paths = sorted(source)
     old = write_vector_file(tmp_path / "old.npz", np.stack([source[p][1] for p in paths]), model_meta, paths=paths)
     with np.load(old) as z:
@@ -113,9 +114,12 @@ def _npz(path, members: dict[str, bytes]):
 
 def _good(model, n=4, **override) -> dict[str, bytes]:
     rng = np.random.default_rng(0)
-    arrays = {"paths": np.array([f"/x/{i}.jpg" for i in range(n)]),
-              "vectors": rng.normal(size=(n, DIM)).astype(np.float32),
-              "norms": np.full(n, 2.0, np.float32), "meta": np.array(json.dumps(model))}
+    arrays = {
+        "paths": np.array([f"/x/{i}.jpg" for i in range(n)]),
+        "vectors": rng.normal(size=(n, DIM)).astype(np.float32),
+        "norms": np.full(n, 2.0, np.float32),
+        "meta": np.array(json.dumps(model)),
+    }
     members = {k: _npy(v) for k, v in arrays.items()}
     members.update({k: v if isinstance(v, bytes) else _npy(v) for k, v in override.items()})
     return members
@@ -125,8 +129,10 @@ HOSTILE = {
     "meta as a list": (lambda m: {"meta": np.array(json.dumps([m]))}, "JSON object"),
     "meta pickled": (lambda m: {"meta": np.array([m], dtype=object)}, "pickled"),
     "meta not JSON": (lambda m: {"meta": np.array("{not json")}, "not JSON"),
-    "meta with a number for a name": (lambda m: {"meta": np.array(json.dumps({**m, "weights_fingerprint": 7}))},
-                                      "weights_fingerprint"),
+    "meta with a number for a name": (
+        lambda m: {"meta": np.array(json.dumps({**m, "weights_fingerprint": 7}))},
+        "weights_fingerprint",
+    ),
     "paths pickled": (lambda m: {"paths": np.array(["/x/0.jpg", 1, None, 2.5], dtype=object)}, "pickled"),
     "paths as numbers": (lambda m: {"paths": np.arange(4)}, "array of strings"),
     "paths of another length": (lambda m: {"paths": np.array(["/x/0.jpg", "/x/1.jpg"])}, "one value per vector"),
@@ -146,10 +152,14 @@ HOSTILE = {
     "a header cut short": (lambda m: {"vectors": _npy(np.ones((4, DIM), np.float32))[:60]}, "read"),
     "rows cut short": (lambda m: {"vectors": _npy(np.ones((4, DIM), np.float32))[:-10]}, "holds"),
     "a path array of 8 GB": (lambda m: {"paths": _forged_npy("<U500000000", (4,))}, "claims 8000000000 bytes"),
-    "8 GB of rows the file does not hold": (lambda m: {"vectors": _forged_npy("<f4", (2_000_000, DIM)),
-                                                       "paths": _forged_npy("<U1000", (2_000_000,)),
-                                                       "norms": _forged_npy("<f4", (2_000_000,))},
-                                            "truncated or its header is wrong"),
+    "8 GB of rows the file does not hold": (
+        lambda m: {
+            "vectors": _forged_npy("<f4", (2_000_000, DIM)),
+            "paths": _forged_npy("<U1000", (2_000_000,)),
+            "norms": _forged_npy("<f4", (2_000_000,)),
+        },
+        "truncated or its header is wrong",
+    ),
 }
 
 
@@ -157,8 +167,11 @@ HOSTILE = {
 def target(tmp_path, model_meta):
     """An index of 4 imported vectors, and a snapshot of everything in it."""
     ix = open_index(tmp_path / "target")
-    ix.import_vectors(write_vector_file(tmp_path / "base.npz", np.eye(4, DIM, dtype=np.float32), model_meta,
-                                        paths=[f"/base/{i}.jpg" for i in range(4)]))
+    ix.import_vectors(
+        write_vector_file(
+            tmp_path / "base.npz", np.eye(4, DIM, dtype=np.float32), model_meta, paths=[f"/base/{i}.jpg" for i in range(4)]
+        )
+    )
     yield ix
     ix.close()
 
@@ -169,8 +182,7 @@ def _snapshot(ix):
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_a_hostile_npz_is_one_clear_error_from_its_headers_and_the_index_is_untouched(case, target, tmp_path,
-                                                                                      model_meta):
+def test_a_hostile_npz_is_one_clear_error_from_its_headers_and_the_index_is_untouched(case, target, tmp_path, model_meta):
     override, words = HOSTILE[case]
     f = _npz(tmp_path / "bad.npz", _good(model_meta, **override(model_meta)))
     before = _snapshot(target)
@@ -198,8 +210,12 @@ def test_a_hostile_npz_cannot_make_an_empty_index_take_its_model(tmp_path, model
 
 
 def test_paths_longer_than_the_cap_are_refused_from_the_header(target, tmp_path, model_meta, monkeypatch):
-    f = write_vector_file(tmp_path / "long.npz", np.eye(3, DIM, dtype=np.float32), model_meta,
-                          paths=[f"/a/long/folder/name/{i}.jpg" for i in range(3)])
+    f = write_vector_file(
+        tmp_path / "long.npz",
+        np.eye(3, DIM, dtype=np.float32),
+        model_meta,
+        paths=[f"/a/long/folder/name/{i}.jpg" for i in range(3)],
+    )
     monkeypatch.setattr(config, "MAX_IMPORT_PATH_CHARS", 16)
     with pytest.raises(BadVectorFileError, match=r"up to 2[0-9] characters; at most 16"):
         target.import_vectors(f)
@@ -262,8 +278,10 @@ def _parquet(path, meta, *, paths=None, row_group_size=None, **columns):
 
     n = len(paths) if paths is not None else 4
     vecs = np.random.default_rng(1).normal(size=(n, DIM)).astype(np.float32)
-    data = {"path": pa.array(paths if paths is not None else [f"/p/{i}.jpg" for i in range(n)]),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), DIM)}
+    data = {
+        "path": pa.array(paths if paths is not None else [f"/p/{i}.jpg" for i in range(n)]),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), DIM),
+    }
     data.update(columns)
     table = pa.table(data).replace_schema_metadata({"vecsearch": json.dumps(meta)})
     pq.write_table(table, path, row_group_size=row_group_size)
@@ -278,8 +296,7 @@ def test_hostile_parquet_files_are_refused_from_their_metadata(target, tmp_path,
         (_parquet(tmp_path / "null-path.parquet", model_meta, paths=["/p/0.jpg", None]), "empty"),
         (_parquet(tmp_path / "str-vec.parquet", model_meta, vector=pa.array([["a"] * DIM] * 4)), "list of numbers"),
         (_parquet(tmp_path / "str-norm.parquet", model_meta, norm=pa.array(["1", "2", "3", "4"])), "column `norm`"),
-        (_parquet(tmp_path / "rep.parquet", model_meta, paths=["/p/0.jpg", "/p/1.jpg", "/p/0.jpg"]),
-         "/p/0.jpg is twice"),
+        (_parquet(tmp_path / "rep.parquet", model_meta, paths=["/p/0.jpg", "/p/1.jpg", "/p/0.jpg"]), "/p/0.jpg is twice"),
         (_parquet(tmp_path / "list-meta.parquet", [model_meta]), "JSON object"),
     ]
     for f, words in cases:

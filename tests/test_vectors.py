@@ -84,7 +84,7 @@ def test_hnsw_recall(data, hnsw):
     ids, x, q = data
     _, found = hnsw.search(q, 10)
     _, exp = brute_force(ids, x, q, 10)
-    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exp)])
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exp, strict=False)])
     assert recall >= 0.95
 
 

@@ -20,25 +20,35 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from . import classes, classifiers, classify, dupes, explainer, finetune, images, indexer, labels, queries, report, vector_files
+from .backbones import Backbone, check_fingerprint
 from .classes import SEED
 from .classifiers import DEFAULT_TOP as CLASSIFY_TOP
-from .classify import DEFAULT_K as KNN_K
-from .dupes import DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD
-from .finetune import DEFAULT_NAME as HEAD_NAME
-from .finetune import UNFREEZE_EPOCHS, UNFREEZE_LEARNING_RATE
-from .labels import DEFAULT_TOP as LABEL_TOP
-from .backbones import Backbone, check_fingerprint
-from .config import DEFAULT_K, LOCK_NAME, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, VECTORS_NAME, resolve_index_dir
-from .errors import VecsearchError
 from .classifiers import Classification
+from .classify import DEFAULT_K as KNN_K
+from .config import DEFAULT_K, LOCK_NAME, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, VECTORS_NAME, resolve_index_dir
+from .dupes import DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD
+from .errors import VecsearchError
 from .explain import OVERLAY_SIDE, Explanation
 from .extract import Extractor
 from .files import FileStream, WriterLock, absolute
+from .finetune import DEFAULT_NAME as HEAD_NAME
+from .finetune import UNFREEZE_EPOCHS, UNFREEZE_LEARNING_RATE
 from .indexer import IndexSummary, RemoveSummary
+from .labels import DEFAULT_TOP as LABEL_TOP
 from .model import UNSET, IndexModel, PrecisionCheck, embed_to_shards, requested_model
+from .search import (
+    DEFAULT_TYPE,
+    FaissIndex,
+    Hit,
+    IndexSpec,
+    LiveSearch,
+    Searcher,
+    allowed_ids,
+    check_index_type,
+    check_limits,
+    parse_memory,
+)
 from .store import ImageRecord, Store, no_annotations, open_folder
-from .search import (DEFAULT_TYPE, FaissIndex, Hit, IndexSpec, LiveSearch, Searcher, allowed_ids, check_index_type,
-                     check_limits, parse_memory)
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +65,16 @@ class VecIndex:
     from what the index records) are passed in. Open one with `open_index`.
     """
 
-    def __init__(self, directory: Path, store: Store, model: IndexModel | None = None, *,
-                 index_type: str | None = None, max_memory: int | None = None, progress: Progress | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        store: Store,
+        model: IndexModel | None = None,
+        *,
+        index_type: str | None = None,
+        max_memory: int | None = None,
+        progress: Progress | None = None,
+    ):
         self.directory = Path(directory)
         self.store = store
         self.read_only = store.read_only
@@ -66,8 +84,15 @@ class VecIndex:
         # The search structure asked for is built and recorded by the first write that can train
         # it (or at once by open_index when the vectors are there): a type is recorded only once
         # its structure exists.
-        self.live = LiveSearch(self.directory, store, self._lock, read_only=self.read_only, index_type=index_type,
-                               max_memory=max_memory, progress=progress)
+        self.live = LiveSearch(
+            self.directory,
+            store,
+            self._lock,
+            read_only=self.read_only,
+            index_type=index_type,
+            max_memory=max_memory,
+            progress=progress,
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -125,8 +150,10 @@ class VecIndex:
 
     def _check_writable(self) -> None:
         if self.read_only:
-            raise VecsearchError(f"The index at {self.directory} is open read-only (the folder is not writable): "
-                                 "searching and reading work; to change it, fix the folder's permissions.")
+            raise VecsearchError(
+                f"The index at {self.directory} is open read-only (the folder is not writable): "
+                "searching and reading work; to change it, fix the folder's permissions."
+            )
 
     def refresh(self) -> bool:
         """Reload the vectors if another process changed the index; True if it did."""
@@ -177,8 +204,15 @@ class VecIndex:
             self.store.create_info(**fields, index_type=DEFAULT_TYPE, max_memory=None)
 
     # -- indexing -------------------------------------------------------------------------
-    def add(self, paths: Iterable[str | os.PathLike], *, exclude: Iterable[str] = (), progress: Progress | None = None,
-            chunk_size: int = indexer.CHUNK_SIZE, chunk_seconds: float = indexer.CHUNK_SECONDS) -> IndexSummary:
+    def add(
+        self,
+        paths: Iterable[str | os.PathLike],
+        *,
+        exclude: Iterable[str] = (),
+        progress: Progress | None = None,
+        chunk_size: int = indexer.CHUNK_SIZE,
+        chunk_seconds: float = indexer.CHUNK_SECONDS,
+    ) -> IndexSummary:
         """Index image files and folders incrementally (see `indexer.run`).
 
         New or changed files (size + mtime, then content hash) are embedded; moved or copied
@@ -205,8 +239,16 @@ class VecIndex:
             self.refresh()
             had_structure = self.live.recorded_spec() is not None
             repaired = indexer.forget_damaged(self.store)
-            summary = indexer.run(self.store, self.model.embedder, roots, files, progress=progress,
-                                  chunk_size=chunk_size, chunk_seconds=chunk_seconds, rejected=rejected)
+            summary = indexer.run(
+                self.store,
+                self.model.embedder,
+                roots,
+                files,
+                progress=progress,
+                chunk_size=chunk_size,
+                chunk_seconds=chunk_seconds,
+                rejected=rejected,
+            )
             summary.retrained = self.live.after_write() and had_structure
             summary.repaired = repaired
         return summary
@@ -235,8 +277,7 @@ class VecIndex:
         """
         roots = [absolute(p) for p in paths]
         if not roots and not missing:
-            raise VecsearchError("Nothing to remove: give files or folders, or missing=True for every entry "
-                                 "whose file is gone.")
+            raise VecsearchError("Nothing to remove: give files or folders, or missing=True for every entry whose file is gone.")
         self._require_info()
         self._check_writable()
         summary = RemoveSummary()
@@ -248,8 +289,9 @@ class VecIndex:
                 self.live.after_write()
         return summary
 
-    def reindex(self, *, index_type: str | None = None, max_memory: int | str | None = None,
-                progress: Progress | None = None) -> IndexSpec:
+    def reindex(
+        self, *, index_type: str | None = None, max_memory: int | str | None = None, progress: Progress | None = None
+    ) -> IndexSpec:
         """Rebuild (retrain and re-tune) the search structure from the stored vectors, as `index_type`."""
         self._require_info()
         self._check_writable()
@@ -283,9 +325,18 @@ class VecIndex:
         return queries.vectors_for(self.store, self.model, paths)
 
     # -- search ---------------------------------------------------------------------------
-    def search(self, query, k: int = DEFAULT_K, *, include_self: bool = False,
-               under: str | os.PathLike | None = None, label: str | None = None, predicted: str | None = None,
-               classifier: str | None = None, min_score: float | None = None) -> list[Hit]:
+    def search(
+        self,
+        query,
+        k: int = DEFAULT_K,
+        *,
+        include_self: bool = False,
+        under: str | os.PathLike | None = None,
+        label: str | None = None,
+        predicted: str | None = None,
+        classifier: str | None = None,
+        min_score: float | None = None,
+    ) -> list[Hit]:
         """The k most similar indexed images to a query, best first (cosine similarity).
 
         The query is an image file path, a vector, image bytes (an upload) or a PIL image.
@@ -297,17 +348,26 @@ class VecIndex:
             self._require_info()
         q, _, found = self._query_vector(query, "search with")
         exclude = {found} if found is not None and not include_self else set()
-        return self.search_vector(q, k, exclude=exclude, under=under, label=label, predicted=predicted,
-                                  classifier=classifier, min_score=min_score)
+        return self.search_vector(
+            q, k, exclude=exclude, under=under, label=label, predicted=predicted, classifier=classifier, min_score=min_score
+        )
 
     def _query_vector(self, query, what: str) -> tuple[np.ndarray, Path | None, int | None]:
         """(unit vector, file path or None, id of the indexed file whose vector it reuses or None): `queries`."""
         return queries.query_vector(self.store, self.model, query, what)
 
-    def search_vector(self, q: np.ndarray, k: int = DEFAULT_K, *, exclude: set[int] | None = None,
-                      under: str | os.PathLike | None = None, label: str | None = None,
-                      predicted: str | None = None, classifier: str | None = None,
-                      min_score: float | None = None) -> list[Hit]:
+    def search_vector(
+        self,
+        q: np.ndarray,
+        k: int = DEFAULT_K,
+        *,
+        exclude: set[int] | None = None,
+        under: str | os.PathLike | None = None,
+        label: str | None = None,
+        predicted: str | None = None,
+        classifier: str | None = None,
+        min_score: float | None = None,
+    ) -> list[Hit]:
         """The k indexed images nearest a unit vector, best first; ids in `exclude` left out.
 
         Filters, all optional and combined with AND:
@@ -324,17 +384,33 @@ class VecIndex:
         allowed = allowed_ids(self.store, under, label, predicted, classifier)
         return self.live.search(q, k, exclude=exclude, allowed=allowed, min_score=min_score)
 
-    def similar(self, image_id: int, k: int = DEFAULT_K, *, under: str | os.PathLike | None = None,
-                label: str | None = None, predicted: str | None = None, classifier: str | None = None,
-                min_score: float | None = None) -> list[Hit]:
+    def similar(
+        self,
+        image_id: int,
+        k: int = DEFAULT_K,
+        *,
+        under: str | os.PathLike | None = None,
+        label: str | None = None,
+        predicted: str | None = None,
+        classifier: str | None = None,
+        min_score: float | None = None,
+    ) -> list[Hit]:
         """Neighbours of an indexed image by its stored vector (no model call), itself left out.
 
         The filters are `search_vector`'s.
         """
         self._require_info()
         self.refresh()
-        return self.search_vector(self.vector(image_id), k, exclude={image_id}, under=under, label=label,
-                                  predicted=predicted, classifier=classifier, min_score=min_score)
+        return self.search_vector(
+            self.vector(image_id),
+            k,
+            exclude={image_id},
+            under=under,
+            label=label,
+            predicted=predicted,
+            classifier=classifier,
+            min_score=min_score,
+        )
 
     # -- images ---------------------------------------------------------------------------
     def image(self, image_id: int) -> ImageRecord:
@@ -359,8 +435,9 @@ class VecIndex:
         """Every image record (ok and failed) by id, read from the database a page at a time."""
         return self.iter_images()
 
-    def iter_images(self, *, status: str | None = None, under: str | os.PathLike | None = None,
-                    label: str | None = None) -> Iterator[ImageRecord]:
+    def iter_images(
+        self, *, status: str | None = None, under: str | os.PathLike | None = None, label: str | None = None
+    ) -> Iterator[ImageRecord]:
         """Image records by id, streamed a page at a time: all, or only those of a `status`
         ("ok" / "failed"), inside the folder `under`, or taught the class `label`."""
         queries.check_status(status)
@@ -391,8 +468,9 @@ class VecIndex:
         """
         return vector_files.export_index(self.store, out, self.model.meta(self._require_info()), progress)
 
-    def import_vectors(self, source: str | os.PathLike, *, unchecked: bool = False,
-                       progress: Progress | None = None) -> vector_files.ImportSummary:
+    def import_vectors(
+        self, source: str | os.PathLike, *, unchecked: bool = False, progress: Progress | None = None
+    ) -> vector_files.ImportSummary:
         """Add precomputed vectors from .npz / .parquet files (a file, or a folder of them).
 
         Paths are taken as given: the files need not exist here (the next `add` over their
@@ -403,8 +481,9 @@ class VecIndex:
         self._check_writable()
         started = time.perf_counter()
         info = self.info
-        checked = vector_files.check_import(source, self.model.meta(info) if info is not None else None,
-                                            unchecked, self.directory)  # every file, before anything is written
+        checked = vector_files.check_import(
+            source, self.model.meta(info) if info is not None else None, unchecked, self.directory
+        )  # every file, before anything is written
         if info is not None:
             self.model.check_imported_precisions(checked.precisions)
         self.live.check_wanted((len(self) if info is not None else 0) + checked.rows, int(checked.model["dim"]))
@@ -415,12 +494,20 @@ class VecIndex:
         return summary
 
     # -- ImageNet labels ------------------------------------------------------------------
-    def label(self, *, paths: Iterable[str | os.PathLike] | None = None, top: int = LABEL_TOP,
-              only_missing: bool = False, weights: Any = None, progress: Progress | None = None) -> labels.LabelSummary:
+    def label(
+        self,
+        *,
+        paths: Iterable[str | os.PathLike] | None = None,
+        top: int = LABEL_TOP,
+        only_missing: bool = False,
+        weights: Any = None,
+        progress: Progress | None = None,
+    ) -> labels.LabelSummary:
         """Store the top ImageNet classes of indexed images (all, or those under `paths`), from their stored vectors."""
         ids = labels.ids_for_paths(self.store, paths) if paths else None
-        return labels.label_images(self.store, self.directory, top=top, ids=ids, only_missing=only_missing,
-                                   weights=weights, progress=progress)
+        return labels.label_images(
+            self.store, self.directory, top=top, ids=ids, only_missing=only_missing, weights=weights, progress=progress
+        )
 
     def image_labels(self, paths: Iterable[str | os.PathLike] | None = None) -> list[labels.ImageLabels]:
         """Stored ImageNet labels of indexed files/folders (all labelled images when None), by path."""
@@ -439,8 +526,9 @@ class VecIndex:
         return labels.probabilities(self.store, self.directory, ids, weights)
 
     # -- classes of your own and classifiers ------------------------------------------------
-    def teach(self, source: str | os.PathLike, *, replace: bool = False,
-              progress: Progress | None = None) -> classes.TeachSummary:
+    def teach(
+        self, source: str | os.PathLike, *, replace: bool = False, progress: Progress | None = None
+    ) -> classes.TeachSummary:
         """Label images with classes of your own from class folders or a CSV; unindexed files are indexed first."""
         plan = classes.plan_teach(self.store, source)
         if plan.to_index:
@@ -451,8 +539,7 @@ class VecIndex:
         """{class: {split or "": images}} of the user's labels."""
         return classes.label_counts(self.store)
 
-    def train_classifier(self, kind: str, *, k: int = KNN_K, name: str | None = None,
-                         seed: int = SEED) -> classify.TrainResult:
+    def train_classifier(self, kind: str, *, k: int = KNN_K, name: str | None = None, seed: int = SEED) -> classify.TrainResult:
         """Train (knn or probe), evaluate, save, and predict every unlabelled image."""
         self._require_info()
         return classify.train(self.store, self.directory, kind, k=k, name=name, seed=seed)
@@ -475,8 +562,15 @@ class VecIndex:
         row = classifiers.find(self.store, name, kind)
         return row, self._loaded.get(row)
 
-    def classify(self, query, *, name: str | None = None, kind: str | None = None,
-                 top: int = CLASSIFY_TOP, model: tuple[dict, Any] | None = None) -> Classification:
+    def classify(
+        self,
+        query,
+        *,
+        name: str | None = None,
+        kind: str | None = None,
+        top: int = CLASSIFY_TOP,
+        model: tuple[dict, Any] | None = None,
+    ) -> Classification:
         """Classify one image (a file path, image bytes, a PIL image or a vector) with a saved classifier.
 
         An indexed, unchanged file reuses its stored vector. `model` passes a (row, model)
@@ -486,19 +580,38 @@ class VecIndex:
             classifiers.find(self.store, name, kind)  # none saved: said before the query costs a model load
         vector, path, _ = self._query_vector(query, "classify")  # a missing or bad file: refused before any model
         row, clf = model or self.classifier(name, kind)
-        return self.model.run(classifiers.classification, clf, row, vector, top=top,  # a head is a Keras model too
-                              path=None if path is None else str(path))
+        return self.model.run(
+            classifiers.classification,
+            clf,
+            row,
+            vector,
+            top=top,  # a head is a Keras model too
+            path=None if path is None else str(path),
+        )
 
     # -- fine-tuning ----------------------------------------------------------------------
-    def finetune(self, *, name: str = HEAD_NAME, params: finetune.HeadParams | None = None,
-                 on_epoch: Callable[[int, dict], None] | None = None) -> finetune.FinetuneResult:
+    def finetune(
+        self,
+        *,
+        name: str = HEAD_NAME,
+        params: finetune.HeadParams | None = None,
+        on_epoch: Callable[[int, dict], None] | None = None,
+    ) -> finetune.FinetuneResult:
         """Train a Keras head on the labelled vectors, score it, save it as classifier `name`."""
         self._require_info()
         return finetune.finetune(self.store, self.directory, name=name, params=params, on_epoch=on_epoch)
 
-    def unfreeze(self, head_name: str, n_layers: int, *, epochs: int = UNFREEZE_EPOCHS,
-                 learning_rate: float = UNFREEZE_LEARNING_RATE,
-                 batch_size: int = 16, seed: int = 0, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+    def unfreeze(
+        self,
+        head_name: str,
+        n_layers: int,
+        *,
+        epochs: int = UNFREEZE_EPOCHS,
+        learning_rate: float = UNFREEZE_LEARNING_RATE,
+        batch_size: int = 16,
+        seed: int = 0,
+        on_epoch: Callable[[int, dict], None] | None = None,
+    ) -> dict:
         """Fine-tune the backbone's last `n_layers` end to end with saved head `head_name` on top.
 
         The tuned weights are written to a file (the index itself never changes weights:
@@ -506,16 +619,33 @@ class VecIndex:
         """
         # A fresh copy, not the cached one: training changes the head's weights in place.
         head = classifiers.load(self.directory, classifiers.find(self.store, head_name, "head"))
-        return finetune.unfreeze(self.store, self.directory, head, n_layers, epochs=epochs, learning_rate=learning_rate,
-                                 batch_size=batch_size, seed=seed, name=head_name, on_epoch=on_epoch)
+        return finetune.unfreeze(
+            self.store,
+            self.directory,
+            head,
+            n_layers,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            seed=seed,
+            name=head_name,
+            on_epoch=on_epoch,
+        )
 
     def check_reembed_target(self, into: str | os.PathLike) -> Path:
         """The folder for `reembed`, refused when it is this index (before any slow work)."""
         return finetune.reembed_target(self.directory, into)
 
-    def reembed(self, weights_path: str | os.PathLike, into: str | os.PathLike, *,
-                head_path: str | os.PathLike | None = None, name: str = HEAD_NAME,
-                metrics: dict | None = None, progress: Progress | None = None) -> IndexSummary:
+    def reembed(
+        self,
+        weights_path: str | os.PathLike,
+        into: str | os.PathLike,
+        *,
+        head_path: str | os.PathLike | None = None,
+        name: str = HEAD_NAME,
+        metrics: dict | None = None,
+        progress: Progress | None = None,
+    ) -> IndexSummary:
         """Build a new index at `into` with tuned weights over the same images, labels and head copied."""
         plan = finetune.plan_reembed(self.store, self.directory, weights_path, into)
         with open_index(plan.into, backbone=plan.backbone, weights=str(plan.weights)) as new:
@@ -524,9 +654,18 @@ class VecIndex:
         return summary
 
     # -- explanations (`explainer`) -----------------------------------------------------------
-    def explain(self, image, *, like=None, imagenet_class: str | None = None, classifier: str | None = None,
-                label: str | None = None, weights: Any = None, side: int = OVERLAY_SIDE,
-                max_pixels: int | None = MAX_IMAGE_PIXELS) -> Explanation:
+    def explain(
+        self,
+        image,
+        *,
+        like=None,
+        imagenet_class: str | None = None,
+        classifier: str | None = None,
+        label: str | None = None,
+        weights: Any = None,
+        side: int = OVERLAY_SIDE,
+        max_pixels: int | None = MAX_IMAGE_PIXELS,
+    ) -> Explanation:
         """A heatmap of where in `image` the evidence for a score lies (see `explain`).
 
         The score is the ImageNet class `imagenet_class` (name or WordNet id; default: the
@@ -536,19 +675,28 @@ class VecIndex:
         is where the ImageNet top comes from, as for `label`. `side` is the overlay's
         longest side in pixels.
         """
-        return explainer.explain(self._explainer(), image, like=like, imagenet_class=imagenet_class,
-                                 classifier=classifier, label=label, weights=weights, side=side, max_pixels=max_pixels)
+        return explainer.explain(
+            self._explainer(),
+            image,
+            like=like,
+            imagenet_class=imagenet_class,
+            classifier=classifier,
+            label=label,
+            weights=weights,
+            side=side,
+            max_pixels=max_pixels,
+        )
 
-    def explain_hits(self, query, hits: Iterable[Hit], *, side: int = OVERLAY_SIDE,
-                     max_pixels: int | None = MAX_IMAGE_PIXELS) -> list[tuple[Explanation, Explanation]]:
+    def explain_hits(
+        self, query, hits: Iterable[Hit], *, side: int = OVERLAY_SIDE, max_pixels: int | None = MAX_IMAGE_PIXELS
+    ) -> list[tuple[Explanation, Explanation]]:
         """For each search hit, (the query's map against it, its map against the query): why they are similar.
 
         The query is read and run through the model once; each hit's file once.
         """
         return explainer.explain_hits(self._explainer(), query, hits, side=side, max_pixels=max_pixels)
 
-    def explain_hits_to(self, query, hits: list[Hit], out_dir: str | os.PathLike, *,
-                        side: int = OVERLAY_SIDE) -> list[Path]:
+    def explain_hits_to(self, query, hits: list[Hit], out_dir: str | os.PathLike, *, side: int = OVERLAY_SIDE) -> list[Path]:
         """Write one PNG per hit into `out_dir`: the query's "why similar" map beside the hit's."""
         return explainer.save_pairs(hits, self.explain_hits(query, hits, side=side), Path(out_dir))
 
@@ -556,8 +704,14 @@ class VecIndex:
         return explainer.Parts(self.store, self.directory, self.model, self._loaded)
 
     # -- duplicates and similarity ----------------------------------------------------------
-    def duplicates(self, threshold: float = DEFAULT_THRESHOLD, *, k: int = DEFAULT_NEIGHBOURS,
-                   keep: str | None = None, progress: Progress | None = None) -> list[dupes.DupeGroup]:
+    def duplicates(
+        self,
+        threshold: float = DEFAULT_THRESHOLD,
+        *,
+        k: int = DEFAULT_NEIGHBOURS,
+        keep: str | None = None,
+        progress: Progress | None = None,
+    ) -> list[dupes.DupeGroup]:
         """Groups of near-duplicate images (cosine similarity >= threshold), largest first.
 
         With `keep` ("oldest" or "largest", see `dupes.KEEP_RULES`) each group also says which
@@ -577,13 +731,25 @@ class VecIndex:
         return dupes.similarity_matrix(self.vectors_for(paths))
 
 
-def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = None, weights: Any = _UNSET,
-               seed: int | None = None, create: bool = True, batch_size: int | None = None,
-               workers: int | None = None, model: Backbone | None = None,
-               index_type: str | None = None, max_memory: int | str | None = None,
-               progress: Progress | None = None, read_only: bool | None = None,
-               precision: str | None = None, engine: str = "local",
-               ray_address: str | None = None, gpus_per_worker: float | None = None) -> VecIndex:
+def open_index(
+    path: str | os.PathLike | None = None,
+    *,
+    backbone: str | None = None,
+    weights: Any = _UNSET,
+    seed: int | None = None,
+    create: bool = True,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    model: Backbone | None = None,
+    index_type: str | None = None,
+    max_memory: int | str | None = None,
+    progress: Progress | None = None,
+    read_only: bool | None = None,
+    precision: str | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    gpus_per_worker: float | None = None,
+) -> VecIndex:
     """Open (or create) the index at `path` (else $VECSEARCH_INDEX, else the default folder).
 
     backbone/weights choose the model for a new index (weights: "imagenet", None for the
@@ -611,8 +777,7 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
         check_index_type(index_type)
     budget = parse_memory(max_memory)
     directory = resolve_index_dir(path)
-    store = open_folder(directory, create=create, read_only=read_only,
-                        restructure=index_type is not None or budget is not None)
+    store = open_folder(directory, create=create, read_only=read_only, restructure=index_type is not None or budget is not None)
     try:
         info = store.info()
         if info is None and not create:
@@ -622,8 +787,18 @@ def open_index(path: str | os.PathLike | None = None, *, backbone: str | None = 
             requested = requested_model(directory, info, backbone, weights, seed, model)
         if info is not None and index_type is None and budget is not None:
             index_type = info.index_type  # a new budget for the type it has
-        embeds = IndexModel(directory, store, model, requested=requested, batch_size=batch_size, workers=workers,
-                            precision=precision, engine=engine, ray_address=ray_address, gpus_per_worker=gpus_per_worker)
+        embeds = IndexModel(
+            directory,
+            store,
+            model,
+            requested=requested,
+            batch_size=batch_size,
+            workers=workers,
+            precision=precision,
+            engine=engine,
+            ray_address=ray_address,
+            gpus_per_worker=gpus_per_worker,
+        )
         index = VecIndex(directory, store, embeds, index_type=index_type, max_memory=budget, progress=progress)
         if model is not None:
             check_fingerprint(model, info, directory)

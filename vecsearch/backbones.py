@@ -145,12 +145,27 @@ def register(spec: BackboneSpec) -> BackboneSpec:
 # block5_pool, not block5_conv3, since only the pool's own input makes a map that sums
 # exactly to the score.
 for _s in (
-    _spec("resnet50", "resnet50", "ResNet50", 224, 2048, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-          "conv5_block3_out"),
-    _spec("xception", "xception", "Xception", 299, 2048, "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
-          "block14_sepconv2_act"),
-    _spec("inception_v3", "inception_v3", "InceptionV3", 299, 2048,
-          "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", "mixed10"),
+    _spec(
+        "resnet50", "resnet50", "ResNet50", 224, 2048, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", "conv5_block3_out"
+    ),
+    _spec(
+        "xception",
+        "xception",
+        "Xception",
+        299,
+        2048,
+        "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "block14_sepconv2_act",
+    ),
+    _spec(
+        "inception_v3",
+        "inception_v3",
+        "InceptionV3",
+        299,
+        2048,
+        "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "mixed10",
+    ),
     _spec("vgg16", "vgg16", "VGG16", 224, 512, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", "block5_pool"),
     _spec("mobilenet", "mobilenet", "MobileNet", 224, 1024, "mobilenet_1_0_224_tf_no_top.h5", "conv_pw_13_relu"),
 ):
@@ -183,8 +198,9 @@ class WeightsSpec:
         path = Path(value).expanduser()
         if not path.is_file():
             raise WeightsUnavailableError(
-                f"Weights file not found: {path}. The weights are \"imagenet\", none (a seeded random init) "
-                "or the path to an existing Keras weights file (.h5 / .weights.h5).", option="weights"
+                f'Weights file not found: {path}. The weights are "imagenet", none (a seeded random init) '
+                "or the path to an existing Keras weights file (.h5 / .weights.h5).",
+                option="weights",
             )
         return cls("file", path=str(path.resolve()))
 
@@ -296,8 +312,10 @@ def build_seeded_or_imagenet(spec: BackboneSpec, weights: WeightsSpec, include_t
     if weights.kind != "imagenet":
         raise ValueError(f"not a random or ImageNet weights spec: {weights}")
     if not spec.has_imagenet:
-        raise WeightsUnavailableError(f"Backbone {spec.name!r} has no ImageNet weights; use weights none (a seeded "
-                                      "random init) or a weights file.", option="weights")
+        raise WeightsUnavailableError(
+            f"Backbone {spec.name!r} has no ImageNet weights; use weights none (a seeded random init) or a weights file.",
+            option="weights",
+        )
     try:
         # Keras reports its download on stdout; keep stdout for results (`--json`).
         with contextlib.redirect_stdout(sys.stderr):
@@ -307,8 +325,8 @@ def build_seeded_or_imagenet(spec: BackboneSpec, weights: WeightsSpec, include_t
         raise WeightsUnavailableError(
             f"Could not get ImageNet weights for {spec.name} ({short_error(e)}). Without network access, "
             f"download {wanted} on another machine and give that file as the weights "
-            "(or put it in ~/.keras/models/)"
-            + (", or use weights none for a random-init trial." if not include_top else "."), option="weights"
+            "(or put it in ~/.keras/models/)" + (", or use weights none for a random-init trial." if not include_top else "."),
+            option="weights",
         ) from e
 
 
@@ -333,9 +351,7 @@ def _build(spec: BackboneSpec, weights: WeightsSpec):
 def pooled_submodel(full_model):
     """The pooled-feature model inside a with-top classifier (its global average pool)."""
     keras = import_keras()
-    pool = next(
-        (layer for layer in full_model.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D)), None
-    )
+    pool = next((layer for layer in full_model.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D)), None)
     if pool is None:
         raise VecsearchError("This model has no global average pooling layer to take features from.")
     return keras.Model(full_model.inputs, pool.output)
@@ -402,7 +418,8 @@ def dtype_policy(precision: str) -> Iterator[None]:
 
 
 _LOAD_NOTICE: contextvars.ContextVar[Callable[[str], ContextManager] | None] = contextvars.ContextVar(
-    "vecsearch_load_notice", default=None)
+    "vecsearch_load_notice", default=None
+)
 
 
 @contextlib.contextmanager
@@ -423,12 +440,14 @@ def model_loading(name: str, weights: WeightsSpec, what: str = "") -> ContextMan
     if notice is None:
         return contextlib.nullcontext()
     source = {"random": f"random init, seed {weights.seed}", "imagenet": "ImageNet weights"}.get(
-        weights.kind, f"weights {Path(weights.path or '').name}")
+        weights.kind, f"weights {Path(weights.path or '').name}"
+    )
     return notice(f"Loading {name}{what} ({source})\u2026")
 
 
-def load_backbone(name: str = DEFAULT_BACKBONE, weights: WeightsSpec | Any = "imagenet", *,
-                  precision: str = DEFAULT_PRECISION) -> Backbone:
+def load_backbone(
+    name: str = DEFAULT_BACKBONE, weights: WeightsSpec | Any = "imagenet", *, precision: str = DEFAULT_PRECISION
+) -> Backbone:
     """Build a frozen backbone; raises UnknownBackboneError / WeightsUnavailableError.
 
     precision "mixed" computes in float16 (GPU) or bfloat16 (CPU); the model's output is

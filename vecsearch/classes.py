@@ -79,8 +79,15 @@ class TeachSummary:
     skipped: int = 0  # labels not stored: their images were removed meanwhile by another indexer
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "kind": self.kind, "labelled": self.labelled, "indexed": self.indexed,
-                "counts": self.counts, "failed": self.failed, "skipped": self.skipped}
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "labelled": self.labelled,
+            "indexed": self.indexed,
+            "counts": self.counts,
+            "failed": self.failed,
+            "skipped": self.skipped,
+        }
 
 
 # -- reading the labels ------------------------------------------------------------
@@ -110,7 +117,8 @@ def rows_from_folder(root: str | os.PathLike) -> list[LabelRow]:
     if not rows:
         raise NoImagesError(
             f"No images in class folders under {root}. Expected {root}/<class>/*.jpg "
-            f"(or {root}/train/<class>/... and {root}/test/<class>/...).")
+            f"(or {root}/train/<class>/... and {root}/test/<class>/...)."
+        )
     return rows
 
 
@@ -128,8 +136,9 @@ def rows_from_csv(csv_path: str | os.PathLike) -> list[LabelRow]:
         raise VecsearchError(f"Cannot read {csv_path}: {e.reason}.") from None
     except UnicodeDecodeError as e:
         line = text_line(e)
-        raise VecsearchError(f"{csv_path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line}): "
-                             "save it as UTF-8 and run again.") from None
+        raise VecsearchError(
+            f"{csv_path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line}): save it as UTF-8 and run again."
+        ) from None
     fh = io.StringIO(text, newline="")
     for lineno, rec in enumerate(csv.reader(fh), start=1):
         rec = [c.strip() for c in rec]
@@ -151,7 +160,8 @@ def rows_from_csv(csv_path: str | os.PathLike) -> list[LabelRow]:
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise InputNotFoundError(
-            f"{len(missing)} path(s) in {csv_path} do not exist (relative paths are read from {base}): {shown}")
+            f"{len(missing)} path(s) in {csv_path} do not exist (relative paths are read from {base}): {shown}"
+        )
     if not rows:
         raise NoLabelsError(f"{csv_path} has no `path,label` rows.")
     return rows
@@ -241,8 +251,9 @@ def labelled_vectors(store: Store) -> LabelledSet:
     dim = info.dim if info is not None else 0
     labels = store.user_labels()
     if not labels:
-        return LabelledSet(np.zeros(0, np.int64), np.zeros((0, dim), np.float32), np.array([], dtype=str),
-                           np.array([], dtype=str), [])
+        return LabelledSet(
+            np.zeros(0, np.int64), np.zeros((0, dim), np.float32), np.array([], dtype=str), np.array([], dtype=str), []
+        )
     by_id = {i: (label, split) for i, label, split, _ in labels}
     ids, X, _ = store.vectors(list(by_id), dim=dim)
     recs = store.images(ids)
@@ -266,8 +277,10 @@ def check_labels(ls: LabelledSet) -> None:
     classes, counts = np.unique(ls.y, return_counts=True)
     if len(classes) < 2:
         n = int(counts[0])
-        raise BadLabelsError(f"Only one class ({str(classes[0])!r}, {n} image{'s' if n != 1 else ''}) is labelled; "
-                             "a classifier needs at least 2. Label images of another class with `vecsearch teach`.")
+        raise BadLabelsError(
+            f"Only one class ({str(classes[0])!r}, {n} image{'s' if n != 1 else ''}) is labelled; "
+            "a classifier needs at least 2. Label images of another class with `vecsearch teach`."
+        )
     if ls.has_split():
         train = ls.split != "test"
         tr_classes = set(ls.y[train].tolist())
@@ -277,11 +290,12 @@ def check_labels(ls: LabelledSet) -> None:
         if unseen:
             raise BadLabelsError(f"Class(es) {', '.join(unseen)} appear only in the test split; add training images for them.")
         return
-    single = [str(c) for c, n in zip(classes, counts) if n < 2]
+    single = [str(c) for c, n in zip(classes, counts, strict=False) if n < 2]
     if single:
         raise BadLabelsError(
             f"Class(es) {', '.join(single)} have a single image; a stratified evaluation needs at least 2 "
-            "per class. Label more images, or give a test/ split.")
+            "per class. Label more images, or give a test/ split."
+        )
 
 
 def split_parts(ls: LabelledSet, seed: int = SEED) -> tuple[str, list[tuple[np.ndarray, np.ndarray]]]:

@@ -66,8 +66,9 @@ def save(store: Store, directory: Path, name: str, kind: str, model, params: dic
         if stale != path:
             stale.unlink(missing_ok=True)
     rel = str(path.relative_to(directory))
-    store.save_classifier_row(name, kind, rel, json.dumps(params, default=_json_default),
-                              json.dumps(metrics, default=_json_default))
+    store.save_classifier_row(
+        name, kind, rel, json.dumps(params, default=_json_default), json.dumps(metrics, default=_json_default)
+    )
     return path
 
 
@@ -81,14 +82,17 @@ def _json_default(o):
 
 def list_all(store: Store) -> list[dict]:
     """Trained classifiers, newest first: name, kind, path, created_at, params, metrics."""
-    return [{
-        "name": r.name,
-        "kind": r.kind,
-        "path": r.path,
-        "created_at": r.created_at.isoformat(timespec="seconds") + "Z",
-        "params": json.loads(r.params or "{}"),
-        "metrics": json.loads(r.metrics or "{}"),
-    } for r in store.classifier_rows()]
+    return [
+        {
+            "name": r.name,
+            "kind": r.kind,
+            "path": r.path,
+            "created_at": r.created_at.isoformat(timespec="seconds") + "Z",
+            "params": json.loads(r.params or "{}"),
+            "metrics": json.loads(r.metrics or "{}"),
+        }
+        for r in store.classifier_rows()
+    ]
 
 
 def find(store: Store, name: str | None = None, kind: str | None = None) -> dict:
@@ -106,7 +110,8 @@ def find(store: Store, name: str | None = None, kind: str | None = None) -> dict
         rows = [r for r in rows if r["kind"] == kind]
     if not rows:
         what = {"head": "fine-tuned head; fine-tune one", None: "classifier; train one (knn or probe)"}.get(
-            kind, f"{kind} classifier; train one")
+            kind, f"{kind} classifier; train one"
+        )
         raise ClassifierNotFoundError(f"No trained {what} first.", option="finetune" if kind == "head" else "train")
     return rows[0]
 
@@ -161,15 +166,16 @@ class Classification:
         return asdict(self)
 
 
-def classification(clf, row: dict, vector: np.ndarray, *, top: int = DEFAULT_TOP,
-                   path: str | None = None) -> Classification:
+def classification(clf, row: dict, vector: np.ndarray, *, top: int = DEFAULT_TOP, path: str | None = None) -> Classification:
     """Classify one unit vector with a loaded classifier and its row; ties go to the smaller name."""
     proba = np.asarray(clf.predict_proba(np.asarray(vector, np.float32).reshape(1, -1)))[0]
     classes = np.asarray(clf.classes_).astype(str)
-    order = sorted(range(len(classes)), key=lambda i: (-float(proba[i]), classes[i]))[:max(1, top)]
+    order = sorted(range(len(classes)), key=lambda i: (-float(proba[i]), classes[i]))[: max(1, top)]
     best = order[0]
     return Classification(
-        classifier=row["name"], kind=row["kind"], label=str(classes[best]),
+        classifier=row["name"],
+        kind=row["kind"],
+        label=str(classes[best]),
         confidence=round(float(proba[best]), 6),
         top=[{"label": str(classes[j]), "confidence": round(float(proba[j]), 6)} for j in order],
         path=path,

@@ -175,9 +175,11 @@ def _make(kind: str, k: int, seed: int):
     if kind == "knn":
         return lambda X, y: (KnnClassifier(k).fit(X, y), {})
     if kind == "probe":
+
         def fit(X, y):
             model, C, cv_acc = fit_probe(X, y, seed=seed)
             return model, {"C": C, "cv_accuracy": None if cv_acc is None else round(cv_acc, 6)}
+
         return fit
     raise VecsearchError(f"Unknown classifier kind {kind!r}; expected knn or probe.")
 
@@ -273,19 +275,21 @@ def predict_unlabelled(store: Store, name: str, clf) -> tuple[list[dict], int]:
     if len(ids):
         dim = store.require_info().dim
         ids, X, _ = store.vectors(ids, dim=dim)
-        rows = [(int(i), label, conf) for i, (label, conf) in zip(ids, classifiers.predict(clf, X, dim))]
+        rows = [(int(i), label, conf) for i, (label, conf) in zip(ids, classifiers.predict(clf, X, dim), strict=False)]
     written = store.set_predictions(name, rows)
     recs = store.images(i for i, _, _ in rows)
-    preds = [{"id": i, "path": recs[i].path, "label": label, "confidence": round(conf, 6)}
-             for i, label, conf in rows if i in recs]
+    preds = [
+        {"id": i, "path": recs[i].path, "label": label, "confidence": round(conf, 6)} for i, label, conf in rows if i in recs
+    ]
     skipped = len(rows) - written
     if skipped:
         log.warning("%d prediction(s) of %s skipped: their images were removed meanwhile", skipped, name)
     return preds, skipped
 
 
-def train(store: Store, directory: Path, kind: str, *, k: int = DEFAULT_K, name: str | None = None,
-          seed: int = SEED) -> TrainResult:
+def train(
+    store: Store, directory: Path, kind: str, *, k: int = DEFAULT_K, name: str | None = None, seed: int = SEED
+) -> TrainResult:
     """Train a k-NN or probe on the labelled vectors, evaluate it honestly, save it, predict the rest."""
     started = time.perf_counter()
     if kind not in ("knn", "probe"):
@@ -297,10 +301,18 @@ def train(store: Store, directory: Path, kind: str, *, k: int = DEFAULT_K, name:
     with _one_blas_thread():
         evaluation = evaluate(ls, fitter, seed)
         model, fitted = fitter(ls.X, ls.y)
-    params = {"k": k, "weights": "distance", "metric": "cosine"} if kind == "knn" else {"Cs": list(PROBE_CS), "scaler": "standard"}
+    params = (
+        {"k": k, "weights": "distance", "metric": "cosine"} if kind == "knn" else {"Cs": list(PROBE_CS), "scaler": "standard"}
+    )
     params |= fitted | {"seed": seed, "n_train": len(ls), "dim": int(ls.X.shape[1])}
-    metrics = {"accuracy": evaluation.accuracy, "method": evaluation.method, "n_test": evaluation.n_test,
-               "classes": evaluation.classes, "confusion": evaluation.confusion, "report": evaluation.report}
+    metrics = {
+        "accuracy": evaluation.accuracy,
+        "method": evaluation.method,
+        "n_test": evaluation.n_test,
+        "classes": evaluation.classes,
+        "confusion": evaluation.confusion,
+        "report": evaluation.report,
+    }
     classifiers.save(store, directory, name, kind, model, params, metrics)
     preds, skipped = predict_unlabelled(store, name, model)
     return TrainResult(name, kind, params, evaluation, metrics, preds, round(time.perf_counter() - started, 3), skipped)
@@ -312,5 +324,6 @@ def apply_saved(store: Store, directory: Path, name: str | None = None, kind: st
     row = classifiers.find(store, name, kind)
     clf = classifiers.load(directory, row)
     preds, skipped = predict_unlabelled(store, row["name"], clf)
-    return TrainResult(row["name"], row["kind"], row["params"], None, row["metrics"], preds,
-                       round(time.perf_counter() - started, 3), skipped)
+    return TrainResult(
+        row["name"], row["kind"], row["params"], None, row["metrics"], preds, round(time.perf_counter() - started, 3), skipped
+    )

@@ -16,8 +16,8 @@ from typing import Callable
 import numpy as np
 
 from .errors import VecsearchError
-from .store import Store
 from .search import Searcher
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ def choose_keepers(store: Store, groups: list[DupeGroup], keep: str = DEFAULT_KE
     check_keep(keep)
     recs = store.images(i for g in groups for i in g.ids)
     for g in groups:
+
         def order(pair: tuple[int, str]) -> tuple:
             i, path = pair
             r = recs.get(i)
@@ -77,14 +78,20 @@ def choose_keepers(store: Store, groups: list[DupeGroup], keep: str = DEFAULT_KE
                 return (0, -((r.width or 0) * (r.height or 0)), -(r.size or 0), 0, path)
             return (0 if r.mtime_ns else 1, r.mtime_ns or 0, -(r.size or 0), len(path), path)
 
-        kept = min(zip(g.ids, g.paths), key=order)[1]
+        kept = min(zip(g.ids, g.paths, strict=False), key=order)[1]
         g.keep = kept
         g.remove = [p for p in g.paths if p != kept]
 
 
-def duplicate_groups(store: Store, searcher: Searcher, threshold: float = DEFAULT_THRESHOLD, *,
-                     k: int = DEFAULT_NEIGHBOURS, batch_size: int = BATCH_SIZE,
-                     progress: Callable[[int, int], None] | None = None) -> list[DupeGroup]:
+def duplicate_groups(
+    store: Store,
+    searcher: Searcher,
+    threshold: float = DEFAULT_THRESHOLD,
+    *,
+    k: int = DEFAULT_NEIGHBOURS,
+    batch_size: int = BATCH_SIZE,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[DupeGroup]:
     """Groups of >= 2 indexed images whose cosine similarity is >= threshold.
 
     Groups come largest first, then by first path; paths inside a group are sorted.
@@ -151,8 +158,14 @@ def duplicate_groups(store: Store, searcher: Searcher, threshold: float = DEFAUL
         pairs = sorted((recs[int(all_ids[p])].path, int(all_ids[p])) for p in m if int(all_ids[p]) in recs)
         if len(pairs) < 2:
             continue
-        groups.append(DupeGroup(ids=[i for _, i in pairs], paths=[p for p, _ in pairs],
-                                score=round(float(best[lab]), 6), min_score=round(float(worst[lab]), 6)))
+        groups.append(
+            DupeGroup(
+                ids=[i for _, i in pairs],
+                paths=[p for p, _ in pairs],
+                score=round(float(best[lab]), 6),
+                min_score=round(float(worst[lab]), 6),
+            )
+        )
     groups.sort(key=lambda g: (-len(g.ids), g.paths[0]))
     log.info("%d near-duplicate groups among %d images at threshold %s", len(groups), n, threshold)
     return groups

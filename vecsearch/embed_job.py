@@ -103,9 +103,13 @@ def _read_manifest(out: Path) -> dict | None:
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise VecsearchError(f"{path} is unreadable ({e}); move the folder away or give another output folder.", option="out") from e
+        raise VecsearchError(
+            f"{path} is unreadable ({e}); move the folder away or give another output folder.", option="out"
+        ) from e
     if not isinstance(old, dict):
-        raise VecsearchError(f"{path} is not an embed manifest; move the folder away or give another output folder.", option="out")
+        raise VecsearchError(
+            f"{path} is not an embed manifest; move the folder away or give another output folder.", option="out"
+        )
     return old
 
 
@@ -132,18 +136,31 @@ def _check_manifest(out: Path, old: dict | None, meta: dict, roots: list[Path], 
         if got != meta["weights_fingerprint"]:
             raise IndexMismatchError(
                 f"{out} holds shards of another model ({(old.get('model') or {}).get('backbone')}, weights fingerprint "
-                f"{str(got)[:12]}...) than this one ({meta['backbone']}); give another --out folder.")
+                f"{str(got)[:12]}...) than this one ({meta['backbone']}); give another --out folder."
+            )
         if old.get("roots") is not None and old["roots"] != given:
             raise VecsearchError(
                 f"{out} holds the shards of another job ({', '.join(old['roots'])}); give each job its own --out "
-                "folder (`import` takes a folder of them all).")
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(
-        {"vecsearch": VERSION, "model": meta, "roots": given, "shard_size": shard_size}, indent=2) + "\n"))
+                "folder (`import` takes a folder of them all)."
+            )
+    atomic_write(
+        path,
+        lambda tmp: tmp.write_text(
+            json.dumps({"vecsearch": VERSION, "model": meta, "roots": given, "shard_size": shard_size}, indent=2) + "\n"
+        ),
+    )
 
 
-def write_shards(roots: list[Path], out: Path, model: Callable[[], dict], embedder: Callable[[], Embedder], *,
-                 asked: dict | None = None, shard_size: int = SHARD_SIZE,
-                 progress: Progress | None = None) -> EmbedSummary:
+def write_shards(
+    roots: list[Path],
+    out: Path,
+    model: Callable[[], dict],
+    embedder: Callable[[], Embedder],
+    *,
+    asked: dict | None = None,
+    shard_size: int = SHARD_SIZE,
+    progress: Progress | None = None,
+) -> EmbedSummary:
     """Embed every image file under `roots` into Parquet shards in `out`, resuming shard by shard.
 
     `model()` builds the model and returns its meta (as `export` records it); `embedder()`
@@ -165,8 +182,11 @@ def write_shards(roots: list[Path], out: Path, model: Callable[[], dict], embedd
     current = {s.name for s in shards}
     summary = EmbedSummary(out=str(out), files=len(found), shards=len(shards))
     old = _read_manifest(out) if out.is_dir() else None
-    if _same_job(old, asked, roots) and all((out / name).is_file() for name in current) and not any(
-            _SHARD_NAME.match(f.name) and f.name not in current for f in out.iterdir()):
+    if (
+        _same_job(old, asked, roots)
+        and all((out / name).is_file() for name in current)
+        and not any(_SHARD_NAME.match(f.name) and f.name not in current for f in out.iterdir())
+    ):
         summary.kept = len(shards)  # nothing to write nor remove: the model is not needed
         summary.seconds = round(time.perf_counter() - started, 3)
         return summary
@@ -208,8 +228,17 @@ def write_shards(roots: list[Path], out: Path, model: Callable[[], dict], embedd
             i = shard_of[str(item.path)]
             stat = todo[i].stats[str(item.path)]
             if item.error is None:
-                rows[i].append(_row(str(item.path), stat, vector=item.vector, norm=item.norm, sha256=item.sha256,
-                                    width=item.width, height=item.height))
+                rows[i].append(
+                    _row(
+                        str(item.path),
+                        stat,
+                        vector=item.vector,
+                        norm=item.norm,
+                        sha256=item.sha256,
+                        width=item.width,
+                        height=item.height,
+                    )
+                )
                 summary.embedded += 1
             else:
                 rows[i].append(_row(str(item.path), stat, reason=item.error, sha256=item.sha256 or None))
@@ -226,7 +255,17 @@ def write_shards(roots: list[Path], out: Path, model: Callable[[], dict], embedd
     return summary
 
 
-def _row(path: str, stat: tuple[int, int], *, vector=None, norm=None, sha256=None, width=None, height=None,
-         reason: str | None = None) -> dict:
-    return {"path": path, "vector": vector, "norm": norm, "size": stat[0], "mtime_ns": stat[1], "sha256": sha256,
-            "width": width or None, "height": height or None, "reason": reason}
+def _row(
+    path: str, stat: tuple[int, int], *, vector=None, norm=None, sha256=None, width=None, height=None, reason: str | None = None
+) -> dict:
+    return {
+        "path": path,
+        "vector": vector,
+        "norm": norm,
+        "size": stat[0],
+        "mtime_ns": stat[1],
+        "sha256": sha256,
+        "width": width or None,
+        "height": height or None,
+        "reason": reason,
+    }

@@ -71,8 +71,9 @@ class DatabaseDamagedError(IndexCorruptError):
         self.path = path
         self.problems = list(problems)
         more = f" (and {len(self.problems) - 1} more problems)" if len(self.problems) > 1 else ""
-        super().__init__(f"{path} is damaged: {self.problems[0] if self.problems else 'unknown damage'}{more}. "
-                         f"{RESTORE_DATABASE}")
+        super().__init__(
+            f"{path} is damaged: {self.problems[0] if self.problems else 'unknown damage'}{more}. {RESTORE_DATABASE}"
+        )
 
 
 class StructureError(VecsearchError):
@@ -165,8 +166,10 @@ def fault_message(e: BaseException) -> str | None:
             return f"The index database is busy ({text}): another process holds it; try again."
         return f"Database error: {text}. Restore the index folder from a backup if this persists."
     if module.startswith("alembic"):
-        return (f"The index database has a schema this vecsearch does not know ({str(e).splitlines()[0]}): "
-                "use the vecsearch version that wrote it, or a newer one.")
+        return (
+            f"The index database has a schema this vecsearch does not know ({str(e).splitlines()[0]}): "
+            "use the vecsearch version that wrote it, or a newer one."
+        )
     if isinstance(e, RuntimeError) and ("faiss" in str(e).lower()):
         text = str(e)
         reason = text.rsplit("Error: ", 1)[-1].strip().splitlines()[0] if "Error: " in text else text.splitlines()[0]
@@ -174,10 +177,14 @@ def fault_message(e: BaseException) -> str | None:
         if "no space" in low:
             return f"The vector file could not be written ({reason}). {_DISK_FULL}"
         if any(w in low for w in ("fileio", "could not open", "read error", "write error", "fread", "fwrite")):
-            return (f"The vector file could not be read or written ({reason}). Move vectors.faiss away and run "
-                    "again (it is rebuilt from the database); free disk space or fix permissions if that is the cause.")
+            return (
+                f"The vector file could not be read or written ({reason}). Move vectors.faiss away and run "
+                "again (it is rebuilt from the database); free disk space or fix permissions if that is the cause."
+            )
         # Not the disk: FAISS refused the structure itself (vecsearch turns the known cases into
         # StructureError; this is the net under the rest).
-        return (f"FAISS failed on the search structure ({reason}). The stored vectors are intact: "
-                "`vecsearch reindex --index-type flat` searches them exactly.")
+        return (
+            f"FAISS failed on the search structure ({reason}). The stored vectors are intact: "
+            "`vecsearch reindex --index-type flat` searches them exactly."
+        )
     return None

@@ -64,18 +64,24 @@ class FeatureMaps:
             try:
                 tensor = model.get_layer(name).output
             except ValueError:
-                raise VecsearchError(f"Backbone {backbone.name} has no layer {name!r} (its BackboneSpec.last_conv_layer); "
-                                     "name the layer its global average pool reads.") from None
+                raise VecsearchError(
+                    f"Backbone {backbone.name} has no layer {name!r} (its BackboneSpec.last_conv_layer); "
+                    "name the layer its global average pool reads."
+                ) from None
         else:
             pool = next((layer for layer in model.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D)), None)
             feeding = [layer for layer in model.layers if pool is not None and layer is not pool and layer.output is pool.input]
             if not feeding:
-                raise VecsearchError(f"Backbone {backbone.name} has no global average pool fed by one layer; "
-                                     "set BackboneSpec.last_conv_layer to get explanations.")
+                raise VecsearchError(
+                    f"Backbone {backbone.name} has no global average pool fed by one layer; "
+                    "set BackboneSpec.last_conv_layer to get explanations."
+                )
             name, tensor = feeding[0].name, feeding[0].output
         if len(tensor.shape) != 4 or tensor.shape[-1] != backbone.dim:
-            raise VecsearchError(f"Layer {name!r} of {backbone.name} outputs {tuple(tensor.shape)}; an explanation needs "
-                                 f"the (height, width, {backbone.dim}) feature map the global average pool reads.")
+            raise VecsearchError(
+                f"Layer {name!r} of {backbone.name} outputs {tuple(tensor.shape)}; an explanation needs "
+                f"the (height, width, {backbone.dim}) feature map the global average pool reads."
+            )
         self.layer = name
         self.model = keras.Model(_single(model.inputs), [tensor, model.outputs[0]])
 
@@ -90,8 +96,10 @@ class FeatureMaps:
         # Mixed precision pools in float16/bfloat16 (8-11 bit mantissas): a looser match.
         rtol = 1e-3 if self.backbone.precision == "float32" else 3e-2
         if not np.allclose(pooled, pooled_out, rtol=rtol, atol=rtol * 1e-2 * (np.abs(pooled_out).max() + 1e-12)):
-            raise VecsearchError(f"The mean of layer {self.layer!r} is not the pooled vector of {self.backbone.name}: "
-                                 "BackboneSpec.last_conv_layer must name the layer its global average pool reads.")
+            raise VecsearchError(
+                f"The mean of layer {self.layer!r} is not the pooled vector of {self.backbone.name}: "
+                "BackboneSpec.last_conv_layer must name the layer its global average pool reads."
+            )
         return fmap, pooled
 
 
@@ -120,8 +128,16 @@ class Seen:
         return self.pooled / n if n > 0 else self.pooled
 
 
-def look(maps: FeatureMaps, data: bytes, *, path: str | None = None, max_pixels: int | None = MAX_IMAGE_PIXELS,
-         side: int = OVERLAY_SIDE, lock=contextlib.nullcontext(), pixels: np.ndarray | None = None) -> Seen:
+def look(
+    maps: FeatureMaps,
+    data: bytes,
+    *,
+    path: str | None = None,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
+    side: int = OVERLAY_SIDE,
+    lock=contextlib.nullcontext(),
+    pixels: np.ndarray | None = None,
+) -> Seen:
     """Decode image bytes exactly as indexing does, run the feature-map model, and keep pixels to draw on.
 
     The bytes are decoded twice, at the model's input size and at the overlay's (each
@@ -183,12 +199,22 @@ class Explanation:
         return None if self.bias is None else self.score - self.bias
 
     def to_dict(self, *, with_map: bool = True) -> dict:
-        d = {"path": self.path, "target": self.target, "method": self.method, "label": self.label,
-             "wnid": self.wnid, "classifier": self.classifier, "like": self.like, "score": float(self.score),
-             "bias": None if self.bias is None else float(self.bias),
-             "feature_score": None if self.feature_score is None else float(self.feature_score),
-             "probability": None if self.probability is None else float(self.probability),
-             "layer": self.layer, "shape": list(self.map.shape), "map_sum": float(self.map.sum())}
+        d = {
+            "path": self.path,
+            "target": self.target,
+            "method": self.method,
+            "label": self.label,
+            "wnid": self.wnid,
+            "classifier": self.classifier,
+            "like": self.like,
+            "score": float(self.score),
+            "bias": None if self.bias is None else float(self.bias),
+            "feature_score": None if self.feature_score is None else float(self.feature_score),
+            "probability": None if self.probability is None else float(self.probability),
+            "layer": self.layer,
+            "shape": list(self.map.shape),
+            "map_sum": float(self.map.sum()),
+        }
         if with_map:
             d["map"] = [[float(v) for v in row] for row in self.map]
         return d
@@ -227,8 +253,19 @@ def explain_imagenet(seen: Seen, top: ImagenetTop, layer: str, class_query: str 
     v = top.W[:, c].astype(np.float64)
     bias = float(top.b[c])
     cls = imagenet_classes()[c]
-    return Explanation("imagenet", "cam", cls.name, float(seen.pooled @ v) + bias, bias, cam(seen.fmap, v), layer,
-                       seen.display, seen.path, wnid=cls.wnid, probability=float(probs[c]))
+    return Explanation(
+        "imagenet",
+        "cam",
+        cls.name,
+        float(seen.pooled @ v) + bias,
+        bias,
+        cam(seen.fmap, v),
+        layer,
+        seen.display,
+        seen.path,
+        wnid=cls.wnid,
+        probability=float(probs[c]),
+    )
 
 
 def explain_similar(seen: Seen, other: np.ndarray, layer: str, like: str | None = None) -> Explanation:
@@ -239,8 +276,18 @@ def explain_similar(seen: Seen, other: np.ndarray, layer: str, like: str | None 
         raise VecsearchError(f"The other image's vector has {q.size} dimensions (or is zero); this one has {seen.pooled.size}.")
     q = q / qn
     n = seen.norm or 1.0
-    return Explanation("similar", "cam", "similarity", float(seen.unit @ q), 0.0,
-                       cam(seen.fmap, q / n), layer, seen.display, seen.path, like=like)
+    return Explanation(
+        "similar",
+        "cam",
+        "similarity",
+        float(seen.unit @ q),
+        0.0,
+        cam(seen.fmap, q / n),
+        layer,
+        seen.display,
+        seen.path,
+        like=like,
+    )
 
 
 def linear_weights(clf, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -267,7 +314,7 @@ def linear_weights(clf, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             W, b = W @ coef.T, b @ coef.T + np.asarray(step.intercept_, np.float64)
         else:
             raise VecsearchError(f"Cannot explain this classifier: its step {kind} is not linear in the vector.")
-    return W, b, np.asarray(getattr(clf, "classes_")).astype(str)
+    return W, b, np.asarray(clf.classes_).astype(str)
 
 
 def explain_probe(seen: Seen, clf, row: dict, layer: str, label: str | None = None) -> Explanation:
@@ -286,8 +333,19 @@ def explain_probe(seen: Seen, clf, row: dict, layer: str, label: str | None = No
         v, bias = sign * W[:, 0], sign * float(b[0])
     else:
         v, bias = W[:, j], float(b[j])
-    return Explanation("classifier", "cam", str(classes[j]), float(x @ v) + bias, bias, cam(seen.fmap, v / (seen.norm or 1.0)),
-                       layer, seen.display, seen.path, probability=float(proba[j]), classifier=row["name"])
+    return Explanation(
+        "classifier",
+        "cam",
+        str(classes[j]),
+        float(x @ v) + bias,
+        bias,
+        cam(seen.fmap, v / (seen.norm or 1.0)),
+        layer,
+        seen.display,
+        seen.path,
+        probability=float(proba[j]),
+        classifier=row["name"],
+    )
 
 
 def _class_position(classes: np.ndarray, label: str | None, proba: np.ndarray, name: str) -> int:
@@ -353,8 +411,10 @@ def gradient(f, x: np.ndarray) -> tuple[float, np.ndarray]:
             y = f(t)
             (g,) = torch.autograd.grad(y, t)
         return float(y.detach().cpu()), g.detach().cpu().numpy().astype(np.float64)
-    raise VecsearchError(f"Grad-CAM for the fine-tuned head needs gradients, which vecsearch takes on the TensorFlow, "
-                         f"JAX and PyTorch backends; this Keras runs on {backend!r}. Set KERAS_BACKEND to one of those.")
+    raise VecsearchError(
+        f"Grad-CAM for the fine-tuned head needs gradients, which vecsearch takes on the TensorFlow, "
+        f"JAX and PyTorch backends; this Keras runs on {backend!r}. Set KERAS_BACKEND to one of those."
+    )
 
 
 def explain_head(seen: Seen, head, row: dict, layer: str, label: str | None = None) -> Explanation:
@@ -365,8 +425,19 @@ def explain_head(seen: Seen, head, row: dict, layer: str, label: str | None = No
     logit, grad = gradient(head_logit_function(head.model, j), seen.fmap[None])
     weights = grad[0].mean(axis=(0, 1))  # alpha_k: the gradient averaged over positions
     heat = seen.fmap.astype(np.float64) @ weights
-    return Explanation("classifier", "grad-cam", str(classes[j]), logit, None, heat, layer, seen.display, seen.path,
-                       probability=float(proba[j]), classifier=row["name"])
+    return Explanation(
+        "classifier",
+        "grad-cam",
+        str(classes[j]),
+        logit,
+        None,
+        heat,
+        layer,
+        seen.display,
+        seen.path,
+        probability=float(proba[j]),
+        classifier=row["name"],
+    )
 
 
 # -- drawing --------------------------------------------------------------------------------
@@ -440,8 +511,11 @@ def describe(e: Explanation) -> str:
 def kind_of(row: dict) -> str:
     """How a saved classifier is explained: 'probe' (CAM), 'head' (Grad-CAM); a k-NN can't be."""
     if row["kind"] == "knn":
-        raise VecsearchError(f"Classifier {row['name']!r} is a k-NN: it has no weights to map. Explain why the image is "
-                             "similar to a neighbour instead (like another image), or train a probe.", option="like")
+        raise VecsearchError(
+            f"Classifier {row['name']!r} is a k-NN: it has no weights to map. Explain why the image is "
+            "similar to a neighbour instead (like another image), or train a probe.",
+            option="like",
+        )
     return row["kind"]
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from . import classifiers, explain as maps, labels, queries
+from . import classifiers, labels, queries
+from . import explain as maps
 from .model import IndexModel
 from .search import Hit
 from .store import Store
@@ -25,8 +26,18 @@ class Parts:
     loaded: classifiers.LoadedClassifiers
 
 
-def explain(p: Parts, image: Any, *, like: Any, imagenet_class: str | None, classifier: str | None,
-            label: str | None, weights: Any, side: int, max_pixels: int | None) -> maps.Explanation:
+def explain(
+    p: Parts,
+    image: Any,
+    *,
+    like: Any,
+    imagenet_class: str | None,
+    classifier: str | None,
+    label: str | None,
+    weights: Any,
+    side: int,
+    max_pixels: int | None,
+) -> maps.Explanation:
     """The heatmap `VecIndex.explain` describes."""
     target = maps.as_target(like, imagenet_class, classifier, label)
     if imagenet_class is not None:
@@ -53,8 +64,9 @@ def explain(p: Parts, image: Any, *, like: Any, imagenet_class: str | None, clas
     return maps.explain_probe(seen, clf, row, layer, label)
 
 
-def explain_hits(p: Parts, query: Any, hits: Iterable[Hit], *, side: int,
-                 max_pixels: int | None) -> list[tuple[maps.Explanation, maps.Explanation]]:
+def explain_hits(
+    p: Parts, query: Any, hits: Iterable[Hit], *, side: int, max_pixels: int | None
+) -> list[tuple[maps.Explanation, maps.Explanation]]:
     """For each hit, (the query's map against it, its map against the query); the query is read
     and run through the model once, each hit's file once."""
     seen_q = p.model.look(*queries.image_data(p.store, query), side=side, max_pixels=max_pixels)
@@ -63,13 +75,16 @@ def explain_hits(p: Parts, query: Any, hits: Iterable[Hit], *, side: int,
     for h in hits:
         seen_h = p.model.look(*queries.image_data(p.store, h.id), side=side, max_pixels=max_pixels)
         layer = p.model.maps().layer
-        out.append((maps.explain_similar(seen_q, seen_h.unit, layer, like=f"#{h.id} {h.path}"),
-                    maps.explain_similar(seen_h, seen_q.unit, layer, like=q_name)))
+        out.append(
+            (
+                maps.explain_similar(seen_q, seen_h.unit, layer, like=f"#{h.id} {h.path}"),
+                maps.explain_similar(seen_h, seen_q.unit, layer, like=q_name),
+            )
+        )
     return out
 
 
-def save_pairs(hits: Sequence[Hit], pairs: Sequence[tuple[maps.Explanation, maps.Explanation]],
-               out_dir: Path) -> list[Path]:
+def save_pairs(hits: Sequence[Hit], pairs: Sequence[tuple[maps.Explanation, maps.Explanation]], out_dir: Path) -> list[Path]:
     """One PNG per hit in `out_dir`: the query's "why similar" map beside the hit's."""
     written = []
     for h, (q, r) in zip(hits, pairs, strict=True):

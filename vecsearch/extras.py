@@ -128,5 +128,4 @@ def require_extra(extra: str, modules: tuple[str, ...] | None = None, *, needed_
             assert error is not None  # no break: every name (at least one) raised
             missing = error.name or names.split("|")[0]
             what = needed_for or f"the {extra} extra"
-            raise MissingExtraError(f"{what} needs {missing}, which is not installed: {install_line(extra)}",
-                                    extra, missing)
+            raise MissingExtraError(f"{what} needs {missing}, which is not installed: {install_line(extra)}", extra, missing)

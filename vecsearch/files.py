@@ -108,14 +108,14 @@ class WriterLock:
         from filelock import Timeout
 
         if not self._usable():
-            raise IndexLockedError(f"{self.path} is not a file, so no one can take the index's write lock: "
-                                   "move it away and run again.")
+            raise IndexLockedError(
+                f"{self.path} is not a file, so no one can take the index's write lock: move it away and run again."
+            )
         lock = self._lock()
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            raise IndexLockedError(
-                f"Another vecsearch run is writing to {self.path.parent}; wait for it to finish.") from None
+            raise IndexLockedError(f"Another vecsearch run is writing to {self.path.parent}; wait for it to finish.") from None
         try:
             yield
         finally:
@@ -224,8 +224,7 @@ def _chunks(fd: int, path: Path, limit: int, timeout: float) -> Iterator[bytes]:
         yield chunk
 
 
-def read_file(path: str | os.PathLike, max_bytes: int = MAX_IMAGE_BYTES, *,
-              timeout: float = MAX_READ_SECONDS) -> bytes:
+def read_file(path: str | os.PathLike, max_bytes: int = MAX_IMAGE_BYTES, *, timeout: float = MAX_READ_SECONDS) -> bytes:
     """All bytes of a regular file under the byte cap, read within the time limit; else BadImageError."""
     path = Path(path)
     with _open_regular(path) as (fd, st):
@@ -233,8 +232,7 @@ def read_file(path: str | os.PathLike, max_bytes: int = MAX_IMAGE_BYTES, *,
             raise BadImageError(f"file too large: {st.st_size} bytes exceeds the cap of {max_bytes}", path=str(path))
         data = b"".join(_chunks(fd, path, max_bytes, timeout))
     if len(data) > max_bytes:  # the file grew after the stat
-        raise BadImageError(f"file too large: more than {max_bytes} bytes exceeds the cap of {max_bytes}",
-                            path=str(path))
+        raise BadImageError(f"file too large: more than {max_bytes} bytes exceeds the cap of {max_bytes}", path=str(path))
     return data
 
 

@@ -61,15 +61,17 @@ def _check_labels(y: np.ndarray, what: str, minimum: int) -> None:
     classes, counts = np.unique(y, return_counts=True)
     if len(classes) < 2:
         raise BadLabelsError(f"Fine-tuning needs at least 2 classes in the {what} images; found {len(classes)}.")
-    small = [f"{c} ({n})" for c, n in zip(classes, counts) if n < minimum]
+    small = [f"{c} ({n})" for c, n in zip(classes, counts, strict=False) if n < minimum]
     if small:
         raise BadLabelsError(
             f"Every class needs at least {minimum} {what} images for a stratified validation split; "
-            f"too few: {', '.join(small)}. Label more images or merge these classes.")
+            f"too few: {', '.join(small)}. Label more images or merge these classes."
+        )
 
 
-def train_head(X, y, params: HeadParams | None = None, *,
-               on_epoch: Callable[[int, dict], None] | None = None) -> tuple[HeadClassifier, dict]:
+def train_head(
+    X, y, params: HeadParams | None = None, *, on_epoch: Callable[[int, dict], None] | None = None
+) -> tuple[HeadClassifier, dict]:
     """Train a head on unit vectors X (n, dim) with string labels y; returns (head, history).
 
     A stratified `val_fraction` of X is held out for early stopping (best weights kept).
@@ -87,17 +89,25 @@ def train_head(X, y, params: HeadParams | None = None, *,
     if n_val >= len(y) - len(classes):
         raise BadLabelsError(f"Too few training images ({len(y)}) for {len(classes)} classes and a validation split.")
     X_tr, X_val, y_tr, y_val = train_test_split(X, y_idx, test_size=n_val, stratify=y_idx, random_state=p.seed)
-    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", min_delta=1e-3, patience=p.patience,
-                                            restore_best_weights=True)
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", min_delta=1e-3, patience=p.patience, restore_best_weights=True)
     callbacks = [stopper]
     if on_epoch:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e + 1, dict(logs or {}))))
     with keras_seeded(p.seed):  # the same labels and seed train the same head
         model = build_head(X.shape[1], len(classes), p.units, p.dropout, X_tr)
-        model.compile(optimizer=keras.optimizers.Adam(p.learning_rate),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        fit = model.fit(X_tr, y_tr, validation_data=(X_val, y_val), epochs=p.epochs, batch_size=p.batch_size,
-                        shuffle=True, verbose=0, callbacks=callbacks)
+        model.compile(
+            optimizer=keras.optimizers.Adam(p.learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+        )
+        fit = model.fit(
+            X_tr,
+            y_tr,
+            validation_data=(X_val, y_val),
+            epochs=p.epochs,
+            batch_size=p.batch_size,
+            shuffle=True,
+            verbose=0,
+            callbacks=callbacks,
+        )
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
     head = HeadClassifier(model, classes)
     head.best_epoch = int(stopper.best_epoch) + 1  # the weights kept (restored at the end of training)
@@ -130,8 +140,15 @@ class FinetuneResult:
         return asdict(self)
 
 
-def finetune(store: Store, directory: Path, *, name: str = DEFAULT_NAME, params: HeadParams | None = None,
-             on_epoch: Callable[[int, dict], None] | None = None, save: bool = True) -> FinetuneResult:
+def finetune(
+    store: Store,
+    directory: Path,
+    *,
+    name: str = DEFAULT_NAME,
+    params: HeadParams | None = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
+    save: bool = True,
+) -> FinetuneResult:
     """Train a head on the index's labelled vectors, score it on the test part, save it as `name`."""
     from sklearn.metrics import classification_report, confusion_matrix
 
@@ -155,7 +172,8 @@ def finetune(store: Store, directory: Path, *, name: str = DEFAULT_NAME, params:
         "epochs_run": len(history.get("loss", [])),
         "best_epoch": head.best_epoch,
         "best_val_accuracy": round(float(history["val_accuracy"][head.best_epoch - 1]), 6)
-        if history.get("val_accuracy") and head.best_epoch else None,
+        if history.get("val_accuracy") and head.best_epoch
+        else None,
     }
     path = None
     if save:
@@ -164,6 +182,7 @@ def finetune(store: Store, directory: Path, *, name: str = DEFAULT_NAME, params:
 
 
 # -- stage 2: unfreeze the last layers of the backbone ---------------------------------
+
 
 def _trainable_tail(base, n_layers: int) -> int:
     """Make the last n layers trainable except BatchNormalization; returns how many weights tensors train."""
@@ -178,10 +197,13 @@ def _trainable_tail(base, n_layers: int) -> int:
 
 def _augmenter(seed: int):
     keras = import_keras()
-    return keras.Sequential([
-        keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomRotation(0.05, fill_mode="reflect", seed=seed),
-    ], name="augment")
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomRotation(0.05, fill_mode="reflect", seed=seed),
+        ],
+        name="augment",
+    )
 
 
 def _load_pixels(paths: Sequence[str], size: tuple[int, int]) -> tuple[np.ndarray, list[int]]:
@@ -200,10 +222,19 @@ def _load_pixels(paths: Sequence[str], size: tuple[int, int]) -> tuple[np.ndarra
     return np.stack(out), ok
 
 
-def unfreeze(store: Store, directory: Path, head: HeadClassifier, n_layers: int, *, epochs: int = UNFREEZE_EPOCHS,
-             learning_rate: float = UNFREEZE_LEARNING_RATE,
-             batch_size: int = 16, seed: int = 0, name: str = DEFAULT_NAME,
-             on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+def unfreeze(
+    store: Store,
+    directory: Path,
+    head: HeadClassifier,
+    n_layers: int,
+    *,
+    epochs: int = UNFREEZE_EPOCHS,
+    learning_rate: float = UNFREEZE_LEARNING_RATE,
+    batch_size: int = 16,
+    seed: int = 0,
+    name: str = DEFAULT_NAME,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> dict:
     """Fine-tune the backbone's last `n_layers` with `head` on top, end to end on the image files.
 
     Saves `<index>/tuned/<name>.weights.h5` (the pooled backbone, loadable as --weights FILE)
@@ -232,8 +263,7 @@ def unfreeze(store: Store, directory: Path, head: HeadClassifier, n_layers: int,
     x = keras.layers.UnitNormalization(name="unit")(x)  # the head was trained on unit vectors
     outputs = head.model(x)
     model = keras.Model(inputs, outputs, name="finetune")
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     before = bb.fingerprint
     pixels, ok = _load_pixels([ls.paths[i] for i in tr], bb.input_size)
     x_train = np.asarray(bb.spec.preprocess(pixels.astype(np.float32)), dtype=np.float32)
@@ -242,8 +272,7 @@ def unfreeze(store: Store, directory: Path, head: HeadClassifier, n_layers: int,
     if on_epoch:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e + 1, dict(logs or {}))))
     with keras_seeded(seed):
-        fit = model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0,
-                        callbacks=callbacks)
+        fit = model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0, callbacks=callbacks)
     base.trainable = False
     after = weights_fingerprint(base)
     out_dir = Path(directory) / TUNED_DIR
@@ -311,12 +340,17 @@ def plan_reembed(store: Store, directory: Path, weights_path: str | os.PathLike,
     return ReembedPlan(Path(directory), into, info.backbone, own, paths, labels)
 
 
-def carry_over(plan: ReembedPlan, store: Store, directory: Path, *, head_path: str | os.PathLike | None = None,
-               name: str = DEFAULT_NAME, metrics: dict | None = None) -> None:
+def carry_over(
+    plan: ReembedPlan,
+    store: Store,
+    directory: Path,
+    *,
+    head_path: str | os.PathLike | None = None,
+    name: str = DEFAULT_NAME,
+    metrics: dict | None = None,
+) -> None:
     """Copy the labels (of the files the new index holds) and the tuned head into the re-embedded index."""
     by_path = {r.path: r.id for r in store.records().values() if r.status == "ok"}
-    store.set_user_labels((by_path[path], label, split, source)
-                          for path, label, split, source in plan.labels if path in by_path)
+    store.set_user_labels((by_path[path], label, split, source) for path, label, split, source in plan.labels if path in by_path)
     if head_path is not None:
-        classifiers.save(store, directory, name, "head", load_head(head_path),
-                         {"tuned_from": str(plan.source)}, metrics or {})
+        classifiers.save(store, directory, name, "head", load_head(head_path), {"tuned_from": str(plan.source)}, metrics or {})

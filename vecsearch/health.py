@@ -12,8 +12,8 @@ from pathlib import Path
 
 from .config import DB_NAME, VECTORS_NAME, resolve_index_dir
 from .errors import RESTORE_DATABASE, DatabaseDamagedError, IndexNotFoundError
-from .store import Store
 from .search import check_file
+from .store import Store
 
 __all__ = ["IndexCheck", "check_index"]
 
@@ -46,21 +46,30 @@ class IndexCheck:
             lines.append(str(DatabaseDamagedError(db, self.database)))
         if self.damaged_vectors:
             n = len(self.damaged_vectors)
-            lines.append(f"{n} stored vector{'s' if n != 1 else ''} of {self.directory} changed on disk since "
-                         "written (checksum mismatch); they are never returned as results, and the next "
-                         "`vecsearch index` of their folders embeds them again.")
+            lines.append(
+                f"{n} stored vector{'s' if n != 1 else ''} of {self.directory} changed on disk since "
+                "written (checksum mismatch); they are never returned as results, and the next "
+                "`vecsearch index` of their folders embeds them again."
+            )
         if self.structure:
-            lines.append(f"{self.structure}: the next command rebuilds it from the stored vectors "
-                         "(or run `vecsearch reindex` now).")
+            lines.append(
+                f"{self.structure}: the next command rebuilds it from the stored vectors (or run `vecsearch reindex` now)."
+            )
         return lines
 
     def to_dict(self) -> dict:
-        return {"index": str(self.directory), "ok": self.ok,
-                "database": {"ok": not self.database, "problems": self.database,
-                             "advice": RESTORE_DATABASE if self.database else None},
-                "vectors": {"ok": not self.damaged_vectors, "checked": self.vectors, "damaged_ids": self.damaged_vectors},
-                "structure": {"ok": self.structure is None, "checked": self.structure_checked, "problem": self.structure},
-                "problems": self.problems()}
+        return {
+            "index": str(self.directory),
+            "ok": self.ok,
+            "database": {
+                "ok": not self.database,
+                "problems": self.database,
+                "advice": RESTORE_DATABASE if self.database else None,
+            },
+            "vectors": {"ok": not self.damaged_vectors, "checked": self.vectors, "damaged_ids": self.damaged_vectors},
+            "structure": {"ok": self.structure is None, "checked": self.structure_checked, "problem": self.structure},
+            "problems": self.problems(),
+        }
 
 
 def check_index(path: str | os.PathLike | None = None) -> IndexCheck:

@@ -62,8 +62,7 @@ def image_extensions() -> frozenset[str]:
     heif_available()
     Image.init()
     openable = {fmt for fmt in Image.OPEN if fmt not in _NOT_INDEXED_FORMATS} | {"MPO"}  # MPO opens as JPEG
-    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in openable) \
-        | HEIF_EXTENSIONS
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in openable) | HEIF_EXTENSIONS
 
 
 # Same names and filters as keras.utils.load_img, so results match it exactly.
@@ -103,7 +102,7 @@ _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", 
 
 
 def _iso_brand(head: bytes) -> str | None:
-    """"avif" or "heif" for an AVIF or HEIF file's first bytes (its major brand), else None."""
+    """ "avif" or "heif" for an AVIF or HEIF file's first bytes (its major brand), else None."""
     if len(head) < 12 or head[4:8] != b"ftyp":
         return None
     brand = head[8:12]
@@ -147,7 +146,7 @@ def is_excluded(path: Path, roots: list[Path], globs: list[str]) -> bool:
     for r in roots:
         prefix = str(r).rstrip(os.sep) + os.sep
         if text.startswith(prefix):
-            rel = text[len(prefix):]
+            rel = text[len(prefix) :]
             break
     parts = rel.split(os.sep)
     candidates = [text, rel, *parts]
@@ -413,8 +412,12 @@ STRIP_MIN_PIXELS = 8_000_000
 """Images larger than this are converted and resized in strips, never copied whole."""
 _STRIP_BYTES = 16 * 1024 * 1024
 _TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
 
@@ -539,8 +542,9 @@ def _decode_opened(
     return np.ascontiguousarray(pixels), width, height
 
 
-def _decode_in_strips(img: Image.Image, size: tuple[int, int] | None, resample: Image.Resampling,
-                      keep_aspect: bool, orientation: int) -> np.ndarray:
+def _decode_in_strips(
+    img: Image.Image, size: tuple[int, int] | None, resample: Image.Resampling, keep_aspect: bool, orientation: int
+) -> np.ndarray:
     """Convert (and resize) a large decoded image a strip of rows at a time.
 
     Mode conversion, compositing on white and EXIF rotation of the whole image would each
@@ -607,9 +611,7 @@ def read_image_file(
     data = read_file(path, max_bytes)
     digest = hashlib.sha256(data).hexdigest()
     try:
-        pixels, width, height = decode_image(
-            data, size, max_pixels=max_pixels, resample=resample
-        )
+        pixels, width, height = decode_image(data, size, max_pixels=max_pixels, resample=resample)
     except BadImageError as exc:
         raise BadImageError(exc.reason, path=str(path)) from exc
     return LoadedImage(pixels=pixels, width=width, height=height, sha256=digest)
@@ -629,9 +631,7 @@ def thumbnail_jpeg(
     passes, a big PNG is refused before it is decoded.
     """
     try:
-        pixels, _, _ = decode_image(
-            read_file(path, max_bytes), (side, side), max_pixels=max_pixels, keep_aspect=True
-        )
+        pixels, _, _ = decode_image(read_file(path, max_bytes), (side, side), max_pixels=max_pixels, keep_aspect=True)
     except BadImageError as exc:
         raise BadImageError(exc.reason, path=str(path)) from exc
     buf = io.BytesIO()

@@ -20,8 +20,8 @@ import numpy as np
 
 from . import files, images
 from .config import default_workers
-from .errors import BadImageError, InputNotFoundError, NoImagesError
 from .embed_job import Embedder
+from .errors import BadImageError, InputNotFoundError, NoImagesError
 from .files import absolute
 from .store import ImageRecord, Store
 
@@ -117,7 +117,7 @@ def _walked(path: str, roots: list[Path]) -> bool:
             return True
         prefix = str(r).rstrip(os.sep) + os.sep
         if path.startswith(prefix):
-            return not any(part.startswith(".") for part in path[len(prefix):].split(os.sep))
+            return not any(part.startswith(".") for part in path[len(prefix) :].split(os.sep))
     return False
 
 
@@ -132,8 +132,9 @@ def _hash_all(paths: list[Path]) -> list[str | None]:
         return list(pool.map(one, paths))
 
 
-def plan(store: Store, roots: list[Path], files: list[Path], summary: IndexSummary,
-         rejected: Sequence[images.Found] = ()) -> Plan:
+def plan(
+    store: Store, roots: list[Path], files: list[Path], summary: IndexSummary, rejected: Sequence[images.Found] = ()
+) -> Plan:
     """Decide per file: unchanged, moved, copied, or to embed; and which entries are gone.
 
     Size + mtime first; only files that differ are hashed, and of those only the ones with
@@ -158,8 +159,18 @@ def plan(store: Store, roots: list[Path], files: list[Path], summary: IndexSumma
             size, mtime_ns = st.st_size, st.st_mtime_ns
         except OSError:
             size, mtime_ns = 0, 0
-        out.failures.append({"path": str(r.path), "size": size, "mtime_ns": mtime_ns, "sha256": None,
-                             "width": None, "height": None, "status": "failed", "reason": r.reason})
+        out.failures.append(
+            {
+                "path": str(r.path),
+                "size": size,
+                "mtime_ns": mtime_ns,
+                "sha256": None,
+                "width": None,
+                "height": None,
+                "status": "failed",
+                "reason": r.reason,
+            }
+        )
         summary.failed.append(FailedImage(str(r.path), r.reason))
     candidates: list[Path] = []
     for f in files:
@@ -179,9 +190,14 @@ def plan(store: Store, roots: list[Path], files: list[Path], summary: IndexSumma
     unseen = [r.path for r in rejected if r.unseen_below]
     # Not found but still there: only under a hidden folder the walk skips (or given itself),
     # or under a folder that could not be listed this time.
-    gone_all = [rec for path, rec in records.items()
-                if path not in found and is_under(path, given_roots) and not (unseen and is_under(path, unseen))
-                and (_walked(path, given_roots) or not os.path.lexists(path))]
+    gone_all = [
+        rec
+        for path, rec in records.items()
+        if path not in found
+        and is_under(path, given_roots)
+        and not (unseen and is_under(path, unseen))
+        and (_walked(path, given_roots) or not os.path.lexists(path))
+    ]
     gone = {rec.sha256: rec for rec in gone_all if rec.sha256 and rec.status == "ok"}
     gone_ids = {rec.id for rec in gone_all}
     kept_sizes = store.kept_sizes() if candidates else set()
@@ -192,7 +208,7 @@ def plan(store: Store, roots: list[Path], files: list[Path], summary: IndexSumma
         # without file facts) disable the filter.
         sizes = {rec.size for rec in records.values() if rec.sha256} | kept_sizes
         need = candidates if 0 in sizes else [f for f in candidates if out.stats[f][0] in sizes]
-        shas = dict(zip(need, _hash_all(need)))
+        shas = dict(zip(need, _hash_all(need), strict=False))
         known = store.ok_ids_by_sha([s for s in shas.values() if s])
         kept = store.kept_shas([s for s in shas.values() if s]) if kept_sizes else set()
         for f in candidates:
@@ -210,8 +226,21 @@ def plan(store: Store, roots: list[Path], files: list[Path], summary: IndexSumma
                 summary.reused += 1
                 continue
             if sha and sha in known and known[sha] not in gone_ids:  # a copy: reuse its vector
-                out.copies.append((known[sha], {"path": str(f), "size": size, "mtime_ns": mtime_ns, "sha256": sha,
-                                                "width": None, "height": None, "status": "ok", "reason": None}))
+                out.copies.append(
+                    (
+                        known[sha],
+                        {
+                            "path": str(f),
+                            "size": size,
+                            "mtime_ns": mtime_ns,
+                            "sha256": sha,
+                            "width": None,
+                            "height": None,
+                            "status": "ok",
+                            "reason": None,
+                        },
+                    )
+                )
                 summary.reused += 1
                 continue
             if sha and sha in kept:  # content indexed before (removed, excluded, edited away): its vector
@@ -244,8 +273,7 @@ def commit(store: Store, **changes) -> None:
         store.apply(**changes)
 
 
-def remove(store: Store, records: list[ImageRecord], summary: RemoveSummary, *,
-           chunk_size: int = 4 * CHUNK_SIZE) -> None:
+def remove(store: Store, records: list[ImageRecord], summary: RemoveSummary, *, chunk_size: int = 4 * CHUNK_SIZE) -> None:
     """Drop these entries (vectors, labels and predictions with them), committed in chunks
     the way an indexing run commits its deletes; the caller holds the writer lock and then
     brings the search structure in step (it drops the ids the database no longer has)."""
@@ -257,9 +285,17 @@ def remove(store: Store, records: list[ImageRecord], summary: RemoveSummary, *,
     summary.removed_paths.sort()
 
 
-def run(store: Store, extractor: Callable[[], Embedder], roots: list[Path], files: list[Path], *,
-        progress: Progress | None = None, chunk_size: int = CHUNK_SIZE,
-        chunk_seconds: float = CHUNK_SECONDS, rejected: Sequence[images.Found] = ()) -> IndexSummary:
+def run(
+    store: Store,
+    extractor: Callable[[], Embedder],
+    roots: list[Path],
+    files: list[Path],
+    *,
+    progress: Progress | None = None,
+    chunk_size: int = CHUNK_SIZE,
+    chunk_seconds: float = CHUNK_SECONDS,
+    rejected: Sequence[images.Found] = (),
+) -> IndexSummary:
     """Bring the index up to date with `files` (found under `roots`); the caller holds the writer lock.
 
     `rejected` (found, but no readable image file) are stored as failed rows with their
@@ -270,8 +306,7 @@ def run(store: Store, extractor: Callable[[], Embedder], roots: list[Path], file
     summary = IndexSummary(total=len(files) + len(rejected))
     store.forget_kept(datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(days=KEEP_DAYS))
     todo = plan(store, roots, files, summary, rejected)
-    commit(store, deletes=todo.deletes, moves=todo.moves, copies=todo.copies, revives=todo.revives,
-           upserts=todo.failures)
+    commit(store, deletes=todo.deletes, moves=todo.moves, copies=todo.copies, revives=todo.revives, upserts=todo.failures)
     total = len(todo.to_embed)
     if progress:
         progress(0, total)
@@ -281,8 +316,14 @@ def run(store: Store, extractor: Callable[[], Embedder], roots: list[Path], file
         last_commit = time.monotonic()
         for item in extractor().embed_files(todo.to_embed):
             size, mtime_ns = todo.stats[item.path]
-            row = {"path": str(item.path), "size": size, "mtime_ns": mtime_ns, "sha256": item.sha256 or None,
-                   "width": item.width or None, "height": item.height or None}
+            row = {
+                "path": str(item.path),
+                "size": size,
+                "mtime_ns": mtime_ns,
+                "sha256": item.sha256 or None,
+                "width": item.width or None,
+                "height": item.height or None,
+            }
             if item.error is None:
                 row.update(status="ok", reason=None, vector=item.vector, norm=item.norm)
                 summary.indexed += 1

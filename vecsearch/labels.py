@@ -31,15 +31,16 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from . import files
 from .backbones import (
     BackboneSpec,
-    model_loading,
     WeightsSpec,
-    short_error,
     build_seeded_or_imagenet,
     get_spec,
     import_keras,
+    model_loading,
     pooled_submodel,
+    short_error,
     weights_fingerprint,
     with_top_file,
 )
@@ -51,7 +52,6 @@ from .errors import (
     VecsearchError,
     WeightsUnavailableError,
 )
-from . import files
 from .files import atomic_write
 from .store import Store
 
@@ -184,13 +184,19 @@ def _full_model(spec: BackboneSpec, weights: WeightsSpec):
             f"Could not load an ImageNet top from {weights.path}: it looks like a no-top weights file, which has "
             f"no classifier to label with. Labels need the with-top file of the same weights, e.g. {top_file} "
             f"(or weights saved from keras.applications.{_keras_class(spec)}(include_top=True)); give that file "
-            f"as the weights to label with. (Keras said: {short_error(e)})", option="weights"
+            f"as the weights to label with. (Keras said: {short_error(e)})",
+            option="weights",
         ) from e
 
 
 def _keras_class(spec: BackboneSpec) -> str:
-    return {"resnet50": "ResNet50", "xception": "Xception", "inception_v3": "InceptionV3",
-            "mobilenet": "MobileNet", "vgg16": "VGG16"}.get(spec.name, spec.name)
+    return {
+        "resnet50": "ResNet50",
+        "xception": "Xception",
+        "inception_v3": "InceptionV3",
+        "mobilenet": "MobileNet",
+        "vgg16": "VGG16",
+    }.get(spec.name, spec.name)
 
 
 def load_top(store: Store, directory: Path, weights: Any = None) -> ImagenetTop:
@@ -276,11 +282,21 @@ def decode(probs: np.ndarray, top: int = DEFAULT_TOP) -> list[list[tuple[int, st
     classes = imagenet_classes()
     probs = np.asarray(probs)
     order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
-    return [[(int(c), classes[c].wnid, classes[c].name, float(row[c])) for c in idx] for row, idx in zip(probs, order)]
+    return [
+        [(int(c), classes[c].wnid, classes[c].name, float(row[c])) for c in idx] for row, idx in zip(probs, order, strict=False)
+    ]
 
 
-def label_images(store: Store, directory: Path, *, top: int = DEFAULT_TOP, ids: Iterable[int] | None = None, only_missing: bool = False,
-                weights: Any = None, progress: Callable[[int, int], None] | None = None) -> LabelSummary:
+def label_images(
+    store: Store,
+    directory: Path,
+    *,
+    top: int = DEFAULT_TOP,
+    ids: Iterable[int] | None = None,
+    only_missing: bool = False,
+    weights: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> LabelSummary:
     """Store the top-`top` ImageNet classes of the indexed images (`ids`, default all; or the unlabelled ones).
 
     Labels of an image are replaced as a whole, so `--top` can grow or shrink them.
@@ -305,9 +321,11 @@ def label_images(store: Store, directory: Path, *, top: int = DEFAULT_TOP, ids: 
         known = np.isfinite(norms)  # vectors imported without their length cannot be labelled
         chunk_ids, vecs, norms = chunk_ids[known], vecs[known], norms[known]
         probs = head.probabilities(vecs.astype(np.float64) * norms[:, None])
-        rows = [(int(image_id), rank + 1, c, wnid, name, p)
-                for image_id, best in zip(chunk_ids, decode(probs, top))
-                for rank, (c, wnid, name, p) in enumerate(best)]
+        rows = [
+            (int(image_id), rank + 1, c, wnid, name, p)
+            for image_id, best in zip(chunk_ids, decode(probs, top), strict=False)
+            for rank, (c, wnid, name, p) in enumerate(best)
+        ]
         store.set_imagenet_labels(chunk_ids, rows)
         done += len(chunk_ids)
         if progress:
@@ -315,8 +333,9 @@ def label_images(store: Store, directory: Path, *, top: int = DEFAULT_TOP, ids: 
     return LabelSummary(done, top, round(time.perf_counter() - started, 3))
 
 
-def probabilities(store: Store, directory: Path, ids: Iterable[int] | None = None,
-                  weights: Any = None) -> tuple[np.ndarray, np.ndarray]:
+def probabilities(
+    store: Store, directory: Path, ids: Iterable[int] | None = None, weights: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(ids, probs over the 1000 classes) of indexed images, ordered by id; nothing is stored."""
     info = store.require_info()
     head = load_top(store, directory, weights)
@@ -345,15 +364,17 @@ def ids_for_paths(store: Store, paths: Iterable[str | os.PathLike]) -> list[int]
     return sorted(set(out))
 
 
-def image_labels(store: Store, paths: Iterable[str | os.PathLike] | None = None, *,
-                 ids: Iterable[int] | None = None) -> list[ImageLabels]:
+def image_labels(
+    store: Store, paths: Iterable[str | os.PathLike] | None = None, *, ids: Iterable[int] | None = None
+) -> list[ImageLabels]:
     """Stored labels of the given indexed files/folders or ids (all labelled images when neither), by path."""
     if paths is not None:
         ids = ids_for_paths(store, paths)
     stored = store.imagenet_labels(ids)
     recs = store.images(stored)
-    out = [ImageLabels(i, recs[i].path, [Label(r, w, n, p) for r, _c, w, n, p in rows])
-           for i, rows in stored.items() if i in recs]
+    out = [
+        ImageLabels(i, recs[i].path, [Label(r, w, n, p) for r, _c, w, n, p in rows]) for i, rows in stored.items() if i in recs
+    ]
     return sorted(out, key=lambda x: x.path)
 
 

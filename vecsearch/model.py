@@ -23,12 +23,22 @@ from typing import Any, Callable, Iterable, TypeVar
 import numpy as np
 
 from . import embed_job, explain, images, indexer, ray_engine
-from .backbones import (DEFAULT_BACKBONE, DEFAULT_PRECISION, MIXING_MIN_COSINE, Backbone, WeightsSpec, check_fingerprint,
-                        check_precision, get_spec, load_backbone, recorded_precision)
+from .backbones import (
+    DEFAULT_BACKBONE,
+    DEFAULT_PRECISION,
+    MIXING_MIN_COSINE,
+    Backbone,
+    WeightsSpec,
+    check_fingerprint,
+    check_precision,
+    get_spec,
+    load_backbone,
+    recorded_precision,
+)
 from .config import MAX_IMAGE_PIXELS, VERSION
 from .errors import BadImageError, IndexMismatchError, InputNotFoundError, VecsearchError
-from .files import absolute
 from .extract import RESAMPLE, Extractor
+from .files import absolute
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -78,8 +88,9 @@ def png_bytes(image: Any) -> bytes:
     return buf.getvalue()
 
 
-def requested_model(directory: Path, info: Any, backbone: str | None, weights: Any, seed: int | None,
-                    model: Backbone | None) -> tuple[str, WeightsSpec]:
+def requested_model(
+    directory: Path, info: Any, backbone: str | None, weights: Any, seed: int | None, model: Backbone | None
+) -> tuple[str, WeightsSpec]:
     """(backbone name, WeightsSpec) asked for; for an existing index it must be what built it."""
     name = model.name if model else (backbone or (info.backbone if info else DEFAULT_BACKBONE))
     get_spec(name)
@@ -95,12 +106,14 @@ def requested_model(directory: Path, info: Any, backbone: str | None, weights: A
             raise IndexMismatchError(
                 f"The index at {directory} was built with backbone {info.backbone}, not {name}. "
                 "Give no backbone (the index uses the one it records), or another index folder for a new index.",
-                option="recorded_model")
+                option="recorded_model",
+            )
         if wspec.kind != stored.kind or (wspec.kind == "random" and wspec.seed != stored.seed):
             raise IndexMismatchError(
                 f"The index at {directory} was built with weights {stored.describe()}, not {wspec.describe()}. "
                 "Give no weights (the index uses the ones it records), or another index folder for a new index.",
-                option="recorded_model")
+                option="recorded_model",
+            )
     return name, wspec
 
 
@@ -111,10 +124,20 @@ class IndexModel:
     default backbone with ImageNet weights for a new one). `precision` None: the recorded one.
     """
 
-    def __init__(self, directory: Path, store: Store | None, backbone: Backbone | None = None, *,
-                 requested: tuple[str, WeightsSpec] | None = None, batch_size: int | None = None,
-                 workers: int | None = None, precision: str | None = None, engine: str = "local",
-                 ray_address: str | None = None, gpus_per_worker: float | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        store: Store | None,
+        backbone: Backbone | None = None,
+        *,
+        requested: tuple[str, WeightsSpec] | None = None,
+        batch_size: int | None = None,
+        workers: int | None = None,
+        precision: str | None = None,
+        engine: str = "local",
+        ray_address: str | None = None,
+        gpus_per_worker: float | None = None,
+    ):
         self.directory = Path(directory)
         self.store = store
         self.batch_size = batch_size
@@ -183,13 +206,29 @@ class IndexModel:
     def meta(self, info: Any = None) -> dict:
         """The model dict vectors are recorded with: `info`'s, else the built backbone's (a new index, shards)."""
         if info is not None:
-            return {"backbone": info.backbone, "weights_kind": info.weights_kind, "weights_seed": info.weights_seed,
-                    "weights_path": info.weights_path, "weights_fingerprint": info.weights_fingerprint,
-                    "dim": info.dim, "metric": info.metric, "precision": recorded_precision(info), "vecsearch": VERSION}
+            return {
+                "backbone": info.backbone,
+                "weights_kind": info.weights_kind,
+                "weights_seed": info.weights_seed,
+                "weights_path": info.weights_path,
+                "weights_fingerprint": info.weights_fingerprint,
+                "dim": info.dim,
+                "metric": info.metric,
+                "precision": recorded_precision(info),
+                "vecsearch": VERSION,
+            }
         bb = self.backbone
-        return {"backbone": bb.name, "weights_kind": bb.weights.kind, "weights_seed": bb.weights.seed,
-                "weights_path": bb.weights.path, "weights_fingerprint": bb.fingerprint, "dim": bb.dim,
-                "metric": "cosine", "precision": bb.precision, "vecsearch": VERSION}
+        return {
+            "backbone": bb.name,
+            "weights_kind": bb.weights.kind,
+            "weights_seed": bb.weights.seed,
+            "weights_path": bb.weights.path,
+            "weights_fingerprint": bb.fingerprint,
+            "dim": bb.dim,
+            "metric": "cosine",
+            "precision": bb.precision,
+            "vecsearch": VERSION,
+        }
 
     def check_precision(self, bb: Backbone) -> PrecisionCheck | None:
         """Let a backbone of another precision than the index records add to it only if it agrees.
@@ -209,17 +248,23 @@ class IndexModel:
             if len(self.store.vector_ids()):
                 raise IndexMismatchError(
                     f"The index at {self.directory} was built in {recorded} precision, and none of its indexed files "
-                    f"is here unchanged to check that {bb.precision} embeddings agree with it. Embed with precision={recorded!r}.", option="precision")
+                    f"is here unchanged to check that {bb.precision} embeddings agree with it. Embed with precision={recorded!r}.",
+                    option="precision",
+                )
             self.precision_check = PrecisionCheck(recorded, bb.precision, 0, 1.0)
             return self.precision_check
         got = {item.path: item.vector for item in Extractor(bb, self.batch_size, self.workers).embed_files(paths)}
         stored_ids, stored, _ = self.store.vectors(ids, dim=info.dim)
-        stored_by_id = dict(zip((int(i) for i in stored_ids), stored))
-        pairs = [(v, stored_by_id[i]) for p, i in zip(paths, ids) if (v := got.get(p)) is not None and i in stored_by_id]
+        stored_by_id = dict(zip((int(i) for i in stored_ids), stored, strict=False))
+        pairs = [
+            (v, stored_by_id[i]) for p, i in zip(paths, ids, strict=False) if (v := got.get(p)) is not None and i in stored_by_id
+        ]
         if not pairs:
             raise IndexMismatchError(
                 f"The index at {self.directory} was built in {recorded} precision, and its indexed files could not "
-                f"be read again to check that {bb.precision} embeddings agree with it. Embed with precision={recorded!r}.", option="precision")
+                f"be read again to check that {bb.precision} embeddings agree with it. Embed with precision={recorded!r}.",
+                option="precision",
+            )
         cosines = np.nan_to_num([float(np.dot(a.astype(np.float64), b.astype(np.float64))) for a, b in pairs], nan=-1.0)
         check = PrecisionCheck(recorded, bb.precision, len(pairs), round(float(cosines.min()), 6))
         if not check.min_cosine >= MIXING_MIN_COSINE:
@@ -227,9 +272,16 @@ class IndexModel:
                 f"The index at {self.directory} was built in {recorded} precision; {bb.precision} embeddings of "
                 f"{check.images} of its images agree with the stored vectors only to cosine {check.min_cosine:.4f} "
                 f"(at least {MIXING_MIN_COSINE} is needed to share an index). Embed with precision={recorded!r}, "
-                "or build a new index in another folder.", option="precision")
-        log.info("%s embeddings agree with the %s index (min cosine %.5f over %d images): accepted",
-                 bb.precision, recorded, check.min_cosine, check.images)
+                "or build a new index in another folder.",
+                option="precision",
+            )
+        log.info(
+            "%s embeddings agree with the %s index (min cosine %.5f over %d images): accepted",
+            bb.precision,
+            recorded,
+            check.min_cosine,
+            check.images,
+        )
         self.precision_check = check
         return check
 
@@ -285,10 +337,16 @@ class IndexModel:
             # records is checked against its stored vectors here (or refused).
             _ = self.backbone
         meta = self.meta(info)
-        recipe = ray_engine.ModelRecipe.for_model(meta["backbone"], self.weights(info), batch_size=self.batch_size,
-                                                  fingerprint=meta["weights_fingerprint"], precision=self.precision)
-        return ray_engine.RayEngine(recipe, address=self.ray_address, workers=self.workers,
-                                    gpus_per_worker=self.gpus_per_worker, ordered=ordered)
+        recipe = ray_engine.ModelRecipe.for_model(
+            meta["backbone"],
+            self.weights(info),
+            batch_size=self.batch_size,
+            fingerprint=meta["weights_fingerprint"],
+            precision=self.precision,
+        )
+        return ray_engine.RayEngine(
+            recipe, address=self.ray_address, workers=self.workers, gpus_per_worker=self.gpus_per_worker, ordered=ordered
+        )
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` holding the model lock: a fine-tuned head is a Keras model too."""
@@ -345,19 +403,29 @@ class IndexModel:
         except BadImageError as e:
             raise BadImageError(e.reason, path=path) from e
 
-    def look(self, data: bytes, path: str | None, *, side: int, max_pixels: int | None,
-             pixels: np.ndarray | None = None) -> explain.Seen:
+    def look(
+        self, data: bytes, path: str | None, *, side: int, max_pixels: int | None, pixels: np.ndarray | None = None
+    ) -> explain.Seen:
         """An image as the model sees it, with its feature map (`explain.look`)."""
-        return explain.look(self.maps(), data, path=path, max_pixels=max_pixels, side=side, lock=self._lock,
-                            pixels=pixels)
+        return explain.look(self.maps(), data, path=path, max_pixels=max_pixels, side=side, lock=self._lock, pixels=pixels)
 
 
-def embed_to_shards(paths: Iterable[str | os.PathLike], out: str | os.PathLike, *, backbone: str | None = None,
-                    weights: Any = UNSET, seed: int | None = None, batch_size: int | None = None,
-                    workers: int | None = None, engine: str = "local", ray_address: str | None = None,
-                    gpus_per_worker: float | None = None, shard_size: int = embed_job.SHARD_SIZE,
-                    progress: Callable[[int, int], None] | None = None,
-                    precision: str = DEFAULT_PRECISION) -> embed_job.EmbedSummary:
+def embed_to_shards(
+    paths: Iterable[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    backbone: str | None = None,
+    weights: Any = UNSET,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    gpus_per_worker: float | None = None,
+    shard_size: int = embed_job.SHARD_SIZE,
+    progress: Callable[[int, int], None] | None = None,
+    precision: str = DEFAULT_PRECISION,
+) -> embed_job.EmbedSummary:
     """Embed image files and folders into Parquet shards in `out`, touching no index (`embed_job`).
 
     The model flags mean what they mean for a new index (default resnet50, ImageNet
@@ -373,11 +441,26 @@ def embed_to_shards(paths: Iterable[str | os.PathLike], out: str | os.PathLike, 
     check_precision(precision)
     out = Path(out).expanduser()
     name, wspec = requested_model(out, None, backbone, weights, seed, None)  # what a new index would take
-    asked = {"backbone": name, "weights_kind": wspec.kind, "weights_seed": wspec.seed, "weights_path": wspec.path,
-             "precision": precision}
+    asked = {
+        "backbone": name,
+        "weights_kind": wspec.kind,
+        "weights_seed": wspec.seed,
+        "weights_path": wspec.path,
+        "precision": precision,
+    }
     # The backbone is built by the first meta() (a re-run whose shards are all done builds none),
     # for Ray too: the shards record its fingerprint, and workers check theirs.
-    job = IndexModel(out, None, requested=(name, wspec), batch_size=batch_size, workers=workers, precision=precision,
-                     engine=engine, ray_address=ray_address, gpus_per_worker=gpus_per_worker)
-    return embed_job.write_shards(roots, out, job.meta, functools.partial(job.embedder, ordered=True), asked=asked,
-                                  shard_size=shard_size, progress=progress)
+    job = IndexModel(
+        out,
+        None,
+        requested=(name, wspec),
+        batch_size=batch_size,
+        workers=workers,
+        precision=precision,
+        engine=engine,
+        ray_address=ray_address,
+        gpus_per_worker=gpus_per_worker,
+    )
+    return embed_job.write_shards(
+        roots, out, job.meta, functools.partial(job.embedder, ordered=True), asked=asked, shard_size=shard_size, progress=progress
+    )

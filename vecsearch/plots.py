@@ -102,8 +102,9 @@ def similarity_matrix(paths: Sequence[str], sims, path: str | os.PathLike) -> Pa
         for i in range(n):
             for j in range(n):
                 bright = (sims[i, j] - lo) / max(1e-12, 1.0 - lo) > 0.6
-                ax.text(j, i, f"{sims[i, j]:.{digits}f}", ha="center", va="center", fontsize=8,
-                        color="black" if bright else "white")
+                ax.text(
+                    j, i, f"{sims[i, j]:.{digits}f}", ha="center", va="center", fontsize=8, color="black" if bright else "white"
+                )
     fig.colorbar(im, ax=ax, label="cosine similarity")
     ax.set_title("Cosine similarity")
     return _save(plt, fig, path)
@@ -127,8 +128,7 @@ def confusion_matrix(classes: Sequence[str], matrix, path: str | os.PathLike, ti
     half = m.max() / 2 if m.size else 0
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8,
-                    color="white" if m[i, j] > half else "black")
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8, color="white" if m[i, j] > half else "black")
     fig.colorbar(im, ax=ax, label="images")
     ax.set_title(title)
     return _save(plt, fig, path)

@@ -32,13 +32,16 @@ class Forms:
     give: str
 
 
-SEARCH = Forms(("vector", "numbers", "bytes", "path", "image"),
-               "give an image path (str or Path), a vector (numpy array or list of numbers), image bytes or a PIL image.")
+SEARCH = Forms(
+    ("vector", "numbers", "bytes", "path", "image"),
+    "give an image path (str or Path), a vector (numpy array or list of numbers), image bytes or a PIL image.",
+)
 """What search and classify take."""
 IMAGE = Forms(("id", "bytes", "path", "image"), "give an image path, image bytes, a PIL image or an indexed image's id.")
 """What an explanation looks at."""
-LIKE = Forms(("id", "vector", "bytes", "path", "image"),
-             "give an image path, image bytes, a PIL image, an indexed image's id or a vector.")
+LIKE = Forms(
+    ("id", "vector", "bytes", "path", "image"), "give an image path, image bytes, a PIL image, an indexed image's id or a vector."
+)
 """What an explanation compares with."""
 
 
@@ -64,8 +67,11 @@ def _kind(obj: Any) -> str | None:
         return "path"
     if hasattr(obj, "save") and hasattr(obj, "mode"):  # a PIL image
         return "image"
-    if isinstance(obj, (list, tuple)) and obj and all(
-            isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in obj):
+    if (
+        isinstance(obj, (list, tuple))
+        and obj
+        and all(isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in obj)
+    ):
         return "numbers"
     return None
 
@@ -74,15 +80,19 @@ def parse(obj: Any, forms: Forms, what: str) -> Query:
     """`obj` as a Query, if it is one of `forms`; else VecsearchError saying "Cannot `what` ..."."""
     kind = _kind(obj)
     if kind is None or kind not in forms.kinds:
-        also = (" (for an indexed image's id, use similar(id))"
-                if isinstance(obj, (int, np.integer)) and "id" not in forms.kinds else "")
+        also = (
+            " (for an indexed image's id, use similar(id))"
+            if isinstance(obj, (int, np.integer)) and "id" not in forms.kinds
+            else ""
+        )
         raise VecsearchError(f"Cannot {what} a {type(obj).__name__}{also}: {forms.give}")
     if kind == "id":
         return Query(kind, id=int(obj))
     if kind == "vector":
         if obj.dtype.kind not in "fiu" or obj.size == 0:
-            raise VecsearchError(f"Cannot {what} an array of {obj.dtype} with {obj.size} values: "
-                                 "a vector is a non-empty array of numbers.")
+            raise VecsearchError(
+                f"Cannot {what} an array of {obj.dtype} with {obj.size} values: a vector is a non-empty array of numbers."
+            )
         return Query(kind, vector=normalize(obj.astype(np.float32).reshape(-1)))
     if kind == "numbers":
         return Query(kind, vector=normalize(np.asarray(obj, np.float32)))
@@ -129,7 +139,7 @@ def vectors_for(store: Store, model: IndexModel, paths: Iterable[str | os.PathLi
     out: list[np.ndarray | None] = [stored_for(store, p)[1] for p in files]
     todo = [i for i, v in enumerate(out) if v is None]
     if todo:
-        for i, vec in zip(todo, model.embed([files[i] for i in todo])):
+        for i, vec in zip(todo, model.embed([files[i] for i in todo]), strict=False):
             out[i] = vec
     return np.stack([v for v in out if v is not None]).astype(np.float32)
 
@@ -191,8 +201,9 @@ def original(store: Store, image_id: int, *, max_bytes: int) -> FileStream:
         raise NotIndexedError(f"The file of image {image_id} cannot be read at {rec.path}: {e.reason}.") from None
     if (f.size, f.mtime_ns) != (rec.size, rec.mtime_ns) or f.media_type is None:
         f.close()
-        raise NotIndexedError(f"The file of image {image_id} at {rec.path} has changed since it was indexed: "
-                              "index its folder again.")
+        raise NotIndexedError(
+            f"The file of image {image_id} at {rec.path} has changed since it was indexed: index its folder again."
+        )
     return f
 
 

@@ -92,16 +92,29 @@ class ModelRecipe:
     fingerprint: str | None = None
 
     @classmethod
-    def for_model(cls, backbone: str, weights: Any = "imagenet", *, seed: int | None = None,
-                  batch_size: int | None = None, fingerprint: str | None = None,
-                  precision: str = "float32") -> "ModelRecipe":
+    def for_model(
+        cls,
+        backbone: str,
+        weights: Any = "imagenet",
+        *,
+        seed: int | None = None,
+        batch_size: int | None = None,
+        fingerprint: str | None = None,
+        precision: str = "float32",
+    ) -> "ModelRecipe":
         spec = get_spec(backbone)
         if not isinstance(weights, WeightsSpec):
             weights = WeightsSpec.parse(weights, seed)
         module = getattr(spec.build, "__module__", "") or ""
         plugin = "" if module.split(".")[0] == "vecsearch" else module
-        return cls(backbone, weights, max(1, batch_size or default_batch_size(precision)), precision=check_precision(precision),
-                   plugin=plugin, fingerprint=fingerprint)
+        return cls(
+            backbone,
+            weights,
+            max(1, batch_size or default_batch_size(precision)),
+            precision=check_precision(precision),
+            plugin=plugin,
+            fingerprint=fingerprint,
+        )
 
     def build(self) -> Backbone:
         if self.plugin:
@@ -110,7 +123,8 @@ class ModelRecipe:
         if self.fingerprint is not None and bb.fingerprint != self.fingerprint:
             raise IndexMismatchError(
                 f"On this Ray worker the weights ({self.weights.describe()}) are not the ones the index records "
-                f"(fingerprint {self.fingerprint[:12]}...); their values differ. Give every node the same weights file.")
+                f"(fingerprint {self.fingerprint[:12]}...); their values differ. Give every node the same weights file."
+            )
         return bb
 
 
@@ -136,8 +150,14 @@ def _decode(batch: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, np
             error[j] = f"unreadable: {type(e).__name__}: {e}"
             continue
         pixels[j], width[j], height[j], sha[j] = img.pixels, img.width, img.height, img.sha256
-    return {"path": np.array(paths, dtype=object), "pixels": pixels, "width": width, "height": height,
-            "sha256": np.array(sha, dtype=object), "error": np.array(error, dtype=object)}
+    return {
+        "path": np.array(paths, dtype=object),
+        "pixels": pixels,
+        "width": width,
+        "height": height,
+        "sha256": np.array(sha, dtype=object),
+        "error": np.array(error, dtype=object),
+    }
 
 
 class _EmbedActor:
@@ -190,8 +210,11 @@ def connect(address: str | None = None):
         except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as e:
             if _refused_token(e):
                 raise RayClusterError(_auth_advice(address)) from e
-            raise RayClusterError(f"Cannot reach a Ray cluster at {address}: {e}. Start one with `ray start --head` "
-                                  "or give no address to run a local one.", option="ray_address") from e
+            raise RayClusterError(
+                f"Cannot reach a Ray cluster at {address}: {e}. Start one with `ray start --head` "
+                "or give no address to run a local one.",
+                option="ray_address",
+            ) from e
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the CLI draws its own
     if hasattr(ctx, "print_on_execution_start"):
@@ -228,15 +251,18 @@ def _check_head(address: str) -> None:
         raise RayClusterError(
             f"Nothing answers at {dialled}, where Ray dials for {address} (it replaces a loopback address by this "
             f"machine's), but {address} does: the head listens on loopback only (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0). "
-            "Set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 here too, or start the head without it.", option="ray_address")
+            "Set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 here too, or start the head without it.",
+            option="ray_address",
+        )
     raise RayClusterError(
         f"Nothing answers at {address}{rewritten}: no Ray head runs there, or a firewall "
         f"is in between. Start one there (`ray start --head`, on port {port}), or give no address to run a local one.",
-        option="ray_address")
+        option="ray_address",
+    )
 
 
 def _ask_head(target: str, token: str | None) -> str:
-    """"ok", "refused" (wants a token, or another), "silent" (nothing answers) or "other", from one GCS call.
+    """ "ok", "refused" (wants a token, or another), "silent" (nothing answers) or "other", from one GCS call.
 
     GetClusterId is the first call ray.init makes, and needs nothing but the token.
     """
@@ -281,9 +307,11 @@ def _auth_advice(address: str | None) -> str:
     get = "`ray get-auth-token` on the head prints it"
     if not _token_mode():
         have = f"this machine has one in {source}" if token else f"this machine has none: {get}"
-        return (f"The Ray cluster at {address} requires an auth token, which Ray sends only with RAY_AUTH_MODE=token "
-                "(`ray start --head` turns token auth on where ~/.ray/auth_token exists). Set RAY_AUTH_MODE=token, "
-                f"with the head's token in {where} ({have}). See {AUTH_DOCS}")
+        return (
+            f"The Ray cluster at {address} requires an auth token, which Ray sends only with RAY_AUTH_MODE=token "
+            "(`ray start --head` turns token auth on where ~/.ray/auth_token exists). Set RAY_AUTH_MODE=token, "
+            f"with the head's token in {where} ({have}). See {AUTH_DOCS}"
+        )
     if token is None:
         return f"RAY_AUTH_MODE=token is set, but {source} holds no token: put the head's ({get}) in {where}."
     return f"The Ray cluster at {address} refused the auth token from {source}: put the head's ({get}) in {where}."
@@ -310,8 +338,15 @@ class RayEngine:
     either way each path exactly once.
     """
 
-    def __init__(self, recipe: ModelRecipe, *, address: str | None = None, workers: int | None = None,
-                 gpus_per_worker: float | None = None, ordered: bool = False):
+    def __init__(
+        self,
+        recipe: ModelRecipe,
+        *,
+        address: str | None = None,
+        workers: int | None = None,
+        gpus_per_worker: float | None = None,
+        ordered: bool = False,
+    ):
         if workers is not None and workers < 1:
             raise VecsearchError(f"workers must be at least 1, got {workers}.", option="workers")
         if gpus_per_worker is not None and gpus_per_worker < 0:
@@ -332,11 +367,17 @@ class RayEngine:
         else:
             actors = max(1, int(cpus // CPUS_PER_CPU_WORKER))
         if per and actors * per > gpus:
-            raise VecsearchError(f"{actors} model actors with {per:g} GPU each need {actors * per:g} GPUs; the Ray "
-                                 f"cluster has {gpus:g}. Lower workers or gpus_per_worker (0: on CPUs).", option="workers")
+            raise VecsearchError(
+                f"{actors} model actors with {per:g} GPU each need {actors * per:g} GPUs; the Ray "
+                f"cluster has {gpus:g}. Lower workers or gpus_per_worker (0: on CPUs).",
+                option="workers",
+            )
         if actors * ACTOR_CPUS + DECODE_CPUS > cpus:
-            raise VecsearchError(f"{actors} model actors take {actors * ACTOR_CPUS:g} CPUs and decoding needs "
-                                 f"{DECODE_CPUS:g} more; the Ray cluster has {cpus:g}. Lower workers.", option="workers")
+            raise VecsearchError(
+                f"{actors} model actors take {actors * ACTOR_CPUS:g} CPUs and decoding needs "
+                f"{DECODE_CPUS:g} more; the Ray cluster has {cpus:g}. Lower workers.",
+                option="workers",
+            )
         return actors, per
 
     def embed_files(self, paths: Iterable[Path]) -> Iterator[Embedded]:
@@ -363,11 +404,18 @@ class RayEngine:
         ds = ray.data.from_items([{"path": p} for p in names], override_num_blocks=blocks)
         if self.ordered:
             (ds.context if hasattr(ds, "context") else ray.data.DataContext.get_current()).execution_options.preserve_order = True
-        ds = ds.map_batches(_decode, fn_kwargs={"size": tuple(size)}, batch_size=DECODE_BATCH,
-                            batch_format="numpy", num_cpus=DECODE_CPUS)
-        ds = ds.map_batches(_EmbedActor, fn_constructor_args=(self.recipe,), batch_size=self.recipe.batch_size,
-                            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
-                            num_gpus=gpus or None, num_cpus=ACTOR_CPUS)
+        ds = ds.map_batches(
+            _decode, fn_kwargs={"size": tuple(size)}, batch_size=DECODE_BATCH, batch_format="numpy", num_cpus=DECODE_CPUS
+        )
+        ds = ds.map_batches(
+            _EmbedActor,
+            fn_constructor_args=(self.recipe,),
+            batch_size=self.recipe.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_gpus=gpus or None,
+            num_cpus=ACTOR_CPUS,
+        )
         log.info("embedding %d files on Ray with %d model actor(s), %s GPU each", len(names), actors, gpus)
         pending = set(names)
         for batch in _batches(ds):
@@ -380,12 +428,19 @@ class RayEngine:
                 if err:
                     yield Embedded(originals[p], error=err)
                 else:
-                    yield Embedded(originals[p], vector=np.asarray(batch["vector"][j], np.float32),
-                                   norm=float(batch["norm"][j]), width=int(batch["width"][j]),
-                                   height=int(batch["height"][j]), sha256=str(batch["sha256"][j]))
+                    yield Embedded(
+                        originals[p],
+                        vector=np.asarray(batch["vector"][j], np.float32),
+                        norm=float(batch["norm"][j]),
+                        width=int(batch["width"][j]),
+                        height=int(batch["height"][j]),
+                        sha256=str(batch["sha256"][j]),
+                    )
         if pending:
-            raise VecsearchError(f"The Ray job returned no result for {len(pending)} of {len(names)} files "
-                                 f"(e.g. {next(iter(pending))}); run again to embed them.")
+            raise VecsearchError(
+                f"The Ray job returned no result for {len(pending)} of {len(names)} files "
+                f"(e.g. {next(iter(pending))}); run again to embed them."
+            )
 
 
 def _batches(ds) -> Iterator[dict[str, np.ndarray]]:
@@ -403,13 +458,21 @@ def _batches(ds) -> Iterator[dict[str, np.ndarray]]:
             if isinstance(cause, VecsearchError):
                 raise cause from None
             lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-            raise VecsearchError(f"The Ray job failed: {lines[-1] if lines else type(e).__name__} "
-                                 "(the workers' logs are under /tmp/ray/session_latest/logs on each node).") from e
+            raise VecsearchError(
+                f"The Ray job failed: {lines[-1] if lines else type(e).__name__} "
+                "(the workers' logs are under /tmp/ray/session_latest/logs on each node)."
+            ) from e
         yield batch
 
 
-def benchmark(paths: Iterable[str | Path], recipe: ModelRecipe, *, workers: int | None = None,
-              address: str | None = None, gpus_per_worker: float | None = None) -> dict:
+def benchmark(
+    paths: Iterable[str | Path],
+    recipe: ModelRecipe,
+    *,
+    workers: int | None = None,
+    address: str | None = None,
+    gpus_per_worker: float | None = None,
+) -> dict:
     """Embed `paths` with the Ray engine and time it: images, failed, seconds, images_per_second, workers."""
     files = [Path(p) for p in paths]
     engine = RayEngine(recipe, address=address, workers=workers, gpus_per_worker=gpus_per_worker)
@@ -417,9 +480,13 @@ def benchmark(paths: Iterable[str | Path], recipe: ModelRecipe, *, workers: int 
     failed = sum(1 for item in engine.embed_files(files) if item.error is not None)
     seconds = time.perf_counter() - t0
     ray = import_ray()
-    return {"images": len(files), "failed": failed, "seconds": round(seconds, 3),
-            "images_per_second": round(len(files) / seconds, 2) if seconds > 0 else None,
-            "workers": engine._pool(ray)[0]}
+    return {
+        "images": len(files),
+        "failed": failed,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(len(files) / seconds, 2) if seconds > 0 else None,
+        "workers": engine._pool(ray)[0],
+    }
 
 
 __all__ = ["ENGINES", "ModelRecipe", "RayEngine", "benchmark", "check_engine", "connect", "import_ray"]

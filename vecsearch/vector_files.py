@@ -88,8 +88,13 @@ def check_suffix(path: str | os.PathLike) -> str:
 
 
 # -- writing ---------------------------------------------------------------------------------
-def write(path: str | os.PathLike, meta: dict, dim: int, batches: Iterator[tuple[np.ndarray, list, np.ndarray, np.ndarray, dict]],
-          total: int) -> int:
+def write(
+    path: str | os.PathLike,
+    meta: dict,
+    dim: int,
+    batches: Iterator[tuple[np.ndarray, list, np.ndarray, np.ndarray, dict]],
+    total: int,
+) -> int:
     """Write `total` rows from batches of (ids, paths, vectors, norms, facts); returns the count.
 
     Written to a temporary name and renamed at the end, so a failed export leaves no file.
@@ -134,9 +139,11 @@ def _write_npz(path: Path, meta: dict, dim: int, batches, total: int) -> int:
                 n += len(ids)
         if n != total:
             raise VecsearchError(f"The index changed during the export ({n} vectors read, {total} expected); export again.")
-        arrays = {"ids": np.concatenate(ids_all) if ids_all else np.zeros(0, np.int64),
-                  "paths": np.array(paths_all, dtype=str),
-                  "norms": np.concatenate(norms_all) if norms_all else np.zeros(0, np.float32)}
+        arrays = {
+            "ids": np.concatenate(ids_all) if ids_all else np.zeros(0, np.int64),
+            "paths": np.array(paths_all, dtype=str),
+            "norms": np.concatenate(norms_all) if norms_all else np.zeros(0, np.float32),
+        }
         for c, dtype in NPZ_FACTS.items():
             unknown = "" if c == "sha256" else 0
             arrays[c] = np.array([unknown if v is None else v for v in facts_all[c]], dtype=dtype)
@@ -149,9 +156,16 @@ def _write_npz(path: Path, meta: dict, dim: int, batches, total: int) -> int:
 
 def _row_fields(pa, dim: int) -> list:
     """The Parquet columns an export and an `embed` shard share: the file, its vector and norm, its facts."""
-    return [("path", pa.string()), ("vector", pa.list_(pa.float32(), dim)), ("norm", pa.float32()),
-            ("size", pa.int64()), ("mtime_ns", pa.int64()), ("sha256", pa.string()), ("width", pa.int32()),
-            ("height", pa.int32())]
+    return [
+        ("path", pa.string()),
+        ("vector", pa.list_(pa.float32(), dim)),
+        ("norm", pa.float32()),
+        ("size", pa.int64()),
+        ("mtime_ns", pa.int64()),
+        ("sha256", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+    ]
 
 
 def _write_parquet(path: Path, meta: dict, dim: int, batches, total: int) -> int:
@@ -165,7 +179,8 @@ def _write_parquet(path: Path, meta: dict, dim: int, batches, total: int) -> int
             vecs = np.ascontiguousarray(vecs, np.float32)
             norms = np.asarray(norms, np.float32)
             columns = {
-                "id": pa.array(np.asarray(ids, np.int64)), "path": pa.array(paths, pa.string()),
+                "id": pa.array(np.asarray(ids, np.int64)),
+                "path": pa.array(paths, pa.string()),
                 "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.reshape(-1)), dim),
                 "norm": pa.array(norms, pa.float32(), mask=np.isnan(norms)),
             }
@@ -196,8 +211,11 @@ def write_shard(path: str | os.PathLike, meta: dict, dim: int, rows: list[dict])
         import pyarrow.compute as pc
 
         vector = pc.if_else(pa.array(ok), vector, pa.nulls(len(rows), vector.type))
-    columns = {"path": pa.array([r["path"] for r in rows], pa.string()), "vector": vector,
-               "norm": pa.array(norms, pa.float32(), mask=np.isnan(norms))}
+    columns = {
+        "path": pa.array([r["path"] for r in rows], pa.string()),
+        "vector": vector,
+        "norm": pa.array(norms, pa.float32(), mask=np.isnan(norms)),
+    }
     for col in (*FACT_COLUMNS, "reason"):
         columns[col] = pa.array([r.get(col) for r in rows], schema.field(col).type)
     table = pa.table(columns, schema=schema)
@@ -269,8 +287,10 @@ class Reader:
         if "meta.npy" in names:
             with self._member("meta") as m:
                 if m.shape not in ((), (1,)) or m.dtype.kind not in "US" or m.nbytes > config.MAX_IMPORT_META_BYTES:
-                    raise self._bad(f"`meta` must be one JSON string of at most {config.MAX_IMPORT_META_BYTES} "
-                                    f"bytes, not {m.dtype.str} of shape {m.shape}")
+                    raise self._bad(
+                        f"`meta` must be one JSON string of at most {config.MAX_IMPORT_META_BYTES} "
+                        f"bytes, not {m.dtype.str} of shape {m.shape}"
+                    )
                 text = _text(m.read(m.shape[0] if m.shape else None).reshape(-1)[0], self, "meta")
             try:
                 self.meta = json.loads(text)
@@ -310,8 +330,10 @@ class Reader:
             raise self._bad(f"`{name}` must be an array of strings, not {_describe(m.dtype)}")
         chars = m.dtype.itemsize // (4 if m.dtype.kind == "U" else 1)
         if chars > cap:
-            raise self._bad(f"`{name}` holds strings of up to {chars} characters; at most {cap} are accepted "
-                            "(config.MAX_IMPORT_PATH_CHARS for paths)")
+            raise self._bad(
+                f"`{name}` holds strings of up to {chars} characters; at most {cap} are accepted "
+                "(config.MAX_IMPORT_PATH_CHARS for paths)"
+            )
 
     def _numbers(self, m: _NpyMember) -> None:
         if m.dtype.kind not in "fiu" or m.dtype.itemsize > 8:
@@ -325,21 +347,30 @@ class Reader:
         schema = self._pq.schema_arrow
         if "path" not in schema.names or "vector" not in schema.names:
             raise KeyError("it needs columns `path` and `vector`")
-        kinds = {"path": _is_text, "norm": _is_number, "sha256": _is_text, "reason": _is_text, **{c: pa.types.is_integer for c in ("size", "mtime_ns", "width", "height")}}
+        kinds = {
+            "path": _is_text,
+            "norm": _is_number,
+            "sha256": _is_text,
+            "reason": _is_text,
+            **{c: pa.types.is_integer for c in ("size", "mtime_ns", "width", "height")},
+        }
         for name, ok in kinds.items():
             if name in schema.names and not ok(schema.field(name).type):
                 raise self._bad(f"column `{name}` is {schema.field(name).type}, which vecsearch does not read as {name}")
         vtype = schema.field("vector").type
-        if not (pa.types.is_list(vtype) or pa.types.is_large_list(vtype) or pa.types.is_fixed_size_list(vtype)) \
-                or not _is_number(vtype.value_type):
+        if not (pa.types.is_list(vtype) or pa.types.is_large_list(vtype) or pa.types.is_fixed_size_list(vtype)) or not _is_number(
+            vtype.value_type
+        ):
             raise self._bad(f"column `vector` is {vtype}, not a list of numbers")
         meta = self._pq.metadata
         for i in range(meta.num_row_groups):
             size = meta.row_group(i).total_byte_size
             if size > config.MAX_IMPORT_ROW_GROUP_BYTES:
-                raise self._bad(f"its row group {i} holds {size} bytes uncompressed, over the cap of "
-                                f"{config.MAX_IMPORT_ROW_GROUP_BYTES} (config.MAX_IMPORT_ROW_GROUP_BYTES); rewrite "
-                                "it with smaller row groups (row_group_size= of pyarrow's writer)")
+                raise self._bad(
+                    f"its row group {i} holds {size} bytes uncompressed, over the cap of "
+                    f"{config.MAX_IMPORT_ROW_GROUP_BYTES} (config.MAX_IMPORT_ROW_GROUP_BYTES); rewrite "
+                    "it with smaller row groups (row_group_size= of pyarrow's writer)"
+                )
         self.dim = getattr(vtype, "list_size", None) or 0
         if not self.dim:  # a variable-size list: read the first row to learn the width
             first = next(self._pq.iter_batches(batch_size=1, columns=["vector"]), None)
@@ -446,18 +477,22 @@ class _NpyMember:
                 raise ValueError(f"`{name[:-4]}` has an .npy format version {version} vecsearch does not read")
             self.shape, self.dtype = tuple(int(d) for d in shape), np.dtype(dtype)
             if self.dtype.hasobject or self.dtype.kind == "V":
-                raise BadVectorFileError(f"{where} cannot be imported: `{name[:-4]}` is an array of "
-                                         f"{_describe(self.dtype)}; vecsearch loads no pickled objects.")
+                raise BadVectorFileError(
+                    f"{where} cannot be imported: `{name[:-4]}` is an array of "
+                    f"{_describe(self.dtype)}; vecsearch loads no pickled objects."
+                )
             if fortran and len(self.shape) > 1:
-                raise BadVectorFileError(f"{where} cannot be imported: `{name[:-4]}` is in Fortran order; "
-                                         "write it C-ordered (np.ascontiguousarray).")
+                raise BadVectorFileError(
+                    f"{where} cannot be imported: `{name[:-4]}` is in Fortran order; write it C-ordered (np.ascontiguousarray)."
+                )
             self.row_bytes = self.dtype.itemsize * math.prod(self.shape[1:])
             self.nbytes = self.dtype.itemsize * math.prod(self.shape)
             held = info.file_size - self._f.tell()
             if self.nbytes > held:
                 raise BadVectorFileError(
                     f"{where} cannot be imported: `{name[:-4]}` claims {self.nbytes} bytes ({_describe(self.dtype)}, "
-                    f"shape {self.shape}) but holds {held}: the file is truncated or its header is wrong.")
+                    f"shape {self.shape}) but holds {held}: the file is truncated or its header is wrong."
+                )
         except BaseException:
             self._f.close()
             raise
@@ -481,20 +516,32 @@ class _NpyMember:
         self.close()
 
 
-_META_TYPES = {"backbone": str, "weights_kind": str, "weights_path": str, "weights_fingerprint": str,
-               "metric": str, "precision": str, "vecsearch": str, "dim": int, "weights_seed": int}
+_META_TYPES = {
+    "backbone": str,
+    "weights_kind": str,
+    "weights_path": str,
+    "weights_fingerprint": str,
+    "metric": str,
+    "precision": str,
+    "vecsearch": str,
+    "dim": int,
+    "weights_seed": int,
+}
 
 
 def _checked_meta(meta, where: Path) -> dict:
     """The model metadata, if it is a JSON object whose known fields have the types vecsearch writes."""
     if not isinstance(meta, dict):
-        raise BadVectorFileError(f"{where} cannot be imported: its model metadata must be a JSON object, "
-                                 f"not a {type(meta).__name__}.")
+        raise BadVectorFileError(
+            f"{where} cannot be imported: its model metadata must be a JSON object, not a {type(meta).__name__}."
+        )
     for key, kind in _META_TYPES.items():
         value = meta.get(key)
         if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-            raise BadVectorFileError(f"{where} cannot be imported: its model metadata field `{key}` must be "
-                                     f"{'an integer' if kind is int else 'a string'}, not {json.dumps(value)[:40]}.")
+            raise BadVectorFileError(
+                f"{where} cannot be imported: its model metadata field `{key}` must be "
+                f"{'an integer' if kind is int else 'a string'}, not {json.dumps(value)[:40]}."
+            )
     return meta
 
 
@@ -503,8 +550,10 @@ def _check_paths(paths: list, reader: Reader) -> None:
         if not isinstance(p, str) or not p or "\x00" in p:
             raise reader._bad(f"a path is {'empty' if p in ('', None) else repr(p)[:60]}; every row needs a file path")
         if len(p) > config.MAX_IMPORT_PATH_CHARS:
-            raise reader._bad(f"a path is {len(p)} characters long, over the cap of {config.MAX_IMPORT_PATH_CHARS} "
-                              f"(config.MAX_IMPORT_PATH_CHARS): {p[:60]}...")
+            raise reader._bad(
+                f"a path is {len(p)} characters long, over the cap of {config.MAX_IMPORT_PATH_CHARS} "
+                f"(config.MAX_IMPORT_PATH_CHARS): {p[:60]}..."
+            )
 
 
 def _checked_norms(raw: np.ndarray, reader: Reader) -> np.ndarray:
@@ -529,8 +578,15 @@ def _text(value, reader: Reader, name: str) -> str:
 def _describe(dtype: np.dtype) -> str:
     if dtype.hasobject:
         return "Python objects (pickled)"
-    return {"U": "strings", "S": "bytes", "V": "records", "b": "booleans", "c": "complex numbers",
-            "M": "dates", "m": "time spans"}.get(dtype.kind, "numbers") + f" ({dtype.str})"
+    return {
+        "U": "strings",
+        "S": "bytes",
+        "V": "records",
+        "b": "booleans",
+        "c": "complex numbers",
+        "M": "dates",
+        "m": "time spans",
+    }.get(dtype.kind, "numbers") + f" ({dtype.str})"
 
 
 def _is_number(t) -> bool:
@@ -547,8 +603,16 @@ def _is_text(t) -> bool:
 
 def _read_errors() -> tuple[type[BaseException], ...]:
     """What reading a broken file raises: I/O, zip, zlib, NumPy header and pyarrow errors."""
-    errors: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile,
-                                               zlib.error, struct.error, NotImplementedError)  # zip: unknown method
+    errors: tuple[type[BaseException], ...] = (
+        OSError,
+        ValueError,
+        KeyError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,
+        struct.error,
+        NotImplementedError,
+    )  # zip: unknown method
     pyarrow = sys.modules.get("pyarrow")  # not loaded: nothing can have raised its errors
     if pyarrow is not None:
         errors += (pyarrow.ArrowException,)
@@ -561,8 +625,7 @@ def _reason(e: BaseException) -> str:
 
 
 # -- an index's vectors out and in -----------------------------------------------------------
-def export_index(store: Store, out: str | os.PathLike, meta: dict,
-                 progress: Callable[[int, int], None] | None = None) -> int:
+def export_index(store: Store, out: str | os.PathLike, meta: dict, progress: Callable[[int, int], None] | None = None) -> int:
     """Write every vector of `store` with its path, norm, file facts and `meta` (the model) to `out`.
 
     The suffix decides the format. Streams in batches; an image deleted meanwhile is left out.
@@ -613,13 +676,16 @@ def check_import(source: str | os.PathLike, model: dict | None, unchecked: bool,
     assert model is not None  # files_in finds at least one file
     precisions = {r.meta.get("precision") or DEFAULT_PRECISION for r in readers if r.meta.get("weights_fingerprint")}
     if empty and len(precisions) > 1:
-        raise VecsearchError(f"These files hold vectors of {' and '.join(sorted(precisions))} precision; import one "
-                             "precision first, then the other (it is checked against the stored vectors).")
+        raise VecsearchError(
+            f"These files hold vectors of {' and '.join(sorted(precisions))} precision; import one "
+            "precision first, then the other (it is checked against the stored vectors)."
+        )
     return CheckedImport(readers, model, precisions, sum(r.rows for r in readers))
 
 
-def import_files(store: Store, checked: CheckedImport, *, create: bool,
-                 progress: Callable[[int, int], None] | None = None) -> ImportSummary:
+def import_files(
+    store: Store, checked: CheckedImport, *, create: bool, progress: Callable[[int, int], None] | None = None
+) -> ImportSummary:
     """Add the checked files' vectors to `store` in one transaction; the caller holds the writer lock.
 
     `create`: the index is empty, so its info is made from the files' model in the same
@@ -633,8 +699,10 @@ def import_files(store: Store, checked: CheckedImport, *, create: bool,
         for r in checked.readers:
             for batch in r.batches():
                 vecs, lengths = unit_rows(batch, r.path)
-                rows = [{"path": path, **{c: (batch.facts[c][j] if c in batch.facts else None) for c in FACT_COLUMNS}}
-                        for j, path in enumerate(batch.paths)]
+                rows = [
+                    {"path": path, **{c: (batch.facts[c][j] if c in batch.facts else None) for c in FACT_COLUMNS}}
+                    for j, path in enumerate(batch.paths)
+                ]
                 for row in rows:
                     row["size"] = row["size"] or 0
                     row["mtime_ns"] = row["mtime_ns"] or 0
@@ -651,11 +719,19 @@ def import_files(store: Store, checked: CheckedImport, *, create: bool,
 
 def _index_info(model: dict) -> dict:
     """The index info an empty index takes from the model its first imported file names."""
-    return {"backbone": model["backbone"], "weights_kind": model.get("weights_kind") or "file",
-            "weights_seed": model.get("weights_seed"), "weights_path": model.get("weights_path"),
-            "weights_fingerprint": model["weights_fingerprint"], "dim": int(model["dim"]), "metric": "cosine",
-            # Flat until a structure is built: a type is recorded only once its structure exists.
-            "index_type": "flat", "max_memory": None, "precision": model.get("precision") or DEFAULT_PRECISION}
+    return {
+        "backbone": model["backbone"],
+        "weights_kind": model.get("weights_kind") or "file",
+        "weights_seed": model.get("weights_seed"),
+        "weights_path": model.get("weights_path"),
+        "weights_fingerprint": model["weights_fingerprint"],
+        "dim": int(model["dim"]),
+        "metric": "cosine",
+        # Flat until a structure is built: a type is recorded only once its structure exists.
+        "index_type": "flat",
+        "max_memory": None,
+        "precision": model.get("precision") or DEFAULT_PRECISION,
+    }
 
 
 def check_vector_file(reader: Reader, model: dict | None, unchecked: bool, where: Path) -> dict:
@@ -663,29 +739,41 @@ def check_vector_file(reader: Reader, model: dict | None, unchecked: bool, where
     meta = reader.meta
     if model is None:
         if not meta.get("weights_fingerprint") or not meta.get("backbone"):
-            raise VecsearchError(f"{reader.path} names no model (backbone and weights fingerprint), so an empty index "
-                                 "cannot take its model from it. Index a few images first, or import a vecsearch export.")
+            raise VecsearchError(
+                f"{reader.path} names no model (backbone and weights fingerprint), so an empty index "
+                "cannot take its model from it. Index a few images first, or import a vecsearch export."
+            )
         return {**meta, "dim": reader.dim}
     if reader.dim != int(model["dim"]):
         raise IndexMismatchError(f"{reader.path} holds {reader.dim}-d vectors; the index at {where} holds {model['dim']}-d.")
     got = meta.get("weights_fingerprint")
     if got is None and not unchecked:
-        raise IndexMismatchError(f"{reader.path} names no model, so its vectors may come from another one than the "
-                                 f"index's ({model['backbone']}). Import it unchecked if you know they match.",
-                                 option="unchecked")
+        raise IndexMismatchError(
+            f"{reader.path} names no model, so its vectors may come from another one than the "
+            f"index's ({model['backbone']}). Import it unchecked if you know they match.",
+            option="unchecked",
+        )
     if got is not None and got != model["weights_fingerprint"]:
         raise IndexMismatchError(
             f"{reader.path} holds vectors of another model ({meta.get('backbone')}, weights fingerprint "
             f"{got[:12]}...) than the index at {where} ({model['backbone']}, {model['weights_fingerprint'][:12]}...); "
-            "they cannot be compared. Import into an index of that model.")
+            "they cannot be compared. Import into an index of that model."
+        )
     return model
 
 
 def failed_row(f: dict) -> dict:
     """The image row of a file a shard records as failed (no vector)."""
-    return {"path": f["path"], "size": f.get("size") or 0, "mtime_ns": f.get("mtime_ns") or 0,
-            "sha256": f.get("sha256"), "width": f.get("width"), "height": f.get("height"),
-            "status": "failed", "reason": f["reason"]}
+    return {
+        "path": f["path"],
+        "size": f.get("size") or 0,
+        "mtime_ns": f.get("mtime_ns") or 0,
+        "sha256": f.get("sha256"),
+        "width": f.get("width"),
+        "height": f.get("height"),
+        "status": "failed",
+        "reason": f["reason"],
+    }
 
 
 def unit_rows(batch: Batch, path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-24
 """
+
 import zlib
 from pathlib import Path
 
@@ -53,17 +54,23 @@ def upgrade() -> None:
         shards = Shards(_index_dir(conn) / DIRNAME, dim)
         last = -1
         while True:
-            rows = conn.execute(sa.text("SELECT image_id, data FROM vectors WHERE image_id > :last ORDER BY image_id LIMIT :n"),
-                                {"last": last, "n": CHUNK}).fetchall()
+            rows = conn.execute(
+                sa.text("SELECT image_id, data FROM vectors WHERE image_id > :last ORDER BY image_id LIMIT :n"),
+                {"last": last, "n": CHUNK},
+            ).fetchall()
             if not rows:
                 break
             mat = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
             if not shards.holds(slot, mat):  # written already by a run that was killed later
                 shards.write(slot, mat)
-            conn.execute(sa.text("INSERT INTO vector_chunks (start_slot, count, crc32) VALUES (:s, :n, :c)"),
-                         {"s": slot, "n": len(rows), "c": zlib.crc32(mat.tobytes())})
-            conn.execute(sa.text("UPDATE vectors SET slot = :slot WHERE image_id = :id"),
-                         [{"slot": slot + i, "id": r[0]} for i, r in enumerate(rows)])
+            conn.execute(
+                sa.text("INSERT INTO vector_chunks (start_slot, count, crc32) VALUES (:s, :n, :c)"),
+                {"s": slot, "n": len(rows), "c": zlib.crc32(mat.tobytes())},
+            )
+            conn.execute(
+                sa.text("UPDATE vectors SET slot = :slot WHERE image_id = :id"),
+                [{"slot": slot + i, "id": r[0]} for i, r in enumerate(rows)],
+            )
             slot += len(rows)
             last = rows[-1][0]
         shards.truncate(slot)  # what an earlier, killed run left past the end
@@ -87,8 +94,10 @@ def downgrade() -> None:
         for i in range(0, len(rows), CHUNK):
             part = rows[i : i + CHUNK]
             mat = shards.read([r[1] for r in part])
-            conn.execute(sa.text("UPDATE vectors SET data = :data WHERE image_id = :id"),
-                         [{"data": mat[j].tobytes(), "id": r[0]} for j, r in enumerate(part)])
+            conn.execute(
+                sa.text("UPDATE vectors SET data = :data WHERE image_id = :id"),
+                [{"data": mat[j].tobytes(), "id": r[0]} for j, r in enumerate(part)],
+            )
     op.drop_table("vector_chunks")
     with op.batch_alter_table("vectors", recreate="always") as batch:
         batch.drop_column("slot")

@@ -125,8 +125,10 @@ def random_weights_warning(ix, what: str) -> str | None:
     info = ix.info
     if info is None or info.weights_kind != "random":
         return None
-    return (f"the index was built with random weights (--weights none, seed {info.weights_seed}): {what} mean "
-            "nothing; build the index with --weights imagenet (or a weights file) for real use.")
+    return (
+        f"the index was built with random weights (--weights none, seed {info.weights_seed}): {what} mean "
+        "nothing; build the index with --weights imagenet (or a weights file) for real use."
+    )
 
 
 def open_index(index: Path | None, **kw):

@@ -23,7 +23,9 @@ def check(index: IndexOpt = None, json_out: JsonOpt = False) -> None:
             for line in report.problems():
                 error_line(line)
             if report.ok:
-                say(f"{report.directory}: index.db sound, {report.vectors} stored vectors match their checksums"
-                    + (", vectors.faiss matches its checksum" if report.structure_checked else ""))
+                say(
+                    f"{report.directory}: index.db sound, {report.vectors} stored vectors match their checksums"
+                    + (", vectors.faiss matches its checksum" if report.structure_checked else "")
+                )
         if not report.ok:
             raise typer.Exit(1)

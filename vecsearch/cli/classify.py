@@ -20,14 +20,23 @@ SHOWN_PREDICTIONS = 20
 
 @app.command()
 def teach(
-    source: Annotated[Path, typer.Argument(
-        metavar="FOLDER_OR_CSV",
-        help="A folder of class sub-folders (FOLDER/cat/*.jpg; FOLDER/train/cat/... and FOLDER/test/cat/... "
-             "for splits) or a CSV of path,label[,split] (paths relative to the CSV).", show_default=False)],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FOLDER_OR_CSV",
+            help="A folder of class sub-folders (FOLDER/cat/*.jpg; FOLDER/train/cat/... and FOLDER/test/cat/... "
+            "for splits) or a CSV of path,label[,split] (paths relative to the CSV).",
+            show_default=False,
+        ),
+    ],
     index: IndexOpt = None,
     replace: Annotated[bool, typer.Option("--replace", help="Forget every earlier label of the index first.")] = False,
-    backbone: Annotated[Optional[str], typer.Option(help="Backbone for a new index (as `vecsearch index`).", show_default=False)] = None,
-    weights: Annotated[Optional[str], typer.Option(help="Weights for a new index: imagenet, none, or a FILE.", show_default=False)] = None,
+    backbone: Annotated[
+        Optional[str], typer.Option(help="Backbone for a new index (as `vecsearch index`).", show_default=False)
+    ] = None,
+    weights: Annotated[
+        Optional[str], typer.Option(help="Weights for a new index: imagenet, none, or a FILE.", show_default=False)
+    ] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the random init for --weights none.", show_default=False)] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -40,12 +49,15 @@ def teach(
         if json_out:
             print_json(summary.to_dict() | {"index": str(ix.directory)})
             return
-        say(f"Labelled {summary.labelled} image{'s' if summary.labelled != 1 else ''} from {summary.kind} {summary.source} "
-            f"({summary.indexed} newly indexed) -> {ix.directory}")
+        say(
+            f"Labelled {summary.labelled} image{'s' if summary.labelled != 1 else ''} from {summary.kind} {summary.source} "
+            f"({summary.indexed} newly indexed) -> {ix.directory}"
+        )
         splits = sorted({s for per in summary.counts.values() for s in per})
         names = [s or "images" for s in splits]
-        print_table(["class", *names], ([label, *(per.get(s, 0) for s in splits)] for label, per in summary.counts.items()),
-                    right=names)
+        print_table(
+            ["class", *names], ([label, *(per.get(s, 0) for s in splits)] for label, per in summary.counts.items()), right=names
+        )
         for f in summary.failed:
             warn(f"  not labelled (could not be embedded): {f['path']}: {f['reason']}")
         if summary.skipped:
@@ -54,15 +66,30 @@ def teach(
 
 @app.command()
 def classify(
-    image: Annotated[Optional[Path], typer.Argument(
-        help="Predict this one image with a saved classifier. Without it, train (--knn/--probe) or "
-             "apply (--head) a classifier and predict every unlabelled image.", show_default=False)] = None,
-    knn: Annotated[bool, typer.Option("--knn", help="k-nearest-neighbours: cosine-weighted vote of the labelled images.")] = False,
-    probe: Annotated[bool, typer.Option("--probe", help="Linear probe: logistic regression, C chosen by cross-validation.")] = False,
+    image: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help="Predict this one image with a saved classifier. Without it, train (--knn/--probe) or "
+            "apply (--head) a classifier and predict every unlabelled image.",
+            show_default=False,
+        ),
+    ] = None,
+    knn: Annotated[
+        bool, typer.Option("--knn", help="k-nearest-neighbours: cosine-weighted vote of the labelled images.")
+    ] = False,
+    probe: Annotated[
+        bool, typer.Option("--probe", help="Linear probe: logistic regression, C chosen by cross-validation.")
+    ] = False,
     head: Annotated[bool, typer.Option("--head", help="The fine-tuned head saved by `vecsearch finetune`.")] = False,
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="Neighbours for --knn.")] = DEFAULT_K,
-    name: Annotated[Optional[str], typer.Option(help="Classifier name to save or use (default: its kind; with IMAGE: the newest).", show_default=False)] = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE.png", help="Write the confusion matrix as a PNG.", show_default=False)] = None,
+    name: Annotated[
+        Optional[str],
+        typer.Option(help="Classifier name to save or use (default: its kind; with IMAGE: the newest).", show_default=False),
+    ] = None,
+    plot: Annotated[
+        Optional[Path],
+        typer.Option("--plot", metavar="FILE.png", help="Write the confusion matrix as a PNG.", show_default=False),
+    ] = None,
     index: IndexOpt = None,
     json_out: JsonOpt = False,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Print the predictions as JSON lines, one image a line.")] = False,
@@ -88,8 +115,9 @@ def classify(
                 print_jsonl([result.to_dict()])
                 return
             by = result.classifier if result.classifier == result.kind else f"{result.classifier}, {result.kind}"
-            print_table(["label", "confidence"], ((t["label"], f"{t['confidence']:.4f}") for t in result.top),
-                        right=["confidence"])
+            print_table(
+                ["label", "confidence"], ((t["label"], f"{t['confidence']:.4f}") for t in result.top), right=["confidence"]
+            )
             say(f"(classifier {by})")
             return
         if kind is None:
@@ -103,8 +131,9 @@ def classify(
         if plot is not None and metrics.get("confusion"):
             from ..plots import confusion_matrix
 
-            confusion_matrix(metrics["classes"], metrics["confusion"], plot,
-                             title=f"{result.name}: accuracy {metrics['accuracy']:.3f}")
+            confusion_matrix(
+                metrics["classes"], metrics["confusion"], plot, title=f"{result.name}: accuracy {metrics['accuracy']:.3f}"
+            )
         if json_out:
             print_json(result.to_dict() | {"plot": str(plot) if plot else None})
             return
@@ -116,8 +145,11 @@ def classify(
 
 def _print_result(result, plot: Path | None) -> None:
     m = result.metrics
-    what = {"knn": f"k-NN (k={result.params.get('k')})", "probe": f"linear probe (C={result.params.get('C')})",
-            "head": "fine-tuned head"}[result.kind]
+    what = {
+        "knn": f"k-NN (k={result.params.get('k')})",
+        "probe": f"linear probe (C={result.params.get('C')})",
+        "head": "fine-tuned head",
+    }[result.kind]
     ev = result.evaluation
     if ev is not None:
         say(f"{what} saved as {result.name!r}; evaluated on {ev.method}: {ev.n_train} train, {ev.n_test} test images")
@@ -130,12 +162,23 @@ def _print_result(result, plot: Path | None) -> None:
         classes = m["classes"]
         say()
         numbers = ["precision", "recall", "f1", "support"]
-        print_table(["class", *numbers], ([c, f"{report[c]['precision']:.3f}", f"{report[c]['recall']:.3f}",
-                                           f"{report[c]['f1-score']:.3f}", int(report[c]["support"])] for c in classes),
-                    right=numbers)
+        print_table(
+            ["class", *numbers],
+            (
+                [
+                    c,
+                    f"{report[c]['precision']:.3f}",
+                    f"{report[c]['recall']:.3f}",
+                    f"{report[c]['f1-score']:.3f}",
+                    int(report[c]["support"]),
+                ]
+                for c in classes
+            ),
+            right=numbers,
+        )
         say()
         say("confusion matrix (rows: true, columns: predicted)")
-        print_table(["", *classes], ([c, *row] for c, row in zip(classes, m["confusion"])), right=classes)
+        print_table(["", *classes], ([c, *row] for c, row in zip(classes, m["confusion"], strict=False)), right=classes)
     if plot is not None and m.get("confusion"):
         say(f"confusion matrix written to {plot}")
     preds = result.predictions
@@ -146,8 +189,11 @@ def _print_result(result, plot: Path | None) -> None:
         say("No unlabelled images to predict.")
         return
     say(f"Predicted {len(preds)} unlabelled images (stored under {result.name!r}):")
-    print_table(["label", "confidence", "path"],
-                ((p["label"], f"{p['confidence']:.4f}", p["path"]) for p in preds[:SHOWN_PREDICTIONS]), right=["confidence"])
+    print_table(
+        ["label", "confidence", "path"],
+        ((p["label"], f"{p['confidence']:.4f}", p["path"]) for p in preds[:SHOWN_PREDICTIONS]),
+        right=["confidence"],
+    )
     if len(preds) > SHOWN_PREDICTIONS:
         say(f"... and {len(preds) - SHOWN_PREDICTIONS} more (--json or --jsonl for all)")
 
@@ -167,9 +213,13 @@ def classifiers(index: IndexOpt = None, json_out: JsonOpt = False) -> None:
         if not rows:
             say("No classifiers yet; run `vecsearch classify --knn` or `--probe`.")
             return
+
         def accuracy(r: dict) -> str | None:
             acc = r["metrics"].get("accuracy")
             return f"{acc:.4f}" if isinstance(acc, (int, float)) else None
 
-        print_table(["name", "kind", "created_at", "accuracy"],
-                    ((r["name"], r["kind"], r["created_at"], accuracy(r)) for r in rows), right=["accuracy"])
+        print_table(
+            ["name", "kind", "created_at", "accuracy"],
+            ((r["name"], r["kind"], r["created_at"], accuracy(r)) for r in rows),
+            right=["accuracy"],
+        )

@@ -24,10 +24,27 @@ class Keep(str, Enum):
 @app.command()
 def dupes(
     index: IndexOpt = None,
-    threshold: Annotated[float, typer.Option(min=-1.0, max=1.0, help="Cosine similarity at or above which two images count as near-duplicates.")] = DEFAULT_THRESHOLD,
-    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Neighbours looked at per image (the graph's fan-out).")] = DEFAULT_NEIGHBOURS,
-    to_remove: Annotated[bool, typer.Option("--to-remove", help="Print only the copies to delete, one path a line: every group's images but the one --keep chooses.")] = False,
-    keep: Annotated[Optional[Keep], typer.Option("--keep", show_default=False, help="With --to-remove, the image of a group to keep: oldest (the default: the earliest modification time, then the most bytes, then the shortest path; the original, never an upscaled copy made later) or largest (the most pixels, then bytes; an upscaled copy wins over its original).")] = None,
+    threshold: Annotated[
+        float, typer.Option(min=-1.0, max=1.0, help="Cosine similarity at or above which two images count as near-duplicates.")
+    ] = DEFAULT_THRESHOLD,
+    k: Annotated[
+        int, typer.Option("--k", "-k", min=1, help="Neighbours looked at per image (the graph's fan-out).")
+    ] = DEFAULT_NEIGHBOURS,
+    to_remove: Annotated[
+        bool,
+        typer.Option(
+            "--to-remove",
+            help="Print only the copies to delete, one path a line: every group's images but the one --keep chooses.",
+        ),
+    ] = False,
+    keep: Annotated[
+        Optional[Keep],
+        typer.Option(
+            "--keep",
+            show_default=False,
+            help="With --to-remove, the image of a group to keep: oldest (the default: the earliest modification time, then the most bytes, then the shortest path; the original, never an upscaled copy made later) or largest (the most pixels, then bytes; an upscaled copy wins over its original).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     jsonl: JsonlOpt = False,
     quiet: QuietOpt = False,
@@ -39,8 +56,7 @@ def dupes(
             raise VecsearchError("--keep goes with --to-remove.")
         with open_index(index, create=False) as ix:
             with progress_bar("Comparing", quiet or mode is not None or to_remove) as update:
-                groups = ix.duplicates(threshold, k=k, keep=(keep or Keep.oldest).value if to_remove else None,
-                                       progress=update)
+                groups = ix.duplicates(threshold, k=k, keep=(keep or Keep.oldest).value if to_remove else None, progress=update)
             warning = random_weights_warning(ix, "its near-duplicate groups")
         if warning:  # once, on stderr, in every mode: not a copy in each JSON object
             warn(f"Warning: {warning}")
@@ -66,9 +82,17 @@ def dupes(
 
 @app.command()
 def similarity(
-    images: Annotated[list[Path], typer.Argument(metavar="IMAGE...", help="Two or more image files (indexed ones reuse their stored vectors).", show_default=False)],
+    images: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="IMAGE...", help="Two or more image files (indexed ones reuse their stored vectors).", show_default=False
+        ),
+    ],
     index: IndexOpt = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE.png", help="Also draw the matrix as a heatmap PNG.", show_default=False)] = None,
+    plot: Annotated[
+        Optional[Path],
+        typer.Option("--plot", metavar="FILE.png", help="Also draw the matrix as a heatmap PNG.", show_default=False),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Print the cosine-similarity matrix of a few images, with the index's backbone."""
@@ -83,11 +107,19 @@ def similarity(
 
             plot_matrix(paths, sims, plot)
         if json_out:
-            print_json({"paths": paths, "matrix": [[round(float(v), 6) for v in row] for row in sims],
-                        "plot": str(plot) if plot else None})
+            print_json(
+                {
+                    "paths": paths,
+                    "matrix": [[round(float(v), 6) for v in row] for row in sims],
+                    "plot": str(plot) if plot else None,
+                }
+            )
             return
         numbers = [str(j) for j in range(1, len(paths) + 1)]
-        print_table(["", *numbers, "path"],
-                    ([str(i + 1), *(f"{v:.4f}" for v in sims[i]), p] for i, p in enumerate(paths)), right=["", *numbers])
+        print_table(
+            ["", *numbers, "path"],
+            ([str(i + 1), *(f"{v:.4f}" for v in sims[i]), p] for i, p in enumerate(paths)),
+            right=["", *numbers],
+        )
         if plot is not None:
             say(f"heatmap written to {plot}")

@@ -47,10 +47,25 @@ def index_cmd(
     precision: PrecisionOpt = None,
     index_type: IndexTypeOpt = None,
     max_memory: MaxMemoryOpt = None,
-    label: Annotated[bool, typer.Option("--label", help="Also store the top ImageNet classes of images that have none yet (see `vecsearch label`).")] = False,
-    top: Annotated[int, typer.Option("--top", min=1, max=1000, help="With --label: ImageNet classes kept per image.")] = DEFAULT_LABEL_TOP,
-    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", metavar="GLOB", help="Skip (and drop from the index) files whose name, a folder name on their path, their path relative to PATH or their absolute path matches GLOB (e.g. '*.tmp', 'thumbs', 'raw/*'). Repeatable; remembered by the index for later runs (see `stats`).", show_default=False)] = None,
-    clear_exclude: Annotated[bool, typer.Option("--clear-exclude", help="Forget the remembered --exclude globs first (those given now are kept).")] = False,
+    label: Annotated[
+        bool,
+        typer.Option("--label", help="Also store the top ImageNet classes of images that have none yet (see `vecsearch label`)."),
+    ] = False,
+    top: Annotated[
+        int, typer.Option("--top", min=1, max=1000, help="With --label: ImageNet classes kept per image.")
+    ] = DEFAULT_LABEL_TOP,
+    exclude: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--exclude",
+            metavar="GLOB",
+            help="Skip (and drop from the index) files whose name, a folder name on their path, their path relative to PATH or their absolute path matches GLOB (e.g. '*.tmp', 'thumbs', 'raw/*'). Repeatable; remembered by the index for later runs (see `stats`).",
+            show_default=False,
+        ),
+    ] = None,
+    clear_exclude: Annotated[
+        bool, typer.Option("--clear-exclude", help="Forget the remembered --exclude globs first (those given now are kept).")
+    ] = False,
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
     gpus_per_worker: GpusPerWorkerOpt = None,
@@ -63,8 +78,16 @@ def index_cmd(
     with errors_to_exit(), model_status(not json_out):
         engine_kw = engine_options(engine, ray_address, gpus_per_worker, workers)
         with progress_bar("Building the search structure", quiet or json_out) as building:
-            ix = open_index(index, batch_size=batch_size, index_type=index_type, max_memory=max_memory,
-                            progress=building, precision=precision, **model_options(backbone, weights, seed), **engine_kw)
+            ix = open_index(
+                index,
+                batch_size=batch_size,
+                index_type=index_type,
+                max_memory=max_memory,
+                progress=building,
+                precision=precision,
+                **model_options(backbone, weights, seed),
+                **engine_kw,
+            )
         with ix:
             if clear_exclude:
                 ix.set_exclude([])
@@ -81,29 +104,38 @@ def index_cmd(
                     label_error = e
         seconds = round(time.perf_counter() - started, 3)
         if json_out:
-            print_json(summary.to_dict() | {"seconds": seconds, "index": str(ix.directory), "exclude": globs}
-                       | ({"labelled": labelled} if label else {}) | ({"warning": label_warning} if label_warning else {})
-                       | ({"precision_check": check.to_dict()} if check is not None else {}))
+            print_json(
+                summary.to_dict()
+                | {"seconds": seconds, "index": str(ix.directory), "exclude": globs}
+                | ({"labelled": labelled} if label else {})
+                | ({"warning": label_warning} if label_warning else {})
+                | ({"precision_check": check.to_dict()} if check is not None else {})
+            )
             if label_error is not None:
                 raise label_error
             return
-        say(f"Indexed {summary.indexed}, unchanged {summary.unchanged}, reused {summary.reused}, "
+        say(
+            f"Indexed {summary.indexed}, unchanged {summary.unchanged}, reused {summary.reused}, "
             f"removed {summary.removed}, failed {len(summary.failed)} of {summary.total} images "
-            f"in {seconds:.1f}s -> {ix.directory}")
+            f"in {seconds:.1f}s -> {ix.directory}"
+        )
         if globs:
             say(f"  excluding (remembered; --clear-exclude forgets): {' '.join(globs)}")
         if check is not None and check.images:
-            say(f"  {check.precision} precision accepted on this {check.index_precision} index: re-embedded "
-                f"{check.images} indexed images, min cosine {check.min_cosine:.5f} with the stored vectors")
+            say(
+                f"  {check.precision} precision accepted on this {check.index_precision} index: re-embedded "
+                f"{check.images} indexed images, min cosine {check.min_cosine:.5f} with the stored vectors"
+            )
         _report_failures(summary.failed, quiet)
         for p in summary.removed_paths:
             warn(f"  removed: {p}")
         if summary.repaired:
-            warn(f"  {summary.repaired} stored vectors were damaged on disk and were dropped; those under the "
-                 "folders indexed now were embedded again")
+            warn(
+                f"  {summary.repaired} stored vectors were damaged on disk and were dropped; those under the "
+                "folders indexed now were embedded again"
+            )
         if summary.retrained:
-            warn(f"  the collection outgrew its {ix.info.index_type} search structure, which was rebuilt "
-                 f"for {len(ix)} vectors")
+            warn(f"  the collection outgrew its {ix.info.index_type} search structure, which was rebuilt for {len(ix)} vectors")
         if label_error is not None:
             raise label_error
         if labelled is not None:
@@ -122,23 +154,86 @@ def _report_failures(failed, quiet: bool) -> None:
     if len(failed) > shown:
         n = len(failed) if quiet else len(failed) - len(new)
         images = f"image{'s' if n != 1 else ''}"
-        what = (f"{n} {images} failed ({len(new)} new in this run)" if quiet
-                else f"{n} more {images} failed in earlier runs and unchanged since")
+        what = (
+            f"{n} {images} failed ({len(new)} new in this run)"
+            if quiet
+            else f"{n} more {images} failed in earlier runs and unchanged since"
+        )
         warn(f"  {what}: `vecsearch list --failed` (or `vecsearch stats --json`) lists them with reasons")
 
 
 @app.command()
 def query(
-    image: Annotated[Optional[Path], typer.Argument(help="An image file (an indexed path reuses its stored vector).", show_default=False)] = None,
+    image: Annotated[
+        Optional[Path], typer.Argument(help="An image file (an indexed path reuses its stored vector).", show_default=False)
+    ] = None,
     index: IndexOpt = None,
-    k: Annotated[Optional[int], typer.Option("--k", "-k", help=f"How many neighbours (default {DEFAULT_K}; with --imagenet: at most this many, default all).", show_default=False)] = None,
-    under: Annotated[Optional[Path], typer.Option("--under", metavar="DIR", help="Only results inside this folder.", show_default=False)] = None,
-    label: Annotated[Optional[str], typer.Option("--label", metavar="L", help="Only results taught class L (see `teach`). Without IMAGE: the old spelling of --imagenet.", show_default=False)] = None,
-    predicted: Annotated[Optional[str], typer.Option("--predicted", metavar="L", help="Only results the newest classifier (or --classifier) predicted as L.", show_default=False)] = None,
-    classifier: Annotated[Optional[str], typer.Option("--classifier", metavar="NAME", help="With --predicted: whose predictions (default: the newest classifier).", show_default=False)] = None,
-    min_score: Annotated[Optional[float], typer.Option("--min-score", metavar="S", help="Only results at least this similar (cosine, -1..1); fewer than k may come back.", show_default=False)] = None,
-    imagenet: Annotated[Optional[str], typer.Option("--imagenet", metavar="NAME", help="Instead of a search: list images whose stored ImageNet top-k holds this class (name or WordNet id).", show_default=False)] = None,
-    explain: Annotated[Optional[Path], typer.Option("--explain", metavar="DIR", help="Also write one PNG per result into DIR: why it is similar, the query's heatmap beside the result's.", show_default=False)] = None,
+    k: Annotated[
+        Optional[int],
+        typer.Option(
+            "--k",
+            "-k",
+            help=f"How many neighbours (default {DEFAULT_K}; with --imagenet: at most this many, default all).",
+            show_default=False,
+        ),
+    ] = None,
+    under: Annotated[
+        Optional[Path], typer.Option("--under", metavar="DIR", help="Only results inside this folder.", show_default=False)
+    ] = None,
+    label: Annotated[
+        Optional[str],
+        typer.Option(
+            "--label",
+            metavar="L",
+            help="Only results taught class L (see `teach`). Without IMAGE: the old spelling of --imagenet.",
+            show_default=False,
+        ),
+    ] = None,
+    predicted: Annotated[
+        Optional[str],
+        typer.Option(
+            "--predicted",
+            metavar="L",
+            help="Only results the newest classifier (or --classifier) predicted as L.",
+            show_default=False,
+        ),
+    ] = None,
+    classifier: Annotated[
+        Optional[str],
+        typer.Option(
+            "--classifier",
+            metavar="NAME",
+            help="With --predicted: whose predictions (default: the newest classifier).",
+            show_default=False,
+        ),
+    ] = None,
+    min_score: Annotated[
+        Optional[float],
+        typer.Option(
+            "--min-score",
+            metavar="S",
+            help="Only results at least this similar (cosine, -1..1); fewer than k may come back.",
+            show_default=False,
+        ),
+    ] = None,
+    imagenet: Annotated[
+        Optional[str],
+        typer.Option(
+            "--imagenet",
+            metavar="NAME",
+            help="Instead of a search: list images whose stored ImageNet top-k holds this class (name or WordNet id).",
+            show_default=False,
+        ),
+    ] = None,
+    explain: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--explain",
+            metavar="DIR",
+            help="Also write one PNG per result into DIR: why it is similar, the query's heatmap beside the result's.",
+            show_default=False,
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     jsonl: JsonlOpt = False,
 ) -> None:
@@ -150,33 +245,50 @@ def query(
             raise VecsearchError(f"--k must be at least 1, got {k}.")
         if image is None and label is not None and imagenet is None:
             # `query --label NAME` listed ImageNet classes before user classes had filters.
-            warn("note: `query --label NAME` without IMAGE is the old spelling of `query --imagenet NAME`; "
-                 "with an IMAGE, --label filters by a class of your own.")
+            warn(
+                "note: `query --label NAME` without IMAGE is the old spelling of `query --imagenet NAME`; "
+                "with an IMAGE, --label filters by a class of your own."
+            )
             imagenet, label = label, None
-        filters = {"--under": under, "--label": label, "--predicted": predicted, "--classifier": classifier,
-                   "--min-score": min_score}
+        filters = {
+            "--under": under,
+            "--label": label,
+            "--predicted": predicted,
+            "--classifier": classifier,
+            "--min-score": min_score,
+        }
         given = [flag for flag, value in filters.items() if value is not None]
         if imagenet is not None:
             if image is not None:
                 raise VecsearchError("Give either IMAGE (a search) or --imagenet NAME (a listing), not both.")
             if explain is not None or given:
-                raise VecsearchError(f"{', '.join(given) or '--explain'} go{'es' if len(given) < 2 else ''} with "
-                                     "a search by IMAGE, not --imagenet.")
+                raise VecsearchError(
+                    f"{', '.join(given) or '--explain'} go{'es' if len(given) < 2 else ''} with "
+                    "a search by IMAGE, not --imagenet."
+                )
             from .labels import print_label_hits  # imported here: labels' commands register after these
 
             with open_index(index, create=False) as ix:
-                print_label_hits(ix.search_labels(imagenet, limit=k), json_out, jsonl=jsonl, name=imagenet,
-                                 coverage=ix.imagenet_coverage())
+                print_label_hits(
+                    ix.search_labels(imagenet, limit=k), json_out, jsonl=jsonl, name=imagenet, coverage=ix.imagenet_coverage()
+                )
             return
         if image is None:
             raise VecsearchError("Give an IMAGE to search with, or --imagenet NAME.")
         with open_index(index, create=False) as ix:
-            hits = ix.search(image, DEFAULT_K if k is None else k, under=under, label=label, predicted=predicted,
-                             classifier=classifier, min_score=min_score)
+            hits = ix.search(
+                image,
+                DEFAULT_K if k is None else k,
+                under=under,
+                label=label,
+                predicted=predicted,
+                classifier=classifier,
+                min_score=min_score,
+            )
             written = ix.explain_hits_to(image, hits, explain) if explain is not None else None
         rows = [h.to_dict() for h in hits]
         if written is not None:
-            rows = [row | {"explain": str(w)} for row, w in zip(rows, written)]
+            rows = [row | {"explain": str(w)} for row, w in zip(rows, written, strict=False)]
         if print_rows(rows, mode):
             return
         # Never truncated nor folded: people copy these paths.
@@ -208,7 +320,10 @@ def _require_parquet(path: Path) -> None:
 
 @app.command()
 def export(
-    out_file: Annotated[Path, typer.Argument(metavar="OUT.npz|OUT.parquet", help="Where to write; the suffix decides the format.", show_default=False)],
+    out_file: Annotated[
+        Path,
+        typer.Argument(metavar="OUT.npz|OUT.parquet", help="Where to write; the suffix decides the format.", show_default=False),
+    ],
     index: IndexOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -227,9 +342,18 @@ def export(
 
 @app.command("import")
 def import_cmd(
-    source: Annotated[Path, typer.Argument(metavar="FILE|DIR", help="A .npz or .parquet file written by `export` (or `embed`), or a folder of them.", show_default=False)],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE|DIR",
+            help="A .npz or .parquet file written by `export` (or `embed`), or a folder of them.",
+            show_default=False,
+        ),
+    ],
     index: IndexOpt = None,
-    unchecked: Annotated[bool, typer.Option("--unchecked", help="Accept files that name no model (their dimension is still checked).")] = False,
+    unchecked: Annotated[
+        bool, typer.Option("--unchecked", help="Accept files that name no model (their dimension is still checked).")
+    ] = False,
     index_type: IndexTypeOpt = None,
     max_memory: MaxMemoryOpt = None,
     json_out: JsonOpt = False,
@@ -247,8 +371,10 @@ def import_cmd(
             print_json(summary.to_dict() | {"index": str(ix.directory)})
             return
         failed = f", {summary.failed} failed files" if summary.failed else ""
-        say(f"Imported {summary.imported} vectors ({summary.replaced} replaced){failed} from {len(summary.files)} "
-            f"file{'s' if len(summary.files) != 1 else ''} in {summary.seconds:.1f}s -> {ix.directory}")
+        say(
+            f"Imported {summary.imported} vectors ({summary.replaced} replaced){failed} from {len(summary.files)} "
+            f"file{'s' if len(summary.files) != 1 else ''} in {summary.seconds:.1f}s -> {ix.directory}"
+        )
 
 
 @app.command()
@@ -269,5 +395,7 @@ def reindex(
             return
         what = spec.factory or "exact scan (flat)"
         recall = f", recall@10 {spec.recall:.3f}" if spec.recall is not None else ""
-        say(f"Rebuilt the {spec.index_type} search structure: {what} for {spec.built_for} vectors, "
-            f"{format_bytes(spec.memory_bytes)}{recall}; search parameters {spec.params or '-'}")
+        say(
+            f"Rebuilt the {spec.index_type} search structure: {what} for {spec.built_for} vectors, "
+            f"{format_bytes(spec.memory_bytes)}{recall}; search parameters {spec.params or '-'}"
+        )

@@ -29,13 +29,18 @@ def print_labels(items, json_out: bool, *, jsonl: bool = False, warning: str | N
     widths = [0, max((len(str(lb.rank)) for lb in every), default=1), 9, max((len(lb.name) for lb in every), default=4), 6]
     for item in items:
         say(item.path)
-        print_table(["", "rank", "wnid", "name", "prob"],
-                    (("", lb.rank, lb.wnid, lb.name, f"{lb.prob:.4f}") for lb in item.labels),
-                    right=["rank"], header=False, min_widths=widths)
+        print_table(
+            ["", "rank", "wnid", "name", "prob"],
+            (("", lb.rank, lb.wnid, lb.name, f"{lb.prob:.4f}") for lb in item.labels),
+            right=["rank"],
+            header=False,
+            min_widths=widths,
+        )
 
 
-def print_label_hits(hits, json_out: bool, *, jsonl: bool = False, name: str | None = None,
-                     coverage: tuple[int, int] | None = None) -> None:
+def print_label_hits(
+    hits, json_out: bool, *, jsonl: bool = False, name: str | None = None, coverage: tuple[int, int] | None = None
+) -> None:
     """The images of an ImageNet class: `rank` is the place in this listing, `class_rank` the
     class's place in that image's own top-k; a line saying so when no image has the class.
 
@@ -45,8 +50,10 @@ def print_label_hits(hits, json_out: bool, *, jsonl: bool = False, name: str | N
     mode = json_mode(json_out, jsonl)
     labelled, indexed = coverage or (0, 0)
     partial = labelled < indexed
-    unlabelled = (f"only {labelled} of {indexed} indexed images have ImageNet labels: `vecsearch label --missing` "
-                  f"labels the other {indexed - labelled}")
+    unlabelled = (
+        f"only {labelled} of {indexed} indexed images have ImageNet labels: `vecsearch label --missing` "
+        f"labels the other {indexed - labelled}"
+    )
     if partial and (hits or mode is not None):
         warn(f"Note: {unlabelled}.")
     if print_rows([h.to_dict() for h in hits], mode):
@@ -57,18 +64,28 @@ def print_label_hits(hits, json_out: bool, *, jsonl: bool = False, name: str | N
         else:
             say(f"No indexed image has {name or 'this class'} in its stored ImageNet top-k.")
         return
-    print_table(["rank", "class_rank", "prob", "path"],
-                ((h.rank, h.class_rank, f"{h.prob:.4f}", h.path) for h in hits), right=["rank", "class_rank", "prob"])
+    print_table(
+        ["rank", "class_rank", "prob", "path"],
+        ((h.rank, h.class_rank, f"{h.prob:.4f}", h.path) for h in hits),
+        right=["rank", "class_rank", "prob"],
+    )
 
 
 @app.command("label")
 def label_cmd(
-    paths: Annotated[Optional[list[Path]], typer.Argument(help="Only these indexed files/folders (default: all).", show_default=False)] = None,
+    paths: Annotated[
+        Optional[list[Path]], typer.Argument(help="Only these indexed files/folders (default: all).", show_default=False)
+    ] = None,
     index: IndexOpt = None,
     top: TopOpt = DEFAULT_TOP,
-    weights: Annotated[Optional[str], typer.Option(
-        help="Where the ImageNet top comes from: imagenet, or a with-top Keras weights FILE "
-             "(default: the weights that built the index).", show_default=False)] = None,
+    weights: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Where the ImageNet top comes from: imagenet, or a with-top Keras weights FILE "
+            "(default: the weights that built the index).",
+            show_default=False,
+        ),
+    ] = None,
     missing: Annotated[bool, typer.Option("--missing", help="Only label images that have no labels yet.")] = False,
     json_out: JsonOpt = False,
     jsonl: JsonlOpt = False,
@@ -91,9 +108,13 @@ def label_cmd(
 
 @app.command("search-labels")
 def search_labels(
-    name: Annotated[str, typer.Argument(help="ImageNet class name or WordNet id (e.g. golden_retriever, n02099601).", show_default=False)],
+    name: Annotated[
+        str, typer.Argument(help="ImageNet class name or WordNet id (e.g. golden_retriever, n02099601).", show_default=False)
+    ],
     index: IndexOpt = None,
-    k: Annotated[Optional[int], typer.Option("--k", "-k", min=1, help="At most this many images (default: all).", show_default=False)] = None,
+    k: Annotated[
+        Optional[int], typer.Option("--k", "-k", min=1, help="At most this many images (default: all).", show_default=False)
+    ] = None,
     json_out: JsonOpt = False,
     jsonl: JsonlOpt = False,
 ) -> None:

@@ -15,7 +15,10 @@ from .output import json_mode, print_json, print_jsonl, say, warn
 
 @app.command()
 def remove(
-    paths: Annotated[Optional[list[Path]], typer.Argument(help="Indexed files and folders; they may be gone from disk already.", show_default=False)] = None,
+    paths: Annotated[
+        Optional[list[Path]],
+        typer.Argument(help="Indexed files and folders; they may be gone from disk already.", show_default=False),
+    ] = None,
     index: IndexOpt = None,
     missing: Annotated[bool, typer.Option("--missing", help="Also drop every entry whose file is gone, wherever it is.")] = False,
     json_out: JsonOpt = False,
@@ -41,10 +44,18 @@ def remove(
 @app.command("list")
 def list_cmd(
     index: IndexOpt = None,
-    failed: Annotated[bool, typer.Option("--failed", help="Only the files that could not be read, with the reason (`path: reason`).")] = False,
-    all_files: Annotated[bool, typer.Option("--all", help="Indexed images and failed files both (failed ones as `path: reason`).")] = False,
-    label: Annotated[Optional[str], typer.Option("--label", metavar="L", help="Only images taught class L (see `teach`).", show_default=False)] = None,
-    under: Annotated[Optional[Path], typer.Option("--under", metavar="DIR", help="Only images inside this folder.", show_default=False)] = None,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Only the files that could not be read, with the reason (`path: reason`).")
+    ] = False,
+    all_files: Annotated[
+        bool, typer.Option("--all", help="Indexed images and failed files both (failed ones as `path: reason`).")
+    ] = False,
+    label: Annotated[
+        Optional[str], typer.Option("--label", metavar="L", help="Only images taught class L (see `teach`).", show_default=False)
+    ] = None,
+    under: Annotated[
+        Optional[Path], typer.Option("--under", metavar="DIR", help="Only images inside this folder.", show_default=False)
+    ] = None,
     json_out: JsonOpt = False,
     jsonl: JsonlOpt = False,
 ) -> None:
@@ -75,6 +86,14 @@ def list_cmd(
 
 
 def _row(r) -> dict:
-    return {"id": r.id, "path": r.path, "status": r.status, "reason": r.reason, "size": r.size,
-            "width": r.width, "height": r.height, "sha256": r.sha256,
-            "indexed_at": r.indexed_at.isoformat(timespec="seconds") + "Z" if r.indexed_at else None}
+    return {
+        "id": r.id,
+        "path": r.path,
+        "status": r.status,
+        "reason": r.reason,
+        "size": r.size,
+        "width": r.width,
+        "height": r.height,
+        "sha256": r.sha256,
+        "indexed_at": r.indexed_at.isoformat(timespec="seconds") + "Z" if r.indexed_at else None,
+    }

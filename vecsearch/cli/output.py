@@ -94,6 +94,7 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udff
 
 def clean(text: object) -> str:
     """`text` with every control character escaped (`\\x1b`, `\\n`), safe to print on a terminal."""
+
     def escape(m: re.Match) -> str:
         c = m.group()
         return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
@@ -137,7 +138,7 @@ def print_jsonl(rows: Iterable) -> None:
 
 
 def json_mode(json_out: bool, jsonl: bool) -> str | None:
-    """"json", "jsonl" or None (plain text) from the two flags; both at once is an error."""
+    """ "json", "jsonl" or None (plain text) from the two flags; both at once is an error."""
     if json_out and jsonl:
         raise VecsearchError("Give --json or --jsonl, not both.")
     return "json" if json_out else "jsonl" if jsonl else None
@@ -158,9 +159,16 @@ RICH_TABLE_ROWS = 500
 prints the same lines (a test compares them): rich measured 10 s for 20,000 rows here, this 0.1 s."""
 
 
-def print_table(columns: Sequence[str], rows: Iterable[Sequence[object]], *, right: Iterable[str] = (),
-                header: bool = True, min_widths: Sequence[int] | None = None, console: Console | None = None,
-                engine: str | None = None) -> None:
+def print_table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    *,
+    right: Iterable[str] = (),
+    header: bool = True,
+    min_widths: Sequence[int] | None = None,
+    console: Console | None = None,
+    engine: str | None = None,
+) -> None:
     """An aligned plain table (`rich.table`, no borders, no colours), never wrapped nor truncated.
 
     Cells are text, never markup, with control characters escaped (`clean`), so a path
@@ -190,9 +198,10 @@ def _rich_table(columns: list[str], cells: list[list[str]], right: set[str], hea
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 2, 0, 0), header_style="", expand=False,
-                  show_header=header)
-    for name, width in zip(columns, widths):
+    table = Table(
+        box=None, show_edge=False, pad_edge=False, padding=(0, 2, 0, 0), header_style="", expand=False, show_header=header
+    )
+    for name, width in zip(columns, widths, strict=False):
         table.add_column(Text(name), justify="right" if name in right else "left", no_wrap=True, min_width=width or None)
     for row in cells:
         table.add_row(*(Text(c) for c in row))
@@ -213,8 +222,13 @@ def _plain_table(columns: list[str], cells: list[list[str]], right: set[str], he
     body = ([list(columns)] if header else []) + cells
     widths = [max([w] + [cell_len(row[i]) for row in body]) for i, w in enumerate(widths)]
     justify = [name in right for name in columns]
-    return ["  ".join((" " * (w - cell_len(c)) + c) if r else (c + " " * (w - cell_len(c)))
-                      for c, w, r in zip(row, widths, justify)) for row in body]
+    return [
+        "  ".join(
+            (" " * (w - cell_len(c)) + c) if r else (c + " " * (w - cell_len(c)))
+            for c, w, r in zip(row, widths, justify, strict=False)
+        )
+        for row in body
+    ]
 
 
 # -- progress and status lines --------------------------------------------------------------
@@ -248,8 +262,15 @@ def progress_bar(description: str, quiet: bool) -> Iterator[Callable[[int, int],
     )
 
     # markup=False: a description is plain text, never read as rich markup (a path's "[b]" stays).
-    columns = [TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-               TextColumn("{task.fields[rate]}", markup=False), TimeElapsedColumn(), TimeRemainingColumn()]
+    columns = [
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}", markup=False),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     bar = Progress(*columns, console=err, transient=False)
     state: dict = {"bar": bar, "description": description, "done": 0}
 
@@ -277,7 +298,7 @@ def progress_bar(description: str, quiet: bool) -> Iterator[Callable[[int, int],
 
 @contextmanager
 def model_status(show: bool = True) -> Iterator[None]:
-    """"Loading resnet50 (ImageNet weights)..." on stderr while a model loads (seconds to a minute
+    """ "Loading resnet50 (ImageNet weights)..." on stderr while a model loads (seconds to a minute
     of silence otherwise): only where stderr is a terminal, and not with `show` False (--json).
 
     On a progress bar already showing, the bar's description says it; else a spinner line
@@ -326,8 +347,9 @@ class epoch_status:
 
         def on_epoch(epoch: int, logs: dict) -> None:
             acc = logs.get("val_accuracy", logs.get("accuracy"))
-            status.update(Text(clean(f"{self.what}: epoch {epoch}/{self.epochs}"
-                                      + (f", accuracy {acc:.3f}" if acc is not None else ""))))
+            status.update(
+                Text(clean(f"{self.what}: epoch {epoch}/{self.epochs}" + (f", accuracy {acc:.3f}" if acc is not None else "")))
+            )
 
         return on_epoch
 

@@ -44,16 +44,42 @@ def page_url(host: str, port: int, token: str | None) -> str:
 @app.command()
 def serve(
     index: IndexOpt = None,
-    host: Annotated[str, typer.Option(help="Address to bind. Anything but loopback needs --token (or --insecure).")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to bind. Anything but loopback needs --token (or --insecure).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
-    token: Annotated[Optional[str], typer.Option(envvar="VECSEARCH_TOKEN", show_default=False,
-                                                 help="Require `Authorization: Bearer TOKEN` on the API; prefer the env var (a flag shows in `ps`).")] = None,
+    token: Annotated[
+        Optional[str],
+        typer.Option(
+            envvar="VECSEARCH_TOKEN",
+            show_default=False,
+            help="Require `Authorization: Bearer TOKEN` on the API; prefer the env var (a flag shows in `ps`).",
+        ),
+    ] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without a token.")] = False,
-    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest accepted upload, in MiB (larger: 413).")] = MAX_UPLOAD_BYTES / 2**20,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Largest image decoded, in pixels: uploads and thumbnails (decompression-bomb cap; a JPEG counts at the reduced scale a thumbnail decodes it at).")] = MAX_UPLOAD_PIXELS,
-    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
-    allow_host: Annotated[Optional[list[str]], typer.Option("--allow-host", metavar="NAME", show_default=False,
-                                                            help="Also answer requests for this host name (repeatable; e.g. the machine's name behind --host 0.0.0.0). Others get 400.")] = None,
+    max_upload_mb: Annotated[
+        float, typer.Option("--max-upload-mb", min=0.001, help="Largest accepted upload, in MiB (larger: 413).")
+    ] = MAX_UPLOAD_BYTES / 2**20,
+    max_pixels: Annotated[
+        int,
+        typer.Option(
+            "--max-pixels",
+            min=1,
+            help="Largest image decoded, in pixels: uploads and thumbnails (decompression-bomb cap; a JPEG counts at the reduced scale a thumbnail decodes it at).",
+        ),
+    ] = MAX_UPLOAD_PIXELS,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="uvicorn log level: critical, error, warning, info, debug.")
+    ] = "info",
+    allow_host: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--allow-host",
+            metavar="NAME",
+            show_default=False,
+            help="Also answer requests for this host name (repeatable; e.g. the machine's name behind --host 0.0.0.0). Others get 400.",
+        ),
+    ] = None,
 ) -> None:
     """Serve search, metadata, thumbnails and classification over HTTP, with a web page at /.
 
@@ -65,20 +91,30 @@ def serve(
         if not _is_loopback(host) and not token and not insecure:
             raise VecsearchError(
                 f"Refusing to serve on {host} without a token: anyone on the network could query your photos. "
-                "Pass --token TOKEN (or set VECSEARCH_TOKEN), or --insecure if you mean it.")
+                "Pass --token TOKEN (or set VECSEARCH_TOKEN), or --insecure if you mean it."
+            )
         require_extra("server", needed_for="The server")
         import uvicorn
 
         from ..server import create_app
+
         ix = open_index(index, create=False)
         try:
             with model_status():  # the model loads here, once; not around the server's own threads
-                web = create_app(ix, token=token, max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
-                                 host=host, allow_hosts=allow_host or ())
+                web = create_app(
+                    ix,
+                    token=token,
+                    max_upload_bytes=int(max_upload_mb * 2**20),
+                    max_pixels=max_pixels,
+                    host=host,
+                    allow_hosts=allow_host or (),
+                )
             url = page_url(host, port, token)
-            warn(f"Serving {ix.directory} ({len(ix)} images, {ix.backbone.name}). Open {url} "
-                 f"-- API docs at /docs{' (the API needs the token as `Authorization: Bearer TOKEN`)' if token else ''}. "
-                 "Ctrl-C to stop.")
+            warn(
+                f"Serving {ix.directory} ({len(ix)} images, {ix.backbone.name}). Open {url} "
+                f"-- API docs at /docs{' (the API needs the token as `Authorization: Bearer TOKEN`)' if token else ''}. "
+                "Ctrl-C to stop."
+            )
             uvicorn.run(web, host=host, port=port, log_level=log_level.lower(), access_log=log_level.lower() == "debug")
         finally:
             ix.close()

@@ -117,8 +117,14 @@ class Searcher:
     def __len__(self) -> int:
         return len(self.map)
 
-    def search(self, queries: np.ndarray, k: int, exclude: set[int] | None = None,
-               rerank: int | None = None, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude: set[int] | None = None,
+        rerank: int | None = None,
+        allowed: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(scores (n, k'), ids (n, k')) best first, ties by id; short rows padded with -inf / -1.
 
         `rerank` overrides how many approximate candidates are re-scored (for tuning).
@@ -136,8 +142,7 @@ class Searcher:
                 return self._scan(q, int(k), excluded)
             return self._rerank(q, int(k), excluded, rerank or self.spec.rerank_count(k))
 
-    def _search_within(self, q: np.ndarray, k: int, allowed: np.ndarray,
-                       rerank: int | None) -> tuple[np.ndarray, np.ndarray]:
+    def _search_within(self, q: np.ndarray, k: int, allowed: np.ndarray, rerank: int | None) -> tuple[np.ndarray, np.ndarray]:
         """Top k among the `allowed` ids (unique, ascending).
 
         A small subset (see EXACT_COST_RATIO), or any on a flat index, is scored exactly.
@@ -152,8 +157,12 @@ class Searcher:
         if not len(ids):
             return np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64)
         count = rerank or self.spec.rerank_count(k)
-        if (self.spec.exact or self.faiss is None or len(ids) <= SUBSET_EXACT
-                or len(ids) ** 2 <= EXACT_COST_RATIO * count * len(self.map)):
+        if (
+            self.spec.exact
+            or self.faiss is None
+            or len(ids) <= SUBSET_EXACT
+            or len(ids) ** 2 <= EXACT_COST_RATIO * count * len(self.map)
+        ):
             return self._exact_within(q, k, ids, slots)
         # As many candidates from the subset as an unfiltered search re-ranks, so recall matches.
         want = min(max(count, k), len(ids))
@@ -190,8 +199,9 @@ class Searcher:
             best_s, best_i = _merge(best_s, best_i, scores, np.broadcast_to(part, scores.shape), k)
         return _finish(best_s, best_i, k)
 
-    def _scan(self, q: np.ndarray, k: int, excluded: np.ndarray,
-              allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _scan(
+        self, q: np.ndarray, k: int, excluded: np.ndarray, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Exact search: score every committed slot, a bounded block at a time (only `allowed` ids, if given)."""
         n = len(q)
         best_s = np.full((n, 0), -np.inf, np.float32)
@@ -211,8 +221,9 @@ class Searcher:
                 best_s, best_i = _merge(best_s, best_i, scores, np.broadcast_to(ids, scores.shape), k)
         return _finish(best_s, best_i, k)
 
-    def _rerank(self, q: np.ndarray, k: int, excluded: np.ndarray, count: int,
-                allowed: np.ndarray | None = None, within: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def _rerank(
+        self, q: np.ndarray, k: int, excluded: np.ndarray, count: int, allowed: np.ndarray | None = None, within: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Candidates from the structure, re-scored exactly against the stored vectors.
 
         Queries go in blocks so the candidates' vectors in memory stay near RERANK_BYTES.
@@ -226,12 +237,13 @@ class Searcher:
             return np.empty((len(q), 0), np.float32), np.empty((len(q), 0), np.int64)
         block = max(1, RERANK_BYTES // (fetch * self.dim * 4))
         if len(q) > block:
-            parts = [self._rerank(q[i : i + block], k, excluded, count, allowed, within)
-                     for i in range(0, len(q), block)]
+            parts = [self._rerank(q[i : i + block], k, excluded, count, allowed, within) for i in range(0, len(q), block)]
             width = max(p[0].shape[1] for p in parts)
             pad = lambda a, v: np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=v)  # noqa: E731
-            return (np.concatenate([pad(s_, -np.inf) for s_, _ in parts]).astype(np.float32),
-                    np.concatenate([pad(i_, -1) for _, i_ in parts]))
+            return (
+                np.concatenate([pad(s_, -np.inf) for s_, _ in parts]).astype(np.float32),
+                np.concatenate([pad(i_, -1) for _, i_ in parts]),
+            )
         if within:
             assert allowed is not None, "a search within is asked only with the allowed ids"
             kept = self.faiss.search_within(q, fetch, allowed)
@@ -253,8 +265,7 @@ class Searcher:
         dead |= ~np.isfinite(scores)  # a damaged stored vector is never a result
         scores[dead] = -np.inf
         ids = np.where(dead, -1, cand)
-        best_s, best_i = _merge(np.full((len(q), 0), -np.inf, np.float32), np.full((len(q), 0), -1, np.int64),
-                                scores, ids, k)
+        best_s, best_i = _merge(np.full((len(q), 0), -np.inf, np.float32), np.full((len(q), 0), -1, np.int64), scores, ids, k)
         return _finish(best_s, best_i, k)
 
 
@@ -287,8 +298,9 @@ TUNE_QUERIES = 200
 TUNE_K = 10
 
 
-def tune(searcher: Searcher, target: float, *, queries: int = TUNE_QUERIES, k: int = TUNE_K,
-         seed: int = 0) -> tuple[dict, float | None]:
+def tune(
+    searcher: Searcher, target: float, *, queries: int = TUNE_QUERIES, k: int = TUNE_K, seed: int = 0
+) -> tuple[dict, float | None]:
     """Search parameters reaching recall@k >= target against exact search, and the recall measured.
 
     Queries are stored vectors moved off their place by noise as large as the collection's
@@ -343,8 +355,10 @@ def _param_grid(faiss: FaissIndex) -> list[dict]:
 
 def recall_at(found: np.ndarray, truth: np.ndarray, k: int) -> float:
     """Mean share of each row's true top-k that was found in the first k."""
-    hits = [len(set(f[:k].tolist()) & set(t[:k].tolist())) / max(1, min(k, int((t[:k] >= 0).sum())))
-            for f, t in zip(found, truth)]
+    hits = [
+        len(set(f[:k].tolist()) & set(t[:k].tolist())) / max(1, min(k, int((t[:k] >= 0).sum())))
+        for f, t in zip(found, truth, strict=False)
+    ]
     return float(np.mean(hits)) if hits else 1.0
 
 

@@ -11,8 +11,8 @@ import os
 import numpy as np
 
 from .. import classifiers
-from ..files import absolute
 from ..errors import VecsearchError
+from ..files import absolute
 from ..store import Store
 
 

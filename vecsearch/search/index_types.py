@@ -74,11 +74,16 @@ def check_index_type(index_type: str) -> str:
     dimension is known, before anything is built: `live.structure_for`)."""
     if index_type in NAMED_TYPES:
         return index_type
-    if isinstance(index_type, str) and re.match(r"^[A-Za-z][A-Za-z0-9_,.+=x()-]*$", index_type) and any(
-            c.isupper() for c in index_type):
+    if (
+        isinstance(index_type, str)
+        and re.match(r"^[A-Za-z][A-Za-z0-9_,.+=x()-]*$", index_type)
+        and any(c.isupper() for c in index_type)
+    ):
         return index_type
-    raise VecsearchError(f"Unknown index type {index_type!r}; choose one of: {', '.join(NAMED_TYPES)}, "
-                         "or give a FAISS factory string such as IVF1024,PQ32x8.")
+    raise VecsearchError(
+        f"Unknown index type {index_type!r}; choose one of: {', '.join(NAMED_TYPES)}, "
+        "or give a FAISS factory string such as IVF1024,PQ32x8."
+    )
 
 
 @dataclass
@@ -238,8 +243,10 @@ def choose(index_type: str, n: int, dim: int, max_memory: int | None = None) -> 
     else:
         spec = choose("ivf-pq", n, dim, budget)
         if spec.memory_bytes > budget:
-            raise StructureError(f"{n} vectors of {dim} dimensions need about {format_bytes(spec.memory_bytes)} even "
-                                 f"compressed; the budget is {format_bytes(budget)}. Raise the memory budget.",
-                                 option="max_memory")
+            raise StructureError(
+                f"{n} vectors of {dim} dimensions need about {format_bytes(spec.memory_bytes)} even "
+                f"compressed; the budget is {format_bytes(budget)}. Raise the memory budget.",
+                option="max_memory",
+            )
     spec.index_type = "auto"
     return spec

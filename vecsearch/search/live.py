@@ -71,15 +71,25 @@ class LiveSearch:
     lock that lets one of several threads reload it, and the structure asked for (`wanted`),
     built and recorded by the first write (or open) that can train it."""
 
-    def __init__(self, directory: Path, store: Store, lock: WriterLock, *, read_only: bool = False,
-                 index_type: str | None = None, max_memory: int | None = None, progress: Progress | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        store: Store,
+        lock: WriterLock,
+        *,
+        read_only: bool = False,
+        index_type: str | None = None,
+        max_memory: int | None = None,
+        progress: Progress | None = None,
+    ):
         self.path = Path(directory) / VECTORS_NAME
         self.store = store
         self.lock = lock  # the index's writer lock: repairs are saved only when it is free
         self.read_only = read_only
         # None: keep what the index records (flat for a new one).
         self.wanted: Wanted | None = (
-            (index_type or DEFAULT_TYPE, max_memory) if index_type is not None or max_memory is not None else None)
+            (index_type or DEFAULT_TYPE, max_memory) if index_type is not None or max_memory is not None else None
+        )
         self.searcher: Searcher | None = None
         self.generation = -1  # the database generation the searcher holds
         # Server threads may refresh at once; one reloads, the others then see it current.
@@ -100,15 +110,18 @@ class LiveSearch:
     def open(self, *, writer: bool = False, progress: Progress | None = None) -> bool:
         """Bring the searcher up to date with the database; True if its structure was rebuilt."""
         if os.path.lexists(self.path) and not self.path.is_file():
-            raise IndexCorruptError(f"{self.path} is not a file: move it away and run again "
-                                    "(the search structure is rebuilt from the stored vectors).")
+            raise IndexCorruptError(
+                f"{self.path} is not a file: move it away and run again "
+                "(the search structure is rebuilt from the stored vectors)."
+            )
         can_save: Callable[[], AbstractContextManager[bool]]
         if writer:
             can_save = lambda: nullcontext(True)  # noqa: E731  (the writer holds the lock)
         else:
             can_save = _never if self.read_only else self.lock.if_free
-        searcher, generation, rebuilt = open_searcher(self.store, self.path, self.searcher, can_save=can_save,
-                                                      writer=writer, progress=progress)
+        searcher, generation, rebuilt = open_searcher(
+            self.store, self.path, self.searcher, can_save=can_save, writer=writer, progress=progress
+        )
         # Publish only the finished searcher: concurrent searches hold the old one until here.
         self.searcher, self.generation = searcher, generation
         return rebuilt
@@ -132,8 +145,7 @@ class LiveSearch:
         self.searcher, self.generation = convert(self.store, self.path, index_type, max_memory, progress=progress)
         self.wanted = None
 
-    def reindex(self, index_type: str | None, max_memory: int | str | None, *,
-                progress: Progress | None = None) -> IndexSpec:
+    def reindex(self, index_type: str | None, max_memory: int | str | None, *, progress: Progress | None = None) -> IndexSpec:
         """Rebuild (retrain and re-tune) the structure as `index_type` (else the recorded one) under the writer lock."""
         if index_type is not None:
             check_index_type(index_type)
@@ -146,8 +158,11 @@ class LiveSearch:
     def wanted_differs(self) -> bool:
         """Whether a structure is asked for that the index does not record yet."""
         info = self.store.info()
-        return self.wanted is not None and (info is None or self.wanted[0] != info.index_type or (
-            self.wanted[1] is not None and self.wanted[1] != info.max_memory))
+        return self.wanted is not None and (
+            info is None
+            or self.wanted[0] != info.index_type
+            or (self.wanted[1] is not None and self.wanted[1] != info.max_memory)
+        )
 
     def check_wanted(self, n: int, dim: int) -> None:
         """Refuse, before a write's work, a structure asked for that could not be trained even on
@@ -201,16 +216,26 @@ class LiveSearch:
             raise VecsearchError(f"Query vector has {q.shape[-1]} dimensions; the index has {self.searcher.dim}.")
         return q
 
-    def search(self, q: np.ndarray, k: int, *, exclude: set[int] | None = None, allowed: np.ndarray | None = None,
-               min_score: float | None = None) -> list[Hit]:
+    def search(
+        self,
+        q: np.ndarray,
+        k: int,
+        *,
+        exclude: set[int] | None = None,
+        allowed: np.ndarray | None = None,
+        min_score: float | None = None,
+    ) -> list[Hit]:
         """The k best hits for one checked query (`query`), only `allowed` ids when given, each
         at least `min_score`; an image deleted since the search is skipped."""
         if allowed is not None and not len(allowed):
             return []
         assert self.searcher is not None
         scores, ids = self.searcher.search(q.reshape(1, -1), k, exclude=exclude, allowed=allowed)
-        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True)
-                 if i >= 0 and (min_score is None or s >= float(min_score))]
+        pairs = [
+            (int(i), float(s))
+            for i, s in zip(ids[0], scores[0], strict=True)
+            if i >= 0 and (min_score is None or s >= float(min_score))
+        ]
         recs = self.store.images(i for i, _ in pairs)
         hits = [(i, s) for i, s in pairs if i in recs]  # one deleted in between is skipped
         return [Hit(rank=n + 1, id=i, path=recs[i].path, score=s) for n, (i, s) in enumerate(hits)]
@@ -231,14 +256,18 @@ def structure_for(index_type: str, n: int, dim: int, max_memory: int | None) -> 
     need, what = training_minimum(spec.factory, dim, spec.metric)
     if n < need:
         named = spec.factory if spec.index_type == spec.factory else f"{spec.index_type} ({spec.factory})"
-        raise StructureError(f"The {named} search structure cannot be trained on {n} vectors: {what} needs at least "
-                             f"{need}. Use flat (exact search) or hnsw (no training) until the index holds {need}.",
-                             option="index_type", needed=need)
+        raise StructureError(
+            f"The {named} search structure cannot be trained on {n} vectors: {what} needs at least "
+            f"{need}. Use flat (exact search) or hnsw (no training) until the index holds {need}.",
+            option="index_type",
+            needed=need,
+        )
     return spec
 
 
-def build(store: Store, slot_map: SlotMap, index_type: str, max_memory: int | None, *,
-          progress: Progress | None = None) -> tuple[FaissIndex | None, IndexSpec]:
+def build(
+    store: Store, slot_map: SlotMap, index_type: str, max_memory: int | None, *, progress: Progress | None = None
+) -> tuple[FaissIndex | None, IndexSpec]:
     """Choose and build the structure for the current vectors: train on a sample, add in chunks, tune.
 
     Memory stays at the structure plus one chunk of vectors plus the training sample. A
@@ -252,8 +281,12 @@ def build(store: Store, slot_map: SlotMap, index_type: str, max_memory: int | No
     if spec.exact:
         return None, spec
     t0 = time.perf_counter()
-    faiss = FaissIndex(dim, "hnsw" if spec.factory == f"HNSW{HNSW_M}" and spec.metric == "ip" else spec.factory,
-                       metric=spec.metric, params=spec.params)
+    faiss = FaissIndex(
+        dim,
+        "hnsw" if spec.factory == f"HNSW{HNSW_M}" and spec.metric == "ip" else spec.factory,
+        metric=spec.metric,
+        params=spec.params,
+    )
     if not faiss.is_trained:
         need, _ = training_minimum(spec.factory, dim, spec.metric)
         # The budget may cap the sample below what the structure's k-means must see at least.
@@ -264,9 +297,10 @@ def build(store: Store, slot_map: SlotMap, index_type: str, max_memory: int | No
         # A PCA in front trains on a small part; what follows sees the whole sample, read in
         # chunks and kept only after PCA has shrunk it, so memory stays near the structure's.
         small = sample[:: max(1, len(sample) // PCA_TRAIN)]
-        staged = faiss.train_staged(store.shards.read(small),
-                                    (store.shards.read(sample[i : i + ADD_CHUNK // 4])
-                                     for i in range(0, len(sample), ADD_CHUNK // 4)))
+        staged = faiss.train_staged(
+            store.shards.read(small),
+            (store.shards.read(sample[i : i + ADD_CHUNK // 4]) for i in range(0, len(sample), ADD_CHUNK // 4)),
+        )
         if not staged:
             faiss.train(store.shards.read(sample))
     done = 0
@@ -290,8 +324,9 @@ def _tuned(searcher: Searcher) -> None:
         raise StructureError(f"Tuning {searcher.spec.factory} failed in FAISS: {e}") from None
 
 
-def convert(store: Store, path: Path, index_type: str, max_memory: int | None, *,
-            progress: Progress | None = None) -> tuple[Searcher, int]:
+def convert(
+    store: Store, path: Path, index_type: str, max_memory: int | None, *, progress: Progress | None = None
+) -> tuple[Searcher, int]:
     """Build `index_type` from the stored vectors and record it only then: (searcher, generation).
 
     The caller holds the writer lock. A structure that cannot be built raises StructureError
@@ -314,9 +349,15 @@ def convert(store: Store, path: Path, index_type: str, max_memory: int | None, *
     return searcher, store.generation()
 
 
-def open_searcher(store: Store, path: Path, current: Searcher | None, *,
-                  can_save: Callable[[], AbstractContextManager[bool]], writer: bool = False,
-                  progress: Progress | None = None) -> tuple[Searcher, int, bool]:
+def open_searcher(
+    store: Store,
+    path: Path,
+    current: Searcher | None,
+    *,
+    can_save: Callable[[], AbstractContextManager[bool]],
+    writer: bool = False,
+    progress: Progress | None = None,
+) -> tuple[Searcher, int, bool]:
     """The searcher for the database's current state: (searcher, generation, rebuilt).
 
     `current` (already in memory) is brought up to date by adding and removing only what
@@ -346,8 +387,12 @@ def open_searcher(store: Store, path: Path, current: Searcher | None, *,
     built, note = None, None
     if rebuild:
         if spec is not None and spec.index_type == info.index_type:
-            log.warning("rebuilding the %s search structure of %s (%s)", info.index_type, path.parent,
-                        "the collection outgrew it" if grown else "missing or damaged")
+            log.warning(
+                "rebuilding the %s search structure of %s (%s)",
+                info.index_type,
+                path.parent,
+                "the collection outgrew it" if grown else "missing or damaged",
+            )
         try:
             new_faiss, new_spec = build(store, smap, info.index_type, info.max_memory, progress=progress)
             built = Searcher(store.shards, smap, new_spec, new_faiss)
@@ -359,8 +404,10 @@ def open_searcher(store: Store, path: Path, current: Searcher | None, *,
                 log.warning("%s Keeping the structure built for %d vectors.", e, spec.built_for)
                 faiss, rebuild, changed = kept, False, False
             else:
-                note = (f"The index records a structure it cannot build. {e} Meanwhile it searches exactly (a scan "
-                        "of the stored vectors); `vecsearch reindex --index-type flat` records that and ends this warning.")
+                note = (
+                    f"The index records a structure it cannot build. {e} Meanwhile it searches exactly (a scan "
+                    "of the stored vectors); `vecsearch reindex --index-type flat` records that and ends this warning."
+                )
                 if current is None or current.note != note:
                     log.warning("%s", note)
                 built = Searcher(store.shards, smap, choose("flat", len(smap), info.dim))
@@ -441,10 +488,13 @@ def _never() -> Iterator[bool]:
 def save(store: Store, path: Path, faiss: FaissIndex, spec: IndexSpec) -> None:
     """Write the structure with a sidecar naming the generation, model and spec it holds."""
     info = store.require_info()
-    faiss.save(path, {
-        "generation": store.generation(),
-        "backbone": info.backbone,
-        "weights_fingerprint": info.weights_fingerprint,
-        "metric": info.metric,
-        "spec": spec.to_dict(),
-    })
+    faiss.save(
+        path,
+        {
+            "generation": store.generation(),
+            "backbone": info.backbone,
+            "weights_fingerprint": info.weights_fingerprint,
+            "metric": info.metric,
+            "spec": spec.to_dict(),
+        },
+    )

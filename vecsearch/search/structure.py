@@ -46,9 +46,7 @@ def sidecar_path(path: Path) -> Path:
 
 def _as_ids(ids) -> np.ndarray:
     """Turn ids (array, list, set, scalar) into a 1-D int64 array, refusing non-integers."""
-    if isinstance(ids, (set, frozenset)) or (
-        isinstance(ids, Iterable) and not isinstance(ids, (np.ndarray, list, tuple))
-    ):
+    if isinstance(ids, (set, frozenset)) or (isinstance(ids, Iterable) and not isinstance(ids, (np.ndarray, list, tuple))):
         ids = list(ids)
     arr = np.asarray(ids)
     if arr.size == 0:
@@ -302,9 +300,7 @@ class FaissIndex:
             raise KeyError(id) from None
 
     # -- searching ------------------------------------------------------------------------
-    def search(
-        self, queries: np.ndarray, k: int, exclude: set[int] | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, exclude: set[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by cosine for each query row: (scores float32 (n, k'), ids int64 (n, k')).
 
         Rows are ordered by (-score, id) so ties are deterministic. k' = min(k, len(self)),
@@ -361,8 +357,7 @@ class FaissIndex:
         elif isinstance(inner, faiss.IndexIVF):
             nprobe = int(self.params.get("nprobe", inner.nprobe))
             # The nearest images that pass lie further out than the nearest of all: more lists.
-            params = faiss.SearchParametersIVF(nprobe=int(min(inner.nlist, np.ceil(IVF_FILTER_PROBES * nprobe / share))),
-                                               sel=sel)
+            params = faiss.SearchParametersIVF(nprobe=int(min(inner.nlist, np.ceil(IVF_FILTER_PROBES * nprobe / share))), sel=sel)
         else:
             return None
         q = self._as_matrix(queries, "queries")
@@ -447,9 +442,7 @@ class FaissIndex:
         if not index_type:
             problems.append("no index_type in the sidecar")
         if problems:
-            raise IndexCorruptError(
-                f"vector index {path} does not match its sidecar: {'; '.join(problems)}"
-            )
+            raise IndexCorruptError(f"vector index {path} does not match its sidecar: {'; '.join(problems)}")
         index = cls.__new__(cls)
         index.dim, index.index_type, index.factory, index._index = int(raw.d), index_type, factory, raw
         index.metric = meta.get("metric", "ip")
@@ -511,8 +504,11 @@ def training_minimum(factory: str, dim: int, metric: str = "l2") -> tuple[int, s
     try:
         root = faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2)
     except RuntimeError as e:
-        raise StructureError(f"FAISS cannot build {factory!r} for {dim}-d vectors: {_faiss_message(e)}. Check the "
-                             "factory string, or use flat, hnsw, ivf-pq or auto.", option="index_type") from None
+        raise StructureError(
+            f"FAISS cannot build {factory!r} for {dim}-d vectors: {_faiss_message(e)}. Check the "
+            "factory string, or use flat, hnsw, ivf-pq or auto.",
+            option="index_type",
+        ) from None
     # `root` owns the C++ objects the downcast views below point into: it stays referenced here.
     needs = _training_needs(root, factory, dim)
     return max(needs, default=(0, ""), key=lambda need: need[0])
@@ -528,8 +524,11 @@ def _training_needs(index, factory: str, dim: int) -> list[tuple[int, str]]:
         for i in range(index.chain.size()):
             vt = faiss.downcast_VectorTransform(index.chain.at(i))
             if isinstance(vt, (faiss.PCAMatrix, faiss.ITQTransform)) and vt.d_out > vt.d_in:
-                raise StructureError(f"{factory!r} asks a {type(vt).__name__} for {vt.d_out} dimensions out of "
-                                     f"{vt.d_in}; it can only reduce them.", option="index_type")
+                raise StructureError(
+                    f"{factory!r} asks a {type(vt).__name__} for {vt.d_out} dimensions out of "
+                    f"{vt.d_in}; it can only reduce them.",
+                    option="index_type",
+                )
             if isinstance(vt, faiss.PCAMatrix):
                 out.append((vt.d_out, f"its PCA to {vt.d_out} dimensions"))
             elif isinstance(vt, faiss.ITQTransform):
@@ -546,8 +545,9 @@ def _training_needs(index, factory: str, dim: int) -> list[tuple[int, str]]:
     out = []
     if isinstance(index, faiss.IndexIVF):
         if index.nlist < 1:
-            raise StructureError(f"{factory!r} has an inverted file of {index.nlist} lists; give it at least one.",
-                                 option="index_type")
+            raise StructureError(
+                f"{factory!r} has an inverted file of {index.nlist} lists; give it at least one.", option="index_type"
+            )
         out.append((int(index.nlist), f"its IVF{index.nlist} ({index.nlist} lists, one vector each at least)"))
         out += _training_needs(index.quantizer, factory, dim)
     if index.is_trained:

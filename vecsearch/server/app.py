@@ -33,13 +33,17 @@ from .service import Service
 DEFAULT_THREADS = 16
 DOCS_STATIC = "/static/docs"
 # The page talks to this server only; file names and labels it shows are text, never markup.
-PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob: data:; "
-            "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+PAGE_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob: data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 # Resolved at import, so a missing package is an ImportError that `serve` turns into the install line.
 DOCS_FILES = resources.files("fastapi_offline").joinpath("static")
 # The docs pages may load nothing from elsewhere: ReDoc's sidebar links a logo on its CDN.
-DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-            "img-src 'self' data: blob:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'")
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
+)
 DESCRIPTION = (
     "Search by an uploaded image or by an indexed image's id; read an image's metadata, ImageNet labels, "
     "user label and predictions; fetch thumbnails of indexed images (by id only); classify an upload with "
@@ -48,10 +52,17 @@ DESCRIPTION = (
 )
 
 
-def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str | None = None,
-               max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_UPLOAD_PIXELS,
-               threads: int = DEFAULT_THREADS, warm: bool = True, host: str = "127.0.0.1",
-               allow_hosts: Iterable[str] = ()) -> FastAPI:
+def create_app(
+    index: str | os.PathLike | VecIndex | None = None,
+    *,
+    token: str | None = None,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    max_pixels: int = MAX_UPLOAD_PIXELS,
+    threads: int = DEFAULT_THREADS,
+    warm: bool = True,
+    host: str = "127.0.0.1",
+    allow_hosts: Iterable[str] = (),
+) -> FastAPI:
     """A FastAPI app serving one index (a folder, or an already open VecIndex).
 
     Requests must name the server in their Host header: the address it binds to (`host`,
@@ -92,9 +103,15 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
             if svc.owns_index:
                 ix.close()
 
-    app = FastAPI(docs_url=None, redoc_url=None,  # served below from the package's files: /docs works offline
-                  title="vecsearch", version=VERSION, lifespan=lifespan, description=DESCRIPTION,
-                  summary="Similarity search over an image index built with `vecsearch index`.")
+    app = FastAPI(
+        docs_url=None,
+        redoc_url=None,  # served below from the package's files: /docs works offline
+        title="vecsearch",
+        version=VERSION,
+        lifespan=lifespan,
+        description=DESCRIPTION,
+        summary="Similarity search over an image index built with `vecsearch index`.",
+    )
     app.state.service = svc
     errors.install_handlers(app)
     app.add_middleware(UploadLimit, limit=svc.max_upload_bytes + MULTIPART_SLACK)
@@ -110,8 +127,9 @@ def create_app(index: str | os.PathLike | VecIndex | None = None, *, token: str 
 def page() -> HTMLResponse:
     """The web page. The shell needs no token: the page reads it from `/?token=` and sends it on API calls."""
     html = resources.files("vecsearch.server").joinpath("page.html").read_text(encoding="utf-8")
-    return HTMLResponse(html, headers={"Cache-Control": "no-cache", "Referrer-Policy": "no-referrer",
-                                       "Content-Security-Policy": PAGE_CSP})
+    return HTMLResponse(
+        html, headers={"Cache-Control": "no-cache", "Referrer-Policy": "no-referrer", "Content-Security-Policy": PAGE_CSP}
+    )
 
 
 def _install_docs(app: FastAPI) -> None:
@@ -126,19 +144,26 @@ def _install_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     def swagger(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        html = get_swagger_ui_html(openapi_url=root + openapi_url, title="vecsearch - API",
-                                   swagger_js_url=f"{root}{DOCS_STATIC}/swagger-ui-bundle.js",
-                                   swagger_css_url=f"{root}{DOCS_STATIC}/swagger-ui.css",
-                                   swagger_favicon_url=f"{root}{DOCS_STATIC}/favicon.png",
-                                   swagger_ui_parameters={"validatorUrl": None})  # the validator badge calls out
+        html = get_swagger_ui_html(
+            openapi_url=root + openapi_url,
+            title="vecsearch - API",
+            swagger_js_url=f"{root}{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_STATIC}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},
+        )  # the validator badge calls out
         html.headers["Content-Security-Policy"] = DOCS_CSP
         return html
 
     @app.get("/redoc", include_in_schema=False)
     def redoc(request: Request) -> HTMLResponse:
         root = request.scope.get("root_path", "")
-        html = get_redoc_html(openapi_url=root + openapi_url, title="vecsearch - API",
-                              redoc_js_url=f"{root}{DOCS_STATIC}/redoc.standalone.js",
-                              redoc_favicon_url=f"{root}{DOCS_STATIC}/favicon.png", with_google_fonts=False)
+        html = get_redoc_html(
+            openapi_url=root + openapi_url,
+            title="vecsearch - API",
+            redoc_js_url=f"{root}{DOCS_STATIC}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_STATIC}/favicon.png",
+            with_google_fonts=False,
+        )
         html.headers["Content-Security-Policy"] = DOCS_CSP
         return html

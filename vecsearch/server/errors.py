@@ -50,7 +50,8 @@ def responses(*codes: int, **more: dict) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error statuses a route can return (400 and 503 always), plus
     `_200=...`-style entries for its other statuses."""
     out: dict[int | str, dict[str, Any]] = {
-        code: {"model": ErrorBody, "description": ERROR_TEXT[code]} for code in (400, 503, *codes)}
+        code: {"model": ErrorBody, "description": ERROR_TEXT[code]} for code in (400, 503, *codes)
+    }
     out.update({int(k.lstrip("_")): v for k, v in more.items()})
     return out
 
@@ -85,8 +86,9 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
         # Never echo the input back (it may be an upload), so it is dropped before encoding.
-        details = jsonable_encoder([{k: v for k, v in d.items() if k != "input"} for d in e.errors()],
-                                   custom_encoder={Exception: str})
+        details = jsonable_encoder(
+            [{k: v for k, v in d.items() if k != "input"} for d in e.errors()], custom_encoder={Exception: str}
+        )
         parts = []
         for d in details:
             where = ".".join(str(x) for x in d.get("loc", ()) if x not in ("query", "path", "body"))

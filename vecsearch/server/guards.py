@@ -84,9 +84,12 @@ class HostCheck:
         if scope["type"] in ("http", "websocket"):
             header = dict(scope.get("headers") or ()).get(b"host", b"").decode("latin-1")
             if not self.allowed(header):
-                await error_response(400, f"Host {header!r} is not served here: use the address the server listens on "
-                                          "(start it with --allow-host NAME to allow another name).", type="BadHost")(
-                    scope, receive, send)
+                await error_response(
+                    400,
+                    f"Host {header!r} is not served here: use the address the server listens on "
+                    "(start it with --allow-host NAME to allow another name).",
+                    type="BadHost",
+                )(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -154,7 +157,8 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, messa
         await send(message)
 
     await error_response(status, message, type="UploadTooLargeError" if status == 413 else "BadRequest")(
-        scope, receive, with_close)
+        scope, receive, with_close
+    )
 
 
 # Declared so /docs has an "Authorize" button for the token; the check itself is `authorised`.
@@ -182,7 +186,11 @@ async def authorised(request: Request, _: HTTPAuthorizationCredentials | None = 
 def token_help(request: Request) -> str:
     """What a 401 says: a browser (it asked for HTML) is told the address to open, a program the header."""
     if "text/html" in request.headers.get("accept", "") or request.headers.get("x-vecsearch-page"):
-        return ("Missing or wrong token: open this server's page as /?token=TOKEN "
-                "(the address `vecsearch serve` printed when it started).")
-    return ("Missing or wrong token: send `Authorization: Bearer TOKEN` "
-            "(in a browser, open this server's page as /?token=TOKEN instead).")
+        return (
+            "Missing or wrong token: open this server's page as /?token=TOKEN "
+            "(the address `vecsearch serve` printed when it started)."
+        )
+    return (
+        "Missing or wrong token: send `Authorization: Bearer TOKEN` "
+        "(in a browser, open this server's page as /?token=TOKEN instead)."
+    )

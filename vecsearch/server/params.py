@@ -19,25 +19,50 @@ K = Annotated[int, Query(ge=1, le=MAX_K, description=f"How many neighbours (1..{
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Skip this many best results first (pagination).")]
 Upload = Annotated[UploadFile, File(description="An image file (JPEG, PNG, WebP, GIF, BMP, TIFF).")]
 Like = Annotated[int | None, Query(ge=1, le=ID_MAX, description="Explain why the image is similar to this indexed image.")]
-ImagenetClass = Annotated[str | None, Query(alias="class", max_length=100,
-                                            description="An ImageNet class name or WordNet id (the default target: the top-1 class).")]
+ImagenetClass = Annotated[
+    str | None,
+    Query(
+        alias="class", max_length=100, description="An ImageNet class name or WordNet id (the default target: the top-1 class)."
+    ),
+]
 ClassifierName = Annotated[str | None, Query(max_length=64, description="A saved probe or fine-tuned head instead.")]
-Label = Annotated[str | None, Query(max_length=200, description="With `classifier`: the class to explain (default: its prediction).")]
+Label = Annotated[
+    str | None, Query(max_length=200, description="With `classifier`: the class to explain (default: its prediction).")
+]
 Side = Annotated[int, Query(ge=16, le=1024, description="Longest side of the PNG in pixels.")]
-Under = Annotated[str | None, Query(min_length=1, max_length=4096, pattern=_TEXT,
-                                    description="Only images in this folder, at any depth (an absolute path, as in results' `folder`).")]
-UserLabelFilter = Annotated[str | None, Query(min_length=1, max_length=200, pattern=_TEXT,
-                                              description="Only images taught this user label (`vecsearch teach`).")]
-Predicted = Annotated[str | None, Query(min_length=1, max_length=200, pattern=_TEXT,
-                                        description="Only images a saved classifier predicted as this label.")]
-PredictedBy = Annotated[str | None, Query(alias="classifier", min_length=1, max_length=64, pattern=_TEXT,
-                                          description="With `predicted`: whose predictions (default: the newest saved classifier).")]
-MinScore = Annotated[float | None, Query(ge=-1.0, le=1.0, allow_inf_nan=False,
-                                         description="Only results at least this similar (cosine, -1..1).")]
+Under = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=4096,
+        pattern=_TEXT,
+        description="Only images in this folder, at any depth (an absolute path, as in results' `folder`).",
+    ),
+]
+UserLabelFilter = Annotated[
+    str | None,
+    Query(min_length=1, max_length=200, pattern=_TEXT, description="Only images taught this user label (`vecsearch teach`)."),
+]
+Predicted = Annotated[
+    str | None,
+    Query(min_length=1, max_length=200, pattern=_TEXT, description="Only images a saved classifier predicted as this label."),
+]
+PredictedBy = Annotated[
+    str | None,
+    Query(
+        alias="classifier",
+        min_length=1,
+        max_length=64,
+        pattern=_TEXT,
+        description="With `predicted`: whose predictions (default: the newest saved classifier).",
+    ),
+]
+MinScore = Annotated[
+    float | None, Query(ge=-1.0, le=1.0, allow_inf_nan=False, description="Only results at least this similar (cosine, -1..1).")
+]
 
 
-def filters(under: str | None, label: str | None, predicted: str | None, classifier: str | None,
-            min_score: float | None) -> dict:
+def filters(under: str | None, label: str | None, predicted: str | None, classifier: str | None, min_score: float | None) -> dict:
     """The search filters that were given, as `VecIndex.search_vector` keywords (and query parameters)."""
     given = {"under": under, "label": label, "predicted": predicted, "classifier": classifier, "min_score": min_score}
     return {k: v for k, v in given.items() if v is not None}

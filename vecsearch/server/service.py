@@ -16,8 +16,7 @@ from .thumbnails import ThumbnailCache
 class Service:
     """One served index and the limits it is served under."""
 
-    def __init__(self, index: VecIndex, *, token: str | None, max_upload_bytes: int, max_pixels: int,
-                 owns_index: bool):
+    def __init__(self, index: VecIndex, *, token: str | None, max_upload_bytes: int, max_pixels: int, owns_index: bool):
         self.index = index
         self.token = token or None
         self.max_upload_bytes = int(max_upload_bytes)

@@ -23,14 +23,23 @@ def next_url(base: str, k: int, offset: int, got: int, filters: dict | None = No
     return f"{base}?" + urlencode({"k": k, "offset": offset + k, **(filters or {})})
 
 
-def results(ix: VecIndex, hits: list[Hit], *, k: int, offset: int, next_url: str | None,
-            query_id: int | None = None) -> dict:
+def results(ix: VecIndex, hits: list[Hit], *, k: int, offset: int, next_url: str | None, query_id: int | None = None) -> dict:
     notes = ix.annotations([h.id for h in hits], top=3)
     items = []
     for n, h in enumerate(hits[:k]):
-        items.append({"rank": offset + n + 1, "id": h.id, "path": h.path, "name": os.path.basename(h.path),
-                      "folder": os.path.dirname(h.path), "score": h.score, "thumbnail": f"/api/images/{h.id}/thumbnail",
-                      "original": f"/api/images/{h.id}/original", **notes[h.id]})
+        items.append(
+            {
+                "rank": offset + n + 1,
+                "id": h.id,
+                "path": h.path,
+                "name": os.path.basename(h.path),
+                "folder": os.path.dirname(h.path),
+                "score": h.score,
+                "thumbnail": f"/api/images/{h.id}/thumbnail",
+                "original": f"/api/images/{h.id}/original",
+                **notes[h.id],
+            }
+        )
     out = {"k": k, "offset": offset, "results": items, "next": next_url}
     if query_id is not None:
         out = {"query_id": query_id} | out
@@ -39,16 +48,29 @@ def results(ix: VecIndex, hits: list[Hit], *, k: int, offset: int, next_url: str
 
 def image_dict(rec: ImageRecord) -> dict:
     ok = rec.status == "ok"
-    return {"id": rec.id, "path": rec.path, "name": os.path.basename(rec.path), "folder": os.path.dirname(rec.path),
-            "size": rec.size, "mtime_ns": rec.mtime_ns, "sha256": rec.sha256, "width": rec.width,
-            "height": rec.height, "status": rec.status, "reason": rec.reason,
-            "indexed_at": rec.indexed_at.isoformat(timespec="seconds") + "Z",
-            "thumbnail": f"/api/images/{rec.id}/thumbnail" if ok else None,
-            "similar": f"/api/images/{rec.id}/similar" if ok else None,
-            "original": f"/api/images/{rec.id}/original" if ok else None}
+    return {
+        "id": rec.id,
+        "path": rec.path,
+        "name": os.path.basename(rec.path),
+        "folder": os.path.dirname(rec.path),
+        "size": rec.size,
+        "mtime_ns": rec.mtime_ns,
+        "sha256": rec.sha256,
+        "width": rec.width,
+        "height": rec.height,
+        "status": rec.status,
+        "reason": rec.reason,
+        "indexed_at": rec.indexed_at.isoformat(timespec="seconds") + "Z",
+        "thumbnail": f"/api/images/{rec.id}/thumbnail" if ok else None,
+        "similar": f"/api/images/{rec.id}/similar" if ok else None,
+        "original": f"/api/images/{rec.id}/original" if ok else None,
+    }
 
 
 def png(result: Explanation) -> Response:
-    headers = {"Cache-Control": "private, max-age=300", "X-Explain-Score": f"{result.score:.6f}",
-               "X-Explain-Method": result.method}
+    headers = {
+        "Cache-Control": "private, max-age=300",
+        "X-Explain-Score": f"{result.score:.6f}",
+        "X-Explain-Method": result.method,
+    }
     return Response(result.to_png(), media_type="image/png", headers=headers)

@@ -23,9 +23,20 @@ from sqlalchemy import create_engine, event
 
 log = logging.getLogger(__name__)
 
-__all__ = ["migrations_dir", "write_pragmas", "read_pragmas", "transactional_engine", "upgrade", "head_revision",
-           "clear_interrupted_batches", "pragma_problems", "is_damage", "undecodable",
-           "FULL_CHECK_ON_OPEN_BYTES", "QUICK_CHECK_ON_OPEN_BYTES"]
+__all__ = [
+    "migrations_dir",
+    "write_pragmas",
+    "read_pragmas",
+    "transactional_engine",
+    "upgrade",
+    "head_revision",
+    "clear_interrupted_batches",
+    "pragma_problems",
+    "is_damage",
+    "undecodable",
+    "FULL_CHECK_ON_OPEN_BYTES",
+    "QUICK_CHECK_ON_OPEN_BYTES",
+]
 
 BUSY_TIMEOUT_S = 60
 """How long a connection waits for another one's write lock (a migration waits for another's)."""
@@ -103,8 +114,9 @@ def current_revision(conn) -> str | None:
 
 
 def _tmp_tables(conn) -> list[str]:
-    rows = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table' AND substr(name, 1, ?) = ?",
-                                (len(TMP_PREFIX), TMP_PREFIX))
+    rows = conn.exec_driver_sql(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND substr(name, 1, ?) = ?", (len(TMP_PREFIX), TMP_PREFIX)
+    )
     return [r[0] for r in rows]
 
 
@@ -137,7 +149,7 @@ def clear_interrupted_batches(conn) -> list[str]:
     """
     fixed = []
     for tmp in _tmp_tables(conn):
-        table = tmp[len(TMP_PREFIX):]
+        table = tmp[len(TMP_PREFIX) :]
         exists = conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).first()
         if exists:
             conn.exec_driver_sql(f'DROP TABLE "{tmp}"')
@@ -172,8 +184,7 @@ def upgrade(db_path: Path) -> str | None:
                     # The vector BLOBs moved to shard files: their pages go back to the file system
                     # by a VACUUM, which cannot run inside a transaction. The marker commits with
                     # the migration, so a kill before the VACUUM ends leaves it due, not forgotten.
-                    conn.exec_driver_sql("INSERT OR REPLACE INTO settings (key, value) VALUES (?, 'true')",
-                                         (VACUUM_PENDING,))
+                    conn.exec_driver_sql("INSERT OR REPLACE INTO settings (key, value) VALUES (?, 'true')", (VACUUM_PENDING,))
                     vacuum = True
         if vacuum:
             _vacuum(engine, db_path)

@@ -67,7 +67,9 @@ class Vector(Base):
     # Row in the shard files; one image per slot at a time. Rows never change, so a slot passes
     # only with its vector: to the image that brings a kept vector back (KeptVector).
     slot: Mapped[int] = mapped_column(Integer)
-    norm: Mapped[float | None] = mapped_column(Float, nullable=True)  # length before normalising (the ImageNet top needs it); None if imported without
+    norm: Mapped[float | None] = mapped_column(
+        Float, nullable=True
+    )  # length before normalising (the ImageNet top needs it); None if imported without
 
 
 class KeptVector(Base):

@@ -52,8 +52,10 @@ class Shards:
                 except FileNotFoundError as e:
                     from ..errors import IndexCorruptError
 
-                    raise IndexCorruptError(f"Vector file {self.path(shard)} is missing. Restore the index folder "
-                                            "from a backup or `vecsearch export`, or index again.") from e
+                    raise IndexCorruptError(
+                        f"Vector file {self.path(shard)} is missing. Restore the index folder "
+                        "from a backup or `vecsearch export`, or index again."
+                    ) from e
                 self._fds[shard] = fd
             return fd
 
@@ -130,13 +132,15 @@ class Shards:
         if len(slots) <= PREAD_ROWS:
             # A few rows (re-ranking a query's candidates): positional reads through the page
             # cache. No mapping is set up per call, and nothing stays in this process's memory.
-            for j, (shard, row) in enumerate(zip(shard_of.tolist(), row_of.tolist())):
+            for j, (shard, row) in enumerate(zip(shard_of.tolist(), row_of.tolist(), strict=False)):
                 buf = os.pread(self._fd(shard), self.row_bytes, row * self.row_bytes)
                 if len(buf) != self.row_bytes:
                     from ..errors import IndexCorruptError
 
-                    raise IndexCorruptError(f"Vector file {self.path(shard)} is shorter than the index says. Restore "
-                                            "the index folder from a backup or `vecsearch export`, or index again.")
+                    raise IndexCorruptError(
+                        f"Vector file {self.path(shard)} is shorter than the index says. Restore "
+                        "the index folder from a backup or `vecsearch export`, or index again."
+                    )
                 out[j] = np.frombuffer(buf, "<f4")
             return out
         for shard in np.unique(shard_of):
@@ -167,8 +171,10 @@ class Shards:
         except (FileNotFoundError, ValueError) as e:  # ValueError: the file is shorter than the rows asked for
             from ..errors import IndexCorruptError
 
-            raise IndexCorruptError(f"Vector file {path} is missing or shorter than the index says ({e}). "
-                                    "Restore the index folder from a backup or `vecsearch export`, or index again.") from e
+            raise IndexCorruptError(
+                f"Vector file {path} is missing or shorter than the index says ({e}). "
+                "Restore the index folder from a backup or `vecsearch export`, or index again."
+            ) from e
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.directory.glob("shard-*.f32")) if self.directory.exists() else 0

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import zlib
 import sqlite3
+import zlib
 from bisect import bisect_right
 from collections import Counter
 from contextlib import contextmanager
@@ -30,10 +30,21 @@ from sqlalchemy.pool import NullPool
 from ..config import DB_NAME
 from ..errors import BadVectorFileError, DatabaseDamagedError, IndexCorruptError, IndexNotFoundError, VecsearchError
 from . import database
+from .models import (
+    Base,
+    Classifier,
+    Image,
+    ImagenetLabel,
+    IndexInfo,
+    KeptVector,
+    Prediction,
+    Setting,
+    UserLabel,
+    Vector,
+    VectorChunk,
+)
 from .shards import DIRNAME as SHARDS_DIRNAME
 from .shards import Shards
-from .models import (Base, VectorChunk, Classifier, Image, ImagenetLabel, IndexInfo, KeptVector, Prediction, Setting,
-                     UserLabel, Vector)
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +79,9 @@ class ImageRecord:
 
 
 def _record(row: Image) -> ImageRecord:
-    return ImageRecord(row.id, row.path, row.size, row.mtime_ns, row.sha256, row.width, row.height, row.status, row.reason, row.indexed_at)
+    return ImageRecord(
+        row.id, row.path, row.size, row.mtime_ns, row.sha256, row.width, row.height, row.status, row.reason, row.indexed_at
+    )
 
 
 class Store:
@@ -116,8 +129,9 @@ class Store:
             return engine
         mode = "immutable=1" if immutable else "mode=ro"
         uri = f"file:{quote(str(self.path.absolute()))}?{mode}"
-        engine = create_engine("sqlite://", poolclass=NullPool,
-                               creator=lambda: sqlite3.connect(uri, uri=True, timeout=60, check_same_thread=False))
+        engine = create_engine(
+            "sqlite://", poolclass=NullPool, creator=lambda: sqlite3.connect(uri, uri=True, timeout=60, check_same_thread=False)
+        )
         event.listen(engine, "connect", database.read_pragmas)
         return engine
 
@@ -192,7 +206,8 @@ class Store:
         if current != head:
             raise IndexCorruptError(
                 f"The index at {self.path.parent} needs a database upgrade ({current or 'none'} -> {head}), "
-                "which needs write access: run any vecsearch command on it once where the folder is writable.")
+                "which needs write access: run any vecsearch command on it once where the folder is writable."
+            )
 
     def close(self) -> None:
         if self._shards is not None:
@@ -279,7 +294,11 @@ class Store:
         out: dict[str, int] = {}
         with self.session() as s:
             for part in _slices(shas):
-                q = select(Image.sha256, func.min(Image.id)).where(Image.sha256.in_(part), Image.status == "ok").group_by(Image.sha256)
+                q = (
+                    select(Image.sha256, func.min(Image.id))
+                    .where(Image.sha256.in_(part), Image.status == "ok")
+                    .group_by(Image.sha256)
+                )
                 # sha256.in_() never matches NULL: the check only tells the type checker so.
                 out.update({sha: image_id for sha, image_id in s.execute(q) if sha is not None})
         return out
@@ -320,8 +339,9 @@ class Store:
             rows = [_record(r) for r in s.scalars(q.offset(offset).limit(limit))]
         return total, rows
 
-    def iter_images(self, *, status: str | None = None, under: Iterable[str] = (), ids: np.ndarray | None = None,
-                    chunk: int = 1000) -> Iterator[ImageRecord]:
+    def iter_images(
+        self, *, status: str | None = None, under: Iterable[str] = (), ids: np.ndarray | None = None, chunk: int = 1000
+    ) -> Iterator[ImageRecord]:
         """Image records by id, read `chunk` at a time (keyset pages: memory stays at one page).
 
         `status` keeps one status; `under` keeps paths equal to or inside these absolute
@@ -371,15 +391,23 @@ class Store:
     def ids_predicted(self, classifier: str, label: str) -> np.ndarray:
         """Ids of images classifier `classifier` predicted as `label`, ascending."""
         with self.engine.connect() as c:
-            q = (select(Prediction.image_id).where(Prediction.classifier == classifier, Prediction.label == label)
-                 .order_by(Prediction.image_id))
+            q = (
+                select(Prediction.image_id)
+                .where(Prediction.classifier == classifier, Prediction.label == label)
+                .order_by(Prediction.image_id)
+            )
             return np.fromiter((r[0] for r in c.execute(q)), np.int64)
 
     def counts(self) -> dict[str, int]:
         with self.session() as s:
             by_status = dict(s.execute(select(Image.status, func.count()).group_by(Image.status)).all())
             vectors = s.execute(select(func.count()).select_from(Vector)).scalar() or 0
-        return {"images": sum(by_status.values()), "ok": by_status.get("ok", 0), "failed": by_status.get("failed", 0), "vectors": vectors}
+        return {
+            "images": sum(by_status.values()),
+            "ok": by_status.get("ok", 0),
+            "failed": by_status.get("failed", 0),
+            "vectors": vectors,
+        }
 
     # -- vectors --------------------------------------------------------------
     @property
@@ -425,8 +453,9 @@ class Store:
         so a damaged vector is re-embedded rather than silently missing from results.
         """
         with self.engine.connect() as c:
-            chunks = c.execute(select(VectorChunk.start_slot, VectorChunk.count, VectorChunk.crc32)
-                               .order_by(VectorChunk.start_slot)).all()
+            chunks = c.execute(
+                select(VectorChunk.start_slot, VectorChunk.count, VectorChunk.crc32).order_by(VectorChunk.start_slot)
+            ).all()
         bad: list[tuple[int, int]] = []
         for start, count, crc in chunks:
             got = 0
@@ -443,8 +472,7 @@ class Store:
         ids: list[int] = []
         with self.engine.connect() as c:
             for start, count in bad:
-                ids += [r[0] for r in c.execute(select(Vector.image_id).where(
-                    Vector.slot >= start, Vector.slot < start + count))]
+                ids += [r[0] for r in c.execute(select(Vector.image_id).where(Vector.slot >= start, Vector.slot < start + count))]
         if not self.read_only:
             # A kept vector in a damaged run must never come back: it is forgotten (not re-embeddable).
             with self.session() as s, s.begin():
@@ -477,7 +505,9 @@ class Store:
         norms = np.array([np.nan if r[2] is None else r[2] for r in rows], dtype=np.float32)
         return out_ids, mat, norms
 
-    def iter_vectors(self, ids: Iterable[int] | None = None, chunk: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def iter_vectors(
+        self, ids: Iterable[int] | None = None, chunk: int = 8192
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """`vectors` in chunks of at most `chunk`, ordered by id: memory stays at one chunk."""
         if ids is not None:
             ids = np.unique(np.fromiter((int(i) for i in ids), np.int64))
@@ -487,17 +517,27 @@ class Store:
         last = -1
         while True:
             with self.engine.connect() as c:
-                part = [r[0] for r in c.execute(select(Vector.image_id).where(Vector.image_id > last)
-                                                 .order_by(Vector.image_id).limit(chunk))]
+                part = [
+                    r[0]
+                    for r in c.execute(
+                        select(Vector.image_id).where(Vector.image_id > last).order_by(Vector.image_id).limit(chunk)
+                    )
+                ]
             if not part:
                 return
             yield self.vectors(part)
             last = part[-1]
 
     # -- writes, each one transaction that bumps the generation --------------
-    def apply(self, *, upserts: Iterable[dict] = (), moves: Iterable[tuple[int, dict]] = (),
-              copies: Iterable[tuple[int, dict]] = (), revives: Iterable[dict] = (),
-              deletes: Iterable[int] = ()) -> dict[str, list[int]]:
+    def apply(
+        self,
+        *,
+        upserts: Iterable[dict] = (),
+        moves: Iterable[tuple[int, dict]] = (),
+        copies: Iterable[tuple[int, dict]] = (),
+        revives: Iterable[dict] = (),
+        deletes: Iterable[int] = (),
+    ) -> dict[str, list[int]]:
         """Write one chunk of an indexing run atomically.
 
         upserts: image fields plus `vector`/`norm` (none for a failed file); replace by path.
@@ -538,19 +578,25 @@ class Store:
                 if kept is not None:  # the slot passes to the new image, with the vector it holds
                     s.delete(kept)
                     s.flush()
-                    row = self._upsert_image(s, {**fields, "width": kept.width, "height": kept.height,
-                                                 "status": "ok", "reason": None}, dropped)
+                    row = self._upsert_image(
+                        s, {**fields, "width": kept.width, "height": kept.height, "status": "ok", "reason": None}, dropped
+                    )
                     s.add(Vector(image_id=row.id, slot=kept.slot, norm=kept.norm))
                 else:  # a second file of that content in this chunk: a copy of the first
-                    first = s.execute(select(Vector.slot, Vector.norm, Image.width, Image.height)
-                                      .join(Image, Image.id == Vector.image_id)
-                                      .where(Image.sha256 == fields["sha256"], Image.status == "ok").limit(1)).first()
+                    first = s.execute(
+                        select(Vector.slot, Vector.norm, Image.width, Image.height)
+                        .join(Image, Image.id == Vector.image_id)
+                        .where(Image.sha256 == fields["sha256"], Image.status == "ok")
+                        .limit(1)
+                    ).first()
                     if first is None:
-                        raise IndexCorruptError(f"The kept vector of {fields['path']} vanished during the run; "
-                                                "run `vecsearch index` again.")
+                        raise IndexCorruptError(
+                            f"The kept vector of {fields['path']} vanished during the run; run `vecsearch index` again."
+                        )
                     new_rows.append(self.shards.read([first.slot])[0])
-                    row = self._upsert_image(s, {**fields, "width": first.width, "height": first.height,
-                                                 "status": "ok", "reason": None}, dropped)
+                    row = self._upsert_image(
+                        s, {**fields, "width": first.width, "height": first.height, "status": "ok", "reason": None}, dropped
+                    )
                     s.add(Vector(image_id=row.id, slot=slot, norm=first.norm))
                     slot += 1
                 changed.append(row.id)
@@ -721,8 +767,11 @@ class Store:
             for part in _slices(ids):
                 s.execute(delete(ImagenetLabel).where(ImagenetLabel.image_id.in_(part)))
                 alive.update(s.scalars(select(Image.id).where(Image.id.in_(part))))
-            values = [dict(image_id=int(r[0]), rank=int(r[1]), class_index=int(r[2]), wnid=r[3], name=r[4], prob=float(r[5]))
-                      for r in rows if int(r[0]) in alive]
+            values = [
+                dict(image_id=int(r[0]), rank=int(r[1]), class_index=int(r[2]), wnid=r[3], name=r[4], prob=float(r[5]))
+                for r in rows
+                if int(r[0]) in alive
+            ]
             if values:
                 s.execute(insert(ImagenetLabel), values)
                 n = len(values)
@@ -736,8 +785,14 @@ class Store:
 
     def imagenet_labels(self, ids: Iterable[int] | None = None) -> dict[int, list[tuple[int, int, str, str, float]]]:
         """{image_id: [(rank, class_index, wnid, name, prob), ...] best first} (all when ids is None)."""
-        q = select(ImagenetLabel.image_id, ImagenetLabel.rank, ImagenetLabel.class_index, ImagenetLabel.wnid,
-                   ImagenetLabel.name, ImagenetLabel.prob)
+        q = select(
+            ImagenetLabel.image_id,
+            ImagenetLabel.rank,
+            ImagenetLabel.class_index,
+            ImagenetLabel.wnid,
+            ImagenetLabel.name,
+            ImagenetLabel.prob,
+        )
         out: dict[int, list] = {}
         for image_id, *rest in sorted(self._rows(q, ImagenetLabel.image_id, ids), key=lambda r: (r[0], r[1])):
             out.setdefault(image_id, []).append(tuple(rest))
@@ -745,12 +800,13 @@ class Store:
 
     def images_with_imagenet_class(self, class_indexes: Iterable[int]) -> list[tuple[int, int, str, str, float]]:
         """(image_id, rank, wnid, name, prob) of stored labels of these classes."""
-        q = (select(ImagenetLabel.image_id, ImagenetLabel.rank, ImagenetLabel.wnid, ImagenetLabel.name, ImagenetLabel.prob)
-             .where(ImagenetLabel.class_index.in_([int(c) for c in class_indexes]))
-             .order_by(ImagenetLabel.prob.desc(), ImagenetLabel.image_id))
+        q = (
+            select(ImagenetLabel.image_id, ImagenetLabel.rank, ImagenetLabel.wnid, ImagenetLabel.name, ImagenetLabel.prob)
+            .where(ImagenetLabel.class_index.in_([int(c) for c in class_indexes]))
+            .order_by(ImagenetLabel.prob.desc(), ImagenetLabel.image_id)
+        )
         with self.engine.connect() as c:
             return [tuple(r) for r in c.execute(q)]
-
 
     # -- everything known about a few images, for the HTTP service ----------------
     def annotations(self, ids: Iterable[int], *, top: int) -> dict[int, dict]:
@@ -762,16 +818,24 @@ class Store:
         out: dict[int, dict] = {}
         with self.session() as s:
             for part in _slices(ids):
-                for r in s.scalars(select(ImagenetLabel).where(ImagenetLabel.image_id.in_(part), ImagenetLabel.rank <= top)
-                                   .order_by(ImagenetLabel.image_id, ImagenetLabel.rank)):
+                for r in s.scalars(
+                    select(ImagenetLabel)
+                    .where(ImagenetLabel.image_id.in_(part), ImagenetLabel.rank <= top)
+                    .order_by(ImagenetLabel.image_id, ImagenetLabel.rank)
+                ):
                     out.setdefault(r.image_id, no_annotations())["imagenet_labels"].append(
-                        {"rank": r.rank, "class_index": r.class_index, "wnid": r.wnid, "name": r.name, "prob": r.prob})
+                        {"rank": r.rank, "class_index": r.class_index, "wnid": r.wnid, "name": r.name, "prob": r.prob}
+                    )
                 for u in s.scalars(select(UserLabel).where(UserLabel.image_id.in_(part))):
                     out.setdefault(u.image_id, no_annotations())["user_label"] = {
-                        "label": u.label, "split": u.split, "source": u.source}
+                        "label": u.label,
+                        "split": u.split,
+                        "source": u.source,
+                    }
                 for p in s.scalars(select(Prediction).where(Prediction.image_id.in_(part)).order_by(Prediction.classifier)):
                     out.setdefault(p.image_id, no_annotations())["predictions"].append(
-                        {"classifier": p.classifier, "label": p.label, "confidence": p.confidence})
+                        {"classifier": p.classifier, "label": p.label, "confidence": p.confidence}
+                    )
         return out
 
 
@@ -818,9 +882,11 @@ class Importer:
     @staticmethod
     def _repeat(path: str, first: str, then: str) -> BadVectorFileError:
         where = f"twice in {first}" if first == then else f"in both {first} and {then}"
-        return BadVectorFileError(f"{path} is {where}; a path may come once per import. Nothing was imported: "
-                                  "the index is as it was. Drop the repeated row (or import the files one "
-                                  "at a time: a later import replaces a path).")
+        return BadVectorFileError(
+            f"{path} is {where}; a path may come once per import. Nothing was imported: "
+            "the index is as it was. Drop the repeated row (or import the files one "
+            "at a time: a later import replaces a path)."
+        )
 
     def _drop(self, existing: dict[str, int]) -> dict[str, tuple]:
         """Delete the rows being replaced; returns their user labels by path, to carry over."""
@@ -864,14 +930,21 @@ class Importer:
         cur.executemany(
             "INSERT INTO images (id, path, size, mtime_ns, sha256, width, height, status, reason, indexed_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, 'ok', NULL, ?)",
-            [(i, r["path"], r["size"], r["mtime_ns"], r["sha256"], r["width"], r["height"], when)
-             for i, r in zip(ids, rows)])
-        cur.executemany("INSERT INTO vectors (image_id, slot, norm) VALUES (?, ?, ?)",
-                        [(i, self.slot + j, None if nm != nm else nm) for j, (i, nm) in enumerate(zip(ids, norms.tolist()))])
+            [
+                (i, r["path"], r["size"], r["mtime_ns"], r["sha256"], r["width"], r["height"], when)
+                for i, r in zip(ids, rows, strict=False)
+            ],
+        )
+        cur.executemany(
+            "INSERT INTO vectors (image_id, slot, norm) VALUES (?, ?, ?)",
+            [(i, self.slot + j, None if nm != nm else nm) for j, (i, nm) in enumerate(zip(ids, norms.tolist(), strict=False))],
+        )
         if carried:
-            id_of = {r["path"]: i for r, i in zip(rows, ids)}
-            s.execute(insert(UserLabel), [{"image_id": id_of[p], "label": lab, "split": split, "source": src}
-                                          for p, (lab, split, src) in carried.items()])
+            id_of = {r["path"]: i for r, i in zip(rows, ids, strict=False)}
+            s.execute(
+                insert(UserLabel),
+                [{"image_id": id_of[p], "label": lab, "split": split, "source": src} for p, (lab, split, src) in carried.items()],
+            )
         # The rows reach the disk before the transaction that points at them commits.
         block = np.ascontiguousarray(vectors, "<f4")
         self._shards.write(self.slot, block)
@@ -916,11 +989,15 @@ def _keep(s: Session, ids: list[int]) -> None:
     """
     when = _now()
     for part in _slices(ids):
-        q = (select(Image.sha256, Vector.slot, Vector.norm, Image.size, Image.width, Image.height)
-             .join(Vector, Vector.image_id == Image.id)
-             .where(Image.id.in_(part), Image.status == "ok", Image.sha256.is_not(None), Image.size > 0))
-        rows = [{"sha256": r[0], "slot": r[1], "norm": r[2], "size": r[3], "width": r[4], "height": r[5],
-                 "kept_at": when} for r in s.execute(q)]
+        q = (
+            select(Image.sha256, Vector.slot, Vector.norm, Image.size, Image.width, Image.height)
+            .join(Vector, Vector.image_id == Image.id)
+            .where(Image.id.in_(part), Image.status == "ok", Image.sha256.is_not(None), Image.size > 0)
+        )
+        rows = [
+            {"sha256": r[0], "slot": r[1], "norm": r[2], "size": r[3], "width": r[4], "height": r[5], "kept_at": when}
+            for r in s.execute(q)
+        ]
         if rows:
             s.execute(insert(KeptVector).prefix_with("OR REPLACE"), rows)
 
@@ -963,8 +1040,9 @@ def _consistency_problems(c) -> list[str]:
                 while cur.fetchmany(10_000):
                     pass
             for name in times:
-                bad = cur.execute(f'SELECT count(*) FROM "{table.name}" WHERE {name} IS NOT NULL '
-                                  f"AND julianday({name}) IS NULL").fetchone()[0]
+                bad = cur.execute(
+                    f'SELECT count(*) FROM "{table.name}" WHERE {name} IS NOT NULL AND julianday({name}) IS NULL'
+                ).fetchone()[0]
                 if bad:
                     problems.append(f"{bad} rows of {table.name} hold no time in {name}")
         except (sqlite3.OperationalError, UnicodeDecodeError) as e:
@@ -972,8 +1050,10 @@ def _consistency_problems(c) -> list[str]:
     cur.close()
     if problems:
         return problems
-    problems = [f"row {rowid} of {table} points at a missing row of {parent}"
-                for table, rowid, parent, _ in c.exec_driver_sql("PRAGMA foreign_key_check").fetchall()[:10]]
+    problems = [
+        f"row {rowid} of {table} points at a missing row of {parent}"
+        for table, rowid, parent, _ in c.exec_driver_sql("PRAGMA foreign_key_check").fetchall()[:10]
+    ]
     next_slot = c.execute(select(IndexInfo.next_slot)).scalar() or 0
     outside = c.execute(select(func.count()).select_from(Vector).where(or_(Vector.slot < 0, Vector.slot >= next_slot))).scalar()
     if outside:
@@ -994,15 +1074,15 @@ def _database_error(path: Path, e: Exception) -> Exception:
 def open_folder(directory: Path, *, create: bool, read_only: bool | None, restructure: bool) -> Store:
     """The store of the index folder `directory`, created when allowed; read-only (None: when not writable here)."""
     if directory.exists() and not directory.is_dir():
-        raise VecsearchError(f"{directory} is a file, not an index folder: open a folder (new or existing).",
-                             option="index")
+        raise VecsearchError(f"{directory} is a file, not an index folder: open a folder (new or existing).", option="index")
     db = directory / DB_NAME
     if db.exists() and not db.is_file():
         raise IndexCorruptError(f"{db} is not a file: move it away (the index is then empty) or restore it from a backup.")
     if not db.exists():
         if not create:
-            raise IndexNotFoundError(f"No index at {directory}: add images to build one, or open the folder that holds it.",
-                                     option="index")
+            raise IndexNotFoundError(
+                f"No index at {directory}: add images to build one, or open the folder that holds it.", option="index"
+            )
         if read_only:
             raise IndexNotFoundError(f"No index at {directory} to open read-only.")
         directory.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,17 @@ router = APIRouter(tags=["search"], dependencies=[Depends(authorised)])
 
 
 @router.post("/api/search", summary="Images most similar to an uploaded image", responses=responses(401, 413, 422))
-def search_upload(svc: Svc, file: Upload, k: K = DEFAULT_K, offset: Offset = 0, under: Under = None,
-                  label: UserLabelFilter = None, predicted: Predicted = None, predicted_by: PredictedBy = None,
-                  min_score: MinScore = None) -> dict:
+def search_upload(
+    svc: Svc,
+    file: Upload,
+    k: K = DEFAULT_K,
+    offset: Offset = 0,
+    under: Under = None,
+    label: UserLabelFilter = None,
+    predicted: Predicted = None,
+    predicted_by: PredictedBy = None,
+    min_score: MinScore = None,
+) -> dict:
     """Multipart upload in field `file`; results are best first, ranks counted from 1 over all pages.
 
     The filters (`under`, `label`, `predicted` with `classifier`, `min_score`) keep only the images
@@ -27,18 +35,32 @@ def search_upload(svc: Svc, file: Upload, k: K = DEFAULT_K, offset: Offset = 0, 
     q = svc.embed_upload(file)
     ix = svc.current()
     hits = ix.search_vector(q, k + offset, **given)[offset:]
-    return shapes.results(ix, hits, k=k, offset=offset,
-                          next_url=shapes.next_url("/api/search", k, offset, len(hits), given))
+    return shapes.results(ix, hits, k=k, offset=offset, next_url=shapes.next_url("/api/search", k, offset, len(hits), given))
 
 
-@router.get("/api/images/{image_id}/similar", summary="Images most similar to an indexed image",
-            responses=responses(401, 404, 422))
-def similar(svc: Svc, image_id: ImageId, k: K = DEFAULT_K, offset: Offset = 0, under: Under = None,
-            label: UserLabelFilter = None, predicted: Predicted = None, predicted_by: PredictedBy = None,
-            min_score: MinScore = None) -> dict:
+@router.get(
+    "/api/images/{image_id}/similar", summary="Images most similar to an indexed image", responses=responses(401, 404, 422)
+)
+def similar(
+    svc: Svc,
+    image_id: ImageId,
+    k: K = DEFAULT_K,
+    offset: Offset = 0,
+    under: Under = None,
+    label: UserLabelFilter = None,
+    predicted: Predicted = None,
+    predicted_by: PredictedBy = None,
+    min_score: MinScore = None,
+) -> dict:
     """Neighbours of an indexed image by its stored vector (no model call); itself left out. Filters as for search."""
     given = filters(under, label, predicted, predicted_by, min_score)
     ix = svc.current()
     hits = ix.similar(image_id, k + offset, **given)[offset:]
-    return shapes.results(ix, hits, k=k, offset=offset, query_id=image_id,
-                          next_url=shapes.next_url(f"/api/images/{image_id}/similar", k, offset, len(hits), given))
+    return shapes.results(
+        ix,
+        hits,
+        k=k,
+        offset=offset,
+        query_id=image_id,
+        next_url=shapes.next_url(f"/api/images/{image_id}/similar", k, offset, len(hits), given),
+    )

@@ -16,12 +16,18 @@ def health(svc: Svc) -> dict:
     """Cheap check for monitors; needs no token."""
     ix = svc.current()
     searcher = ix.searcher
-    return {"status": "ok", "backbone": ix.backbone.name, "vectors": len(searcher) if searcher is not None else 0,
-            "generation": ix.generation, "auth": svc.token is not None}
+    return {
+        "status": "ok",
+        "backbone": ix.backbone.name,
+        "vectors": len(searcher) if searcher is not None else 0,
+        "generation": ix.generation,
+        "auth": svc.token is not None,
+    }
 
 
-@router.get("/api/stats", summary="Counts, backbone, weights and sizes", dependencies=[Depends(authorised)],
-            responses=responses(401))
+@router.get(
+    "/api/stats", summary="Counts, backbone, weights and sizes", dependencies=[Depends(authorised)], responses=responses(401)
+)
 def stats(svc: Svc) -> dict:
     ix = svc.current()
     s = ix.stats()
