@@ -7,7 +7,7 @@ Start at `open_index`: the `VecIndex` it returns has every feature as a method.
 from .api import Hit, VecIndex, open_index
 from .backbones import REGISTRY, Backbone, BackboneSpec, WeightsSpec, load_backbone, register
 from .classifiers import Classification
-from .config import VERSION
+from .config import VERSION as __version__  # noqa: F401  (a dunder, not one of __all__'s names)
 from .errors import (
     BadImageError,
     BadLabelsError,
@@ -35,8 +35,6 @@ from .explain import Explanation
 from .finetune import HeadParams
 from .health import IndexCheck, check_index
 from .indexer import FailedImage, IndexSummary, RemoveSummary
-
-__version__ = VERSION
 
 __all__ = [
     # the index object
