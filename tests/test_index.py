@@ -410,10 +410,11 @@ def test_index_reports_the_whole_commands_time(photos, index_dir, monkeypatch):
     import time
 
     import vecsearch.api as api
+    import vecsearch.opening as opening
 
     clock = [1000.0]
     monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
-    real_open, real_add = api.open_index, api.VecIndex.add
+    real_open, real_add = opening.open_index, api.VecIndex.add
 
     def slow_open(*args, **kwargs):
         ix = real_open(*args, **kwargs)
@@ -425,7 +426,7 @@ def test_index_reports_the_whole_commands_time(photos, index_dir, monkeypatch):
         clock[0] += 30
         return summary
 
-    monkeypatch.setattr(api, "open_index", slow_open)
+    monkeypatch.setattr(opening, "open_index", slow_open)
     monkeypatch.setattr(api.VecIndex, "add", slow_add)
     r = run("index", photos, "--index", index_dir, *TINY, "-q")
     assert "Indexed 12," in r.stdout and " in 50.0s -> " in r.stdout

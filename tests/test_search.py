@@ -60,3 +60,24 @@ def test_remove_keeps_an_approximate_structure_in_step(tmp_path, model_meta):
     with open_index(tmp_path / "ix-hnsw") as again:  # a new process: the saved structure is current
         assert [h.id for h in again.search(q, k=10)] == [h.id for h in after]
         assert len(again) == 2000 - 205 and len(again.faiss) in (2000, 2000 - 205)
+
+
+def test_a_misspelt_keyword_is_refused_not_ignored(tiny_index, photos, index_dir):
+    """The filters and the model options travel as `**options`: a typo is a TypeError naming it,
+    as Python says for a declared keyword, never a filter silently left out."""
+    tiny_index.add([photos])
+    q = tiny_index.vector(1)
+    for call in (
+        lambda: tiny_index.search(q, k=2, labl="cat"),
+        lambda: tiny_index.search_vector(q, k=2, undr=str(photos)),
+        lambda: tiny_index.similar(1, k=2, min_scor=0.5),
+        lambda: tiny_index.explain(1, imagenet_clas="tabby"),
+        lambda: tiny_index.unfreeze("head", 2, epoch=1),
+        lambda: open_index(index_dir, batchsize=4),
+    ):
+        with pytest.raises(TypeError, match=r"unexpected keyword argument '(labl|undr|min_scor|imagenet_clas|epoch|batchsize)'"):
+            call()
+    # Spelt right, the same filters work (and still say what is wrong with a value).
+    assert len(tiny_index.search(q, k=2, under=str(photos), min_score=-1.0)) == 2
+    with pytest.raises(VecsearchError, match="min_score"):
+        tiny_index.similar(1, k=2, min_score=2)

@@ -4,7 +4,7 @@ Importing this package is cheap: Keras/TensorFlow, FAISS and scikit-learn load o
 Start at `open_index`: the `VecIndex` it returns has every feature as a method.
 """
 
-from .api import Hit, VecIndex, open_index
+from .api import Hit, VecIndex
 from .backbones import REGISTRY, Backbone, BackboneSpec, WeightsSpec, load_backbone, register
 from .classifiers import Classification
 from .config import VERSION as __version__  # noqa: F401  (a dunder, not one of __all__'s names)
@@ -35,6 +35,7 @@ from .explain import Explanation
 from .finetune import HeadParams
 from .health import IndexCheck, check_index
 from .indexer import FailedImage, IndexSummary, RemoveSummary
+from .opening import open_index
 
 __all__ = [
     # the index object

@@ -1,68 +1,61 @@
 """The index object: every feature of vecsearch as a method of `VecIndex`.
 
-An index is a folder holding `index.db` (SQLite: images, labels, classifiers, where each
-vector lives; the source of truth), `vectors/` (the unit vectors, stored once, in shard
-files) and, for approximate index types, `vectors.faiss` (+ JSON sidecar), a search
-structure derived from them. The CLI, the HTTP service and Python users all call the methods below; each one
-hands its work down to the module that owns the concept (`model` embeds, `queries` reads what a caller
-passes, `indexer`, `labels`, `classes`, `classify`, `finetune`, `dupes`, `explain`), passing the store,
-the search structure and the model in.
+An index is a folder: `index.db` (SQLite: images, labels, classifiers, where each vector
+lives; the source of truth), `vectors/` (the unit vectors, in shard files) and, for
+approximate index types, `vectors.faiss` (+ JSON sidecar), a structure derived from them.
+Each method hands its work to the module that owns the concept (`model`, `queries`,
+`indexer`, `search`, `labels`, `classes`, `classify`, `finetune`, `dupes`, `explainer`).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import time
+from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Unpack
 
 import numpy as np
 
 from . import classes, classifiers, classify, dupes, explainer, finetune, images, indexer, labels, queries, report, vector_files
-from .backbones import Backbone, check_fingerprint
+from .backbones import Backbone
 from .classes import SEED
 from .classifiers import DEFAULT_TOP as CLASSIFY_TOP
 from .classifiers import Classification
 from .classify import DEFAULT_K as KNN_K
-from .config import DEFAULT_K, LOCK_NAME, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, VECTORS_NAME, resolve_index_dir
+from .config import DEFAULT_K, LOCK_NAME, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, VECTORS_NAME
 from .dupes import DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD
 from .errors import VecsearchError
 from .explain import OVERLAY_SIDE, Explanation
 from .extract import Extractor
 from .files import FileStream, WriterLock, absolute
 from .finetune import DEFAULT_NAME as HEAD_NAME
-from .finetune import UNFREEZE_EPOCHS, UNFREEZE_LEARNING_RATE
+from .finetune import UnfreezeOptions
 from .indexer import IndexSummary, RemoveSummary
 from .labels import DEFAULT_TOP as LABEL_TOP
-from .model import UNSET, IndexModel, PrecisionCheck, embed_to_shards, requested_model
+from .model import IndexModel, PrecisionCheck, embed_to_shards
 from .search import (
     DEFAULT_TYPE,
-    FaissIndex,
     Hit,
     IndexSpec,
     LiveSearch,
     Searcher,
+    SearchFilters,
     allowed_ids,
-    check_index_type,
-    check_limits,
-    parse_memory,
+    check_filters,
 )
 from .store import ImageRecord, Store, no_annotations, open_folder
 
-log = logging.getLogger(__name__)
-
-_UNSET: Any = UNSET
 Progress = Callable[[int, int], None]
 
-__all__ = ["VecIndex", "open_index", "Hit", "embed_to_shards"]
+__all__ = ["VecIndex", "Hit", "embed_to_shards"]
 
 
 class VecIndex:
     """One index: add images, search, label, classify, fine-tune, find duplicates, report.
 
     The store and the model (`IndexModel`: what embeds, its backbone built on first need
-    from what the index records) are passed in. Open one with `open_index`.
+    from what the index records) are passed in. Open one with `open_index` (`opening`).
     """
 
     def __init__(
@@ -81,18 +74,8 @@ class VecIndex:
         self.model = model if model is not None else IndexModel(self.directory, store)
         self._lock = WriterLock(self.directory / LOCK_NAME)
         self._loaded = classifiers.LoadedClassifiers(self.directory)  # the server asks for the same ones often
-        # The search structure asked for is built and recorded by the first write that can train
-        # it (or at once by open_index when the vectors are there): a type is recorded only once
-        # its structure exists.
-        self.live = LiveSearch(
-            self.directory,
-            store,
-            self._lock,
-            read_only=self.read_only,
-            index_type=index_type,
-            max_memory=max_memory,
-            progress=progress,
-        )
+        # The structure asked for is recorded only once built: by open_index, or the first write that can train it.
+        self.live = LiveSearch(self.directory, store, self._lock, index_type=index_type, max_memory=max_memory, progress=progress)
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -127,26 +110,9 @@ class VecIndex:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _require_info(self):
-        return self.store.require_info()
-
-    @property
-    def searcher(self) -> Searcher | None:
-        """The searcher answering now (None before the first image), replaced whole by a refresh."""
-        return self.live.searcher
-
-    @property
-    def faiss(self) -> FaissIndex | None:
-        """The approximate FAISS structure, or None for exact (flat) search."""
-        return self.live.faiss
-
-    def _current(self) -> Searcher:
-        """The searcher, brought up to date with the database (an index with info always has one)."""
-        self._require_info()
-        self.refresh()
-        searcher = self.searcher
-        assert searcher is not None
-        return searcher
+    def refresh(self) -> bool:
+        """Reload the vectors if another process changed the index; True if it did."""
+        return self.live.refresh()
 
     def _check_writable(self) -> None:
         if self.read_only:
@@ -155,37 +121,43 @@ class VecIndex:
                 "searching and reading work; to change it, fix the folder's permissions."
             )
 
-    def refresh(self) -> bool:
-        """Reload the vectors if another process changed the index; True if it did."""
-        return self.live.refresh()
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The writer lock (one writer at a time, in any process), for an index that may be written."""
+        self._check_writable()
+        with self._lock.held():
+            yield
 
-    # -- the model (`IndexModel`) -------------------------------------------------------------
-    @property
-    def precision(self) -> str:
-        """The compute precision new embeddings use: the one asked for, else the one the index records."""
-        return self.model.precision
-
-    @property
-    def backbone(self) -> Backbone:
-        """The frozen feature extractor, built on first use from what the index records."""
-        return self.model.backbone
+    # -- the search structure (`search.live`: built first, recorded only then) --------------
+    searcher = property(lambda self: self.live.searcher, doc="The searcher answering now (None before the first image).")
+    faiss = property(lambda self: self.live.faiss, doc="The approximate FAISS structure, or None for exact (flat) search.")
 
     @property
-    def precision_check(self) -> PrecisionCheck | None:
-        """Set when another precision than the index records was verified against its stored vectors."""
-        return self.model.precision_check
+    def structure_note(self) -> str | None:
+        """Why the index scans exactly instead of the structure it records (and how to fix it), or None."""
+        return self.searcher.note if self.searcher is not None else None
 
-    @property
-    def batch_size(self) -> int | None:
-        return self.model.batch_size
+    def _current(self) -> Searcher:
+        """The searcher, brought up to date with the database (an index with info always has one)."""
+        self.store.require_info()
+        self.refresh()
+        return self.live.searcher  # type: ignore[return-value]
 
-    @property
-    def workers(self) -> int | None:
-        return self.model.workers
+    def reindex(
+        self, *, index_type: str | None = None, max_memory: int | str | None = None, progress: Progress | None = None
+    ) -> IndexSpec:
+        """Rebuild (retrain and re-tune) the search structure from the stored vectors, as `index_type`."""
+        self.store.require_info()
+        self._check_writable()
+        return self.live.reindex(index_type, max_memory, progress=progress)
 
-    @property
-    def engine(self) -> str:
-        return self.model.engine
+    # -- the model (`model.IndexModel`) -----------------------------------------------------
+    precision = property(lambda self: self.model.precision, doc="The precision new embeddings use (asked for, else recorded).")
+    backbone = property(lambda self: self.model.backbone, doc="The frozen feature extractor, built on first use.")
+    precision_check = property(lambda self: self.model.precision_check, doc="Set when another precision was verified.")
+    batch_size = property(lambda self: self.model.batch_size)
+    workers = property(lambda self: self.model.workers)
+    engine = property(lambda self: self.model.engine)
 
     def check_precision(self, bb: Backbone) -> PrecisionCheck | None:
         """Let a backbone of another precision add to the index only if it agrees (`IndexModel.check_precision`)."""
@@ -198,112 +170,6 @@ class VecIndex:
         """Build the backbone and trace its compiled call now, so the first query doesn't pay for it."""
         self.model.warm_up()
 
-    def _ensure_info(self) -> None:
-        if self.info is None:
-            fields = {k: v for k, v in self.model.meta().items() if k != "vecsearch"}
-            self.store.create_info(**fields, index_type=DEFAULT_TYPE, max_memory=None)
-
-    # -- indexing -------------------------------------------------------------------------
-    def add(
-        self,
-        paths: Iterable[str | os.PathLike],
-        *,
-        exclude: Iterable[str] = (),
-        progress: Progress | None = None,
-        chunk_size: int = indexer.CHUNK_SIZE,
-        chunk_seconds: float = indexer.CHUNK_SECONDS,
-    ) -> IndexSummary:
-        """Index image files and folders incrementally (see `indexer.run`).
-
-        New or changed files (size + mtime, then content hash) are embedded; moved or copied
-        files reuse stored vectors; entries under the given folders whose files are gone are
-        removed. Results are committed in chunks, so a killed run loses at most one chunk and
-        the next run resumes from there. `exclude` globs (see `images.is_excluded`) join
-        those the index remembers (`exclude`); files they match are skipped, and dropped
-        from the index if they were in it.
-        """
-        roots = [absolute(p) for p in paths]
-        new_globs = images.check_globs(exclude)
-        self._check_writable()
-        with self._lock.held():
-            # A damaged index.db is refused before anything is written into it. The full check
-            # reads the database once (84 MB for 100k images), a tenth of what the vectors'
-            # checksums below read (800 MB at 2048-d).
-            self.store.require_sound(full=True)
-            if new_globs:
-                self.store.set_setting("exclude", images.check_globs([*self.exclude, *new_globs]))
-            files, rejected = indexer.inputs(self.store, roots, self.exclude)
-            if self.live.wanted_differs():  # refused before anything is embedded
-                self.live.check_wanted(len(self) + len(files), self.info.dim if self.info else self.backbone.dim)
-            self._ensure_info()
-            self.refresh()
-            had_structure = self.live.recorded_spec() is not None
-            repaired = indexer.forget_damaged(self.store)
-            summary = indexer.run(
-                self.store,
-                self.model.embedder,
-                roots,
-                files,
-                progress=progress,
-                chunk_size=chunk_size,
-                chunk_seconds=chunk_seconds,
-                rejected=rejected,
-            )
-            summary.retrained = self.live.after_write() and had_structure
-            summary.repaired = repaired
-        return summary
-
-    @property
-    def exclude(self) -> list[str]:
-        """The exclude globs this index remembers: every `add` skips (and drops) what they match."""
-        return list(self.store.setting("exclude", []))
-
-    def set_exclude(self, globs: Iterable[str]) -> list[str]:
-        """Replace the remembered exclude globs (an empty list forgets them); the next `add` applies them."""
-        globs = images.check_globs(globs)
-        self._check_writable()
-        with self._lock.held():
-            self.store.set_setting("exclude", globs)
-        return globs
-
-    def remove(self, paths: Iterable[str | os.PathLike] = (), *, missing: bool = False) -> RemoveSummary:
-        """Drop entries from the index: the given files, and everything inside the given folders.
-
-        Paths are resolved as `add` resolves them and need not exist any more (a deleted
-        folder is the usual case). With `missing`, every entry whose file is gone is dropped
-        too, wherever it is. The search structure is brought in step before this returns, so
-        `search` no longer finds what was removed. A path still on disk is indexed again by
-        the next `add` over a folder holding it (see `exclude=` for keeping it out).
-        """
-        roots = [absolute(p) for p in paths]
-        if not roots and not missing:
-            raise VecsearchError("Nothing to remove: give files or folders, or missing=True for every entry whose file is gone.")
-        self._require_info()
-        self._check_writable()
-        summary = RemoveSummary()
-        with self._lock.held():
-            self.refresh()
-            records = indexer.records_to_remove(self.store, roots, missing, summary)
-            indexer.remove(self.store, records, summary)
-            if records:
-                self.live.after_write()
-        return summary
-
-    def reindex(
-        self, *, index_type: str | None = None, max_memory: int | str | None = None, progress: Progress | None = None
-    ) -> IndexSpec:
-        """Rebuild (retrain and re-tune) the search structure from the stored vectors, as `index_type`."""
-        self._require_info()
-        self._check_writable()
-        return self.live.reindex(index_type, max_memory, progress=progress)
-
-    # -- the search structure: built first, recorded only then (`search.live`) ----------------
-    @property
-    def structure_note(self) -> str | None:
-        """Why the index scans exactly instead of the structure it records (and how to fix it), or None."""
-        return self.searcher.note if self.searcher is not None else None
-
-    # -- embedding ------------------------------------------------------------------------
     def embed(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
         """Unit vectors (n, dim) for image files, with this index's backbone; a bad file raises BadImageError."""
         return self.model.embed(paths)
@@ -324,19 +190,97 @@ class VecIndex:
         """Unit vectors of image files: an indexed, unchanged file reuses its stored vector."""
         return queries.vectors_for(self.store, self.model, paths)
 
-    # -- search ---------------------------------------------------------------------------
-    def search(
+    # -- indexing -------------------------------------------------------------------------
+    def add(
         self,
-        query,
-        k: int = DEFAULT_K,
+        paths: Iterable[str | os.PathLike],
         *,
-        include_self: bool = False,
-        under: str | os.PathLike | None = None,
-        label: str | None = None,
-        predicted: str | None = None,
-        classifier: str | None = None,
-        min_score: float | None = None,
-    ) -> list[Hit]:
+        exclude: Iterable[str] = (),
+        progress: Progress | None = None,
+        chunk_size: int = indexer.CHUNK_SIZE,
+        chunk_seconds: float = indexer.CHUNK_SECONDS,
+    ) -> IndexSummary:
+        """Index image files and folders incrementally (see `indexer.run`).
+
+        New or changed files (size + mtime, then content hash) are embedded; moved or copied
+        files reuse stored vectors; entries under the given folders whose files are gone are
+        removed. Results are committed in chunks, so a killed run loses at most one chunk and
+        the next run resumes from there. `exclude` globs (see `images.is_excluded`) join
+        those the index remembers (`exclude`); files they match are skipped, and dropped
+        from the index if they were in it.
+        """
+        roots, new_globs = [absolute(p) for p in paths], images.check_globs(exclude)
+        with self._writing():
+            # A damaged index.db is refused before anything is written into it (this reads the
+            # database once: a tenth of what the vectors' checksums read).
+            self.store.require_sound(full=True)
+            files, rejected = indexer.inputs(self.store, roots, self._remember_exclude(new_globs))
+            had_structure, repaired = self._begin_add(len(files)), indexer.forget_damaged(self.store)
+            summary = indexer.run(
+                self.store,
+                self.model.embedder,
+                roots,
+                files,
+                progress=progress,
+                chunk_size=chunk_size,
+                chunk_seconds=chunk_seconds,
+                rejected=rejected,
+            )
+            summary.retrained, summary.repaired = self.live.after_write() and had_structure, repaired
+        return summary
+
+    def _remember_exclude(self, new_globs: list[str]) -> list[str]:
+        if new_globs:
+            self.store.set_setting("exclude", images.check_globs([*self.exclude, *new_globs]))
+        return self.exclude
+
+    def _begin_add(self, n_files: int) -> bool:
+        """Refuse a structure the new total cannot train, before anything is embedded; record the
+        model of a new index; True when a search structure is recorded (the add retrains it)."""
+        if self.live.wanted_differs():
+            self.live.check_wanted(len(self) + n_files, self.info.dim if self.info else self.backbone.dim)
+        if self.info is None:
+            fields = {k: v for k, v in self.model.meta().items() if k != "vecsearch"}
+            self.store.create_info(**fields, index_type=DEFAULT_TYPE, max_memory=None)
+        self.refresh()
+        return self.live.recorded_spec() is not None
+
+    @property
+    def exclude(self) -> list[str]:
+        """The exclude globs this index remembers: every `add` skips (and drops) what they match."""
+        return list(self.store.setting("exclude", []))
+
+    def set_exclude(self, globs: Iterable[str]) -> list[str]:
+        """Replace the remembered exclude globs (an empty list forgets them); the next `add` applies them."""
+        globs = images.check_globs(globs)
+        with self._writing():
+            self.store.set_setting("exclude", globs)
+        return globs
+
+    def remove(self, paths: Iterable[str | os.PathLike] = (), *, missing: bool = False) -> RemoveSummary:
+        """Drop entries from the index: the given files, and everything inside the given folders.
+
+        Paths are resolved as `add` resolves them and need not exist any more (a deleted
+        folder is the usual case). With `missing`, every entry whose file is gone is dropped
+        too, wherever it is. The search structure is brought in step before this returns, so
+        `search` no longer finds what was removed. A path still on disk is indexed again by
+        the next `add` over a folder holding it (see `exclude=` for keeping it out).
+        """
+        roots = [absolute(p) for p in paths]
+        if not roots and not missing:
+            raise VecsearchError("Nothing to remove: give files or folders, or missing=True for every entry whose file is gone.")
+        self.store.require_info()
+        with self._writing():
+            self.refresh()
+            summary = RemoveSummary()
+            records = indexer.records_to_remove(self.store, roots, missing, summary)
+            indexer.remove(self.store, records, summary)
+            if records:
+                self.live.after_write()
+        return summary
+
+    # -- search ---------------------------------------------------------------------------
+    def search(self, query, k: int = DEFAULT_K, *, include_self: bool = False, **filters: Unpack[SearchFilters]) -> list[Hit]:
         """The k most similar indexed images to a query, best first (cosine similarity).
 
         The query is an image file path, a vector, image bytes (an upload) or a PIL image.
@@ -344,29 +288,15 @@ class VecIndex:
         is left out of its own results. The filters (see `search_vector`) restrict the
         results; k are still returned whenever k images pass them.
         """
+        check_filters("search", k, filters)
         if self.searcher is None:
-            self._require_info()
-        q, _, found = self._query_vector(query, "search with")
+            self.store.require_info()
+        q, _, found = queries.query_vector(self.store, self.model, query, "search with")
         exclude = {found} if found is not None and not include_self else set()
-        return self.search_vector(
-            q, k, exclude=exclude, under=under, label=label, predicted=predicted, classifier=classifier, min_score=min_score
-        )
-
-    def _query_vector(self, query, what: str) -> tuple[np.ndarray, Path | None, int | None]:
-        """(unit vector, file path or None, id of the indexed file whose vector it reuses or None): `queries`."""
-        return queries.query_vector(self.store, self.model, query, what)
+        return self.search_vector(q, k, exclude=exclude, **filters)
 
     def search_vector(
-        self,
-        q: np.ndarray,
-        k: int = DEFAULT_K,
-        *,
-        exclude: set[int] | None = None,
-        under: str | os.PathLike | None = None,
-        label: str | None = None,
-        predicted: str | None = None,
-        classifier: str | None = None,
-        min_score: float | None = None,
+        self, q: np.ndarray, k: int = DEFAULT_K, *, exclude: set[int] | None = None, **filters: Unpack[SearchFilters]
     ) -> list[Hit]:
         """The k indexed images nearest a unit vector, best first; ids in `exclude` left out.
 
@@ -379,38 +309,19 @@ class VecIndex:
         min_score: only hits at least this similar (cosine, -1..1), so fewer than k may come back.
         A filtered search is still exact: the k best of the images that pass (see `Searcher`).
         """
-        check_limits(k, min_score)
+        id_filters, min_score = check_filters("search_vector", k, filters)
         q = self.live.query(q)
-        allowed = allowed_ids(self.store, under, label, predicted, classifier)
+        allowed = allowed_ids(self.store, **id_filters)
         return self.live.search(q, k, exclude=exclude, allowed=allowed, min_score=min_score)
 
-    def similar(
-        self,
-        image_id: int,
-        k: int = DEFAULT_K,
-        *,
-        under: str | os.PathLike | None = None,
-        label: str | None = None,
-        predicted: str | None = None,
-        classifier: str | None = None,
-        min_score: float | None = None,
-    ) -> list[Hit]:
+    def similar(self, image_id: int, k: int = DEFAULT_K, **filters: Unpack[SearchFilters]) -> list[Hit]:
         """Neighbours of an indexed image by its stored vector (no model call), itself left out.
 
         The filters are `search_vector`'s.
         """
-        self._require_info()
+        self.store.require_info()
         self.refresh()
-        return self.search_vector(
-            self.vector(image_id),
-            k,
-            exclude={image_id},
-            under=under,
-            label=label,
-            predicted=predicted,
-            classifier=classifier,
-            min_score=min_score,
-        )
+        return self.search_vector(self.vector(image_id), k, exclude={image_id}, **filters)
 
     # -- images ---------------------------------------------------------------------------
     def image(self, image_id: int) -> ImageRecord:
@@ -457,7 +368,7 @@ class VecIndex:
 
     def stats(self) -> dict:
         """Counts, model, index_type and sizes on disk (`report.stats`)."""
-        info = self._require_info()
+        info = self.store.require_info()
         self.refresh()
         return report.stats(self.directory, self.store, info, self.live, self.exclude)
 
@@ -466,7 +377,7 @@ class VecIndex:
 
         The suffix decides the format; `import` reads either back. Streams in batches.
         """
-        return vector_files.export_index(self.store, out, self.model.meta(self._require_info()), progress)
+        return vector_files.export_index(self.store, out, self.model.meta(self.store.require_info()), progress)
 
     def import_vectors(
         self, source: str | os.PathLike, *, unchecked: bool = False, progress: Progress | None = None
@@ -479,15 +390,13 @@ class VecIndex:
         An empty index takes its model from the first file.
         """
         self._check_writable()
-        started = time.perf_counter()
-        info = self.info
-        checked = vector_files.check_import(
-            source, self.model.meta(info) if info is not None else None, unchecked, self.directory
-        )  # every file, before anything is written
+        started, info = time.perf_counter(), self.info
+        # Every file is checked before anything is written.
+        checked = vector_files.check_import(source, self.model.meta(info) if info else None, unchecked, self.directory)
         if info is not None:
             self.model.check_imported_precisions(checked.precisions)
-        self.live.check_wanted((len(self) if info is not None else 0) + checked.rows, int(checked.model["dim"]))
-        with self._lock.held():
+        self.live.check_wanted((len(self) if info else 0) + checked.rows, int(checked.model["dim"]))
+        with self._writing():
             summary = vector_files.import_files(self.store, checked, create=self.info is None, progress=progress)
             self.live.after_write()
         summary.seconds = round(time.perf_counter() - started, 3)
@@ -541,12 +450,12 @@ class VecIndex:
 
     def train_classifier(self, kind: str, *, k: int = KNN_K, name: str | None = None, seed: int = SEED) -> classify.TrainResult:
         """Train (knn or probe), evaluate, save, and predict every unlabelled image."""
-        self._require_info()
+        self.store.require_info()
         return classify.train(self.store, self.directory, kind, k=k, name=name, seed=seed)
 
     def apply_classifier(self, name: str | None = None, kind: str | None = None) -> classify.TrainResult:
         """Predict every unlabelled image with a saved classifier (the newest, or `name`)."""
-        self._require_info()
+        self.store.require_info()
         return classify.apply_saved(self.store, self.directory, name, kind)
 
     def classifiers(self) -> list[dict]:
@@ -578,16 +487,10 @@ class VecIndex:
         """
         if model is None:
             classifiers.find(self.store, name, kind)  # none saved: said before the query costs a model load
-        vector, path, _ = self._query_vector(query, "classify")  # a missing or bad file: refused before any model
+        vector, path, _ = queries.query_vector(self.store, self.model, query, "classify")  # a bad file: before any model
         row, clf = model or self.classifier(name, kind)
-        return self.model.run(
-            classifiers.classification,
-            clf,
-            row,
-            vector,
-            top=top,  # a head is a Keras model too
-            path=None if path is None else str(path),
-        )
+        where = None if path is None else str(path)
+        return self.model.run(classifiers.classification, clf, row, vector, top=top, path=where)  # a head is a Keras model too
 
     # -- fine-tuning ----------------------------------------------------------------------
     def finetune(
@@ -598,39 +501,20 @@ class VecIndex:
         on_epoch: Callable[[int, dict], None] | None = None,
     ) -> finetune.FinetuneResult:
         """Train a Keras head on the labelled vectors, score it, save it as classifier `name`."""
-        self._require_info()
+        self.store.require_info()
         return finetune.finetune(self.store, self.directory, name=name, params=params, on_epoch=on_epoch)
 
-    def unfreeze(
-        self,
-        head_name: str,
-        n_layers: int,
-        *,
-        epochs: int = UNFREEZE_EPOCHS,
-        learning_rate: float = UNFREEZE_LEARNING_RATE,
-        batch_size: int = 16,
-        seed: int = 0,
-        on_epoch: Callable[[int, dict], None] | None = None,
-    ) -> dict:
+    def unfreeze(self, head_name: str, n_layers: int, **options: Unpack[UnfreezeOptions]) -> dict:
         """Fine-tune the backbone's last `n_layers` end to end with saved head `head_name` on top.
 
+        `options`: epochs, learning_rate, batch_size, seed, on_epoch (`finetune.UnfreezeOptions`).
         The tuned weights are written to a file (the index itself never changes weights:
         use `reembed` for an index built with them).
         """
+        finetune.check_unfreeze_options(options)
         # A fresh copy, not the cached one: training changes the head's weights in place.
         head = classifiers.load(self.directory, classifiers.find(self.store, head_name, "head"))
-        return finetune.unfreeze(
-            self.store,
-            self.directory,
-            head,
-            n_layers,
-            epochs=epochs,
-            learning_rate=learning_rate,
-            batch_size=batch_size,
-            seed=seed,
-            name=head_name,
-            on_epoch=on_epoch,
-        )
+        return finetune.unfreeze(self.store, self.directory, head, n_layers, name=head_name, **options)
 
     def check_reembed_target(self, into: str | os.PathLike) -> Path:
         """The folder for `reembed`, refused when it is this index (before any slow work)."""
@@ -648,24 +532,15 @@ class VecIndex:
     ) -> IndexSummary:
         """Build a new index at `into` with tuned weights over the same images, labels and head copied."""
         plan = finetune.plan_reembed(self.store, self.directory, weights_path, into)
-        with open_index(plan.into, backbone=plan.backbone, weights=str(plan.weights)) as new:
+        with closing(open_folder(plan.into, create=True, read_only=False, restructure=False)) as store:
+            model = IndexModel.for_index(plan.into, store, None, plan.backbone, str(plan.weights), None, {})
+            new = VecIndex(plan.into, store, model)
             summary = new.add(plan.paths, progress=progress)
             finetune.carry_over(plan, new.store, new.directory, head_path=head_path, name=name, metrics=metrics)
         return summary
 
     # -- explanations (`explainer`) -----------------------------------------------------------
-    def explain(
-        self,
-        image,
-        *,
-        like=None,
-        imagenet_class: str | None = None,
-        classifier: str | None = None,
-        label: str | None = None,
-        weights: Any = None,
-        side: int = OVERLAY_SIDE,
-        max_pixels: int | None = MAX_IMAGE_PIXELS,
-    ) -> Explanation:
+    def explain(self, image, **options: Unpack[explainer.ExplainOptions]) -> Explanation:
         """A heatmap of where in `image` the evidence for a score lies (see `explain`).
 
         The score is the ImageNet class `imagenet_class` (name or WordNet id; default: the
@@ -673,19 +548,9 @@ class VecIndex:
         prediction), or the cosine similarity to `like`. `image` is a file path, image
         bytes, a PIL image or an indexed image's id; `like` the same or a vector. `weights`
         is where the ImageNet top comes from, as for `label`. `side` is the overlay's
-        longest side in pixels.
+        longest side in pixels; `max_pixels` the decoding cap (`explainer.ExplainOptions`).
         """
-        return explainer.explain(
-            self._explainer(),
-            image,
-            like=like,
-            imagenet_class=imagenet_class,
-            classifier=classifier,
-            label=label,
-            weights=weights,
-            side=side,
-            max_pixels=max_pixels,
-        )
+        return explainer.explain(self._explainer(), image, **explainer.check_options(options))
 
     def explain_hits(
         self, query, hits: Iterable[Hit], *, side: int = OVERLAY_SIDE, max_pixels: int | None = MAX_IMAGE_PIXELS
@@ -729,83 +594,3 @@ class VecIndex:
         if len(paths) < 2:
             raise VecsearchError(f"A similarity matrix needs at least 2 images, got {len(paths)}.")
         return dupes.similarity_matrix(self.vectors_for(paths))
-
-
-def open_index(
-    path: str | os.PathLike | None = None,
-    *,
-    backbone: str | None = None,
-    weights: Any = _UNSET,
-    seed: int | None = None,
-    create: bool = True,
-    batch_size: int | None = None,
-    workers: int | None = None,
-    model: Backbone | None = None,
-    index_type: str | None = None,
-    max_memory: int | str | None = None,
-    progress: Progress | None = None,
-    read_only: bool | None = None,
-    precision: str | None = None,
-    engine: str = "local",
-    ray_address: str | None = None,
-    gpus_per_worker: float | None = None,
-) -> VecIndex:
-    """Open (or create) the index at `path` (else $VECSEARCH_INDEX, else the default folder).
-
-    backbone/weights choose the model for a new index (weights: "imagenet", None for the
-    seeded random init, or a weights file); for an existing one they must match what built
-    it, or IndexMismatchError is raised. `model` passes an already built Backbone.
-
-    index_type picks the search structure (`index_types`): "flat" (exact, the default),
-    "hnsw", "ivf-pq", "auto" (chosen from the collection's size and `max_memory`, e.g.
-    "4GB") or a FAISS factory string. Giving another type or budget than an index records
-    converts it: the structure is built from the stored vectors (`progress` reports that
-    build) and recorded only once built, at once, or by the next `add`/`import_vectors` when
-    there are too few vectors to train it yet. One that cannot be built raises StructureError
-    and the index keeps the structure it had.
-    read_only opens an existing index without writing anything (searches, stats, export
-    work; changes are refused); None (the default) does so when the folder or its
-    database is not writable by this process.
-    precision ("float32" or "mixed") is how new images are embedded; None: what the index
-    records (float32 for a new one). Another precision than an existing index records is
-    accepted only if it agrees with a few stored vectors (`VecIndex.check_precision`).
-    engine chooses where `add` embeds: "local" (this process) or "ray" (a Ray cluster at
-    `ray_address`, else a local Ray; `workers` model actors with `gpus_per_worker` GPUs each).
-    """
-    IndexModel.check_options(engine=engine, precision=precision, model=model)
-    if index_type is not None:
-        check_index_type(index_type)
-    budget = parse_memory(max_memory)
-    directory = resolve_index_dir(path)
-    store = open_folder(directory, create=create, read_only=read_only, restructure=index_type is not None or budget is not None)
-    try:
-        info = store.info()
-        if info is None and not create:
-            store.require_info()
-        requested = None
-        if backbone is not None or weights is not _UNSET or seed is not None or model is not None:
-            requested = requested_model(directory, info, backbone, weights, seed, model)
-        if info is not None and index_type is None and budget is not None:
-            index_type = info.index_type  # a new budget for the type it has
-        embeds = IndexModel(
-            directory,
-            store,
-            model,
-            requested=requested,
-            batch_size=batch_size,
-            workers=workers,
-            precision=precision,
-            engine=engine,
-            ray_address=ray_address,
-            gpus_per_worker=gpus_per_worker,
-        )
-        index = VecIndex(directory, store, embeds, index_type=index_type, max_memory=budget, progress=progress)
-        if model is not None:
-            check_fingerprint(model, info, directory)
-            index.check_precision(model)
-        if info is not None:
-            index.live.convert_wanted(progress)
-        return index
-    except BaseException:
-        store.close()
-        raise

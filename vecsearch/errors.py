@@ -5,6 +5,7 @@ database file, the vector file), which arrive as OSError, SQLite or FAISS errors
 """
 
 import errno
+from typing import Iterable
 
 RESTORE_DATABASE = "Restore the index folder from a backup, or move it away and index again."
 """What to do about a damaged index.db: it is the source of truth, nothing rebuilds it."""
@@ -188,3 +189,10 @@ def fault_message(e: BaseException) -> str | None:
             "`vecsearch reindex --index-type flat` searches them exactly."
         )
     return None
+
+
+def check_keywords(what: str, given: Iterable[str], known: Iterable[str]) -> None:
+    """Refuse a misspelt keyword passed through `**options`, as Python refuses one it declares."""
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise TypeError(f"{what}() got an unexpected keyword argument {unknown[0]!r}")

@@ -6,13 +6,44 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence, TypedDict
 
 from . import classifiers, labels, queries
 from . import explain as maps
+from .config import MAX_IMAGE_PIXELS
+from .errors import check_keywords
 from .model import IndexModel
 from .search import Hit
 from .store import Store
+
+
+class ExplainOptions(TypedDict, total=False):
+    """What `VecIndex.explain` explains and how the overlay is drawn; every one optional."""
+
+    like: Any
+    imagenet_class: str | None
+    classifier: str | None
+    label: str | None
+    weights: Any
+    side: int
+    max_pixels: int | None
+
+
+EXPLAIN_DEFAULTS: dict[str, Any] = {
+    "like": None,
+    "imagenet_class": None,
+    "classifier": None,
+    "label": None,
+    "weights": None,
+    "side": maps.OVERLAY_SIDE,
+    "max_pixels": MAX_IMAGE_PIXELS,
+}
+
+
+def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Every explain option, the defaults filled in; a misspelt one is a TypeError."""
+    check_keywords("explain", options, EXPLAIN_DEFAULTS)
+    return {**EXPLAIN_DEFAULTS, **options}
 
 
 @dataclass

@@ -20,14 +20,14 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypedDict
 
 import numpy as np
 
 from . import classifiers
 from .backbones import WeightsSpec, check_fingerprint, import_keras, keras_seeded, load_backbone, weights_fingerprint
 from .classes import check_labels, labelled_vectors, split_parts
-from .errors import BadLabelsError, VecsearchError
+from .errors import BadLabelsError, VecsearchError, check_keywords
 from .head import HeadClassifier, build_head, load_head
 from .store import Store
 
@@ -38,6 +38,20 @@ TUNED_DIR = "tuned"
 UNFREEZE_EPOCHS = 3
 UNFREEZE_LEARNING_RATE = 1e-5
 """Low, as Keras's transfer-learning guide advises: the unfrozen layers only adjust."""
+
+
+class UnfreezeOptions(TypedDict, total=False):
+    """How `unfreeze` trains (defaults: UNFREEZE_EPOCHS, UNFREEZE_LEARNING_RATE, batch 16, seed 0)."""
+
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    seed: int
+    on_epoch: Callable[[int, dict], None] | None
+
+
+def check_unfreeze_options(options: Mapping[str, Any]) -> None:
+    check_keywords("unfreeze", options, ("epochs", "learning_rate", "batch_size", "seed", "on_epoch"))
 
 
 @dataclass

@@ -18,7 +18,7 @@ import os
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypedDict, TypeVar
 
 import numpy as np
 
@@ -36,7 +36,7 @@ from .backbones import (
     recorded_precision,
 )
 from .config import MAX_IMAGE_PIXELS, VERSION
-from .errors import BadImageError, IndexMismatchError, InputNotFoundError, VecsearchError
+from .errors import BadImageError, IndexMismatchError, InputNotFoundError, VecsearchError, check_keywords
 from .extract import RESAMPLE, Extractor
 from .files import absolute
 from .store import Store
@@ -53,6 +53,20 @@ PRECISION_CHECK_IMAGES = 8
 
 UNSET: Any = object()
 """Weights not given: a new index takes ImageNet (the seeded random init with a seed), an existing one its own."""
+
+
+class ModelOptions(TypedDict, total=False):
+    """How an index embeds new images (see `open_index`); the index records none of them but precision."""
+
+    batch_size: int | None
+    workers: int | None
+    precision: str | None
+    engine: str
+    ray_address: str | None
+    gpus_per_worker: float | None
+
+
+MODEL_OPTIONS = ("batch_size", "workers", "precision", "engine", "ray_address", "gpus_per_worker")
 
 
 @dataclass
@@ -286,13 +300,37 @@ class IndexModel:
         return check
 
     @staticmethod
-    def check_options(*, engine: str, precision: str | None, model: Backbone | None) -> None:
-        """The model options of `open_index`, refused before anything is opened."""
-        ray_engine.check_engine(engine)
+    def check_options(model: Backbone | None, options: Mapping[str, Any]) -> None:
+        """The model options of `open_index`, refused before anything is opened (a misspelt one too)."""
+        check_keywords("open_index", options, MODEL_OPTIONS)
+        ray_engine.check_engine(options.get("engine", "local"))
+        precision = options.get("precision")
         if precision is not None:
             check_precision(precision)
         if model is not None and precision is not None and model.precision != precision:
             raise VecsearchError(f"The model passed is built in {model.precision} precision, not {precision}.")
+
+    @classmethod
+    def for_index(
+        cls,
+        directory: Path,
+        store: Store,
+        model: Backbone | None,
+        backbone: str | None,
+        weights: Any,
+        seed: int | None,
+        options: ModelOptions,
+    ) -> IndexModel:
+        """The model an opened index embeds with: what was asked for, checked against what the index records."""
+        info = store.info()
+        requested = None
+        if backbone is not None or weights is not UNSET or seed is not None or model is not None:
+            requested = requested_model(directory, info, backbone, weights, seed, model)
+        index_model = cls(directory, store, model, requested=requested, **options)
+        if model is not None:
+            check_fingerprint(model, info, directory)
+            index_model.check_precision(model)
+        return index_model
 
     def check_other_precision(self, precision: str) -> PrecisionCheck | None:
         """`check_precision` for vectors of `precision` made elsewhere (an import): a backbone built to compare."""

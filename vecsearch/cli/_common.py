@@ -133,6 +133,6 @@ def random_weights_warning(ix, what: str) -> str | None:
 
 def open_index(index: Path | None, **kw):
     """`vecsearch.open_index`, imported on first use so `--help` stays instant."""
-    from ..api import open_index as open_
+    from ..opening import open_index as open_
 
     return open_(index, **kw)

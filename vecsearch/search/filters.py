@@ -7,13 +7,36 @@ exact (`exact.Searcher`), so a filtered search still returns k hits whenever k i
 from __future__ import annotations
 
 import os
+from typing import Mapping, TypedDict
 
 import numpy as np
 
 from .. import classifiers
-from ..errors import VecsearchError
+from ..errors import VecsearchError, check_keywords
 from ..files import absolute
 from ..store import Store
+
+
+class SearchFilters(TypedDict, total=False):
+    """The optional filters every search takes, combined with AND (see `VecIndex.search_vector`)."""
+
+    under: str | os.PathLike | None
+    label: str | None
+    predicted: str | None
+    classifier: str | None
+    min_score: float | None
+
+
+FILTER_NAMES = ("under", "label", "predicted", "classifier", "min_score")
+
+
+def check_filters(what: str, k: object, filters: Mapping[str, object]) -> tuple[dict, float | None]:
+    """(the id filters for `allowed_ids`, min_score): a misspelt filter is a TypeError, not ignored."""
+    check_keywords(what, filters, FILTER_NAMES)
+    ids = {name: value for name, value in filters.items() if name != "min_score"}
+    min_score = filters.get("min_score")
+    check_limits(k, min_score)
+    return ids, None if min_score is None else float(min_score)  # type: ignore[arg-type]
 
 
 def check_limits(k: object, min_score: object) -> None:
@@ -27,7 +50,11 @@ def check_limits(k: object, min_score: object) -> None:
 
 
 def allowed_ids(
-    store: Store, under: str | os.PathLike | None, label: str | None, predicted: str | None, classifier: str | None
+    store: Store,
+    under: str | os.PathLike | None = None,
+    label: str | None = None,
+    predicted: str | None = None,
+    classifier: str | None = None,
 ) -> np.ndarray | None:
     """Ids that pass the search filters (ascending), or None when no filter is given."""
     if predicted is None and classifier is not None:

@@ -77,7 +77,6 @@ class LiveSearch:
         store: Store,
         lock: WriterLock,
         *,
-        read_only: bool = False,
         index_type: str | None = None,
         max_memory: int | None = None,
         progress: Progress | None = None,
@@ -85,7 +84,7 @@ class LiveSearch:
         self.path = Path(directory) / VECTORS_NAME
         self.store = store
         self.lock = lock  # the index's writer lock: repairs are saved only when it is free
-        self.read_only = read_only
+        self.read_only = store.read_only
         # None: keep what the index records (flat for a new one).
         self.wanted: Wanted | None = (
             (index_type or DEFAULT_TYPE, max_memory) if index_type is not None or max_memory is not None else None

@@ -23,8 +23,9 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from ..api import VecIndex, open_index
+from ..api import VecIndex
 from ..config import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, VERSION
+from ..opening import open_index
 from . import errors
 from .guards import MULTIPART_SLACK, HostCheck, UploadLimit, allowed_hosts
 from .routes import ROUTERS
