@@ -132,7 +132,7 @@ def test_results_carry_folder_taught_label_predictions_and_original(client, buil
             assert 0 < hit["predictions"][0]["confidence"] <= 1
         else:
             assert hit["predictions"] == []  # taught images are not predicted
-        assert hit["original"] == f"/api/images/{hit['id']}/original"
+        assert hit["original"] == f"/api/v1/images/{hit['id']}/original"
     # The image record and the listing say the same.
     one = body["results"][0]
     rec = client.get(f"/api/images/{one['id']}").json()
@@ -334,7 +334,7 @@ def test_openapi_declares_the_bearer_token_so_docs_can_authorize(client):
     assert spec["components"]["securitySchemes"]["HTTPBearer"] == {
         "type": "http",
         "scheme": "bearer",
-        "description": "The server's --token (only when it has one).",
+        "description": "The server's read token or admin token (only when it has one).",
     }
     ops = {(path, method): op for path, item in spec["paths"].items() for method, op in item.items()}
     assert ops[("/api/images/{image_id}/original", "get")]["security"] == [{"HTTPBearer": []}]

@@ -126,7 +126,7 @@ def test_search_by_upload_matches_keras_and_brute_force(client, built):
     assert [h["rank"] for h in got] == [1, 2, 3, 4, 5]
     recs = ix.store.images(want_ids)
     assert [h["path"] for h in got] == [recs[i].path for i in want_ids]
-    assert all(h["thumbnail"] == f"/api/images/{h['id']}/thumbnail" for h in got)
+    assert all(h["thumbnail"] == f"/api/v1/images/{h['id']}/thumbnail" for h in got)
 
 
 def test_search_by_upload_finds_the_same_image_first(client, built):
@@ -143,7 +143,7 @@ def test_search_pages_join_up(client, built):
     whole = client.post("/api/search?k=9", files=_upload(q)).json()
     first = client.post("/api/search?k=4", files=_upload(q)).json()
     second = client.post("/api/search?k=4&offset=4", files=_upload(q)).json()
-    assert first["next"] == "/api/search?k=4&offset=4"
+    assert first["next"] == "/api/v1/search?k=4&offset=4"
     ids = [h["id"] for h in first["results"] + second["results"]]
     assert ids == [h["id"] for h in whole["results"][:8]]
     assert [h["rank"] for h in second["results"]] == [5, 6, 7, 8]

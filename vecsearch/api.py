@@ -25,7 +25,7 @@ from .classifiers import Classification
 from .classify import DEFAULT_K as KNN_K
 from .config import DEFAULT_K, LOCK_NAME, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, VECTORS_NAME
 from .dupes import DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD
-from .errors import VecsearchError
+from .errors import ReadOnlyIndexError, VecsearchError
 from .explain import OVERLAY_SIDE, Explanation
 from .extract import Extractor
 from .files import FileStream, WriterLock, absolute
@@ -116,7 +116,7 @@ class VecIndex:
 
     def _check_writable(self) -> None:
         if self.read_only:
-            raise VecsearchError(
+            raise ReadOnlyIndexError(
                 f"The index at {self.directory} is open read-only (the folder is not writable): "
                 "searching and reading work; to change it, fix the folder's permissions."
             )

@@ -33,6 +33,18 @@ class BadImageError(VecsearchError):
         super().__init__(f"{path}: {reason}" if path else reason)
 
 
+class ReadOnlyIndexError(VecsearchError):
+    """A write to an index this process may only read (the folder or its database is not writable)."""
+
+
+class ServiceBusyError(VecsearchError):
+    """The service cannot take this request now (its queue is full); try again after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class InputNotFoundError(VecsearchError):
     """A path given to index or query does not exist."""
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+from pathlib import Path
 from typing import Annotated, Optional
 from urllib.parse import quote
 
@@ -18,13 +20,15 @@ from .output import model_status, warn
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+def read_token_file(path: Path, flag: str) -> str:
+    """A token from a file (its first line, stripped): a secret never only on the command line."""
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+        token = path.read_text(encoding="utf-8").splitlines()[0].strip() if path.stat().st_size else ""
+    except (OSError, UnicodeDecodeError) as e:
+        raise VecsearchError(f"{flag} {path}: cannot read it ({e.__class__.__name__}: {e}).") from None
+    if not token:
+        raise VecsearchError(f"{flag} {path} is empty: put the token on its first line.")
+    return token
 
 
 def page_url(host: str, port: int, token: str | None) -> str:
@@ -54,6 +58,31 @@ def serve(
             envvar="VECSEARCH_TOKEN",
             show_default=False,
             help="Require `Authorization: Bearer TOKEN` on the API; prefer the env var (a flag shows in `ps`).",
+        ),
+    ] = None,
+    token_file: Annotated[
+        Optional[Path],
+        typer.Option("--token-file", metavar="FILE", show_default=False, help="Read the read token from this file (first line)."),
+    ] = None,
+    admin_token_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--admin-token-file",
+            metavar="FILE",
+            show_default=False,
+            help="Read the admin (write) token from this file; or set VECSEARCH_ADMIN_TOKEN. Enables writes.",
+        ),
+    ] = None,
+    allow_writes: Annotated[
+        bool, typer.Option("--allow-writes", help="Take writes without an admin token (loopback --host only).")
+    ] = False,
+    allow_root: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--allow-root",
+            metavar="DIR",
+            show_default=False,
+            help="A server-side folder writes may index by path (repeatable); others are refused with 403.",
         ),
     ] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow a non-loopback --host without a token.")] = False,
@@ -88,12 +117,17 @@ def serve(
     with errors_to_exit():
         if log_level.lower() not in _LOG_LEVELS:
             raise VecsearchError(f"--log-level must be one of {', '.join(_LOG_LEVELS)}, not {log_level!r}.")
-        if not _is_loopback(host) and not token and not insecure:
+        require_extra("server", needed_for="The server")
+        from ..server.guards import is_loopback
+
+        token = read_token_file(token_file, "--token-file") if token_file else token
+        admin_token = read_token_file(admin_token_file, "--admin-token-file") if admin_token_file else None
+        admin_token = admin_token or os.environ.get("VECSEARCH_ADMIN_TOKEN") or None
+        if not is_loopback(host) and not (token or admin_token) and not insecure:
             raise VecsearchError(
                 f"Refusing to serve on {host} without a token: anyone on the network could query your photos. "
                 "Pass --token TOKEN (or set VECSEARCH_TOKEN), or --insecure if you mean it."
             )
-        require_extra("server", needed_for="The server")
         import uvicorn
 
         from ..server import create_app
@@ -108,6 +142,9 @@ def serve(
                     max_pixels=max_pixels,
                     host=host,
                     allow_hosts=allow_host or (),
+                    admin_token=admin_token,
+                    allow_writes=allow_writes,
+                    allow_roots=allow_root or (),
                 )
             url = page_url(host, port, token)
             warn(

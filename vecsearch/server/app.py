@@ -27,9 +27,10 @@ from ..api import VecIndex
 from ..config import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, VERSION
 from ..opening import open_index
 from . import errors
-from .guards import MULTIPART_SLACK, HostCheck, UploadLimit, allowed_hosts
+from .guards import MULTIPART_SLACK, HostCheck, UploadLimit, allowed_hosts, allowed_roots, check_writes
 from .routes import ROUTERS
 from .service import Service
+from .shapes import API
 
 DEFAULT_THREADS = 16
 DOCS_STATIC = "/static/docs"
@@ -63,6 +64,9 @@ def create_app(
     warm: bool = True,
     host: str = "127.0.0.1",
     allow_hosts: Iterable[str] = (),
+    admin_token: str | None = None,
+    allow_writes: bool = False,
+    allow_roots: Iterable[str | os.PathLike] = (),
 ) -> FastAPI:
     """A FastAPI app serving one index (a folder, or an already open VecIndex).
 
@@ -72,7 +76,10 @@ def create_app(
 
     The backbone is built (and, if `warm`, traced) here so requests never pay for it.
     `token`, when set, is required as `Authorization: Bearer TOKEN` (or `?token=`) on
-    everything but `/`, `/api/health` and the OpenAPI docs. A folder is opened here and
+    everything but `/`, `/api/v1/health` and the OpenAPI docs; `admin_token` reads too and
+    is the only one that writes. Writes (adding, removing, labelling, training) are off
+    unless there is an admin token or `allow_writes` (refused off loopback without a token);
+    `allow_roots` are the server-side folders a write may index by path. A folder is opened here and
     closed on shutdown; a VecIndex passed in stays the caller's to close. What the app
     changes process-wide (anyio's thread limit) it restores on shutdown; single queries
     run FAISS on one OpenMP thread, set and restored per call (`FaissIndex.search`).
@@ -81,7 +88,16 @@ def create_app(
     ix = index if isinstance(index, VecIndex) else open_index(index, create=False)
     try:
         ix.store.require_info()
-        svc = Service(ix, token=token, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, owns_index=owns)
+        svc = Service(
+            ix,
+            token=token,
+            max_upload_bytes=max_upload_bytes,
+            max_pixels=max_pixels,
+            owns_index=owns,
+            admin_token=admin_token,
+            writes=check_writes(host, admin_token, allow_writes),
+            allow_roots=allowed_roots(allow_roots),
+        )
         _ = ix.backbone  # load now: a wrong or missing model fails at start-up, not per request
         if warm:
             ix.warm_up()
@@ -121,7 +137,8 @@ def create_app(
     app.add_api_route("/", page, include_in_schema=False, methods=["GET"])
     _install_docs(app)
     for router in ROUTERS:
-        app.include_router(router)
+        app.include_router(router, prefix=API)
+        app.include_router(router, prefix="/api", deprecated=True)  # the paths before /api/v1, kept as aliases
     return app
 
 

@@ -20,6 +20,8 @@ from ..errors import (
     IndexMismatchError,
     IndexNotFoundError,
     NotIndexedError,
+    ReadOnlyIndexError,
+    ServiceBusyError,
     UploadTooLargeError,
     VecsearchError,
     WeightsUnavailableError,
@@ -39,10 +41,12 @@ class ErrorBody(BaseModel):
 ERROR_TEXT = {
     400: "Bad request: a Host header this server does not answer to, or a malformed header.",
     401: "Missing or wrong token (only when the server has one).",
+    403: "Writes are off on this server, the token given may only read, or a path outside the allowed roots.",
+    409: "The index folder is read-only here: the write cannot be made.",
     404: "No such image or classifier, or the image's file is gone.",
     413: "Upload over the size cap.",
     422: "Invalid parameters, or an image that cannot be read (not an image, truncated, over the pixel cap).",
-    503: "The server's own index or model is unusable.",
+    503: "The server is busy (its queue is full: retry after the Retry-After header's seconds), or its index or model is unusable.",
 }
 
 
@@ -64,13 +68,17 @@ def status_for(e: VecsearchError) -> int:
         return 404
     if isinstance(e, BadImageError):
         return 422
+    if isinstance(e, ReadOnlyIndexError):
+        return 409
+    if isinstance(e, ServiceBusyError):
+        return 503
     if isinstance(e, (IndexNotFoundError, IndexCorruptError, IndexMismatchError, WeightsUnavailableError)):
         return 503
     return 400
 
 
-def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -81,6 +89,9 @@ def install_handlers(app: FastAPI) -> None:
         if isinstance(e, BadImageError):
             # The path of an upload is meaningless to the client; say only what is wrong.
             return error_response(422, f"Bad image: {e.reason}", type="BadImageError")
+        if isinstance(e, ServiceBusyError):
+            retry = str(max(1, round(e.retry_after)))
+            return error_response(503, str(e), type="ServiceBusyError", headers={"Retry-After": retry})
         return error_response(status_for(e), str(e), type=type(e).__name__)
 
     @app.exception_handler(RequestValidationError)

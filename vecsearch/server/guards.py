@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import os
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, MutableMapping
 
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..errors import VecsearchError
 from .errors import error_response
 
 Scope = MutableMapping[str, Any]
@@ -45,6 +48,38 @@ def allowed_hosts(bind: str, extra: Iterable[str] = ()) -> tuple[frozenset[str],
         if bind == "localhost":
             names.update(LOOPBACK_NAMES)
     return frozenset(names), any_ip
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_writes(bind: str, admin_token: str | None, allow_writes: bool) -> bool:
+    """Whether the server takes writes: with an admin token, or when asked for on a loopback bind only
+    (anyone who can reach a public address could otherwise change the index)."""
+    if allow_writes and not admin_token and not is_loopback(bind):
+        raise VecsearchError(
+            f"Refusing writes without an admin token on {bind}: anyone on the network could change the index. "
+            "Set an admin token (VECSEARCH_ADMIN_TOKEN, or a token file), or bind to 127.0.0.1."
+        )
+    return bool(admin_token or allow_writes)
+
+
+def allowed_roots(roots: Iterable[str | os.PathLike]) -> tuple[Path, ...]:
+    """The server-side folders writes may index by path, resolved (symlinks followed) once, at start."""
+    out = []
+    for root in roots:
+        path = Path(root).expanduser().resolve()
+        if not path.is_dir():
+            raise VecsearchError(f"The allowed root {root} is not a folder.")
+        out.append(path)
+    return tuple(out)
 
 
 class HostCheck:
@@ -161,26 +196,50 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, messa
     )
 
 
-# Declared so /docs has an "Authorize" button for the token; the check itself is `authorised`.
-bearer = HTTPBearer(auto_error=False, description="The server's --token (only when it has one).")
+# Declared so /docs has an "Authorize" button for the token; the checks themselves are `authorised` and `admin`.
+bearer = HTTPBearer(auto_error=False, description="The server's read token or admin token (only when it has one).")
 
 
-async def authorised(request: Request, _: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
-    """The token check, when the server has one: `Authorization: Bearer TOKEN` or `?token=TOKEN`.
-
-    async: no thread-pool hop per request.
-    """
-    token: str | None = request.app.state.service.token
-    if token is None:
-        return
+def _given(request: Request) -> bytes:
     header = request.headers.get("authorization", "")
     # Starlette decodes headers as Latin-1 and query strings as UTF-8: compare the bytes sent.
     if header[:7].lower() == "bearer ":
-        given = header[7:].strip().encode("latin-1")
-    else:
-        given = request.query_params.get("token", "").encode()
-    if not given or not hmac.compare_digest(given, token.encode()):
+        return header[7:].strip().encode("latin-1")
+    return request.query_params.get("token", "").encode()
+
+
+def _matches(given: bytes, token: str | None) -> bool:
+    return bool(given) and token is not None and hmac.compare_digest(given, token.encode())
+
+
+async def authorised(request: Request, _: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+    """The read check, when the server has a token: `Authorization: Bearer TOKEN` or `?token=TOKEN`,
+    the read token or the admin token. async: no thread-pool hop per request."""
+    svc = request.app.state.service
+    if svc.token is None and svc.admin_token is None:
+        return
+    given = _given(request)
+    if not (_matches(given, svc.token) | _matches(given, svc.admin_token)):  # both compared: no early exit
         raise StarletteHTTPException(401, token_help(request), headers={"WWW-Authenticate": "Bearer"})
+
+
+async def admin(request: Request, _: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+    """The write check: writes enabled by the operator, and the admin token when the server has one."""
+    svc = request.app.state.service
+    if not svc.writes:
+        raise StarletteHTTPException(
+            403,
+            "Writes are off on this server: its operator enables them with an admin token "
+            "(VECSEARCH_ADMIN_TOKEN, or a token file), or allows writes on a loopback address (docs/service.md).",
+        )
+    if svc.admin_token is None:
+        return
+    given = _given(request)
+    if _matches(given, svc.admin_token):
+        return
+    if _matches(given, svc.token):
+        raise StarletteHTTPException(403, "This token may only read: writes need the admin token.")
+    raise StarletteHTTPException(401, token_help(request), headers={"WWW-Authenticate": "Bearer"})
 
 
 def token_help(request: Request) -> str:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import numpy as np
@@ -16,9 +17,24 @@ from .thumbnails import ThumbnailCache
 class Service:
     """One served index and the limits it is served under."""
 
-    def __init__(self, index: VecIndex, *, token: str | None, max_upload_bytes: int, max_pixels: int, owns_index: bool):
+    def __init__(
+        self,
+        index: VecIndex,
+        *,
+        token: str | None,
+        max_upload_bytes: int,
+        max_pixels: int,
+        owns_index: bool,
+        admin_token: str | None = None,
+        writes: bool = False,
+        allow_roots: tuple[Path, ...] = (),
+    ):
         self.index = index
-        self.token = token or None
+        self.token = token or None  # reads (the admin token reads too)
+        self.admin_token = admin_token or None  # writes
+        # Writes are off unless the operator turned them on: an admin token, or an explicit flag on loopback.
+        self.writes = bool(writes or self.admin_token)
+        self.allow_roots = allow_roots  # server-side folders a write may index by path, resolved
         self.max_upload_bytes = int(max_upload_bytes)
         self.max_pixels = int(max_pixels)
         self.owns_index = owns_index

@@ -13,6 +13,9 @@ from ..explain import Explanation
 from ..store import ImageRecord
 from .params import MAX_OFFSET
 
+API = "/api/v1"
+"""Where the API lives; `/api` is an alias of it kept for older clients. Every link a response holds starts here."""
+
 PNG_RESPONSE = {"content": {"image/png": {}}, "description": "The heatmap over the image (PNG, the image's aspect ratio)."}
 
 
@@ -35,8 +38,8 @@ def results(ix: VecIndex, hits: list[Hit], *, k: int, offset: int, next_url: str
                 "name": os.path.basename(h.path),
                 "folder": os.path.dirname(h.path),
                 "score": h.score,
-                "thumbnail": f"/api/images/{h.id}/thumbnail",
-                "original": f"/api/images/{h.id}/original",
+                "thumbnail": f"{API}/images/{h.id}/thumbnail",
+                "original": f"{API}/images/{h.id}/original",
                 **notes[h.id],
             }
         )
@@ -61,9 +64,9 @@ def image_dict(rec: ImageRecord) -> dict:
         "status": rec.status,
         "reason": rec.reason,
         "indexed_at": rec.indexed_at.isoformat(timespec="seconds") + "Z",
-        "thumbnail": f"/api/images/{rec.id}/thumbnail" if ok else None,
-        "similar": f"/api/images/{rec.id}/similar" if ok else None,
-        "original": f"/api/images/{rec.id}/original" if ok else None,
+        "thumbnail": f"{API}/images/{rec.id}/thumbnail" if ok else None,
+        "similar": f"{API}/images/{rec.id}/similar" if ok else None,
+        "original": f"{API}/images/{rec.id}/original" if ok else None,
     }
 
 

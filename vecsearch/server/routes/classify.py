@@ -14,14 +14,12 @@ from ..service import Svc
 router = APIRouter(tags=["classify"], dependencies=[Depends(authorised)])
 
 
-@router.get("/api/classifiers", summary="Saved classifiers", responses=responses(401))
+@router.get("/classifiers", summary="Saved classifiers", responses=responses(401))
 def classifiers(svc: Svc) -> dict:
     return {"items": [{k: v for k, v in row.items() if k != "path"} for row in svc.current().classifiers()]}
 
 
-@router.post(
-    "/api/classify", summary="Classify an uploaded image with a saved classifier", responses=responses(401, 404, 413, 422)
-)
+@router.post("/classify", summary="Classify an uploaded image with a saved classifier", responses=responses(401, 404, 413, 422))
 def classify(
     svc: Svc,
     file: Upload,

@@ -15,7 +15,7 @@ router = APIRouter(tags=["explain"], dependencies=[Depends(authorised)])
 
 
 @router.get(
-    "/api/images/{image_id}/explain",
+    "/images/{image_id}/explain",
     response_class=Response,
     summary="Heatmap of what the model looks at in an indexed image",
     responses=responses(401, 404, 422, _200=shapes.PNG_RESPONSE),
@@ -36,7 +36,7 @@ def explain_image(
 
 
 @router.post(
-    "/api/explain",
+    "/explain",
     response_class=Response,
     summary="Heatmap of what the model looks at in an uploaded image",
     responses=responses(401, 404, 413, 422, _200=shapes.PNG_RESPONSE),
@@ -66,7 +66,7 @@ def explain_upload(
 
 
 @router.post(
-    "/api/images/{image_id}/explain",
+    "/images/{image_id}/explain",
     response_class=Response,
     summary="Why an indexed image is similar to an uploaded one",
     responses=responses(401, 404, 413, 422, _200=shapes.PNG_RESPONSE),

@@ -20,7 +20,7 @@ router = APIRouter(tags=["images"], dependencies=[Depends(authorised)])
 _NOT_MODIFIED = {"description": "Not modified: the client's copy (If-None-Match) is current."}
 
 
-@router.get("/api/images", summary="Indexed images, a page at a time", responses=responses(401, 422))
+@router.get("/images", summary="Indexed images, a page at a time", responses=responses(401, 422))
 def list_images(
     svc: Svc,
     offset: Annotated[int, Query(ge=0, le=ID_MAX)] = 0,
@@ -31,7 +31,7 @@ def list_images(
     total, rows = ix.images(offset, limit, status)
     notes = ix.annotations([r.id for r in rows], top=5)
     nxt = offset + len(rows)
-    more = f"/api/images?offset={nxt}&limit={limit}" + (f"&status={status}" if status else "")
+    more = f"{shapes.API}/images?offset={nxt}&limit={limit}" + (f"&status={status}" if status else "")
     return {
         "total": total,
         "offset": offset,
@@ -41,14 +41,14 @@ def list_images(
     }
 
 
-@router.get("/api/images/{image_id}", summary="An image's metadata, labels and predictions", responses=responses(401, 404, 422))
+@router.get("/images/{image_id}", summary="An image's metadata, labels and predictions", responses=responses(401, 404, 422))
 def image(svc: Svc, image_id: ImageId) -> dict:
     ix = svc.current()
     return shapes.image_dict(ix.image(image_id)) | ix.annotations([image_id], top=5)[image_id]
 
 
 @router.get(
-    "/api/images/{image_id}/thumbnail",
+    "/images/{image_id}/thumbnail",
     summary="A JPEG thumbnail of an indexed image",
     response_class=Response,
     responses=responses(
@@ -74,7 +74,7 @@ def thumbnail(
 
 
 @router.get(
-    "/api/images/{image_id}/original",
+    "/images/{image_id}/original",
     summary="The original file of an indexed image",
     response_class=Response,
     responses=responses(

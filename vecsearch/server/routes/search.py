@@ -14,7 +14,7 @@ from ..service import Svc
 router = APIRouter(tags=["search"], dependencies=[Depends(authorised)])
 
 
-@router.post("/api/search", summary="Images most similar to an uploaded image", responses=responses(401, 413, 422))
+@router.post("/search", summary="Images most similar to an uploaded image", responses=responses(401, 413, 422))
 def search_upload(
     svc: Svc,
     file: Upload,
@@ -35,12 +35,12 @@ def search_upload(
     q = svc.embed_upload(file)
     ix = svc.current()
     hits = ix.search_vector(q, k + offset, **given)[offset:]
-    return shapes.results(ix, hits, k=k, offset=offset, next_url=shapes.next_url("/api/search", k, offset, len(hits), given))
+    return shapes.results(
+        ix, hits, k=k, offset=offset, next_url=shapes.next_url(f"{shapes.API}/search", k, offset, len(hits), given)
+    )
 
 
-@router.get(
-    "/api/images/{image_id}/similar", summary="Images most similar to an indexed image", responses=responses(401, 404, 422)
-)
+@router.get("/images/{image_id}/similar", summary="Images most similar to an indexed image", responses=responses(401, 404, 422))
 def similar(
     svc: Svc,
     image_id: ImageId,
@@ -62,5 +62,5 @@ def similar(
         k=k,
         offset=offset,
         query_id=image_id,
-        next_url=shapes.next_url(f"/api/images/{image_id}/similar", k, offset, len(hits), given),
+        next_url=shapes.next_url(f"{shapes.API}/images/{image_id}/similar", k, offset, len(hits), given),
     )

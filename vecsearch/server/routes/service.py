@@ -11,7 +11,7 @@ from ..service import Svc
 router = APIRouter(tags=["service"])
 
 
-@router.get("/api/health", summary="Liveness and what is loaded", responses=responses())
+@router.get("/health", summary="Liveness and what is loaded", responses=responses())
 def health(svc: Svc) -> dict:
     """Cheap check for monitors; needs no token."""
     ix = svc.current()
@@ -25,9 +25,7 @@ def health(svc: Svc) -> dict:
     }
 
 
-@router.get(
-    "/api/stats", summary="Counts, backbone, weights and sizes", dependencies=[Depends(authorised)], responses=responses(401)
-)
+@router.get("/stats", summary="Counts, backbone, weights and sizes", dependencies=[Depends(authorised)], responses=responses(401))
 def stats(svc: Svc) -> dict:
     ix = svc.current()
     s = ix.stats()
