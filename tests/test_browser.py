@@ -169,7 +169,7 @@ def test_page_with_a_token_filters_clears_on_error_and_goes_back(tmp_path):
         else:
             p = hit["predictions"][0]
             assert c["taught"] is None and c["predictions"] == [f"nn1 \u2192 {p['label']} {100 * p['confidence']:.0f}%"]
-        assert c["original"] == f"/api/images/{c['id']}/original?token=t0k%2Fen%26x"
+        assert c["original"] == f"/api/v1/images/{c['id']}/original?token=t0k%2Fen%26x"
     assert sum(c["taught"] == "label: cat" for c in seen["filtered"]) == 2
     assert "under=" in seen["addressFiltered"] and "k=48" in seen["addressFiltered"]
     # The bad upload: its error, and nothing of the results before it.
