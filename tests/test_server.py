@@ -500,11 +500,12 @@ def test_paths_cannot_escape(client, url):
         assert "error" in r.json()
 
 
-def test_thumbnail_ignores_a_client_given_path(client, built):
+def test_thumbnail_refuses_a_client_given_path(client, built):
     root, ix = built
     rec = ix.store.image_by_path(str(root / "photos" / "a" / "img00.jpg"))
-    plain = client.get(f"/api/images/{rec.id}/thumbnail").content
-    assert client.get(f"/api/images/{rec.id}/thumbnail", params={"path": "/etc/passwd"}).content == plain
+    assert client.get(f"/api/images/{rec.id}/thumbnail").status_code == 200
+    r = client.get(f"/api/images/{rec.id}/thumbnail", params={"path": "/etc/passwd"})
+    assert _assert_json_error(r, 422) and b"root:" not in r.content
 
 
 def test_bad_thumbnail_sizes(client):
@@ -851,3 +852,17 @@ def test_openapi_declares_every_status_the_api_returns(client):
     }
     for key, code in seen.items():
         assert code in declared[key], (key, code)
+
+
+def test_an_unknown_query_parameter_is_a_422_not_ignored(client):
+    """A misspelt filter would widen a search silently: every API route refuses what it does not declare."""
+    assert client.get("/api/v1/images", params={"limit": 2}).status_code == 200
+    r = client.get("/api/v1/images", params={"limit": 2, "lable": "cat"})
+    body = _assert_json_error(r, 422)
+    assert "lable" in body["error"] and "limit" in body["error"]
+    assert client.get("/api/v1/images/1/similar", params={"undr": "/x"}).status_code == 422
+    assert client.get("/api/images/1/similar", params={"undr": "/x"}).status_code == 422
+    assert client.post("/api/v1/search", params={"kk": 3}, files=_upload(b"x")).status_code == 422
+    # The token as a query parameter is always allowed; the page keeps its own state in its address.
+    assert client.get("/api/v1/images", params={"token": "t"}).status_code == 200
+    assert client.get("/", params={"similar": 3, "under": "/x"}).status_code == 200

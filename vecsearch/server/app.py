@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Iterable
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
@@ -28,6 +28,7 @@ from ..config import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, VERSION
 from ..opening import open_index
 from . import errors
 from .guards import MULTIPART_SLACK, HostCheck, UploadLimit, allowed_hosts, allowed_roots, check_writes
+from .params import known_query
 from .routes import ROUTERS
 from .service import Service
 from .shapes import API
@@ -126,6 +127,7 @@ def create_app(
         title="vecsearch",
         version=VERSION,
         lifespan=lifespan,
+        dependencies=[Depends(known_query)],  # an undeclared query parameter is a 422 on every route
         description=DESCRIPTION,
         summary="Similarity search over an image index built with `vecsearch index`.",
     )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import File, Query, UploadFile
+from fastapi import File, Query, Request, UploadFile
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 
 MAX_K = 1000
 MAX_OFFSET = 10_000
@@ -66,3 +67,40 @@ def filters(under: str | None, label: str | None, predicted: str | None, classif
     """The search filters that were given, as `VecIndex.search_vector` keywords (and query parameters)."""
     given = {"under": under, "label": label, "predicted": predicted, "classifier": classifier, "min_score": min_score}
     return {k: v for k, v in given.items() if v is not None}
+
+
+def _declared(dependant: Any) -> frozenset[str]:
+    names: set[str] = set()
+    stack = [dependant]
+    while stack:
+        d = stack.pop()
+        names.update(p.alias for p in d.query_params)
+        stack.extend(d.dependencies)
+    return frozenset(names)
+
+
+_DECLARED: dict[int, frozenset[str]] = {}
+
+
+async def known_query(request: Request) -> None:
+    """Refuse query parameters a route does not declare (a misspelt filter would otherwise widen
+    the search silently). API routes only; `token` is everywhere: it is how a browser sends the token."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None or not request.query_params or not getattr(route, "include_in_schema", False):
+        return  # the page keeps its own state in its address; the docs take none
+    declared = _DECLARED.get(id(route))
+    if declared is None:
+        declared = _DECLARED[id(route)] = _declared(dependant) | {"token"}
+    unknown = sorted({k for k in request.query_params if k not in declared})
+    if unknown:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "extra_forbidden",
+                    "loc": ("query", name),
+                    "msg": f"unknown query parameter (this route takes: {', '.join(sorted(declared))})",
+                }
+                for name in unknown
+            ]
+        )
