@@ -33,7 +33,7 @@ from .finetune import DEFAULT_NAME as HEAD_NAME
 from .finetune import UnfreezeOptions
 from .indexer import IndexSummary, RemoveSummary
 from .labels import DEFAULT_TOP as LABEL_TOP
-from .model import IndexModel, PrecisionCheck, embed_to_shards
+from .model import IndexModel, PrecisionCheck, UploadVectors, embed_to_shards
 from .search import (
     DEFAULT_TYPE,
     Hit,
@@ -177,6 +177,10 @@ class VecIndex:
     def embed_bytes(self, data: bytes, *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
         """Unit vector of an image given as bytes (an upload), decoded exactly as indexing does (before the model loads)."""
         return self.model.embed_bytes(data, max_pixels=max_pixels)
+
+    def embed_uploads(self, datas: Iterable[bytes], *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> UploadVectors:
+        """Unit vectors of several images as bytes in one model call; the ones that cannot be read are in `failed`."""
+        return self.model.embed_uploads(datas, max_pixels=max_pixels)
 
     def embed_image(self, image) -> np.ndarray:
         """Unit vector of a PIL image, encoded losslessly and decoded exactly as indexing does."""
