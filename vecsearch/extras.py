@@ -20,6 +20,7 @@ from .errors import MissingExtraError
 
 EXTRAS: dict[str, tuple[str, ...]] = {
     "plot": ("matplotlib",),
+    "client": ("httpx",),
     "server": ("fastapi", "uvicorn", "python_multipart|multipart", "fastapi_offline"),
     "parquet": ("pyarrow", "pyarrow.parquet"),
     "ray": ("ray", "ray.data"),
