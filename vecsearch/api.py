@@ -505,6 +505,7 @@ class VecIndex:
     def train_classifier(self, kind: str, *, k: int = KNN_K, name: str | None = None, seed: int = SEED) -> classify.TrainResult:
         """Train (knn or probe), evaluate, save, and predict every unlabelled image."""
         self.store.require_info()
+        self._check_writable()
         return classify.train(self.store, self.directory, kind, k=k, name=name, seed=seed)
 
     def apply_classifier(self, name: str | None = None, kind: str | None = None) -> classify.TrainResult:

@@ -15,10 +15,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import (
     BadImageError,
+    BadLabelsError,
     ClassifierNotFoundError,
     IndexCorruptError,
     IndexMismatchError,
     IndexNotFoundError,
+    NoLabelsError,
     NotIndexedError,
     ReadOnlyIndexError,
     ServiceBusyError,
@@ -66,7 +68,7 @@ def status_for(e: VecsearchError) -> int:
         return 413
     if isinstance(e, (NotIndexedError, ClassifierNotFoundError)):
         return 404
-    if isinstance(e, BadImageError):
+    if isinstance(e, (BadImageError, NoLabelsError, BadLabelsError)):
         return 422
     if isinstance(e, ReadOnlyIndexError):
         return 409
