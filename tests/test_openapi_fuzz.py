@@ -39,7 +39,10 @@ def live(labelled_served_index, tmp_path_factory):
     copy = tmp_path_factory.mktemp("fuzzed")
     shutil.copytree(root / "index", copy / "index")
     (copy / "allowed").mkdir()
-    with open_index(copy / "index") as ix, live_server(create_app(ix, warm=False, allow_writes=True, allow_roots=[copy / "allowed"])) as base:
+    with (
+        open_index(copy / "index") as ix,
+        live_server(create_app(ix, warm=False, allow_writes=True, allow_roots=[copy / "allowed"])) as base,
+    ):
         yield base
 
 

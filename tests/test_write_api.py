@@ -55,9 +55,7 @@ class Server:
         self.proc, self.port = start_serve(index, env=env, args=args)
         wait_until_serving(self.proc, self.port)
         self.base = f"http://127.0.0.1:{self.port}"
-        self.http = httpx.Client(
-            base_url=self.base, timeout=60, headers={"Authorization": f"Bearer {token}"} if token else {}
-        )
+        self.http = httpx.Client(base_url=self.base, timeout=60, headers={"Authorization": f"Bearer {token}"} if token else {})
 
     def restart(self) -> None:
         self.proc, _ = start_serve(self.index, env=self.env, args=self.args, port=self.port)
@@ -230,7 +228,7 @@ def test_tokens_read_cannot_write_and_none_cannot_read(site, tmp_path):
             lambda: anon.delete(f"{V1}/images/1", headers=reader),
             lambda: anon.put(f"{V1}/images/1/label", json={"label": "x"}, headers=reader),
             lambda: anon.post(f"{V1}/classifiers", json={"kind": "knn"}, headers=reader),
-            lambda: anon.post(f"/api/images", files=files_of(("a", data)), headers=reader),  # the alias too
+            lambda: anon.post("/api/images", files=files_of(("a", data)), headers=reader),  # the alias too
         ):
             assert call().status_code == 403
 
@@ -332,7 +330,9 @@ def test_sigkill_during_a_burst_keeps_every_acknowledged_add(tmp_path):
                 for h in sorted(uploads)[:10]:
                     served = s.http.post(f"{V1}/search", files=files_of(("q", by_sha[h])), params={"k": 4}).json()["results"]
                     assert served[0]["id"] == stored[h].id
-                    assert [ix.image(x["id"]).sha256 for x in served] == [clean.image(x.id).sha256 for x in clean.search(by_sha[h], 4)]
+                    assert [ix.image(x["id"]).sha256 for x in served] == [
+                        clean.image(x.id).sha256 for x in clean.search(by_sha[h], 4)
+                    ]
     finally:
         s.stop()
 

@@ -17,7 +17,21 @@ from typing import Any, Callable, Iterable, Iterator, Unpack
 
 import numpy as np
 
-from . import classes, classifiers, classify, dupes, explainer, finetune, images, indexer, labels, queries, report, uploads, vector_files
+from . import (
+    classes,
+    classifiers,
+    classify,
+    dupes,
+    explainer,
+    finetune,
+    images,
+    indexer,
+    labels,
+    queries,
+    report,
+    uploads,
+    vector_files,
+)
 from .backbones import Backbone
 from .classes import SEED
 from .classifiers import DEFAULT_TOP as CLASSIFY_TOP

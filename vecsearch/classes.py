@@ -19,7 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from . import files, images
-from .errors import BadImageError, BadLabelsError, InputNotFoundError, NoImagesError, NoLabelsError, NotIndexedError, VecsearchError
+from .errors import (
+    BadImageError,
+    BadLabelsError,
+    InputNotFoundError,
+    NoImagesError,
+    NoLabelsError,
+    NotIndexedError,
+    VecsearchError,
+)
 from .indexer import is_unchanged
 from .store import ImageRecord, Store
 

@@ -589,7 +589,6 @@ def _decode_in_strips(
     return out
 
 
-
 def image_format(data: bytes) -> str | None:
     """Pillow's name for the format of image bytes ("JPEG", "PNG", ...), read from the header; None if unknown."""
     try:

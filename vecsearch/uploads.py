@@ -132,48 +132,47 @@ def commit(directory: Path, store: Store, embed: Callable[[np.ndarray], np.ndarr
     Vectors come from `embed` (the model's `embed_pixels`), without the raw pooled length:
     an upload's ImageNet labels need it, so `label` skips uploads as it skips imported vectors.
     """
-    good = [u for u in batch if u.reason is None]
-    known = store.ok_ids_by_sha([u.sha256 for u in good if u.sha256])
+    good = [(u.sha256 or "", u) for u in batch if u.reason is None]
+    known = store.ok_ids_by_sha([h for h, _ in good])
     new: dict[str, Upload] = {}
-    for u in good:
-        if u.sha256 not in known:
-            new.setdefault(u.sha256, u)  # type: ignore[arg-type]
-    rows, todo = [], list(new.values())
-    if todo:
-        vectors = embed(np.stack([u.pixels for u in todo]))
-        for u, vec in zip(todo, vectors, strict=True):
-            path = save(directory, u)
-            st = path.stat()
-            rows.append(
-                {
-                    "path": str(path),
-                    "size": st.st_size,
-                    "mtime_ns": st.st_mtime_ns,
-                    "sha256": u.sha256,
-                    "width": u.width,
-                    "height": u.height,
-                    "status": "ok",
-                    "reason": None,
-                    "vector": vec,
-                    "norm": None,
-                }
-            )
+    for h, u in good:
+        if h not in known:
+            new.setdefault(h, u)
+    added: dict[str, tuple[int, str]] = {}
+    if new:
+        todo = list(new.values())
+        vectors = embed(np.stack([u.pixels for u in todo if u.pixels is not None]))
+        rows = [_row(save(directory, u), u, vec) for u, vec in zip(todo, vectors, strict=True)]
         changed = store.apply(upserts=rows)["set"]
-        added = {u.sha256: (i, r["path"]) for u, i, r in zip(todo, changed, rows, strict=True)}
-    else:
-        added = {}
+        added = {h: (i, r["path"]) for h, i, r in zip(new, changed, rows, strict=True)}
     paths = {i: r.path for i, r in store.images(known.values()).items()} if known else {}
     out = []
     for u in batch:
+        h = u.sha256 or ""
         if u.reason is not None:
             out.append(u.item("failed"))
-        elif u.sha256 in known:
-            out.append(u.item("duplicate", known[u.sha256], paths.get(known[u.sha256])))  # type: ignore[index]
-        elif new.get(u.sha256) is u:  # type: ignore[arg-type]
-            out.append(u.item("indexed", *added[u.sha256]))  # type: ignore[index]
+        elif h in known:
+            out.append(u.item("duplicate", known[h], paths.get(known[h])))
         else:
-            out.append(u.item("duplicate", *added[u.sha256]))  # type: ignore[index]
+            out.append(u.item("indexed" if new[h] is u else "duplicate", *added[h]))
     return out
+
+
+def _row(path: Path, u: Upload, vector: np.ndarray) -> dict:
+    """The image row of a stored upload, as the indexer writes one (no raw length: see `commit`)."""
+    st = path.stat()
+    return {
+        "path": str(path),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "sha256": u.sha256,
+        "width": u.width,
+        "height": u.height,
+        "status": "ok",
+        "reason": None,
+        "vector": vector,
+        "norm": None,
+    }
 
 
 def records_for(store: Store, ids: Iterable[int]) -> list[ImageRecord]:
