@@ -252,6 +252,28 @@ def test_writes_off_is_403_and_a_read_only_index_is_409(tmp_path):
         assert not (index / "uploads").exists()
 
 
+def test_group_commit_gathers_concurrent_writes_and_answers_each_its_own():
+    from vecsearch.uploads import GroupCommit
+
+    calls: list[list] = []
+
+    def run(items: list) -> list:
+        calls.append(items)
+        time.sleep(0.2)  # a commit in progress: the others gather meanwhile
+        if "boom" in items:
+            raise RuntimeError("boom")
+        return [x * 10 for x in items]
+
+    group = GroupCommit(run)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: group.submit([i, i + 100]), range(8)))
+    assert answers == [[i * 10, (i + 100) * 10] for i in range(8)]
+    assert len(calls) < 8 and sorted(x for c in calls for x in c) == sorted([*range(8), *range(100, 108)])
+    with pytest.raises(RuntimeError, match="boom"):
+        group.submit(["boom"])
+    assert group.submit([1]) == [10]  # a failed group leaves the next one unharmed
+
+
 def _burst(s: Server, datas: list[bytes], threads: int, stop: threading.Event, busy: list | None = None) -> dict[str, int]:
     """Post the uploads from several threads until told to stop; {sha: id} of those answered 2xx
     (a 503 is retried after a pause, and noted in `busy`)."""
