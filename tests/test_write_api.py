@@ -344,6 +344,9 @@ def test_sigkill_during_a_burst_keeps_every_acknowledged_add(tmp_path):
             for h, i in acked.items():
                 assert stored[h].id == i and Path(stored[h].path).exists()
             uploads = {r.sha256 for r in stored.values() if "/uploads/" in r.path}
+            for h in uploads:  # each entry's stored copy is whole: its bytes hash to its name
+                assert sha(Path(stored[h].path).read_bytes()) == h and Path(stored[h].path).stem == h
+            assert not [r for r in ix if r.status != "ok"]  # no upload left as a failed or partial row
             # every indexed upload is a whole, searchable image equal to a clean index of the same bytes
             with open_index(tmp_path / "clean", backbone="tiny", weights=None, seed=7) as clean:
                 clean.add([tmp_path / "photos"])
