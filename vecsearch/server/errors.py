@@ -15,11 +15,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import (
     BadImageError,
+    BadLabelsError,
     BadVectorError,
     ClassifierNotFoundError,
     IndexCorruptError,
     IndexMismatchError,
     IndexNotFoundError,
+    NoLabelsError,
     NotIndexedError,
     ReadOnlyIndexError,
     ServiceBusyError,
@@ -67,7 +69,7 @@ def status_for(e: VecsearchError) -> int:
         return 413
     if isinstance(e, (NotIndexedError, ClassifierNotFoundError)):
         return 404
-    if isinstance(e, (BadImageError, BadVectorError)):
+    if isinstance(e, (BadImageError, BadVectorError, NoLabelsError, BadLabelsError)):
         return 422
     if isinstance(e, ReadOnlyIndexError):
         return 409

@@ -34,4 +34,5 @@ def stats(svc: Svc) -> dict:
     s["labels"] = sorted(ix.label_counts())  # the user's classes: what `label` and `predicted` filter on
     s["max_upload_bytes"] = svc.max_upload_bytes
     s["max_pixels"] = svc.max_pixels
+    s["writes"] = svc.writes  # the page offers adding and removing only then
     return s
