@@ -98,3 +98,44 @@ def test_errors_come_back_as_the_library_s_own(both, tmp_path):
     with Client("http://x", transport=httpx.MockTransport(busy)) as c, pytest.raises(ServiceBusyError) as e:
         c.search_vector(np.ones(32, np.float32))
     assert e.value.retry_after == 3.0
+
+
+def test_writes_through_the_client_leave_what_the_index_would_hold(tmp_path):
+    """add (a folder walked on the client), add_bytes, labels, training and remove_ids over HTTP; the index
+    afterwards holds exactly those vectors, and the read token alone cannot write."""
+    from helpers import make_image
+
+    from vecsearch import Client, VecsearchError, open_index
+    from vecsearch.server import create_app
+
+    photos = tmp_path / "photos"
+    for i in range(6):
+        make_image(photos / ("cats" if i < 3 else "dogs") / f"p{i}.png", seed=300 + i)
+    (photos / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8 nope")
+    ix = open_index(tmp_path / "ix", backbone="tiny", weights=None, seed=7)
+    seed = tmp_path / "seed"
+    make_image(seed / "s.png", seed=1)
+    ix.add([seed])
+    with live_server(create_app(ix, token="r", admin_token="w")) as base, Client(base, token="w") as c:
+        summary = c.add([photos])
+        assert (summary.indexed, summary.unchanged, len(summary.failed), summary.total) == (6, 0, 1, 7)
+        again = c.add([photos / "cats"])
+        assert (again.indexed, again.unchanged) == (0, 3)  # the same bytes are the same images
+        items = c.add_bytes([("extra.png", (photos / "cats" / "p0.png").read_bytes())])
+        assert items[0]["status"] == "duplicate"
+        files = sorted(photos.glob("*/p*.png"))
+        ids = [c.search(f, k=1)[0].id for f in files]
+        assert [ix.image(i).sha256 for i in ids] == [__import__("hashlib").sha256(f.read_bytes()).hexdigest() for f in files]
+        for i, f in zip(ids, files, strict=True):
+            c.set_label(i, f.parent.name)
+        trained = c.train_classifier("knn", k=1, name="nn")
+        assert trained["name"] == "nn" and trained["kind"] == "knn"
+        assert c.classify(files[0], name="nn").label == "cats"
+        assert c.clear_label(ids[0])["label"] is None
+        gone = c.remove_ids(ids[:2])
+        assert gone.removed == 2 and len(gone.deleted_files) == 2 and all("uploads" in p for p in gone.deleted_files)
+        assert len(ix) == 1 + 6 - 2
+        with Client(base, token="r") as reader, pytest.raises(VecsearchError, match="only read") as e:
+            reader.add_bytes([("x.png", files[3].read_bytes())])
+        assert e.value.status == 403  # type: ignore[attr-defined]
+    ix.close()

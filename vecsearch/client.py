@@ -171,11 +171,14 @@ class Client:
         return list(self._json("POST", "/images", files=files)["items"])
 
     def remove_ids(self, ids: Iterable[int]) -> RemoveSummary:
+        """Drop images by id, one request each (an unknown id raises NotIndexedError; those before it are gone)."""
         summary = RemoveSummary()
         for image_id in ids:
             body = self._json("DELETE", f"/images/{int(image_id)}")
             summary.removed += 1
-            summary.removed_paths.append(str(body.get("path", image_id)))
+            summary.removed_paths.append(str(body.get("path")))
+            if body.get("deleted_file"):
+                summary.deleted_files.append(str(body.get("path")))
         return summary
 
     def set_label(self, image_id: int, label: str, split: str | None = None) -> dict:

@@ -86,7 +86,8 @@ def add_paths(svc: Svc, body: PathsBody) -> dict:
 def remove_image(svc: Svc, image_id: ImageId) -> dict:
     """The entry goes (vector, labels, predictions); an upload's stored copy is deleted, other files never are."""
     summary = svc.index.remove_ids([image_id])
-    return {"id": image_id, "removed": True, "deleted_file": bool(summary.deleted_files)}
+    path = summary.removed_paths[0] if summary.removed_paths else None
+    return {"id": image_id, "path": path, "removed": True, "deleted_file": bool(summary.deleted_files)}
 
 
 @router.put("/images/{image_id}/label", summary="Give an image a label of your own", responses=responses(401, 403, 404, 409, 422))
