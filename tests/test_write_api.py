@@ -168,7 +168,7 @@ def test_delete_removes_the_upload_copy_and_never_another_file(site, tmp_path):
     root, s = site
     up = s.add(("d.png", image_bytes(tmp_path, 4000))).json()["items"][0]
     r = s.http.delete(f"{V1}/images/{up['id']}")
-    assert r.json() == {"id": up["id"], "removed": True, "deleted_file": True}
+    assert r.json() == {"id": up["id"], "path": up["path"], "removed": True, "deleted_file": True}
     assert not Path(up["path"]).exists()
     assert s.http.get(f"{V1}/images/{up['id']}").status_code == 404
     assert s.http.delete(f"{V1}/images/{up['id']}").status_code == 404
