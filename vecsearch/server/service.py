@@ -11,6 +11,7 @@ from fastapi import Depends, Request, UploadFile
 
 from ..api import VecIndex
 from ..errors import BadImageError, UploadTooLargeError
+from .observe import Metrics
 from .thumbnails import ThumbnailCache
 
 
@@ -28,6 +29,7 @@ class Service:
         admin_token: str | None = None,
         writes: bool = False,
         allow_roots: tuple[Path, ...] = (),
+        metrics_public: bool = False,
     ):
         self.index = index
         self.token = token or None  # reads (the admin token reads too)
@@ -39,6 +41,9 @@ class Service:
         self.max_pixels = int(max_pixels)
         self.owns_index = owns_index
         self.thumbnails = ThumbnailCache(index, max_pixels=self.max_pixels)
+        self.metrics_public = metrics_public  # GET /metrics without the token
+        self.metrics: Metrics | None = None  # set by create_app
+        self.ready = False  # set when start-up is over: the model built and warmed, the index loaded
 
     def current(self) -> VecIndex:
         """The index, reloaded first if another process committed to it (one SQLite read when not)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from ...config import DEFAULT_K
 from .. import shapes
@@ -17,6 +17,7 @@ router = APIRouter(tags=["search"], dependencies=[Depends(authorised)])
 @router.post("/search", summary="Images most similar to an uploaded image", responses=responses(401, 413, 422))
 def search_upload(
     svc: Svc,
+    request: Request,
     file: Upload,
     k: K = DEFAULT_K,
     offset: Offset = 0,
@@ -35,14 +36,16 @@ def search_upload(
     q = svc.embed_upload(file)
     ix = svc.current()
     hits = ix.search_vector(q, k + offset, **given)[offset:]
+    base = shapes.api(request)
     return shapes.results(
-        ix, hits, k=k, offset=offset, next_url=shapes.next_url(f"{shapes.API}/search", k, offset, len(hits), given)
+        ix, hits, k=k, offset=offset, next_url=shapes.next_url(f"{base}/search", k, offset, len(hits), given), base=base
     )
 
 
 @router.get("/images/{image_id}/similar", summary="Images most similar to an indexed image", responses=responses(401, 404, 422))
 def similar(
     svc: Svc,
+    request: Request,
     image_id: ImageId,
     k: K = DEFAULT_K,
     offset: Offset = 0,
@@ -56,11 +59,13 @@ def similar(
     given = filters(under, label, predicted, predicted_by, min_score)
     ix = svc.current()
     hits = ix.similar(image_id, k + offset, **given)[offset:]
+    base = shapes.api(request)
     return shapes.results(
         ix,
         hits,
         k=k,
         offset=offset,
         query_id=image_id,
-        next_url=shapes.next_url(f"{shapes.API}/images/{image_id}/similar", k, offset, len(hits), given),
+        next_url=shapes.next_url(f"{base}/images/{image_id}/similar", k, offset, len(hits), given),
+        base=base,
     )
