@@ -76,13 +76,20 @@ def serve(
     ] = None,
     token_file: Annotated[
         Optional[Path],
-        typer.Option("--token-file", metavar="FILE", show_default=False, help="Read the read token from this file (first line)."),
+        typer.Option(
+            "--token-file",
+            metavar="FILE",
+            envvar="VECSEARCH_TOKEN_FILE",
+            show_default=False,
+            help="Read the read token from this file (first line); or set VECSEARCH_TOKEN_FILE (container secrets, systemd credentials).",
+        ),
     ] = None,
     admin_token_file: Annotated[
         Optional[Path],
         typer.Option(
             "--admin-token-file",
             metavar="FILE",
+            envvar="VECSEARCH_ADMIN_TOKEN_FILE",
             show_default=False,
             help="Read the admin (write) token from this file; or set VECSEARCH_ADMIN_TOKEN. Enables writes.",
         ),
