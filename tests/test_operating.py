@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from helpers import TESTS, live_server
@@ -153,7 +152,9 @@ def test_metrics_parse_move_with_requests_and_need_the_token(served_index):
     assert _sample(after, "vecsearch_requests", "vecsearch_requests_total", **ok) == 3
     assert _sample(after, "vecsearch_requests", "vecsearch_requests_total", method="GET", route=route, status="404") == 1
     assert _sample(after, "vecsearch_requests", "vecsearch_requests_total", method="GET", route="/metrics", status="401") == 1
-    assert _sample(after, "vecsearch_requests", "vecsearch_requests_total", method="POST", route="/api/v1/search", status="200") == 1
+    assert (
+        _sample(after, "vecsearch_requests", "vecsearch_requests_total", method="POST", route="/api/v1/search", status="200") == 1
+    )
     assert _sample(after, "vecsearch_request_duration_seconds", "vecsearch_request_duration_seconds_count", **ok) == 3
     assert _sample(after, "vecsearch_request_duration_seconds", "vecsearch_request_duration_seconds_sum", **ok) > 0
     assert "vecsearch_model_batch_size" in after
@@ -182,7 +183,16 @@ def test_batcher_stats_and_batch_sizes_are_exported_when_the_model_has_a_batcher
         on_batch: list = []
 
         def stats(self):
-            return {"queue_depth": 3, "batches": 7, "rows": 40, "rejected": 2, "dropped": 1, "max_batch": 32, "max_delay_ms": 5.0, "max_queue": 256}
+            return {
+                "queue_depth": 3,
+                "batches": 7,
+                "rows": 40,
+                "rejected": 2,
+                "dropped": 1,
+                "max_batch": 32,
+                "max_delay_ms": 5.0,
+                "max_queue": 256,
+            }
 
     class Model:
         batcher = Batcher()

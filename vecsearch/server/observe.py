@@ -236,19 +236,27 @@ class IndexCollector:
         ix = self.metrics.ix
         searcher = ix.searcher
         yield GaugeMetricFamily("vecsearch_index_vectors", "Vectors in the served index.", value=len(searcher) if searcher else 0)
-        yield GaugeMetricFamily("vecsearch_index_generation", "The index's generation (bumped by every commit).", value=ix.generation)
+        yield GaugeMetricFamily(
+            "vecsearch_index_generation", "The index's generation (bumped by every commit).", value=ix.generation
+        )
         b = self.metrics.batcher()
         if b is None:
             return
         s = b.stats()
-        yield GaugeMetricFamily("vecsearch_batcher_queue_depth", "Images waiting for a model call.", value=s.get("queue_depth", 0))
+        yield GaugeMetricFamily(
+            "vecsearch_batcher_queue_depth", "Images waiting for a model call.", value=s.get("queue_depth", 0)
+        )
         yield GaugeMetricFamily("vecsearch_batcher_max_queue", "The batcher's queue cap.", value=s.get("max_queue", 0))
         yield GaugeMetricFamily("vecsearch_batcher_max_batch", "The batcher's largest model call.", value=s.get("max_batch", 0))
         for name, key, text in (
             ("vecsearch_batcher_batches", "batches", "Model calls made by the batcher."),
             ("vecsearch_batcher_rows", "rows", "Images embedded by the batcher."),
             ("vecsearch_batcher_rejected", "rejected", "Requests refused because the queue was full (503)."),
-            ("vecsearch_batcher_dropped", "dropped", "Requests dropped before their model call (deadline passed or client gone)."),
+            (
+                "vecsearch_batcher_dropped",
+                "dropped",
+                "Requests dropped before their model call (deadline passed or client gone).",
+            ),
         ):
             yield CounterMetricFamily(name, text, value=s.get(key, 0))
 
@@ -259,4 +267,3 @@ def serve_metrics(metrics: Metrics) -> Any:
 
     body, media_type = metrics.exposition()
     return Response(body, media_type=media_type, headers={"Cache-Control": "no-store"})
-

@@ -25,6 +25,7 @@ def api(request: Request | str) -> str:
     root = request if isinstance(request, str) else request.scope.get("root_path", "")
     return root.rstrip("/") + API
 
+
 PNG_RESPONSE = {"content": {"image/png": {}}, "description": "The heatmap over the image (PNG, the image's aspect ratio)."}
 
 
