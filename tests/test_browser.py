@@ -224,6 +224,7 @@ def test_page_with_a_token_filters_clears_on_error_and_goes_back(tmp_path):
     assert "/?token=" in seen["withoutToken"] and "Authorization" not in seen["withoutToken"]
     # Offline docs rendered the schema.
     assert seen["docs"]["title"].startswith("vecsearch") and seen["docs"]["failed"] == []
-    assert "/api/images/{image_id}/original" in seen["docs"]["operations"]
+    assert "/api/v1/images/{image_id}/original" in seen["docs"]["operations"]
+    assert "/api/v1/ready" in seen["docs"]["operations"] and "/metrics" in seen["docs"]["operations"]
     assert seen["redoc"]["title"].startswith("vecsearch")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
