@@ -67,6 +67,24 @@ def test_request_id_generated_kept_sanitised_and_in_error_bodies(served_index):
         assert bad_image.status_code == 422 and bad_image.json()["request_id"] == bad_image.headers["x-request-id"]
 
 
+def test_an_internal_error_carries_the_request_id_and_is_logged(served_index, caplog):
+    _, ix = served_index
+    app = _app(ix)
+
+    def boom() -> dict:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/boom", boom, include_in_schema=False)
+    caplog.set_level(logging.INFO, logger="vecsearch.access")
+    with live_server(app) as base:
+        r = httpx.get(f"{base}/boom", headers={"X-Request-ID": "bug-1"})
+        deadline = time.monotonic() + 5
+        while not any("bug-1" in line for line in _access_lines(caplog)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert r.status_code == 500 and r.json()["request_id"] == "bug-1" == r.headers["x-request-id"]
+    assert [line for line in _access_lines(caplog) if "bug-1" in line][0].startswith("GET /boom 500 ")
+
+
 # -- the access log --------------------------------------------------------------------
 def _access_lines(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "vecsearch.access"]
@@ -219,15 +237,18 @@ def test_batcher_stats_and_batch_sizes_are_exported_when_the_model_has_a_batcher
 
 # -- readiness -------------------------------------------------------------------------
 def test_ready_is_503_until_start_up_is_over_then_200(served_index):
-    from starlette.testclient import TestClient
+    import asyncio
 
     _, ix = served_index
     app = _app(ix, token="s3cret")
-    # Before the lifespan start-up has run (no `with`): not ready, while liveness already answers.
-    early = TestClient(app, base_url="http://127.0.0.1")
-    r = early.get("/api/v1/ready")
+
+    async def before_start_up():  # ASGITransport runs no lifespan: the app as a server sees it before start-up ends
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
+            return await c.get("/api/v1/ready"), await c.get("/api/v1/health")
+
+    r, health = asyncio.run(before_start_up())
     assert r.status_code == 503 and r.headers["retry-after"] == "1" and "Not ready" in r.json()["error"]
-    assert early.get("/api/v1/health").status_code == 200
+    assert health.status_code == 200  # liveness answers all along
     with live_server(app) as base:
         r = httpx.get(f"{base}/api/v1/ready")  # no token needed: load balancers and HEALTHCHECKs ask it
         assert r.status_code == 200 and r.json()["status"] == "ready" and r.json()["vectors"] == len(ix)
