@@ -130,6 +130,8 @@ class Observe:
         if not access_log.isEnabledFor(logging.INFO):
             return
         ms = round(seconds * 1000, 1)
+        if len(route) > 300:  # an unmatched path is the client's: bounded like everything it sends
+            route = route[:300] + "..."
         if self.log_format == "json":
             line = json.dumps(
                 {
