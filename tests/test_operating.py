@@ -178,6 +178,25 @@ def test_metrics_parse_move_with_requests_and_need_the_token(served_index):
     assert "vecsearch_model_batch_size" in after
 
 
+def test_index_gauges_follow_commits_from_another_writer(tmp_path, tiny_index):
+    from helpers import make_image
+
+    for i in range(3):
+        make_image(tmp_path / "first" / f"p{i}.jpg", seed=i)
+    tiny_index.add([tmp_path / "first"])
+    with live_server(_app(tiny_index, metrics_public=True)) as base:
+        before = _families(httpx.get(f"{base}/metrics").text)
+        for i in range(2):
+            make_image(tmp_path / "more" / f"m{i}.jpg", seed=40 + i)
+        tiny_index.add([tmp_path / "more"])  # as `vecsearch index` would, besides the server
+        after = _families(httpx.get(f"{base}/metrics").text)
+    assert _sample(before, "vecsearch_index_vectors", "vecsearch_index_vectors") == 3
+    assert _sample(after, "vecsearch_index_vectors", "vecsearch_index_vectors") == 5
+    assert _sample(after, "vecsearch_index_generation", "vecsearch_index_generation") > _sample(
+        before, "vecsearch_index_generation", "vecsearch_index_generation"
+    )
+
+
 def test_metrics_public_and_per_app_registries(served_index):
     _, ix = served_index
     with live_server(_app(ix, token="s3cret", metrics_public=True)) as a, live_server(_app(ix)) as b:
