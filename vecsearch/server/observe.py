@@ -183,7 +183,7 @@ class Metrics:
         )
         self.latency = Histogram(
             "vecsearch_request_duration_seconds",
-            "Time to serve a request (until its handler returned), by route template, method and status.",
+            "Time from a request's arrival to the end of its response, by route template, method and status.",
             labels,
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
