@@ -1,6 +1,7 @@
 // Drive the vecsearch page in headless Chromium: upload an image, read the grid, ask why a
 // result is similar, click a result, read the new grid, ask why again, save a screenshot.
-// Prints one JSON object on stdout.
+// Prints one JSON object on stdout: what it saw, the paths the page requested, and whether the
+// write controls (adding by drop, a remove button per card) are shown.
 //
 //   node search_page.mjs URL IMAGE SCREENSHOT [K]
 //
@@ -20,6 +21,8 @@ try {
   const page = await browser.newPage();
   page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
   page.on("pageerror", (e) => consoleErrors.push(String(e)));
+  const requested = [];
+  page.on("request", (r) => { const u = new URL(r.url()); if (u.protocol.startsWith("http")) requested.push(u.pathname); });
   page.setDefaultTimeout(60_000);
   await page.goto(url, { waitUntil: "load" });
   await page.waitForFunction(() => /images indexed/.test(document.getElementById("stats").textContent));
@@ -69,8 +72,14 @@ try {
   const panelHiddenAfterSearch = await page.$eval("#explain", (p) => p.hidden);
   const why2 = await explain(similar[0].id);
   await page.screenshot({ path: screenshot, fullPage: true });
+  const writeControls = await page.evaluate(() => ({
+    addHidden: document.getElementById("add").hidden,
+    addInput: !!document.querySelector("#add input[type=file][multiple]"),
+    removeButtons: document.querySelectorAll("#grid .remove").length,
+    removeHidden: [...document.querySelectorAll("#grid .remove")].map((b) => b.hidden),
+  }));
 
-  console.log(JSON.stringify({ upload, caption1, why1, clicked, similar, caption2, panelHiddenAfterSearch, why2, consoleErrors }));
+  console.log(JSON.stringify({ upload, caption1, why1, clicked, similar, caption2, panelHiddenAfterSearch, why2, consoleErrors, requested, writeControls }));
 } finally {
   await close();
 }

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from ..api import VecIndex
 from ..config import MAX_FILES
 from ..errors import BadImageError, UploadTooLargeError
+from .observe import Metrics
 from .thumbnails import ThumbnailCache
 
 
@@ -30,6 +31,7 @@ class Service:
         admin_token: str | None = None,
         writes: bool = False,
         allow_roots: tuple[Path, ...] = (),
+        metrics_public: bool = False,
     ):
         self.index = index
         self.token = token or None  # reads (the admin token reads too)
@@ -41,6 +43,9 @@ class Service:
         self.max_pixels = int(max_pixels)
         self.owns_index = owns_index
         self.thumbnails = ThumbnailCache(index, max_pixels=self.max_pixels)
+        self.metrics_public = metrics_public  # GET /metrics without the token
+        self.metrics: Metrics | None = None  # set by create_app
+        self.ready = False  # set when start-up is over: the model built and warmed, the index loaded
 
     def current(self) -> VecIndex:
         """The index, reloaded first if another process committed to it (one SQLite read when not)."""
