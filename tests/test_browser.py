@@ -86,6 +86,10 @@ def test_page_uploads_an_image_and_shows_a_grid_of_neighbours(tmp_path, root_pat
     shot = ARTIFACTS / ("browser_search_under_a_prefix.png" if root_path else "browser_search.png")
     shot.unlink(missing_ok=True)
 
+    new = [make_image(tmp_path / "new" / f"new{i}.png", seed=700 + i, size=(70, 50)) for i in range(2)]
+    (tmp_path / "new" / "notes.png").write_bytes(b"not an image at all")
+    adds = ",".join(map(str, [*new, tmp_path / "new" / "notes.png", tmp_path / "photos" / "p03.jpg"])) if writes else ""
+    before = len(ix)
     app = create_app(ix, root_path=root_path, allow_writes=writes)
     with live_server(StripPrefix(app, root_path) if root_path else app) as server:
         base = server + root_path
@@ -103,6 +107,18 @@ def test_page_uploads_an_image_and_shows_a_grid_of_neighbours(tmp_path, root_pat
             f"{base}/api/search", params={"k": 12}, files={"file": ("query.png", query.read_bytes(), "image/png")}
         ).json()["results"]
         api_similar = httpx.get(f"{base}/api/images/{seen['clicked']}/similar", params={"k": 12}).json()["results"]
+        if writes:  # again, now dropping files onto the page and removing a card (which changes what the API says)
+            r = subprocess.run(
+                ["node", str(BROWSER_DIR / "search_page.mjs"), base + "/", str(query), str(shot), "12", adds],
+                cwd=BROWSER_DIR,
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
+            assert r.returncode == 0, r.stderr[-3000:]
+            wrote = json.loads(r.stdout.strip().splitlines()[-1])
+            assert wrote["consoleErrors"] == []
+        after = len(ix)
     ix.close()
 
     assert seen["consoleErrors"] == []
@@ -141,6 +157,16 @@ def test_page_uploads_an_image_and_shows_a_grid_of_neighbours(tmp_path, root_pat
     controls = seen["writeControls"]
     assert controls["addInput"] and controls["removeButtons"] == len(seen["similar"])
     assert controls["addHidden"] is (not writes) and controls["removeHidden"] == [not writes] * len(seen["similar"])
+    if writes:
+        # Dropped onto the page: two new images indexed, a non-image failed with its reason, an already
+        # indexed file's bytes a duplicate; then a card removed (confirmed) is gone from the index too.
+        statuses = [a["status"].split()[-1] for a in wrote["added"]]
+        assert statuses == ["indexed", "indexed", "failed", "duplicate"], wrote["added"]
+        assert wrote["added"][0]["text"].startswith("new0.png") and "not an image" in wrote["added"][2]["text"]
+        assert wrote["removed"]["id"] == wrote["similar"][0]["id"] and "Removed" in wrote["removed"]["status"]
+        assert after == before + 2 - 1
+    else:
+        assert seen["added"] is None and after == before
 
 
 def test_page_with_a_token_filters_clears_on_error_and_goes_back(tmp_path):
