@@ -174,9 +174,19 @@ class VecIndex:
         """Unit vectors (n, dim) for image files, with this index's backbone; a bad file raises BadImageError."""
         return self.model.embed(paths)
 
-    def embed_bytes(self, data: bytes, *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
-        """Unit vector of an image given as bytes (an upload), decoded exactly as indexing does (before the model loads)."""
-        return self.model.embed_bytes(data, max_pixels=max_pixels)
+    def embed_bytes(
+        self,
+        data: bytes,
+        *,
+        max_pixels: int | None = MAX_IMAGE_PIXELS,
+        deadline: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
+        """Unit vector of an image given as bytes (an upload), decoded exactly as indexing does (before the model loads).
+
+        `deadline` (time.monotonic()) or `cancelled()`: the request is dropped (RequestDroppedError) if either says so before its model call.
+        """
+        return self.model.embed_bytes(data, max_pixels=max_pixels, deadline=deadline, cancelled=cancelled)
 
     def embed_image(self, image) -> np.ndarray:
         """Unit vector of a PIL image, encoded losslessly and decoded exactly as indexing does."""

@@ -30,10 +30,14 @@ from . import errors
 from .guards import MULTIPART_SLACK, HostCheck, UploadLimit, allowed_hosts, allowed_roots, check_writes
 from .params import known_query
 from .routes import ROUTERS
-from .service import Service
+from .service import Service, watch_request
 from .shapes import API
 
 DEFAULT_THREADS = 16
+DEFAULT_BATCH_DELAY_MS = 5.0
+"""How long the first waiting upload waits for others to share its model call (a lone one on a quiet server waits not at all)."""
+DEFAULT_REQUEST_TIMEOUT = 30.0
+"""Seconds a request may wait for the model; past that it is dropped before its model call (503)."""
 DOCS_STATIC = "/static/docs"
 # The page talks to this server only; file names and labels it shows are text, never markup.
 PAGE_CSP = (
@@ -68,6 +72,10 @@ def create_app(
     admin_token: str | None = None,
     allow_writes: bool = False,
     allow_roots: Iterable[str | os.PathLike] = (),
+    batch_size: int | None = None,
+    batch_delay_ms: float = DEFAULT_BATCH_DELAY_MS,
+    max_queue: int | None = None,
+    request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
 ) -> FastAPI:
     """A FastAPI app serving one index (a folder, or an already open VecIndex).
 
@@ -84,6 +92,12 @@ def create_app(
     closed on shutdown; a VecIndex passed in stays the caller's to close. What the app
     changes process-wide (anyio's thread limit) it restores on shutdown; single queries
     run FAISS on one OpenMP thread, set and restored per call (`FaissIndex.search`).
+
+    While it serves, a micro-batcher (`IndexModel.start_batcher`) runs every upload's model
+    call: up to `batch_size` images (None: the model's batch size; 0: no batcher, one call
+    per request) gathered for `batch_delay_ms`, at most `max_queue` requests waiting (None: 4
+    batches' worth; more get 503 + Retry-After). A request waiting past `request_timeout`
+    seconds, or whose client disconnected, is dropped before its model call.
     """
     owns = not isinstance(index, VecIndex)
     ix = index if isinstance(index, VecIndex) else open_index(index, create=False)
@@ -98,6 +112,7 @@ def create_app(
             admin_token=admin_token,
             writes=check_writes(host, admin_token, allow_writes),
             allow_roots=allowed_roots(allow_roots),
+            request_timeout=request_timeout,
         )
         _ = ix.backbone  # load now: a wrong or missing model fails at start-up, not per request
         if warm:
@@ -113,11 +128,19 @@ def create_app(
 
         # Two cores: more threads only queue on the model lock and the SQLite pool.
         limiter = anyio.to_thread.current_default_thread_limiter()
-        before, limiter.total_tokens = limiter.total_tokens, threads
+        batcher = None
+        if batch_size != 0 and ix.model.batcher is None:  # one batcher per model (an index served twice shares it)
+            batcher = ix.model.start_batcher(max_batch=batch_size, max_delay=batch_delay_ms / 1000, max_queue=max_queue)
+        # Requests waiting on the batcher hold a thread each but no CPU: enough threads that a
+        # full queue is what refuses the next one (503), not a wait for a thread.
+        waiting = batcher.max_queue + batcher.max_batch if batcher is not None else 0
+        before, limiter.total_tokens = limiter.total_tokens, threads + waiting
         try:
             yield
         finally:
             limiter.total_tokens = before
+            if batcher is not None:
+                ix.model.stop_batcher()
             if svc.owns_index:
                 ix.close()
 
@@ -127,7 +150,8 @@ def create_app(
         title="vecsearch",
         version=VERSION,
         lifespan=lifespan,
-        dependencies=[Depends(known_query)],  # an undeclared query parameter is a 422 on every route
+        # An undeclared query parameter is a 422 on every route; each request's deadline and disconnect check.
+        dependencies=[Depends(known_query), Depends(watch_request)],
         description=DESCRIPTION,
         summary="Similarity search over an image index built with `vecsearch index`.",
     )

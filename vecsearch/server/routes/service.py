@@ -34,4 +34,6 @@ def stats(svc: Svc) -> dict:
     s["labels"] = sorted(ix.label_counts())  # the user's classes: what `label` and `predicted` filter on
     s["max_upload_bytes"] = svc.max_upload_bytes
     s["max_pixels"] = svc.max_pixels
+    batcher = ix.model.batcher
+    s["batcher"] = batcher.stats() if batcher is not None else None  # model calls shared by concurrent uploads
     return s
