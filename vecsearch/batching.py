@@ -110,6 +110,8 @@ class MicroBatcher:
     ) -> Future:
         """Queue rows (n, h, w, 3) for a model call; a Future of their vectors. Full queue: ServiceBusyError now."""
         sub = Submission(np.asarray(pixels), deadline, cancelled)
+        if len(self._queue) >= self.max_queue:
+            self._purge()
         with self._cond:
             if self._stopping:
                 raise ServiceBusyError("The model is shutting down: try another server, or again later.", retry_after=5.0)
@@ -136,6 +138,23 @@ class MicroBatcher:
         """As `embed`, awaited; cancelling the awaiting task drops the submission if it has not run yet."""
         return await asyncio.wrap_future(self.submit(pixels, deadline=deadline, cancelled=cancelled))
 
+    def _purge(self) -> None:
+        """Drop the waiting submissions that are cancelled or past their deadline, so they don't fill the queue."""
+        with self._cond:
+            waiting = list(self._queue)
+        now = time.monotonic()
+        doomed = [(sub, reason) for sub in waiting if (reason := sub.drop_reason(now)) is not None]
+        if not doomed:
+            return
+        with self._cond:
+            gone = {id(sub) for sub, _ in doomed if sub in self._queue}
+            self._queue = deque(sub for sub in self._queue if id(sub) not in gone)
+            self._queued_rows = sum(sub.rows for sub in self._queue)
+            self._dropped += len(gone)
+        for sub, reason in doomed:
+            if id(sub) in gone and sub.future.set_running_or_notify_cancel():
+                sub.future.set_exception(RequestDroppedError(f"Request dropped before its model call: {reason}."))
+
     def retry_after(self) -> float:
         """Seconds until the queue has likely drained: the waiting batches times a model call's time (1 s at least)."""
         batches = self._queued_rows / self.max_batch + 1
@@ -160,8 +179,17 @@ class MicroBatcher:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+        self._refuse_waiting()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+
+    def _refuse_waiting(self) -> None:
+        with self._cond:
+            left, self._queue = list(self._queue), deque()
+            self._queued_rows = 0
+        for sub in left:
+            if sub.future.set_running_or_notify_cancel():
+                sub.future.set_exception(ServiceBusyError("The model stopped before this request's turn.", retry_after=5.0))
 
     @property
     def running(self) -> bool:
@@ -201,12 +229,7 @@ class MicroBatcher:
             while (batch := self._take()) is not None:
                 self._run_batch(batch)
         finally:
-            with self._cond:
-                left, self._queue = list(self._queue), deque()
-                self._queued_rows = 0
-            for sub in left:
-                if sub.future.set_running_or_notify_cancel():
-                    sub.future.set_exception(ServiceBusyError("The model stopped before this request's turn.", retry_after=5.0))
+            self._refuse_waiting()
 
     def _run_batch(self, batch: list[Submission]) -> None:
         now = time.monotonic()
