@@ -342,3 +342,23 @@ def test_abandoned_requests_are_dropped_before_their_model_call(served_index):
     assert stats["dropped"] >= 4, stats
     assert stats["batches"] <= 3, stats  # the held one (and perhaps one that started before the hang-up), then ours
     assert took < 2.0  # not 8 x 0.5 s of abandoned work first
+
+
+def test_the_server_gives_waiting_requests_threads_and_restores_the_limit(tiny_index, photos):
+    import anyio
+
+    from vecsearch.server import create_app
+
+    tiny_index.add([photos])
+    app = create_app(tiny_index, threads=3, warm=False, batch_size=4, max_queue=10)
+
+    async def main():
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        before = limiter.total_tokens
+        async with app.router.lifespan_context(app):
+            assert limiter.total_tokens == 3 + 10 + 4  # a full queue, not the thread pool, refuses the next request
+            assert tiny_index.model.batcher is not None and tiny_index.model.batcher.max_batch == 4
+        return before, limiter.total_tokens
+
+    before, after = anyio.run(main)
+    assert after == before and tiny_index.model.batcher is None
