@@ -440,7 +440,7 @@ def test_upload_over_the_cap_over_real_http(built):
     _, ix = built
     with live_server(create_app(ix, max_upload_bytes=10_000)) as base:
         r = httpx.post(f"{base}/api/search", files={"file": ("big.jpg", b"\0" * 3_000_000, "image/jpeg")}, timeout=60)
-        assert _assert_json_error(r, 413)["error"] == "Upload too large: the cap is 10000 bytes."
+        assert _assert_json_error(r, 413)["error"] == "Upload too large: the cap is 10000 bytes a file, 640000 bytes a request."
         chunked = httpx.post(
             f"{base}/api/search",
             content=(b"\0" * 100_000 for _ in range(30)),

@@ -11,6 +11,7 @@ from .config import VERSION as __version__  # noqa: F401  (a dunder, not one of 
 from .errors import (
     BadImageError,
     BadLabelsError,
+    BadVectorError,
     BadVectorFileError,
     ClassifierNotFoundError,
     DatabaseDamagedError,
@@ -64,6 +65,7 @@ __all__ = [
     "VecsearchError",
     "BadImageError",
     "BadLabelsError",
+    "BadVectorError",
     "BadVectorFileError",
     "DatabaseDamagedError",
     "ClassifierNotFoundError",

@@ -33,7 +33,7 @@ from .finetune import DEFAULT_NAME as HEAD_NAME
 from .finetune import UnfreezeOptions
 from .indexer import IndexSummary, RemoveSummary
 from .labels import DEFAULT_TOP as LABEL_TOP
-from .model import IndexModel, PrecisionCheck, embed_to_shards
+from .model import IndexModel, PrecisionCheck, UploadVectors, embed_to_shards
 from .search import (
     DEFAULT_TYPE,
     Hit,
@@ -187,6 +187,10 @@ class VecIndex:
         `deadline` (time.monotonic()) or `cancelled()`: the request is dropped (RequestDroppedError) if either says so before its model call.
         """
         return self.model.embed_bytes(data, max_pixels=max_pixels, deadline=deadline, cancelled=cancelled)
+
+    def embed_uploads(self, datas: Iterable[bytes], *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> UploadVectors:
+        """Unit vectors of several images as bytes in one model call; the ones that cannot be read are in `failed`."""
+        return self.model.embed_uploads(datas, max_pixels=max_pixels)
 
     def embed_image(self, image) -> np.ndarray:
         """Unit vector of a PIL image, encoded losslessly and decoded exactly as indexing does."""

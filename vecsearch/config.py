@@ -25,7 +25,11 @@ MAX_UPLOAD_PIXELS = 40_000_000
 """Largest image the HTTP service decodes, in pixels: uploads, and the thumbnails it makes
 (stricter: anyone may send a request; a big JPEG counts at the reduced scale it is decoded at)."""
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-"""Largest upload the HTTP service reads; bigger bodies get 413 before they are read."""
+"""Largest uploaded file the HTTP service reads; bigger ones get 413 before they are read."""
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+"""Largest request body (several files in one request); bigger bodies get 413 before they are read."""
+MAX_FILES = 64
+"""Most files one request may upload (search, embed, add): one model call's worth, a bounded decode."""
 MAX_READ_SECONDS = 60.0
 """Longest time reading one file may take (a stalled network share); then it is listed as failed."""
 DECODE_MEMORY_BUDGET = 1024 * 1024 * 1024

@@ -33,6 +33,10 @@ class BadImageError(VecsearchError):
         super().__init__(f"{path}: {reason}" if path else reason)
 
 
+class BadVectorError(VecsearchError):
+    """A query vector no search can use: the wrong dimension, NaN or infinite entries, or all zeros."""
+
+
 class ReadOnlyIndexError(VecsearchError):
     """A write to an index this process may only read (the folder or its database is not writable)."""
 

@@ -93,6 +93,16 @@ class PrecisionCheck:
         return asdict(self)
 
 
+@dataclass
+class UploadVectors:
+    """Vectors of several uploads in one model call: `vectors[i]` is upload `rows[i]`;
+    `failed` maps each upload that could not be decoded to its reason."""
+
+    vectors: np.ndarray
+    rows: list[int]
+    failed: dict[int, str]
+
+
 def read_pixels(path: Path, size: tuple[int, int]) -> np.ndarray:
     """A file decoded as `Extractor` decodes it, with its reasons (a decoder's own bug too) as BadImageError."""
     try:
@@ -477,6 +487,20 @@ class IndexModel:
         """Unit vector of an image given as bytes (an upload), decoded exactly as indexing does (before the model loads)."""
         pixels, _, _ = images.decode_image(data, self.input_size, max_pixels=max_pixels, resample=RESAMPLE)
         return self.embed_pixels(pixels[None], deadline=deadline, cancelled=cancelled)[0]
+
+    def embed_uploads(self, datas: Iterable[bytes], *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> UploadVectors:
+        """Unit vectors of several images given as bytes, decoded first, then one model call for all
+        that decoded; a bad one is reported in `failed`, never raised (the others still count)."""
+        pixels, rows, failed = [], [], {}
+        for i, data in enumerate(datas):
+            try:
+                pixels.append(images.decode_image(data, self.input_size, max_pixels=max_pixels, resample=RESAMPLE)[0])
+                rows.append(i)
+            except BadImageError as e:
+                failed[i] = e.reason
+        if not pixels:
+            return UploadVectors(np.zeros((0, get_spec(self.name).dim), np.float32), rows, failed)
+        return UploadVectors(self.embed_pixels(np.stack(pixels)), rows, failed)
 
     def embed_image(self, image: Any) -> np.ndarray:
         """Unit vector of a PIL image, encoded losslessly and decoded exactly as indexing does."""

@@ -62,12 +62,19 @@ def serve(
     ] = None,
     token_file: Annotated[
         Optional[Path],
-        typer.Option("--token-file", metavar="FILE", show_default=False, help="Read the read token from this file (first line)."),
+        typer.Option(
+            "--token-file",
+            envvar="VECSEARCH_TOKEN_FILE",
+            metavar="FILE",
+            show_default=False,
+            help="Read the read token from this file (first line), e.g. a container secret.",
+        ),
     ] = None,
     admin_token_file: Annotated[
         Optional[Path],
         typer.Option(
             "--admin-token-file",
+            envvar="VECSEARCH_ADMIN_TOKEN_FILE",
             metavar="FILE",
             show_default=False,
             help="Read the admin (write) token from this file; or set VECSEARCH_ADMIN_TOKEN. Enables writes.",

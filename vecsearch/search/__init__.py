@@ -11,7 +11,7 @@ from __future__ import annotations
 from .exact import Searcher, SlotMap
 from .filters import FILTER_NAMES, SearchFilters, allowed_ids, check_filters, check_limits
 from .index_types import DEFAULT_TYPE, NAMED_TYPES, IndexSpec, check_index_type, format_bytes, parse_memory
-from .live import Hit, LiveSearch
+from .live import Hit, LiveSearch, check_query
 from .structure import FaissIndex, check_file, sidecar_path
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "SlotMap",
     "allowed_ids",
     "check_file",
+    "check_query",
     "check_filters",
     "check_index_type",
     "check_limits",

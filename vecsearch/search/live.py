@@ -19,12 +19,12 @@ import uuid
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from ..config import VECTORS_NAME
-from ..errors import IndexCorruptError, StructureError, VecsearchError
+from ..errors import BadVectorError, IndexCorruptError, StructureError
 from ..files import WriterLock
 from ..store import Store
 from .exact import Searcher, SlotMap, tune
@@ -211,9 +211,7 @@ class LiveSearch:
         if self.searcher is None:
             self.store.require_info()  # an index without images: its own error
         assert self.searcher is not None  # an index with images always has one
-        if q.shape[-1] != self.searcher.dim:
-            raise VecsearchError(f"Query vector has {q.shape[-1]} dimensions; the index has {self.searcher.dim}.")
-        return q
+        return check_query(q, self.searcher.dim)
 
     def search(
         self,
@@ -497,3 +495,21 @@ def save(store: Store, path: Path, faiss: FaissIndex, spec: IndexSpec) -> None:
             "spec": spec.to_dict(),
         },
     )
+
+
+def check_query(q: np.ndarray | Sequence[float], dim: int, row: int | None = None) -> np.ndarray:
+    """One query vector as a unit float32 row: the wrong dimension, NaN/Inf or all zeros is a
+    BadVectorError saying which (cosine needs a direction; a NaN would poison every score)."""
+    where = "" if row is None else f" (vector {row})"
+    q = np.asarray(q, np.float32)
+    if q.ndim != 1 and not (q.ndim == 2 and q.shape[0] == 1):
+        raise BadVectorError(f"A query is one vector of {dim} numbers{where}; got an array of shape {q.shape}.")
+    q = q.reshape(-1)
+    if q.shape[0] != dim:
+        raise BadVectorError(f"Query vector{where} has {q.shape[0]} dimensions; the index has {dim}.")
+    if not np.isfinite(q).all():
+        raise BadVectorError(f"Query vector{where} holds NaN or infinite values.")
+    n = float(np.linalg.norm(q.astype(np.float64)))
+    if n == 0.0 or not np.isfinite(n):
+        raise BadVectorError(f"Query vector{where} is all zeros: it has no direction to compare by cosine.")
+    return (q / n).astype(np.float32) if abs(n - 1.0) > 1e-6 else q

@@ -24,7 +24,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..api import VecIndex
-from ..config import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, VERSION
+from ..config import MAX_FILES, MAX_REQUEST_BYTES, MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, VERSION
 from ..opening import open_index
 from . import errors
 from .guards import MULTIPART_SLACK, HostCheck, UploadLimit, allowed_hosts, allowed_roots, check_writes
@@ -72,6 +72,7 @@ def create_app(
     admin_token: str | None = None,
     allow_writes: bool = False,
     allow_roots: Iterable[str | os.PathLike] = (),
+    max_request_bytes: int | None = None,
     batch_size: int | None = None,
     batch_delay_ms: float = DEFAULT_BATCH_DELAY_MS,
     max_queue: int | None = None,
@@ -88,7 +89,8 @@ def create_app(
     everything but `/`, `/api/v1/health` and the OpenAPI docs; `admin_token` reads too and
     is the only one that writes. Writes (adding, removing, labelling, training) are off
     unless there is an admin token or `allow_writes` (refused off loopback without a token);
-    `allow_roots` are the server-side folders a write may index by path. A folder is opened here and
+    `allow_roots` are the server-side folders a write may index by path. `max_request_bytes` caps a
+    whole request body (several files; default MAX_REQUEST_BYTES, or MAX_FILES files at the cap if less). A folder is opened here and
     closed on shutdown; a VecIndex passed in stays the caller's to close. What the app
     changes process-wide (anyio's thread limit) it restores on shutdown; single queries
     run FAISS on one OpenMP thread, set and restored per call (`FaissIndex.search`).
@@ -157,7 +159,8 @@ def create_app(
     )
     app.state.service = svc
     errors.install_handlers(app)
-    app.add_middleware(UploadLimit, limit=svc.max_upload_bytes + MULTIPART_SLACK)
+    body_cap = max_request_bytes if max_request_bytes is not None else min(MAX_REQUEST_BYTES, MAX_FILES * svc.max_upload_bytes)
+    app.add_middleware(UploadLimit, limit=max(body_cap, svc.max_upload_bytes) + MULTIPART_SLACK, per_file=svc.max_upload_bytes)
     hosts, any_ip = allowed_hosts(host, allow_hosts)
     app.add_middleware(HostCheck, hosts=hosts, any_ip=any_ip)  # added last: runs first
     app.add_api_route("/", page, include_in_schema=False, methods=["GET"])

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import (
     BadImageError,
+    BadVectorError,
     ClassifierNotFoundError,
     IndexCorruptError,
     IndexMismatchError,
@@ -68,7 +69,7 @@ def status_for(e: VecsearchError) -> int:
         return 413
     if isinstance(e, (NotIndexedError, ClassifierNotFoundError)):
         return 404
-    if isinstance(e, BadImageError):
+    if isinstance(e, (BadImageError, BadVectorError)):
         return 422
     if isinstance(e, ReadOnlyIndexError):
         return 409

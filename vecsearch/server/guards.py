@@ -136,9 +136,10 @@ class UploadLimit:
     up to the cap and refused as soon as it passes it.
     """
 
-    def __init__(self, app: ASGIApp, limit: int):
+    def __init__(self, app: ASGIApp, limit: int, per_file: int | None = None):
         self.app = app
         self.limit = limit
+        self.per_file = per_file
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -181,7 +182,10 @@ class UploadLimit:
         await self.app(scope, replay, send)
 
     def too_large(self) -> str:
-        return f"Upload too large: the cap is {self.limit - MULTIPART_SLACK} bytes."
+        whole = self.limit - MULTIPART_SLACK
+        if self.per_file is None or self.per_file >= whole:
+            return f"Upload too large: the cap is {whole} bytes."
+        return f"Upload too large: the cap is {self.per_file} bytes a file, {whole} bytes a request."
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:

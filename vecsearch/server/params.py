@@ -8,6 +8,8 @@ from fastapi import File, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 
+from ..config import MAX_FILES
+
 MAX_K = 1000
 MAX_OFFSET = 10_000
 MAX_PAGE = 500
@@ -19,6 +21,12 @@ ImageId = Annotated[int, PathParam(ge=1, le=ID_MAX, description="Image id, as re
 K = Annotated[int, Query(ge=1, le=MAX_K, description=f"How many neighbours (1..{MAX_K}).")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Skip this many best results first (pagination).")]
 Upload = Annotated[UploadFile, File(description="An image file (JPEG, PNG, WebP, GIF, BMP, TIFF).")]
+Uploads = Annotated[
+    list[UploadFile],
+    File(
+        description=f"One or more image files (JPEG, PNG, WebP, GIF, BMP, TIFF), each in a part named `file`; at most {MAX_FILES}."
+    ),
+]
 Like = Annotated[int | None, Query(ge=1, le=ID_MAX, description="Explain why the image is similar to this indexed image.")]
 ImagenetClass = Annotated[
     str | None,

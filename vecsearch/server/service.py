@@ -13,8 +13,10 @@ from typing import Annotated, Callable
 
 import numpy as np
 from fastapi import Depends, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 
 from ..api import VecIndex
+from ..config import MAX_FILES
 from ..errors import BadImageError, UploadTooLargeError
 from .thumbnails import ThumbnailCache
 
@@ -62,10 +64,32 @@ class Service:
             raise BadImageError("empty upload")
         return data
 
+    def read_uploads(self, files: list[UploadFile]) -> list[tuple[str, bytes | str]]:
+        """(name, bytes) of each uploaded file, or (name, why it was refused) for one over the cap or empty:
+        one bad part never fails the others. More than MAX_FILES parts is a 422."""
+        if len(files) > MAX_FILES:
+            raise RequestValidationError(
+                [{"type": "too_long", "loc": ("body", "file"), "msg": f"at most {MAX_FILES} files a request, got {len(files)}"}]
+            )
+        out: list[tuple[str, bytes | str]] = []
+        for f in files:
+            name = upload_name(f)
+            try:
+                out.append((name, self.read_upload(f)))
+            except (UploadTooLargeError, BadImageError) as e:
+                out.append((name, e.reason if isinstance(e, BadImageError) else str(e)))
+        return out
+
     def embed_upload(self, file: UploadFile) -> np.ndarray:
         """Unit vector of an uploaded image, under the upload size and pixel caps; dropped
         before its model call when the request's deadline passes or its client goes away."""
         return self.index.embed_bytes(self.read_upload(file), max_pixels=self.max_pixels, **request_scope())
+
+
+def upload_name(file: UploadFile) -> str:
+    """The client's name for an upload, as text to show (never a path): its last part, at most 255 characters."""
+    name = (file.filename or "upload").replace("\\", "/").rsplit("/", 1)[-1]
+    return name[:255] or "upload"
 
 
 def service(request: Request) -> Service:

@@ -1,23 +1,44 @@
-"""Search by an uploaded image or by an indexed image's id, with the same filters and pages."""
+"""Search by uploaded images, by vectors a client holds, or by an indexed image's id, with the same filters and pages."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
 
 from ...config import DEFAULT_K
+from ...errors import BadVectorError
+from ...search import check_query
 from .. import shapes
 from ..errors import responses
 from ..guards import authorised
-from ..params import ImageId, K, MinScore, Offset, Predicted, PredictedBy, Under, Upload, UserLabelFilter, filters
+from ..params import ImageId, K, MinScore, Offset, Predicted, PredictedBy, Under, Uploads, UserLabelFilter, filters
 from ..service import Svc
 
 router = APIRouter(tags=["search"], dependencies=[Depends(authorised)])
 
+MAX_VECTORS = 64
+"""Most query vectors one request may hold, as many as uploaded files."""
+MAX_DIM = 65_536
 
-@router.post("/search", summary="Images most similar to an uploaded image", responses=responses(401, 413, 422))
+
+class VectorQuery(BaseModel):
+    """One query vector, or several (one result set each). Vectors need not be unit length: they are normalised."""
+
+    model_config = ConfigDict(extra="forbid")
+    vector: list[float] | None = Field(None, max_length=MAX_DIM, description="One query vector, the index's dimension.")
+    vectors: list[list[float]] | None = Field(
+        None, min_length=1, max_length=MAX_VECTORS, description=f"Several query vectors (at most {MAX_VECTORS})."
+    )
+
+
+@router.post(
+    "/search",
+    summary="Images most similar to uploaded images",
+    responses=responses(401, 413, 422),
+)
 def search_upload(
     svc: Svc,
-    file: Upload,
+    file: Uploads,
     k: K = DEFAULT_K,
     offset: Offset = 0,
     under: Under = None,
@@ -29,15 +50,67 @@ def search_upload(
     """Multipart upload in field `file`; results are best first, ranks counted from 1 over all pages.
 
     The filters (`under`, `label`, `predicted` with `classifier`, `min_score`) keep only the images
-    that pass all of them; k are still returned whenever k images pass.
+    that pass all of them; k are still returned whenever k images pass. Several `file` parts give
+    `searches`, one result set per file in the order sent (`name`, and `error` for a file that could
+    not be read), from one model call.
     """
     given = filters(under, label, predicted, predicted_by, min_score)
-    q = svc.embed_upload(file)
+    if len(file) == 1:
+        q = svc.embed_upload(file[0])
+        ix = svc.current()
+        hits = ix.search_vector(q, k + offset, **given)[offset:]
+        next_url = shapes.next_url(f"{shapes.API}/search", k, offset, len(hits), given)
+        return shapes.results(ix, hits, k=k, offset=offset, next_url=next_url)
+    uploads = svc.read_uploads(file)
+    ix = svc.index
+    embedded = ix.embed_uploads([d if isinstance(d, bytes) else b"" for _, d in uploads], max_pixels=svc.max_pixels)
+    vectors = dict(zip(embedded.rows, embedded.vectors, strict=True))
     ix = svc.current()
-    hits = ix.search_vector(q, k + offset, **given)[offset:]
-    return shapes.results(
-        ix, hits, k=k, offset=offset, next_url=shapes.next_url(f"{shapes.API}/search", k, offset, len(hits), given)
-    )
+    searches = []
+    for i, (name, data) in enumerate(uploads):
+        if i not in vectors:
+            searches.append({"name": name, "error": f"Bad image: {data if isinstance(data, str) else embedded.failed[i]}"})
+            continue
+        hits = ix.search_vector(vectors[i], k + offset, **given)[offset:]
+        searches.append({"name": name, **shapes.results(ix, hits, k=k, offset=offset, next_url=None)})
+    return {"k": k, "offset": offset, "searches": searches}
+
+
+@router.post(
+    "/search/vector",
+    summary="Images most similar to vectors the client holds",
+    responses=responses(401, 413, 422),
+)
+def search_vector(
+    svc: Svc,
+    body: VectorQuery,
+    k: K = DEFAULT_K,
+    offset: Offset = 0,
+    under: Under = None,
+    label: UserLabelFilter = None,
+    predicted: Predicted = None,
+    predicted_by: PredictedBy = None,
+    min_score: MinScore = None,
+) -> dict:
+    """JSON `{"vector": [...]}` (the result shape of `POST /search`) or `{"vectors": [[...], ...]}` (`searches`, one
+    result set each). Cosine similarity: vectors are normalised; a wrong dimension, NaN/Inf or a zero vector is a 422
+    that says which. The filters and pages are `POST /search`'s. No model call: embeddings from `POST /embed` fit."""
+    if (body.vector is None) == (body.vectors is None):
+        raise BadVectorError('Send exactly one of "vector" (one query) or "vectors" (several).')
+    given = filters(under, label, predicted, predicted_by, min_score)
+    ix = svc.current()
+    ix.store.require_info()
+    dim = ix.info.dim
+    if body.vector is not None:
+        hits = ix.search_vector(check_query(body.vector, dim), k + offset, **given)[offset:]
+        next_url = shapes.next_url(f"{shapes.API}/search/vector", k, offset, len(hits), given)
+        return shapes.results(ix, hits, k=k, offset=offset, next_url=next_url)
+    assert body.vectors is not None
+    queries = [check_query(v, dim, row=n) for n, v in enumerate(body.vectors)]  # all checked before any search
+    searches = [
+        shapes.results(ix, ix.search_vector(q, k + offset, **given)[offset:], k=k, offset=offset, next_url=None) for q in queries
+    ]
+    return {"k": k, "offset": offset, "searches": searches}
 
 
 @router.get("/images/{image_id}/similar", summary="Images most similar to an indexed image", responses=responses(401, 404, 422))
