@@ -188,9 +188,16 @@ class VecIndex:
         """
         return self.model.embed_bytes(data, max_pixels=max_pixels, deadline=deadline, cancelled=cancelled)
 
-    def embed_uploads(self, datas: Iterable[bytes], *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> UploadVectors:
+    def embed_uploads(
+        self,
+        datas: Iterable[bytes],
+        *,
+        max_pixels: int | None = MAX_IMAGE_PIXELS,
+        deadline: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> UploadVectors:
         """Unit vectors of several images as bytes in one model call; the ones that cannot be read are in `failed`."""
-        return self.model.embed_uploads(datas, max_pixels=max_pixels)
+        return self.model.embed_uploads(datas, max_pixels=max_pixels, deadline=deadline, cancelled=cancelled)
 
     def embed_image(self, image) -> np.ndarray:
         """Unit vector of a PIL image, encoded losslessly and decoded exactly as indexing does."""

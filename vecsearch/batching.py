@@ -105,9 +105,7 @@ class MicroBatcher:
         self._thread.start()
 
     # -- callers --------------------------------------------------------------------------
-    def submit(
-        self, pixels: np.ndarray, *, deadline: float | None = None, cancelled: Callable[[], bool] | None = None
-    ) -> Future:
+    def submit(self, pixels: np.ndarray, *, deadline: float | None = None, cancelled: Callable[[], bool] | None = None) -> Future:
         """Queue rows (n, h, w, 3) for a model call; a Future of their vectors. Full queue: ServiceBusyError now."""
         sub = Submission(np.asarray(pixels), deadline, cancelled)
         if len(self._queue) >= self.max_queue:

@@ -488,9 +488,17 @@ class IndexModel:
         pixels, _, _ = images.decode_image(data, self.input_size, max_pixels=max_pixels, resample=RESAMPLE)
         return self.embed_pixels(pixels[None], deadline=deadline, cancelled=cancelled)[0]
 
-    def embed_uploads(self, datas: Iterable[bytes], *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> UploadVectors:
+    def embed_uploads(
+        self,
+        datas: Iterable[bytes],
+        *,
+        max_pixels: int | None = MAX_IMAGE_PIXELS,
+        deadline: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> UploadVectors:
         """Unit vectors of several images given as bytes, decoded first, then one model call for all
-        that decoded; a bad one is reported in `failed`, never raised (the others still count)."""
+        that decoded; a bad one is reported in `failed`, never raised (the others still count).
+        `deadline` and `cancelled` as for `embed_pixels`."""
         pixels, rows, failed = [], [], {}
         for i, data in enumerate(datas):
             try:
@@ -500,7 +508,7 @@ class IndexModel:
                 failed[i] = e.reason
         if not pixels:
             return UploadVectors(np.zeros((0, get_spec(self.name).dim), np.float32), rows, failed)
-        return UploadVectors(self.embed_pixels(np.stack(pixels)), rows, failed)
+        return UploadVectors(self.embed_pixels(np.stack(pixels), deadline=deadline, cancelled=cancelled), rows, failed)
 
     def embed_image(self, image: Any) -> np.ndarray:
         """Unit vector of a PIL image, encoded losslessly and decoded exactly as indexing does."""

@@ -127,7 +127,9 @@ def serve(
     ] = None,
     batch_delay_ms: Annotated[
         float,
-        typer.Option("--batch-delay-ms", min=0, help="How long the first waiting upload waits for others to join its model call."),
+        typer.Option(
+            "--batch-delay-ms", min=0, help="How long the first waiting upload waits for others to join its model call."
+        ),
     ] = 5.0,
     max_queue: Annotated[
         Optional[int],
