@@ -166,9 +166,10 @@ class VecIndex:
     def extractor(self) -> Extractor:
         return self.model.extractor()
 
-    def warm_up(self) -> None:
-        """Build the backbone and trace its compiled call now, so the first query doesn't pay for it."""
-        self.model.warm_up()
+    def warm_up(self, *, batched: bool = False) -> None:
+        """Build the backbone and trace its compiled call now, so the first query doesn't pay for it
+        (`batched`: for any batch size, as a micro-batcher makes them)."""
+        self.model.warm_up(batched=batched)
 
     def embed(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
         """Unit vectors (n, dim) for image files, with this index's backbone; a bad file raises BadImageError."""

@@ -118,7 +118,7 @@ def create_app(
         )
         _ = ix.backbone  # load now: a wrong or missing model fails at start-up, not per request
         if warm:
-            ix.warm_up()
+            ix.warm_up(batched=batch_size != 0)
     except BaseException:
         if owns:
             ix.close()
