@@ -220,6 +220,15 @@ def run(base: str, make_request, n: int, seconds: float, concurrency: int, pid: 
     }
 
 
+def cpu_ms(fn, times: int, at_least: float = 0.5) -> float:
+    """CPU ms per call of `fn`, over `times` calls or more (until `at_least` CPU seconds, for fast models)."""
+    calls, t = 0, time.process_time()
+    while calls < times or time.process_time() - t < at_least:
+        fn()
+        calls += 1
+    return (time.process_time() - t) * 1000 / calls
+
+
 def model_costs(index: Path, upload: bytes, n: int) -> dict:
     """CPU ms per image of the model at batch 1 and batch 32, and of decoding one upload, in this process."""
     from vecsearch import open_index
@@ -238,18 +247,11 @@ def model_costs(index: Path, upload: bytes, n: int) -> dict:
         ex.batch_size = 32
         one, batch = px[None], np.repeat(px[None], 32, axis=0)
         ex.embed_pixels(one), ex.embed_pixels(one[:1].repeat(2, 0)), ex.embed_pixels(batch)  # traces, oneDNN set-up
-        t = time.process_time()
-        for _ in range(n):
-            ex.embed_pixels(one)
-        b1 = (time.process_time() - t) * 1000 / n
-        rounds = max(1, n // 32)
-        t = time.process_time()
-        for _ in range(rounds):
-            ex.embed_pixels(batch)
-        b32 = (time.process_time() - t) * 1000 / (32 * rounds)
+        b1 = cpu_ms(lambda: ex.embed_pixels(one), n)
+        b32 = cpu_ms(lambda: ex.embed_pixels(batch), max(1, n // 32)) / 32
     finally:
         ix.close()
-    return {"decode_ms": round(decode_ms, 1), "batch1_ms": round(b1, 1), "batch32_ms": round(b32, 1), "images": n}
+    return {"decode_ms": round(decode_ms, 2), "batch1_ms": round(b1, 2), "batch32_ms": round(b32, 2), "images": n}
 
 
 def abandoned(base: str, make_request, clients: int, give_up: float) -> dict:
@@ -390,7 +392,7 @@ def print_table(report: dict, levels: list[int]) -> None:
     )
     print(
         f"model CPU per image in-process: batch 1 {m['batch1_ms']} ms, batch 32 {m['batch32_ms']} ms "
-        f"({m['batch1_ms'] / m['batch32_ms']:.2f}x); decode of one upload {m['decode_ms']} ms"
+        f"({m['batch1_ms'] / max(m['batch32_ms'], 1e-9):.2f}x); decode of one upload {m['decode_ms']} ms"
     )
     head = f"{'endpoint':<34} {'clients':>7} {'requests':>8} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'CPU ms/req':>10} {'mean batch':>10} {'errors':>6}"
     print(head)
