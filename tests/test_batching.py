@@ -362,3 +362,25 @@ def test_the_server_gives_waiting_requests_threads_and_restores_the_limit(tiny_i
 
     before, after = anyio.run(main)
     assert after == before and tiny_index.model.batcher is None
+
+
+@pytest.mark.slow
+def test_bench_serve_quick_mode_prints_the_table(tmp_path):
+    """scripts/bench_serve.py in its quick mode (tiny backbone, small counts): every row of the table comes out."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    args = ["--backbone", "tiny", "--no-baseline", "--vectors", "100", "--real", "8", "--levels", "1,4", "--embed-levels", "1"]
+    args += ["--seconds", "1", "--requests", "20", "--model-images", "8", "--abandon", "8"]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, str(root / "scripts" / "bench_serve.py"), *args], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    for line in ("model CPU per image in-process: batch 1", "POST /search", "POST /embed", "gave up after", "non-model, non-decode"):
+        assert line in out, out
+    assert "peak RSS" in out and "errors" in out
