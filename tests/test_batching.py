@@ -381,6 +381,12 @@ def test_bench_serve_quick_mode_prints_the_table(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    for line in ("model CPU per image in-process: batch 1", "POST /search", "POST /embed", "gave up after", "non-model, non-decode"):
+    for line in (
+        "model CPU per image in-process: batch 1",
+        "POST /search",
+        "POST /embed",
+        "gave up after",
+        "non-model, non-decode",
+    ):
         assert line in out, out
     assert "peak RSS" in out and "errors" in out

@@ -26,7 +26,6 @@ from typing import Any, Callable, Iterable, Mapping, TypedDict, TypeVar
 import numpy as np
 
 from . import embed_job, explain, images, indexer, ray_engine
-from .batching import DEFAULT_MAX_DELAY, MicroBatcher
 from .backbones import (
     DEFAULT_BACKBONE,
     DEFAULT_PRECISION,
@@ -39,6 +38,7 @@ from .backbones import (
     load_backbone,
     recorded_precision,
 )
+from .batching import DEFAULT_MAX_DELAY, MicroBatcher
 from .config import MAX_IMAGE_PIXELS, VERSION
 from .errors import (
     BadImageError,
