@@ -296,6 +296,9 @@ def main() -> None:
     ap.add_argument("--abandon", type=int, default=32, help="clients that give up")
     ap.add_argument("--abandon-timeout", type=float, default=1.0, help="seconds after which they give up")
     ap.add_argument("--serve-arg", action="append", default=[], help="extra `vecsearch serve` argument for the batched server")
+    ap.add_argument(
+        "--also-batch-size", type=int, action="append", default=[], help="also a server with this --batch-size (loaded levels)"
+    )
     ap.add_argument("--no-baseline", action="store_true", help="skip the unbatched server")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -334,6 +337,7 @@ def main() -> None:
 
         servers = [("unbatched", ["--batch-size", "0"])] if not args.no_baseline else []
         servers.append(("batched", list(args.serve_arg)))
+        servers += [(f"batch{n}", [*args.serve_arg, "--batch-size", str(n)]) for n in args.also_batch_size]
         for name, extra in servers:
             port = _free_port()
             base = f"http://127.0.0.1:{port}"
@@ -342,6 +346,13 @@ def main() -> None:
             run(base, by_upload, 6, 120, 1)  # warm-up: connections, caches, the first model calls
             if name == "unbatched":
                 report["unbatched"] = run(base, by_upload, max_requests, seconds, 1, proc.pid)
+            elif name != "batched":  # another max batch: the loaded levels and the abandoned clients only
+                run(base, by_upload, 8, 120, 4)
+                also = report.setdefault("also", {})[name.removeprefix("batch")] = {
+                    "search": [run(base, by_upload, max_requests, seconds, c, proc.pid) for c in levels if c > 1],
+                    "abandoned": abandoned(base, by_upload, args.abandon, args.abandon_timeout),
+                }
+                also["abandoned"].update(clients=args.abandon, give_up_s=args.abandon_timeout)
             else:
                 run(base, by_upload, 8, 120, 4)
                 report["search"] = [run(base, by_upload, max_requests, seconds, c, proc.pid) for c in levels]
@@ -400,6 +411,8 @@ def print_table(report: dict, levels: list[int]) -> None:
     if "unbatched" in report:
         rows.append(("POST /search (unbatched server)", report["unbatched"]))
     rows += [("POST /search", r) for r in report["search"]]
+    for n, also in report.get("also", {}).items():
+        rows += [(f"POST /search (--batch-size {n})", r) for r in also["search"]]
     embed = report["embed"]
     if isinstance(embed, list):
         rows += [(f"POST /embed ({r['cpu_ms_per_image']} ms CPU/img)", r) for r in embed]
@@ -434,6 +447,12 @@ def print_table(report: dict, levels: list[int]) -> None:
         f"the model): the next request took {a['next_ms']} ms (status {a['next_status']}) = "
         f"{a['next_ms'] / one['p50_ms']:.2f}x the 1-client p50 (goal <= 2)"
     )
+    for n, also in report.get("also", {}).items():
+        a = also["abandoned"]
+        print(
+            f"--batch-size {n}: {a['clients']} clients gave up after {a['give_up_s']} s ({a['dropped']} dropped before the "
+            f"model): the next request took {a['next_ms']} ms = {a['next_ms'] / one['p50_ms']:.2f}x the 1-client p50"
+        )
     if "other_cpu_ms_per_upload" in report:
         print(
             f"non-model, non-decode CPU per upload at {ix['vectors']} images: {report['other_cpu_ms_per_upload']} ms "
