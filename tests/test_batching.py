@@ -373,8 +373,8 @@ def test_bench_serve_quick_mode_prints_the_table(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    args = ["--backbone", "tiny", "--no-baseline", "--vectors", "100", "--real", "8", "--levels", "1,4", "--embed-levels", "1"]
-    args += ["--seconds", "1", "--requests", "20", "--model-images", "8", "--abandon", "8"]
+    args = ["--backbone", "tiny", "--no-baseline", "--vectors", "60", "--real", "4", "--levels", "1,2", "--embed-levels", "1"]
+    args += ["--seconds", "0.5", "--requests", "10", "--model-images", "4", "--abandon", "4", "--embed-images", "4"]
     env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run(
         [sys.executable, str(root / "scripts" / "bench_serve.py"), *args], capture_output=True, text=True, timeout=120, env=env
