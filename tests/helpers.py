@@ -135,19 +135,21 @@ def live_server(app):
         sock.close()
 
 
-def start_serve(index_dir, env=None):
-    """`vecsearch serve` on the tiny backbone in a subprocess on a free port: (proc, port), once it answers."""
+def start_serve(index_dir, env=None, args=(), port=None):
+    """`vecsearch serve` on the tiny backbone in a subprocess on a free port (or `port`): (proc, port).
+
+    `args`: more serve options (e.g. "--allow-writes", "--allow-root", DIR); `env` adds to the
+    environment (e.g. VECSEARCH_ADMIN_TOKEN)."""
     import os
     import subprocess
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    code = (
-        "import sys; sys.path.insert(0, %r); import tiny_backbone; from vecsearch.cli import app; "
-        "app(['serve', '--index', %r, '--port', %r, '--log-level', 'warning'])" % (str(TESTS), str(index_dir), str(port))
-    )
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    argv = ["serve", "--index", str(index_dir), "--port", str(port), "--log-level", "warning", *map(str, args)]
+    code = "import sys; sys.path.insert(0, %r); import tiny_backbone; from vecsearch.cli import app; app(%r)" % (str(TESTS), argv)
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
     )

@@ -41,7 +41,32 @@ def _missing() -> str | None:
 pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
 
 
-def test_page_uploads_an_image_and_shows_a_grid_of_neighbours(tmp_path):
+class StripPrefix:
+    """A reverse proxy's path handling in front of an app served with `root_path`: nginx's
+    `location /vs/ { proxy_pass http://backend/; }` strips the prefix and passes the rest on."""
+
+    def __init__(self, app, prefix: str):
+        self.app, self.prefix = app, prefix
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            path = scope["path"]
+            if not path.startswith(self.prefix + "/"):
+                await send({"type": "http.response.start", "status": 404, "headers": [(b"content-type", b"text/plain")]})
+                await send({"type": "http.response.body", "body": b"not behind the proxy's prefix"})
+                return
+            rest = path[len(self.prefix) :]
+            scope = dict(scope, path=rest, raw_path=rest.encode())
+        await self.app(scope, receive, send)
+
+
+@pytest.mark.parametrize(
+    "root_path, writes", [("", False), ("/vs", True)], ids=["at-the-root", "under-a-proxy-prefix-with-writes"]
+)
+def test_page_uploads_an_image_and_shows_a_grid_of_neighbours(tmp_path, root_path, writes):
+    """The page at the root, and behind a proxy that serves it under /vs (relative addresses on the
+    page, links in JSON with the prefix: every request the page makes goes under /vs). The write
+    controls are there either way, shown only when the server takes writes."""
     from vecsearch import open_index
     from vecsearch.server import create_app
 
@@ -58,10 +83,16 @@ def test_page_uploads_an_image_and_shows_a_grid_of_neighbours(tmp_path):
             for i in ix.store.vector_ids()
         )
     ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "browser_search.png"
+    shot = ARTIFACTS / ("browser_search_under_a_prefix.png" if root_path else "browser_search.png")
     shot.unlink(missing_ok=True)
 
-    with live_server(create_app(ix)) as base:
+    new = [make_image(tmp_path / "new" / f"new{i}.png", seed=700 + i, size=(70, 50)) for i in range(2)]
+    (tmp_path / "new" / "notes.png").write_bytes(b"not an image at all")
+    adds = ",".join(map(str, [*new, tmp_path / "new" / "notes.png", tmp_path / "photos" / "p03.jpg"])) if writes else ""
+    before = len(ix)
+    app = create_app(ix, root_path=root_path, allow_writes=writes)
+    with live_server(StripPrefix(app, root_path) if root_path else app) as server:
+        base = server + root_path
         r = subprocess.run(
             ["node", str(BROWSER_DIR / "search_page.mjs"), base + "/", str(query), str(shot), "12"],
             cwd=BROWSER_DIR,
@@ -76,6 +107,18 @@ def test_page_uploads_an_image_and_shows_a_grid_of_neighbours(tmp_path):
             f"{base}/api/search", params={"k": 12}, files={"file": ("query.png", query.read_bytes(), "image/png")}
         ).json()["results"]
         api_similar = httpx.get(f"{base}/api/images/{seen['clicked']}/similar", params={"k": 12}).json()["results"]
+        if writes:  # again, now dropping files onto the page and removing a card (which changes what the API says)
+            r = subprocess.run(
+                ["node", str(BROWSER_DIR / "search_page.mjs"), base + "/", str(query), str(shot), "12", adds],
+                cwd=BROWSER_DIR,
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
+            assert r.returncode == 0, r.stderr[-3000:]
+            wrote = json.loads(r.stdout.strip().splitlines()[-1])
+            assert wrote["consoleErrors"] == []
+        after = len(ix)
     ix.close()
 
     assert seen["consoleErrors"] == []
@@ -102,10 +145,28 @@ def test_page_uploads_an_image_and_shows_a_grid_of_neighbours(tmp_path):
     assert seen["panelHiddenAfterSearch"] is True
     first = api_similar[0]["id"]
     assert [i["src"] for i in why2["images"]] == [
-        f"/api/images/{seen['clicked']}/explain?like={first}",
-        f"/api/images/{first}/explain?like={seen['clicked']}",
+        f"api/v1/images/{seen['clicked']}/explain?like={first}",
+        f"api/v1/images/{first}/explain?like={seen['clicked']}",
     ]
     assert all((i["width"], i["height"]) == (384, 256) for i in why2["images"])
+    # Behind the proxy: every request the page made (API calls, thumbnails, heatmaps) went under the prefix.
+    assert seen["requested"] and all(p.startswith(root_path + "/") for p in seen["requested"]), seen["requested"]
+    assert f"{root_path}/api/v1/images/{api_upload[0]['id']}/thumbnail" in seen["requested"]
+    assert all(h["original"] == f"{root_path}/api/v1/images/{h['id']}/original" for h in api_upload)
+    # The write controls: on every card and in the page, hidden unless the server takes writes.
+    controls = seen["writeControls"]
+    assert controls["addInput"] and controls["removeButtons"] == len(seen["similar"])
+    assert controls["addHidden"] is (not writes) and controls["removeHidden"] == [not writes] * len(seen["similar"])
+    if writes:
+        # Dropped onto the page: two new images indexed, a non-image failed with its reason, an already
+        # indexed file's bytes a duplicate; then a card removed (confirmed) is gone from the index too.
+        statuses = [a["status"].split()[-1] for a in wrote["added"]]
+        assert statuses == ["indexed", "indexed", "failed", "duplicate"], wrote["added"]
+        assert wrote["added"][0]["text"].startswith("new0.png") and "not an image" in wrote["added"][2]["text"]
+        assert wrote["removed"]["id"] == wrote["similar"][0]["id"] and "Removed" in wrote["removed"]["status"]
+        assert after == before + 2 - 1
+    else:
+        assert seen["added"] is None and after == before
 
 
 def test_page_with_a_token_filters_clears_on_error_and_goes_back(tmp_path):
@@ -189,6 +250,7 @@ def test_page_with_a_token_filters_clears_on_error_and_goes_back(tmp_path):
     assert "/?token=" in seen["withoutToken"] and "Authorization" not in seen["withoutToken"]
     # Offline docs rendered the schema.
     assert seen["docs"]["title"].startswith("vecsearch") and seen["docs"]["failed"] == []
-    assert "/api/images/{image_id}/original" in seen["docs"]["operations"]
+    assert "/api/v1/images/{image_id}/original" in seen["docs"]["operations"]
+    assert "/api/v1/ready" in seen["docs"]["operations"] and "/metrics" in seen["docs"]["operations"]
     assert seen["redoc"]["title"].startswith("vecsearch")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000

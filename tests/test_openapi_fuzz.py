@@ -27,12 +27,22 @@ EXAMPLES = int(os.environ.get("VECSEARCH_FUZZ_EXAMPLES", "15"))
 
 
 @pytest.fixture(scope="module")
-def live(labelled_served_index):
-    """conftest's labelled_served_index (taught labels, a k-NN classifier, a bad file) served over loopback HTTP."""
+def live(labelled_served_index, tmp_path_factory):
+    """A copy of conftest's labelled_served_index (taught labels, a k-NN classifier, a bad file) served
+    over loopback HTTP with writes on (the fuzzer adds, removes and labels: the shared index stays as it was)."""
+    import shutil
+
+    from vecsearch import open_index
     from vecsearch.server import create_app
 
-    _, ix = labelled_served_index
-    with live_server(create_app(ix, warm=False)) as base:
+    root, _ = labelled_served_index
+    copy = tmp_path_factory.mktemp("fuzzed")
+    shutil.copytree(root / "index", copy / "index")
+    (copy / "allowed").mkdir()
+    with (
+        open_index(copy / "index") as ix,
+        live_server(create_app(ix, warm=False, allow_writes=True, allow_roots=[copy / "allowed"])) as base,
+    ):
         yield base
 
 
@@ -43,7 +53,8 @@ def test_no_server_error_and_no_undocumented_status(live):
     # The /api aliases of /api/v1 run the same handlers: fuzzing the v1 operations covers them.
     operations = [op for op in every if op.path.startswith("/api/v1/") or not op.path.startswith("/api/")]
     aliases = [op for op in every if op not in operations]
-    assert len(operations) == 15 and len(aliases) == 15  # every route, the explain ones and the original included
+    # Every route, the explain ones, the original, the writes, /ready and /metrics (outside /api: no alias) included.
+    assert len(operations) == 23 and len(aliases) == 22
     assert all(op.definition.raw.get("deprecated") for op in aliases)
     for op in operations:
 

@@ -369,8 +369,9 @@ def test_explain_errors_are_json(client, built):
 def test_page_is_served(client):
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    for needle in ('id="file"', 'id="grid"', "/api/search", "/similar", "/explain", "why similar"):
+    for needle in ('id="file"', 'id="grid"', '"api/v1/search?"', "/similar", "/explain", "why similar"):
         assert needle in r.text
+    assert '"/api' not in r.text  # relative addresses only: the page works under a root path
 
 
 # -- hostile input ----------------------------------------------------------------------

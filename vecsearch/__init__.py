@@ -42,9 +42,10 @@ from .indexer import FailedImage, IndexSummary, RemoveSummary
 from .opening import open_index
 
 __all__ = [
-    # the index object
+    # the index object, and a served one over HTTP
     "open_index",
     "VecIndex",
+    "Client",
     "check_index",
     "IndexCheck",
     "Hit",
@@ -88,3 +89,12 @@ __all__ = [
     "UploadTooLargeError",
     "WeightsUnavailableError",
 ]
+
+
+def __getattr__(name: str):
+    """`Client` on first use: it needs httpx (the `client` extra), which a local index does not."""
+    if name == "Client":
+        from .client import Client
+
+        return Client
+    raise AttributeError(f"module 'vecsearch' has no attribute {name!r}")

@@ -11,13 +11,27 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Unpack
 
 import numpy as np
 
-from . import classes, classifiers, classify, dupes, explainer, finetune, images, indexer, labels, queries, report, vector_files
+from . import (
+    classes,
+    classifiers,
+    classify,
+    dupes,
+    explainer,
+    finetune,
+    images,
+    indexer,
+    labels,
+    queries,
+    report,
+    uploads,
+    vector_files,
+)
 from .backbones import Backbone
 from .classes import SEED
 from .classifiers import DEFAULT_TOP as CLASSIFY_TOP
@@ -25,9 +39,9 @@ from .classifiers import Classification
 from .classify import DEFAULT_K as KNN_K
 from .config import DEFAULT_K, LOCK_NAME, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, VECTORS_NAME
 from .dupes import DEFAULT_NEIGHBOURS, DEFAULT_THRESHOLD
-from .errors import ReadOnlyIndexError, VecsearchError
+from .errors import IndexLockedError, ReadOnlyIndexError, ServiceBusyError, VecsearchError
 from .explain import OVERLAY_SIDE, Explanation
-from .extract import Extractor
+from .extract import RESAMPLE, Extractor
 from .files import FileStream, WriterLock, absolute
 from .finetune import DEFAULT_NAME as HEAD_NAME
 from .finetune import UnfreezeOptions
@@ -74,6 +88,7 @@ class VecIndex:
         self.model = model if model is not None else IndexModel(self.directory, store)
         self._lock = WriterLock(self.directory / LOCK_NAME)
         self._loaded = classifiers.LoadedClassifiers(self.directory)  # the server asks for the same ones often
+        self._uploads = uploads.GroupCommit(self._commit_uploads)  # concurrent add_bytes calls share commits
         # The structure asked for is recorded only once built: by open_index, or the first write that can train it.
         self.live = LiveSearch(self.directory, store, self._lock, index_type=index_type, max_memory=max_memory, progress=progress)
 
@@ -122,10 +137,19 @@ class VecIndex:
             )
 
     @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """The writer lock (one writer at a time, in any process), for an index that may be written."""
+    def _writing(self, wait: float | None = None) -> Iterator[None]:
+        """The writer lock (one writer at a time, in any process), for an index that may be written.
+
+        With `wait`, another writer holding it is waited for that long, then ServiceBusyError
+        (a server's client retries); without, IndexLockedError at once (a CLI run says so)."""
         self._check_writable()
-        with self._lock.held():
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(self._lock.held(wait or 0.0))
+            except IndexLockedError as e:
+                if wait is None:
+                    raise
+                raise ServiceBusyError(f"{e} (waited {wait:g} s)", retry_after=wait) from e
             yield
 
     # -- the search structure (`search.live`: built first, recorded only then) --------------
@@ -221,6 +245,7 @@ class VecIndex:
         progress: Progress | None = None,
         chunk_size: int = indexer.CHUNK_SIZE,
         chunk_seconds: float = indexer.CHUNK_SECONDS,
+        wait: float | None = None,
     ) -> IndexSummary:
         """Index image files and folders incrementally (see `indexer.run`).
 
@@ -229,10 +254,10 @@ class VecIndex:
         removed. Results are committed in chunks, so a killed run loses at most one chunk and
         the next run resumes from there. `exclude` globs (see `images.is_excluded`) join
         those the index remembers (`exclude`); files they match are skipped, and dropped
-        from the index if they were in it.
+        from the index if they were in it. `wait`: seconds to wait for another writer (`_writing`).
         """
         roots, new_globs = [absolute(p) for p in paths], images.check_globs(exclude)
-        with self._writing():
+        with self._writing(wait):
             # A damaged index.db is refused before anything is written into it (this reads the
             # database once: a tenth of what the vectors' checksums read).
             self.store.require_sound(full=True)
@@ -250,6 +275,27 @@ class VecIndex:
             )
             summary.retrained, summary.repaired = self.live.after_write() and had_structure, repaired
         return summary
+
+    def add_bytes(self, items: Iterable[tuple[str, bytes]], *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> list[dict]:
+        """Index images given as (name, bytes) pairs, e.g. uploads (`uploads`): one dict per item,
+        {"name", "status": "indexed" | "duplicate" | "failed", "id", "sha256", "path", "reason"}.
+
+        Each is decoded and checked before anything is written, then stored in the index folder
+        under its content hash and committed (durable) before this returns; the same bytes again
+        are a "duplicate" with the existing id. Concurrent calls share one commit (`GroupCommit`).
+        """
+        self._check_writable()
+        decoded = uploads.decode_all(items, self.model.input_size, max_pixels, RESAMPLE)  # before anything is written
+        if all(u.reason is not None for u in decoded):
+            return [u.item("failed") for u in decoded]
+        return self._uploads.submit(decoded)
+
+    def _commit_uploads(self, batch: list[uploads.Upload]) -> list[dict]:
+        with self._writing(uploads.LOCK_WAIT):
+            self._begin_add(len(batch))
+            items = uploads.commit(self.directory, self.store, self.model.embed_pixels, batch)
+            self.live.after_write()
+        return items
 
     def _remember_exclude(self, new_globs: list[str]) -> list[str]:
         if new_globs:
@@ -299,6 +345,18 @@ class VecIndex:
             indexer.remove(self.store, records, summary)
             if records:
                 self.live.after_write()
+        return summary
+
+    def remove_ids(self, ids: Iterable[int]) -> RemoveSummary:
+        """Drop images by id (all known, else NotIndexedError before anything changes); the stored
+        copy of an upload (under the index's uploads/) is deleted too (`deleted_files`), other files never."""
+        self.store.require_info()
+        with self._writing(uploads.LOCK_WAIT):
+            self.refresh()
+            summary, records = RemoveSummary(), uploads.records_for(self.store, ids)
+            indexer.remove(self.store, records, summary)
+            self.live.after_write()
+        summary.deleted_files = uploads.delete_copies(self.directory, records)
         return summary
 
     # -- search ---------------------------------------------------------------------------
@@ -466,6 +524,16 @@ class VecIndex:
             plan.summary.indexed = self.add(plan.to_index, progress=progress).indexed
         return classes.apply_teach(self.store, plan, replace=replace)
 
+    def set_label(self, image_id: int, label: str, split: str | None = None) -> dict:
+        """Give one image a class of your own (as `teach` does; split "train", "test" or None)."""
+        with self._writing(uploads.LOCK_WAIT):
+            return classes.set_label(self.store, image_id, label, split)
+
+    def clear_label(self, image_id: int) -> dict:
+        """Forget one image's class of your own."""
+        with self._writing(uploads.LOCK_WAIT):
+            return classes.clear_label(self.store, image_id)
+
     def label_counts(self) -> dict[str, dict[str, int]]:
         """{class: {split or "": images}} of the user's labels."""
         return classes.label_counts(self.store)
@@ -473,6 +541,7 @@ class VecIndex:
     def train_classifier(self, kind: str, *, k: int = KNN_K, name: str | None = None, seed: int = SEED) -> classify.TrainResult:
         """Train (knn or probe), evaluate, save, and predict every unlabelled image."""
         self.store.require_info()
+        self._check_writable()
         return classify.train(self.store, self.directory, kind, k=k, name=name, seed=seed)
 
     def apply_classifier(self, name: str | None = None, kind: str | None = None) -> classify.TrainResult:

@@ -19,7 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from . import files, images
-from .errors import BadImageError, BadLabelsError, InputNotFoundError, NoImagesError, NoLabelsError, VecsearchError
+from .errors import (
+    BadImageError,
+    BadLabelsError,
+    InputNotFoundError,
+    NoImagesError,
+    NoLabelsError,
+    NotIndexedError,
+    VecsearchError,
+)
 from .indexer import is_unchanged
 from .store import ImageRecord, Store
 
@@ -316,3 +324,32 @@ def split_parts(ls: LabelledSet, seed: int = SEED) -> tuple[str, list[tuple[np.n
     folds = int(min(5, counts.min()))
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return f"stratified {folds}-fold", [(tr, te) for tr, te in cv.split(ls.X, ls.y)]
+
+
+MAX_LABEL = 200
+"""Longest class name one image can be given by `set_label` (teach's folders and CSVs are not capped)."""
+
+
+def set_label(store: Store, image_id: int, label: str, split: str | None = None) -> dict:
+    """Give one indexed image (with a vector) a class of the user's own, as `teach` stores them
+    (source "api"); {"id", "label", "split"}."""
+    label = str(label).strip()
+    if not label or len(label) > MAX_LABEL or not label.isprintable():
+        raise VecsearchError(f"A label must be 1 to {MAX_LABEL} printable characters, got {label[:MAX_LABEL]!r}.")
+    if split is not None and split not in SPLITS:
+        raise VecsearchError(f"split must be train, test or none, got {split!r}.")
+    rec = store.image(int(image_id))
+    if rec is None or rec.status != "ok":
+        why = f" (it failed: {rec.reason})" if rec is not None and rec.reason else ""
+        raise NotIndexedError(f"No indexed image with id {image_id}{why}.")
+    if not store.set_user_labels([(rec.id, label, split, "api")]):
+        raise NotIndexedError(f"No indexed image with id {image_id} (it was removed meanwhile).")
+    return {"id": rec.id, "label": label, "split": split}
+
+
+def clear_label(store: Store, image_id: int) -> dict:
+    """Forget one image's class of the user's own (none is fine); {"id", "label": None}."""
+    if store.image(int(image_id)) is None:
+        raise NotIndexedError(f"No indexed image with id {image_id}.")
+    store.clear_user_labels([int(image_id)])
+    return {"id": int(image_id), "label": None}

@@ -20,7 +20,8 @@ from .errors import MissingExtraError
 
 EXTRAS: dict[str, tuple[str, ...]] = {
     "plot": ("matplotlib",),
-    "server": ("fastapi", "uvicorn", "python_multipart|multipart", "fastapi_offline"),
+    "client": ("httpx",),
+    "server": ("fastapi", "uvicorn", "python_multipart|multipart", "fastapi_offline", "prometheus_client"),
     "parquet": ("pyarrow", "pyarrow.parquet"),
     "ray": ("ray", "ray.data"),
     "heif": ("pillow_heif",),

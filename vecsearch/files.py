@@ -103,8 +103,9 @@ class WriterLock:
         return FileLock(self.path, timeout=0, thread_local=False, is_singleton=False)
 
     @contextmanager
-    def held(self) -> Iterator[None]:
-        """Hold the lock for the block, or raise IndexLockedError at once if another writer has it."""
+    def held(self, wait: float = 0.0) -> Iterator[None]:
+        """Hold the lock for the block, or raise IndexLockedError if another writer still has it
+        after `wait` seconds (at once by default: a CLI run should say so, not hang)."""
         from filelock import Timeout
 
         if not self._usable():
@@ -113,7 +114,7 @@ class WriterLock:
             )
         lock = self._lock()
         try:
-            lock.acquire(timeout=0)
+            lock.acquire(timeout=wait, poll_interval=0.02)
         except Timeout:
             raise IndexLockedError(f"Another vecsearch run is writing to {self.path.parent}; wait for it to finish.") from None
         try:

@@ -589,6 +589,15 @@ def _decode_in_strips(
     return out
 
 
+def image_format(data: bytes) -> str | None:
+    """Pillow's name for the format of image bytes ("JPEG", "PNG", ...), read from the header; None if unknown."""
+    try:
+        with _open_unchecked(data) as img:
+            return img.format
+    except Exception:  # noqa: BLE001 -- any failure to identify means "unknown"
+        return None
+
+
 @dataclass(frozen=True, eq=False)
 class LoadedImage:
     """Decoded pixels plus what the index records about the file."""

@@ -78,6 +78,7 @@ class RemoveSummary:
     removed: int = 0
     removed_paths: list[str] = field(default_factory=list)
     not_indexed: list[str] = field(default_factory=list)
+    deleted_files: list[str] = field(default_factory=list)  # stored upload copies deleted with their entries
 
     def to_dict(self) -> dict:
         return asdict(self)

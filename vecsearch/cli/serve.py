@@ -45,6 +45,20 @@ def page_url(host: str, port: int, token: str | None) -> str:
     return f"http://{shown}:{port}/" + (f"?token={quote(token, safe='')}" if token else "")
 
 
+def log_access_to_stderr(log_format: str) -> None:
+    """One line per request on stderr, whatever --log-level says about uvicorn's own messages."""
+    import logging
+    import sys
+
+    log = logging.getLogger("vecsearch.access")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s" if log_format == "json" else "%(asctime)s %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
 @app.command()
 def serve(
     index: IndexOpt = None,
@@ -64,18 +78,18 @@ def serve(
         Optional[Path],
         typer.Option(
             "--token-file",
-            envvar="VECSEARCH_TOKEN_FILE",
             metavar="FILE",
+            envvar="VECSEARCH_TOKEN_FILE",
             show_default=False,
-            help="Read the read token from this file (first line), e.g. a container secret.",
+            help="Read the read token from this file (first line); or set VECSEARCH_TOKEN_FILE (container secrets, systemd credentials).",
         ),
     ] = None,
     admin_token_file: Annotated[
         Optional[Path],
         typer.Option(
             "--admin-token-file",
-            envvar="VECSEARCH_ADMIN_TOKEN_FILE",
             metavar="FILE",
+            envvar="VECSEARCH_ADMIN_TOKEN_FILE",
             show_default=False,
             help="Read the admin (write) token from this file; or set VECSEARCH_ADMIN_TOKEN. Enables writes.",
         ),
@@ -146,6 +160,30 @@ def serve(
             "--request-timeout", min=0, help="Seconds a request may wait for the model before it is dropped (503); 0: no limit."
         ),
     ] = 30.0,
+    root_path: Annotated[
+        str,
+        typer.Option(
+            "--root-path",
+            metavar="PREFIX",
+            help="The path prefix a reverse proxy serves this under (e.g. /vecsearch): links and the page work under it.",
+        ),
+    ] = "",
+    cors_origin: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--cors-origin",
+            metavar="ORIGIN",
+            show_default=False,
+            help="A web origin (https://app.example.com) whose pages may call the API from a browser (repeatable; none by default).",
+        ),
+    ] = None,
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="Access log: one line per request on stderr, `text` or `json`.")
+    ] = "text",
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Write the access log.")] = True,
+    metrics_public: Annotated[
+        bool, typer.Option("--metrics-public", help="Serve /metrics without the token (e.g. to a scraper on a private network).")
+    ] = False,
 ) -> None:
     """Serve search, metadata, thumbnails and classification over HTTP, with a web page at /.
 
@@ -154,6 +192,8 @@ def serve(
     with errors_to_exit():
         if log_level.lower() not in _LOG_LEVELS:
             raise VecsearchError(f"--log-level must be one of {', '.join(_LOG_LEVELS)}, not {log_level!r}.")
+        if log_format not in ("text", "json"):
+            raise VecsearchError(f"--log-format must be text or json, not {log_format!r}.")
         require_extra("server", needed_for="The server")
         from ..server.guards import is_loopback
 
@@ -186,13 +226,20 @@ def serve(
                     batch_delay_ms=batch_delay_ms,
                     max_queue=max_queue,
                     request_timeout=request_timeout or None,
+                    root_path=root_path,
+                    cors_origins=cors_origin or (),
+                    log_format=log_format,
+                    metrics_public=metrics_public,
                 )
+            if access_log:
+                log_access_to_stderr(log_format)
             url = page_url(host, port, token)
             warn(
                 f"Serving {ix.directory} ({len(ix)} images, {ix.backbone.name}). Open {url} "
                 f"-- API docs at /docs{' (the API needs the token as `Authorization: Bearer TOKEN`)' if token else ''}. "
                 "Ctrl-C to stop."
             )
-            uvicorn.run(web, host=host, port=port, log_level=log_level.lower(), access_log=log_level.lower() == "debug")
+            # The app writes its own access log (route templates, request ids); uvicorn's would repeat it.
+            uvicorn.run(web, host=host, port=port, log_level=log_level.lower(), access_log=False)
         finally:
             ix.close()

@@ -19,17 +19,20 @@ from importlib import resources
 from typing import Iterable
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..api import VecIndex
 from ..config import MAX_FILES, MAX_REQUEST_BYTES, MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, VERSION
+from ..errors import VecsearchError
 from ..opening import open_index
 from . import errors
 from .guards import MULTIPART_SLACK, HostCheck, UploadLimit, allowed_hosts, allowed_roots, check_writes
+from .observe import LOG_FORMATS, Metrics, Observe, RootPath
 from .params import known_query
-from .routes import ROUTERS
+from .routes import ROUTERS, metrics
 from .service import Service, watch_request
 from .shapes import API
 
@@ -77,6 +80,10 @@ def create_app(
     batch_delay_ms: float = DEFAULT_BATCH_DELAY_MS,
     max_queue: int | None = None,
     request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    root_path: str = "",
+    cors_origins: Iterable[str] = (),
+    log_format: str = "text",
+    metrics_public: bool = False,
 ) -> FastAPI:
     """A FastAPI app serving one index (a folder, or an already open VecIndex).
 
@@ -95,12 +102,21 @@ def create_app(
     changes process-wide (anyio's thread limit) it restores on shutdown; single queries
     run FAISS on one OpenMP thread, set and restored per call (`FaissIndex.search`).
 
+    Operating (docs/service.md): every request gets an X-Request-ID and one line on the
+    "vecsearch.access" logger (`log_format` "text" or "json"); `/metrics` (the read token
+    unless `metrics_public`) and `/api/v1/ready` (200 once start-up is over). `root_path` is
+    the path prefix a reverse proxy serves this under: links in JSON carry it. `cors_origins`
+    are the web origins allowed to call the API from a browser (none by default).
+
     While it serves, a micro-batcher (`IndexModel.start_batcher`) runs every upload's model
     call: up to `batch_size` images (None: the model's batch size; 0: no batcher, one call
     per request) gathered for `batch_delay_ms`, at most `max_queue` requests waiting (None: 4
     batches' worth; more get 503 + Retry-After). A request waiting past `request_timeout`
     seconds, or whose client disconnected, is dropped before its model call.
     """
+    if log_format not in LOG_FORMATS:
+        raise VecsearchError(f"The log format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}.")
+    root_path = clean_root_path(root_path)
     owns = not isinstance(index, VecIndex)
     ix = index if isinstance(index, VecIndex) else open_index(index, create=False)
     try:
@@ -115,6 +131,7 @@ def create_app(
             writes=check_writes(host, admin_token, allow_writes),
             allow_roots=allowed_roots(allow_roots),
             request_timeout=request_timeout,
+            metrics_public=metrics_public,
         )
         _ = ix.backbone  # load now: a wrong or missing model fails at start-up, not per request
         if warm:
@@ -138,8 +155,12 @@ def create_app(
         waiting = batcher.max_queue + batcher.max_batch if batcher is not None else 0
         before, limiter.total_tokens = limiter.total_tokens, threads + waiting
         try:
+            if svc.metrics is not None:
+                svc.metrics.attach()  # a batcher started with the app gets the batch-size hook
+            svc.ready = True  # the model was built (and warmed) and the index loaded above: take traffic
             yield
         finally:
+            svc.ready = False
             limiter.total_tokens = before
             if batcher is not None:
                 ix.model.stop_batcher()
@@ -161,14 +182,39 @@ def create_app(
     errors.install_handlers(app)
     body_cap = max_request_bytes if max_request_bytes is not None else min(MAX_REQUEST_BYTES, MAX_FILES * svc.max_upload_bytes)
     app.add_middleware(UploadLimit, limit=max(body_cap, svc.max_upload_bytes) + MULTIPART_SLACK, per_file=svc.max_upload_bytes)
+    origins = [o.strip().rstrip("/") for o in cors_origins if o.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "X-Request-ID", "Content-Type"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+            max_age=600,
+        )
     hosts, any_ip = allowed_hosts(host, allow_hosts)
-    app.add_middleware(HostCheck, hosts=hosts, any_ip=any_ip)  # added last: runs first
+    app.add_middleware(HostCheck, hosts=hosts, any_ip=any_ip)
+    svc.metrics = Metrics(ix)
+    app.add_middleware(Observe, log_format=log_format, metrics=svc.metrics)  # sees every request
+    if root_path:
+        app.add_middleware(RootPath, root_path=root_path)  # added last: runs first
     app.add_api_route("/", page, include_in_schema=False, methods=["GET"])
     _install_docs(app)
     for router in ROUTERS:
         app.include_router(router, prefix=API)
         app.include_router(router, prefix="/api", deprecated=True)  # the paths before /api/v1, kept as aliases
+    app.include_router(metrics.router)  # at the root, where scrapers look
     return app
+
+
+def clean_root_path(root_path: str) -> str:
+    """A path prefix as Starlette wants it: "" or "/prefix", no trailing slash."""
+    root_path = (root_path or "").strip()
+    if root_path in ("", "/"):
+        return ""
+    if not root_path.startswith("/") or any(c in root_path for c in "?#\\ ") or not root_path.isprintable():
+        raise VecsearchError(f"The root path must be a URL path such as /vecsearch, not {root_path!r}.")
+    return root_path.rstrip("/")
 
 
 def page() -> HTMLResponse:

@@ -15,11 +15,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import (
     BadImageError,
+    BadLabelsError,
     BadVectorError,
     ClassifierNotFoundError,
     IndexCorruptError,
     IndexMismatchError,
     IndexNotFoundError,
+    NoLabelsError,
     NotIndexedError,
     ReadOnlyIndexError,
     RequestDroppedError,
@@ -28,6 +30,7 @@ from ..errors import (
     VecsearchError,
     WeightsUnavailableError,
 )
+from .observe import REQUEST_ID_HEADER, current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class ErrorBody(BaseModel):
     error: str
     type: str | None = None
     detail: list | None = None
+    request_id: str | None = None
 
 
 ERROR_TEXT = {
@@ -69,7 +73,7 @@ def status_for(e: VecsearchError) -> int:
         return 413
     if isinstance(e, (NotIndexedError, ClassifierNotFoundError)):
         return 404
-    if isinstance(e, (BadImageError, BadVectorError)):
+    if isinstance(e, (BadImageError, BadVectorError, NoLabelsError, BadLabelsError)):
         return 422
     if isinstance(e, ReadOnlyIndexError):
         return 409
@@ -81,6 +85,11 @@ def status_for(e: VecsearchError) -> int:
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    """An error body, with the id of the request it answers (the one in its X-Request-ID header)."""
+    rid = current_request_id()
+    if rid is not None:
+        extra["request_id"] = rid
+        headers = {**(headers or {}), REQUEST_ID_HEADER: rid}  # a 500 is sent outside the middleware that adds it
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
@@ -111,7 +120,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=getattr(e, "headers", None))
+        return error_response(e.status_code, str(e.detail), headers=getattr(e, "headers", None))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception) -> JSONResponse:

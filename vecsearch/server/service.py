@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from ..api import VecIndex
 from ..config import MAX_FILES
 from ..errors import BadImageError, UploadTooLargeError
+from .observe import Metrics
 from .thumbnails import ThumbnailCache
 
 
@@ -36,6 +37,7 @@ class Service:
         writes: bool = False,
         allow_roots: tuple[Path, ...] = (),
         request_timeout: float | None = None,
+        metrics_public: bool = False,
     ):
         self.index = index
         self.token = token or None  # reads (the admin token reads too)
@@ -49,6 +51,9 @@ class Service:
         self.thumbnails = ThumbnailCache(index, max_pixels=self.max_pixels)
         # Seconds a request may wait for the model before it is dropped (None: no limit).
         self.request_timeout = request_timeout
+        self.metrics_public = metrics_public  # GET /metrics without the token
+        self.metrics: Metrics | None = None  # set by create_app
+        self.ready = False  # set when start-up is over: the model built and warmed, the index loaded
 
     def current(self) -> VecIndex:
         """The index, reloaded first if another process committed to it (one SQLite read when not)."""

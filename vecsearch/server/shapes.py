@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from urllib.parse import urlencode
 
+from fastapi import Request
 from fastapi.responses import Response
 
 from ..api import Hit, VecIndex
@@ -14,7 +15,16 @@ from ..store import ImageRecord
 from .params import MAX_OFFSET
 
 API = "/api/v1"
-"""Where the API lives; `/api` is an alias of it kept for older clients. Every link a response holds starts here."""
+"""Where the API lives; `/api` is an alias of it kept for older clients. Every link a response holds starts here
+(after the root path a reverse proxy serves the app under: `api(request)`)."""
+
+
+def api(request: Request | str) -> str:
+    """The API's address as clients see it: the root path (`--root-path`, behind a proxy) then API.
+    Takes a request, or a root path ("" for none)."""
+    root = request if isinstance(request, str) else request.scope.get("root_path", "")
+    return root.rstrip("/") + API
+
 
 PNG_RESPONSE = {"content": {"image/png": {}}, "description": "The heatmap over the image (PNG, the image's aspect ratio)."}
 
@@ -26,7 +36,10 @@ def next_url(base: str, k: int, offset: int, got: int, filters: dict | None = No
     return f"{base}?" + urlencode({"k": k, "offset": offset + k, **(filters or {})})
 
 
-def results(ix: VecIndex, hits: list[Hit], *, k: int, offset: int, next_url: str | None, query_id: int | None = None) -> dict:
+def results(
+    ix: VecIndex, hits: list[Hit], *, k: int, offset: int, next_url: str | None, query_id: int | None = None, base: str = API
+) -> dict:
+    """A page of results; `base` is where links point (`api(request)`)."""
     notes = ix.annotations([h.id for h in hits], top=3)
     items = []
     for n, h in enumerate(hits[:k]):
@@ -38,8 +51,8 @@ def results(ix: VecIndex, hits: list[Hit], *, k: int, offset: int, next_url: str
                 "name": os.path.basename(h.path),
                 "folder": os.path.dirname(h.path),
                 "score": h.score,
-                "thumbnail": f"{API}/images/{h.id}/thumbnail",
-                "original": f"{API}/images/{h.id}/original",
+                "thumbnail": f"{base}/images/{h.id}/thumbnail",
+                "original": f"{base}/images/{h.id}/original",
                 **notes[h.id],
             }
         )
@@ -49,7 +62,7 @@ def results(ix: VecIndex, hits: list[Hit], *, k: int, offset: int, next_url: str
     return out
 
 
-def image_dict(rec: ImageRecord) -> dict:
+def image_dict(rec: ImageRecord, base: str = API) -> dict:
     ok = rec.status == "ok"
     return {
         "id": rec.id,
@@ -64,9 +77,9 @@ def image_dict(rec: ImageRecord) -> dict:
         "status": rec.status,
         "reason": rec.reason,
         "indexed_at": rec.indexed_at.isoformat(timespec="seconds") + "Z",
-        "thumbnail": f"{API}/images/{rec.id}/thumbnail" if ok else None,
-        "similar": f"{API}/images/{rec.id}/similar" if ok else None,
-        "original": f"{API}/images/{rec.id}/original" if ok else None,
+        "thumbnail": f"{base}/images/{rec.id}/thumbnail" if ok else None,
+        "similar": f"{base}/images/{rec.id}/similar" if ok else None,
+        "original": f"{base}/images/{rec.id}/original" if ok else None,
     }
 
 

@@ -23,6 +23,7 @@ _NOT_MODIFIED = {"description": "Not modified: the client's copy (If-None-Match)
 @router.get("/images", summary="Indexed images, a page at a time", responses=responses(401, 422))
 def list_images(
     svc: Svc,
+    request: Request,
     offset: Annotated[int, Query(ge=0, le=ID_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"Page size (1..{MAX_PAGE}).")] = 100,
     status: Annotated[str | None, Query(pattern="^(ok|failed)$", description="Only `ok` or `failed` images.")] = None,
@@ -31,20 +32,21 @@ def list_images(
     total, rows = ix.images(offset, limit, status)
     notes = ix.annotations([r.id for r in rows], top=5)
     nxt = offset + len(rows)
-    more = f"{shapes.API}/images?offset={nxt}&limit={limit}" + (f"&status={status}" if status else "")
+    base = shapes.api(request)
+    more = f"{base}/images?offset={nxt}&limit={limit}" + (f"&status={status}" if status else "")
     return {
         "total": total,
         "offset": offset,
         "limit": limit,
-        "items": [shapes.image_dict(r) | notes[r.id] for r in rows],
+        "items": [shapes.image_dict(r, base) | notes[r.id] for r in rows],
         "next": more if nxt < total else None,
     }
 
 
 @router.get("/images/{image_id}", summary="An image's metadata, labels and predictions", responses=responses(401, 404, 422))
-def image(svc: Svc, image_id: ImageId) -> dict:
+def image(svc: Svc, request: Request, image_id: ImageId) -> dict:
     ix = svc.current()
-    return shapes.image_dict(ix.image(image_id)) | ix.annotations([image_id], top=5)[image_id]
+    return shapes.image_dict(ix.image(image_id), shapes.api(request)) | ix.annotations([image_id], top=5)[image_id]
 
 
 @router.get(

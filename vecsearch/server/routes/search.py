@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...config import DEFAULT_K
@@ -38,6 +38,7 @@ class VectorQuery(BaseModel):
 )
 def search_upload(
     svc: Svc,
+    request: Request,
     file: Uploads,
     k: K = DEFAULT_K,
     offset: Offset = 0,
@@ -54,13 +55,13 @@ def search_upload(
     `searches`, one result set per file in the order sent (`name`, and `error` for a file that could
     not be read), from one model call.
     """
-    given = filters(under, label, predicted, predicted_by, min_score)
+    given, base = filters(under, label, predicted, predicted_by, min_score), shapes.api(request)
     if len(file) == 1:
         q = svc.embed_upload(file[0])
         ix = svc.current()
         hits = ix.search_vector(q, k + offset, **given)[offset:]
-        next_url = shapes.next_url(f"{shapes.API}/search", k, offset, len(hits), given)
-        return shapes.results(ix, hits, k=k, offset=offset, next_url=next_url)
+        next_url = shapes.next_url(f"{base}/search", k, offset, len(hits), given)
+        return shapes.results(ix, hits, k=k, offset=offset, next_url=next_url, base=base)
     uploads = svc.read_uploads(file)
     ix = svc.index
     embedded = ix.embed_uploads(
@@ -74,7 +75,7 @@ def search_upload(
             searches.append({"name": name, "error": f"Bad image: {data if isinstance(data, str) else embedded.failed[i]}"})
             continue
         hits = ix.search_vector(vectors[i], k + offset, **given)[offset:]
-        searches.append({"name": name, **shapes.results(ix, hits, k=k, offset=offset, next_url=None)})
+        searches.append({"name": name, **shapes.results(ix, hits, k=k, offset=offset, next_url=None, base=base)})
     return {"k": k, "offset": offset, "searches": searches}
 
 
@@ -85,6 +86,7 @@ def search_upload(
 )
 def search_vector(
     svc: Svc,
+    request: Request,
     body: VectorQuery,
     k: K = DEFAULT_K,
     offset: Offset = 0,
@@ -99,18 +101,19 @@ def search_vector(
     that says which. The filters and pages are `POST /search`'s. No model call: embeddings from `POST /embed` fit."""
     if (body.vector is None) == (body.vectors is None):
         raise BadVectorError('Send exactly one of "vector" (one query) or "vectors" (several).')
-    given = filters(under, label, predicted, predicted_by, min_score)
+    given, base = filters(under, label, predicted, predicted_by, min_score), shapes.api(request)
     ix = svc.current()
     ix.store.require_info()
     dim = ix.info.dim
     if body.vector is not None:
         hits = ix.search_vector(check_query(body.vector, dim), k + offset, **given)[offset:]
-        next_url = shapes.next_url(f"{shapes.API}/search/vector", k, offset, len(hits), given)
-        return shapes.results(ix, hits, k=k, offset=offset, next_url=next_url)
+        next_url = shapes.next_url(f"{base}/search/vector", k, offset, len(hits), given)
+        return shapes.results(ix, hits, k=k, offset=offset, next_url=next_url, base=base)
     assert body.vectors is not None
     queries = [check_query(v, dim, row=n) for n, v in enumerate(body.vectors)]  # all checked before any search
     searches = [
-        shapes.results(ix, ix.search_vector(q, k + offset, **given)[offset:], k=k, offset=offset, next_url=None) for q in queries
+        shapes.results(ix, ix.search_vector(q, k + offset, **given)[offset:], k=k, offset=offset, next_url=None, base=base)
+        for q in queries
     ]
     return {"k": k, "offset": offset, "searches": searches}
 
@@ -118,6 +121,7 @@ def search_vector(
 @router.get("/images/{image_id}/similar", summary="Images most similar to an indexed image", responses=responses(401, 404, 422))
 def similar(
     svc: Svc,
+    request: Request,
     image_id: ImageId,
     k: K = DEFAULT_K,
     offset: Offset = 0,
@@ -128,7 +132,7 @@ def similar(
     min_score: MinScore = None,
 ) -> dict:
     """Neighbours of an indexed image by its stored vector (no model call); itself left out. Filters as for search."""
-    given = filters(under, label, predicted, predicted_by, min_score)
+    given, base = filters(under, label, predicted, predicted_by, min_score), shapes.api(request)
     ix = svc.current()
     hits = ix.similar(image_id, k + offset, **given)[offset:]
     return shapes.results(
@@ -137,5 +141,6 @@ def similar(
         k=k,
         offset=offset,
         query_id=image_id,
-        next_url=shapes.next_url(f"{shapes.API}/images/{image_id}/similar", k, offset, len(hits), given),
+        next_url=shapes.next_url(f"{base}/images/{image_id}/similar", k, offset, len(hits), given),
+        base=base,
     )

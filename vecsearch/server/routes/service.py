@@ -1,8 +1,9 @@
-"""Liveness and counts: what monitors and the page ask first."""
+"""Liveness, readiness and counts: what monitors, load balancers and the page ask first."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import responses
 from ..guards import authorised
@@ -25,6 +26,28 @@ def health(svc: Svc) -> dict:
     }
 
 
+@router.get(
+    "/ready",
+    summary="Readiness: 200 once the model is built and warmed and the index loaded",
+    responses=responses(),
+)
+def ready(svc: Svc) -> dict:
+    """For load balancers and container health checks; needs no token. 503 (with Retry-After) while
+    the server starts; `/health` is liveness (the process answers), this says whether to send it traffic."""
+    if not svc.ready:
+        raise StarletteHTTPException(
+            503, "Not ready: the server is still loading its model and index.", headers={"Retry-After": "1"}
+        )
+    ix = svc.current()
+    searcher = ix.searcher
+    return {
+        "status": "ready",
+        "vectors": len(searcher) if searcher is not None else 0,
+        "generation": ix.generation,
+        "batcher": getattr(ix.model, "batcher", None) is not None,
+    }
+
+
 @router.get("/stats", summary="Counts, backbone, weights and sizes", dependencies=[Depends(authorised)], responses=responses(401))
 def stats(svc: Svc) -> dict:
     ix = svc.current()
@@ -36,4 +59,5 @@ def stats(svc: Svc) -> dict:
     s["max_pixels"] = svc.max_pixels
     batcher = ix.model.batcher
     s["batcher"] = batcher.stats() if batcher is not None else None  # model calls shared by concurrent uploads
+    s["writes"] = svc.writes  # the page offers adding and removing only then
     return s
