@@ -119,7 +119,11 @@ def start_server(index: Path, port: int, backbone: str, extra: list[str] = ()) -
     pre = f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import tiny_backbone; " if backbone == "tiny" else ""
     argv = ["serve", "--index", str(index), "--port", str(port), "--log-level", "warning", *extra]
     code = pre + f"from vecsearch.cli import app; app({argv!r})"
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # stderr to a file, never an unread pipe: the access log (a line a request) would fill it and block the server.
+    log = open(index.parent / f"serve-{port}.log", "w")  # noqa: SIM115 (closed with the process, in stop_server)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=log, text=True)
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -129,6 +133,7 @@ def stop_server(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    proc.log.close()  # type: ignore[attr-defined]
 
 
 def wait_ready(base: str, proc: subprocess.Popen, timeout: float) -> float:
@@ -137,7 +142,7 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float) -> float:
     t0 = time.perf_counter()
     while True:
         if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stderr.read()[-2000:]}")
+            raise SystemExit(f"server exited: {Path(proc.log.name).read_text()[-2000:]}")  # type: ignore[attr-defined]
         try:
             if httpx.get(base + "/api/v1/health", timeout=2).status_code == 200:
                 return time.perf_counter() - t0
