@@ -1,13 +1,25 @@
-"""Latency and throughput of the HTTP service: search-by-id and search-by-upload, one run.
+"""The HTTP service under concurrent load, micro-batched: one run prints the whole table.
 
 Builds a throwaway index of `--vectors` vectors (a few real images embedded with the real
 backbone, the rest synthetic unit vectors near theirs, stored under hard links to the real
-files so every row is a valid image), starts `vecsearch serve` on a free loopback port in a
-subprocess, and times requests with httpx: first one at a time (latency p50/p95), then
-from `--concurrency` client threads (throughput). Requests are bounded by count and time.
+files so every row is a valid image), then:
 
-    python scripts/bench_serve.py                      # resnet50, seeded random init, 10,000 vectors
-    python scripts/bench_serve.py --backbone tiny      # the test suite's tiny backbone (fast)
+1. in this process: the model's CPU per image at batch 1 and at batch 32, and the decode
+   CPU of one 640x480 JPEG upload (`time.process_time`, the model built as the server builds it);
+2. `vecsearch serve --batch-size 0` (no batcher, today's one model call per request): the
+   1-client upload latency, the baseline the batcher must not slow;
+3. `vecsearch serve` (batched, defaults): POST /api/v1/search with a new 640x480 JPEG at
+   each `--levels` client count: req/s, p50, p95, the server process's CPU per request
+   (/proc/PID/stat before and after) and the mean model batch size (GET /api/v1/stats'
+   `batcher` counters before and after); POST /api/v1/embed with `--embed-images` images a
+   request the same way; `--abandon` clients that give up after `--abandon-timeout` s, then
+   the next request's latency; the non-model, non-decode CPU of an upload (the 1-client
+   server CPU per request less the model's batch-1 CPU and the decode CPU); peak RSS.
+
+Each level runs `--seconds` (or `--requests`), so the run stays bounded on a loaded machine.
+
+    python scripts/bench_serve.py                      # resnet50, seeded random init, 2,000 vectors
+    python scripts/bench_serve.py --backbone tiny      # the test suite's tiny backbone, small counts (~20 s)
 """
 
 from __future__ import annotations
@@ -16,9 +28,9 @@ import argparse
 import io
 import json
 import os
+import resource
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -103,13 +115,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(index: Path, port: int, backbone: str) -> subprocess.Popen:
+def start_server(index: Path, port: int, backbone: str, extra: list[str] = ()) -> subprocess.Popen:
     pre = f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import tiny_backbone; " if backbone == "tiny" else ""
-    code = (
-        pre
-        + f"from vecsearch.cli import app; app(['serve', '--index', {str(index)!r}, '--port', '{port}', '--log-level', 'warning'])"
-    )
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    argv = ["serve", "--index", str(index), "--port", str(port), "--log-level", "warning", *extra]
+    code = pre + f"from vecsearch.cli import app; app({argv!r})"
+    # stderr to a file, never an unread pipe: the access log (a line a request) would fill it and block the server.
+    log = open(index.parent / f"serve-{port}.log", "w")  # noqa: SIM115 (closed with the process, in stop_server)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=log, text=True)
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.log.close()  # type: ignore[attr-defined]
 
 
 def wait_ready(base: str, proc: subprocess.Popen, timeout: float) -> float:
@@ -118,9 +142,9 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float) -> float:
     t0 = time.perf_counter()
     while True:
         if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stderr.read()[-2000:]}")
+            raise SystemExit(f"server exited: {Path(proc.log.name).read_text()[-2000:]}")  # type: ignore[attr-defined]
         try:
-            if httpx.get(base + "/api/health", timeout=2).status_code == 200:
+            if httpx.get(base + "/api/v1/health", timeout=2).status_code == 200:
                 return time.perf_counter() - t0
         except httpx.TransportError:
             pass
@@ -129,8 +153,29 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float) -> float:
         time.sleep(0.2)
 
 
-def run(base: str, make_request, n: int, seconds: float, concurrency: int) -> dict:
-    """n requests (or until `seconds` pass) from `concurrency` threads; latencies in ms."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def batcher_counts(base: str) -> tuple[int, int, int]:
+    """(batches, rows, dropped) of the server's batcher so far; zeros without one."""
+    import httpx
+
+    b = httpx.get(base + "/api/v1/stats", timeout=30).json().get("batcher") or {}
+    return b.get("batches", 0), b.get("rows", 0), b.get("dropped", 0)
+
+
+def run(base: str, make_request, n: int, seconds: float, concurrency: int, pid: int | None = None, rows: int = 1) -> dict:
+    """n requests (or until `seconds` pass) from `concurrency` threads; latencies in ms, the server's CPU and batches."""
     import httpx
 
     latencies: list[float] = []
@@ -140,7 +185,7 @@ def run(base: str, make_request, n: int, seconds: float, concurrency: int) -> di
     deadline = time.perf_counter() + seconds
 
     def worker() -> None:
-        with httpx.Client(base_url=base, timeout=120) as client:
+        with httpx.Client(base_url=base, timeout=300) as client:
             while time.perf_counter() < deadline:
                 with lock:
                     i = next(counter, None)
@@ -152,6 +197,8 @@ def run(base: str, make_request, n: int, seconds: float, concurrency: int) -> di
                 with lock:
                     (latencies.append(dt) if r.status_code == 200 else errors.append(f"{r.status_code} {r.text[:100]}"))
 
+    b0 = batcher_counts(base) if pid else (0, 0, 0)
+    c0 = cpu_seconds(pid) if pid else 0.0
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for t in threads:
@@ -159,101 +206,267 @@ def run(base: str, make_request, n: int, seconds: float, concurrency: int) -> di
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    cpu = cpu_seconds(pid) - c0 if pid else float("nan")
+    b1 = batcher_counts(base) if pid else (0, 0, 0)
     q = np.percentile(latencies, [50, 95]) if latencies else [float("nan")] * 2
+    done = len(latencies)
+    batches, batched_rows = b1[0] - b0[0], b1[1] - b0[1]
     return {
-        "requests": len(latencies),
+        "concurrency": concurrency,
+        "requests": done,
         "errors": len(errors),
         "first_error": errors[0] if errors else None,
-        "p50_ms": round(float(q[0]), 2),
-        "p95_ms": round(float(q[1]), 2),
-        "mean_ms": round(statistics.fmean(latencies), 2) if latencies else None,
-        "req_per_s": round(len(latencies) / wall, 1) if wall else None,
-        "concurrency": concurrency,
+        "p50_ms": round(float(q[0]), 1),
+        "p95_ms": round(float(q[1]), 1),
+        "req_per_s": round(done / wall, 2) if wall else None,
+        "cpu_ms_per_request": round(cpu * 1000 / done, 1) if done else None,
+        "cpu_ms_per_image": round(cpu * 1000 / (done * rows), 1) if done else None,
+        "mean_batch": round(batched_rows / batches, 1) if batches else None,
     }
+
+
+def cpu_ms(fn, times: int, at_least: float = 0.5) -> float:
+    """CPU ms per call of `fn`, over `times` calls or more (until `at_least` CPU seconds, for fast models)."""
+    calls, t = 0, time.process_time()
+    while calls < times or time.process_time() - t < at_least:
+        fn()
+        calls += 1
+    return (time.process_time() - t) * 1000 / calls
+
+
+def model_costs(index: Path, upload: bytes, n: int) -> dict:
+    """CPU ms per image of the model at batch 1 and batch 32, and of decoding one upload, in this process."""
+    from vecsearch import open_index
+    from vecsearch.images import decode_image
+    from vecsearch.model import RESAMPLE
+
+    ix = open_index(index, create=False)
+    try:
+        size = ix.model.input_size
+        t = time.process_time()
+        reps = max(8, n)
+        for _ in range(reps):
+            px = decode_image(upload, size, max_pixels=None, resample=RESAMPLE)[0]
+        decode_ms = (time.process_time() - t) * 1000 / reps
+        ex = ix.model.extractor()
+        ex.batch_size = 32
+        one, batch = px[None], np.repeat(px[None], 32, axis=0)
+        ex.embed_pixels(one), ex.embed_pixels(one[:1].repeat(2, 0)), ex.embed_pixels(batch)  # traces, oneDNN set-up
+        b1 = cpu_ms(lambda: ex.embed_pixels(one), n)
+        b32 = cpu_ms(lambda: ex.embed_pixels(batch), max(1, n // 32)) / 32
+    finally:
+        ix.close()
+    return {"decode_ms": round(decode_ms, 2), "batch1_ms": round(b1, 2), "batch32_ms": round(b32, 2), "images": n}
+
+
+def abandoned(base: str, make_request, clients: int, give_up: float) -> dict:
+    """`clients` requests that give up after `give_up` s (their connections closed), then one more, timed."""
+    import httpx
+
+    gave_up = []
+
+    def impatient(i: int) -> None:
+        with httpx.Client(base_url=base, timeout=give_up) as client:
+            try:
+                make_request(client, 1000 + i)
+            except httpx.TimeoutException:
+                gave_up.append(i)
+
+    d0 = batcher_counts(base)
+    threads = [threading.Thread(target=impatient, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with httpx.Client(base_url=base, timeout=300) as client:
+        t = time.perf_counter()
+        r = make_request(client, 0)
+        ms = (time.perf_counter() - t) * 1000
+    d1 = batcher_counts(base)
+    return {"gave_up": len(gave_up), "next_ms": round(ms, 1), "next_status": r.status_code, "dropped": d1[2] - d0[2]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backbone", default="resnet50", help="registered backbone (seeded random init); 'tiny' = the tests' one")
-    ap.add_argument("--vectors", type=int, default=10_000, help="indexed vectors in all")
+    ap.add_argument("--vectors", type=int, help="indexed vectors in all (default 2000; tiny: 300)")
     ap.add_argument("--real", type=int, default=24, help="real images embedded with the backbone")
     ap.add_argument("--k", type=int, default=10, help="neighbours per search")
-    ap.add_argument("--id-requests", type=int, default=1000, help="search-by-id requests per phase")
-    ap.add_argument("--upload-requests", type=int, default=100, help="search-by-upload requests per phase")
-    ap.add_argument("--seconds", type=float, default=30.0, help="time cap per phase")
-    ap.add_argument("--concurrency", type=int, default=4, help="client threads in the throughput phase")
+    ap.add_argument("--levels", default="1,4,16,32", help="client counts for POST /search")
+    ap.add_argument("--embed-levels", default="1,4", help="client counts for POST /embed")
+    ap.add_argument("--embed-images", type=int, default=32, help="images per POST /embed request")
+    ap.add_argument("--requests", type=int, help="most requests per level (default 400; tiny: 60)")
+    ap.add_argument("--seconds", type=float, help="time cap per level (default 25; tiny: 1.5)")
+    ap.add_argument("--model-images", type=int, help="images for the in-process model costs (default 32; tiny: 64)")
+    ap.add_argument("--abandon", type=int, default=32, help="clients that give up")
+    ap.add_argument("--abandon-timeout", type=float, default=1.0, help="seconds after which they give up")
+    ap.add_argument("--serve-arg", action="append", default=[], help="extra `vecsearch serve` argument for the batched server")
+    ap.add_argument(
+        "--also-batch-size", type=int, action="append", default=[], help="also a server with this --batch-size (loaded levels)"
+    )
+    ap.add_argument("--no-baseline", action="store_true", help="skip the unbatched server")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ap.add_argument("--keep", type=Path, help="build the index here and keep it (default: a temp folder, removed)")
     args = ap.parse_args()
+    tiny = args.backbone == "tiny"
+    vectors = args.vectors or (300 if tiny else 2000)
+    max_requests = args.requests or (60 if tiny else 400)
+    seconds = args.seconds or (1.5 if tiny else 25.0)
+    model_images = args.model_images or (64 if tiny else 32)
+    levels = [int(x) for x in args.levels.split(",") if x]
+    embed_levels = [int(x) for x in args.embed_levels.split(",") if x]
 
-    if args.backbone == "tiny":
+    if tiny:
         sys.path.insert(0, str(ROOT / "tests"))
         import tiny_backbone  # noqa: F401
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="vecsearch-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     proc = None
+    report: dict = {"backbone": f"{args.backbone} (random init, seed {args.seed})", "cpus": os.cpu_count(), "k": args.k}
     try:
-        built = build_index(work, args.backbone, args.vectors, args.real, args.seed)
-        port = _free_port()
-        base = f"http://127.0.0.1:{port}"
-        proc = start_server(work / "index", port, args.backbone)
-        startup = wait_ready(base, proc, 300)
-
-        rng = np.random.default_rng(args.seed)
-        ids = rng.choice(np.arange(1, built["vectors"] + 1), size=args.id_requests, replace=True).tolist()
-        uploads = [_image(10_000 + i, (800, 600)) for i in range(16)]  # new photos, never indexed
-
-        def by_id(client, i):
-            return client.get(f"/api/images/{ids[i % len(ids)]}/similar", params={"k": args.k})
+        t_start = time.perf_counter()
+        report["index"] = build_index(work, args.backbone, vectors, args.real, args.seed)
+        uploads = [_image(10_000 + i, (640, 480)) for i in range(64)]  # new photos, never indexed
+        report["model"] = model_costs(work / "index", uploads[0], model_images)
 
         def by_upload(client, i):
             return client.post(
-                "/api/search", params={"k": args.k}, files={"file": ("q.jpg", uploads[i % len(uploads)], "image/jpeg")}
+                "/api/v1/search", params={"k": args.k}, files={"file": ("q.jpg", uploads[i % len(uploads)], "image/jpeg")}
             )
 
-        run(base, by_id, 20, 30, 1)  # warm-up: connections, caches, the model's first calls
-        run(base, by_upload, 5, 60, 1)
-        results = {
-            "search_by_id": run(base, by_id, args.id_requests, args.seconds, 1),
-            "search_by_id_concurrent": run(base, by_id, args.id_requests, args.seconds, args.concurrency),
-            "search_by_upload": run(base, by_upload, args.upload_requests, args.seconds, 1),
-            "search_by_upload_concurrent": run(base, by_upload, args.upload_requests, args.seconds, args.concurrency),
-        }
-        report = {
-            "backbone": f"{args.backbone} (random init, seed {args.seed})",
-            "index": built,
-            "k": args.k,
-            "upload": "800x600 JPEG",
-            "server_startup_s": round(startup, 1),
-            "cpus": os.cpu_count(),
-            "results": results,
-        }
+        def embed_many(client, i):
+            files = [("file", (f"e{j}.jpg", uploads[(i + j) % len(uploads)], "image/jpeg")) for j in range(args.embed_images)]
+            return client.post("/api/v1/embed", params={"format": "npy"}, files=files)
+
+        servers = [("unbatched", ["--batch-size", "0"])] if not args.no_baseline else []
+        servers.append(("batched", list(args.serve_arg)))
+        servers += [(f"batch{n}", [*args.serve_arg, "--batch-size", str(n)]) for n in args.also_batch_size]
+        for name, extra in servers:
+            port = _free_port()
+            base = f"http://127.0.0.1:{port}"
+            proc = start_server(work / "index", port, args.backbone, extra)
+            report[f"{name}_startup_s"] = round(wait_ready(base, proc, 600), 1)
+            run(base, by_upload, 6, 120, 1)  # warm-up: connections, caches, the first model calls
+            if name == "unbatched":
+                report["unbatched"] = run(base, by_upload, max_requests, seconds, 1, proc.pid)
+            elif name != "batched":  # another max batch: the loaded levels and the abandoned clients only
+                run(base, by_upload, 8, 120, 4)
+                also = report.setdefault("also", {})[name.removeprefix("batch")] = {
+                    "search": [run(base, by_upload, max_requests, seconds, c, proc.pid) for c in levels if c > 1],
+                    "abandoned": abandoned(base, by_upload, args.abandon, args.abandon_timeout),
+                }
+                also["abandoned"].update(clients=args.abandon, give_up_s=args.abandon_timeout)
+            else:
+                run(base, by_upload, 8, 120, 4)
+                report["search"] = [run(base, by_upload, max_requests, seconds, c, proc.pid) for c in levels]
+                probe = embed_many(httpx_client(base), 0)
+                if probe.status_code in (404, 405):
+                    report["embed"] = f"skipped: POST /api/v1/embed answers {probe.status_code} on this tree"
+                else:
+                    report["embed"] = [
+                        run(base, embed_many, max(2, max_requests // 8), seconds, c, proc.pid, rows=args.embed_images)
+                        for c in embed_levels
+                    ]
+                report["abandoned"] = abandoned(base, by_upload, args.abandon, args.abandon_timeout)
+                report["abandoned"]["clients"] = args.abandon
+                report["abandoned"]["give_up_s"] = args.abandon_timeout
+            report[f"{name}_peak_rss_mb"] = round(peak_rss_mb(proc.pid))
+            stop_server(proc)
+            proc = None
+        report["bench_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        report["load_average"] = [round(x, 2) for x in os.getloadavg()]
+        report["seconds"] = round(time.perf_counter() - t_start, 1)
+        one = report["search"][0]
+        m = report["model"]
+        if one["cpu_ms_per_request"] is not None:
+            report["other_cpu_ms_per_upload"] = round(one["cpu_ms_per_request"] - m["batch1_ms"] - m["decode_ms"], 1)
         if args.json:
             print(json.dumps(report, indent=2))
         else:
-            print(
-                f"vecsearch serve: {built['vectors']} vectors ({built['real']} embedded, rest synthetic), backbone {report['backbone']}, "
-                f"k={args.k}, uploads {report['upload']}, {os.cpu_count()} CPUs; server ready {startup:.1f}s after launch"
-            )
-            print(f"{'endpoint':<30} {'clients':>7} {'requests':>8} {'p50 ms':>8} {'p95 ms':>8} {'req/s':>7} {'errors':>6}")
-            for name, r in results.items():
-                print(
-                    f"{name:<30} {r['concurrency']:>7} {r['requests']:>8} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} "
-                    f"{r['req_per_s']:>7.1f} {r['errors']:>6}"
-                )
-            if any(r["errors"] for r in results.values()):
-                print("first error:", next(r["first_error"] for r in results.values() if r["errors"]))
+            print_table(report, levels)
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def httpx_client(base: str):
+    import httpx
+
+    return httpx.Client(base_url=base, timeout=300)
+
+
+def print_table(report: dict, levels: list[int]) -> None:
+    ix, m = report["index"], report["model"]
+    print(
+        f"vecsearch serve, micro-batched: {ix['vectors']} vectors ({ix['real']} embedded, rest synthetic), backbone "
+        f"{report['backbone']}, k={report['k']}, uploads 640x480 JPEG, {report['cpus']} CPUs, load average after "
+        f"{' '.join(map(str, report['load_average']))}; run {report['seconds']} s"
+    )
+    print(
+        f"model CPU per image in-process: batch 1 {m['batch1_ms']} ms, batch 32 {m['batch32_ms']} ms "
+        f"({m['batch1_ms'] / max(m['batch32_ms'], 1e-9):.2f}x); decode of one upload {m['decode_ms']} ms"
+    )
+    head = f"{'endpoint':<34} {'clients':>7} {'requests':>8} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'CPU ms/req':>10} {'mean batch':>10} {'errors':>6}"
+    print(head)
+    rows = []
+    if "unbatched" in report:
+        rows.append(("POST /search (unbatched server)", report["unbatched"]))
+    rows += [("POST /search", r) for r in report["search"]]
+    for n, also in report.get("also", {}).items():
+        rows += [(f"POST /search (--batch-size {n})", r) for r in also["search"]]
+    embed = report["embed"]
+    if isinstance(embed, list):
+        rows += [(f"POST /embed ({r['cpu_ms_per_image']} ms CPU/img)", r) for r in embed]
+    for name, r in rows:
+        print(
+            f"{name:<34} {r['concurrency']:>7} {r['requests']:>8} {r['req_per_s']:>7.2f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} "
+            f"{r['cpu_ms_per_request'] if r['cpu_ms_per_request'] is not None else float('nan'):>10.1f} "
+            f"{r['mean_batch'] if r['mean_batch'] is not None else '-':>10} {r['errors']:>6}"
+        )
+    if not isinstance(embed, list):
+        print(f"POST /embed: {embed}")
+    errs = [r["first_error"] for _, r in rows if r["errors"]]
+    if errs:
+        print("first error:", errs[0])
+    s = report["search"]
+    one = s[0]
+    by_c = {r["concurrency"]: r for r in s}
+    if 16 in by_c and one["cpu_ms_per_request"] and one["req_per_s"]:
+        r16 = by_c[16]
+        print(
+            f"16 clients vs 1: CPU per upload {r16['cpu_ms_per_request'] / one['cpu_ms_per_request']:.2f}x (goal <= 0.75), "
+            f"throughput {r16['req_per_s'] / one['req_per_s']:.2f}x (goal >= 1.3)"
+        )
+    if "unbatched" in report and report["unbatched"]["p50_ms"]:
+        print(
+            f"1-client p50: batched {one['p50_ms']} ms vs unbatched {report['unbatched']['p50_ms']} ms "
+            f"({one['p50_ms'] / report['unbatched']['p50_ms']:.2f}x, goal <= 1.1)"
+        )
+    a = report["abandoned"]
+    print(
+        f"{a['clients']} clients gave up after {a['give_up_s']} s ({a['gave_up']} timed out, {a['dropped']} dropped before "
+        f"the model): the next request took {a['next_ms']} ms (status {a['next_status']}) = "
+        f"{a['next_ms'] / one['p50_ms']:.2f}x the 1-client p50 (goal <= 2)"
+    )
+    for n, also in report.get("also", {}).items():
+        a = also["abandoned"]
+        print(
+            f"--batch-size {n}: {a['clients']} clients gave up after {a['give_up_s']} s ({a['dropped']} dropped before the "
+            f"model): the next request took {a['next_ms']} ms = {a['next_ms'] / one['p50_ms']:.2f}x the 1-client p50"
+        )
+    if "other_cpu_ms_per_upload" in report:
+        print(
+            f"non-model, non-decode CPU per upload at {ix['vectors']} images: {report['other_cpu_ms_per_upload']} ms "
+            f"(1-client server CPU {one['cpu_ms_per_request']} - model {m['batch1_ms']} - decode {m['decode_ms']}; goal <= 15)"
+        )
+    print(
+        f"peak RSS: batched server {report.get('batched_peak_rss_mb')} MB, unbatched server "
+        f"{report.get('unbatched_peak_rss_mb', '-')} MB, this process {report['bench_peak_rss_mb']} MB"
+    )
 
 
 if __name__ == "__main__":

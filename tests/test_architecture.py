@@ -218,7 +218,7 @@ def test_the_server_restores_the_thread_limit_it_sets(tiny_index, photos):
     from vecsearch.server import create_app
 
     tiny_index.add([photos])
-    app = create_app(tiny_index, threads=3, warm=False)
+    app = create_app(tiny_index, threads=3, warm=False, batch_size=0)  # a batcher adds threads for its waiters
 
     async def main():
         limiter = anyio.to_thread.current_default_thread_limiter()

@@ -159,7 +159,7 @@ def test_metrics_parse_move_with_requests_and_need_the_token(served_index):
         before = _families(first.text)
         assert _sample(before, "vecsearch_index_vectors", "vecsearch_index_vectors") == len(ix)
         assert _sample(before, "vecsearch_index_generation", "vecsearch_index_generation") == ix.generation
-        assert "vecsearch_batcher_queue_depth" not in before  # no batcher on this model: nothing of it
+        assert _sample(before, "vecsearch_batcher_max_batch", "vecsearch_batcher_max_batch") >= 1  # the app's own batcher
         route = "/api/v1/images/{image_id}"
         for i in (1, 2, 3):
             assert httpx.get(f"{base}/api/v1/images/{i}", headers=auth).status_code == 200
@@ -175,7 +175,15 @@ def test_metrics_parse_move_with_requests_and_need_the_token(served_index):
     )
     assert _sample(after, "vecsearch_request_duration_seconds", "vecsearch_request_duration_seconds_count", **ok) == 3
     assert _sample(after, "vecsearch_request_duration_seconds", "vecsearch_request_duration_seconds_sum", **ok) > 0
-    assert "vecsearch_model_batch_size" in after
+    assert _sample(after, "vecsearch_model_batch_size", "vecsearch_model_batch_size_count") >= 1  # the search's model call
+    assert _sample(after, "vecsearch_batcher_rows", "vecsearch_batcher_rows_total") >= 1
+
+
+def test_no_batcher_no_batcher_metrics(served_index):
+    _, ix = served_index
+    with live_server(_app(ix, metrics_public=True, batch_size=0)) as base:
+        families = _families(httpx.get(f"{base}/metrics").text)
+    assert "vecsearch_batcher_queue_depth" not in families  # no batcher on this model: nothing of it
 
 
 def test_index_gauges_follow_commits_from_another_writer(tmp_path, tiny_index):

@@ -190,21 +190,39 @@ class VecIndex:
     def extractor(self) -> Extractor:
         return self.model.extractor()
 
-    def warm_up(self) -> None:
-        """Build the backbone and trace its compiled call now, so the first query doesn't pay for it."""
-        self.model.warm_up()
+    def warm_up(self, *, batched: bool = False) -> None:
+        """Build the backbone and trace its compiled call now, so the first query doesn't pay for it
+        (`batched`: for any batch size, as a micro-batcher makes them)."""
+        self.model.warm_up(batched=batched)
 
     def embed(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
         """Unit vectors (n, dim) for image files, with this index's backbone; a bad file raises BadImageError."""
         return self.model.embed(paths)
 
-    def embed_bytes(self, data: bytes, *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
-        """Unit vector of an image given as bytes (an upload), decoded exactly as indexing does (before the model loads)."""
-        return self.model.embed_bytes(data, max_pixels=max_pixels)
+    def embed_bytes(
+        self,
+        data: bytes,
+        *,
+        max_pixels: int | None = MAX_IMAGE_PIXELS,
+        deadline: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
+        """Unit vector of an image given as bytes (an upload), decoded exactly as indexing does (before the model loads).
 
-    def embed_uploads(self, datas: Iterable[bytes], *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> UploadVectors:
+        `deadline` (time.monotonic()) or `cancelled()`: the request is dropped (RequestDroppedError) if either says so before its model call.
+        """
+        return self.model.embed_bytes(data, max_pixels=max_pixels, deadline=deadline, cancelled=cancelled)
+
+    def embed_uploads(
+        self,
+        datas: Iterable[bytes],
+        *,
+        max_pixels: int | None = MAX_IMAGE_PIXELS,
+        deadline: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> UploadVectors:
         """Unit vectors of several images as bytes in one model call; the ones that cannot be read are in `failed`."""
-        return self.model.embed_uploads(datas, max_pixels=max_pixels)
+        return self.model.embed_uploads(datas, max_pixels=max_pixels, deadline=deadline, cancelled=cancelled)
 
     def embed_image(self, image) -> np.ndarray:
         """Unit vector of a PIL image, encoded losslessly and decoded exactly as indexing does."""

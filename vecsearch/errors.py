@@ -49,6 +49,14 @@ class ServiceBusyError(VecsearchError):
         self.retry_after = retry_after
 
 
+class RequestDroppedError(VecsearchError):
+    """A request was dropped before its model call: its deadline passed or its client went away."""
+
+    def __init__(self, message: str, retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class InputNotFoundError(VecsearchError):
     """A path given to index or query does not exist."""
 

@@ -5,7 +5,9 @@
 for `embed --out` shards), `embed*` turn files, bytes and pixels into unit vectors, and
 `meta()` is the model dict that export, shards and a new index's info record. Every call
 into a Keras model goes through here, under one lock: a Keras model is not safe to call from
-several threads (and a micro-batcher in front of it will live here).
+several threads. When the service starts a micro-batcher (`start_batcher`), every call of
+`embed_pixels` (uploads searched, embedded, classified or added) goes through it, so
+concurrent requests share model calls; the CLI and the library run without one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypedDict, TypeVar
@@ -35,8 +38,16 @@ from .backbones import (
     load_backbone,
     recorded_precision,
 )
+from .batching import DEFAULT_MAX_DELAY, MicroBatcher
 from .config import MAX_IMAGE_PIXELS, VERSION
-from .errors import BadImageError, IndexMismatchError, InputNotFoundError, VecsearchError, check_keywords
+from .errors import (
+    BadImageError,
+    IndexMismatchError,
+    InputNotFoundError,
+    RequestDroppedError,
+    VecsearchError,
+    check_keywords,
+)
 from .extract import RESAMPLE, Extractor
 from .files import absolute
 from .store import Store
@@ -178,6 +189,7 @@ class IndexModel:
         # One model call at a time: a Keras model is not safe to call from several threads.
         self._lock = threading.Lock()
         self._feature_maps: explain.FeatureMaps | None = None  # built on the first explanation
+        self.batcher: MicroBatcher | None = None  # None: each embed_pixels is its own model call
 
     @property
     def info(self) -> Any:
@@ -401,15 +413,59 @@ class IndexModel:
         with self._lock:
             return fn(*args, **kwargs)
 
-    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Unit vectors of decoded images (n, height, width, 3), one model call at a time."""
+    def embed_pixels(
+        self, pixels: np.ndarray, *, deadline: float | None = None, cancelled: Callable[[], bool] | None = None
+    ) -> np.ndarray:
+        """Unit vectors of decoded images (n, height, width, 3), one model call at a time.
+
+        With a batcher running, the rows ride in a batch with other callers' (ServiceBusyError
+        when its queue is full). `deadline` (time.monotonic()) passed or `cancelled()` true before
+        the model call: RequestDroppedError, the model never runs for them.
+        """
+        batcher = self.batcher
+        if batcher is not None and not batcher.in_worker():
+            return batcher.embed(pixels, deadline=deadline, cancelled=cancelled)
         with self._lock:
+            if (deadline is not None and time.monotonic() >= deadline) or (cancelled is not None and cancelled()):
+                raise RequestDroppedError("Request dropped before its model call: its deadline passed or it was cancelled.")
             return self.extractor().embed_pixels(pixels)
 
-    def warm_up(self) -> None:
-        """Build the backbone and trace its compiled call now, so the first query doesn't pay for it."""
+    def start_batcher(
+        self, *, max_batch: int | None = None, max_delay: float = DEFAULT_MAX_DELAY, max_queue: int | None = None
+    ) -> MicroBatcher:
+        """Send every `embed_pixels` through one `MicroBatcher` (the service's); its model calls take the lock.
+
+        `max_batch` None: the model's batch size (`batch_size`, else the device's default);
+        `max_queue` None: 4 batches' worth of requests. Refused while one runs already.
+        """
+        if self.batcher is not None:
+            raise VecsearchError("This model already has a batcher running: stop it first.")
+        size = max_batch or self.extractor().batch_size
+
+        def run(pixels: np.ndarray) -> np.ndarray:
+            with self._lock:  # explanations and fine-tuned heads call Keras outside the batcher
+                return Extractor(self.backbone, size, self.workers).embed_pixels(pixels)
+
+        self.batcher = MicroBatcher(run, max_batch=size, max_delay=max_delay, max_queue=max_queue)
+        return self.batcher
+
+    def stop_batcher(self) -> None:
+        """Stop the batcher (waiting requests are refused); model calls are direct again."""
+        batcher, self.batcher = self.batcher, None
+        if batcher is not None:
+            batcher.stop()
+
+    def warm_up(self, *, batched: bool = False) -> None:
+        """Build the backbone and trace its compiled call now, so the first query doesn't pay for it.
+
+        `batched`: a batch of two too. Keras traces a second batch size once more, with the batch
+        dimension left open, and every later size reuses it (measured: ~10 s for ResNet50 on this
+        CPU, that the first shared model call would otherwise pay).
+        """
         w, h = self.backbone.input_size
         self.embed_pixels(np.zeros((1, h, w, 3), np.uint8))
+        if batched:
+            self.embed_pixels(np.zeros((2, h, w, 3), np.uint8))
 
     def embed(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
         """Unit vectors (n, dim) for image files; a bad file raises BadImageError.
@@ -427,14 +483,29 @@ class IndexModel:
             return np.zeros((0, get_spec(self.name).dim), np.float32)
         return np.concatenate(out)
 
-    def embed_bytes(self, data: bytes, *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
+    def embed_bytes(
+        self,
+        data: bytes,
+        *,
+        max_pixels: int | None = MAX_IMAGE_PIXELS,
+        deadline: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
         """Unit vector of an image given as bytes (an upload), decoded exactly as indexing does (before the model loads)."""
         pixels, _, _ = images.decode_image(data, self.input_size, max_pixels=max_pixels, resample=RESAMPLE)
-        return self.embed_pixels(pixels[None])[0]
+        return self.embed_pixels(pixels[None], deadline=deadline, cancelled=cancelled)[0]
 
-    def embed_uploads(self, datas: Iterable[bytes], *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> UploadVectors:
+    def embed_uploads(
+        self,
+        datas: Iterable[bytes],
+        *,
+        max_pixels: int | None = MAX_IMAGE_PIXELS,
+        deadline: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> UploadVectors:
         """Unit vectors of several images given as bytes, decoded first, then one model call for all
-        that decoded; a bad one is reported in `failed`, never raised (the others still count)."""
+        that decoded; a bad one is reported in `failed`, never raised (the others still count).
+        `deadline` and `cancelled` as for `embed_pixels`."""
         pixels, rows, failed = [], [], {}
         for i, data in enumerate(datas):
             try:
@@ -444,7 +515,7 @@ class IndexModel:
                 failed[i] = e.reason
         if not pixels:
             return UploadVectors(np.zeros((0, get_spec(self.name).dim), np.float32), rows, failed)
-        return UploadVectors(self.embed_pixels(np.stack(pixels)), rows, failed)
+        return UploadVectors(self.embed_pixels(np.stack(pixels), deadline=deadline, cancelled=cancelled), rows, failed)
 
     def embed_image(self, image: Any) -> np.ndarray:
         """Unit vector of a PIL image, encoded losslessly and decoded exactly as indexing does."""

@@ -130,6 +130,36 @@ def serve(
             help="Also answer requests for this host name (repeatable; e.g. the machine's name behind --host 0.0.0.0). Others get 400.",
         ),
     ] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--batch-size",
+            min=0,
+            show_default=False,
+            help="Most images per model call shared by concurrent uploads (default: the model's batch size; 0: no batching).",
+        ),
+    ] = None,
+    batch_delay_ms: Annotated[
+        float,
+        typer.Option(
+            "--batch-delay-ms", min=0, help="How long the first waiting upload waits for others to join its model call."
+        ),
+    ] = 5.0,
+    max_queue: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-queue",
+            min=1,
+            show_default=False,
+            help="Most requests waiting for the model (default: 4 batches' worth); more get 503 with Retry-After.",
+        ),
+    ] = None,
+    request_timeout: Annotated[
+        float,
+        typer.Option(
+            "--request-timeout", min=0, help="Seconds a request may wait for the model before it is dropped (503); 0: no limit."
+        ),
+    ] = 30.0,
     root_path: Annotated[
         str,
         typer.Option(
@@ -192,6 +222,10 @@ def serve(
                     admin_token=admin_token,
                     allow_writes=allow_writes,
                     allow_roots=allow_root or (),
+                    batch_size=batch_size,
+                    batch_delay_ms=batch_delay_ms,
+                    max_queue=max_queue,
+                    request_timeout=request_timeout or None,
                     root_path=root_path,
                     cors_origins=cors_origin or (),
                     log_format=log_format,

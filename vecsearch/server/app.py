@@ -33,10 +33,14 @@ from .guards import MULTIPART_SLACK, HostCheck, UploadLimit, allowed_hosts, allo
 from .observe import LOG_FORMATS, Metrics, Observe, RootPath
 from .params import known_query
 from .routes import ROUTERS, metrics
-from .service import Service
+from .service import Service, watch_request
 from .shapes import API
 
 DEFAULT_THREADS = 16
+DEFAULT_BATCH_DELAY_MS = 5.0
+"""How long the first waiting upload waits for others to share its model call (a lone one on a quiet server waits not at all)."""
+DEFAULT_REQUEST_TIMEOUT = 30.0
+"""Seconds a request may wait for the model; past that it is dropped before its model call (503)."""
 DOCS_STATIC = "/static/docs"
 # The page talks to this server only; file names and labels it shows are text, never markup.
 PAGE_CSP = (
@@ -72,6 +76,10 @@ def create_app(
     allow_writes: bool = False,
     allow_roots: Iterable[str | os.PathLike] = (),
     max_request_bytes: int | None = None,
+    batch_size: int | None = None,
+    batch_delay_ms: float = DEFAULT_BATCH_DELAY_MS,
+    max_queue: int | None = None,
+    request_timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
     root_path: str = "",
     cors_origins: Iterable[str] = (),
     log_format: str = "text",
@@ -99,6 +107,12 @@ def create_app(
     unless `metrics_public`) and `/api/v1/ready` (200 once start-up is over). `root_path` is
     the path prefix a reverse proxy serves this under: links in JSON carry it. `cors_origins`
     are the web origins allowed to call the API from a browser (none by default).
+
+    While it serves, a micro-batcher (`IndexModel.start_batcher`) runs every upload's model
+    call: up to `batch_size` images (None: the model's batch size; 0: no batcher, one call
+    per request) gathered for `batch_delay_ms`, at most `max_queue` requests waiting (None: 4
+    batches' worth; more get 503 + Retry-After). A request waiting past `request_timeout`
+    seconds, or whose client disconnected, is dropped before its model call.
     """
     if log_format not in LOG_FORMATS:
         raise VecsearchError(f"The log format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}.")
@@ -116,11 +130,12 @@ def create_app(
             admin_token=admin_token,
             writes=check_writes(host, admin_token, allow_writes),
             allow_roots=allowed_roots(allow_roots),
+            request_timeout=request_timeout,
             metrics_public=metrics_public,
         )
         _ = ix.backbone  # load now: a wrong or missing model fails at start-up, not per request
         if warm:
-            ix.warm_up()
+            ix.warm_up(batched=batch_size != 0)
     except BaseException:
         if owns:
             ix.close()
@@ -132,7 +147,13 @@ def create_app(
 
         # Two cores: more threads only queue on the model lock and the SQLite pool.
         limiter = anyio.to_thread.current_default_thread_limiter()
-        before, limiter.total_tokens = limiter.total_tokens, threads
+        batcher = None
+        if batch_size != 0 and ix.model.batcher is None:  # one batcher per model (an index served twice shares it)
+            batcher = ix.model.start_batcher(max_batch=batch_size, max_delay=batch_delay_ms / 1000, max_queue=max_queue)
+        # Requests waiting on the batcher hold a thread each but no CPU: enough threads that a
+        # full queue is what refuses the next one (503), not a wait for a thread.
+        waiting = batcher.max_queue + batcher.max_batch if batcher is not None else 0
+        before, limiter.total_tokens = limiter.total_tokens, threads + waiting
         try:
             if svc.metrics is not None:
                 svc.metrics.attach()  # a batcher started with the app gets the batch-size hook
@@ -141,6 +162,8 @@ def create_app(
         finally:
             svc.ready = False
             limiter.total_tokens = before
+            if batcher is not None:
+                ix.model.stop_batcher()
             if svc.owns_index:
                 ix.close()
 
@@ -150,7 +173,8 @@ def create_app(
         title="vecsearch",
         version=VERSION,
         lifespan=lifespan,
-        dependencies=[Depends(known_query)],  # an undeclared query parameter is a 422 on every route
+        # An undeclared query parameter is a 422 on every route; each request's deadline and disconnect check.
+        dependencies=[Depends(known_query), Depends(watch_request)],
         description=DESCRIPTION,
         summary="Similarity search over an image index built with `vecsearch index`.",
     )

@@ -24,6 +24,7 @@ from ..errors import (
     NoLabelsError,
     NotIndexedError,
     ReadOnlyIndexError,
+    RequestDroppedError,
     ServiceBusyError,
     UploadTooLargeError,
     VecsearchError,
@@ -51,7 +52,8 @@ ERROR_TEXT = {
     404: "No such image or classifier, or the image's file is gone.",
     413: "Upload over the size cap.",
     422: "Invalid parameters, or an image that cannot be read (not an image, truncated, over the pixel cap).",
-    503: "The server is busy (its queue is full: retry after the Retry-After header's seconds), or its index or model is unusable.",
+    503: "The server is busy (its queue is full: retry after the Retry-After header's seconds), the request was dropped "
+    "before its model call (its deadline passed or its client went away), or its index or model is unusable.",
 }
 
 
@@ -75,7 +77,7 @@ def status_for(e: VecsearchError) -> int:
         return 422
     if isinstance(e, ReadOnlyIndexError):
         return 409
-    if isinstance(e, ServiceBusyError):
+    if isinstance(e, (ServiceBusyError, RequestDroppedError)):
         return 503
     if isinstance(e, (IndexNotFoundError, IndexCorruptError, IndexMismatchError, WeightsUnavailableError)):
         return 503
@@ -99,9 +101,9 @@ def install_handlers(app: FastAPI) -> None:
         if isinstance(e, BadImageError):
             # The path of an upload is meaningless to the client; say only what is wrong.
             return error_response(422, f"Bad image: {e.reason}", type="BadImageError")
-        if isinstance(e, ServiceBusyError):
+        if isinstance(e, (ServiceBusyError, RequestDroppedError)):
             retry = str(max(1, round(e.retry_after)))
-            return error_response(503, str(e), type="ServiceBusyError", headers={"Retry-After": retry})
+            return error_response(503, str(e), type=type(e).__name__, headers={"Retry-After": retry})
         return error_response(status_for(e), str(e), type=type(e).__name__)
 
     @app.exception_handler(RequestValidationError)

@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Callable
 
 import numpy as np
 from fastapi import Depends, Request, UploadFile
@@ -31,6 +36,7 @@ class Service:
         admin_token: str | None = None,
         writes: bool = False,
         allow_roots: tuple[Path, ...] = (),
+        request_timeout: float | None = None,
         metrics_public: bool = False,
     ):
         self.index = index
@@ -43,6 +49,8 @@ class Service:
         self.max_pixels = int(max_pixels)
         self.owns_index = owns_index
         self.thumbnails = ThumbnailCache(index, max_pixels=self.max_pixels)
+        # Seconds a request may wait for the model before it is dropped (None: no limit).
+        self.request_timeout = request_timeout
         self.metrics_public = metrics_public  # GET /metrics without the token
         self.metrics: Metrics | None = None  # set by create_app
         self.ready = False  # set when start-up is over: the model built and warmed, the index loaded
@@ -78,8 +86,9 @@ class Service:
         return out
 
     def embed_upload(self, file: UploadFile) -> np.ndarray:
-        """Unit vector of an uploaded image, under the upload size and pixel caps."""
-        return self.index.embed_bytes(self.read_upload(file), max_pixels=self.max_pixels)
+        """Unit vector of an uploaded image, under the upload size and pixel caps; dropped
+        before its model call when the request's deadline passes or its client goes away."""
+        return self.index.embed_bytes(self.read_upload(file), max_pixels=self.max_pixels, **request_scope())
 
 
 def upload_name(file: UploadFile) -> str:
@@ -93,3 +102,47 @@ def service(request: Request) -> Service:
 
 
 Svc = Annotated[Service, Depends(service)]
+
+
+GONE_CHECK_SECONDS = 0.25
+"""How long a disconnect check may wait for the event loop; a busy loop counts as the client still there."""
+
+
+@dataclass(frozen=True)
+class RequestScope:
+    """What a model call needs to know about the request it serves: when to give up, and whether anyone waits."""
+
+    deadline: float | None
+    cancelled: Callable[[], bool] | None
+
+
+SCOPE: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar("vecsearch_request_scope", default=None)
+"""The current request's scope, set by `watch_request` (sync handlers' threads copy the context)."""
+
+
+def request_scope() -> dict:
+    """`deadline=` and `cancelled=` for a model call made for the current request (none outside one)."""
+    scope = SCOPE.get()
+    return {"deadline": scope.deadline, "cancelled": scope.cancelled} if scope else {}
+
+
+async def watch_request(request: Request) -> None:
+    """App-wide dependency: the request's deadline (`request_timeout` from now) and a disconnect check.
+
+    The check runs in the batcher's thread just before the model call, asking the event loop
+    (`Request.is_disconnected`): a client that gave up is dropped before the model works for it.
+    """
+    svc: Service = request.app.state.service
+    loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
+
+    def gone() -> bool:
+        if threading.get_ident() == loop_thread:  # never block the loop on itself
+            return False
+        try:
+            return asyncio.run_coroutine_threadsafe(request.is_disconnected(), loop).result(GONE_CHECK_SECONDS)
+        except Exception:
+            return False
+
+    timeout = svc.request_timeout
+    SCOPE.set(RequestScope(time.monotonic() + timeout if timeout else None, gone))

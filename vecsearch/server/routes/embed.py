@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from ..errors import responses
 from ..guards import authorised
 from ..params import Uploads
-from ..service import Svc
+from ..service import Svc, request_scope
 
 router = APIRouter(tags=["embed"], dependencies=[Depends(authorised)])
 
@@ -45,7 +45,9 @@ def embed(svc: Svc, request: Request, file: Uploads, fmt: Format = None) -> Resp
     them. A file that cannot be read is listed with its reason; the others are still embedded."""
     uploads = svc.read_uploads(file)
     ix = svc.index
-    done = ix.embed_uploads([d if isinstance(d, bytes) else b"" for _, d in uploads], max_pixels=svc.max_pixels)
+    done = ix.embed_uploads(
+        [d if isinstance(d, bytes) else b"" for _, d in uploads], max_pixels=svc.max_pixels, **request_scope()
+    )
     meta = ix.model.meta(ix.info)
     model = {key: meta[key] for key in MODEL_KEYS}
     failed = {i: (d if isinstance(d, str) else done.failed[i]) for i, (_, d) in enumerate(uploads) if i not in done.rows}

@@ -12,7 +12,7 @@ from .. import shapes
 from ..errors import responses
 from ..guards import authorised
 from ..params import ImageId, K, MinScore, Offset, Predicted, PredictedBy, Under, Uploads, UserLabelFilter, filters
-from ..service import Svc
+from ..service import Svc, request_scope
 
 router = APIRouter(tags=["search"], dependencies=[Depends(authorised)])
 
@@ -64,7 +64,9 @@ def search_upload(
         return shapes.results(ix, hits, k=k, offset=offset, next_url=next_url, base=base)
     uploads = svc.read_uploads(file)
     ix = svc.index
-    embedded = ix.embed_uploads([d if isinstance(d, bytes) else b"" for _, d in uploads], max_pixels=svc.max_pixels)
+    embedded = ix.embed_uploads(
+        [d if isinstance(d, bytes) else b"" for _, d in uploads], max_pixels=svc.max_pixels, **request_scope()
+    )
     vectors = dict(zip(embedded.rows, embedded.vectors, strict=True))
     ix = svc.current()
     searches = []

@@ -57,5 +57,7 @@ def stats(svc: Svc) -> dict:
     s["labels"] = sorted(ix.label_counts())  # the user's classes: what `label` and `predicted` filter on
     s["max_upload_bytes"] = svc.max_upload_bytes
     s["max_pixels"] = svc.max_pixels
+    batcher = ix.model.batcher
+    s["batcher"] = batcher.stats() if batcher is not None else None  # model calls shared by concurrent uploads
     s["writes"] = svc.writes  # the page offers adding and removing only then
     return s
