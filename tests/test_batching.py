@@ -155,6 +155,67 @@ def test_deadline_passed_or_cancelled_is_never_run(batcher_of):
     assert b.stats()["dropped"] == 2
 
 
+def test_deadlines_size_the_batch_and_hopeless_requests_are_dropped_unrun(batcher_of):
+    """A model taking 0.1 s a row, 8 requests waiting that are due in 0.65 s: the next call takes only what
+    can end in time (never all 8), and those that could no longer finish are dropped without running."""
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def model(px: np.ndarray) -> np.ndarray:
+        calls.append(len(px))
+        if len(calls) == 2:
+            assert gate.wait(10)
+        time.sleep(0.1 * len(px))
+        return FakeModel.alone(px)
+
+    b = batcher_of(model, max_batch=8, max_delay=0.01)
+    b.embed(pixels(0))  # measures 0.1 s a row
+    busy = b.submit(pixels(1))  # holds the model while the others queue
+    while len(calls) < 2:
+        time.sleep(0.005)
+    due = time.monotonic() + 0.75
+    waiting = [b.submit(pixels(10 + i), deadline=due) for i in range(8)]
+    gate.set()
+    busy.result(5)
+    done, dropped = [], []
+    for i, f in enumerate(waiting):
+        try:
+            np.testing.assert_array_equal(f.result(5), FakeModel.alone(pixels(10 + i)))
+            done.append(i)
+        except RequestDroppedError as e:
+            assert "deadline" in str(e)
+            dropped.append(i)
+    assert done and dropped and done == list(range(len(done))), (done, dropped, calls)  # the first in line ran
+    assert max(calls[2:]) < 8, calls  # one call for all 8 would have ended past their deadline
+    assert time.monotonic() < due + 0.3  # nothing ran long past it
+    assert b.stats()["dropped"] == len(dropped) and b.stats()["row_ms"] > 50 and b.stats()["model_cpu_s"] >= 0
+
+
+def test_a_client_timeout_header_is_its_deadline(served_index):
+    """X-Request-Timeout: seconds the client waits; a request that cannot be served in them is a 503 at once,
+    not work for nobody; a malformed one is a 422."""
+    from helpers import live_server
+
+    from vecsearch.server import create_app
+
+    root, ix = served_index
+    body = _upload(sorted((root / "queries").glob("*.png"))[0])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TINY_BACKBONE_DELAY", "0.3")
+        with live_server(create_app(ix, warm=False, batch_size=4)) as base, httpx.Client(base_url=base, timeout=30) as c:
+            assert c.post("/api/v1/search", files=body).status_code == 200  # measures the model
+            slow = threading.Thread(target=lambda: c.post("/api/v1/search", files=body))
+            slow.start()
+            time.sleep(0.05)
+            r = c.post("/api/v1/search", files=body, headers={"X-Request-Timeout": "0.1"})
+            slow.join()
+            assert r.status_code == 503 and "deadline" in r.json()["error"] and "retry-after" in r.headers
+            assert c.post("/api/v1/search", files=body, headers={"X-Request-Timeout": "20"}).status_code == 200
+            for bad in ("0", "-1", "abc", "nan", "1e9"):
+                r = c.post("/api/v1/search", files=body, headers={"X-Request-Timeout": bad})
+                assert r.status_code == 422 and "x-request-timeout" in r.json()["error"].lower(), (bad, r.text)
+
+
 def test_a_caller_cancelling_its_future_drops_it(batcher_of):
     model = FakeModel()
     model.gate = threading.Event()

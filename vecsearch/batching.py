@@ -12,12 +12,17 @@ Backpressure: at most `max_queue` requests wait; one more is refused at once wit
 ServiceBusyError (and a retry-after estimate), never queued without bound. A request whose
 `deadline` (time.monotonic()) passed, or whose `cancelled()` is true (its client went away),
 is dropped before its model call with RequestDroppedError: abandoned work costs nothing.
+Deadlines also size the batches: a call is not grown past what ends before the earliest
+deadline in it (from the model's measured time per row), and a request that could not finish
+before its own deadline is dropped at once rather than run for nobody (so, on a slow CPU, a
+burst of requests that will give up does not hold the model past the point they leave).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -55,12 +60,15 @@ class Submission:
     def rows(self) -> int:
         return len(self.pixels)
 
-    def drop_reason(self, now: float) -> str | None:
-        """Why this submission must not be run (None: run it). A failing `cancelled` counts as not cancelled."""
+    def drop_reason(self, now: float, takes: float = 0.0) -> str | None:
+        """Why this submission must not be run (None: run it), `takes` being what its model call is expected
+        to take. A failing `cancelled` counts as not cancelled."""
         if self.future.cancelled():
             return "cancelled by its caller"
         if self.deadline is not None and now >= self.deadline:
             return "its deadline passed before the model could take it"
+        if self.deadline is not None and now + takes > self.deadline:
+            return "its deadline would pass before the model could finish it"
         if self.cancelled is not None:
             try:
                 if self.cancelled():
@@ -101,6 +109,8 @@ class MicroBatcher:
         self._last_requests = 1  # requests in the previous batch: 1 means a quiet service
         self._last_end = 0.0
         self._batch_seconds = 0.0  # moving average of a model call's wall time, for Retry-After
+        self._row_seconds = 0.0  # moving average of a model call's wall time per row: what a batch will take
+        self._model_cpu = 0.0  # process CPU seconds spent inside model calls (the rest is the service's own)
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
@@ -170,6 +180,8 @@ class MicroBatcher:
                 "max_batch": self.max_batch,
                 "max_delay_ms": self.max_delay * 1000,
                 "max_queue": self.max_queue,
+                "model_cpu_s": round(self._model_cpu, 4),
+                "row_ms": round(self._row_seconds * 1000, 2),
             }
 
     def stop(self, timeout: float | None = 30.0) -> None:
@@ -214,11 +226,16 @@ class MicroBatcher:
                 else:
                     self._cond.wait()
             batch: list[Submission] = []
-            rows = 0
+            rows, first_deadline = 0, math.inf
             while self._queue and (not batch or rows + self._queue[0].rows <= self.max_batch):
-                sub = self._queue.popleft()
+                sub = self._queue[0]
+                due = min(first_deadline, sub.deadline if sub.deadline is not None else math.inf)
+                if batch and now + self._row_seconds * (rows + sub.rows) > due:
+                    break  # a bigger call would end past a deadline in it: the rest ride in the next one
+                self._queue.popleft()
                 batch.append(sub)
                 rows += sub.rows
+                first_deadline = due
             self._queued_rows -= rows
             return batch
 
@@ -234,7 +251,7 @@ class MicroBatcher:
         live: list[Submission] = []
         dropped = 0
         for sub in batch:
-            reason = sub.drop_reason(now)
+            reason = sub.drop_reason(now, self._row_seconds * sub.rows)
             if reason is None and sub.future.set_running_or_notify_cancel():
                 live.append(sub)
                 continue
@@ -247,7 +264,7 @@ class MicroBatcher:
         if not live:
             return
         rows = sum(s.rows for s in live)
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), time.process_time()
         try:
             pixels = live[0].pixels if len(live) == 1 else np.concatenate([s.pixels for s in live])
             vectors = self.run(pixels)
@@ -267,7 +284,10 @@ class MicroBatcher:
                 self._last_requests = len(live)
                 self._last_end = end
                 took = end - t0
+                self._model_cpu += time.process_time() - cpu0
                 self._batch_seconds = took if self._batches == 1 else 0.8 * self._batch_seconds + 0.2 * took
+                per_row = took / max(rows, 1)
+                self._row_seconds = per_row if self._batches == 1 else 0.8 * self._row_seconds + 0.2 * per_row
         start = 0
         for sub in live:
             sub.future.set_result(vectors[start : start + sub.rows])

@@ -44,7 +44,8 @@ class Client:
         require_extra("client", needed_for="The HTTP client")
         import httpx
 
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # The server starts no model call for a request past the time its client waits.
+        headers = {"X-Request-Timeout": f"{timeout:g}"} | ({"Authorization": f"Bearer {token}"} if token else {})
         self.url = url.rstrip("/")
         self.http = httpx.Client(base_url=self.url + API, headers=headers, timeout=timeout, transport=transport)
 

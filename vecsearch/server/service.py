@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Callable
 
 import numpy as np
-from fastapi import Depends, Request, UploadFile
+from fastapi import Depends, Header, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 
 from ..api import VecIndex
@@ -126,8 +126,20 @@ def request_scope() -> dict:
     return {"deadline": scope.deadline, "cancelled": scope.cancelled} if scope else {}
 
 
-async def watch_request(request: Request) -> None:
-    """App-wide dependency: the request's deadline (`request_timeout` from now) and a disconnect check.
+async def watch_request(
+    request: Request,
+    x_request_timeout: Annotated[
+        float | None,
+        Header(
+            gt=0,
+            le=3600,
+            allow_inf_nan=False,
+            description="Seconds this client will wait: no model call is started for it (nor a batch grown) past that.",
+        ),
+    ] = None,
+) -> None:
+    """App-wide dependency: the request's deadline (`request_timeout` from now, or the client's own
+    `X-Request-Timeout` when sooner) and a disconnect check.
 
     The check runs in the batcher's thread just before the model call, asking the event loop
     (`Request.is_disconnected`): a client that gave up is dropped before the model works for it.
@@ -145,4 +157,6 @@ async def watch_request(request: Request) -> None:
             return False
 
     timeout = svc.request_timeout
+    if x_request_timeout is not None:
+        timeout = min(x_request_timeout, timeout) if timeout else x_request_timeout
     SCOPE.set(RequestScope(time.monotonic() + timeout if timeout else None, gone))
