@@ -410,3 +410,26 @@ def test_a_held_writer_lock_makes_a_write_wait_then_503(site, tmp_path):
     assert r.status_code == 503 and r.headers["Retry-After"] == "5", r.text
     assert 4.5 < waited < 15 and "writing" in r.json()["error"]
     assert s.add(("a.png", data)).json()["items"][0]["status"] == "indexed"
+
+
+def test_an_upload_is_stored_as_the_indexer_stores_the_same_file(tmp_path):
+    """The same bytes added as an upload (through the batcher, as the server does) and indexed from a folder:
+    the same unit vector and the same raw pooled length (what `label` needs for the ImageNet top)."""
+    from vecsearch import open_index
+
+    files = [make_image(tmp_path / "photos" / f"p{i}.png", seed=900 + i) for i in range(3)]
+    with open_index(tmp_path / "by-folder", backbone="tiny", weights=None, seed=7) as ix:
+        ix.add([tmp_path / "photos"])
+        ids, want, want_norms = ix.store.vectors(dim=ix.info.dim)
+    with open_index(tmp_path / "by-upload", backbone="tiny", weights=None, seed=7) as ix:
+        ix.add([files[0]])  # records the model
+        ix.model.start_batcher(max_batch=4)
+        try:
+            items = ix.add_bytes([(f.name, f.read_bytes()) for f in files[1:]])
+        finally:
+            ix.model.stop_batcher()
+        assert [i["status"] for i in items] == ["indexed", "indexed"]
+        _, got, got_norms = ix.store.vectors(dim=ix.info.dim)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(got_norms, want_norms, rtol=1e-5)
+    assert np.all(np.isfinite(got_norms)) and np.all(got_norms > 0)

@@ -293,7 +293,7 @@ class VecIndex:
     def _commit_uploads(self, batch: list[uploads.Upload]) -> list[dict]:
         with self._writing(uploads.LOCK_WAIT):
             self._begin_add(len(batch))
-            items = uploads.commit(self.directory, self.store, self.model.embed_pixels, batch)
+            items = uploads.commit(self.directory, self.store, self.model.pooled, batch)
             self.live.after_write()
         return items
 

@@ -58,12 +58,16 @@ class Extractor:
         # A mixed-precision model outputs float16/bfloat16: vectors are float32 from here on.
         return np.asarray(out, dtype=np.float32).reshape(len(pixels), -1)
 
-    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Unit vectors for already-decoded pixels, in model-call batches."""
+    def pooled(self, pixels: np.ndarray) -> np.ndarray:
+        """Raw pooled features of already-decoded pixels, in model-call batches (their lengths are kept for labels)."""
         out = [self.features(pixels[i : i + self.batch_size]) for i in range(0, len(pixels), self.batch_size)]
         if not out:
             return np.zeros((0, self.backbone.dim), np.float32)
-        return normalize(np.concatenate(out))
+        return np.concatenate(out)
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Unit vectors for already-decoded pixels, in model-call batches."""
+        return normalize(self.pooled(pixels))
 
     def _load(self, path: Path) -> images.LoadedImage:
         return images.read_image_file(path, self.backbone.input_size, resample=RESAMPLE)

@@ -51,6 +51,7 @@ from .errors import (
 from .extract import RESAMPLE, Extractor
 from .files import absolute
 from .store import Store
+from .vectors import normalize
 
 log = logging.getLogger(__name__)
 
@@ -422,13 +423,20 @@ class IndexModel:
         when its queue is full). `deadline` (time.monotonic()) passed or `cancelled()` true before
         the model call: RequestDroppedError, the model never runs for them.
         """
+        return normalize(self.pooled(pixels, deadline=deadline, cancelled=cancelled))
+
+    def pooled(
+        self, pixels: np.ndarray, *, deadline: float | None = None, cancelled: Callable[[], bool] | None = None
+    ) -> np.ndarray:
+        """Raw pooled features of decoded images, as `embed_pixels` (whose rows are these, normalised):
+        a write keeps their lengths, which the ImageNet top needs (`labels`)."""
         batcher = self.batcher
         if batcher is not None and not batcher.in_worker():
             return batcher.embed(pixels, deadline=deadline, cancelled=cancelled)
         with self._lock:
             if (deadline is not None and time.monotonic() >= deadline) or (cancelled is not None and cancelled()):
                 raise RequestDroppedError("Request dropped before its model call: its deadline passed or it was cancelled.")
-            return self.extractor().embed_pixels(pixels)
+            return self.extractor().pooled(pixels)
 
     def start_batcher(
         self, *, max_batch: int | None = None, max_delay: float = DEFAULT_MAX_DELAY, max_queue: int | None = None
@@ -444,7 +452,7 @@ class IndexModel:
 
         def run(pixels: np.ndarray) -> np.ndarray:
             with self._lock:  # explanations and fine-tuned heads call Keras outside the batcher
-                return Extractor(self.backbone, size, self.workers).embed_pixels(pixels)
+                return Extractor(self.backbone, size, self.workers).pooled(pixels)
 
         self.batcher = MicroBatcher(run, max_batch=size, max_delay=max_delay, max_queue=max_queue)
         return self.batcher

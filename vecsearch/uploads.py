@@ -30,6 +30,7 @@ from . import files, images
 from .config import default_workers
 from .errors import BadImageError, NotIndexedError
 from .store import ImageRecord, Store
+from .vectors import normalize, norms
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +125,13 @@ def save(directory: Path, up: Upload) -> Path:
     return path
 
 
-def commit(directory: Path, store: Store, embed: Callable[[np.ndarray], np.ndarray], batch: list[Upload]) -> list[dict]:
+def commit(directory: Path, store: Store, pooled: Callable[[np.ndarray], np.ndarray], batch: list[Upload]) -> list[dict]:
     """Store, embed and index decoded uploads in one transaction; the caller holds the writer lock.
 
     The same content already indexed (an earlier upload, or a file indexed from a folder) is a
     duplicate with that image's id; the same content twice in one batch is indexed once.
-    Vectors come from `embed` (the model's `embed_pixels`), without the raw pooled length:
-    an upload's ImageNet labels need it, so `label` skips uploads as it skips imported vectors.
+    Vectors come from `pooled` (the model's raw pooled features), stored unit length with the raw
+    length beside them, as the indexer stores them: `label` gives uploads their ImageNet top too.
     """
     good = [(u.sha256 or "", u) for u in batch if u.reason is None]
     known = store.ok_ids_by_sha([h for h, _ in good])
@@ -141,8 +142,9 @@ def commit(directory: Path, store: Store, embed: Callable[[np.ndarray], np.ndarr
     added: dict[str, tuple[int, str]] = {}
     if new:
         todo = list(new.values())
-        vectors = embed(np.stack([u.pixels for u in todo if u.pixels is not None]))
-        rows = [_row(save(directory, u), u, vec) for u, vec in zip(todo, vectors, strict=True)]
+        raw = pooled(np.stack([u.pixels for u in todo if u.pixels is not None]))
+        vectors, lengths = normalize(raw), norms(raw)
+        rows = [_row(save(directory, u), u, vec, float(n)) for u, vec, n in zip(todo, vectors, lengths, strict=True)]
         changed = store.apply(upserts=rows)["set"]
         added = {h: (i, r["path"]) for h, i, r in zip(new, changed, rows, strict=True)}
     paths = {i: r.path for i, r in store.images(known.values()).items()} if known else {}
@@ -158,8 +160,8 @@ def commit(directory: Path, store: Store, embed: Callable[[np.ndarray], np.ndarr
     return out
 
 
-def _row(path: Path, u: Upload, vector: np.ndarray) -> dict:
-    """The image row of a stored upload, as the indexer writes one (no raw length: see `commit`)."""
+def _row(path: Path, u: Upload, vector: np.ndarray, norm: float) -> dict:
+    """The image row of a stored upload, as the indexer writes one."""
     st = path.stat()
     return {
         "path": str(path),
@@ -171,7 +173,7 @@ def _row(path: Path, u: Upload, vector: np.ndarray) -> dict:
         "status": "ok",
         "reason": None,
         "vector": vector,
-        "norm": None,
+        "norm": norm,
     }
 
 
