@@ -106,6 +106,19 @@ def default_batch_size(precision: str = "float32") -> int:
     return GPU_BATCH_SIZES.get(precision, GPU_BATCH_SIZES["float32"]) if gpu_present() else CPU_BATCH_SIZE
 
 
+SERVE_CPU_BATCH = 8
+"""Most images one served model call takes on a CPU: a call cannot be interrupted, and on a CPU 8
+cost about what 32 do per image while a request arriving behind them waits a quarter as long
+(docs/speed.md, `scripts/bench_serve.py`). On a GPU the model's batch size."""
+
+
+def serve_batch_size(precision: str = "float32") -> int:
+    """The micro-batcher's largest batch: `$VECSEARCH_BATCH_SIZE`, else the GPU batch size, else SERVE_CPU_BATCH."""
+    if os.environ.get("VECSEARCH_BATCH_SIZE") or gpu_present():
+        return default_batch_size(precision)
+    return SERVE_CPU_BATCH
+
+
 def default_workers() -> int:
     """Decode threads: Pillow releases the GIL, so one per core (at least two) keeps the model fed."""
     return max(2, os.cpu_count() or 2)

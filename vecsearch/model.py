@@ -39,7 +39,7 @@ from .backbones import (
     recorded_precision,
 )
 from .batching import DEFAULT_MAX_DELAY, MicroBatcher
-from .config import MAX_IMAGE_PIXELS, VERSION
+from .config import MAX_IMAGE_PIXELS, VERSION, serve_batch_size
 from .errors import (
     BadImageError,
     IndexMismatchError,
@@ -443,12 +443,12 @@ class IndexModel:
     ) -> MicroBatcher:
         """Send every `embed_pixels` through one `MicroBatcher` (the service's); its model calls take the lock.
 
-        `max_batch` None: the model's batch size (`batch_size`, else the device's default);
+        `max_batch` None: the model's batch size when one was asked for, else `serve_batch_size`;
         `max_queue` None: 4 batches' worth of requests. Refused while one runs already.
         """
         if self.batcher is not None:
             raise VecsearchError("This model already has a batcher running: stop it first.")
-        size = max_batch or self.extractor().batch_size
+        size = max_batch or self.batch_size or serve_batch_size(self.backbone.precision)
 
         def run(pixels: np.ndarray) -> np.ndarray:
             with self._lock:  # explanations and fine-tuned heads call Keras outside the batcher

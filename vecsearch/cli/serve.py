@@ -136,7 +136,7 @@ def serve(
             "--batch-size",
             min=0,
             show_default=False,
-            help="Most images per model call shared by concurrent uploads (default: the model's batch size; 0: no batching).",
+            help="Most images per model call shared by concurrent uploads (default: 8 on a CPU, the model's batch size on a GPU; 0: no batching).",
         ),
     ] = None,
     batch_delay_ms: Annotated[

@@ -109,7 +109,7 @@ def create_app(
     are the web origins allowed to call the API from a browser (none by default).
 
     While it serves, a micro-batcher (`IndexModel.start_batcher`) runs every upload's model
-    call: up to `batch_size` images (None: the model's batch size; 0: no batcher, one call
+    call: up to `batch_size` images (None: `config.serve_batch_size`, 8 on a CPU; 0: no batcher, one call
     per request) gathered for `batch_delay_ms`, at most `max_queue` requests waiting (None: 4
     batches' worth; more get 503 + Retry-After). A request waiting past `request_timeout`
     seconds, or whose client disconnected, is dropped before its model call.
