@@ -162,7 +162,9 @@ def test_install_lines_name_what_works_where_vecsearch_came_from(tmp_path):
             "'uvicorn>=0.29'",
             "'python-multipart>=0.0.9'",
             "'fastapi-offline>=1.7'",
+            "'prometheus-client>=0.20'",
         ]
+        assert pip_target("client", direct_url=origin) == "'httpx>=0.27'"
         assert pip_target("cpu", direct_url=origin) in ("'tensorflow-cpu>=2.16'", "'tensorflow>=2.16'")  # by machine
-    for extra in ("plot", "server", "parquet", "heif", "ray", "cpu", "gpu"):
+    for extra in ("plot", "server", "client", "parquet", "heif", "ray", "cpu", "gpu"):
         assert "'vecsearch[" not in install_line(extra) and extra in install_line(extra)
