@@ -17,21 +17,10 @@ from typing import Any, Callable, Iterable, Iterator, Unpack
 
 import numpy as np
 
-from . import (
-    classes,
-    classifiers,
-    classify,
-    dupes,
-    explainer,
-    finetune,
-    images,
-    indexer,
-    labels,
-    queries,
-    report,
-    uploads,
-    vector_files,
-)
+from . import classes, classifiers, classify, dupes, explainer, finetune, images, indexer, labels, queries, report
+
+# isort: split
+from . import uploads, vector_files
 from .backbones import Backbone
 from .classes import SEED
 from .classifiers import DEFAULT_TOP as CLASSIFY_TOP
@@ -47,7 +36,7 @@ from .finetune import DEFAULT_NAME as HEAD_NAME
 from .finetune import UnfreezeOptions
 from .indexer import IndexSummary, RemoveSummary
 from .labels import DEFAULT_TOP as LABEL_TOP
-from .model import IndexModel, PrecisionCheck, UploadVectors, embed_to_shards
+from .model import IndexModel, ModelCall, PrecisionCheck, UploadVectors, embed_to_shards
 from .search import (
     DEFAULT_TYPE,
     Hit,
@@ -199,30 +188,16 @@ class VecIndex:
         """Unit vectors (n, dim) for image files, with this index's backbone; a bad file raises BadImageError."""
         return self.model.embed(paths)
 
-    def embed_bytes(
-        self,
-        data: bytes,
-        *,
-        max_pixels: int | None = MAX_IMAGE_PIXELS,
-        deadline: float | None = None,
-        cancelled: Callable[[], bool] | None = None,
-    ) -> np.ndarray:
+    def embed_bytes(self, data: bytes, *, max_pixels: int | None = MAX_IMAGE_PIXELS, **call: Unpack[ModelCall]) -> np.ndarray:
         """Unit vector of an image given as bytes (an upload), decoded exactly as indexing does (before the model loads).
-
-        `deadline` (time.monotonic()) or `cancelled()`: the request is dropped (RequestDroppedError) if either says so before its model call.
-        """
-        return self.model.embed_bytes(data, max_pixels=max_pixels, deadline=deadline, cancelled=cancelled)
+        `call`: the request's deadline and cancel check (`ModelCall`), for a served model."""
+        return self.model.embed_bytes(data, max_pixels=max_pixels, **call)
 
     def embed_uploads(
-        self,
-        datas: Iterable[bytes],
-        *,
-        max_pixels: int | None = MAX_IMAGE_PIXELS,
-        deadline: float | None = None,
-        cancelled: Callable[[], bool] | None = None,
+        self, datas: Iterable[bytes], *, max_pixels: int | None = MAX_IMAGE_PIXELS, **call: Unpack[ModelCall]
     ) -> UploadVectors:
         """Unit vectors of several images as bytes in one model call; the ones that cannot be read are in `failed`."""
-        return self.model.embed_uploads(datas, max_pixels=max_pixels, deadline=deadline, cancelled=cancelled)
+        return self.model.embed_uploads(datas, max_pixels=max_pixels, **call)
 
     def embed_image(self, image) -> np.ndarray:
         """Unit vector of a PIL image, encoded losslessly and decoded exactly as indexing does."""

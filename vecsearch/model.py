@@ -94,6 +94,14 @@ class PrecisionCheck:
         return asdict(self)
 
 
+class ModelCall(TypedDict, total=False):
+    """What a served request tells its model call: `deadline` (time.monotonic()) and `cancelled()`;
+    past the one or true the other before the call starts, it is dropped (RequestDroppedError)."""
+
+    deadline: float | None
+    cancelled: Callable[[], bool] | None
+
+
 @dataclass
 class UploadVectors:
     """Vectors of several uploads in one model call: `vectors[i]` is upload `rows[i]`;
