@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import File, Query, Request, UploadFile
+from fastapi import Depends, File, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 
-from ..config import MAX_FILES
+from ..config import DEFAULT_K, MAX_FILES
 
 MAX_K = 1000
 MAX_OFFSET = 10_000
@@ -71,6 +72,28 @@ MinScore = Annotated[
 ]
 
 
+@dataclass(frozen=True)
+class SearchPage:
+    """A search's page (k best after `offset`) and the filters given, as `VecIndex.search_vector` keywords."""
+
+    k: int
+    offset: int
+    given: dict
+
+
+def search_page(
+    k: K = DEFAULT_K,
+    offset: Offset = 0,
+    under: Under = None,
+    label: UserLabelFilter = None,
+    predicted: Predicted = None,
+    predicted_by: PredictedBy = None,
+    min_score: MinScore = None,
+) -> SearchPage:
+    """The query parameters every search route takes, declared once (a dependency)."""
+    return SearchPage(k, offset, filters(under, label, predicted, predicted_by, min_score))
+
+
 def filters(under: str | None, label: str | None, predicted: str | None, classifier: str | None, min_score: float | None) -> dict:
     """The search filters that were given, as `VecIndex.search_vector` keywords (and query parameters)."""
     given = {"under": under, "label": label, "predicted": predicted, "classifier": classifier, "min_score": min_score}
@@ -112,3 +135,6 @@ async def known_query(request: Request) -> None:
                 for name in unknown
             ]
         )
+
+
+Page = Annotated[SearchPage, Depends(search_page)]

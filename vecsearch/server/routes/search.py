@@ -5,13 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...config import DEFAULT_K
 from ...errors import BadVectorError
 from ...search import check_query
 from .. import shapes
 from ..errors import responses
 from ..guards import authorised
-from ..params import ImageId, K, MinScore, Offset, Predicted, PredictedBy, Under, Uploads, UserLabelFilter, filters
+from ..params import ImageId, Page, Uploads
 from ..service import Svc, request_scope
 
 router = APIRouter(tags=["search"], dependencies=[Depends(authorised)])
@@ -40,13 +39,7 @@ def search_upload(
     svc: Svc,
     request: Request,
     file: Uploads,
-    k: K = DEFAULT_K,
-    offset: Offset = 0,
-    under: Under = None,
-    label: UserLabelFilter = None,
-    predicted: Predicted = None,
-    predicted_by: PredictedBy = None,
-    min_score: MinScore = None,
+    page: Page,
 ) -> dict:
     """Multipart upload in field `file`; results are best first, ranks counted from 1 over all pages.
 
@@ -55,7 +48,7 @@ def search_upload(
     `searches`, one result set per file in the order sent (`name`, and `error` for a file that could
     not be read), from one model call.
     """
-    given, base = filters(under, label, predicted, predicted_by, min_score), shapes.api(request)
+    k, offset, given, base = page.k, page.offset, page.given, shapes.api(request)
     if len(file) == 1:
         q = svc.embed_upload(file[0])
         ix = svc.current()
@@ -88,20 +81,14 @@ def search_vector(
     svc: Svc,
     request: Request,
     body: VectorQuery,
-    k: K = DEFAULT_K,
-    offset: Offset = 0,
-    under: Under = None,
-    label: UserLabelFilter = None,
-    predicted: Predicted = None,
-    predicted_by: PredictedBy = None,
-    min_score: MinScore = None,
+    page: Page,
 ) -> dict:
     """JSON `{"vector": [...]}` (the result shape of `POST /search`) or `{"vectors": [[...], ...]}` (`searches`, one
     result set each). Cosine similarity: vectors are normalised; a wrong dimension, NaN/Inf or a zero vector is a 422
     that says which. The filters and pages are `POST /search`'s. No model call: embeddings from `POST /embed` fit."""
     if (body.vector is None) == (body.vectors is None):
         raise BadVectorError('Send exactly one of "vector" (one query) or "vectors" (several).')
-    given, base = filters(under, label, predicted, predicted_by, min_score), shapes.api(request)
+    k, offset, given, base = page.k, page.offset, page.given, shapes.api(request)
     ix = svc.current()
     ix.store.require_info()
     dim = ix.info.dim
@@ -123,16 +110,10 @@ def similar(
     svc: Svc,
     request: Request,
     image_id: ImageId,
-    k: K = DEFAULT_K,
-    offset: Offset = 0,
-    under: Under = None,
-    label: UserLabelFilter = None,
-    predicted: Predicted = None,
-    predicted_by: PredictedBy = None,
-    min_score: MinScore = None,
+    page: Page,
 ) -> dict:
     """Neighbours of an indexed image by its stored vector (no model call); itself left out. Filters as for search."""
-    given, base = filters(under, label, predicted, predicted_by, min_score), shapes.api(request)
+    k, offset, given, base = page.k, page.offset, page.given, shapes.api(request)
     ix = svc.current()
     hits = ix.similar(image_id, k + offset, **given)[offset:]
     return shapes.results(
