@@ -16,7 +16,7 @@ MAX_OFFSET = 10_000
 MAX_PAGE = 500
 EXPLAIN_SIDE = 384
 ID_MAX = 2**63 - 1  # SQLite integers; larger ids would overflow, not just miss
-_TEXT = r"^[^\x00-\x1f\x7f]*$"  # no control characters: they are never in a label, and NUL breaks paths
+TEXT = r"^[^\x00-\x1f\x7f]*$"  # no control characters: they are never in a label, and NUL breaks paths
 
 ImageId = Annotated[int, PathParam(ge=1, le=ID_MAX, description="Image id, as returned by search results.")]
 K = Annotated[int, Query(ge=1, le=MAX_K, description=f"How many neighbours (1..{MAX_K}).")]
@@ -45,17 +45,17 @@ Under = Annotated[
     Query(
         min_length=1,
         max_length=4096,
-        pattern=_TEXT,
+        pattern=TEXT,
         description="Only images in this folder, at any depth (an absolute path, as in results' `folder`).",
     ),
 ]
 UserLabelFilter = Annotated[
     str | None,
-    Query(min_length=1, max_length=200, pattern=_TEXT, description="Only images taught this user label (`vecsearch teach`)."),
+    Query(min_length=1, max_length=200, pattern=TEXT, description="Only images taught this user label (`vecsearch teach`)."),
 ]
 Predicted = Annotated[
     str | None,
-    Query(min_length=1, max_length=200, pattern=_TEXT, description="Only images a saved classifier predicted as this label."),
+    Query(min_length=1, max_length=200, pattern=TEXT, description="Only images a saved classifier predicted as this label."),
 ]
 PredictedBy = Annotated[
     str | None,
@@ -63,7 +63,7 @@ PredictedBy = Annotated[
         alias="classifier",
         min_length=1,
         max_length=64,
-        pattern=_TEXT,
+        pattern=TEXT,
         description="With `predicted`: whose predictions (default: the newest saved classifier).",
     ),
 ]

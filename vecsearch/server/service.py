@@ -9,7 +9,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, Header, Request, UploadFile
@@ -18,6 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from ..api import VecIndex
 from ..config import MAX_FILES
 from ..errors import BadImageError, UploadTooLargeError
+from ..model import ModelCall
+from ..uploads import display_name
 from .observe import Metrics
 from .thumbnails import ThumbnailCache
 
@@ -69,20 +71,21 @@ class Service:
             raise BadImageError("empty upload")
         return data
 
-    def read_uploads(self, files: list[UploadFile]) -> list[tuple[str, bytes | str]]:
-        """(name, bytes) of each uploaded file, or (name, why it was refused) for one over the cap or empty:
-        one bad part never fails the others. More than MAX_FILES parts is a 422."""
+    def read_uploads(self, files: list[UploadFile]) -> Uploaded:
+        """Each uploaded file's name and bytes; one over the cap or empty is refused alone (its bytes
+        empty, its reason in `refused`): one bad part never fails the others. Over MAX_FILES parts: 422."""
         if len(files) > MAX_FILES:
             raise RequestValidationError(
                 [{"type": "too_long", "loc": ("body", "file"), "msg": f"at most {MAX_FILES} files a request, got {len(files)}"}]
             )
-        out: list[tuple[str, bytes | str]] = []
-        for f in files:
-            name = upload_name(f)
+        out = Uploaded([], [], {})
+        for i, f in enumerate(files):
+            out.names.append(display_name(f.filename) or "upload")
             try:
-                out.append((name, self.read_upload(f)))
+                out.datas.append(self.read_upload(f))
             except (UploadTooLargeError, BadImageError) as e:
-                out.append((name, e.reason if isinstance(e, BadImageError) else str(e)))
+                out.datas.append(b"")
+                out.refused[i] = e.reason if isinstance(e, BadImageError) else str(e)
         return out
 
     def embed_upload(self, file: UploadFile) -> np.ndarray:
@@ -91,10 +94,14 @@ class Service:
         return self.index.embed_bytes(self.read_upload(file), max_pixels=self.max_pixels, **request_scope())
 
 
-def upload_name(file: UploadFile) -> str:
-    """The client's name for an upload, as text to show (never a path): its last part, at most 255 characters."""
-    name = (file.filename or "upload").replace("\\", "/").rsplit("/", 1)[-1]
-    return name[:255] or "upload"
+@dataclass
+class Uploaded:
+    """A request's uploads, in the order sent: `datas[i]` is empty for a part refused before decoding,
+    `refused[i]` says why (what the decoder reports for the others goes beside it)."""
+
+    names: list[str]
+    datas: list[bytes]
+    refused: dict[int, str]
 
 
 def service(request: Request) -> Service:
@@ -108,22 +115,13 @@ GONE_CHECK_SECONDS = 0.25
 """How long a disconnect check may wait for the event loop; a busy loop counts as the client still there."""
 
 
-@dataclass(frozen=True)
-class RequestScope:
-    """What a model call needs to know about the request it serves: when to give up, and whether anyone waits."""
-
-    deadline: float | None
-    cancelled: Callable[[], bool] | None
+SCOPE: contextvars.ContextVar[ModelCall | None] = contextvars.ContextVar("vecsearch_request_scope", default=None)
+"""The current request's deadline and disconnect check, set by `watch_request` (sync handlers' threads copy the context)."""
 
 
-SCOPE: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar("vecsearch_request_scope", default=None)
-"""The current request's scope, set by `watch_request` (sync handlers' threads copy the context)."""
-
-
-def request_scope() -> dict:
+def request_scope() -> ModelCall:
     """`deadline=` and `cancelled=` for a model call made for the current request (none outside one)."""
-    scope = SCOPE.get()
-    return {"deadline": scope.deadline, "cancelled": scope.cancelled} if scope else {}
+    return SCOPE.get() or {}
 
 
 async def watch_request(
@@ -159,4 +157,4 @@ async def watch_request(
     timeout = svc.request_timeout
     if x_request_timeout is not None:
         timeout = min(x_request_timeout, timeout) if timeout else x_request_timeout
-    SCOPE.set(RequestScope(time.monotonic() + timeout if timeout else None, gone))
+    SCOPE.set({"deadline": time.monotonic() + timeout if timeout else None, "cancelled": gone})

@@ -45,12 +45,10 @@ def embed(svc: Svc, request: Request, file: Uploads, fmt: Format = None) -> Resp
     them. A file that cannot be read is listed with its reason; the others are still embedded."""
     uploads = svc.read_uploads(file)
     ix = svc.index
-    done = ix.embed_uploads(
-        [d if isinstance(d, bytes) else b"" for _, d in uploads], max_pixels=svc.max_pixels, **request_scope()
-    )
+    done = ix.embed_uploads(uploads.datas, max_pixels=svc.max_pixels, **request_scope())
     meta = ix.model.meta(ix.info)
     model = {key: meta[key] for key in MODEL_KEYS}
-    failed = {i: (d if isinstance(d, str) else done.failed[i]) for i, (_, d) in enumerate(uploads) if i not in done.rows}
+    failed = done.failed | uploads.refused  # a refused part's own reason, not the decoder's "empty"
     if fmt == "npy" or (fmt is None and NPY in request.headers.get("accept", "")):
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(done.vectors, dtype="<f4"), allow_pickle=False)
@@ -65,7 +63,7 @@ def embed(svc: Svc, request: Request, file: Uploads, fmt: Format = None) -> Resp
     vectors = dict(zip(done.rows, done.vectors.tolist(), strict=True))
     items = [
         {"name": name, "vector": vectors[i]} if i in vectors else {"name": name, "error": f"Bad image: {failed[i]}"}
-        for i, (name, _) in enumerate(uploads)
+        for i, name in enumerate(uploads.names)
     ]
     # Straight to json.dumps: FastAPI's encoder walks each of the floats, 10x slower on 32 x 2048.
     return JSONResponse({"model": model, "items": items, "embedded": len(done.rows), "failed": len(failed)})

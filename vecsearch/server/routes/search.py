@@ -57,15 +57,14 @@ def search_upload(
         return shapes.results(ix, hits, k=k, offset=offset, next_url=next_url, base=base)
     uploads = svc.read_uploads(file)
     ix = svc.index
-    embedded = ix.embed_uploads(
-        [d if isinstance(d, bytes) else b"" for _, d in uploads], max_pixels=svc.max_pixels, **request_scope()
-    )
+    embedded = ix.embed_uploads(uploads.datas, max_pixels=svc.max_pixels, **request_scope())
     vectors = dict(zip(embedded.rows, embedded.vectors, strict=True))
+    failed = embedded.failed | uploads.refused
     ix = svc.current()
     searches = []
-    for i, (name, data) in enumerate(uploads):
+    for i, name in enumerate(uploads.names):
         if i not in vectors:
-            searches.append({"name": name, "error": f"Bad image: {data if isinstance(data, str) else embedded.failed[i]}"})
+            searches.append({"name": name, "error": f"Bad image: {failed[i]}"})
             continue
         hits = ix.search_vector(vectors[i], k + offset, **given)[offset:]
         searches.append({"name": name, **shapes.results(ix, hits, k=k, offset=offset, next_url=None, base=base)})

@@ -20,23 +20,22 @@ from ...classify import DEFAULT_K as KNN_K
 from ...uploads import LOCK_WAIT
 from ..errors import responses
 from ..guards import admin
-from ..params import ImageId, Uploads
+from ..params import TEXT, ImageId, Uploads
 from ..service import Service, Svc
 
 router = APIRouter(tags=["write"], dependencies=[Depends(admin)])
 
 MAX_PATHS = 1000
-_TEXT = r"^[^\x00-\x1f\x7f]*$"
 
 
 class PathsBody(BaseModel):
-    paths: list[Annotated[str, Field(min_length=1, max_length=4096, pattern=_TEXT)]] = Field(
+    paths: list[Annotated[str, Field(min_length=1, max_length=4096, pattern=TEXT)]] = Field(
         min_length=1, max_length=MAX_PATHS, description="Absolute server-side files or folders, under an allowed root."
     )
 
 
 class LabelBody(BaseModel):
-    label: str = Field(min_length=1, max_length=MAX_LABEL, pattern=_TEXT, description="A class of your own.")
+    label: str = Field(min_length=1, max_length=MAX_LABEL, pattern=TEXT, description="A class of your own.")
     split: Literal["train", "test"] | None = Field(None, description="Keep it for training or for evaluation only.")
 
 
@@ -53,10 +52,9 @@ def add_images(svc: Svc, file: Uploads) -> dict:
     `failed` with the reason (one over the upload cap too: the others still go in)."""
     uploads = svc.read_uploads(file)
     ix = svc.index
-    items = ix.add_bytes([(name, d if isinstance(d, bytes) else b"") for name, d in uploads], max_pixels=svc.max_pixels)
-    for item, (_, d) in zip(items, uploads, strict=True):
-        if isinstance(d, str):  # refused before decoding: say why, not "empty"
-            item.update(status="failed", reason=d, id=None)
+    items = ix.add_bytes(zip(uploads.names, uploads.datas, strict=True), max_pixels=svc.max_pixels)
+    for i, reason in uploads.refused.items():  # refused before decoding: say why, not "empty"
+        items[i].update(status="failed", reason=reason, id=None)
     counts = {s: sum(i["status"] == s for i in items) for s in ("indexed", "duplicate", "failed")}
     return {"items": items, "indexed": counts["indexed"], "duplicates": counts["duplicate"], "failed": counts["failed"]} | {
         "generation": ix.generation
