@@ -23,7 +23,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "client": ("httpx",),
     "server": ("fastapi", "uvicorn", "python_multipart|multipart", "fastapi_offline", "prometheus_client"),
     "parquet": ("pyarrow", "pyarrow.parquet"),
-    "ray": ("ray", "ray.data"),
+    "ray": ("ray", "ray.data", "ray.serve"),
     "heif": ("pillow_heif",),
 }
 """The modules each extra of pyproject.toml provides (import names; `a|b`: either will do,

@@ -68,7 +68,7 @@ def check_engine(engine: str) -> str:
 
 def import_ray():
     """`ray` and `ray.data`, or a VecsearchError that says how to install them."""
-    require_extra("ray", needed_for="The Ray engine")
+    require_extra("ray", ("ray", "ray.data"), needed_for="The Ray engine")
     import ray
 
     return ray
@@ -197,8 +197,9 @@ LOOPBACK = ("localhost", "127.0.0.1", "::1")
 AUTH_DOCS = "https://docs.ray.io/en/latest/ray-security/token-auth.html"
 
 
-def connect(address: str | None = None):
-    """Join the Ray cluster at `address`, or start a local one; reuse a connection this process has."""
+def connect(address: str | None = None, *, num_cpus: int | None = None):
+    """Join the Ray cluster at `address`, or start a local one (of `num_cpus` logical CPUs; default the
+    machine's); reuse a connection this process has."""
     ray = import_ray()
     if not ray.is_initialized():
         # None and "auto" find a cluster started here, and Ray then picks up its token by itself.
@@ -206,7 +207,8 @@ def connect(address: str | None = None):
             _check_head(address)
         log.info("connecting to Ray at %s", address or "a new local cluster")
         try:
-            ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
+            local = {"num_cpus": num_cpus} if num_cpus and address in (None, "local") else {}
+            ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False, **local)
         except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as e:
             if _refused_token(e):
                 raise RayClusterError(_auth_advice(address)) from e

@@ -14,7 +14,7 @@ from ..config import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS
 from ..errors import VecsearchError
 from ..extras import require_extra
 from ._common import app, errors_to_exit, open_index
-from .options import IndexOpt
+from .options import IndexOpt, RayAddressOpt
 from .output import model_status, warn
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -184,6 +184,49 @@ def serve(
     metrics_public: Annotated[
         bool, typer.Option("--metrics-public", help="Serve /metrics without the token (e.g. to a scraper on a private network).")
     ] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            metavar="local|ray",
+            help='local: this process serves. ray: replicas on Ray Serve behind one address (the ray extra; README "Serve on Ray").',
+        ),
+    ] = "local",
+    ray_address: RayAddressOpt = None,
+    replicas: Annotated[
+        int, typer.Option("--replicas", min=1, help="With --engine ray: reader replicas, each with its own model.")
+    ] = 1,
+    autoscale: Annotated[
+        Optional[str],
+        typer.Option(
+            "--autoscale",
+            metavar="MIN:MAX",
+            show_default=False,
+            help="With --engine ray: between MIN and MAX replicas, by load (instead of --replicas).",
+        ),
+    ] = None,
+    gpus_per_replica: Annotated[
+        float, typer.Option("--gpus-per-replica", min=0, help="With --engine ray: GPUs each replica reserves (0.5: two a GPU).")
+    ] = 0.0,
+    cpus_per_replica: Annotated[
+        float, typer.Option("--cpus-per-replica", min=0, help="With --engine ray: CPUs each replica reserves.")
+    ] = 1.0,
+    max_ongoing: Annotated[
+        int,
+        typer.Option(
+            "--max-ongoing",
+            min=1,
+            help="With --engine ray: requests a replica works on at once (Ray Serve's max_ongoing_requests).",
+        ),
+    ] = 32,
+    max_queued: Annotated[
+        int,
+        typer.Option(
+            "--max-queued",
+            min=1,
+            help="With --engine ray: requests waiting for a replica (per proxy); more get 503 with Retry-After.",
+        ),
+    ] = 64,
 ) -> None:
     """Serve search, metadata, thumbnails and classification over HTTP, with a web page at /.
 
@@ -205,6 +248,43 @@ def serve(
                 f"Refusing to serve on {host} without a token: anyone on the network could query your photos. "
                 "Pass --token TOKEN (or set VECSEARCH_TOKEN), or --insecure if you mean it."
             )
+        if engine not in ("local", "ray"):
+            raise VecsearchError(f"--engine must be local or ray, not {engine!r}.")
+        if engine != "ray" and (ray_address or autoscale or replicas != 1 or gpus_per_replica):
+            raise VecsearchError("--ray-address, --replicas, --autoscale and --gpus-per-replica go with --engine ray.")
+        settings = dict(
+            token=token,
+            max_upload_bytes=int(max_upload_mb * 2**20),
+            max_pixels=max_pixels,
+            host=host,
+            allow_hosts=tuple(allow_host or ()),
+            admin_token=admin_token,
+            allow_writes=allow_writes,
+            allow_roots=tuple(str(r) for r in allow_root or ()),
+            batch_size=batch_size,
+            batch_delay_ms=batch_delay_ms,
+            max_queue=max_queue,
+            request_timeout=request_timeout or None,
+            root_path=root_path,
+            cors_origins=tuple(cors_origin or ()),
+            log_format=log_format,
+            metrics_public=metrics_public,
+        )
+        if access_log:
+            log_access_to_stderr(log_format)
+        if engine == "ray":
+            from ..server.ray_serve import Pool, parse_autoscale
+
+            pool = Pool(
+                replicas=replicas,
+                autoscale=parse_autoscale(autoscale) if autoscale else None,
+                gpus_per_replica=gpus_per_replica,
+                cpus_per_replica=cpus_per_replica,
+                max_ongoing=max_ongoing,
+                max_queued=max_queued,
+            )
+            serve_on_ray(index, settings, pool, ray_address=ray_address, host=host, port=port, token=token)
+            return
         import uvicorn
 
         from ..server import create_app
@@ -212,27 +292,7 @@ def serve(
         ix = open_index(index, create=False)
         try:
             with model_status():  # the model loads here, once; not around the server's own threads
-                web = create_app(
-                    ix,
-                    token=token,
-                    max_upload_bytes=int(max_upload_mb * 2**20),
-                    max_pixels=max_pixels,
-                    host=host,
-                    allow_hosts=allow_host or (),
-                    admin_token=admin_token,
-                    allow_writes=allow_writes,
-                    allow_roots=allow_root or (),
-                    batch_size=batch_size,
-                    batch_delay_ms=batch_delay_ms,
-                    max_queue=max_queue,
-                    request_timeout=request_timeout or None,
-                    root_path=root_path,
-                    cors_origins=cors_origin or (),
-                    log_format=log_format,
-                    metrics_public=metrics_public,
-                )
-            if access_log:
-                log_access_to_stderr(log_format)
+                web = create_app(ix, **settings)  # type: ignore[arg-type]
             url = page_url(host, port, token)
             warn(
                 f"Serving {ix.directory} ({len(ix)} images, {ix.backbone.name}). Open {url} "
@@ -243,3 +303,50 @@ def serve(
             uvicorn.run(web, host=host, port=port, log_level=log_level.lower(), access_log=False)
         finally:
             ix.close()
+
+
+def serve_on_ray(index, settings: dict, pool, *, ray_address: str | None, host: str, port: int, token: str | None) -> None:
+    """Deploy the replicas (this process only starts them and waits), then keep them up until Ctrl-C
+    or SIGTERM, which take the application down (and a Ray started here with it)."""
+    import signal
+    import time
+
+    from ..server import ray_serve
+    from ..server.guards import check_writes
+
+    ix = open_index(index, create=False)  # the folder and what built it; the replicas build the model
+    try:
+        ix.store.require_info()
+        plan = ray_serve.Plan(
+            index=str(ix.directory.resolve()),
+            app=settings,
+            plugins=ray_serve.plugins_for(ix.info.backbone),
+            writes=check_writes(host, settings["admin_token"], settings["allow_writes"]),
+        )
+        count, backbone = len(ix), ix.info.backbone
+    finally:
+        ix.close()
+    how = f"{pool.autoscale[0]}-{pool.autoscale[1]} replicas" if pool.autoscale else f"{pool.replicas} replica(s)"
+    warn(f"Starting {how} of {backbone} on Ray{' at ' + ray_address if ray_address else ' (a local cluster)'}...")
+    ray_serve.deploy(plan, pool, address=ray_address, host=host, port=port)
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        warn(
+            f"Serving {plan.index} ({count} images, {backbone}) on Ray Serve, {how}"
+            f"{', one writer' if plan.writes else ''}. Open {page_url(host, port, token)} -- API docs at /docs. "
+            "Ctrl-C to stop."
+        )
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ray_serve.stop()
+        if not ray_address:
+            import ray
+
+            ray.shutdown()

@@ -16,7 +16,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Iterable
+from typing import Callable, Iterable
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -29,6 +29,7 @@ from ..config import MAX_FILES, MAX_REQUEST_BYTES, MAX_UPLOAD_BYTES, MAX_UPLOAD_
 from ..errors import VecsearchError
 from ..opening import open_index
 from . import errors
+from .forwarding import Forward, ForwardWrites, write_routes
 from .guards import MULTIPART_SLACK, HostCheck, UploadLimit, allowed_hosts, allowed_roots, check_writes
 from .observe import LOG_FORMATS, Metrics, Observe, RootPath
 from .params import known_query
@@ -84,6 +85,8 @@ def create_app(
     cors_origins: Iterable[str] = (),
     log_format: str = "text",
     metrics_public: bool = False,
+    forward_writes: Forward | None = None,
+    gather_metrics: Callable[[bytes], bytes] | None = None,
 ) -> FastAPI:
     """A FastAPI app serving one index (a folder, or an already open VecIndex).
 
@@ -107,6 +110,10 @@ def create_app(
     unless `metrics_public`) and `/api/v1/ready` (200 once start-up is over). `root_path` is
     the path prefix a reverse proxy serves this under: links in JSON carry it. `cors_origins`
     are the web origins allowed to call the API from a browser (none by default).
+
+    Replicas (`ray_serve`): with `forward_writes`, every write request is handed whole to that
+    function (the one writer's app answers it) instead of this app's write routes; `gather_metrics`
+    turns this app's /metrics scrape into one of every replica.
 
     While it serves, a micro-batcher (`IndexModel.start_batcher`) runs every upload's model
     call: up to `batch_size` images (None: `config.serve_batch_size`, 8 on a CPU; 0: no batcher, one call
@@ -180,6 +187,8 @@ def create_app(
     )
     app.state.service = svc
     errors.install_handlers(app)
+    if forward_writes is not None:  # innermost: sees only requests that passed the checks added below
+        app.add_middleware(ForwardWrites, routes=lambda: write_routes(app.routes), forward=forward_writes)
     body_cap = max_request_bytes if max_request_bytes is not None else min(MAX_REQUEST_BYTES, MAX_FILES * svc.max_upload_bytes)
     app.add_middleware(UploadLimit, limit=max(body_cap, svc.max_upload_bytes) + MULTIPART_SLACK, per_file=svc.max_upload_bytes)
     origins = [o.strip().rstrip("/") for o in cors_origins if o.strip()]
@@ -195,6 +204,7 @@ def create_app(
     hosts, any_ip = allowed_hosts(host, allow_hosts)
     app.add_middleware(HostCheck, hosts=hosts, any_ip=any_ip)
     svc.metrics = Metrics(ix)
+    svc.gather_metrics = gather_metrics
     app.add_middleware(Observe, log_format=log_format, metrics=svc.metrics)  # sees every request
     if root_path:
         app.add_middleware(RootPath, root_path=root_path)  # added last: runs first

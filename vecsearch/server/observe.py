@@ -15,7 +15,7 @@ import time
 import uuid
 from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, MutableMapping
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, MutableMapping
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -263,9 +263,33 @@ class IndexCollector:
             yield CounterMetricFamily(name, text, value=s.get(key, 0))
 
 
-def serve_metrics(metrics: Metrics) -> Any:
-    """The /metrics response (Prometheus text exposition)."""
+def serve_metrics(metrics: Metrics, gather: Callable[[bytes], bytes] | None = None) -> Any:
+    """The /metrics response (Prometheus text exposition); `gather` makes it every replica's."""
     from fastapi.responses import Response
 
     body, media_type = metrics.exposition()
+    if gather is not None:
+        body = gather(body)
     return Response(body, media_type=media_type, headers={"Cache-Control": "no-store"})
+
+
+def merge_scrapes(scrapes: Mapping[str, bytes], label: str = "replica") -> bytes:
+    """Several processes' scrapes as one, each sample labelled with its source (`label`="its key"),
+    one HELP and TYPE a metric: what a scraper reads from one address in front of replicas."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families: dict[str, Metric] = {}
+    for source, text in sorted(scrapes.items()):
+        for family in text_string_to_metric_families(text.decode("utf-8")):
+            into = families.setdefault(family.name, Metric(family.name, family.documentation, family.type, family.unit))
+            into.samples.extend(s._replace(labels={**s.labels, label: source}) for s in family.samples)
+
+    class Merged:
+        def collect(self) -> Iterable[Metric]:
+            return list(families.values())
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Merged())
+    return generate_latest(registry)

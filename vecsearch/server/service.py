@@ -9,7 +9,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Callable
 
 import numpy as np
 from fastapi import Depends, Header, Request, UploadFile
@@ -55,6 +55,7 @@ class Service:
         self.request_timeout = request_timeout
         self.metrics_public = metrics_public  # GET /metrics without the token
         self.metrics: Metrics | None = None  # set by create_app
+        self.gather_metrics: Callable[[bytes], bytes] | None = None  # replicas: this scrape -> all of theirs
         self.ready = False  # set when start-up is over: the model built and warmed, the index loaded
 
     def current(self) -> VecIndex:

@@ -35,4 +35,4 @@ def metrics(svc: Svc) -> Response:
     generation; model batch sizes, queue depth, rejections and drops when the micro-batcher runs."""
     assert svc.metrics is not None  # create_app sets it
     svc.current()  # caught up with commits from other processes first, as every read is: the gauges are current
-    return serve_metrics(svc.metrics)
+    return serve_metrics(svc.metrics, svc.gather_metrics)
