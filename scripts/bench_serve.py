@@ -20,6 +20,13 @@ Each level runs `--seconds` (or `--requests`), so the run stays bounded on a loa
 
     python scripts/bench_serve.py                      # resnet50, seeded random init, 2,000 vectors
     python scripts/bench_serve.py --backbone tiny      # the test suite's tiny backbone, small counts (~20 s)
+
+With `--engine ray` it measures Ray Serve instead (`vecsearch serve --engine ray`, a local Ray that
+each server starts itself): POST /api/v1/search at `--ray-clients` (16) for the in-process server,
+then for Ray with 1 and with 2 reader replicas, in one run: uploads/s, p50/p95, the ratios (goal on
+2 cores: 1 replica >= 0.85x in-process, 2 replicas > 1 replica) and peak RSS per replica.
+
+    python scripts/bench_serve.py --engine ray         # resnet50; --backbone tiny for a quick check
 """
 
 from __future__ import annotations
@@ -312,6 +319,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ap.add_argument("--keep", type=Path, help="build the index here and keep it (default: a temp folder, removed)")
+    ap.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: in-process vs Ray Serve, 1 and 2 replicas")
+    ap.add_argument("--ray-clients", type=int, default=16, help="with --engine ray: concurrent clients")
+    ap.add_argument("--ray-replicas", default="1,2", help="with --engine ray: replica counts to measure")
     args = ap.parse_args()
     tiny = args.backbone == "tiny"
     vectors = args.vectors or (300 if tiny else 2000)
@@ -333,6 +343,9 @@ def main() -> None:
         t_start = time.perf_counter()
         report["index"] = build_index(work, args.backbone, vectors, args.real, args.seed)
         uploads = [_image(10_000 + i, (640, 480)) for i in range(64)]  # new photos, never indexed
+        if args.engine == "ray":
+            ray_bench(work / "index", args, uploads, max_requests, seconds, report)
+            return
         report["model"] = model_costs(work / "index", uploads[0], model_images)
 
         def by_upload(client, i):
@@ -399,6 +412,75 @@ def main() -> None:
             stop_server(proc)
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def replica_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "ServeReplica:vecsearch:reader"], capture_output=True, text=True).stdout
+    return sorted(int(p) for p in out.split())
+
+
+def ray_bench(index: Path, args, uploads: list[bytes], max_requests: int, seconds: float, report: dict) -> None:
+    """The in-process server, then Ray Serve with each replica count, at the same load: one table."""
+
+    def by_upload(client, i):
+        return client.post(
+            "/api/v1/search", params={"k": args.k}, files={"file": ("q.jpg", uploads[i % len(uploads)], "image/jpeg")}
+        )
+
+    clients, t_start = args.ray_clients, time.perf_counter()
+    runs = [("in-process", [], 0)] + [
+        (f"ray x{n}", ["--engine", "ray", "--replicas", n], int(n)) for n in args.ray_replicas.split(",") if n
+    ]
+    rows = []
+    for name, extra, replicas in runs:
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        proc = start_server(index, port, args.backbone, [*args.serve_arg, *extra])
+        try:
+            startup = wait_ready(base, proc, 900)
+            run(base, by_upload, 8, 120, 1)  # warm-up: connections, the first model calls of every replica
+            run(base, by_upload, 4 * clients, 120, clients)
+            row = run(base, by_upload, max_requests, seconds, clients)
+            pids = replica_pids() if replicas else [proc.pid]
+            row.update(name=name, startup_s=round(startup, 1), rss_mb=[round(peak_rss_mb(p)) for p in pids])
+            rows.append(row)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc.log.close()  # type: ignore[attr-defined]
+    report["ray"] = rows
+    report["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    report["seconds"] = round(time.perf_counter() - t_start, 1)
+    report["bench_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    ix = report["index"]
+    print(
+        f"vecsearch serve vs Ray Serve: {ix['vectors']} vectors, backbone {report['backbone']}, k={report['k']}, "
+        f"{clients} clients, uploads 640x480 JPEG, {report['cpus']} CPUs, load average after "
+        f"{' '.join(map(str, report['load_average']))}; run {report['seconds']} s"
+    )
+    print(f"{'server':<12} {'requests':>8} {'uploads/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'errors':>6} {'start s':>7}  peak RSS MB (per replica)")
+    for r in rows:
+        print(
+            f"{r['name']:<12} {r['requests']:>8} {r['req_per_s']:>9.2f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['errors']:>6} "
+            f"{r['startup_s']:>7}  {', '.join(map(str, r['rss_mb']))}"
+        )
+    by = {r["name"]: r for r in rows}
+    local = by["in-process"]["req_per_s"]
+    if "ray x1" in by and local:
+        print(f"ray, 1 replica vs in-process: {by['ray x1']['req_per_s'] / local:.2f}x uploads/s (goal >= 0.85)")
+    if "ray x1" in by and "ray x2" in by and by["ray x1"]["req_per_s"]:
+        print(f"ray, 2 replicas vs 1: {by['ray x2']['req_per_s'] / by['ray x1']['req_per_s']:.2f}x uploads/s (goal > 1)")
+    errs = [r["first_error"] for r in rows if r["errors"]]
+    if errs:
+        print("first error:", errs[0])
+    print(f"peak RSS of this process: {report['bench_peak_rss_mb']} MB")
 
 
 def httpx_client(base: str):
