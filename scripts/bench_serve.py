@@ -128,7 +128,10 @@ def start_server(index: Path, port: int, backbone: str, extra: list[str] = ()) -
     code = pre + f"from vecsearch.cli import app; app({argv!r})"
     # stderr to a file, never an unread pipe: the access log (a line a request) would fill it and block the server.
     log = open(index.parent / f"serve-{port}.log", "w")  # noqa: SIM115 (closed with the process, in stop_server)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=log, text=True)
+    env = dict(os.environ)
+    if backbone == "tiny":  # Ray's replicas import it too (serve --engine ray)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "tests"), str(ROOT), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=log, text=True, env=env)
     proc.log = log  # type: ignore[attr-defined]
     return proc
 

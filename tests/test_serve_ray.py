@@ -340,3 +340,17 @@ def test_a_pool_the_cluster_cannot_hold_is_refused(tiny_index):
     assert r.returncode == 1, r.stderr[-3000:]
     assert "2 replicas with 1 GPU each need 2 GPUs; the Ray cluster has 0" in r.stderr
     assert "--gpus-per-replica" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_replicas_that_cannot_start_say_why(tiny_index):
+    """The driver knows the tiny backbone, the replicas cannot import it: their own error, in one line."""
+    code = "import sys; sys.path.insert(0, %r); import tiny_backbone; from vecsearch.cli import app; app(%r)" % (
+        str(TESTS),
+        ["serve", "--index", str(tiny_index), "--engine", "ray", "--port", "0"],
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "The replicas could not start: No module named 'tiny_backbone'" in r.stderr, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr

@@ -354,14 +354,26 @@ def deploy(plan: Plan, pool: Pool, *, address: str | None, host: str, port: int,
     runner.start()
     runner.join(DEPLOY_TIMEOUT)
     if failure:
+        reason = replica_reason(deployment_messages() or str(failure[0]))
         stop()
-        raise VecsearchError(f"The replicas could not start: {replica_reason(str(failure[0]))}")
+        raise VecsearchError(f"The replicas could not start: {reason}")
     if runner.is_alive():
         stop()
         raise VecsearchError(
             f"The replicas did not start within {DEPLOY_TIMEOUT:g} s (the cluster may lack the resources they "
             "reserve, or a node cannot see the index folder)."
         )
+
+
+def deployment_messages() -> str:
+    """What Serve says of each deployment of the application (a failed replica's traceback among it)."""
+    from ray import serve
+
+    try:
+        app = serve.status().applications.get(APP_NAME)
+    except Exception:  # noqa: BLE001 - only a better message is at stake
+        return ""
+    return "\n".join(d.message for d in (app.deployments.values() if app else ()) if d.message)
 
 
 def replica_reason(message: str) -> str:
