@@ -325,6 +325,11 @@ def main() -> None:
     ap.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: in-process vs Ray Serve, 1 and 2 replicas")
     ap.add_argument("--ray-clients", type=int, default=16, help="with --engine ray: concurrent clients")
     ap.add_argument("--ray-replicas", default="1,2", help="with --engine ray: replica counts to measure")
+    ap.add_argument(
+        "--also-unsplit",
+        action="store_true",
+        help="with --engine ray: also each multi-replica run with every replica's model on all the cores",
+    )
     args = ap.parse_args()
     tiny = args.backbone == "tiny"
     vectors = args.vectors or (300 if tiny else 2000)
@@ -434,6 +439,13 @@ def ray_bench(index: Path, args, uploads: list[bytes], max_requests: int, second
     runs = [("in-process", [], 0)] + [
         (f"ray x{n}", ["--engine", "ray", "--replicas", n], int(n)) for n in args.ray_replicas.split(",") if n
     ]
+    if args.also_unsplit:  # every replica's model on all the cores (what a cluster node gives by default)
+        every = str(os.cpu_count() or 1)
+        runs += [
+            (f"ray x{n} all cores", ["--engine", "ray", "--replicas", n, "--threads-per-replica", every], int(n))
+            for n in args.ray_replicas.split(",")
+            if int(n) > 1
+        ]
     rows = []
     for name, extra, replicas in runs:
         port = _free_port()
@@ -468,10 +480,12 @@ def ray_bench(index: Path, args, uploads: list[bytes], max_requests: int, second
         f"{clients} clients, uploads 640x480 JPEG, {report['cpus']} CPUs, load average after "
         f"{' '.join(map(str, report['load_average']))}; run {report['seconds']} s"
     )
-    print(f"{'server':<12} {'requests':>8} {'uploads/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'errors':>6} {'start s':>7}  peak RSS MB (per replica)")
+    print(
+        f"{'server':<16} {'requests':>8} {'uploads/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'errors':>6} {'start s':>7}  peak RSS MB (per replica)"
+    )
     for r in rows:
         print(
-            f"{r['name']:<12} {r['requests']:>8} {r['req_per_s']:>9.2f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['errors']:>6} "
+            f"{r['name']:<20} {r['requests']:>8} {r['req_per_s']:>9.2f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['errors']:>6} "
             f"{r['startup_s']:>7}  {', '.join(map(str, r['rss_mb']))}"
         )
     by = {r["name"]: r for r in rows}
@@ -480,6 +494,10 @@ def ray_bench(index: Path, args, uploads: list[bytes], max_requests: int, second
         print(f"ray, 1 replica vs in-process: {by['ray x1']['req_per_s'] / local:.2f}x uploads/s (goal >= 0.85)")
     if "ray x1" in by and "ray x2" in by and by["ray x1"]["req_per_s"]:
         print(f"ray, 2 replicas vs 1: {by['ray x2']['req_per_s'] / by['ray x1']['req_per_s']:.2f}x uploads/s (goal > 1)")
+    if "ray x1" in by and "ray x2 all cores" in by and by["ray x1"]["req_per_s"]:
+        print(
+            f"ray, 2 replicas each on all the cores vs 1: {by['ray x2 all cores']['req_per_s'] / by['ray x1']['req_per_s']:.2f}x uploads/s"
+        )
     errs = [r["first_error"] for r in rows if r["errors"]]
     if errs:
         print("first error:", errs[0])

@@ -131,8 +131,9 @@ def test_merged_scrapes_keep_every_replicas_samples():
     assert merged.decode().count("# TYPE vecsearch_requests_total counter") == 1
 
 
-def test_pools_and_autoscale_are_checked_without_ray():
-    from vecsearch.server.ray_serve import Plan, Pool, check_pool, local_cpus, parse_autoscale, replica_reason
+def test_pools_and_autoscale_are_checked_without_ray(monkeypatch):
+    from vecsearch.server import ray_serve
+    from vecsearch.server.ray_serve import Plan, Pool, check_pool, local_cpus, local_threads, parse_autoscale, replica_reason
 
     assert parse_autoscale("1:4") == (1, 4)
     for bad in ("4", "a:b", "3:1", "0:2"):
@@ -147,6 +148,10 @@ def test_pools_and_autoscale_are_checked_without_ray():
         check_pool({"CPU": 2}, plan, Pool(replicas=3))
     check_pool({"CPU": 2}, plan, Pool(autoscale=(1, 8)))  # the minimum must fit now; more come as the cluster grows
     assert local_cpus(plan, Pool(replicas=2)) >= 3  # two readers and the writer on this machine's cores
+    # A Ray started here splits the machine's cores among the replicas' models; one replica keeps them all.
+    monkeypatch.setattr(ray_serve.os, "cpu_count", lambda: 8)
+    assert (local_threads(Pool(replicas=1)), local_threads(Pool(replicas=2)), local_threads(Pool(replicas=3))) == (None, 4, 2)
+    assert local_threads(Pool(autoscale=(1, 4))) is None and local_threads(Pool(replicas=16)) == 1
     msg = "Deploying failed:\nTraceback (most recent call last):\n  ...\nvecsearch.errors.WeightsError: No weights file at /w.h5."
     assert replica_reason(msg) == "No weights file at /w.h5."
 
@@ -158,3 +163,22 @@ def test_vectors_are_the_same_whichever_app_answers(pair):
     b = writer.post(f"{V1}/search/vector", json=body, params={"k": 3}, headers=auth(READ))
     assert a.status_code == b.status_code == 200, a.text
     assert a.json() == b.json() and len(a.json()["results"]) == 3
+
+
+def test_a_replicas_health_is_its_start_up_and_its_index(tmp_path):
+    """What Ray's health check asks each replica: finished starting (model built), and the index still reads."""
+    from vecsearch.server.ray_serve import check_ready
+
+    make_image(tmp_path / "photos" / "p.png", seed=1)
+    with open_index(tmp_path / "ix", backbone="tiny", weights=None, seed=7) as ix:
+        ix.add([tmp_path / "photos"])
+    with open_index(tmp_path / "ix", create=False, read_only=True) as ix:
+        app = create_app(ix, batch_size=0)
+        svc = app.state.service
+        with pytest.raises(RuntimeError, match="not finished starting"):
+            check_ready(svc)
+        with TestClient(app, base_url=BASE):
+            check_ready(svc)
+            (tmp_path / "ix" / "index.db").write_bytes(b"")  # the folder went away under it
+            with pytest.raises(Exception):  # noqa: B017 - whatever the store raises makes Ray replace the replica
+                check_ready(svc)

@@ -211,6 +211,15 @@ def serve(
     cpus_per_replica: Annotated[
         float, typer.Option("--cpus-per-replica", min=0, help="With --engine ray: CPUs each replica reserves.")
     ] = 1.0,
+    threads_per_replica: Annotated[
+        Optional[int],
+        typer.Option(
+            "--threads-per-replica",
+            min=1,
+            show_default=False,
+            help="With --engine ray: model threads in each replica (default: a local Ray splits the cores among the replicas; a cluster: every core of the node).",
+        ),
+    ] = None,
     max_ongoing: Annotated[
         int,
         typer.Option(
@@ -250,8 +259,10 @@ def serve(
             )
         if engine not in ("local", "ray"):
             raise VecsearchError(f"--engine must be local or ray, not {engine!r}.")
-        if engine != "ray" and (ray_address or autoscale or replicas != 1 or gpus_per_replica):
-            raise VecsearchError("--ray-address, --replicas, --autoscale and --gpus-per-replica go with --engine ray.")
+        if engine != "ray" and (ray_address or autoscale or replicas != 1 or gpus_per_replica or threads_per_replica):
+            raise VecsearchError(
+                "--ray-address, --replicas, --autoscale, --gpus-per-replica and --threads-per-replica go with --engine ray."
+            )
         settings = dict(
             token=token,
             max_upload_bytes=int(max_upload_mb * 2**20),
@@ -283,7 +294,9 @@ def serve(
                 max_ongoing=max_ongoing,
                 max_queued=max_queued,
             )
-            serve_on_ray(index, settings, pool, ray_address=ray_address, host=host, port=port, token=token)
+            serve_on_ray(
+                index, settings, pool, ray_address=ray_address, host=host, port=port, token=token, threads=threads_per_replica
+            )
             return
         import uvicorn
 
@@ -305,7 +318,9 @@ def serve(
             ix.close()
 
 
-def serve_on_ray(index, settings: dict, pool, *, ray_address: str | None, host: str, port: int, token: str | None) -> None:
+def serve_on_ray(
+    index, settings: dict, pool, *, ray_address: str | None, host: str, port: int, token: str | None, threads: int | None
+) -> None:
     """Deploy the replicas (this process only starts them and waits), then keep them up until Ctrl-C
     or SIGTERM, which take the application down (and a Ray started here with it)."""
     import signal
@@ -322,6 +337,7 @@ def serve_on_ray(index, settings: dict, pool, *, ray_address: str | None, host: 
             app=settings,
             plugins=ray_serve.plugins_for(ix.info.backbone),
             writes=check_writes(host, settings["admin_token"], settings["allow_writes"]),
+            threads=threads,
         )
         count, backbone = len(ix), ix.info.backbone
     finally:
