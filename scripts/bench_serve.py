@@ -481,7 +481,7 @@ def ray_bench(index: Path, args, uploads: list[bytes], max_requests: int, second
         f"{' '.join(map(str, report['load_average']))}; run {report['seconds']} s"
     )
     print(
-        f"{'server':<16} {'requests':>8} {'uploads/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'errors':>6} {'start s':>7}  peak RSS MB (per replica)"
+        f"{'server':<20} {'requests':>8} {'uploads/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'errors':>6} {'start s':>7}  peak RSS MB (per replica)"
     )
     for r in rows:
         print(

@@ -281,8 +281,6 @@ def serve(
             log_format=log_format,
             metrics_public=metrics_public,
         )
-        if access_log:
-            log_access_to_stderr(log_format)
         if engine == "ray":
             from ..server.ray_serve import Pool, parse_autoscale
 
@@ -295,12 +293,23 @@ def serve(
                 max_queued=max_queued,
             )
             serve_on_ray(
-                index, settings, pool, ray_address=ray_address, host=host, port=port, token=token, threads=threads_per_replica
+                index,
+                settings,
+                pool,
+                ray_address=ray_address,
+                host=host,
+                port=port,
+                token=token,
+                threads=threads_per_replica,
+                access_log=access_log,
             )
             return
         import uvicorn
 
         from ..server import create_app
+
+        if access_log:
+            log_access_to_stderr(log_format)
 
         ix = open_index(index, create=False)
         try:
@@ -319,7 +328,16 @@ def serve(
 
 
 def serve_on_ray(
-    index, settings: dict, pool, *, ray_address: str | None, host: str, port: int, token: str | None, threads: int | None
+    index,
+    settings: dict,
+    pool,
+    *,
+    ray_address: str | None,
+    host: str,
+    port: int,
+    token: str | None,
+    threads: int | None,
+    access_log: bool,
 ) -> None:
     """Deploy the replicas (this process only starts them and waits), then keep them up until Ctrl-C
     or SIGTERM, which take the application down (and a Ray started here with it)."""
@@ -338,6 +356,7 @@ def serve_on_ray(
             plugins=ray_serve.plugins_for(ix.info.backbone),
             writes=check_writes(host, settings["admin_token"], settings["allow_writes"]),
             threads=threads,
+            access_log=access_log,
         )
         count, backbone = len(ix), ix.info.backbone
     finally:

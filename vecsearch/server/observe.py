@@ -284,7 +284,8 @@ def merge_scrapes(scrapes: Mapping[str, bytes], label: str = "replica") -> bytes
     for source, text in sorted(scrapes.items()):
         for family in text_string_to_metric_families(text.decode("utf-8")):
             into = families.setdefault(family.name, Metric(family.name, family.documentation, family.type, family.unit))
-            into.samples.extend(s._replace(labels={**s.labels, label: source}) for s in family.samples)
+            for s in family.samples:
+                into.add_sample(s.name, {**s.labels, label: source}, s.value, s.timestamp, s.exemplar)
 
     class Merged:
         def collect(self) -> Iterable[Metric]:

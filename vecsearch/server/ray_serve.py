@@ -89,6 +89,7 @@ class Plan:
     plugins: tuple[str, ...] = ()  # modules that register a backbone that is not built in
     writes: bool = False
     threads: int | None = None  # model threads a replica; None: the backend's default (every core of its node)
+    access_log: bool = True  # a line a request on the replica's stderr (Ray keeps it in the worker's log)
 
 
 def parse_autoscale(text: str) -> tuple[int, int]:
@@ -113,6 +114,16 @@ def _open(plan: Plan, *, read_only: bool):
     # and JAX's default), before the backend loads.
     os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if plan.access_log:
+        access = logging.getLogger("vecsearch.access")
+        if not access.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(
+                logging.Formatter("%(message)s" if plan.app.get("log_format") == "json" else "%(asctime)s %(message)s")
+            )
+            access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
     from ..opening import open_index
 
     return open_index(plan.index, create=False, read_only=read_only)
