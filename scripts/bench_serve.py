@@ -136,10 +136,10 @@ def start_server(index: Path, port: int, backbone: str, extra: list[str] = ()) -
     return proc
 
 
-def stop_server(proc: subprocess.Popen) -> None:
+def stop_server(proc: subprocess.Popen, wait: float = 30) -> None:
     proc.terminate()
     try:
-        proc.wait(30)
+        proc.wait(wait)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -460,13 +460,7 @@ def ray_bench(index: Path, args, uploads: list[bytes], max_requests: int, second
             row.update(name=name, startup_s=round(startup, 1), rss_mb=[round(peak_rss_mb(p)) for p in pids])
             rows.append(row)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            proc.log.close()  # type: ignore[attr-defined]
+            stop_server(proc, wait=120)  # a Ray server takes its application and its Ray down first
     report["ray"] = rows
     report["load_average"] = [round(x, 2) for x in os.getloadavg()]
     report["seconds"] = round(time.perf_counter() - t_start, 1)

@@ -99,7 +99,9 @@ def test_one_access_log_line_per_request(served_index, caplog, log_format):
         ids = []
         for url, kw in (
             ("/api/v1/images/1", {"headers": {"Authorization": "Bearer s3cret", "X-Request-ID": "one"}}),
-            ("/api/v1/images/2?token=s3cret", {"headers": {"X-Request-ID": "tw\x1fo".encode()}}),  # not accepted: new id
+            # Not accepted (a space would split a text log line): a new id. (A control character never gets this far:
+            # uvicorn's HTTP parser, httptools where installed as ray[serve] brings it, refuses the request itself.)
+            ("/api/v1/images/2?token=s3cret", {"headers": {"X-Request-ID": "tw o"}}),
             ("/api/v1/stats?token=wrong", {}),
             ("/no/such/path", {}),
         ):

@@ -162,7 +162,22 @@ class Pusher:
                 log.debug("metrics push failed: %s", e)
 
 
-class Reader:
+class Replica:
+    """What the reader and the writer share: Ray's health check, and the metrics push stopped with them."""
+
+    service: Any
+    pusher: Pusher
+
+    def check_health(self) -> None:
+        check_ready(self.service)
+
+    def __del__(self):
+        pusher = getattr(self, "pusher", None)
+        if pusher is not None:
+            pusher.stop.set()
+
+
+class Reader(Replica):
     """A replica of the ingress: the app on the index opened read-only, writes forwarded."""
 
     def __init__(self, plan: Plan, writer, board):
@@ -199,14 +214,6 @@ class Reader:
             scrapes = {}
         return merge_scrapes({**scrapes, self.name: own})
 
-    def check_health(self) -> None:
-        check_ready(self.service)
-
-    def __del__(self):
-        pusher = getattr(self, "pusher", None)
-        if pusher is not None:
-            pusher.stop.set()
-
 
 async def call_writer(writer, request: Forwarded) -> Answer:
     """A forwarded write's answer, or WriterUnavailable (503 + Retry-After) when the writer cannot take it."""
@@ -227,7 +234,7 @@ async def call_writer(writer, request: Forwarded) -> Answer:
         ) from None
 
 
-class Writer:
+class Writer(Replica):
     """The one replica that writes: the app on the index opened for writing, answering forwarded requests."""
 
     async def __init__(self, plan: Plan, board):  # type: ignore[misc]  # Ray Serve awaits an async constructor
@@ -243,14 +250,6 @@ class Writer:
 
     async def answer(self, request: Forwarded) -> Answer:
         return await answer(self.web, request)
-
-    def check_health(self) -> None:
-        check_ready(self.service)
-
-    def __del__(self):
-        pusher = getattr(self, "pusher", None)
-        if pusher is not None:
-            pusher.stop.set()
 
 
 class Board:
