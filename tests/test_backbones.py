@@ -95,3 +95,32 @@ def test_offline_imagenet_says_how_to_supply_a_file(monkeypatch, capsys):
     assert "--weights FILE" in cli_message(e.value)  # the CLI adds its spelling of the fix
     captured = capsys.readouterr()
     assert captured.out == "" and "Downloading" in captured.err  # stdout stays clean for --json
+
+
+def test_every_keras_application_is_a_backbone_and_listed():
+    """Each image model class of keras.applications has a row, with its own module's preprocess_input."""
+    from helpers import run_json
+
+    from vecsearch.backbones import KERAS_APPLICATIONS
+
+    keras = import_keras()
+    classes = {n for n in dir(keras.applications) if n[0].isupper()}
+    old = {"ResNet50", "Xception", "InceptionV3", "VGG16", "MobileNet"}
+    assert {row[2] for row in KERAS_APPLICATIONS} == classes - old
+    for name, module, _cls, side, dim, weights_file in KERAS_APPLICATIONS:
+        spec = REGISTRY[name]
+        assert spec.input_size == (side, side) and spec.dim == dim and weights_file.endswith(".h5")
+        assert callable(getattr(keras.applications, module).preprocess_input)
+    listed = {r["name"]: r for r in run_json("backbones", "--json")}
+    assert set(REGISTRY) <= set(listed)
+    assert listed["convnext-tiny"] == {
+        "name": "convnext-tiny",
+        "input": "224x224",
+        "dim": 768,
+        "imagenet_top": True,
+        "last_conv_layer": None,
+        "source": "keras.applications",
+    }
+    assert listed["resnet50"]["last_conv_layer"] == "conv5_block3_out"
+    # ConvNeXt normalises its vector after the pool: no map adds up to it, so no explanations (said, not faked).
+    assert listed["convnext-tiny"]["last_conv_layer"] is None and listed["efficientnetv2-b0"]["last_conv_layer"]

@@ -113,3 +113,39 @@ def test_xception_matches_its_own_recipe(tmp_path):
     assert np.sum(ours * ref, axis=1).min() >= 0.9999
     assert ix.stats()["dim"] == 2048
     ix.close()
+
+
+# A sample of the table-driven keras.applications rows, one of each preprocessing kind: in-model
+# rescaling (EfficientNetV2, ConvNeXt, MobileNetV3), "torch" normalisation (DenseNet), [-1, 1] (ResNetV2).
+TABLE_SAMPLE = [
+    ("efficientnetv2-b0", "efficientnet_v2", "EfficientNetV2B0"),
+    ("convnext-tiny", "convnext", "ConvNeXtTiny"),
+    ("densenet121", "densenet", "DenseNet121"),
+    ("mobilenet-v3-small", "mobilenet_v3", "MobileNetV3Small"),
+    ("resnet50v2", "resnet_v2", "ResNet50V2"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,module,ctor", TABLE_SAMPLE)
+def test_table_backbones_match_their_own_keras_recipe(tmp_path, name, module, ctor):
+    """A weights file this test writes, loaded by Keras itself on the reference side."""
+    from vecsearch.backbones import get_spec
+
+    keras = import_keras()
+    keras.utils.set_random_seed(11)
+    built = getattr(keras.applications, ctor)(weights=None, include_top=False, pooling="avg")
+    wfile = tmp_path / f"{name}.weights.h5"
+    built.save_weights(str(wfile))
+    pngs = [make_image(tmp_path / "imgs" / f"t{i}.png", seed=400 + i, size=(320 - 30 * i, 240 + 20 * i)) for i in range(3)]
+    spec = get_spec(name)
+    with open_index(tmp_path / "index", backbone=name, weights=str(wfile)) as ix:
+        ix.add([tmp_path / "imgs"])
+        ours = _ours(ix, pngs)
+        assert ix.stats()["dim"] == spec.dim
+    model = getattr(keras.applications, ctor)(weights=str(wfile), include_top=False, pooling="avg")
+    side = spec.input_size
+    ref = keras_recipe(model, pngs, (side[1], side[0]), getattr(keras.applications, module).preprocess_input)
+    assert ref.shape[1] == spec.dim
+    assert np.sum(ours * ref, axis=1).min() >= 0.9999
+    assert _centred_cos(ours, ref, ref.mean(axis=0)).min() >= 0.999

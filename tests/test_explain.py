@@ -371,3 +371,20 @@ def test_query_explain_writes_one_pair_per_result(tiny_index, photos, tmp_path):
         assert q.map.sum() == pytest.approx(h["score"], rel=1e-4) and r.map.sum() == pytest.approx(h["score"], rel=1e-4)
     text = run("query", query, "--k", 2, "--explain", tmp_path / "why2", "--index", tiny_index.directory)
     assert "why similar: 2 heatmaps" in text.stdout and len(list((tmp_path / "why2").glob("*.png"))) == 2
+
+
+@pytest.mark.slow
+def test_explanations_find_the_last_pool_of_table_backbones_and_refuse_convnext():
+    """EfficientNet's squeeze-and-excite blocks pool too: the map is the one the last pool reads (its
+    mean is the vector: FeatureMaps checks it). ConvNeXt normalises after the pool: a clear refusal."""
+    from vecsearch.backbones import WeightsSpec, load_backbone
+    from vecsearch.explain import FeatureMaps
+
+    pixels = np.random.default_rng(3).integers(0, 256, (2, 224, 224, 3)).astype(np.uint8)
+    for name, layer in (("efficientnetv2-b0", "top_activation"), ("mobilenet-v3-small", None)):
+        maps = FeatureMaps(load_backbone(name, WeightsSpec.parse(None, 2)))
+        fmap, pooled = maps(pixels)
+        assert fmap.shape == (2, 7, 7, get_spec(name).dim) and pooled.shape == (2, get_spec(name).dim)
+        assert layer is None or maps.layer == layer
+    with pytest.raises(VecsearchError, match="Explanations are not available for backbone convnext-tiny"):
+        FeatureMaps(load_backbone("convnext-tiny", WeightsSpec.parse(None, 2)))

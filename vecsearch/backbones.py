@@ -99,7 +99,9 @@ class BackboneSpec:
     RGB 0..255 pixels to what the network expects. `weights_file` names the official
     no-top weights file, quoted in the message when ImageNet weights can't be fetched.
     `last_conv_layer` names the layer whose feature map the global average pool reads
-    (explanations are maps over it); "" means "find it from the model's pooling layer".
+    (explanations are maps over it); "" means "find it from the model's last pooling layer".
+    `explainable` is False where the pooled vector is not the mean of one feature map (ConvNeXt
+    normalises it after the pool), so no map sums to its scores.
     """
 
     name: str
@@ -110,15 +112,18 @@ class BackboneSpec:
     weights_file: str = ""
     has_imagenet: bool = True
     last_conv_layer: str = ""
+    explainable: bool = True
 
 
-def _app(module: str, cls: str) -> tuple[Callable, Callable]:
+def _app(module: str, cls: str, input_shape: tuple[int, int, int] | None = None) -> tuple[Callable, Callable]:
+    shape = {"input_shape": input_shape} if input_shape else {}
+
     def build(weights, include_top):
         keras = import_keras()
         ctor = getattr(keras.applications, cls)
         if include_top:
             return ctor(weights=weights, include_top=True)
-        return ctor(weights=weights, include_top=False, pooling="avg")
+        return ctor(weights=weights, include_top=False, pooling="avg", **shape)
 
     def preprocess(x):
         keras = import_keras()
@@ -170,6 +175,95 @@ for _s in (
     _spec("mobilenet", "mobilenet", "MobileNet", 224, 1024, "mobilenet_1_0_224_tf_no_top.h5", "conv_pw_13_relu"),
 ):
     register(_s)
+
+# Every other image model of keras.applications, one row each: (name, module, class, input side,
+# pooled width, Keras's no-top weights file). Their last convolutional layer is found from the
+# pooling layer (`last_conv_layer` ""). The first five above keep their hand-written rows, so the
+# indexes they built open unchanged. EfficientNet, EfficientNetV2, ConvNeXt and MobileNetV3
+# rescale inside the model; their preprocess_input passes pixels through, as Keras documents.
+_TF_KERNELS = "_weights_tf_dim_ordering_tf_kernels_notop.h5"
+KERAS_APPLICATIONS: tuple[tuple[str, str, str, int, int, str], ...] = (
+    ("vgg19", "vgg19", "VGG19", 224, 512, "vgg19" + _TF_KERNELS),
+    ("resnet101", "resnet", "ResNet101", 224, 2048, "resnet101" + _TF_KERNELS),
+    ("resnet152", "resnet", "ResNet152", 224, 2048, "resnet152" + _TF_KERNELS),
+    ("resnet50v2", "resnet_v2", "ResNet50V2", 224, 2048, "resnet50v2" + _TF_KERNELS),
+    ("resnet101v2", "resnet_v2", "ResNet101V2", 224, 2048, "resnet101v2" + _TF_KERNELS),
+    ("resnet152v2", "resnet_v2", "ResNet152V2", 224, 2048, "resnet152v2" + _TF_KERNELS),
+    ("densenet121", "densenet", "DenseNet121", 224, 1024, "densenet121" + _TF_KERNELS),
+    ("densenet169", "densenet", "DenseNet169", 224, 1664, "densenet169" + _TF_KERNELS),
+    ("densenet201", "densenet", "DenseNet201", 224, 1920, "densenet201" + _TF_KERNELS),
+    ("inception-resnet-v2", "inception_resnet_v2", "InceptionResNetV2", 299, 1536, "inception_resnet_v2" + _TF_KERNELS),
+    (
+        "mobilenet-v2",
+        "mobilenet_v2",
+        "MobileNetV2",
+        224,
+        1280,
+        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+    ),
+    ("mobilenet-v3-small", "mobilenet_v3", "MobileNetV3Small", 224, 576, "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5"),
+    ("mobilenet-v3-large", "mobilenet_v3", "MobileNetV3Large", 224, 960, "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
+    ("nasnet-mobile", "nasnet", "NASNetMobile", 224, 1056, "nasnet_mobile_no_top.h5"),
+    ("nasnet-large", "nasnet", "NASNetLarge", 331, 4032, "nasnet_large_no_top.h5"),
+    *(
+        (f"efficientnet-b{i}", "efficientnet", f"EfficientNetB{i}", side, dim, f"efficientnetb{i}_notop.h5")
+        for i, side, dim in (
+            (0, 224, 1280),
+            (1, 240, 1280),
+            (2, 260, 1408),
+            (3, 300, 1536),
+            (4, 380, 1792),
+            (5, 456, 2048),
+            (6, 528, 2304),
+            (7, 600, 2560),
+        )
+    ),
+    *(
+        (f"efficientnetv2-{v}", "efficientnet_v2", f"EfficientNetV2{v.upper()}", side, dim, f"efficientnetv2-{v}_notop.h5")
+        for v, side, dim in (
+            ("b0", 224, 1280),
+            ("b1", 240, 1280),
+            ("b2", 260, 1408),
+            ("b3", 300, 1536),
+            ("s", 384, 1280),
+            ("m", 480, 1280),
+            ("l", 480, 1280),
+        )
+    ),
+    *(
+        (f"convnext-{v}", "convnext", f"ConvNeXt{cls}", 224, dim, f"convnext_{v}_notop.h5")
+        for v, cls, dim in (
+            ("tiny", "Tiny", 768),
+            ("small", "Small", 768),
+            ("base", "Base", 1024),
+            ("large", "Large", 1536),
+            ("xlarge", "XLarge", 2048),
+        )
+    ),
+)
+for _name, _module, _cls, _side, _dim, _file in KERAS_APPLICATIONS:
+    # Built at their input size (NASNetLarge cannot build without it); the weights do not depend on it.
+    _make, _pre = _app(_module, _cls, (_side, _side, 3))
+    register(BackboneSpec(_name, (_side, _side), _dim, _make, _pre, _file, explainable=_module != "convnext"))
+
+
+def catalogue() -> list[dict]:
+    """Every registered backbone, as `vecsearch backbones` lists it: what it eats and gives, and
+    what else it can do (ImageNet labels need its top; explanations its last convolutional layer)."""
+    rows = []
+    for spec in sorted(REGISTRY.values(), key=lambda s: s.name):
+        module = (getattr(spec.build, "__module__", "") or "").split(".")[0]
+        rows.append(
+            {
+                "name": spec.name,
+                "input": f"{spec.input_size[0]}x{spec.input_size[1]}",
+                "dim": spec.dim,
+                "imagenet_top": spec.has_imagenet,
+                "last_conv_layer": (spec.last_conv_layer or "(from the pooling layer)") if spec.explainable else None,
+                "source": "keras.applications" if module == "vecsearch" else f"plugin {module}",
+            }
+        )
+    return rows
 
 
 def get_spec(name: str) -> BackboneSpec:

@@ -60,6 +60,12 @@ class FeatureMaps:
         model = backbone.model
         self.backbone = backbone
         name = backbone.spec.last_conv_layer
+        if not backbone.spec.explainable:
+            raise VecsearchError(
+                f"Explanations are not available for backbone {backbone.name}: its vector is not the mean of one "
+                "feature map (it is normalised after the pool), so no map adds up to a score. Use a CNN such as "
+                "resnet50 or efficientnetv2-b0 for explanations."
+            )
         if name:
             try:
                 tensor = model.get_layer(name).output
@@ -69,7 +75,10 @@ class FeatureMaps:
                     "name the layer its global average pool reads."
                 ) from None
         else:
-            pool = next((layer for layer in model.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D)), None)
+            # The last pool: EfficientNet's and MobileNetV3's squeeze-and-excite blocks pool too, earlier.
+            pool = next(
+                (layer for layer in reversed(model.layers) if isinstance(layer, keras.layers.GlobalAveragePooling2D)), None
+            )
             feeding = [layer for layer in model.layers if pool is not None and layer is not pool and layer.output is pool.input]
             if not feeding:
                 raise VecsearchError(

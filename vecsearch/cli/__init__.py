@@ -41,6 +41,7 @@ def main(
 # classes of your own, fine-tuning, duplicates and similarity, explanations, the service.
 # isort: off
 from . import index  # noqa: E402,F401
+from . import backbones  # noqa: E402,F401
 from . import manage  # noqa: E402,F401
 from . import check  # noqa: E402,F401
 from . import embed  # noqa: E402,F401
