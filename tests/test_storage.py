@@ -324,3 +324,27 @@ def test_stats_shows_the_stored_vectors_and_the_search_structure_apart(indexed_p
     s = run_json("stats", "--index", index_dir)
     structure = sum((index_dir / name).stat().st_size for name in ("vectors.faiss", "vectors.faiss.json"))
     assert s["vectors_bytes"] == shards and s["structure_bytes"] == structure > 0
+
+
+def test_an_index_made_by_0_2_0_opens_and_answers_as_it_did(tmp_path):
+    """tests/data/index-0.2.0 was built by 0.2.0 (tiny backbone, 10 images, a failed file, a label); its
+    expected.json holds what that version answered. A later vecsearch must give the same answers."""
+    import json
+
+    old = shutil.copytree(TESTS / "data" / "index-0.2.0", tmp_path / "old")
+    expected = json.loads((old / "expected.json").read_text())
+    with sqlite3.connect(old / "index.db") as c:
+        version = c.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+    with open_index(old, create=False) as ix:
+        assert len(ix) == expected["images"]
+        assert {k: ix.stats()[k] for k in expected["stats"]} == expected["stats"]
+        q = np.random.default_rng(expected["query_seed"]).normal(size=ix.info.dim).astype(np.float32)
+        got = [[h.id, h.score] for h in ix.search(q, k=5)]
+        assert [g[0] for g in got] == [e[0] for e in expected["search"]]
+        np.testing.assert_allclose([g[1] for g in got], [e[1] for e in expected["search"]], atol=1e-5)
+        sim = ix.similar(expected["similar_to"], k=3)
+        assert [h.id for h in sim] == [e[0] for e in expected["similar"]]
+        np.testing.assert_allclose([h.score for h in sim], [e[1] for e in expected["similar"]], atol=1e-5)
+        assert [i for i, *_ in ix.store.user_labels()] == [expected["similar_to"]]
+    with sqlite3.connect(old / "index.db") as c:
+        assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] >= version
