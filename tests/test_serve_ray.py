@@ -24,7 +24,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("ray.serve", reason="serving on Ray needs ray[serve] (the ray extra)")
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
-from helpers import DIM, make_image, run, start_serve  # noqa: E402
+from helpers import DIM, index_in_subprocess, make_image, run, start_serve  # noqa: E402
 
 from vecsearch import open_index  # noqa: E402
 
@@ -164,6 +164,27 @@ def test_an_add_through_the_writer_is_in_every_replicas_results(served):
     assert (again["status"], again["id"]) == ("duplicate", item["id"])
     label = server.http.put(f"{V1}/images/{item['id']}/label", json={"label": "mine"})
     assert label.status_code == 200 and label.json()["label"] == "mine"
+
+
+@pytest.mark.slow
+def test_a_cli_index_beside_the_writer_works_and_the_readers_see_it(served):
+    """`vecsearch index` in another process on the same folder while HTTP adds go to the writer: both land."""
+    server, root, _ = served
+    more = [make_image(root / "more" / f"m{i}.png", seed=600 + i).read_bytes() for i in range(6)]
+    cli = index_in_subprocess(root / "more", root / "index", env={"TINY_BACKBONE_DELAY": "0.05"})
+    upload = image(root, 650)
+    item = add_until_acknowledged(str(server.http.base_url), upload, "beside.png", time.monotonic() + 120)
+    assert cli.wait(120) == 0, cli.stderr.read() if cli.stderr else ""
+    for data in (*more, upload):
+        seen: set[str] = set()
+        for _ in range(40):
+            r = server.http.post(f"{V1}/search", files=files(data), params={"k": 1})
+            assert r.status_code == 200 and r.json()["results"][0]["score"] == pytest.approx(1.0, abs=1e-5), r.text
+            seen.add(r.headers[REPLICA])
+            if len(seen) == 2:
+                break
+        assert len(seen) == 2
+    assert item["status"] == "indexed"
 
 
 @pytest.mark.slow

@@ -366,9 +366,13 @@ def serve_on_ray(
     ray_serve.deploy(plan, pool, address=ray_address, host=host, port=port)
 
     def stop(*_):
+        # Once: a second signal (a supervisor's SIGTERM after a Ctrl-C) must not cut the shutdown short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         warn(
             f"Serving {plan.index} ({count} images, {backbone}) on Ray Serve, {how}"

@@ -413,14 +413,26 @@ def replica_reason(message: str) -> str:
     return found[-1][1].strip() if found else message.strip().splitlines()[-1] if message.strip() else "unknown"
 
 
+STOP_SECONDS = 30.0
+"""How long `stop` waits for the replicas to finish their requests and go."""
+
+
 def stop() -> None:
-    """Take the application down (Serve and the cluster stay)."""
+    """Take the application down (Serve and the cluster stay): in-flight requests finish, for at most
+    STOP_SECONDS; past that the caller goes on (a Ray it started is shut down with everything in it)."""
     from ray import serve
 
-    try:
-        serve.delete(APP_NAME)
-    except Exception as e:  # noqa: BLE001 - stopping after a failure: say it, do not mask the failure
-        log.warning("could not delete the Serve application: %s", e)
+    def delete() -> None:
+        try:
+            serve.delete(APP_NAME)
+        except Exception as e:  # noqa: BLE001 - stopping after a failure: say it, do not mask the failure
+            log.warning("could not delete the Serve application: %s", e)
+
+    deleting = threading.Thread(target=delete, name="vecsearch-serve-delete", daemon=True)
+    deleting.start()
+    deleting.join(STOP_SECONDS)
+    if deleting.is_alive():
+        log.warning("the Serve application did not stop within %g s", STOP_SECONDS)
 
 
 def plugins_for(backbone: str) -> tuple[str, ...]:
