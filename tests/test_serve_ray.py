@@ -96,7 +96,13 @@ def served(tmp_path_factory):
         make_image(root / "photos" / f"p{i:02d}.png", seed=i)
     with open_index(root / "index", backbone="tiny", weights=None, seed=7) as ix:
         ix.add([root / "photos"])
-    server = RayServer(root / "index", "--replicas", "2", "--allow-writes", "--max-ongoing", "4", "--max-queued", "4")
+    for i in range(2):  # a server-side folder the writer may index by path (--allow-root)
+        make_image(root / "served" / f"s{i}.png", seed=700 + i)
+    server = RayServer(
+        root / "index",
+        *("--replicas", "2", "--allow-writes", "--max-ongoing", "4", "--max-queued", "4"),
+        *("--allow-root", str(root / "served")),
+    )
     reference_ix = open_index(root / "index", create=False, read_only=True)
     try:
         with TestClient(create_app(reference_ix, batch_size=0), base_url="http://127.0.0.1") as reference:
@@ -185,6 +191,24 @@ def test_a_cli_index_beside_the_writer_works_and_the_readers_see_it(served):
                 break
         assert len(seen) == 2
     assert item["status"] == "indexed"
+
+
+@pytest.mark.slow
+def test_paths_under_an_allowed_root_are_indexed_by_the_writer(served):
+    server, root, _ = served
+    r = server.http.post(f"{V1}/images/paths", json={"paths": [str(root / "served")]})
+    assert r.status_code == 200 and r.json()["indexed"] == 2, r.text
+    outside = server.http.post(f"{V1}/images/paths", json={"paths": [str(root / "photos")]})
+    assert outside.status_code == 403 and "not under an allowed root" in outside.json()["error"]
+    data = (root / "served" / "s1.png").read_bytes()
+    seen: set[str] = set()
+    for _ in range(40):
+        hit = server.http.post(f"{V1}/search", files=files(data), params={"k": 1})
+        assert hit.json()["results"][0]["score"] == pytest.approx(1.0, abs=1e-5), hit.text
+        seen.add(hit.headers[REPLICA])
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2
 
 
 @pytest.mark.slow

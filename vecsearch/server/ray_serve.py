@@ -188,11 +188,14 @@ class Reader(Replica):
         from . import create_app
 
         self.index = _open(self.plan, read_only=True)
+        # Writes, and with them the server-side folders they may index (--allow-root), are the writer's:
+        # a reader's node need not see those folders.
+        settings = {**self.plan.app, "allow_roots": ()} if self.writer is not None else self.plan.app
         web = create_app(
             self.index,
             forward_writes=self.forward if self.writer is not None else None,
             gather_metrics=self.gather,
-            **self.plan.app,
+            **settings,
         )
         web.add_middleware(ServedBy, name=self.name)
         self.service = web.state.service
