@@ -247,12 +247,19 @@ for _name, _module, _cls, _side, _dim, _file in KERAS_APPLICATIONS:
     register(BackboneSpec(_name, (_side, _side), _dim, _make, _pre, _file, explainable=_module != "convnext"))
 
 
+def plugin_module(spec: BackboneSpec) -> str:
+    """The module that registered `spec` when it is not built in (a plugin's `register()`), else "":
+    what a worker or replica on another machine must import before it can build the backbone."""
+    module = getattr(spec.build, "__module__", "") or ""
+    return "" if module.split(".")[0] in ("vecsearch", "") else module
+
+
 def catalogue() -> list[dict]:
     """Every registered backbone, as `vecsearch backbones` lists it: what it eats and gives, and
     what else it can do (ImageNet labels need its top; explanations its last convolutional layer)."""
     rows = []
     for spec in sorted(REGISTRY.values(), key=lambda s: s.name):
-        module = (getattr(spec.build, "__module__", "") or "").split(".")[0]
+        plugin = plugin_module(spec)
         rows.append(
             {
                 "name": spec.name,
@@ -260,7 +267,7 @@ def catalogue() -> list[dict]:
                 "dim": spec.dim,
                 "imagenet_top": spec.has_imagenet,
                 "last_conv_layer": (spec.last_conv_layer or "(from the pooling layer)") if spec.explainable else None,
-                "source": "keras.applications" if module == "vecsearch" else f"plugin {module}",
+                "source": f"plugin {plugin}" if plugin else "keras.applications",
             }
         )
     return rows

@@ -35,7 +35,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .backbones import Backbone, WeightsSpec, check_precision, get_spec, load_backbone
+from .backbones import Backbone, WeightsSpec, check_precision, get_spec, load_backbone, plugin_module
 from .config import default_batch_size
 from .errors import IndexMismatchError, RayClusterError, VecsearchError
 from .extract import RESAMPLE, Embedded
@@ -105,14 +105,12 @@ class ModelRecipe:
         spec = get_spec(backbone)
         if not isinstance(weights, WeightsSpec):
             weights = WeightsSpec.parse(weights, seed)
-        module = getattr(spec.build, "__module__", "") or ""
-        plugin = "" if module.split(".")[0] == "vecsearch" else module
         return cls(
             backbone,
             weights,
             max(1, batch_size or default_batch_size(precision)),
             precision=check_precision(precision),
-            plugin=plugin,
+            plugin=plugin_module(spec),
             fingerprint=fingerprint,
         )
 

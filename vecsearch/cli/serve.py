@@ -344,6 +344,7 @@ def serve_on_ray(
     import signal
     import time
 
+    from ..backbones import get_spec, plugin_module
     from ..server import ray_serve
     from ..server.guards import check_writes
 
@@ -353,7 +354,7 @@ def serve_on_ray(
         plan = ray_serve.Plan(
             index=str(ix.directory.resolve()),
             app=settings,
-            plugins=ray_serve.plugins_for(ix.info.backbone),
+            plugins=tuple(m for m in [plugin_module(get_spec(ix.info.backbone))] if m),
             writes=check_writes(host, settings["admin_token"], settings["allow_writes"]),
             threads=threads,
             access_log=access_log,

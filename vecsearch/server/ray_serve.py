@@ -436,11 +436,3 @@ def stop() -> None:
     deleting.join(STOP_SECONDS)
     if deleting.is_alive():
         log.warning("the Serve application did not stop within %g s", STOP_SECONDS)
-
-
-def plugins_for(backbone: str) -> tuple[str, ...]:
-    """The module to import in every replica before the index opens, when its backbone is a plugin's."""
-    from ..backbones import get_spec
-
-    module = (getattr(get_spec(backbone).build, "__module__", "") or "").split(".")
-    return () if module[0] in ("vecsearch", "") else (".".join(module),)
