@@ -158,18 +158,20 @@ def _decode(batch: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, np
     }
 
 
+def share_gpu_memory() -> None:
+    """In a process that may share its GPU with others (Ray actors, Serve replicas): take GPU memory as
+    needed, not all of it up front (TensorFlow's and JAX's default). Before the backend loads."""
+    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+
 class _EmbedActor:
     """One model per actor, built once; turns decoded batches into unit vectors and norms."""
 
     def __init__(self, recipe: ModelRecipe):
-        import os
-
         from .extract import Extractor
 
-        # Actors may share a GPU (--gpus-per-worker 0.5): take GPU memory as needed, not all
-        # of it up front (TensorFlow's and JAX's default), before the backend loads.
-        os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
-        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        share_gpu_memory()  # actors may share a GPU (--gpus-per-worker 0.5)
         self.extractor = Extractor(recipe.build(), recipe.batch_size, workers=1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

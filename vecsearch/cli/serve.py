@@ -45,20 +45,6 @@ def page_url(host: str, port: int, token: str | None) -> str:
     return f"http://{shown}:{port}/" + (f"?token={quote(token, safe='')}" if token else "")
 
 
-def log_access_to_stderr(log_format: str) -> None:
-    """One line per request on stderr, whatever --log-level says about uvicorn's own messages."""
-    import logging
-    import sys
-
-    log = logging.getLogger("vecsearch.access")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s" if log_format == "json" else "%(asctime)s %(message)s"))
-        log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-
-
 @app.command()
 def serve(
     index: IndexOpt = None,
@@ -309,6 +295,8 @@ def serve(
         from ..server import create_app
 
         if access_log:
+            from ..server.observe import log_access_to_stderr
+
             log_access_to_stderr(log_format)
 
         ix = open_index(index, create=False)

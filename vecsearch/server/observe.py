@@ -29,6 +29,21 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 access_log = logging.getLogger("vecsearch.access")
+
+
+def log_access_to_stderr(log_format: str) -> None:
+    """One line per request on stderr, whatever the log level of uvicorn's own messages. For the processes
+    that serve (the `serve` command, a Ray replica) to call: the library itself configures no logging."""
+    import sys
+
+    if not access_log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s" if log_format == "json" else "%(asctime)s %(message)s"))
+        access_log.addHandler(handler)
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
+
+
 REQUEST_ID_HEADER = "X-Request-ID"
 MAX_REQUEST_ID = 128
 UNMATCHED = "<unmatched>"

@@ -101,6 +101,8 @@ def parse_autoscale(text: str) -> tuple[int, int]:
 
 # -- what runs in the replicas -----------------------------------------------------------------
 def _open(plan: Plan, *, read_only: bool):
+    from ..ray_engine import share_gpu_memory
+
     for module in plan.plugins:
         importlib.import_module(module)
     if plan.threads:  # before the backend starts its thread pools (a replica has not imported it yet)
@@ -110,20 +112,11 @@ def _open(plan: Plan, *, read_only: bool):
             ("TF_NUM_INTEROP_THREADS", 1),
         ):
             os.environ.setdefault(var, str(n))
-    # Replicas may share a GPU: take its memory as needed, not all of it up front (TensorFlow's
-    # and JAX's default), before the backend loads.
-    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    share_gpu_memory()  # replicas may share a GPU (--gpus-per-replica 0.5)
     if plan.access_log:
-        access = logging.getLogger("vecsearch.access")
-        if not access.handlers:
-            handler = logging.StreamHandler()
-            handler.setFormatter(
-                logging.Formatter("%(message)s" if plan.app.get("log_format") == "json" else "%(asctime)s %(message)s")
-            )
-            access.addHandler(handler)
-        access.setLevel(logging.INFO)
-        access.propagate = False
+        from .observe import log_access_to_stderr
+
+        log_access_to_stderr(plan.app.get("log_format", "text"))
     from ..opening import open_index
 
     return open_index(plan.index, create=False, read_only=read_only)
