@@ -356,10 +356,7 @@ def main() -> None:
             return
         report["model"] = model_costs(work / "index", uploads[0], model_images)
 
-        def by_upload(client, i):
-            return client.post(
-                "/api/v1/search", params={"k": args.k}, files={"file": ("q.jpg", uploads[i % len(uploads)], "image/jpeg")}
-            )
+        by_upload = search_by_upload(uploads, args.k)
 
         def embed_many(client, i):
             files = [("file", (f"e{j}.jpg", uploads[(i + j) % len(uploads)], "image/jpeg")) for j in range(args.embed_images)]
@@ -422,6 +419,15 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def search_by_upload(uploads: list[bytes], k: int):
+    """The request both benches time: POST /api/v1/search with the i-th new photo."""
+
+    def by_upload(client, i):
+        return client.post("/api/v1/search", params={"k": k}, files={"file": ("q.jpg", uploads[i % len(uploads)], "image/jpeg")})
+
+    return by_upload
+
+
 def replica_pids() -> list[int]:
     out = subprocess.run(["pgrep", "-f", "ServeReplica:vecsearch:reader"], capture_output=True, text=True).stdout
     return sorted(int(p) for p in out.split())
@@ -430,10 +436,7 @@ def replica_pids() -> list[int]:
 def ray_bench(index: Path, args, uploads: list[bytes], max_requests: int, seconds: float, report: dict) -> None:
     """The in-process server, then Ray Serve with each replica count, at the same load: one table."""
 
-    def by_upload(client, i):
-        return client.post(
-            "/api/v1/search", params={"k": args.k}, files={"file": ("q.jpg", uploads[i % len(uploads)], "image/jpeg")}
-        )
+    by_upload = search_by_upload(uploads, args.k)
 
     clients, t_start = args.ray_clients, time.perf_counter()
     runs = [("in-process", [], 0)] + [

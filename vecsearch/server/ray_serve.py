@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import math
 import os
 import re
 import threading
@@ -343,7 +344,7 @@ def local_cpus(plan: Plan, pool: Pool) -> int:
     (two replicas on a two-core machine share its cores, as two processes would)."""
     high = pool.autoscale[1] if pool.autoscale else pool.replicas
     need = high * pool.cpus_per_replica + (WRITER_CPUS if plan.writes else 0)
-    return max(os.cpu_count() or 1, int(-(-need // 1)))
+    return max(os.cpu_count() or 1, math.ceil(need))
 
 
 def local_threads(pool: Pool) -> int | None:
