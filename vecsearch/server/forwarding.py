@@ -68,11 +68,14 @@ class ForwardWrites:
 
     def __init__(self, app: ASGIApp, routes: Callable[[], list[BaseRoute]], forward: Forward):
         self.app = app
-        self.routes = routes  # read at the first request: the routers are included after the middleware
+        self.find_routes = routes  # called at the first request: the routers are included after the middleware
+        self.routes: list[BaseRoute] | None = None
         self.forward = forward
 
     def is_write(self, scope: Scope) -> bool:
-        return any(r.matches(scope)[0] is Match.FULL for r in self.routes())
+        if self.routes is None:
+            self.routes = self.find_routes()
+        return any(r.matches(scope)[0] is Match.FULL for r in self.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS") or not self.is_write(scope):
