@@ -68,3 +68,61 @@ def test_no_server_error_and_no_undocumented_status(live):
             )
 
         fuzz()
+
+
+@pytest.fixture(scope="module")
+def live_reader(labelled_served_index, tmp_path_factory):
+    """A reader app (the index opened read-only) whose writes are forwarded to a writer app on the same
+    copy, as each Ray Serve replica does (`serve --engine ray`), served over loopback HTTP."""
+    import asyncio
+    import shutil
+    import threading
+
+    from vecsearch import open_index
+    from vecsearch.server import create_app
+    from vecsearch.server.forwarding import answer
+
+    root, _ = labelled_served_index
+    copy = tmp_path_factory.mktemp("fuzzed-forwarded")
+    shutil.copytree(root / "index", copy / "index")
+    (copy / "allowed").mkdir()
+    settings_ = dict(warm=False, allow_writes=True, allow_roots=[copy / "allowed"], batch_size=0)
+    loop = asyncio.new_event_loop()  # the writer's own loop: another process on Ray
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    with open_index(copy / "index") as writer_ix, open_index(copy / "index", read_only=True) as reader_ix:
+        writer = create_app(writer_ix, **settings_)
+
+        forwarded = []
+
+        async def forward(request):
+            forwarded.append(request["method"])
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(answer(writer, request), loop))
+
+        with live_server(writer), live_server(create_app(reader_ix, forward_writes=forward, **settings_)) as base:
+            yield base, forwarded
+    loop.call_soon_threadsafe(loop.stop)
+
+
+def test_forwarded_writes_have_no_server_error_and_no_undocumented_status(live_reader):
+    """The write routes through a reader that forwards them: the writer's answers, within the same schema."""
+    live_reader, forwarded = live_reader
+    schema = schemathesis.openapi.from_url(f"{live_reader}/openapi.json")
+    writes = [
+        op
+        for op in (result.ok() for result in schema.get_all_operations())
+        if op.path.startswith("/api/v1/") and "write" in (op.definition.raw.get("tags") or [])
+    ]
+    assert len(writes) == 6, [f"{op.method} {op.path}" for op in writes]
+    for op in writes:
+
+        @given(case=op.as_strategy())
+        @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+        def fuzz(case):
+            case.call_and_validate(
+                base_url=live_reader,
+                timeout=60,
+                checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance],
+            )
+
+        fuzz()
+    assert {"POST", "PUT", "DELETE"} <= set(forwarded)  # the writer answered them, not the read-only reader
