@@ -7,7 +7,7 @@ Importable from a subprocess too (tests put this folder on sys.path).
 import os
 import time
 
-from vecsearch.backbones import BackboneSpec, import_keras, register
+from vecsearch.backbones import BackboneSpec, hub_spec, import_keras, register
 
 TINY_DIM = 32
 
@@ -37,3 +37,8 @@ def _preprocess(x):
 
 
 TINY = register(BackboneSpec("tiny", (32, 32), TINY_DIM, _build, _preprocess, has_imagenet=False, last_conv_layer="conv2"))
+
+# Small keras-hub backbones: their weights are preset folders a test writes (tests/hub_presets.py).
+TINY_CLIP = register(hub_spec("tiny-clip", "clip", 32, 24))
+TINY_SIGLIP = register(hub_spec("tiny-siglip", "siglip", 32, 32))
+TINY_DINOV2 = register(hub_spec("tiny-dinov2", "dinov2", 32, 32))

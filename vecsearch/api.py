@@ -20,7 +20,7 @@ import numpy as np
 from . import classes, classifiers, classify, dupes, explainer, finetune, images, indexer, labels, queries, report
 
 # isort: split
-from . import uploads, vector_files
+from . import uploads, vector_files, zero_shot
 from .backbones import Backbone
 from .classes import SEED
 from .classifiers import DEFAULT_TOP as CLASSIFY_TOP
@@ -368,6 +368,24 @@ class VecIndex:
         q = self.live.query(q)
         allowed = allowed_ids(self.store, **id_filters)
         return self.live.search(q, k, exclude=exclude, allowed=allowed, min_score=min_score)
+
+    def embed_text(self, texts: Iterable[str]) -> np.ndarray:
+        """Unit vectors (n, dim) of prompts in the image vectors' space (a CLIP or SigLIP backbone)."""
+        return self.model.embed_text(list(texts))
+
+    def search_text(self, text: str, k: int = DEFAULT_K, **filters: Unpack[SearchFilters]) -> list[Hit]:
+        """The k indexed images that best match a prompt ("a red car"), best first, by the cosine of
+        their vectors with its text vector; the filters as `search_vector`'s."""
+        check_filters("search_text", k, filters)
+        if self.searcher is None:
+            self.store.require_info()
+        return self.search_vector(self.model.embed_text([text])[0], k, **filters)
+
+    def zero_shot(self, labels: str | Iterable[str], *, prompt: str = zero_shot.DEFAULT_PROMPT) -> classify.TrainResult:
+        """Predict every image as one of `labels` ("cat,dog,car") from their prompts alone, with no
+        taught examples; scored against the taught labels of those classes where there are any."""
+        self.store.require_info()
+        return zero_shot.classify(self.store, self.model.embed_text, labels if isinstance(labels, str) else list(labels), prompt)
 
     def similar(self, image_id: int, k: int = DEFAULT_K, **filters: Unpack[SearchFilters]) -> list[Hit]:
         """Neighbours of an indexed image by its stored vector (no model call), itself left out.

@@ -23,7 +23,8 @@ from typing import Any, Callable, ContextManager, Iterator
 
 import numpy as np
 
-from .errors import IndexMismatchError, UnknownBackboneError, VecsearchError, WeightsUnavailableError
+from . import hub
+from .errors import IndexMismatchError, NoTextTowerError, UnknownBackboneError, VecsearchError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,9 @@ class BackboneSpec:
     `last_conv_layer` names the layer whose feature map the global average pool reads
     (explanations are maps over it); "" means "find it from the model's last pooling layer".
     `explainable` is False where the pooled vector is not the mean of one feature map (ConvNeXt
-    normalises it after the pool), so no map sums to its scores.
+    normalises it after the pool; a ViT has no map), so no map sums to its scores.
+    `hub` names the keras-hub family ("clip", "siglip", "dinov2"; "" for keras.applications):
+    such a backbone is loaded by `hub.load`, not `build`, and `text` says it embeds prompts too.
     """
 
     name: str
@@ -113,6 +116,8 @@ class BackboneSpec:
     has_imagenet: bool = True
     last_conv_layer: str = ""
     explainable: bool = True
+    hub: str = ""
+    text: bool = False
 
 
 def _app(module: str, cls: str, input_shape: tuple[int, int, int] | None = None) -> tuple[Callable, Callable]:
@@ -247,6 +252,36 @@ for _name, _module, _cls, _side, _dim, _file in KERAS_APPLICATIONS:
     register(BackboneSpec(_name, (_side, _side), _dim, _make, _pre, _file, explainable=_module != "convnext"))
 
 
+def _hub_build(weights, include_top):
+    raise VecsearchError("A keras-hub backbone is loaded by vecsearch.hub.load, not built from keras.applications.")
+
+
+def _as_is(x):
+    return x  # a keras-hub backbone's scale and offset are a layer of its model (they come with its weights)
+
+
+def hub_spec(name: str, family: str, side: int, dim: int) -> BackboneSpec:
+    """The spec of a keras-hub backbone of `family` ("clip", "siglip", "dinov2"): how another preset
+    (or a test's small one) becomes a backbone, with `register(hub_spec(...))` and a preset folder as weights."""
+    if family not in hub.FAMILIES:
+        raise UnknownBackboneError(f"Unknown keras-hub family {family!r}; choose one of: {', '.join(hub.FAMILIES)}.")
+    return BackboneSpec(
+        name,
+        (side, side),
+        dim,
+        _hub_build,
+        _as_is,
+        has_imagenet=False,
+        explainable=False,
+        hub=family,
+        text=hub.FAMILIES[family].text,
+    )
+
+
+for _p in hub.PRESETS:
+    register(hub_spec(_p.name, _p.family, _p.side, _p.dim))
+
+
 def plugin_module(spec: BackboneSpec) -> str:
     """The module that registered `spec` when it is not built in (a plugin's `register()`), else "":
     what a worker or replica on another machine must import before it can build the backbone."""
@@ -267,7 +302,8 @@ def catalogue() -> list[dict]:
                 "dim": spec.dim,
                 "imagenet_top": spec.has_imagenet,
                 "last_conv_layer": (spec.last_conv_layer or "(from the pooling layer)") if spec.explainable else None,
-                "source": f"plugin {plugin}" if plugin else "keras.applications",
+                "text": spec.text,
+                "source": f"plugin {plugin}" if plugin else (f"keras-hub {spec.hub}" if spec.hub else "keras.applications"),
             }
         )
     return rows
@@ -297,10 +333,11 @@ class WeightsSpec:
         if isinstance(value, str) and value.lower() == "imagenet":
             return cls("imagenet")
         path = Path(value).expanduser()
-        if not path.is_file():
+        if not (path.is_file() or hub.is_preset_folder(path)):
             raise WeightsUnavailableError(
-                f'Weights file not found: {path}. The weights are "imagenet", none (a seeded random init) '
-                "or the path to an existing Keras weights file (.h5 / .weights.h5).",
+                f'Weights file not found: {path}. The weights are "imagenet", none (a seeded random init), '
+                "the path to an existing Keras weights file (.h5 / .weights.h5), or for a keras-hub backbone a "
+                "local preset folder (with its config.json).",
                 option="weights",
             )
         return cls("file", path=str(path.resolve()))
@@ -331,6 +368,20 @@ class Backbone:
     model: Any
     fingerprint: str
     precision: str = DEFAULT_PRECISION
+    text: Any = None  # hub.TextTower for a backbone that embeds prompts
+    no_text_reason: str = ""
+
+    def text_tower(self):
+        """The text tower, or VecsearchError saying why there is none."""
+        if self.text is None:
+            able = ", ".join(sorted(n for n, s in REGISTRY.items() if s.text)[:4])
+            why = self.no_text_reason or f"{self.name} embeds images only"
+            raise NoTextTowerError(
+                f"Search by text needs a backbone with a text tower ({why}). Build an index with one of: {able}, "
+                "and its weights; or, for the 1,000 ImageNet classes, query by ImageNet label.",
+                option="text",
+            )
+        return self.text
 
     @property
     def name(self) -> str:
@@ -558,6 +609,8 @@ def load_backbone(
     check_precision(precision)
     if not isinstance(weights, WeightsSpec):
         weights = WeightsSpec.parse(weights)
+    if spec.hub:
+        return _load_hub(spec, weights, precision)
     log.debug("building backbone %s with weights %s, precision %s", name, weights.describe(), precision)
     with model_loading(name, weights):
         with dtype_policy(precision):
@@ -567,3 +620,28 @@ def load_backbone(
         if out_dim != spec.dim:
             raise VecsearchError(f"Backbone {name} outputs {out_dim} features, registry says {spec.dim}.")
         return Backbone(spec, weights, model, weights_fingerprint(model), precision)
+
+
+def _load_hub(spec: BackboneSpec, weights: WeightsSpec, precision: str) -> Backbone:
+    """A keras-hub backbone: its image model, text tower, and a fingerprint over all its weights
+    (both towers) and its image converter's scale and offset."""
+    keras = import_keras()
+    known = {p.name: p for p in hub.PRESETS}.get(spec.name)
+    preset = hub.Preset(spec.name, spec.hub, spec.input_size[0], spec.dim, known.architecture if known else None)
+    with model_loading(spec.name, weights):
+        with dtype_policy(precision):
+            dtype = keras.mixed_precision.global_policy().name
+            if weights.kind == "random":
+                assert weights.seed is not None, "a random init is always seeded (WeightsSpec.parse)"
+                with keras_seeded(weights.seed):
+                    models = hub.load(preset, "random", None, keras, dtype)
+            else:
+                with contextlib.redirect_stdout(sys.stderr):  # keras-hub reports downloads on stdout
+                    models = hub.load(preset, weights.kind, weights.path, keras, dtype)
+        models.whole.trainable = False
+        out_dim = int(models.image.outputs[0].shape[-1])
+        if out_dim != spec.dim:
+            raise VecsearchError(f"Backbone {spec.name} outputs {out_dim} features, registry says {spec.dim}.")
+        h = hashlib.sha256(weights_fingerprint(models.whole).encode())
+        h.update(models.preprocessing.encode())
+        return Backbone(spec, weights, models.image, h.hexdigest(), precision, models.text, models.no_text_reason)

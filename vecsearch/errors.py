@@ -24,6 +24,10 @@ class VecsearchError(Exception):
         self.option = option
 
 
+class NoTextTowerError(VecsearchError):
+    """Search by text or zero-shot classes asked of a backbone that embeds images only."""
+
+
 class BadImageError(VecsearchError):
     """One image could not be read; `reason` says why in a few words."""
 

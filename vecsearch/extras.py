@@ -25,6 +25,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "parquet": ("pyarrow", "pyarrow.parquet"),
     "ray": ("ray", "ray.data", "ray.serve"),
     "heif": ("pillow_heif",),
+    "hub": ("keras_hub",),
 }
 """The modules each extra of pyproject.toml provides (import names; `a|b`: either will do,
 as python-multipart is `python_multipart` since 0.0.13 and `multipart` before)."""

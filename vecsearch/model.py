@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, TypedDict, TypeVar
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypedDict, TypeVar
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from .backbones import (
     DEFAULT_BACKBONE,
     DEFAULT_PRECISION,
     MIXING_MIN_COSINE,
+    REGISTRY,
     Backbone,
     WeightsSpec,
     check_fingerprint,
@@ -44,6 +45,7 @@ from .errors import (
     BadImageError,
     IndexMismatchError,
     InputNotFoundError,
+    NoTextTowerError,
     RequestDroppedError,
     VecsearchError,
     check_keywords,
@@ -110,6 +112,29 @@ class UploadVectors:
     vectors: np.ndarray
     rows: list[int]
     failed: dict[int, str]
+
+
+MAX_TEXT_CHARS = 1000
+"""Longest prompt accepted: the towers read 64-77 tokens, so more only costs the tokenizer."""
+MAX_TEXTS = 1000
+"""Most prompts in one call (zero-shot labels, a request's texts)."""
+
+
+def check_texts(texts: Sequence[str]) -> list[str]:
+    """Prompts as the text towers take them: 1 to MAX_TEXTS non-empty strings of at most MAX_TEXT_CHARS."""
+    if isinstance(texts, str):
+        texts = [texts]
+    out = list(texts)
+    if not out:
+        raise VecsearchError("No text given: give at least one prompt.", option="text")
+    if len(out) > MAX_TEXTS:
+        raise VecsearchError(f"{len(out)} prompts is more than {MAX_TEXTS} at once.", option="text")
+    for t in out:
+        if not isinstance(t, str) or not t.strip():
+            raise VecsearchError("A prompt is empty: give some words to search for.", option="text")
+        if len(t) > MAX_TEXT_CHARS:
+            raise VecsearchError(f"A prompt of {len(t)} characters is longer than {MAX_TEXT_CHARS}.", option="text")
+    return out
 
 
 def read_pixels(path: Path, size: tuple[int, int]) -> np.ndarray:
@@ -445,6 +470,22 @@ class IndexModel:
             if (deadline is not None and time.monotonic() >= deadline) or (cancelled is not None and cancelled()):
                 raise RequestDroppedError("Request dropped before its model call: its deadline passed or it was cancelled.")
             return self.extractor().pooled(pixels)
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit vectors (n, dim) of prompts, in the image vectors' space: a backbone with a text tower
+        (CLIP, SigLIP) only, said before any model loads for one without."""
+        texts = check_texts(texts)
+        spec = get_spec(self.name)
+        if not spec.text:
+            able = ", ".join(sorted(n for n, s in REGISTRY.items() if s.text)[:4])
+            raise NoTextTowerError(
+                f"Search by text needs a backbone with a text tower; {self.name} embeds images only. Build an index "
+                f"with one of: {able} (CLIP, SigLIP); or, for the 1,000 ImageNet classes, query by ImageNet label.",
+                option="text",
+            )
+        tower = self.backbone.text_tower()
+        with self._lock:
+            return normalize(tower.vectors(texts))
 
     def start_batcher(
         self, *, max_batch: int | None = None, max_delay: float = DEFAULT_MAX_DELAY, max_queue: int | None = None

@@ -57,7 +57,12 @@ app = App(
 # The library's errors name the argument a fix changes (`VecsearchError.option`); here
 # is how to change it on the command line.
 FLAG_HINTS = {
-    "weights": "On the command line: --weights imagenet, --weights none [--seed N] or --weights FILE.",
+    "weights": "On the command line: --weights imagenet, --weights none [--seed N], --weights FILE, or for a "
+    "keras-hub backbone --weights FOLDER (a local preset).",
+    "text": "On the command line: `vecsearch query --text WORDS` on a CLIP or SigLIP index; "
+    "`vecsearch query --imagenet NAME` lists ImageNet classes with any backbone.",
+    "zero_shot": 'On the command line: --zero-shot "cat,dog,car".',
+    "prompt": 'On the command line: --prompt "a photo of a {label}".',
     "index": "--index DIR (or $VECSEARCH_INDEX) picks the index folder; `vecsearch index PHOTOS` builds one.",
     "unchecked": "On the command line: --unchecked.",
     "max_memory": "On the command line: --max-memory SIZE (e.g. 8GB).",

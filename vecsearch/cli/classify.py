@@ -11,6 +11,7 @@ from ..classifiers import DEFAULT_TOP
 from ..classify import DEFAULT_K
 from ..errors import VecsearchError
 from ..extras import require_extra
+from ..zero_shot import DEFAULT_PROMPT
 from ._common import app, errors_to_exit, open_index
 from .options import IndexOpt, JsonOpt, QuietOpt, model_options
 from .output import json_mode, model_status, print_json, print_jsonl, print_table, progress_bar, say, warn
@@ -81,6 +82,19 @@ def classify(
         bool, typer.Option("--probe", help="Linear probe: logistic regression, C chosen by cross-validation.")
     ] = False,
     head: Annotated[bool, typer.Option("--head", help="The fine-tuned head saved by `vecsearch finetune`.")] = False,
+    zero_shot: Annotated[
+        Optional[str],
+        typer.Option(
+            "--zero-shot",
+            metavar="LABELS",
+            help='Predict every image as one of these classes ("cat,dog,car") from their names alone, with a CLIP '
+            "or SigLIP index; scored on the taught labels of those classes if there are any.",
+            show_default=False,
+        ),
+    ] = None,
+    prompt: Annotated[
+        str, typer.Option("--prompt", metavar="TEMPLATE", help="With --zero-shot: the prompt of each class.")
+    ] = DEFAULT_PROMPT,
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="Neighbours for --knn.")] = DEFAULT_K,
     name: Annotated[
         Optional[str],
@@ -101,6 +115,8 @@ def classify(
         if len(chosen) > 1:
             raise VecsearchError("Choose one of --knn, --probe, --head.")
         kind = chosen[0] if chosen else None
+        if zero_shot is not None and (kind is not None or image is not None):
+            raise VecsearchError("--zero-shot predicts every image by itself: leave out IMAGE, --knn, --probe and --head.")
         if plot is not None:
             if image is not None:
                 raise VecsearchError("--plot goes with training (no IMAGE).")
@@ -120,10 +136,12 @@ def classify(
             )
             say(f"(classifier {by})")
             return
-        if kind is None:
-            raise VecsearchError("Choose --knn, --probe or --head (or give an IMAGE to classify).")
+        if kind is None and zero_shot is None:
+            raise VecsearchError('Choose --knn, --probe, --head or --zero-shot "cat,dog" (or give an IMAGE to classify).')
         with open_index(index, create=False) as ix:
-            if kind == "head":
+            if zero_shot is not None:
+                result = ix.zero_shot(zero_shot, prompt=prompt)
+            elif kind == "head":
                 result = ix.apply_classifier(name, kind="head")
             else:
                 result = ix.train_classifier(kind, k=k, name=name)
@@ -149,9 +167,16 @@ def _print_result(result, plot: Path | None) -> None:
         "knn": f"k-NN (k={result.params.get('k')})",
         "probe": f"linear probe (C={result.params.get('C')})",
         "head": "fine-tuned head",
+        "zero-shot": f"zero-shot ({len(result.params.get('labels', []))} classes, prompt {result.params.get('prompt')!r})",
     }[result.kind]
     ev = result.evaluation
-    if ev is not None:
+    if result.kind == "zero-shot":
+        n = m.get("n_test", 0)
+        say(
+            f"{what}; "
+            + (f"scored on {n} taught image{'s' if n != 1 else ''}" if n else "no taught labels of these classes to score on")
+        )
+    elif ev is not None:
         say(f"{what} saved as {result.name!r}; evaluated on {ev.method}: {ev.n_train} train, {ev.n_test} test images")
     else:
         say(f"{what} {result.name!r} (evaluated when trained)")
@@ -188,7 +213,10 @@ def _print_result(result, plot: Path | None) -> None:
     if not preds:
         say("No unlabelled images to predict.")
         return
-    say(f"Predicted {len(preds)} unlabelled images (stored under {result.name!r}):")
+    if result.kind == "zero-shot":
+        say(f"Predicted {len(preds)} images (not stored; --json or --jsonl to keep them):")
+    else:
+        say(f"Predicted {len(preds)} unlabelled images (stored under {result.name!r}):")
     print_table(
         ["label", "confidence", "path"],
         ((p["label"], f"{p['confidence']:.4f}", p["path"]) for p in preds[:SHOWN_PREDICTIONS]),

@@ -225,6 +225,15 @@ def query(
             show_default=False,
         ),
     ] = None,
+    text: Annotated[
+        Optional[str],
+        typer.Option(
+            "--text",
+            metavar="WORDS",
+            help='Instead of IMAGE: search by words ("a red car"), with a CLIP or SigLIP index.',
+            show_default=False,
+        ),
+    ] = None,
     explain: Annotated[
         Optional[Path],
         typer.Option(
@@ -237,8 +246,8 @@ def query(
     json_out: JsonOpt = False,
     jsonl: JsonlOpt = False,
 ) -> None:
-    """Show the k indexed images most similar to IMAGE (cosine similarity), optionally filtered; or, with
-    --imagenet NAME, those whose ImageNet labels hold a class."""
+    """Show the k indexed images most similar to IMAGE (cosine similarity), or best matching --text WORDS,
+    optionally filtered; or, with --imagenet NAME, those whose ImageNet labels hold a class."""
     with errors_to_exit(), model_status(not (json_out or jsonl)):
         mode = json_mode(json_out, jsonl)
         if k is not None and k < 1:
@@ -273,19 +282,36 @@ def query(
                     ix.search_labels(imagenet, limit=k), json_out, jsonl=jsonl, name=imagenet, coverage=ix.imagenet_coverage()
                 )
             return
-        if image is None:
-            raise VecsearchError("Give an IMAGE to search with, or --imagenet NAME.")
+        if text is not None:
+            if image is not None or imagenet is not None:
+                raise VecsearchError("Give one of IMAGE, --text WORDS or --imagenet NAME.")
+            if explain is not None:
+                raise VecsearchError("--explain goes with a search by IMAGE, not --text.")
+        if image is None and text is None:
+            raise VecsearchError("Give an IMAGE to search with, --text WORDS, or --imagenet NAME.")
         with open_index(index, create=False) as ix:
-            hits = ix.search(
-                image,
-                DEFAULT_K if k is None else k,
-                under=under,
-                label=label,
-                predicted=predicted,
-                classifier=classifier,
-                min_score=min_score,
-            )
-            written = ix.explain_hits_to(image, hits, explain) if explain is not None else None
+            if text is not None:
+                hits = ix.search_text(
+                    text,
+                    DEFAULT_K if k is None else k,
+                    under=under,
+                    label=label,
+                    predicted=predicted,
+                    classifier=classifier,
+                    min_score=min_score,
+                )
+                written = None
+            else:
+                hits = ix.search(
+                    image,
+                    DEFAULT_K if k is None else k,
+                    under=under,
+                    label=label,
+                    predicted=predicted,
+                    classifier=classifier,
+                    min_score=min_score,
+                )
+                written = ix.explain_hits_to(image, hits, explain) if explain is not None else None
         rows = [h.to_dict() for h in hits]
         if written is not None:
             rows = [row | {"explain": str(w)} for row, w in zip(rows, written, strict=False)]

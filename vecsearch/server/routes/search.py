@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import BadVectorError
+from ...model import MAX_TEXT_CHARS
 from ...search import check_query
 from .. import shapes
 from ..errors import responses
@@ -100,6 +101,52 @@ def search_vector(
     searches = [
         shapes.results(ix, ix.search_vector(q, k + offset, **given)[offset:], k=k, offset=offset, next_url=None, base=base)
         for q in queries
+    ]
+    return {"k": k, "offset": offset, "searches": searches}
+
+
+class TextQuery(BaseModel):
+    """One prompt, or several (one result set each), for a CLIP or SigLIP index."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS, description='Words to search by, e.g. "a red car".')
+    texts: list[str] | None = Field(
+        None, min_length=1, max_length=MAX_VECTORS, description=f"Several prompts (at most {MAX_VECTORS})."
+    )
+
+
+@router.post(
+    "/search/text",
+    summary="Images that best match words (CLIP or SigLIP index)",
+    responses=responses(401, 422),
+)
+def search_text(
+    svc: Svc,
+    request: Request,
+    body: TextQuery,
+    page: Page,
+) -> dict:
+    """JSON `{"text": "a red car"}` (the result shape of `POST /search`) or `{"texts": [...]}` (`searches`, one result set
+    each, `text` naming its prompt). The index's text tower embeds the prompts into its image vectors' space; results are
+    by cosine, with the filters and pages of `POST /search`. An index whose backbone embeds images only is a 400 that
+    names the backbones that can."""
+    if (body.text is None) == (body.texts is None):
+        raise BadVectorError('Send exactly one of "text" (one query) or "texts" (several).')
+    k, offset, given, base = page.k, page.offset, page.given, shapes.api(request)
+    ix = svc.current()
+    ix.store.require_info()
+    prompts = [body.text] if body.text is not None else list(body.texts or [])
+    vectors = ix.embed_text(prompts)
+    if body.text is not None:
+        hits = ix.search_vector(vectors[0], k + offset, **given)[offset:]
+        next_url = shapes.next_url(f"{base}/search/text", k, offset, len(hits), given)
+        return shapes.results(ix, hits, k=k, offset=offset, next_url=next_url, base=base)
+    searches = [
+        {
+            "text": t,
+            **shapes.results(ix, ix.search_vector(q, k + offset, **given)[offset:], k=k, offset=offset, next_url=None, base=base),
+        }
+        for t, q in zip(prompts, vectors, strict=True)
     ]
     return {"k": k, "offset": offset, "searches": searches}
 
