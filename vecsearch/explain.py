@@ -52,6 +52,21 @@ __all__ = ["Explanation", "FeatureMaps", "Seen", "OVERLAY_SIDE"]
 
 
 # -- the feature map ----------------------------------------------------------------------
+def check_explainable(spec) -> None:
+    """Refuse, before any work, a backbone whose vector no feature map adds up to."""
+    if spec.explainable:
+        return
+    why = (
+        "it is a vision transformer: its vector comes from tokens, not the mean of a feature map"
+        if spec.hub
+        else "its vector is not the mean of one feature map (it is normalised after the pool)"
+    )
+    raise VecsearchError(
+        f"Explanations are not available for backbone {spec.name}: {why}, so no map adds up to a score. "
+        "Use a CNN such as resnet50 or efficientnetv2-b0 for explanations."
+    )
+
+
 class FeatureMaps:
     """The backbone with two outputs: the last feature map and the pooled vector it makes."""
 
@@ -60,12 +75,7 @@ class FeatureMaps:
         model = backbone.model
         self.backbone = backbone
         name = backbone.spec.last_conv_layer
-        if not backbone.spec.explainable:
-            raise VecsearchError(
-                f"Explanations are not available for backbone {backbone.name}: its vector is not the mean of one "
-                "feature map (it is normalised after the pool), so no map adds up to a score. Use a CNN such as "
-                "resnet50 or efficientnetv2-b0 for explanations."
-            )
+        check_explainable(backbone.spec)
         if name:
             try:
                 tensor = model.get_layer(name).output

@@ -10,6 +10,7 @@ from typing import Any, Iterable, Mapping, Sequence, TypedDict
 
 from . import classifiers, labels, queries
 from . import explain as maps
+from .backbones import get_spec
 from .config import MAX_IMAGE_PIXELS
 from .errors import check_keywords
 from .model import IndexModel
@@ -70,6 +71,7 @@ def explain(
     max_pixels: int | None,
 ) -> maps.Explanation:
     """The heatmap `VecIndex.explain` describes."""
+    maps.check_explainable(get_spec(p.model.name))
     target = maps.as_target(like, imagenet_class, classifier, label)
     if imagenet_class is not None:
         labels.find_classes(imagenet_class)
@@ -100,6 +102,7 @@ def explain_hits(
 ) -> list[tuple[maps.Explanation, maps.Explanation]]:
     """For each hit, (the query's map against it, its map against the query); the query is read
     and run through the model once, each hit's file once."""
+    maps.check_explainable(get_spec(p.model.name))
     seen_q = p.model.look(*queries.image_data(p.store, query), side=side, max_pixels=max_pixels)
     q_name = seen_q.path or "the query"
     out = []
