@@ -119,6 +119,7 @@ def test_every_keras_application_is_a_backbone_and_listed():
         "dim": 768,
         "imagenet_top": True,
         "last_conv_layer": None,
+        "text": False,
         "source": "keras.applications",
     }
     assert listed["resnet50"]["last_conv_layer"] == "conv5_block3_out"

@@ -182,9 +182,13 @@ def test_another_preset_folder_is_refused_by_its_fingerprint(tmp_path, hub_index
 
 
 def test_a_folder_of_another_family_or_none_is_one_clear_line(tmp_path, presets, square_photos):
-    result = run("index", square_photos, "--index", tmp_path / "a", "--backbone", "tiny-clip", "--weights", presets["dinov2"], ok=False)
+    result = run(
+        "index", square_photos, "--index", tmp_path / "a", "--backbone", "tiny-clip", "--weights", presets["dinov2"], ok=False
+    )
     one_line_error(result, "DINOV2Backbone", "not a CLIPBackbone")
-    result = run("index", square_photos, "--index", tmp_path / "b", "--backbone", "tiny-clip", "--weights", tmp_path / "nothing", ok=False)
+    result = run(
+        "index", square_photos, "--index", tmp_path / "b", "--backbone", "tiny-clip", "--weights", tmp_path / "nothing", ok=False
+    )
     one_line_error(result, "not found", "preset folder", "--weights")
 
 
@@ -221,3 +225,45 @@ def test_search_text_in_the_library_matches_the_cli(hub_indexes):
     got = run_json("query", "--text", "a dog on the beach", "--k", "4", "--index", hub_indexes["siglip"])
     assert [h.path for h in hits] == [r["path"] for r in got]
     assert json.dumps([round(h.score, 5) for h in hits]) == json.dumps([round(r["score"], 5) for r in got])
+
+
+def test_search_by_text_over_http_from_the_real_server(hub_indexes, presets):
+    """`vecsearch serve` in its own process, over loopback: POST /api/v1/search/text ranks as brute force
+    does, several prompts give one result set each, and an image-only index is a 400 that says why."""
+    import httpx
+    from helpers import start_serve, wait_until_serving
+
+    from vecsearch.client import Client
+
+    paths, X = stored(hub_indexes["clip"])
+    prompts = ["a red car", "a photo of a cat"]
+    T = reference_texts("clip", presets["clip"], prompts)
+    procs = []
+    try:
+        proc, port = start_serve(hub_indexes["clip"])
+        procs.append(proc)
+        wait_until_serving(proc, port)
+        base = f"http://127.0.0.1:{port}/api/v1"
+        one = httpx.post(f"{base}/search/text?k=4", json={"text": prompts[0]}, timeout=60).json()
+        order = np.argsort(-(unit(X) @ T[0]), kind="stable")[:4]
+        assert [r["path"] for r in one["results"]] == [paths[i] for i in order]
+        many = httpx.post(f"{base}/search/text?k=3", json={"texts": prompts}, timeout=60).json()
+        for s, t in zip(many["searches"], T, strict=True):
+            assert [r["path"] for r in s["results"]] == [paths[i] for i in np.argsort(-(unit(X) @ t), kind="stable")[:3]]
+        assert [s["text"] for s in many["searches"]] == prompts
+        assert [h.path for h in Client(f"http://127.0.0.1:{port}").search_text(prompts[0], k=4)] == [paths[i] for i in order]
+        bad = httpx.post(f"{base}/search/text", json={"text": "a", "texts": ["b"]}, timeout=60)
+        assert bad.status_code == 422 and "exactly one" in bad.json()["error"]
+        assert httpx.post(f"{base}/search/text", json={"text": ""}, timeout=60).status_code == 422
+        spec = httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=60).json()
+        assert set(spec["paths"]["/api/v1/search/text"]["post"]["responses"]) >= {"200", "400", "401", "422", "503"}
+
+        proc, port = start_serve(hub_indexes["dinov2"])
+        procs.append(proc)
+        wait_until_serving(proc, port)
+        r = httpx.post(f"http://127.0.0.1:{port}/api/v1/search/text", json={"text": "a red car"}, timeout=60)
+        assert r.status_code == 400 and "text tower" in r.json()["error"] and r.json()["type"] == "NoTextTowerError"
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.communicate(timeout=30)

@@ -54,7 +54,7 @@ def test_no_server_error_and_no_undocumented_status(live):
     operations = [op for op in every if op.path.startswith("/api/v1/") or not op.path.startswith("/api/")]
     aliases = [op for op in every if op not in operations]
     # Every route, the explain ones, the original, the writes, /ready and /metrics (outside /api: no alias) included.
-    assert len(operations) == 23 and len(aliases) == 22
+    assert len(operations) == 24 and len(aliases) == 23
     assert all(op.definition.raw.get("deprecated") for op in aliases)
     for op in operations:
 

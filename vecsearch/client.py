@@ -108,6 +108,10 @@ class Client:
             out.extend(hits_from(s) for s in body["searches"])
         return out
 
+    def search_text(self, text: str, k: int = DEFAULT_K, **filters: Unpack[SearchFilters]) -> list[Hit]:
+        """The k indexed images that best match words, by the server's text tower (a CLIP or SigLIP index)."""
+        return hits_from(self._json("POST", "/search/text", params=_params(k, filters), json={"text": text}))
+
     def similar(self, image_id: int, k: int = DEFAULT_K, **filters: Unpack[SearchFilters]) -> list[Hit]:
         return hits_from(self._json("GET", f"/images/{int(image_id)}/similar", params=_params(k, filters)))
 

@@ -10,7 +10,8 @@ from .output import print_json, print_table
 @app.command("backbones")
 def backbones(json_out: JsonOpt = False) -> None:
     """List the backbones `--backbone` takes: input size, vector width, whether it has an ImageNet
-    top (`label`, `query --imagenet`) and the layer explanations map. Nothing is built or downloaded."""
+    top (`label`, `query --imagenet`), the layer explanations map, and whether it embeds words too
+    (`query --text`, `classify --zero-shot`). Nothing is built or downloaded."""
     with errors_to_exit():
         from ..backbones import catalogue
 
@@ -19,7 +20,7 @@ def backbones(json_out: JsonOpt = False) -> None:
             print_json(rows)
             return
         print_table(
-            ["backbone", "input", "dim", "imagenet top", "explain layer", "from"],
+            ["backbone", "input", "dim", "imagenet top", "explain layer", "text", "from"],
             [
                 [
                     r["name"],
@@ -27,6 +28,7 @@ def backbones(json_out: JsonOpt = False) -> None:
                     r["dim"],
                     "yes" if r["imagenet_top"] else "no",
                     r["last_conv_layer"] or "not available",
+                    "yes" if r["text"] else "no",
                     r["source"],
                 ]
                 for r in rows
