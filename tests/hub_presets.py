@@ -25,9 +25,10 @@ SENTENCES = [
 
 def _keras_hub():
     import keras
-    import keras_hub
 
-    return keras, keras_hub
+    from vecsearch.hub import import_keras_hub  # with its fix for keras-hub's tokenizer without tensorflow-text
+
+    return keras, import_keras_hub()
 
 
 def clip_vocabulary() -> tuple[dict[str, int], list[str]]:

@@ -4,7 +4,9 @@ and zero-shot classes: on small random-init presets each test session writes its
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import string
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,7 @@ def unit(x) -> np.ndarray:
 
 def reference_images(family: str, preset: Path, paths: list[Path]) -> np.ndarray:
     """keras-hub's own pipeline: the preset's image converter, its backbone, its projection; L2-normalised."""
+    import keras
     import keras_hub
 
     backbone = keras_hub.models.Backbone.from_preset(str(preset))
@@ -62,21 +65,28 @@ def reference_images(family: str, preset: Path, paths: list[Path]) -> np.ndarray
     if family == "dinov2":
         out = np.asarray(backbone.predict({"images": x}, verbose=0))[:, 0, :]  # the CLS token
     else:
-        out = np.asarray(backbone.get_vision_embeddings(x))
+        out = keras.ops.convert_to_numpy(backbone.get_vision_embeddings(x))
     return unit(out)
 
 
 def reference_texts(family: str, preset: Path, texts: list[str]) -> np.ndarray:
     """keras-hub's preprocessor (tokenizer, lower-casing, packing) and text tower with its projection."""
+    import keras
     import keras_hub
 
     backbone = keras_hub.models.Backbone.from_preset(str(preset))
     cls = {"clip": keras_hub.models.CLIPPreprocessor, "siglip": keras_hub.models.SigLIPPreprocessor}[family]
     pre = cls.from_preset(str(preset))
+    if importlib.util.find_spec("tensorflow") is None:
+        # keras-hub lower-cases (and for SigLIP strips punctuation) in TensorFlow ops only: without
+        # TensorFlow (Keras on PyTorch) the test does it itself, with str methods, and turns it off there.
+        pre.to_lower = pre.canonicalize_text = False
+        table = str.maketrans("", "", string.punctuation) if family == "siglip" else {}
+        texts = [" ".join(t.lower().translate(table).split()) if family == "siglip" else t.lower() for t in texts]
     images = np.zeros((len(texts), SIDE, SIDE, 3), np.float32)
     x = pre({"images": images, "prompts": texts})
     x = x[0] if isinstance(x, tuple) else x
-    return unit(np.asarray(backbone.get_text_embeddings(x["token_ids"])))
+    return unit(keras.ops.convert_to_numpy(backbone.get_text_embeddings(x["token_ids"])))
 
 
 def stored(index: Path) -> tuple[list[str], np.ndarray]:

@@ -61,15 +61,16 @@ def test_the_base_install_has_no_tensorflow(machine):
 
 
 def test_each_extra_brings_exactly_one_tensorflow_on_x86_64():
-    assert _tensorflows({"cpu"}, "x86_64") == ["tensorflow-cpu"]
+    # The `tensorflow` distribution, not tensorflow-cpu: keras-hub's tensorflow-text (the `hub` extra)
+    # requires `tensorflow`, so tensorflow-cpu here would be a second one beside it.
+    assert _tensorflows({"cpu"}, "x86_64") == ["tensorflow"]
     assert _tensorflows({"gpu"}, "x86_64") == ["tensorflow['and-cuda']"]
-    assert _tensorflows({"dev"}, "x86_64") == ["tensorflow-cpu"]  # what .ci/run installs: a CPU backend
-    for extra in ("server", "plot", "parquet"):
+    assert _tensorflows({"dev"}, "x86_64") == ["tensorflow"]  # what .ci/run installs: a CPU backend
+    for extra in ("server", "plot", "parquet", "hub"):
         assert _tensorflows({extra}, "x86_64") == []
 
 
 def test_each_extra_brings_exactly_one_tensorflow_on_arm():
-    # tensorflow-cpu has no aarch64 wheels; there the `tensorflow` wheel is the CPU one.
     assert _tensorflows({"cpu"}, "aarch64") == ["tensorflow"]
     assert _tensorflows({"dev"}, "aarch64") == ["tensorflow"]
     assert _tensorflows({"gpu"}, "aarch64") == ["tensorflow['and-cuda']"]
@@ -111,7 +112,10 @@ def test_the_cli_says_it_without_a_traceback(tmp_path):
     os.environ.get("VECSEARCH_CHECK_INSTALL") != "1",
     reason="asks the package registry (15-35 s); .ci/run sets VECSEARCH_CHECK_INSTALL=1",
 )
-def test_pip_resolves_the_gpu_extra_to_one_tensorflow_with_cuda(tmp_path):
+@pytest.mark.parametrize("extras", ["gpu", "cpu,hub", "gpu,hub"])
+def test_pip_resolves_the_gpu_extra_to_one_tensorflow_with_cuda(tmp_path, extras):
+    """pip's own resolution: `[gpu]` brings tensorflow with the CUDA libraries, and keras-hub (whose
+    tensorflow-text requires the `tensorflow` distribution) adds no second TensorFlow to either extra."""
     report = tmp_path / "report.json"
     r = subprocess.run(
         [
@@ -125,7 +129,7 @@ def test_pip_resolves_the_gpu_extra_to_one_tensorflow_with_cuda(tmp_path):
             "-q",
             "--report",
             str(report),
-            f"{ROOT}[gpu]",
+            f"{ROOT}[{extras}]",
         ],
         capture_output=True,
         text=True,
@@ -133,7 +137,10 @@ def test_pip_resolves_the_gpu_extra_to_one_tensorflow_with_cuda(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     installed = {canonicalize_name(i["metadata"]["name"]) for i in json.loads(report.read_text())["install"]}
     assert installed & TF_DISTRIBUTIONS == {"tensorflow"}
-    assert any(name.startswith("nvidia-cudnn") for name in installed)  # the CUDA libraries come with it
+    if "gpu" in extras:
+        assert any(name.startswith("nvidia-cudnn") for name in installed)  # the CUDA libraries come with it
+    if "hub" in extras:
+        assert {"keras-hub", "tensorflow-text"} <= installed
 
 
 # -- the install lines the messages give ------------------------------------------------------------
@@ -165,6 +172,7 @@ def test_install_lines_name_what_works_where_vecsearch_came_from(tmp_path):
             "'prometheus-client>=0.20'",
         ]
         assert pip_target("client", direct_url=origin) == "'httpx>=0.27'"
-        assert pip_target("cpu", direct_url=origin) in ("'tensorflow-cpu>=2.16'", "'tensorflow>=2.16'")  # by machine
-    for extra in ("plot", "server", "client", "parquet", "heif", "ray", "cpu", "gpu"):
+        assert pip_target("cpu", direct_url=origin) == "'tensorflow>=2.16'"
+        assert pip_target("hub", direct_url=origin) == "'keras-hub>=0.32'"
+    for extra in ("plot", "server", "client", "parquet", "heif", "ray", "cpu", "gpu", "hub"):
         assert "'vecsearch[" not in install_line(extra) and extra in install_line(extra)
