@@ -277,3 +277,27 @@ def test_search_by_text_over_http_from_the_real_server(hub_indexes, presets):
         for proc in procs:
             proc.terminate()
             proc.communicate(timeout=30)
+
+
+def test_a_missing_hub_extra_names_the_install_line(tmp_path, square_photos, monkeypatch):
+    import sys
+
+    from vecsearch.extras import install_line
+
+    monkeypatch.setitem(sys.modules, "keras_hub", None)  # as if keras-hub were not installed
+    result = run("index", square_photos, "--index", tmp_path / "ix", "--backbone", "dinov2_small", "--weights", "none", ok=False)
+    line = one_line_error(result, "keras_hub", "not installed")
+    assert install_line("hub") in line
+
+
+def test_an_unreachable_preset_download_says_how_to_work_offline(tmp_path, square_photos, monkeypatch):
+    import keras_hub
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Max retries exceeded with url: /v1/models (NameResolutionError)")
+
+    monkeypatch.setattr(keras_hub.models.DINOV2Backbone, "from_preset", offline)
+    result = run("index", square_photos, "--index", tmp_path / "ix", "--backbone", "dinov2_small", ok=False)
+    line = one_line_error(result, "could not get the keras-hub preset dinov2_small", "save_to_preset", "--weights FOLDER")
+    assert "NameResolutionError" in line
+    one_line_error(run("stats", "--index", tmp_path / "ix", ok=False), "empty")  # nothing half-made was kept

@@ -281,15 +281,19 @@ def _load_whole(keras_hub, preset: Preset, family: Family, kind: str, path: str 
     try:
         return getattr(keras_hub.models, family.backbone).from_preset(where, dtype=dtype)
     except Exception as e:  # keras-hub and kagglehub raise many kinds on a failed download
-        if kind == "file":
-            raise WeightsUnavailableError(f"Could not load the preset folder {where}: {_short(e)}", option="weights") from e
-        raise WeightsUnavailableError(
-            f"Could not get the keras-hub preset {preset.name} ({_short(e)}). Without network access, save it on "
-            f"another machine (keras_hub.models.{family.backbone}.from_preset({preset.name!r}) and, for text, its "
-            f"{family.preprocessor or 'image converter'}, each .save_to_preset(FOLDER)) and give that folder as the "
-            "weights, or use weights none for a random-init trial.",
-            option="weights",
-        ) from e
+        raise _unavailable(preset, family, kind, where, e) from e
+
+
+def _unavailable(preset: Preset, family: Family, kind: str, where: str, e: Exception) -> WeightsUnavailableError:
+    if kind == "file":
+        return WeightsUnavailableError(f"Could not load the preset folder {where}: {_short(e)}", option="weights")
+    return WeightsUnavailableError(
+        f"Could not get the keras-hub preset {preset.name} ({_short(e)}). Without network access, save it on "
+        f"another machine (keras_hub.models.{family.backbone}.from_preset({preset.name!r}) and its "
+        f"{'keras_hub.models.' + family.preprocessor if family.preprocessor else 'image converter'}, each "
+        ".save_to_preset(FOLDER)) and give that folder as the weights, or use weights none for a random-init trial.",
+        option="weights",
+    )
 
 
 def _converter(keras_hub, preset: Preset, family: Family, kind: str, path: str | None):
@@ -300,6 +304,8 @@ def _converter(keras_hub, preset: Preset, family: Family, kind: str, path: str |
     try:
         conv = keras_hub.layers.ImageConverter.from_preset(where)
     except Exception as e:  # noqa: BLE001 - a preset without a converter file
+        if kind != "file":
+            raise _unavailable(preset, family, kind, where, e) from e
         raise WeightsUnavailableError(
             f"The preset {where} has no image converter ({_short(e)}); save one with "
             f"keras_hub.layers.ImageConverter.save_to_preset(FOLDER).",
