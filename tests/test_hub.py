@@ -301,3 +301,10 @@ def test_an_unreachable_preset_download_says_how_to_work_offline(tmp_path, squar
     line = one_line_error(result, "could not get the keras-hub preset dinov2_small", "save_to_preset", "--weights FOLDER")
     assert "NameResolutionError" in line
     one_line_error(run("stats", "--index", tmp_path / "ix", ok=False), "empty")  # nothing half-made was kept
+
+
+def test_a_plugins_hub_backbone_names_its_module_for_ray_workers():
+    from vecsearch.backbones import get_spec, plugin_module
+
+    assert plugin_module(get_spec("tiny-clip")) == "tiny_backbone"  # a worker imports it before building
+    assert plugin_module(get_spec("clip_vit_base_patch16")) == ""  # built in

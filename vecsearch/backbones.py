@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import inspect
 import logging
 import os
 import random
@@ -252,8 +253,12 @@ for _name, _module, _cls, _side, _dim, _file in KERAS_APPLICATIONS:
     register(BackboneSpec(_name, (_side, _side), _dim, _make, _pre, _file, explainable=_module != "convnext"))
 
 
-def _hub_build(weights, include_top):
-    raise VecsearchError("A keras-hub backbone is loaded by vecsearch.hub.load, not built from keras.applications.")
+def _hub_builder(module: str) -> Callable[[Any, bool], Any]:
+    def build(weights, include_top):
+        raise VecsearchError("A keras-hub backbone is loaded by vecsearch.hub.load, not built from keras.applications.")
+
+    build.__module__ = module  # what `plugin_module` reads: a Ray worker imports the module that registered it
+    return build
 
 
 def _as_is(x):
@@ -265,11 +270,14 @@ def hub_spec(name: str, family: str, side: int, dim: int) -> BackboneSpec:
     (or a test's small one) becomes a backbone, with `register(hub_spec(...))` and a preset folder as weights."""
     if family not in hub.FAMILIES:
         raise UnknownBackboneError(f"Unknown keras-hub family {family!r}; choose one of: {', '.join(hub.FAMILIES)}.")
+    caller = inspect.currentframe()
+    outer = caller.f_back if caller is not None else None
+    module = outer.f_globals.get("__name__", __name__) if outer is not None else __name__
     return BackboneSpec(
         name,
         (side, side),
         dim,
-        _hub_build,
+        _hub_builder(module),
         _as_is,
         has_imagenet=False,
         explainable=False,
