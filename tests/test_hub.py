@@ -308,3 +308,30 @@ def test_a_plugins_hub_backbone_names_its_module_for_ray_workers():
 
     assert plugin_module(get_spec("tiny-clip")) == "tiny_backbone"  # a worker imports it before building
     assert plugin_module(get_spec("clip_vit_base_patch16")) == ""  # built in
+
+
+@pytest.mark.slow
+def test_the_ray_engine_embeds_with_a_keras_hub_backbone(tmp_path, presets, square_photos):
+    """`index --engine ray` on a local Ray: its workers load the preset folder and give the vectors the
+    in-process model gives (a plugin's keras-hub backbone is imported on the workers by its module)."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import TESTS
+
+    from vecsearch import open_index
+
+    pytest.importorskip("ray")
+    index = tmp_path / "ix"
+    argv = ["index", str(square_photos), "--index", str(index), "--backbone", "tiny-clip", "--weights", str(presets["clip"])]
+    argv += ["--engine", "ray", "--workers", "1", "--quiet"]
+    code = f"import tiny_backbone; from vecsearch.cli import app; app({argv!r})"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    paths, X = stored(index)
+    assert len(paths) == 10
+    with open_index(index, create=False) as ix:
+        here = ix.embed(paths)
+    assert np.sum(unit(X) * here, axis=1).min() >= 0.9999
