@@ -335,3 +335,12 @@ def test_the_ray_engine_embeds_with_a_keras_hub_backbone(tmp_path, presets, squa
     with open_index(index, create=False) as ix:
         here = ix.embed(paths)
     assert np.sum(unit(X) * here, axis=1).min() >= 0.9999
+
+
+def test_an_unknown_keras_hub_preset_says_how_to_register_it():
+    from vecsearch.backbones import get_spec
+    from vecsearch.errors import UnknownBackboneError
+
+    with pytest.raises(UnknownBackboneError, match="hub_spec\\('siglip2_base_patch16_224', 'siglip'") as e:
+        get_spec("siglip2_base_patch16_224")
+    assert "siglip_base_patch16_224" in str(e.value)

@@ -321,6 +321,14 @@ def get_spec(name: str) -> BackboneSpec:
     try:
         return REGISTRY[name]
     except KeyError:
+        family = next((f for f in hub.FAMILIES if name.lower().startswith(f)), None)
+        if family is not None:  # another keras-hub preset: its width and input size are not known here
+            raise UnknownBackboneError(
+                f"Unknown backbone {name!r}: vecsearch knows these {family} presets: "
+                f"{', '.join(p.name for p in hub.PRESETS if p.family == family)}. For another keras-hub preset, "
+                f"register it first: vecsearch.register(vecsearch.backbones.hub_spec({name!r}, {family!r}, SIDE, DIM)) "
+                "with its input side and vector width (a plugin module, as for any backbone)."
+            ) from None
         known = ", ".join(sorted(REGISTRY))
         raise UnknownBackboneError(f"Unknown backbone {name!r}; choose one of: {known}.") from None
 
