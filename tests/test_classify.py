@@ -346,7 +346,7 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path):
     assert r.exit_code == 0, r.output
     for args, needle in [
         (("classify", "--knn"), "Only one class"),
-        (("classify",), "Choose --knn, --probe or --head"),
+        (("classify",), "Choose --knn, --probe, --head or --zero-shot"),
         (("classify", "--knn", "--probe"), "Choose one of"),
         (("classify", "--head"), "vecsearch finetune"),
         (("classify", tmp_path / "one" / "2" / "0002.png"), "No trained classifier"),
