@@ -26,6 +26,22 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 EXAMPLES = int(os.environ.get("VECSEARCH_FUZZ_EXAMPLES", "15"))
 
 
+def fuzz(op, base_url: str) -> None:
+    """EXAMPLES generated requests of one operation against the server at `base_url`: no 5xx, and every
+    status, content type and body as its OpenAPI entry declares."""
+
+    @given(case=op.as_strategy())
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+    def run(case):
+        case.call_and_validate(
+            base_url=base_url,
+            timeout=60,
+            checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance],
+        )
+
+    run()
+
+
 @pytest.fixture(scope="module")
 def live(labelled_served_index, tmp_path_factory):
     """A copy of conftest's labelled_served_index (taught labels, a k-NN classifier, a bad file) served
@@ -57,17 +73,7 @@ def test_no_server_error_and_no_undocumented_status(live):
     assert len(operations) == 24 and len(aliases) == 23
     assert all(op.definition.raw.get("deprecated") for op in aliases)
     for op in operations:
-
-        @given(case=op.as_strategy())
-        @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
-        def fuzz(case):
-            case.call_and_validate(
-                base_url=live,
-                timeout=60,
-                checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance],
-            )
-
-        fuzz()
+        fuzz(op, live)
 
 
 @pytest.fixture(scope="module")
@@ -114,15 +120,5 @@ def test_forwarded_writes_have_no_server_error_and_no_undocumented_status(live_r
     ]
     assert len(writes) == 6, [f"{op.method} {op.path}" for op in writes]
     for op in writes:
-
-        @given(case=op.as_strategy())
-        @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
-        def fuzz(case):
-            case.call_and_validate(
-                base_url=live_reader,
-                timeout=60,
-                checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance],
-            )
-
-        fuzz()
+        fuzz(op, live_reader)
     assert {"POST", "PUT", "DELETE"} <= set(forwarded)  # the writer answered them, not the read-only reader

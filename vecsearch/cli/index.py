@@ -290,28 +290,17 @@ def query(
         if image is None and text is None:
             raise VecsearchError("Give an IMAGE to search with, --text WORDS, or --imagenet NAME.")
         with open_index(index, create=False) as ix:
-            if text is not None:
-                hits = ix.search_text(
-                    text,
-                    DEFAULT_K if k is None else k,
-                    under=under,
-                    label=label,
-                    predicted=predicted,
-                    classifier=classifier,
-                    min_score=min_score,
-                )
-                written = None
-            else:
-                hits = ix.search(
-                    image,
-                    DEFAULT_K if k is None else k,
-                    under=under,
-                    label=label,
-                    predicted=predicted,
-                    classifier=classifier,
-                    min_score=min_score,
-                )
-                written = ix.explain_hits_to(image, hits, explain) if explain is not None else None
+            search, query = (ix.search_text, text) if text is not None else (ix.search, image)
+            hits = search(
+                query,
+                DEFAULT_K if k is None else k,
+                under=under,
+                label=label,
+                predicted=predicted,
+                classifier=classifier,
+                min_score=min_score,
+            )
+            written = ix.explain_hits_to(image, hits, explain) if explain is not None else None
         rows = [h.to_dict() for h in hits]
         if written is not None:
             rows = [row | {"explain": str(w)} for row, w in zip(rows, written, strict=False)]
