@@ -385,7 +385,7 @@ class VecIndex:
         """Predict every image as one of `labels` ("cat,dog,car") from their prompts alone, with no
         taught examples; scored against the taught labels of those classes where there are any."""
         self.store.require_info()
-        return zero_shot.classify(self.store, self.model.embed_text, labels if isinstance(labels, str) else list(labels), prompt)
+        return zero_shot.classify(self.store, self.model.embed_text, labels, prompt)
 
     def similar(self, image_id: int, k: int = DEFAULT_K, **filters: Unpack[SearchFilters]) -> list[Hit]:
         """Neighbours of an indexed image by its stored vector (no model call), itself left out.

@@ -25,7 +25,14 @@ from typing import Any, Callable, ContextManager, Iterator
 import numpy as np
 
 from . import hub
-from .errors import IndexMismatchError, NoTextTowerError, UnknownBackboneError, VecsearchError, WeightsUnavailableError
+from .errors import (
+    IndexMismatchError,
+    NoTextTowerError,
+    UnknownBackboneError,
+    VecsearchError,
+    WeightsUnavailableError,
+    short_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -371,6 +378,17 @@ class WeightsSpec:
         return cls(info.weights_kind, info.weights_seed, info.weights_path)
 
 
+def no_text_tower(name: str, why: str = "") -> NoTextTowerError:
+    """The error for words asked of `name`, which has no text tower (`why`: the reason, when it is not
+    that the backbone embeds images only), naming backbones that have one."""
+    able = ", ".join(sorted(n for n, s in REGISTRY.items() if s.text)[:4])
+    return NoTextTowerError(
+        f"Search by text needs a backbone with a text tower ({why or f'{name} embeds images only'}). Build an index "
+        f"with one of: {able} (CLIP, SigLIP), and its weights; or, for the 1,000 ImageNet classes, query by ImageNet label.",
+        option="text",
+    )
+
+
 @dataclass
 class Backbone:
     """A built, frozen feature extractor and what identifies it.
@@ -388,15 +406,9 @@ class Backbone:
     no_text_reason: str = ""
 
     def text_tower(self):
-        """The text tower, or VecsearchError saying why there is none."""
+        """The text tower, or NoTextTowerError saying why there is none."""
         if self.text is None:
-            able = ", ".join(sorted(n for n, s in REGISTRY.items() if s.text)[:4])
-            why = self.no_text_reason or f"{self.name} embeds images only"
-            raise NoTextTowerError(
-                f"Search by text needs a backbone with a text tower ({why}). Build an index with one of: {able}, "
-                "and its weights; or, for the 1,000 ImageNet classes, query by ImageNet label.",
-                option="text",
-            )
+            raise no_text_tower(self.name, self.no_text_reason)
         return self.text
 
     @property
@@ -525,11 +537,6 @@ def pooled_submodel(full_model):
     return keras.Model(full_model.inputs, pool.output)
 
 
-def short_error(e: Exception) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return msg[:200]
-
-
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise VecsearchError(f"Unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}.")
@@ -625,39 +632,43 @@ def load_backbone(
     check_precision(precision)
     if not isinstance(weights, WeightsSpec):
         weights = WeightsSpec.parse(weights)
-    if spec.hub:
-        return _load_hub(spec, weights, precision)
     log.debug("building backbone %s with weights %s, precision %s", name, weights.describe(), precision)
     with model_loading(name, weights):
         with dtype_policy(precision):
-            model = _build(spec, weights)
+            text, no_text_reason = None, ""
+            if spec.hub:
+                models = _build_hub(spec, weights)
+                model, fingerprint = models.image, hub_fingerprint(models)
+                text, no_text_reason = models.text, models.no_text_reason
+            else:
+                model = _build(spec, weights)
+                fingerprint = weights_fingerprint(model)
         model.trainable = False
         out_dim = int(model.outputs[0].shape[-1])
         if out_dim != spec.dim:
             raise VecsearchError(f"Backbone {name} outputs {out_dim} features, registry says {spec.dim}.")
-        return Backbone(spec, weights, model, weights_fingerprint(model), precision)
+        return Backbone(spec, weights, model, fingerprint, precision, text, no_text_reason)
 
 
-def _load_hub(spec: BackboneSpec, weights: WeightsSpec, precision: str) -> Backbone:
-    """A keras-hub backbone: its image model, text tower, and a fingerprint over all its weights
-    (both towers) and its image converter's scale and offset."""
+def _build_hub(spec: BackboneSpec, weights: WeightsSpec) -> hub.HubModels:
+    """A keras-hub backbone's models, under the dtype policy in force (seeded for a random init)."""
     keras = import_keras()
     known = {p.name: p for p in hub.PRESETS}.get(spec.name)
     preset = hub.Preset(spec.name, spec.hub, spec.input_size[0], spec.dim, known.architecture if known else None)
-    with model_loading(spec.name, weights):
-        with dtype_policy(precision):
-            dtype = keras.mixed_precision.global_policy().name
-            if weights.kind == "random":
-                assert weights.seed is not None, "a random init is always seeded (WeightsSpec.parse)"
-                with keras_seeded(weights.seed):
-                    models = hub.load(preset, "random", None, keras, dtype)
-            else:
-                with contextlib.redirect_stdout(sys.stderr):  # keras-hub reports downloads on stdout
-                    models = hub.load(preset, weights.kind, weights.path, keras, dtype)
-        models.whole.trainable = False
-        out_dim = int(models.image.outputs[0].shape[-1])
-        if out_dim != spec.dim:
-            raise VecsearchError(f"Backbone {spec.name} outputs {out_dim} features, registry says {spec.dim}.")
-        h = hashlib.sha256(weights_fingerprint(models.whole).encode())
-        h.update(models.preprocessing.encode())
-        return Backbone(spec, weights, models.image, h.hexdigest(), precision, models.text, models.no_text_reason)
+    dtype = keras.mixed_precision.global_policy().name
+    if weights.kind == "random":
+        assert weights.seed is not None, "a random init is always seeded (WeightsSpec.parse)"
+        with keras_seeded(weights.seed):
+            models = hub.load(preset, "random", None, keras, dtype)
+    else:
+        with contextlib.redirect_stdout(sys.stderr):  # keras-hub reports downloads on stdout
+            models = hub.load(preset, weights.kind, weights.path, keras, dtype)
+    models.whole.trainable = False
+    return models
+
+
+def hub_fingerprint(models: hub.HubModels) -> str:
+    """Both towers' weights and the image converter's scale, offset and size: what makes its vectors."""
+    h = hashlib.sha256(weights_fingerprint(models.whole).encode())
+    h.update(models.preprocessing.encode())
+    return h.hexdigest()

@@ -24,6 +24,12 @@ class VecsearchError(Exception):
         self.option = option
 
 
+def short_error(e: Exception) -> str:
+    """The first line of a dependency's exception, capped: what a message quotes of it."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return msg[:200]
+
+
 class NoTextTowerError(VecsearchError):
     """Search by text or zero-shot classes asked of a backbone that embeds images only."""
 

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import VecsearchError, WeightsUnavailableError
+from .errors import VecsearchError, WeightsUnavailableError, short_error
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,6 @@ class Family:
     preprocessor: str  # keras_hub.models class ("" without text)
     scale: tuple[float, ...]
     offset: tuple[float, ...]
-    prompt: str = ""  # the zero-shot prompt the family's paper uses
 
     @property
     def text(self) -> bool:
@@ -54,27 +53,22 @@ def _from_mean_std(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 FAMILIES = {
-    "clip": Family(
-        "clip", "CLIPBackbone", "CLIPPreprocessor", *_from_mean_std(CLIP_MEAN, CLIP_STD), prompt="a photo of a {label}"
-    ),
-    "siglip": Family(
-        "siglip", "SigLIPBackbone", "SigLIPPreprocessor", (1 / 127.5,) * 3, (-1.0,) * 3, prompt="a photo of a {label}"
-    ),
+    "clip": Family("clip", "CLIPBackbone", "CLIPPreprocessor", *_from_mean_std(CLIP_MEAN, CLIP_STD)),
+    "siglip": Family("siglip", "SigLIPBackbone", "SigLIPPreprocessor", (1 / 127.5,) * 3, (-1.0,) * 3),
     "dinov2": Family("dinov2", "DINOV2Backbone", "", *_from_mean_std(IMAGENET_MEAN, IMAGENET_STD)),
 }
 
 
+def _encoder(width, layers, heads, **more):
+    """A transformer tower's arguments: keras-hub's CLIP, SigLIP and DINOv2 towers name them alike (MLP 4x wide)."""
+    return dict(hidden_dim=width, num_layers=layers, num_heads=heads, intermediate_dim=4 * width, **more)
+
+
 def _clip(patch, width, layers, heads, text_width, text_layers, text_heads, projection, side=224):
     return {
-        "vision": dict(patch_size=patch, hidden_dim=width, num_layers=layers, num_heads=heads, intermediate_dim=4 * width),
-        "text": dict(
-            vocabulary_size=49408,
-            embedding_dim=text_width,
-            hidden_dim=text_width,
-            num_layers=text_layers,
-            num_heads=text_heads,
-            intermediate_dim=4 * text_width,
-            max_sequence_length=77,
+        "vision": _encoder(width, layers, heads, patch_size=patch),
+        "text": _encoder(
+            text_width, text_layers, text_heads, vocabulary_size=49408, embedding_dim=text_width, max_sequence_length=77
         ),
         "projection_dim": projection,
         "side": side,
@@ -82,32 +76,16 @@ def _clip(patch, width, layers, heads, text_width, text_layers, text_heads, proj
 
 
 def _siglip(side, width=768, layers=12, heads=12):
-    vision = dict(patch_size=16, hidden_dim=width, num_layers=layers, num_heads=heads, intermediate_dim=4 * width)
-    text = dict(
-        vocabulary_size=32000,
-        embedding_dim=width,
-        hidden_dim=width,
-        num_layers=layers,
-        num_heads=heads,
-        intermediate_dim=4 * width,
-        max_sequence_length=64,
-    )
-    return {"vision": vision, "text": text, "side": side}
+    return {
+        "vision": _encoder(width, layers, heads, patch_size=16),
+        "text": _encoder(width, layers, heads, vocabulary_size=32000, embedding_dim=width, max_sequence_length=64),
+        "side": side,
+    }
 
 
 def _dinov2(width, layers, heads, registers=0):
-    return {
-        "backbone": dict(
-            patch_size=14,
-            num_layers=layers,
-            hidden_dim=width,
-            num_heads=heads,
-            intermediate_dim=4 * width,
-            num_register_tokens=registers,
-            image_shape=(224, 224, 3),
-        ),
-        "side": 224,
-    }
+    backbone = _encoder(width, layers, heads, patch_size=14, num_register_tokens=registers, image_shape=(224, 224, 3))
+    return {"backbone": backbone, "side": 224}
 
 
 @dataclass(frozen=True)
@@ -231,11 +209,6 @@ class TextTower:
         return np.asarray(out, dtype=np.float32).reshape(len(texts), -1)
 
 
-def _short(e: Exception) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return msg[:200]
-
-
 def _random_init(keras_hub, preset: Preset, dtype: str):
     arch = preset.architecture
     if arch is None:
@@ -258,20 +231,15 @@ def _random_init(keras_hub, preset: Preset, dtype: str):
     return keras_hub.models.DINOV2Backbone(**arch["backbone"], dtype=dtype)
 
 
-def _where(preset: Preset, kind: str, path: str | None) -> str:
-    return path if kind == "file" and path else preset.name
-
-
-def _load_whole(keras_hub, preset: Preset, family: Family, kind: str, path: str | None, dtype: str):
+def _load_whole(keras_hub, preset: Preset, family: Family, kind: str, where: str, dtype: str):
     if kind == "random":
         return _random_init(keras_hub, preset, dtype)
-    where = _where(preset, kind, path)
     if kind == "file":
         config = Path(where) / "config.json"
         try:
             class_name = json.loads(config.read_text()).get("class_name", "")
         except (OSError, ValueError) as e:
-            raise WeightsUnavailableError(f"{config} is not a keras-hub preset config: {_short(e)}", option="weights") from e
+            raise WeightsUnavailableError(f"{config} is not a keras-hub preset config: {short_error(e)}", option="weights") from e
         if class_name != family.backbone:
             raise WeightsUnavailableError(
                 f"The preset folder {where} holds a {class_name or 'model of no class'}, not a {family.backbone}: "
@@ -286,9 +254,9 @@ def _load_whole(keras_hub, preset: Preset, family: Family, kind: str, path: str 
 
 def _unavailable(preset: Preset, family: Family, kind: str, where: str, e: Exception) -> WeightsUnavailableError:
     if kind == "file":
-        return WeightsUnavailableError(f"Could not load the preset folder {where}: {_short(e)}", option="weights")
+        return WeightsUnavailableError(f"Could not load the preset folder {where}: {short_error(e)}", option="weights")
     return WeightsUnavailableError(
-        f"Could not get the keras-hub preset {preset.name} ({_short(e)}). Without network access, save it on "
+        f"Could not get the keras-hub preset {preset.name} ({short_error(e)}). Without network access, save it on "
         f"another machine (keras_hub.models.{family.backbone}.from_preset({preset.name!r}) and its "
         f"{'keras_hub.models.' + family.preprocessor if family.preprocessor else 'image converter'}, each "
         ".save_to_preset(FOLDER)) and give that folder as the weights, or use weights none for a random-init trial.",
@@ -296,18 +264,17 @@ def _unavailable(preset: Preset, family: Family, kind: str, where: str, e: Excep
     )
 
 
-def _converter(keras_hub, preset: Preset, family: Family, kind: str, path: str | None):
+def _converter(keras_hub, preset: Preset, family: Family, kind: str, where: str):
     """The preset's image converter's (scale, offset, side); a random init takes the family's."""
     if kind == "random":
         return family.scale, family.offset, preset.side
-    where = _where(preset, kind, path)
     try:
         conv = keras_hub.layers.ImageConverter.from_preset(where)
     except Exception as e:  # noqa: BLE001 - a preset without a converter file
         if kind != "file":
             raise _unavailable(preset, family, kind, where, e) from e
         raise WeightsUnavailableError(
-            f"The preset {where} has no image converter ({_short(e)}); save one with "
+            f"The preset {where} has no image converter ({short_error(e)}); save one with "
             f"keras_hub.layers.ImageConverter.save_to_preset(FOLDER).",
             option="weights",
         ) from e
@@ -325,17 +292,16 @@ def _converter(keras_hub, preset: Preset, family: Family, kind: str, path: str |
     return triple(conv.scale, 1.0), triple(conv.offset, 0.0), side
 
 
-def _preprocessor(keras_hub, preset: Preset, family: Family, kind: str, path: str | None):
+def _preprocessor(keras_hub, preset: Preset, family: Family, kind: str, where: str):
     if not family.text:
         return None, f"{preset.name} has no text tower (DINOv2 embeds images only)"
     if kind == "random":
         return None, f"a random-init {preset.name} has no tokenizer vocabulary; give a local preset folder as the weights"
-    where = _where(preset, kind, path)
     try:
         return getattr(keras_hub.models, family.preprocessor).from_preset(where), ""
     except Exception as e:  # noqa: BLE001 - images still work without it
         log.debug("no preprocessor in %s", where, exc_info=True)
-        return None, f"the preset {where} has no tokenizer or preprocessor ({_short(e)})"
+        return None, f"the preset {where} has no tokenizer or preprocessor ({short_error(e)})"
 
 
 def load(preset: Preset, kind: str, path: str | None, keras, dtype: str) -> HubModels:
@@ -343,12 +309,11 @@ def load(preset: Preset, kind: str, path: str | None, keras, dtype: str) -> HubM
     preset's own; "file": the preset folder `path`; "random": seeded by the caller)."""
     keras_hub = import_keras_hub()
     family = FAMILIES[preset.family]
-    scale, offset, side = _converter(keras_hub, preset, family, kind, path)
+    where = path if kind == "file" and path else preset.name  # a folder, or the name keras-hub downloads
+    scale, offset, side = _converter(keras_hub, preset, family, kind, where)
     if side != preset.side:
-        raise VecsearchError(
-            f"The preset {_where(preset, kind, path)} takes {side}x{side} images; {preset.name} takes {preset.side}."
-        )
-    whole = _load_whole(keras_hub, preset, family, kind, path, dtype)
+        raise VecsearchError(f"The preset {where} takes {side}x{side} images; {preset.name} takes {preset.side}.")
+    whole = _load_whole(keras_hub, preset, family, kind, where, dtype)
     images = keras.Input(shape=(side, side, 3), name="images")
     x = keras.layers.Rescaling(scale=list(scale), offset=list(offset), name="image_converter")(images)
     if family.text:
@@ -356,6 +321,6 @@ def load(preset: Preset, kind: str, path: str | None, keras, dtype: str) -> HubM
     else:
         out = whole({"images": x})[:, 0, :]  # DINOv2's CLS token, after its final layer norm
     image_model = keras.Model(images, out, name=f"{preset.name}_images")
-    preprocessor, reason = _preprocessor(keras_hub, preset, family, kind, path)
+    preprocessor, reason = _preprocessor(keras_hub, preset, family, kind, where)
     text = TextTower(preset.family, preprocessor, whole, keras) if preprocessor is not None else None
     return HubModels(image_model, whole, text, reason, json.dumps({"scale": scale, "offset": offset, "side": side}))

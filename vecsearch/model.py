@@ -30,13 +30,13 @@ from .backbones import (
     DEFAULT_BACKBONE,
     DEFAULT_PRECISION,
     MIXING_MIN_COSINE,
-    REGISTRY,
     Backbone,
     WeightsSpec,
     check_fingerprint,
     check_precision,
     get_spec,
     load_backbone,
+    no_text_tower,
     recorded_precision,
 )
 from .batching import DEFAULT_MAX_DELAY, MicroBatcher
@@ -45,7 +45,6 @@ from .errors import (
     BadImageError,
     IndexMismatchError,
     InputNotFoundError,
-    NoTextTowerError,
     RequestDroppedError,
     VecsearchError,
     check_keywords,
@@ -475,14 +474,8 @@ class IndexModel:
         """Unit vectors (n, dim) of prompts, in the image vectors' space: a backbone with a text tower
         (CLIP, SigLIP) only, said before any model loads for one without."""
         texts = check_texts(texts)
-        spec = get_spec(self.name)
-        if not spec.text:
-            able = ", ".join(sorted(n for n, s in REGISTRY.items() if s.text)[:4])
-            raise NoTextTowerError(
-                f"Search by text needs a backbone with a text tower; {self.name} embeds images only. Build an index "
-                f"with one of: {able} (CLIP, SigLIP); or, for the 1,000 ImageNet classes, query by ImageNet label.",
-                option="text",
-            )
+        if not get_spec(self.name).text:
+            raise no_text_tower(self.name)
         tower = self.backbone.text_tower()
         with self._lock:
             return normalize(tower.vectors(texts))

@@ -9,7 +9,7 @@ against them, so the probe and k-NN can be compared with this on the same images
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -23,7 +23,7 @@ LOGIT_SCALE = 100.0
 """Cosines times this, softmaxed over the labels, are the confidences: CLIP's trained logit scale (100)."""
 
 
-def parse_labels(labels: str | Sequence[str]) -> list[str]:
+def parse_labels(labels: str | Iterable[str]) -> list[str]:
     """Class names from "cat,dog,car" or a list: stripped, non-empty, each once, at least two."""
     items = labels.split(",") if isinstance(labels, str) else list(labels)
     out: list[str] = []
@@ -36,7 +36,7 @@ def parse_labels(labels: str | Sequence[str]) -> list[str]:
     return out
 
 
-def prompts(labels: Sequence[str], prompt: str = DEFAULT_PROMPT) -> list[str]:
+def prompts(labels: list[str], prompt: str = DEFAULT_PROMPT) -> list[str]:
     """The prompt for each label; the template must hold `{label}` once."""
     if prompt.count("{label}") != 1:
         raise VecsearchError(f"The prompt {prompt!r} must hold {{label}} once, e.g. {DEFAULT_PROMPT!r}.", option="prompt")
@@ -55,7 +55,7 @@ def confidences(cosines: np.ndarray) -> np.ndarray:
 
 
 def classify(
-    store: Store, embed_text: Callable[[list[str]], np.ndarray], labels: str | Sequence[str], prompt: str = DEFAULT_PROMPT
+    store: Store, embed_text: Callable[[list[str]], np.ndarray], labels: str | Iterable[str], prompt: str = DEFAULT_PROMPT
 ) -> TrainResult:
     """Predict every embedded image as one of `labels`; scored on the taught labels among them."""
     started = time.perf_counter()
@@ -63,10 +63,10 @@ def classify(
     texts = prompts(names, prompt)
     text_vectors = embed_text(texts)
     info = store.require_info()
-    ids, X, _ = store.vectors(store.vector_ids(), dim=info.dim)
-    cos = scores(X, text_vectors) if len(ids) else np.zeros((0, len(names)), np.float32)
-    best = cos.argmax(axis=1) if len(ids) else np.zeros(0, np.int64)
-    conf = confidences(cos) if len(ids) else cos
+    ids, X, _ = store.vectors(dim=info.dim)  # every embedded image (none: empty arrays all through)
+    cos = scores(X, text_vectors)
+    best = cos.argmax(axis=1)
+    conf = confidences(cos)
     recs = store.images(int(i) for i in ids)
     predictions = [
         {
